@@ -1,0 +1,228 @@
+//! One handler per message the driver receives; each feeds the scheduler and
+//! carries out what it decides.
+
+use std::collections::VecDeque;
+
+use actix::prelude::*;
+
+use super::scheduler::{Action, Event};
+use super::{
+    Driver, DriverMessage, ExecutorRegistration, ExecutorSummary, JobError, JobOutput,
+    ListExecutors, PendingJob, ProgressEvent, StopDriver, SubmitJob,
+};
+use crate::executor::ExecutorMessage;
+use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
+use crate::supervision::PeerDown;
+
+impl Handler<DriverMessage> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, msg: DriverMessage, _ctx: &mut Context<Self>) {
+        match msg {
+            DriverMessage::RegisterExecutor(registration) => {
+                self.handle_register_executor(registration)
+            }
+            DriverMessage::StatusUpdate {
+                executor,
+                task,
+                result,
+            } => self.handle_status_update(executor, task, result),
+        }
+    }
+}
+
+impl Handler<SubmitJob> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubmitJob, _ctx: &mut Context<Self>) {
+        let Some(schema) = msg.graph.schema() else {
+            let _ = msg.reply.send(Err(JobError("the job has no stages".to_string())));
+            return;
+        };
+        let job = self.next_job;
+        self.next_job += 1;
+        tracing::info!(job, stages = msg.graph.stages.len(), "job submitted");
+        self.jobs.insert(
+            job,
+            PendingJob {
+                schema,
+                reply: msg.reply,
+            },
+        );
+        self.step(Event::JobSubmitted {
+            job,
+            graph: msg.graph,
+        });
+    }
+}
+
+impl Handler<PeerDown> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerDown, _ctx: &mut Context<Self>) {
+        let lost: Vec<ExecutorId> = self
+            .executors
+            .iter()
+            .filter(|(_, (address, _))| *address == msg.peer)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for executor in lost {
+            tracing::warn!(%executor, reason = %msg.reason, "executor lost");
+            self.executors.remove(&executor);
+            self.watchers.remove(&msg.peer);
+            self.step(Event::ExecutorLost {
+                executor,
+                reason: msg.reason.to_string(),
+            });
+        }
+    }
+}
+
+impl Handler<StopDriver> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopDriver, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ListExecutors> for Driver {
+    type Result = MessageResult<ListExecutors>;
+
+    fn handle(&mut self, _msg: ListExecutors, _ctx: &mut Context<Self>) -> Self::Result {
+        let summaries = self
+            .scheduler
+            .executors()
+            .filter_map(|(id, slots, running)| {
+                self.executors.get(id).map(|(address, _)| ExecutorSummary {
+                    id: id.clone(),
+                    address: address.clone(),
+                    slots,
+                    running_tasks: running,
+                })
+            })
+            .collect();
+        MessageResult(summaries)
+    }
+}
+
+impl Driver {
+    fn handle_register_executor(&mut self, registration: ExecutorRegistration) {
+        tracing::info!(executor = %registration.executor, slots = registration.slots, "executor registered");
+        self.watchers
+            .add(registration.address.clone(), registration.peer_down);
+        self.executors.insert(
+            registration.executor.clone(),
+            (registration.address, registration.mailbox),
+        );
+        self.step(Event::ExecutorAdded {
+            executor: registration.executor,
+            slots: registration.slots,
+        });
+    }
+
+    fn handle_status_update(
+        &mut self,
+        executor: ExecutorId,
+        task: TaskId,
+        result: Result<TaskOutput, TaskError>,
+    ) {
+        if let Err(error) = &result {
+            tracing::warn!(%task, %executor, %error, "task failed");
+        }
+        self.step(Event::TaskEnded {
+            executor,
+            task,
+            result,
+        });
+    }
+
+    /// Feeds one event to the scheduler and carries out every action that
+    /// follows, including the events those actions cause.
+    fn step(&mut self, event: Event) {
+        let mut queue: VecDeque<Action> = self.scheduler.on_event(event).into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(event) = self.perform(action) {
+                queue.extend(self.scheduler.on_event(event));
+            }
+        }
+    }
+
+    /// Carries out one action; returns the event it caused, if any.
+    fn perform(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::LaunchTask { executor, task } => {
+                let id = task.id;
+                let Some((_, mailbox)) = self.executors.get(&executor) else {
+                    return Some(lost(executor, "not registered"));
+                };
+                if let Err(e) = mailbox.tell(ExecutorMessage::LaunchTask(task)) {
+                    self.executors.remove(&executor);
+                    return Some(lost(executor, &e.to_string()));
+                }
+                tracing::debug!(task = %id, %executor, "task launched");
+                self.emit(ProgressEvent::TaskStarted {
+                    job: id.job,
+                    stage: id.stage,
+                });
+            }
+            Action::KillTask { executor, task } => {
+                if let Some((_, mailbox)) = self.executors.get(&executor) {
+                    let _ = mailbox.tell(ExecutorMessage::KillTask(task));
+                }
+            }
+            Action::StageSubmitted { job, stage, tasks } => {
+                tracing::info!(job, stage, tasks, "stage submitted");
+                self.emit(ProgressEvent::StageSubmitted { job, stage, tasks });
+            }
+            Action::TaskEnded {
+                job,
+                stage,
+                succeeded,
+            } => self.emit(ProgressEvent::TaskEnded {
+                job,
+                stage,
+                succeeded,
+            }),
+            Action::StageCompleted { job, stage } => {
+                tracing::info!(job, stage, "stage completed");
+                self.emit(ProgressEvent::StageCompleted { job, stage });
+            }
+            Action::JobSucceeded { job, batches } => {
+                self.emit(ProgressEvent::JobEnded {
+                    job,
+                    succeeded: true,
+                });
+                if let Some(pending) = self.jobs.remove(&job) {
+                    let _ = pending.reply.send(Ok(JobOutput {
+                        schema: pending.schema,
+                        batches,
+                    }));
+                }
+            }
+            Action::JobFailed { job, error } => {
+                tracing::warn!(job, %error, "job failed");
+                self.emit(ProgressEvent::JobEnded {
+                    job,
+                    succeeded: false,
+                });
+                if let Some(pending) = self.jobs.remove(&job) {
+                    let _ = pending.reply.send(Err(JobError(error)));
+                }
+            }
+            Action::RemoveShuffle { stages } => {
+                for (_, mailbox) in self.executors.values() {
+                    let _ = mailbox.tell(ExecutorMessage::RemoveShuffle(stages.clone()));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn lost(executor: ExecutorId, why: &str) -> Event {
+    Event::ExecutorLost {
+        executor,
+        reason: why.to_string(),
+    }
+}

@@ -1,0 +1,62 @@
+//! What a driver is told: by its executors (the protocol that will cross the
+//! network) and by the application in its own process.
+
+use actix::prelude::*;
+use ember_engine::StageGraph;
+use ember_transport::{ActorAddress, Mailbox};
+use tokio::sync::oneshot;
+
+use super::{JobError, JobOutput};
+use crate::executor::ExecutorMessage;
+use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
+use crate::supervision::PeerDown;
+
+/// Messages from executors.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum DriverMessage {
+    /// An executor offers its task slots.
+    RegisterExecutor(ExecutorRegistration),
+    /// A task ended, well or badly.
+    StatusUpdate {
+        executor: ExecutorId,
+        task: TaskId,
+        result: Result<TaskOutput, TaskError>,
+    },
+}
+
+#[derive(Debug)]
+pub struct ExecutorRegistration {
+    pub executor: ExecutorId,
+    pub slots: usize,
+    pub address: ActorAddress,
+    pub mailbox: Mailbox<ExecutorMessage>,
+    /// Where to tell the executor that the driver is gone (the link).
+    pub peer_down: Recipient<PeerDown>,
+}
+
+/// Runs a job; the reply comes when it has succeeded or failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubmitJob {
+    pub graph: StageGraph,
+    pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
+}
+
+/// Stops the driver; its executors follow through their links.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopDriver;
+
+/// Lists the registered executors.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ExecutorSummary>")]
+pub struct ListExecutors;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorSummary {
+    pub id: ExecutorId,
+    pub address: ActorAddress,
+    pub slots: usize,
+    pub running_tasks: usize,
+}

@@ -1,0 +1,141 @@
+//! The driver: one per application. It turns submitted stage graphs into
+//! tasks, hands them to its executors' slots, retries what fails, and answers
+//! each job with its rows or its error. Decisions live in [`scheduler`].
+
+mod handlers;
+mod messages;
+pub mod scheduler;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use ember_engine::StageId;
+use ember_transport::{ActorAddress, Mailbox};
+use tokio::sync::oneshot;
+
+pub use messages::{
+    DriverMessage, ExecutorRegistration, ExecutorSummary, ListExecutors, StopDriver, SubmitJob,
+};
+use scheduler::Scheduler;
+
+use crate::executor::ExecutorMessage;
+use crate::protocol::{ExecutorId, JobId};
+use crate::supervision::{ExitReason, PeerDown, Watchers};
+
+/// A finished job's rows.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl JobOutput {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Why a job did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+/// What a job is doing, for progress bars and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressEvent {
+    StageSubmitted { job: JobId, stage: StageId, tasks: usize },
+    TaskStarted { job: JobId, stage: StageId },
+    TaskEnded { job: JobId, stage: StageId, succeeded: bool },
+    StageCompleted { job: JobId, stage: StageId },
+    JobEnded { job: JobId, succeeded: bool },
+}
+
+/// Hears every [`ProgressEvent`] of a driver, on the driver's thread.
+pub trait JobListener: Send + Sync {
+    fn on_event(&self, event: &ProgressEvent);
+}
+
+/// How a driver reaches the process it lives in.
+#[derive(Debug, Clone)]
+pub struct DriverHandle {
+    pub address: ActorAddress,
+    pub mailbox: Mailbox<DriverMessage>,
+    pub peer_down: Recipient<PeerDown>,
+}
+
+/// Starts executors for a driver (in local mode: threads of this process).
+pub trait ExecutorLauncher: Send {
+    fn launch(&mut self, driver: DriverHandle);
+}
+
+struct PendingJob {
+    schema: SchemaRef,
+    reply: oneshot::Sender<Result<JobOutput, JobError>>,
+}
+
+pub struct Driver {
+    me: ActorAddress,
+    scheduler: Scheduler,
+    executors: BTreeMap<ExecutorId, (ActorAddress, Mailbox<ExecutorMessage>)>,
+    /// Linked executors, told when this driver ends.
+    watchers: Watchers,
+    jobs: BTreeMap<JobId, PendingJob>,
+    next_job: JobId,
+    listener: Option<Arc<dyn JobListener>>,
+    launcher: Option<Box<dyn ExecutorLauncher>>,
+}
+
+impl Driver {
+    pub fn new(
+        me: ActorAddress,
+        max_failures: u32,
+        listener: Option<Arc<dyn JobListener>>,
+        launcher: Box<dyn ExecutorLauncher>,
+    ) -> Self {
+        Self {
+            watchers: Watchers::new(me.clone()),
+            me,
+            scheduler: Scheduler::new(max_failures),
+            executors: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            listener,
+            launcher: Some(launcher),
+        }
+    }
+
+    fn emit(&self, event: ProgressEvent) {
+        if let Some(listener) = &self.listener {
+            listener.on_event(&event);
+        }
+    }
+}
+
+impl Actor for Driver {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let handle = DriverHandle {
+            address: self.me.clone(),
+            mailbox: Mailbox::in_process(self.me.clone(), ctx.address().recipient()),
+            peer_down: ctx.address().recipient(),
+        };
+        if let Some(launcher) = self.launcher.as_mut() {
+            launcher.launch(handle);
+        }
+        tracing::info!(driver = %self.me, "driver started");
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.watchers.set_reason(ExitReason::Normal);
+        for (job, pending) in std::mem::take(&mut self.jobs) {
+            let _ = pending
+                .reply
+                .send(Err(JobError(format!("Job {job} aborted: the driver stopped"))));
+        }
+        tracing::info!(driver = %self.me, "driver stopped");
+    }
+}

@@ -1,0 +1,396 @@
+//! The driver's decisions, as a pure state machine: events in (an executor
+//! joined or was lost, a job was submitted, a task ended), actions out (launch
+//! this task there, the stage completed, the job failed). The driver actor
+//! only carries the actions out, so every case here is tested without actors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use ember_engine::{StageGraph, StageId, StageKind};
+use ember_engine::shuffle::MapStatus;
+
+use crate::protocol::{ExecutorId, JobId, TaskDescription, TaskError, TaskId, TaskOutput};
+
+#[derive(Debug)]
+pub enum Event {
+    ExecutorAdded { executor: ExecutorId, slots: usize },
+    ExecutorLost { executor: ExecutorId, reason: String },
+    JobSubmitted { job: JobId, graph: StageGraph },
+    TaskEnded {
+        executor: ExecutorId,
+        task: TaskId,
+        result: Result<TaskOutput, TaskError>,
+    },
+    JobCancelled { job: JobId, reason: String },
+}
+
+#[derive(Debug)]
+pub enum Action {
+    LaunchTask { executor: ExecutorId, task: TaskDescription },
+    KillTask { executor: ExecutorId, task: TaskId },
+    StageSubmitted { job: JobId, stage: StageId, tasks: usize },
+    TaskEnded { job: JobId, stage: StageId, succeeded: bool },
+    StageCompleted { job: JobId, stage: StageId },
+    JobSucceeded { job: JobId, batches: Vec<RecordBatch> },
+    JobFailed { job: JobId, error: String },
+    /// The job's shuffle blocks are no longer needed.
+    RemoveShuffle { stages: Vec<StageId> },
+}
+
+#[derive(Debug)]
+struct ExecutorState {
+    slots: usize,
+    running: BTreeSet<TaskId>,
+}
+
+impl ExecutorState {
+    fn free(&self) -> usize {
+        self.slots.saturating_sub(self.running.len())
+    }
+}
+
+#[derive(Debug)]
+struct StageRun {
+    kind: StageKind,
+    tasks: usize,
+    parents: Vec<StageId>,
+    submitted: bool,
+    pending: BTreeSet<usize>,
+    running: BTreeMap<usize, (TaskId, ExecutorId)>,
+    /// Attempts started per partition (the next attempt number).
+    attempts: BTreeMap<usize, u32>,
+    /// Failures that count against the budget, per partition.
+    failures: BTreeMap<usize, u32>,
+    map_outputs: BTreeMap<usize, MapStatus>,
+    results: BTreeMap<usize, Vec<RecordBatch>>,
+    finished: BTreeSet<usize>,
+}
+
+impl StageRun {
+    fn is_complete(&self) -> bool {
+        self.finished.len() == self.tasks
+    }
+}
+
+#[derive(Debug)]
+struct JobRun {
+    graph: StageGraph,
+    stages: BTreeMap<StageId, StageRun>,
+}
+
+/// The state of every job and executor of one driver.
+#[derive(Debug)]
+pub struct Scheduler {
+    max_failures: u32,
+    executors: BTreeMap<ExecutorId, ExecutorState>,
+    jobs: BTreeMap<JobId, JobRun>,
+}
+
+impl Scheduler {
+    /// A scheduler that gives each task `max_failures` attempts.
+    pub fn new(max_failures: u32) -> Self {
+        Self {
+            max_failures: max_failures.max(1),
+            executors: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+        }
+    }
+
+    pub fn executors(&self) -> impl Iterator<Item = (&ExecutorId, usize, usize)> {
+        self.executors
+            .iter()
+            .map(|(id, e)| (id, e.slots, e.running.len()))
+    }
+
+    pub fn active_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn on_event(&mut self, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::ExecutorAdded { executor, slots } => {
+                self.executors.insert(
+                    executor,
+                    ExecutorState {
+                        slots,
+                        running: BTreeSet::new(),
+                    },
+                );
+            }
+            Event::ExecutorLost { executor, reason } => {
+                self.executor_lost(&executor, &reason, &mut actions)
+            }
+            Event::JobSubmitted { job, graph } => self.job_submitted(job, graph),
+            Event::TaskEnded {
+                executor,
+                task,
+                result,
+            } => self.task_ended(&executor, task, result, &mut actions),
+            Event::JobCancelled { job, reason } => self.fail_job(job, reason, &mut actions),
+        }
+        self.submit_ready_stages(&mut actions);
+        self.offer_slots(&mut actions);
+        actions
+    }
+
+    fn job_submitted(&mut self, job: JobId, graph: StageGraph) {
+        let stages = graph
+            .stages
+            .iter()
+            .map(|s| {
+                (
+                    s.id,
+                    StageRun {
+                        kind: s.kind,
+                        tasks: s.tasks(),
+                        parents: s.parents.clone(),
+                        submitted: false,
+                        pending: BTreeSet::new(),
+                        running: BTreeMap::new(),
+                        attempts: BTreeMap::new(),
+                        failures: BTreeMap::new(),
+                        map_outputs: BTreeMap::new(),
+                        results: BTreeMap::new(),
+                        finished: BTreeSet::new(),
+                    },
+                )
+            })
+            .collect();
+        self.jobs.insert(job, JobRun { graph, stages });
+    }
+
+    fn task_ended(
+        &mut self,
+        executor: &ExecutorId,
+        task: TaskId,
+        result: Result<TaskOutput, TaskError>,
+        actions: &mut Vec<Action>,
+    ) {
+        if let Some(e) = self.executors.get_mut(executor) {
+            e.running.remove(&task);
+        }
+        let Some(job) = self.jobs.get_mut(&task.job) else {
+            return; // The job already ended; this was a straggler.
+        };
+        let Some(stage) = job.stages.get_mut(&task.stage) else {
+            return;
+        };
+        // Only the attempt we are waiting for counts.
+        if stage.running.get(&task.partition).map(|(id, _)| *id) != Some(task) {
+            return;
+        }
+        stage.running.remove(&task.partition);
+        actions.push(Action::TaskEnded {
+            job: task.job,
+            stage: task.stage,
+            succeeded: result.is_ok(),
+        });
+        match result {
+            Ok(output) => {
+                match output {
+                    TaskOutput::Map(status) => {
+                        stage.map_outputs.insert(task.partition, status);
+                    }
+                    TaskOutput::Result(batches) => {
+                        stage.results.insert(task.partition, batches);
+                    }
+                }
+                stage.finished.insert(task.partition);
+                if stage.is_complete() {
+                    self.stage_completed(task.job, task.stage, actions);
+                }
+            }
+            Err(error) => {
+                let failures = stage.failures.entry(task.partition).or_insert(0);
+                if error.counts_as_failure() {
+                    *failures += 1;
+                }
+                if *failures >= self.max_failures {
+                    let message = format!(
+                        "Job {} aborted: task {} in stage {} failed {} time{}; most recent failure: {} (attempt {}, executor {}): {}",
+                        task.job,
+                        task.partition,
+                        task.stage,
+                        failures,
+                        if *failures == 1 { "" } else { "s" },
+                        task,
+                        task.attempt,
+                        executor,
+                        error
+                    );
+                    self.fail_job(task.job, message, actions);
+                } else {
+                    stage.pending.insert(task.partition);
+                }
+            }
+        }
+    }
+
+    fn stage_completed(&mut self, job_id: JobId, stage_id: StageId, actions: &mut Vec<Action>) {
+        actions.push(Action::StageCompleted {
+            job: job_id,
+            stage: stage_id,
+        });
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let is_result = job
+            .stages
+            .get(&stage_id)
+            .is_some_and(|s| s.kind == StageKind::Result);
+        if !is_result {
+            return;
+        }
+        let Some(job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        let batches = job
+            .stages
+            .into_values()
+            .filter(|s| s.kind == StageKind::Result)
+            .flat_map(|s| s.results.into_values().flatten())
+            .collect();
+        actions.push(Action::JobSucceeded {
+            job: job_id,
+            batches,
+        });
+        actions.push(Action::RemoveShuffle {
+            stages: job.graph.stage_ids(),
+        });
+    }
+
+    fn fail_job(&mut self, job_id: JobId, error: String, actions: &mut Vec<Action>) {
+        let Some(job) = self.jobs.remove(&job_id) else {
+            return;
+        };
+        for stage in job.stages.values() {
+            for (task, executor) in stage.running.values() {
+                actions.push(Action::KillTask {
+                    executor: executor.clone(),
+                    task: *task,
+                });
+            }
+        }
+        actions.push(Action::JobFailed { job: job_id, error });
+        actions.push(Action::RemoveShuffle {
+            stages: job.graph.stage_ids(),
+        });
+    }
+
+    fn executor_lost(&mut self, executor: &ExecutorId, reason: &str, actions: &mut Vec<Action>) {
+        if self.executors.remove(executor).is_none() {
+            return;
+        }
+        for job in self.jobs.values_mut() {
+            for stage in job.stages.values_mut() {
+                let lost: Vec<usize> = stage
+                    .running
+                    .iter()
+                    .filter(|(_, (_, e))| e == executor)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for partition in lost {
+                    stage.running.remove(&partition);
+                    stage.pending.insert(partition);
+                }
+            }
+        }
+        // Map output is kept: in one process the block store outlives the
+        // executors that wrote into it.
+        if self.executors.is_empty() {
+            let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+            for job in jobs {
+                self.fail_job(
+                    job,
+                    format!("Job {job} aborted: every executor is gone (last, executor {executor}: {reason})"),
+                    actions,
+                );
+            }
+        }
+    }
+
+    /// Marks stages whose parents are complete as submitted, queueing their
+    /// tasks; repeats until nothing changes (a stage with no tasks completes at
+    /// once and may make its children ready).
+    fn submit_ready_stages(&mut self, actions: &mut Vec<Action>) {
+        loop {
+            let mut ready = Vec::new();
+            for (job_id, job) in &self.jobs {
+                for (stage_id, stage) in &job.stages {
+                    let parents_done = stage
+                        .parents
+                        .iter()
+                        .all(|p| job.stages.get(p).is_some_and(StageRun::is_complete));
+                    if !stage.submitted && parents_done {
+                        ready.push((*job_id, *stage_id));
+                    }
+                }
+            }
+            if ready.is_empty() {
+                return;
+            }
+            for (job_id, stage_id) in ready {
+                let Some(stage) = self
+                    .jobs
+                    .get_mut(&job_id)
+                    .and_then(|j| j.stages.get_mut(&stage_id))
+                else {
+                    continue;
+                };
+                stage.submitted = true;
+                stage.pending = (0..stage.tasks).collect();
+                actions.push(Action::StageSubmitted {
+                    job: job_id,
+                    stage: stage_id,
+                    tasks: stage.tasks,
+                });
+                if stage.tasks == 0 {
+                    self.stage_completed(job_id, stage_id, actions);
+                }
+            }
+        }
+    }
+
+    /// Gives pending tasks, oldest job and stage first, to the executor with
+    /// the most free slots (ties go to the lowest id), so tasks spread out.
+    fn offer_slots(&mut self, actions: &mut Vec<Action>) {
+        for (job_id, job) in self.jobs.iter_mut() {
+            for (stage_id, stage) in job.stages.iter_mut() {
+                while let Some(&partition) = stage.pending.first() {
+                    let Some((executor, state)) = self
+                        .executors
+                        .iter_mut()
+                        .filter(|(_, e)| e.free() > 0)
+                        .max_by(|(a_id, a), (b_id, b)| a.free().cmp(&b.free()).then(b_id.cmp(a_id)))
+                    else {
+                        return;
+                    };
+                    let Some(plan) = job.graph.stage(*stage_id).map(|s| s.plan.clone()) else {
+                        stage.pending.remove(&partition);
+                        continue;
+                    };
+                    stage.pending.remove(&partition);
+                    let attempt = stage.attempts.entry(partition).or_insert(0);
+                    let task = TaskId {
+                        job: *job_id,
+                        stage: *stage_id,
+                        partition,
+                        attempt: *attempt,
+                    };
+                    *attempt += 1;
+                    state.running.insert(task);
+                    stage.running.insert(partition, (task, executor.clone()));
+                    actions.push(Action::LaunchTask {
+                        executor: executor.clone(),
+                        task: TaskDescription {
+                            id: task,
+                            kind: stage.kind,
+                            plan,
+                        },
+                    });
+                }
+            }
+        }
+    }
+}

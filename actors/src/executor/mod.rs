@@ -1,0 +1,107 @@
+//! The executor: runs tasks in its slots for one driver, which it is linked
+//! to — when the driver ends, the executor ends.
+
+mod handlers;
+mod messages;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_engine::ShuffleEnv;
+use ember_transport::{ActorAddress, Mailbox};
+use futures::future::AbortHandle;
+
+pub use messages::ExecutorMessage;
+pub use task::TaskPool;
+
+use crate::driver::{DriverHandle, DriverMessage, ExecutorRegistration};
+use crate::protocol::{ExecutorId, TaskId};
+use crate::supervision::{ExitReason, Watchers};
+
+pub struct Executor {
+    id: ExecutorId,
+    me: ActorAddress,
+    slots: usize,
+    driver: DriverHandle,
+    pool: TaskPool,
+    shuffle: Arc<ShuffleEnv>,
+    session: SessionContext,
+    running: BTreeMap<TaskId, AbortHandle>,
+    /// The driver, told when this executor ends.
+    watchers: Watchers,
+    /// Whether this executor has a thread of its own to stop when it ends.
+    owns_arbiter: bool,
+}
+
+/// What an executor needs to start.
+pub struct ExecutorSpec {
+    pub id: ExecutorId,
+    pub slots: usize,
+    pub driver: DriverHandle,
+    pub pool: TaskPool,
+    pub shuffle: Arc<ShuffleEnv>,
+    /// DataFusion settings for task execution (batch size and the like).
+    pub session_config: SessionConfig,
+    pub owns_arbiter: bool,
+}
+
+impl Executor {
+    pub fn new(spec: ExecutorSpec) -> Self {
+        let me = ActorAddress::local(format!("executor-{}", spec.id));
+        let config = spec
+            .session_config
+            .with_extension(Arc::clone(&spec.shuffle));
+        Self {
+            watchers: Watchers::new(me.clone()),
+            me,
+            id: spec.id,
+            slots: spec.slots,
+            driver: spec.driver,
+            pool: spec.pool,
+            shuffle: spec.shuffle,
+            session: SessionContext::new_with_config(config),
+            running: BTreeMap::new(),
+            owns_arbiter: spec.owns_arbiter,
+        }
+    }
+}
+
+impl Actor for Executor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The link, driver side: the driver hears when this executor ends.
+        self.watchers
+            .add(self.driver.address.clone(), self.driver.peer_down.clone());
+        let registration = ExecutorRegistration {
+            executor: self.id.clone(),
+            slots: self.slots,
+            address: self.me.clone(),
+            mailbox: Mailbox::in_process(self.me.clone(), ctx.address().recipient()),
+            peer_down: ctx.address().recipient(),
+        };
+        if let Err(e) = self
+            .driver
+            .mailbox
+            .tell(DriverMessage::RegisterExecutor(registration))
+        {
+            tracing::warn!(executor = %self.id, error = %e, "cannot register with the driver; exiting");
+            self.watchers
+                .set_reason(ExitReason::Failed(format!("could not register: {e}")));
+            ctx.stop();
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        for (_, task) in std::mem::take(&mut self.running) {
+            task.abort();
+        }
+        tracing::info!(executor = %self.id, "executor stopped");
+        if self.owns_arbiter {
+            Arbiter::current().stop();
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Running one task: a fresh copy of the stage's plan executed for one
+//! partition, off the executor's mailbox, with panics and kills turned into
+//! task failures instead of lost threads.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::common::collect;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use ember_engine::StageKind;
+use ember_engine::shuffle::MapStatus;
+use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
+use futures::FutureExt;
+
+use crate::protocol::{TaskDescription, TaskError, TaskFailureKind, TaskOutput};
+
+/// Where task computation runs.
+#[derive(Debug, Clone)]
+pub enum TaskPool {
+    /// On the executor's own thread (`local`: one thread does everything).
+    ActorThread,
+    /// On a runtime of task threads, so the actor's mailbox stays responsive.
+    Runtime(tokio::runtime::Handle),
+}
+
+/// Starts `task`; the returned future resolves to its outcome, and the
+/// handle stops it at its next batch.
+pub fn start(
+    pool: &TaskPool,
+    task: TaskDescription,
+    context: Arc<TaskContext>,
+) -> (LocalBoxFuture<'static, Result<TaskOutput, TaskError>>, AbortHandle) {
+    let (abort, registration) = AbortHandle::new_pair();
+    let work = Abortable::new(
+        AssertUnwindSafe(execute(task, context)).catch_unwind(),
+        registration,
+    );
+    let outcome = match pool {
+        TaskPool::ActorThread => work.map(settle).boxed_local(),
+        TaskPool::Runtime(handle) => {
+            let joined = handle.spawn(work);
+            async move {
+                match joined.await {
+                    Ok(result) => settle(result),
+                    Err(e) if e.is_panic() => Err(TaskError::new(
+                        TaskFailureKind::Panic,
+                        panic_message(e.into_panic().as_ref()),
+                    )),
+                    Err(_) => Err(TaskError::new(
+                        TaskFailureKind::Killed,
+                        "the task runtime shut down",
+                    )),
+                }
+            }
+            .boxed_local()
+        }
+    };
+    (outcome, abort)
+}
+
+type Caught = Result<Result<TaskOutput, TaskError>, Box<dyn Any + Send>>;
+
+fn settle(result: Result<Caught, futures::future::Aborted>) -> Result<TaskOutput, TaskError> {
+    match result {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => Err(TaskError::new(
+            TaskFailureKind::Panic,
+            panic_message(panic.as_ref()),
+        )),
+        Err(_) => Err(TaskError::new(TaskFailureKind::Killed, "killed by the driver")),
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with no message".to_string()
+    }
+}
+
+async fn execute(task: TaskDescription, context: Arc<TaskContext>) -> Result<TaskOutput, TaskError> {
+    let failed = |e: datafusion::error::DataFusionError| {
+        TaskError::new(TaskFailureKind::Error, e.to_string())
+    };
+    // Operators keep per-execution state (a join's build side, say): every
+    // attempt gets its own copy, as it would in another process.
+    let plan = reset_plan_states(task.plan).map_err(failed)?;
+    let stream = plan
+        .execute(task.id.partition, context)
+        .map_err(failed)?;
+    let batches = collect(stream).await.map_err(failed)?;
+    Ok(match task.kind {
+        StageKind::ShuffleMap => TaskOutput::Map(MapStatus::from_batches(&batches)),
+        StageKind::Result => TaskOutput::Result(batches),
+    })
+}

@@ -1,0 +1,16 @@
+//! Ember's supervised actors: the driver that schedules a job's tasks, the
+//! executors that run them, the links that make them share fate, and the
+//! launcher that gives a driver its executors in local mode.
+
+pub mod config;
+pub mod driver;
+pub mod executor;
+pub mod local;
+pub mod protocol;
+pub mod supervision;
+
+pub use config::{ConfigError, EmberConf};
+pub use driver::{Driver, JobError, JobListener, JobOutput, ProgressEvent};
+pub use executor::{Executor, TaskPool};
+pub use local::{LocalCluster, LocalClusterSpec};
+pub use protocol::{ExecutorId, JobId, TaskId};

@@ -1,0 +1,207 @@
+//! Local mode: the whole application in one process. The driver runs on an
+//! Arbiter (thread) of its own and each executor on another, exchanging the
+//! same messages they would across the network, through in-process
+//! mailboxes. `local` (one thread) runs its single executor on the driver's
+//! thread.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+use datafusion::prelude::SessionConfig;
+use ember_engine::{InMemoryBlockStore, ShuffleEnv};
+use ember_transport::ActorAddress;
+
+use crate::driver::{Driver, DriverHandle, ExecutorLauncher, JobListener, StopDriver};
+use crate::executor::{Executor, ExecutorSpec, TaskPool};
+use crate::protocol::ExecutorId;
+
+/// What a local application looks like.
+#[derive(Clone)]
+pub struct LocalClusterSpec {
+    /// Task slots in all (`local[N]`'s N).
+    pub threads: usize,
+    /// Attempts per task (`local[N,F]`'s F).
+    pub max_failures: u32,
+    pub listener: Option<Arc<dyn JobListener>>,
+    /// DataFusion settings executors run tasks with.
+    pub session_config: SessionConfig,
+}
+
+/// How `threads` task slots are shared out among executor threads: one
+/// executor per thread but the driver's, the slots spread evenly.
+pub fn executor_slots(threads: usize) -> Vec<usize> {
+    let threads = threads.max(1);
+    let executors = (threads - 1).max(1);
+    (0..executors)
+        .map(|i| threads / executors + usize::from(i < threads % executors))
+        .collect()
+}
+
+type Started = Arc<Mutex<Vec<Addr<Executor>>>>;
+
+/// Starts executors as threads of this process.
+struct LocalLauncher {
+    threads: usize,
+    pool: TaskPool,
+    shuffle: Arc<ShuffleEnv>,
+    session_config: SessionConfig,
+    started: Started,
+    arbiters: Vec<Arbiter>,
+}
+
+impl ExecutorLauncher for LocalLauncher {
+    fn launch(&mut self, driver: DriverHandle) {
+        let spec = |id: String, slots: usize, owns_arbiter: bool| ExecutorSpec {
+            id: ExecutorId(id),
+            slots,
+            driver: driver.clone(),
+            pool: self.pool.clone(),
+            shuffle: Arc::clone(&self.shuffle),
+            session_config: self.session_config.clone(),
+            owns_arbiter,
+        };
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.threads <= 1 {
+            // `local`: the driver's own thread runs its tasks.
+            started.push(Executor::new(spec("driver".to_string(), 1, false)).start());
+            return;
+        }
+        for (i, slots) in executor_slots(self.threads).into_iter().enumerate() {
+            let arbiter = Arbiter::new();
+            let spec = spec((i + 1).to_string(), slots, true);
+            started.push(Executor::start_in_arbiter(&arbiter.handle(), move |_| {
+                Executor::new(spec)
+            }));
+            self.arbiters.push(arbiter);
+        }
+    }
+}
+
+/// A running local application: its driver, executors and task threads.
+pub struct LocalCluster {
+    driver: Addr<Driver>,
+    driver_arbiter: Arbiter,
+    executors: Started,
+    executor_threads: usize,
+    runtime: Option<tokio::runtime::Runtime>,
+    store: Arc<InMemoryBlockStore>,
+}
+
+impl LocalCluster {
+    /// Starts the driver; it starts its executors. Must run inside an actix
+    /// System.
+    pub fn start(spec: LocalClusterSpec) -> std::io::Result<Self> {
+        let threads = spec.threads.max(1);
+        let (runtime, pool) = if threads == 1 {
+            (None, TaskPool::ActorThread)
+        } else {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("ember-task")
+                .enable_all()
+                .build()?;
+            let pool = TaskPool::Runtime(runtime.handle().clone());
+            (Some(runtime), pool)
+        };
+        let store = Arc::new(InMemoryBlockStore::default());
+        let executors: Started = Arc::default();
+        let launcher = LocalLauncher {
+            threads,
+            pool,
+            shuffle: Arc::new(ShuffleEnv::new(store.clone())),
+            session_config: spec.session_config,
+            started: Arc::clone(&executors),
+            arbiters: Vec::new(),
+        };
+        let driver_arbiter = Arbiter::new();
+        let max_failures = spec.max_failures;
+        let listener = spec.listener;
+        let driver = Driver::start_in_arbiter(&driver_arbiter.handle(), move |_| {
+            Driver::new(
+                ActorAddress::local("driver"),
+                max_failures,
+                listener,
+                Box::new(launcher),
+            )
+        });
+        Ok(Self {
+            driver,
+            driver_arbiter,
+            executors,
+            executor_threads: if threads == 1 { 0 } else { executor_slots(threads).len() },
+            runtime,
+            store,
+        })
+    }
+
+    pub fn driver(&self) -> &Addr<Driver> {
+        &self.driver
+    }
+
+    /// Threads that run only an executor (0 in `local`).
+    pub fn executor_threads(&self) -> usize {
+        self.executor_threads
+    }
+
+    /// The executors started so far.
+    pub fn executors(&self) -> Vec<Addr<Executor>> {
+        self.executors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Shuffle blocks currently held.
+    pub fn shuffle_blocks(&self) -> usize {
+        use ember_engine::BlockStore as _;
+        self.store.len()
+    }
+
+    /// Stops the driver and waits (up to `grace`) for its executors to follow.
+    /// Returns whether they all did.
+    pub async fn stop(mut self, grace: Duration) -> bool {
+        let _ = self.driver.send(StopDriver).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut all_gone = false;
+        while tokio::time::Instant::now() < deadline {
+            if self.executors().iter().all(|e| !e.connected()) {
+                all_gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.shutdown();
+        all_gone
+    }
+
+    fn shutdown(&mut self) {
+        self.driver_arbiter.stop();
+        if let Some(runtime) = self.runtime.take() {
+            // Not `drop`: this may run inside an async context.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::executor_slots;
+
+    #[test]
+    fn slots_are_spread_over_executor_threads() {
+        assert_eq!(executor_slots(1), vec![1]);
+        assert_eq!(executor_slots(2), vec![2]);
+        assert_eq!(executor_slots(3), vec![2, 1]);
+        assert_eq!(executor_slots(5), vec![2, 1, 1, 1]);
+        for n in 1..40 {
+            assert_eq!(executor_slots(n).iter().sum::<usize>(), n);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The identifiers and task payloads the driver and executors exchange; the
+//! messages themselves live beside each actor (`driver/messages.rs`,
+//! `executor/messages.rs`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
+use ember_engine::StageKind;
+use ember_engine::shuffle::MapStatus;
+
+pub type JobId = u64;
+
+/// An executor's id within its application ("driver" for the one that runs
+/// inside the driver in `local` mode).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExecutorId(pub String);
+
+impl fmt::Display for ExecutorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One attempt at one partition of one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId {
+    pub job: JobId,
+    pub stage: ember_engine::StageId,
+    pub partition: usize,
+    pub attempt: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task {}.{} in stage {} (job {})",
+            self.partition, self.attempt, self.stage, self.job
+        )
+    }
+}
+
+/// What an executor needs to run a task. In one process the plan is shared,
+/// never serialized; each attempt runs a fresh copy of it.
+#[derive(Debug, Clone)]
+pub struct TaskDescription {
+    pub id: TaskId,
+    pub kind: StageKind,
+    pub plan: Arc<dyn ExecutionPlan>,
+}
+
+/// What a successful task produced.
+#[derive(Debug, Clone)]
+pub enum TaskOutput {
+    /// A map task: rows written per reduce partition.
+    Map(MapStatus),
+    /// A result task: its rows.
+    Result(Vec<RecordBatch>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFailureKind {
+    /// The task's code returned an error.
+    Error,
+    /// The task's code panicked; the executor survived.
+    Panic,
+    /// The driver asked for it to stop.
+    Killed,
+    /// Its executor went away; not the task's fault.
+    ExecutorLost,
+}
+
+/// Why a task did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    pub kind: TaskFailureKind,
+    pub message: String,
+}
+
+impl TaskError {
+    pub fn new(kind: TaskFailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether this failure counts against `ember.task.maxFailures`.
+    pub fn counts_as_failure(&self) -> bool {
+        matches!(self.kind, TaskFailureKind::Error | TaskFailureKind::Panic)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            TaskFailureKind::Error => f.write_str(&self.message),
+            TaskFailureKind::Panic => write!(f, "task panicked: {}", self.message),
+            TaskFailureKind::Killed => write!(f, "task killed: {}", self.message),
+            TaskFailureKind::ExecutorLost => write!(f, "executor lost: {}", self.message),
+        }
+    }
+}

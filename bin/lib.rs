@@ -1,0 +1,16 @@
+//! Ember: Spark-style applications on a Rust runtime of supervised actors.
+//! This crate is the facade (sessions, master URLs, output) and the `ember`
+//! command line.
+
+pub mod cli;
+pub mod datagen;
+pub mod master;
+pub mod output;
+pub mod progress;
+pub mod session;
+
+pub use ember_actors as actors;
+pub use ember_engine as engine;
+pub use ember_transport as transport;
+pub use master::Master;
+pub use session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};

@@ -1,0 +1,5 @@
+//! The single `ember` binary.
+
+fn main() -> std::process::ExitCode {
+    ember::cli::main()
+}

@@ -1,0 +1,34 @@
+//! The DataFusion settings Ember plans with, so that every physical plan can be
+//! cut into stages whose tasks run independently of each other.
+
+use datafusion::prelude::SessionConfig;
+
+/// A session configuration for planning distributed jobs over `partitions`
+/// task slots.
+pub fn planning_config(partitions: usize) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(partitions.max(1))
+        .with_information_schema(true)
+        // Round-robin repartitions only add parallelism inside one process;
+        // as a stage boundary they would materialise a whole scan in memory.
+        .with_round_robin_repartition(false);
+    // Dynamic filters link operators through shared state, which does not
+    // survive the cut into independently executed stages.
+    config
+        .options_mut()
+        .optimizer
+        .enable_dynamic_filter_pushdown = false;
+    config.options_mut().optimizer.enable_topk_dynamic_filter_pushdown = false;
+    config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+    config
+        .options_mut()
+        .optimizer
+        .enable_aggregate_dynamic_filter_pushdown = false;
+    // Scan partitions otherwise share one queue of files and steal from each
+    // other; tasks run apart, so each would read every file.
+    config
+        .options_mut()
+        .execution
+        .enable_file_stream_work_stealing = false;
+    config
+}

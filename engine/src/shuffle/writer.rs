@@ -1,0 +1,260 @@
+//! The root of a map stage: runs one input partition, splits its rows by the
+//! shuffle's partitioning and stores one block per reduce partition.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics;
+use datafusion::physical_plan::repartition::BatchPartitioner;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use super::store::{ShuffleBlockId, ShuffleEnv};
+use crate::error::EngineError;
+use crate::stages::StageId;
+
+/// How a map task's rows are assigned to reduce partitions.
+#[derive(Debug, Clone)]
+pub enum ShuffleOutput {
+    /// Rows are split by this partitioning (a hash or round-robin exchange).
+    Repartition(Partitioning),
+    /// Map partition `i` becomes reduce partition `i` unchanged (the input of
+    /// a merge that needs all partitions in one task).
+    Passthrough,
+}
+
+/// What a map task wrote: rows per reduce partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapStatus {
+    pub rows_per_reduce: Vec<(usize, u64)>,
+}
+
+impl MapStatus {
+    pub fn rows(&self) -> u64 {
+        self.rows_per_reduce.iter().map(|(_, r)| r).sum()
+    }
+
+    /// Reads the status batches a `ShuffleWriterExec` partition returns.
+    pub fn from_batches(batches: &[RecordBatch]) -> Self {
+        let mut rows_per_reduce = Vec::new();
+        for batch in batches {
+            let (Some(reduce), Some(rows)) = (
+                batch.column(0).as_any().downcast_ref::<UInt32Array>(),
+                batch.column(1).as_any().downcast_ref::<UInt64Array>(),
+            ) else {
+                continue;
+            };
+            for i in 0..batch.num_rows() {
+                rows_per_reduce.push((reduce.value(i) as usize, rows.value(i)));
+            }
+        }
+        Self { rows_per_reduce }
+    }
+}
+
+#[derive(Debug)]
+pub struct ShuffleWriterExec {
+    input: Arc<dyn ExecutionPlan>,
+    stage: StageId,
+    output: ShuffleOutput,
+    cache: Arc<PlanProperties>,
+}
+
+impl ShuffleWriterExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, stage: StageId, output: ShuffleOutput) -> Self {
+        let schema = Self::status_schema();
+        let cache = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            stage,
+            output,
+            cache: Arc::new(cache),
+        }
+    }
+
+    pub fn stage(&self) -> StageId {
+        self.stage
+    }
+
+    pub fn output(&self) -> &ShuffleOutput {
+        &self.output
+    }
+
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// Number of reduce partitions this shuffle produces.
+    pub fn reduce_partitions(&self) -> usize {
+        match &self.output {
+            ShuffleOutput::Repartition(p) => p.partition_count(),
+            ShuffleOutput::Passthrough => self.input.output_partitioning().partition_count(),
+        }
+    }
+
+    fn status_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("reduce_partition", DataType::UInt32, false),
+            Field::new("rows", DataType::UInt64, false),
+        ]))
+    }
+}
+
+impl DisplayAs for ShuffleWriterExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => match &self.output {
+                ShuffleOutput::Repartition(p) => {
+                    write!(f, "ShuffleWriterExec: stage={}, partitioning={p}", self.stage)
+                }
+                ShuffleOutput::Passthrough => write!(
+                    f,
+                    "ShuffleWriterExec: stage={}, partitioning=passthrough({})",
+                    self.stage,
+                    self.reduce_partitions()
+                ),
+            },
+            DisplayFormatType::TreeRender => write!(f, "stage={}", self.stage),
+        }
+    }
+}
+
+impl ExecutionPlan for ShuffleWriterExec {
+    fn name(&self) -> &str {
+        "ShuffleWriterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        if let ShuffleOutput::Repartition(Partitioning::Hash(exprs, _)) = &self.output {
+            for e in exprs {
+                if f(e)? == TreeNodeRecursion::Stop {
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("ShuffleWriterExec needs one child".into()))?;
+        Ok(Arc::new(Self::new(input, self.stage, self.output.clone())))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let env = context
+            .session_config()
+            .get_extension::<ShuffleEnv>()
+            .ok_or(EngineError::NoShuffleEnv)?;
+        let mut input = self.input.execute(partition, Arc::clone(&context))?;
+        let stage = self.stage;
+        let reduce_partitions = self.reduce_partitions();
+        let mut partitioner = match &self.output {
+            ShuffleOutput::Repartition(p) => Some(BatchPartitioner::try_new(
+                p.clone(),
+                metrics::Time::new(),
+                partition,
+                self.input.output_partitioning().partition_count(),
+            )?),
+            ShuffleOutput::Passthrough => None,
+        };
+        let schema = Self::status_schema();
+        let status_schema = Arc::clone(&schema);
+        let write = async move {
+            let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); reduce_partitions];
+            while let Some(batch) = input.next().await {
+                let batch = batch?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                match partitioner.as_mut() {
+                    Some(p) => p.partition(batch, |reduce, part| {
+                        if let Some(bucket) = buckets.get_mut(reduce) {
+                            bucket.push(part);
+                        }
+                        Ok(())
+                    })?,
+                    None => {
+                        if let Some(bucket) = buckets.get_mut(partition) {
+                            bucket.push(batch);
+                        }
+                    }
+                }
+            }
+            let mut reduces = Vec::new();
+            let mut rows = Vec::new();
+            for (reduce, batches) in buckets.into_iter().enumerate() {
+                // Passthrough writes only its own partition's block.
+                if partitioner.is_none() && reduce != partition {
+                    continue;
+                }
+                reduces.push(reduce as u32);
+                rows.push(batches.iter().map(|b| b.num_rows() as u64).sum::<u64>());
+                env.store.put(
+                    ShuffleBlockId {
+                        stage,
+                        map: partition,
+                        reduce,
+                    },
+                    batches,
+                );
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt32Array::from(reduces)),
+                Arc::new(UInt64Array::from(rows)),
+            ];
+            Ok(RecordBatch::try_new(status_schema, columns)?)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(write),
+        )))
+    }
+}
+
