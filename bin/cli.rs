@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use datafusion::arrow::error::ArrowError;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ember_actors::config::{KEYS, env_name};
 use ember_actors::{EmberConf, JobListener};
@@ -260,6 +261,22 @@ fn submit(args: SubmitArgs) -> ExitCode {
     })
 }
 
+enum PrintError {
+    Closed,
+    Other(ArrowError),
+}
+
+impl From<ArrowError> for PrintError {
+    fn from(e: ArrowError) -> Self {
+        match &e {
+            ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+                PrintError::Closed
+            }
+            _ => PrintError::Other(e),
+        }
+    }
+}
+
 async fn run_statements(
     session: &mut Session,
     job: &str,
@@ -274,10 +291,10 @@ async fn run_statements(
         let printed = match session.execute_in(&statement.text, mode).await {
             Ok(StatementOutcome::Rows(rows)) => write_rows(&mut stdout, format, &rows)
                 .map(|()| Some(rows.num_rows()))
-                .map_err(|e| e.to_string()),
+                .map_err(PrintError::from),
             Ok(StatementOutcome::Explain(text)) => writeln!(stdout, "{text}")
                 .map(|()| None)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| PrintError::from(ArrowError::from(e))),
             Ok(StatementOutcome::Done) => Ok(None),
             Err(e) => {
                 let _ = stdout.flush();
@@ -295,7 +312,9 @@ async fn run_statements(
                 let _ = writeln!(stdout, "{rows} row{plural} in {:.3} s\n", started.elapsed().as_secs_f64());
             }
             Ok(_) => {}
-            Err(e) => return fail(&format!("cannot print results: {e}")),
+            // The reader went away (`| head`): nothing more to print.
+            Err(PrintError::Closed) => return ExitCode::SUCCESS,
+            Err(PrintError::Other(e)) => return fail(&format!("cannot print results: {e}")),
         }
     }
     let _ = stdout.flush();

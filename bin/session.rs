@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::config::{SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
@@ -29,6 +29,8 @@ pub enum SessionError {
     DriverGone(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("table {table}: LOCATION '{location}' does not exist; fix the path or create it first")]
+    MissingLocation { table: String, location: String },
     #[error("cannot start the local runtime: {0}")]
     Start(#[from] std::io::Error),
 }
@@ -122,6 +124,16 @@ impl Session {
                     "EXPLAIN ANALYZE is not supported yet; EXPLAIN shows the stage graph".to_string(),
                 ));
             }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
+                if let Some(location) = create.locations.iter().find(|l| is_missing_local_path(l)) {
+                    return Err(SessionError::MissingLocation {
+                        table: create.name.to_string(),
+                        location: location.clone(),
+                    });
+                }
+                self.ctx.execute_logical_plan(plan).await?.collect().await?;
+                return Ok(StatementOutcome::Done);
+            }
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
                 // Catalog changes happen here, in the driver's session.
                 self.ctx.execute_logical_plan(plan).await?.collect().await?;
@@ -137,10 +149,13 @@ impl Session {
         if mode == Mode::ExplainOnly {
             return Ok(StatementOutcome::Explain(self.planner.plan(physical)?.to_string()));
         }
-        let fresh_target = copy_target.filter(|t| is_local_path(t) && !Path::new(t).exists());
+        let fresh_target = copy_target
+            .filter(|t| is_local_path(t))
+            .map(|t| local_path(&t).to_path_buf())
+            .filter(|t| !t.exists());
         let result = self.run(physical).await;
         if let (Err(_), Some(target)) = (&result, fresh_target) {
-            remove_partial_output(Path::new(&target));
+            remove_partial_output(&target);
         }
         result.map(StatementOutcome::Rows)
     }
@@ -175,14 +190,19 @@ fn is_local_path(target: &str) -> bool {
     !target.contains("://") || target.starts_with("file://")
 }
 
+/// A plain local path (no glob) that does not exist.
+fn is_missing_local_path(location: &str) -> bool {
+    is_local_path(location) && !location.contains(['*', '?', '[']) && !local_path(location).exists()
+}
+
+/// The file-system path of a local location (`file://` or a plain path).
+fn local_path(location: &str) -> &Path {
+    Path::new(location.strip_prefix("file://").unwrap_or(location))
+}
+
 /// Removes what a failed COPY wrote to a destination that did not exist
 /// before it started.
 fn remove_partial_output(target: &Path) {
-    let target = target
-        .to_str()
-        .and_then(|t| t.strip_prefix("file://"))
-        .map(Path::new)
-        .unwrap_or(target);
     let removed = if target.is_dir() {
         std::fs::remove_dir_all(target)
     } else if target.exists() {

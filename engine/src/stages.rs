@@ -234,3 +234,156 @@ fn parents_of(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<StageId>> {
     parents.dedup();
     Ok(parents)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::MemTable;
+    use datafusion::physical_plan::common::collect;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::session::planning_config;
+    use crate::shuffle::{InMemoryBlockStore, ShuffleEnv};
+
+    fn table(name: &str, rows: i64, offset: i64) -> (Arc<Schema>, Vec<Vec<RecordBatch>>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        // Two partitions, as two files would be.
+        let part = |range: std::ops::Range<i64>| {
+            let ks: Vec<i64> = range.clone().map(|i| (i + offset) % 7).collect();
+            let vs: Vec<i64> = range.clone().collect();
+            let ss: Vec<String> = range.map(|i| format!("{name}{i}")).collect();
+            vec![RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(ks)), Arc::new(Int64Array::from(vs)), Arc::new(StringArray::from(ss))],
+            )
+            .unwrap()]
+        };
+        (schema.clone(), vec![part(0..rows / 2), part(rows / 2..rows)])
+    }
+
+    fn context(extra: &[(&str, &str)]) -> SessionContext {
+        let mut config = planning_config(2);
+        for (k, v) in extra {
+            config.options_mut().set(k, v).unwrap();
+        }
+        let ctx = SessionContext::new_with_config(config);
+        for (name, offset) in [("a", 0), ("b", 3)] {
+            let (schema, parts) = table(name, 40, offset);
+            ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts).unwrap())).unwrap();
+        }
+        ctx
+    }
+
+    async fn graph(ctx: &SessionContext, sql: &str) -> StageGraph {
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        StagePlanner::new().plan(plan).unwrap()
+    }
+
+    /// Runs a graph stage by stage, task by task, on one in-memory store.
+    async fn run(ctx: &SessionContext, graph: &StageGraph) -> String {
+        let store = Arc::new(InMemoryBlockStore::default());
+        let config = ctx.copied_config().with_extension(Arc::new(ShuffleEnv::new(store)));
+        let task_ctx = Arc::new(datafusion::execution::TaskContext::default().with_session_config(config));
+        let mut result = Vec::new();
+        for stage in &graph.stages {
+            for partition in 0..stage.tasks() {
+                let stream = stage.plan.execute(partition, task_ctx.clone()).unwrap();
+                let batches = collect(stream).await.unwrap();
+                if stage.kind == StageKind::Result {
+                    result.extend(batches);
+                }
+            }
+        }
+        pretty_format_batches(&result).unwrap().to_string()
+    }
+
+    fn summary(graph: &StageGraph) -> Vec<(StageId, StageKind, usize, Vec<StageId>)> {
+        graph.stages.iter().map(|s| (s.id, s.kind, s.tasks(), s.parents.clone())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_by_splits_at_its_hash_exchange() {
+        let ctx = context(&[]);
+        let sql = "SELECT k, SUM(v) AS total FROM a GROUP BY k ORDER BY k";
+        let g = graph(&ctx, sql).await;
+        assert_eq!(
+            summary(&g),
+            vec![
+                (0, StageKind::ShuffleMap, 2, vec![]),
+                (1, StageKind::ShuffleMap, 2, vec![0]),
+                (2, StageKind::Result, 1, vec![1]),
+            ]
+        );
+        let text = g.to_string();
+        assert!(text.contains("ShuffleWriterExec: stage=0, partitioning=Hash([k@0], 2)"), "{text}");
+        assert!(text.contains("AggregateExec: mode=Partial"), "{text}");
+        assert!(text.contains("ShuffleWriterExec: stage=1, partitioning=passthrough(2)"), "{text}");
+        assert!(!text.contains("RepartitionExec"), "no exchange is left inside a stage: {text}");
+        let expected = pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert_eq!(run(&ctx, &g).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_partitioned_join_reads_two_shuffles() {
+        let ctx = context(&[("datafusion.optimizer.hash_join_single_partition_threshold", "0"),
+            ("datafusion.optimizer.hash_join_single_partition_threshold_rows", "0")]);
+        let sql = "SELECT a.k, COUNT(*) AS n FROM a JOIN b ON a.k = b.k GROUP BY a.k ORDER BY a.k";
+        let g = graph(&ctx, sql).await;
+        let text = g.to_string();
+        assert!(text.contains("HashJoinExec: mode=Partitioned"), "{text}");
+        let join_stage = g
+            .stages
+            .iter()
+            .find(|s| displayable(s.plan.as_ref()).indent(false).to_string().contains("HashJoinExec"))
+            .unwrap();
+        assert_eq!(join_stage.parents.len(), 2, "both join inputs are shuffled: {text}");
+        let expected = pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert_eq!(run(&ctx, &g).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_join_collects_its_build_side_from_a_stage() {
+        let ctx = context(&[]);
+        let sql = "SELECT a.s, b.s FROM a JOIN b ON a.k = b.k AND a.v = b.v ORDER BY a.s";
+        let g = graph(&ctx, sql).await;
+        let text = g.to_string();
+        assert!(text.contains("mode=CollectLeft"), "{text}");
+        assert!(text.contains("CoalescePartitionsExec"), "{text}");
+        assert!(g.stages.len() >= 2, "{text}");
+        let expected = pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert_eq!(run(&ctx, &g).await, expected);
+    }
+
+    #[tokio::test]
+    async fn stage_ids_are_unique_across_jobs() {
+        let ctx = context(&[]);
+        let mut planner = StagePlanner::new();
+        let plan = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap() }
+        };
+        let first = planner.plan(plan("SELECT k, COUNT(*) FROM a GROUP BY k").await).unwrap();
+        let second = planner.plan(plan("SELECT k, COUNT(*) FROM b GROUP BY k").await).unwrap();
+        let ids: Vec<StageId> = first.stage_ids().into_iter().chain(second.stage_ids()).collect();
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(ids, unique);
+        assert_eq!(second.stages[0].id, first.stages.len());
+    }
+}

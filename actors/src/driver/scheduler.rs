@@ -394,3 +394,205 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_plan::empty::EmptyExec;
+    use ember_engine::Stage;
+
+    use super::*;
+    use crate::protocol::TaskFailureKind;
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]))
+    }
+
+    /// Stage 0: two map tasks; stage 1: one result task reading stage 0.
+    fn two_stage_graph() -> StageGraph {
+        let plan = |n| Arc::new(EmptyExec::new(schema()).with_partitions(n)) as _;
+        StageGraph {
+            stages: vec![
+                Stage { id: 0, kind: StageKind::ShuffleMap, plan: plan(2), parents: vec![] },
+                Stage { id: 1, kind: StageKind::Result, plan: plan(1), parents: vec![0] },
+            ],
+        }
+    }
+
+    fn exec(id: &str) -> ExecutorId {
+        ExecutorId(id.to_string())
+    }
+
+    fn launches(actions: &[Action]) -> Vec<(ExecutorId, TaskId)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::LaunchTask { executor, task } => Some((executor.clone(), task.id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn map_done(executor: &ExecutorId, task: TaskId) -> Event {
+        Event::TaskEnded {
+            executor: executor.clone(),
+            task,
+            result: Ok(TaskOutput::Map(MapStatus::default())),
+        }
+    }
+
+    fn failed(executor: &ExecutorId, task: TaskId, message: &str) -> Event {
+        Event::TaskEnded {
+            executor: executor.clone(),
+            task,
+            result: Err(TaskError::new(TaskFailureKind::Error, message)),
+        }
+    }
+
+    fn start(max_failures: u32, executors: &[(&str, usize)]) -> (Scheduler, Vec<Action>) {
+        let mut s = Scheduler::new(max_failures);
+        for (id, slots) in executors {
+            s.on_event(Event::ExecutorAdded { executor: exec(id), slots: *slots });
+        }
+        let actions = s.on_event(Event::JobSubmitted { job: 7, graph: two_stage_graph() });
+        (s, actions)
+    }
+
+    #[test]
+    fn stages_run_in_dependency_order_and_the_job_returns_its_rows() {
+        let (mut s, actions) = start(1, &[("1", 4)]);
+        let first = launches(&actions);
+        assert_eq!(first.len(), 2, "only the map stage is runnable");
+        assert!(first.iter().all(|(_, t)| t.stage == 0));
+        assert!(actions.iter().any(|a| matches!(a, Action::StageSubmitted { stage: 0, tasks: 2, .. })));
+
+        let a = s.on_event(map_done(&first[0].0, first[0].1));
+        assert!(launches(&a).is_empty(), "stage 1 waits for all of stage 0");
+        let a = s.on_event(map_done(&first[1].0, first[1].1));
+        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+        let result_task = launches(&a);
+        assert_eq!(result_task.len(), 1);
+        assert_eq!(result_task[0].1.stage, 1);
+
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let a = s.on_event(Event::TaskEnded {
+            executor: exec("1"),
+            task: result_task[0].1,
+            result: Ok(TaskOutput::Result(vec![batch])),
+        });
+        let rows: usize = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::JobSucceeded { job: 7, batches } => Some(batches.iter().map(|b| b.num_rows()).sum::<usize>()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(rows, 3);
+        assert!(a.iter().any(|a| matches!(a, Action::RemoveShuffle { stages } if stages == &vec![0, 1])));
+        assert_eq!(s.active_jobs(), 0);
+    }
+
+    #[test]
+    fn tasks_never_exceed_slots_and_spread_over_executors() {
+        let (mut s, actions) = start(1, &[("1", 1)]);
+        let first = launches(&actions);
+        assert_eq!(first.len(), 1, "one slot, one task");
+        let next = launches(&s.on_event(map_done(&first[0].0, first[0].1)));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].1.partition, 1);
+
+        let (_, actions) = start(1, &[("1", 2), ("2", 2)]);
+        let placed: Vec<ExecutorId> = launches(&actions).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(placed, vec![exec("1"), exec("2")]);
+    }
+
+    #[test]
+    fn a_failing_task_is_retried_until_max_failures_then_the_job_fails_with_its_error() {
+        let (mut s, actions) = start(3, &[("1", 2)]);
+        let tasks = launches(&actions);
+        let (e, mut victim) = tasks[0].clone();
+        for attempt in 1..3 {
+            let retry = launches(&s.on_event(failed(&e, victim, "boom")));
+            assert_eq!(retry.len(), 1, "attempt {attempt} is retried");
+            assert_eq!(retry[0].1.partition, victim.partition);
+            assert_eq!(retry[0].1.attempt, attempt);
+            victim = retry[0].1;
+        }
+        let a = s.on_event(failed(&e, victim, "boom"));
+        let error = a
+            .iter()
+            .find_map(|a| match a {
+                Action::JobFailed { job: 7, error } => Some(error.clone()),
+                _ => None,
+            })
+            .expect("the job fails");
+        assert!(error.contains("failed 3 times"), "{error}");
+        assert!(error.ends_with("boom"), "{error}");
+        // The other task still running is killed.
+        assert!(a.iter().any(|a| matches!(a, Action::KillTask { task, .. } if *task == tasks[1].1)));
+        assert!(launches(&a).is_empty());
+        assert_eq!(s.active_jobs(), 0);
+    }
+
+    #[test]
+    fn a_task_that_fails_then_succeeds_lets_the_job_go_on() {
+        let (mut s, actions) = start(2, &[("1", 2)]);
+        let tasks = launches(&actions);
+        let retry = launches(&s.on_event(failed(&tasks[0].0, tasks[0].1, "flaky")));
+        s.on_event(map_done(&retry[0].0, retry[0].1));
+        let a = s.on_event(map_done(&tasks[1].0, tasks[1].1));
+        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+        assert!(!a.iter().any(|a| matches!(a, Action::JobFailed { .. })));
+    }
+
+    #[test]
+    fn reports_from_stale_attempts_are_ignored() {
+        let (mut s, actions) = start(3, &[("1", 2)]);
+        let tasks = launches(&actions);
+        let retry = launches(&s.on_event(failed(&tasks[0].0, tasks[0].1, "x")));
+        // The first attempt reporting success again changes nothing.
+        let a = s.on_event(map_done(&tasks[0].0, tasks[0].1));
+        assert!(a.is_empty(), "{a:?}");
+        s.on_event(map_done(&tasks[1].0, tasks[1].1));
+        let a = s.on_event(map_done(&retry[0].0, retry[0].1));
+        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+    }
+
+    #[test]
+    fn a_lost_executors_tasks_move_elsewhere_without_counting_as_failures() {
+        let (mut s, actions) = start(1, &[("1", 1), ("2", 1)]);
+        let tasks = launches(&actions);
+        assert_eq!(tasks.len(), 2);
+        let (lost_exec, lost_task) = tasks.iter().find(|(e, _)| *e == exec("1")).cloned().unwrap();
+        let a = s.on_event(Event::ExecutorLost { executor: lost_exec, reason: "gone".into() });
+        assert!(!a.iter().any(|a| matches!(a, Action::JobFailed { .. })), "max failures is 1, yet no failure counted");
+        let other = tasks.iter().find(|(e, _)| *e == exec("2")).cloned().unwrap();
+        let moved = launches(&s.on_event(map_done(&other.0, other.1)));
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].0, exec("2"));
+        assert_eq!(moved[0].1.partition, lost_task.partition);
+
+        let a = s.on_event(Event::ExecutorLost { executor: exec("2"), reason: "gone too".into() });
+        let error = a.iter().find_map(|a| match a {
+            Action::JobFailed { error, .. } => Some(error.clone()),
+            _ => None,
+        });
+        assert!(error.is_some_and(|e| e.contains("every executor is gone")));
+    }
+
+    #[test]
+    fn a_cancelled_job_kills_its_tasks() {
+        let (mut s, actions) = start(1, &[("1", 2)]);
+        assert_eq!(launches(&actions).len(), 2);
+        let a = s.on_event(Event::JobCancelled { job: 7, reason: "user".into() });
+        assert_eq!(a.iter().filter(|a| matches!(a, Action::KillTask { .. })).count(), 2);
+        assert!(a.iter().any(|a| matches!(a, Action::JobFailed { job: 7, error } if error == "user")));
+    }
+}

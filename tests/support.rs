@@ -1,0 +1,135 @@
+//! Fixtures: small generated data sets, sessions, and rows as sortable text.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember::datagen::{ViewsSpec, generate_views};
+use ember::{Master, Session, SessionOptions, StatementOutcome};
+use ember_actors::EmberConf;
+
+/// A directory with `views/` (generated events) and `videos/` (a dimension
+/// table of titles and categories), deleted when dropped.
+pub struct Data {
+    pub dir: tempfile::TempDir,
+}
+
+impl Data {
+    pub fn new(rows: u64, files: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        generate_views(&ViewsSpec {
+            rows,
+            files,
+            out: dir.path().join("views"),
+            seed: 11,
+            day: "2026-11-01".to_string(),
+            videos: 300,
+            force: false,
+        })
+        .unwrap();
+        let videos = dir.path().join("videos");
+        std::fs::create_dir_all(&videos).unwrap();
+        let mut csv = String::from("video_id,title,category\n");
+        // Only some videos are catalogued, so inner and outer joins differ.
+        for id in (1..=300).filter(|i| i % 3 != 0) {
+            csv.push_str(&format!("{id},Video {id},{}\n", ["music", "news", "sport", "games"][id % 4]));
+        }
+        std::fs::write(videos.join("videos.csv"), csv).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// DDL registering both tables.
+    pub fn ddl(&self) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE EXTERNAL TABLE views (event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, \
+                 video_id BIGINT NOT NULL, watch_seconds BIGINT NOT NULL, country VARCHAR NOT NULL) \
+                 STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+                self.path("views").display()
+            ),
+            format!(
+                "CREATE EXTERNAL TABLE videos (video_id BIGINT NOT NULL, title VARCHAR NOT NULL, \
+                 category VARCHAR NOT NULL) STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+                self.path("videos").display()
+            ),
+        ]
+    }
+}
+
+pub fn master(url: &str) -> Master {
+    Master::parse(url, 2).unwrap()
+}
+
+/// Starts a session on `url` with both tables registered.
+pub async fn session(url: &str, data: &Data) -> Session {
+    let mut session = Session::start(SessionOptions {
+        master: master(url),
+        conf: EmberConf::new(),
+        listener: None,
+    })
+    .unwrap();
+    for ddl in data.ddl() {
+        session.execute(&ddl).await.unwrap();
+    }
+    session
+}
+
+/// Runs a query on a session and returns its rows as text.
+pub async fn rows(session: &mut Session, sql: &str) -> Vec<String> {
+    match session.execute(sql).await {
+        Ok(StatementOutcome::Rows(out)) => to_lines(&out.batches),
+        other => panic!("{sql}: expected rows, got {other:?}"),
+    }
+}
+
+/// The same query on plain DataFusion, as the reference.
+pub async fn reference_rows(data: &Data, sql: &str) -> Vec<String> {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    for ddl in data.ddl() {
+        ctx.sql(&ddl).await.unwrap();
+    }
+    to_lines(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
+}
+
+pub fn to_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default();
+    let mut lines = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
+            lines.push(cells.join("|"));
+        }
+    }
+    lines
+}
+
+pub fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+/// Files below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
