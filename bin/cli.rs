@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use datafusion::arrow::error::ArrowError;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use datafusion::arrow::error::ArrowError;
 use ember_actors::config::{KEYS, env_name};
 use ember_actors::{EmberConf, JobListener};
 use ember_engine::script::{ScriptStatement, split_statements};
@@ -64,8 +64,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "The job runs statement by statement; each query's rows are printed. \
-A failing statement stops the job with a non-zero exit code.")]
+#[command(
+    after_help = "The job runs statement by statement; each query's rows are printed. \
+A failing statement stops the job with a non-zero exit code."
+)]
 pub struct SubmitArgs {
     /// The SQL script to run (DataFusion SQL: CREATE EXTERNAL TABLE, SELECT, COPY ... TO, EXPLAIN).
     #[arg(value_name = "JOB_FILE")]
@@ -166,7 +168,11 @@ pub fn main() -> ExitCode {
             };
             match generate_views(&spec) {
                 Ok(paths) => {
-                    eprintln!("wrote {rows} rows in {} files to {}", paths.len(), spec.out.display());
+                    eprintln!(
+                        "wrote {rows} rows in {} files to {}",
+                        paths.len(),
+                        spec.out.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),
@@ -205,15 +211,26 @@ fn init_logging(verbose: u8) {
 fn print_config() {
     println!("Configuration keys (set with --conf KEY=VALUE or the environment variable shown):\n");
     for key in KEYS {
-        let default = if key.default.is_empty() { "(depends on the master)" } else { key.default };
-        println!("{}\n    default: {default}\n    env:     {}\n    {}\n", key.name, env_name(key.name), key.doc);
+        let default = if key.default.is_empty() {
+            "(depends on the master)"
+        } else {
+            key.default
+        };
+        println!(
+            "{}\n    default: {default}\n    env:     {}\n    {}\n",
+            key.name,
+            env_name(key.name),
+            key.doc
+        );
     }
     println!("Keys starting with `datafusion.` are passed to DataFusion unchanged.");
 }
 
 fn submit(args: SubmitArgs) -> ExitCode {
     if args.deploy_mode == DeployMode::Cluster {
-        return fail("--deploy-mode cluster needs a cluster master; local masters run the driver in this process (client mode)");
+        return fail(
+            "--deploy-mode cluster needs a cluster master; local masters run the driver in this process (client mode)",
+        );
     }
     let script = match std::fs::read_to_string(&args.job) {
         Ok(s) => s,
@@ -245,9 +262,16 @@ fn submit(args: SubmitArgs) -> ExitCode {
         conf,
         listener,
     };
-    let app = args.name.clone().unwrap_or_else(|| args.job.display().to_string());
+    let app = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.job.display().to_string());
     tracing::info!(%app, master = %args.master, "submitting");
-    let mode = if args.explain { Mode::ExplainOnly } else { Mode::Run };
+    let mode = if args.explain {
+        Mode::ExplainOnly
+    } else {
+        Mode::Run
+    };
     let job = args.job.display().to_string();
     let system = actix::System::new();
     system.block_on(async move {
@@ -309,7 +333,11 @@ async fn run_statements(
         match printed {
             Ok(Some(rows)) if on_terminal && format == OutputFormat::Table => {
                 let plural = if rows == 1 { "" } else { "s" };
-                let _ = writeln!(stdout, "{rows} row{plural} in {:.3} s\n", started.elapsed().as_secs_f64());
+                let _ = writeln!(
+                    stdout,
+                    "{rows} row{plural} in {:.3} s\n",
+                    started.elapsed().as_secs_f64()
+                );
             }
             Ok(_) => {}
             // The reader went away (`| head`): nothing more to print.

@@ -13,8 +13,8 @@ pub const HEADER: &str = "event_time,user_id,video_id,watch_seconds,country";
 
 /// Countries, most views first; picked with weights that fall off.
 const COUNTRIES: [&str; 20] = [
-    "US", "IN", "BR", "GB", "DE", "FR", "JP", "ID", "MX", "NG", "KR", "CA", "ES", "IT", "PH",
-    "TR", "EG", "VN", "PL", "AR",
+    "US", "IN", "BR", "GB", "DE", "FR", "JP", "ID", "MX", "NG", "KR", "CA", "ES", "IT", "PH", "TR",
+    "EG", "VN", "PL", "AR",
 ];
 
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub enum GenError {
     NoVideos,
     #[error("{0} already holds data files; pass --force to replace them or choose another --out")]
     NotEmpty(PathBuf),
+    #[error("a file writer thread panicked; the output directory may be incomplete")]
+    WriterPanicked,
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -107,7 +109,7 @@ pub fn generate_views(spec: &ViewsSpec) -> Result<Vec<PathBuf>, GenError> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(GenError::NoFiles)))
+            .map(|h| h.join().unwrap_or(Err(GenError::WriterPanicked)))
             .collect::<Result<Vec<()>, GenError>>()
     })?;
     Ok(paths)
@@ -130,7 +132,8 @@ fn write_file(path: &Path, rows: u64, spec: &ViewsSpec, index: u64) -> Result<()
             let video = (videos.powf(rng.random::<f64>()) as u64).clamp(1, spec.videos);
             let share: f64 = rng.random();
             let watch = 1 + (share * share * 1800.0) as u32;
-            let country = COUNTRIES[(COUNTRIES.len() as f64 * rng.random::<f64>().powi(2)) as usize % COUNTRIES.len()];
+            let country = COUNTRIES
+                [(COUNTRIES.len() as f64 * rng.random::<f64>().powi(2)) as usize % COUNTRIES.len()];
             writeln!(
                 out,
                 "{}T{:02}:{:02}:{:02}Z,{user},{video},{watch},{country}",

@@ -36,7 +36,9 @@ impl Master {
             });
         }
         if trimmed.starts_with("spark://") || trimmed.starts_with("ember://") {
-            return Err(err("cluster masters are not available yet; only local mode is"));
+            return Err(err(
+                "cluster masters are not available yet; only local mode is",
+            ));
         }
         let inner = trimmed
             .strip_prefix("local[")
@@ -50,14 +52,22 @@ impl Master {
             "*" => cores.max(1),
             n => match n.parse::<usize>() {
                 Ok(n) if n >= 1 => n,
-                _ => return Err(err("the thread count must be a whole number of at least 1, or *")),
+                _ => {
+                    return Err(err(
+                        "the thread count must be a whole number of at least 1, or *",
+                    ));
+                }
             },
         };
         let max_failures = match failures {
             None => 1,
             Some(f) => match f.parse::<u32>() {
                 Ok(f) if f >= 1 => f,
-                _ => return Err(err("the task failure count F must be a whole number of at least 1")),
+                _ => {
+                    return Err(err(
+                        "the task failure count F must be a whole number of at least 1",
+                    ));
+                }
             },
         };
         Ok(Master::Local {
@@ -138,12 +148,26 @@ mod tests {
     #[test]
     fn rejects_bad_urls_with_the_accepted_forms() {
         for bad in [
-            "", "locale", "local[]", "local[0]", "local[-1]", "local[x]", "local[2", "local2]",
-            "local[2,0]", "local[2,x]", "local[2,3,4]", "yarn", "ember://host:7077",
+            "",
+            "locale",
+            "local[]",
+            "local[0]",
+            "local[-1]",
+            "local[x]",
+            "local[2",
+            "local2]",
+            "local[2,0]",
+            "local[2,x]",
+            "local[2,3,4]",
+            "yarn",
+            "ember://host:7077",
         ] {
             let err = Master::parse(bad, 4).unwrap_err();
             let text = err.to_string();
-            assert!(text.contains("Accepted forms: local, local[N]"), "{bad}: {text}");
+            assert!(
+                text.contains("Accepted forms: local, local[N]"),
+                "{bad}: {text}"
+            );
             assert!(text.contains(&format!("'{bad}'")), "{bad}: {text}");
         }
     }

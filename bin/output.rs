@@ -14,7 +14,11 @@ pub enum OutputFormat {
     Json,
 }
 
-pub fn write_rows(out: &mut dyn Write, format: OutputFormat, rows: &JobOutput) -> Result<(), ArrowError> {
+pub fn write_rows(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    rows: &JobOutput,
+) -> Result<(), ArrowError> {
     match format {
         OutputFormat::Table => {
             let table = pretty_format_batches_with_schema(rows.schema.clone(), &rows.batches)?;
@@ -22,7 +26,12 @@ pub fn write_rows(out: &mut dyn Write, format: OutputFormat, rows: &JobOutput) -
         }
         OutputFormat::Csv => {
             if rows.num_rows() == 0 {
-                let names: Vec<&str> = rows.schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let names: Vec<&str> = rows
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
                 writeln!(out, "{}", names.join(","))?;
                 return Ok(());
             }

@@ -20,8 +20,10 @@ struct StageBar {
 impl StageBar {
     fn redraw(&self) {
         self.bar.set_position(self.done as u64);
-        self.bar
-            .set_message(format!("({} + {}) / {}", self.done, self.running, self.total));
+        self.bar.set_message(format!(
+            "({} + {}) / {}",
+            self.done, self.running, self.total
+        ));
     }
 }
 

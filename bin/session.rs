@@ -71,10 +71,7 @@ impl Session {
     /// Starts the driver and its executors. Must run inside an actix System.
     pub fn start(options: SessionOptions) -> Result<Self, SessionError> {
         let slots = options.master.threads();
-        let partitions = options
-            .conf
-            .get_usize(SHUFFLE_PARTITIONS)
-            .unwrap_or(slots);
+        let partitions = options.conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
         let mut config = planning_config(partitions);
         for (key, value) in options.conf.datafusion_options() {
             config.options_mut().set(key, value)?;
@@ -111,17 +108,24 @@ impl Session {
 
     /// Runs one SQL statement; in `ExplainOnly` mode queries are planned and
     /// their stage graph returned instead of running them.
-    pub async fn execute_in(&mut self, sql: &str, mode: Mode) -> Result<StatementOutcome, SessionError> {
+    pub async fn execute_in(
+        &mut self,
+        sql: &str,
+        mode: Mode,
+    ) -> Result<StatementOutcome, SessionError> {
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await?;
         match &plan {
             LogicalPlan::Explain(explain) => {
                 let physical = state.create_physical_plan(&explain.plan).await?;
-                return Ok(StatementOutcome::Explain(self.planner.plan(physical)?.to_string()));
+                return Ok(StatementOutcome::Explain(
+                    self.planner.plan(physical)?.to_string(),
+                ));
             }
             LogicalPlan::Analyze(_) => {
                 return Err(SessionError::Unsupported(
-                    "EXPLAIN ANALYZE is not supported yet; EXPLAIN shows the stage graph".to_string(),
+                    "EXPLAIN ANALYZE is not supported yet; EXPLAIN shows the stage graph"
+                        .to_string(),
                 ));
             }
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
@@ -145,9 +149,16 @@ impl Session {
             LogicalPlan::Copy(copy) => Some(copy.output_url.clone()),
             _ => None,
         };
-        let physical = self.ctx.execute_logical_plan(plan).await?.create_physical_plan().await?;
+        let physical = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await?
+            .create_physical_plan()
+            .await?;
         if mode == Mode::ExplainOnly {
-            return Ok(StatementOutcome::Explain(self.planner.plan(physical)?.to_string()));
+            return Ok(StatementOutcome::Explain(
+                self.planner.plan(physical)?.to_string(),
+            ));
         }
         let fresh_target = copy_target
             .filter(|t| is_local_path(t))

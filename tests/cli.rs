@@ -29,18 +29,40 @@ fn the_example_job_prints_top_videos_and_writes_its_table() {
     let examples = repo().join("examples");
     // Run from a scratch directory holding the examples, as a user's checkout.
     std::os::unix::fs::symlink(&examples, work.path().join("examples")).unwrap();
-    let out = ember(&["submit", "--master", "local[3]", "--format", "csv", "examples/watch_time.sql"], work.path());
+    let out = ember(
+        &[
+            "submit",
+            "--master",
+            "local[3]",
+            "--format",
+            "csv",
+            "examples/watch_time.sql",
+        ],
+        work.path(),
+    );
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "video_id,minutes,views");
     // Ten top videos, then COPY's count of rows written.
     assert_eq!(lines[11], "count");
     let written: usize = lines[12].parse().unwrap();
     assert!(written > 100, "{written}");
-    let minutes: Vec<f64> = lines[1..11].iter().map(|l| l.split(',').nth(1).unwrap().parse().unwrap()).collect();
-    assert!(minutes.windows(2).all(|w| w[0] >= w[1]), "sorted by minutes: {minutes:?}");
-    let table = work.path().join("target/ember-output/watch_time_per_video.parquet");
+    let minutes: Vec<f64> = lines[1..11]
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        minutes.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by minutes: {minutes:?}"
+    );
+    let table = work
+        .path()
+        .join("target/ember-output/watch_time_per_video.parquet");
     assert!(table.is_file(), "the COPY output exists");
     // Not a terminal: no progress bars, and logs are quiet by default.
     assert_eq!(text(&out.stderr), "");
@@ -55,34 +77,62 @@ fn the_same_job_gives_the_same_rows_on_every_master() {
     std::fs::write(&job, script).unwrap();
     let job = job.to_str().unwrap();
     let run = |master: &str, format: &str| {
-        let out = ember(&["submit", "--master", master, "--format", format, job], data.dir.path());
+        let out = ember(
+            &["submit", "--master", master, "--format", format, job],
+            data.dir.path(),
+        );
         assert!(out.status.success(), "{master}: {}", text(&out.stderr));
         text(&out.stdout)
     };
     let reference = run("local", "csv");
-    assert_eq!(reference.lines().count(), 21, "header and 20 countries: {reference}");
+    assert_eq!(
+        reference.lines().count(),
+        21,
+        "header and 20 countries: {reference}"
+    );
     assert_eq!(run("local[2]", "csv"), reference);
     assert_eq!(run("local[3,2]", "csv"), reference);
     let json = run("local[2]", "json");
     assert_eq!(json.lines().count(), 20);
-    assert!(json.lines().all(|l| l.starts_with("{\"country\":")), "{json}");
+    assert!(
+        json.lines().all(|l| l.starts_with("{\"country\":")),
+        "{json}"
+    );
     let table = run("local[2]", "table");
     assert!(table.starts_with("+---------+"), "{table}");
 }
 
 #[test]
 fn explain_prints_stages_without_running_them() {
-    let out = ember(&["submit", "--explain", "--master", "local[2]", "examples/watch_time.sql"], repo());
+    let out = ember(
+        &[
+            "submit",
+            "--explain",
+            "--master",
+            "local[2]",
+            "examples/watch_time.sql",
+        ],
+        repo(),
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.contains("Stage 0 (shuffle map, 2 tasks)"), "{stdout}");
+    assert!(
+        stdout.contains("Stage 0 (shuffle map, 2 tasks)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("ShuffleReaderExec: stage=0"), "{stdout}");
-    assert!(stdout.contains("DataSinkExec"), "COPY is explained too: {stdout}");
+    assert!(
+        stdout.contains("DataSinkExec"),
+        "COPY is explained too: {stdout}"
+    );
 }
 
 #[test]
 fn bad_master_urls_list_the_accepted_forms() {
-    let out = ember(&["submit", "--master", "local[0]", "examples/watch_time.sql"], repo());
+    let out = ember(
+        &["submit", "--master", "local[0]", "examples/watch_time.sql"],
+        repo(),
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("invalid master URL 'local[0]'"), "{stderr}");
@@ -94,7 +144,10 @@ fn a_missing_job_file_is_named() {
     let out = ember(&["submit", "no/such/job.sql"], repo());
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("cannot read job file no/such/job.sql"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read job file no/such/job.sql"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -104,11 +157,23 @@ fn a_failing_statement_is_named_by_file_line_and_text_and_stops_the_job() {
     let mut script = data.ddl().join(";\n");
     script.push_str(";\n\n-- a typo in a column name\nSELECT video_idd, COUNT(*)\nFROM views GROUP BY 1;\nSELECT 'never printed';\n");
     std::fs::write(&job, &script).unwrap();
-    let out = ember(&["submit", "--master", "local[2]", job.to_str().unwrap()], data.dir.path());
+    let out = ember(
+        &["submit", "--master", "local[2]", job.to_str().unwrap()],
+        data.dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    let line = script.lines().position(|l| l.starts_with("SELECT video_idd")).unwrap() + 1;
-    assert!(stderr.contains(&format!("bad.sql:{line}: statement 3 (SELECT video_idd, COUNT(*)) failed")), "{stderr}");
+    let line = script
+        .lines()
+        .position(|l| l.starts_with("SELECT video_idd"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!(
+            "bad.sql:{line}: statement 3 (SELECT video_idd, COUNT(*)) failed"
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains("video_idd"), "{stderr}");
     assert!(!text(&out.stdout).contains("never printed"));
 }
@@ -124,7 +189,10 @@ fn a_bad_csv_row_fails_the_job_and_copy_writes_nothing() {
     let mut script = data.ddl().join(";\n");
     script.push_str(";\nCOPY (SELECT video_id, SUM(watch_seconds) FROM views GROUP BY video_id) TO 'out/' STORED AS PARQUET;\n");
     std::fs::write(&job, script).unwrap();
-    let out = ember(&["submit", "--master", "local[2]", job.to_str().unwrap()], data.dir.path());
+    let out = ember(
+        &["submit", "--master", "local[2]", job.to_str().unwrap()],
+        data.dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("thirty"), "{stderr}");
@@ -140,7 +208,15 @@ fn cluster_roles_say_they_are_not_available_yet() {
         assert!(!out.status.success());
         assert!(text(&out.stderr).contains("not available yet"), "{role}");
     }
-    let out = ember(&["submit", "--deploy-mode", "cluster", "examples/watch_time.sql"], repo());
+    let out = ember(
+        &[
+            "submit",
+            "--deploy-mode",
+            "cluster",
+            "examples/watch_time.sql",
+        ],
+        repo(),
+    );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cluster master"));
 }
@@ -148,7 +224,12 @@ fn cluster_roles_say_they_are_not_available_yet() {
 #[test]
 fn gen_writes_the_requested_rows_and_conf_is_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ember(&["gen", "views", "--rows", "1234", "--files", "2", "--out", "v"], dir.path());
+    let out = ember(
+        &[
+            "gen", "views", "--rows", "1234", "--files", "2", "--out", "v",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: usize = files_under(&dir.path().join("v"))
         .iter()
@@ -156,7 +237,15 @@ fn gen_writes_the_requested_rows_and_conf_is_checked() {
         .sum();
     assert_eq!(rows, 1234);
 
-    let out = ember(&["submit", "--conf", "ember.task.maxfailures=2", "examples/watch_time.sql"], repo());
+    let out = ember(
+        &[
+            "submit",
+            "--conf",
+            "ember.task.maxfailures=2",
+            "examples/watch_time.sql",
+        ],
+        repo(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("did you mean 'ember.task.maxFailures'"));
     let out = ember(&["config", "--list"], repo());

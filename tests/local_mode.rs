@@ -17,14 +17,38 @@ use crate::support::{Data, files_under, reference_rows, rows, session, sorted};
 /// Queries covering aggregate, join, sort+limit, filter, union, window and
 /// distinct; `true` when the order of rows is fully defined by the query.
 const QUERIES: &[(&str, bool)] = &[
-    ("SELECT video_id, SUM(watch_seconds) / 60.0 AS minutes, COUNT(*) AS views FROM views GROUP BY video_id", false),
-    ("SELECT v.category, COUNT(*) AS views, SUM(w.watch_seconds) AS seconds FROM views w JOIN videos v ON w.video_id = v.video_id GROUP BY v.category", false),
-    ("SELECT video_id, user_id, watch_seconds FROM views ORDER BY watch_seconds DESC, video_id, user_id, event_time LIMIT 25", true),
-    ("SELECT event_time, user_id, video_id FROM views WHERE country = 'BR' AND watch_seconds > 900", false),
-    ("SELECT video_id FROM views WHERE country = 'US' UNION ALL SELECT video_id FROM videos WHERE category = 'news'", false),
-    ("SELECT country, COUNT(DISTINCT user_id) AS viewers, MAX(watch_seconds) AS longest FROM views GROUP BY country ORDER BY country", true),
-    ("SELECT country, video_id, RANK() OVER (PARTITION BY country ORDER BY SUM(watch_seconds) DESC, video_id) AS r FROM views GROUP BY country, video_id", false),
-    ("SELECT w.video_id, v.title FROM (SELECT DISTINCT video_id FROM views) w LEFT JOIN videos v ON w.video_id = v.video_id", false),
+    (
+        "SELECT video_id, SUM(watch_seconds) / 60.0 AS minutes, COUNT(*) AS views FROM views GROUP BY video_id",
+        false,
+    ),
+    (
+        "SELECT v.category, COUNT(*) AS views, SUM(w.watch_seconds) AS seconds FROM views w JOIN videos v ON w.video_id = v.video_id GROUP BY v.category",
+        false,
+    ),
+    (
+        "SELECT video_id, user_id, watch_seconds FROM views ORDER BY watch_seconds DESC, video_id, user_id, event_time LIMIT 25",
+        true,
+    ),
+    (
+        "SELECT event_time, user_id, video_id FROM views WHERE country = 'BR' AND watch_seconds > 900",
+        false,
+    ),
+    (
+        "SELECT video_id FROM views WHERE country = 'US' UNION ALL SELECT video_id FROM videos WHERE category = 'news'",
+        false,
+    ),
+    (
+        "SELECT country, COUNT(DISTINCT user_id) AS viewers, MAX(watch_seconds) AS longest FROM views GROUP BY country ORDER BY country",
+        true,
+    ),
+    (
+        "SELECT country, video_id, RANK() OVER (PARTITION BY country ORDER BY SUM(watch_seconds) DESC, video_id) AS r FROM views GROUP BY country, video_id",
+        false,
+    ),
+    (
+        "SELECT w.video_id, v.title FROM (SELECT DISTINCT video_id FROM views) w LEFT JOIN videos v ON w.video_id = v.video_id",
+        false,
+    ),
 ];
 
 #[actix::test]
@@ -42,7 +66,11 @@ async fn results_equal_plain_datafusion_in_every_local_mode() {
                 assert_eq!(sorted(got), sorted(expected), "{master}: {sql}");
             }
         }
-        assert_eq!(s.cluster().shuffle_blocks(), 0, "{master}: shuffle blocks are dropped after each job");
+        assert_eq!(
+            s.cluster().shuffle_blocks(),
+            0,
+            "{master}: shuffle blocks are dropped after each job"
+        );
         assert!(s.stop().await, "{master}: executors stop with the driver");
     }
 }
@@ -59,14 +87,22 @@ async fn explain_shows_the_stage_graph() {
         panic!("EXPLAIN returns the stage graph");
     };
     assert!(text.contains("Stage 0 (shuffle map, 2 tasks)"), "{text}");
-    assert!(text.contains("ShuffleWriterExec: stage=0, partitioning=Hash([video_id@0], 2)"), "{text}");
+    assert!(
+        text.contains("ShuffleWriterExec: stage=0, partitioning=Hash([video_id@0], 2)"),
+        "{text}"
+    );
     assert!(text.contains("(result, 1 task, reads stage 1)"), "{text}");
     s.stop().await;
 }
 
 /// A UDF that fails (or panics) on its first `failures` calls, then returns
 /// its argument; `calls` counts every call.
-fn flaky_udf(name: &str, failures: usize, panics: bool, calls: Arc<AtomicUsize>) -> datafusion::logical_expr::ScalarUDF {
+fn flaky_udf(
+    name: &str,
+    failures: usize,
+    panics: bool,
+    calls: Arc<AtomicUsize>,
+) -> datafusion::logical_expr::ScalarUDF {
     create_udf(
         name,
         vec![DataType::Int64],
@@ -78,7 +114,9 @@ fn flaky_udf(name: &str, failures: usize, panics: bool, calls: Arc<AtomicUsize>)
                 if panics {
                     panic!("flaky udf panicked on call {n}");
                 }
-                return Err(DataFusionError::Execution(format!("flaky udf failed on call {n}")));
+                return Err(DataFusionError::Execution(format!(
+                    "flaky udf failed on call {n}"
+                )));
             }
             Ok(args[0].clone())
         }),
@@ -91,7 +129,8 @@ async fn a_failing_task_is_retried_then_fails_the_job_with_its_error() {
     let data = Data::new(200, 1);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut s = session("local[2,3]", &data).await;
-    s.context().register_udf(flaky_udf("always_fails", usize::MAX, false, calls.clone()));
+    s.context()
+        .register_udf(flaky_udf("always_fails", usize::MAX, false, calls.clone()));
     let err = s
         .execute("SELECT country, SUM(always_fails(watch_seconds)) FROM views GROUP BY country")
         .await
@@ -99,12 +138,20 @@ async fn a_failing_task_is_retried_then_fails_the_job_with_its_error() {
     let message = err.to_string();
     assert!(matches!(err, SessionError::Job(_)), "{message}");
     assert!(message.contains("failed 3 times"), "{message}");
-    assert!(message.contains("flaky udf failed on call 2"), "the most recent attempt's error: {message}");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "exactly local[2,3]'s three attempts");
+    assert!(
+        message.contains("flaky udf failed on call 2"),
+        "the most recent attempt's error: {message}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "exactly local[2,3]'s three attempts"
+    );
 
     // Fails twice, then succeeds: the job succeeds with the right answer.
     let calls = Arc::new(AtomicUsize::new(0));
-    s.context().register_udf(flaky_udf("fails_twice", 2, false, calls.clone()));
+    s.context()
+        .register_udf(flaky_udf("fails_twice", 2, false, calls.clone()));
     let got = rows(&mut s, "SELECT SUM(fails_twice(watch_seconds)) FROM views").await;
     let expected = reference_rows(&data, "SELECT SUM(watch_seconds) FROM views").await;
     assert_eq!(got, expected);
@@ -116,14 +163,21 @@ async fn a_failing_task_is_retried_then_fails_the_job_with_its_error() {
 async fn a_panicking_task_fails_its_job_but_not_its_executor() {
     let data = Data::new(200, 1);
     let mut s = session("local[2]", &data).await;
-    s.context().register_udf(flaky_udf("panics", usize::MAX, true, Arc::default()));
+    s.context()
+        .register_udf(flaky_udf("panics", usize::MAX, true, Arc::default()));
     let message = s
         .execute("SELECT SUM(panics(watch_seconds)) FROM views")
         .await
         .unwrap_err()
         .to_string();
-    assert!(message.contains("task panicked: flaky udf panicked"), "{message}");
-    assert!(s.cluster().executors().iter().all(|e| e.connected()), "executors survive a task panic");
+    assert!(
+        message.contains("task panicked: flaky udf panicked"),
+        "{message}"
+    );
+    assert!(
+        s.cluster().executors().iter().all(|e| e.connected()),
+        "executors survive a task panic"
+    );
     let got = rows(&mut s, "SELECT COUNT(*) FROM views").await;
     assert_eq!(got, vec!["200".to_string()]);
     s.stop().await;
@@ -142,7 +196,10 @@ async fn stopping_the_driver_stops_every_executor() {
     while executors.iter().any(|e| e.connected()) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(executors.iter().all(|e| !e.connected()), "no executor outlives its driver");
+    assert!(
+        executors.iter().all(|e| !e.connected()),
+        "no executor outlives its driver"
+    );
     drop(s);
 }
 
@@ -157,7 +214,9 @@ async fn a_job_running_when_the_driver_stops_fails_and_its_executors_stop() {
         driver.do_send(StopDriver);
     });
     let outcome = s
-        .execute("SELECT user_id, COUNT(DISTINCT video_id) FROM views GROUP BY user_id ORDER BY 2 DESC")
+        .execute(
+            "SELECT user_id, COUNT(DISTINCT video_id) FROM views GROUP BY user_id ORDER BY 2 DESC",
+        )
         .await;
     stopper.await.unwrap();
     if let Err(e) = &outcome {
@@ -176,9 +235,16 @@ async fn local_runs_tasks_on_the_driver_thread_with_no_executor_threads() {
     let data = Data::new(1_000, 2);
     let mut s = session("local", &data).await;
     assert_eq!(s.cluster().executor_threads(), 0);
-    assert_eq!(s.cluster().executors().len(), 1, "one executor, inside the driver");
+    assert_eq!(
+        s.cluster().executors().len(),
+        1,
+        "one executor, inside the driver"
+    );
     let sql = QUERIES[0].0;
-    assert_eq!(sorted(rows(&mut s, sql).await), sorted(reference_rows(&data, sql).await));
+    assert_eq!(
+        sorted(rows(&mut s, sql).await),
+        sorted(reference_rows(&data, sql).await)
+    );
     assert!(s.stop().await);
 }
 
@@ -193,16 +259,28 @@ async fn bad_input_gets_a_clear_error_and_the_session_goes_on() {
     ];
     for (sql, expected) in cases {
         let message = s.execute(sql).await.unwrap_err().to_string();
-        assert!(message.to_lowercase().contains(expected), "{sql}: {message}");
+        assert!(
+            message.to_lowercase().contains(expected),
+            "{sql}: {message}"
+        );
     }
     let missing = data.path("no-such-dir");
     let message = s
-        .execute(&format!("CREATE EXTERNAL TABLE gone (a BIGINT) STORED AS CSV LOCATION '{}/'", missing.display()))
+        .execute(&format!(
+            "CREATE EXTERNAL TABLE gone (a BIGINT) STORED AS CSV LOCATION '{}/'",
+            missing.display()
+        ))
         .await
         .unwrap_err()
         .to_string();
-    assert!(message.contains("no-such-dir/' does not exist"), "{message}");
-    assert_eq!(rows(&mut s, "SELECT COUNT(*) FROM views").await, vec!["300"]);
+    assert!(
+        message.contains("no-such-dir/' does not exist"),
+        "{message}"
+    );
+    assert_eq!(
+        rows(&mut s, "SELECT COUNT(*) FROM views").await,
+        vec!["300"]
+    );
     s.stop().await;
 }
 
@@ -224,15 +302,26 @@ async fn an_unparsable_csv_row_fails_the_job_and_copy_leaves_no_output() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("not-a-number"), "{message}");
-    assert!(files_under(&out).is_empty(), "no partial output: {:?}", files_under(&out));
+    assert!(
+        files_under(&out).is_empty(),
+        "no partial output: {:?}",
+        files_under(&out)
+    );
 
     // A good COPY writes every row once.
     let good = data.path("good.csv");
     let message = s
-        .execute(&format!("COPY (SELECT * FROM videos) TO '{}' STORED AS CSV", good.display()))
+        .execute(&format!(
+            "COPY (SELECT * FROM videos) TO '{}' STORED AS CSV",
+            good.display()
+        ))
         .await;
     assert!(message.is_ok(), "{message:?}");
     let written = std::fs::read_to_string(&good).unwrap();
-    assert_eq!(written.lines().count(), 1 + 200, "header and the 200 catalogued videos");
+    assert_eq!(
+        written.lines().count(),
+        1 + 200,
+        "header and the 200 catalogued videos"
+    );
     s.stop().await;
 }

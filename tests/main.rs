@@ -1,6 +1,8 @@
 //! End-to-end tests: local mode through the session API and the `ember`
 //! binary as a user runs it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod cli;
 mod local_mode;
 mod support;

@@ -33,7 +33,10 @@ impl Data {
         let mut csv = String::from("video_id,title,category\n");
         // Only some videos are catalogued, so inner and outer joins differ.
         for id in (1..=300).filter(|i| i % 3 != 0) {
-            csv.push_str(&format!("{id},Video {id},{}\n", ["music", "news", "sport", "games"][id % 4]));
+            csv.push_str(&format!(
+                "{id},Video {id},{}\n",
+                ["music", "news", "sport", "games"][id % 4]
+            ));
         }
         std::fs::write(videos.join("videos.csv"), csv).unwrap();
         Self { dir }
@@ -106,7 +109,10 @@ pub fn to_lines(batches: &[RecordBatch]) -> Vec<String> {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
             .collect();
         for row in 0..batch.num_rows() {
-            let cells: Vec<String> = formatters.iter().map(|f| f.value(row).to_string()).collect();
+            let cells: Vec<String> = formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect();
             lines.push(cells.join("|"));
         }
     }

@@ -63,7 +63,10 @@ impl EmberConf {
 
     /// Reads `EMBER_*` variables: `EMBER_TASK_MAXFAILURES` sets
     /// `ember.task.maxFailures` (upper case, dots as underscores).
-    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn with_env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         for (var, value) in vars {
             if let Some(key) = KEYS.iter().find(|k| env_name(k.name) == var) {
                 self.set(key.name, &value)?;
@@ -145,14 +148,22 @@ mod tests {
         assert_eq!(conf.get_usize(TASK_MAX_FAILURES), Some(3));
         conf.set_pair("ember.task.maxFailures = 5").unwrap();
         assert_eq!(conf.get_usize(TASK_MAX_FAILURES), Some(5));
-        conf.set_pair("datafusion.execution.batch_size=4096").unwrap();
+        conf.set_pair("datafusion.execution.batch_size=4096")
+            .unwrap();
         assert_eq!(
             conf.datafusion_options().collect::<Vec<_>>(),
             vec![("datafusion.execution.batch_size", "4096")]
         );
-        assert!(matches!(conf.set_pair("nonsense"), Err(ConfigError::NotKeyValue(_))));
+        assert!(matches!(
+            conf.set_pair("nonsense"),
+            Err(ConfigError::NotKeyValue(_))
+        ));
         let err = conf.set_pair("ember.task.maxfailures=2").unwrap_err();
-        assert!(err.to_string().contains("did you mean 'ember.task.maxFailures'"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("did you mean 'ember.task.maxFailures'"),
+            "{err}"
+        );
         assert!(matches!(
             conf.set_pair("ember.task.maxFailures=0"),
             Err(ConfigError::NotPositiveInt { .. })

@@ -129,7 +129,11 @@ impl LocalCluster {
             driver,
             driver_arbiter,
             executors,
-            executor_threads: if threads == 1 { 0 } else { executor_slots(threads).len() },
+            executor_threads: if threads == 1 {
+                0
+            } else {
+                executor_slots(threads).len()
+            },
             runtime,
             store,
         })

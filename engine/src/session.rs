@@ -18,8 +18,14 @@ pub fn planning_config(partitions: usize) -> SessionConfig {
         .options_mut()
         .optimizer
         .enable_dynamic_filter_pushdown = false;
-    config.options_mut().optimizer.enable_topk_dynamic_filter_pushdown = false;
-    config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+    config
+        .options_mut()
+        .optimizer
+        .enable_topk_dynamic_filter_pushdown = false;
+    config
+        .options_mut()
+        .optimizer
+        .enable_join_dynamic_filter_pushdown = false;
     config
         .options_mut()
         .optimizer

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
-use datafusion::physical_expr::{EquivalenceProperties, LexOrdering};
+use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -90,7 +90,11 @@ impl fmt::Display for StageGraph {
                 let _ = write!(header, ", reads stage {}", parents.join(", "));
             }
             writeln!(f, "{header})")?;
-            for line in displayable(stage.plan.as_ref()).indent(false).to_string().lines() {
+            for line in displayable(stage.plan.as_ref())
+                .indent(false)
+                .to_string()
+                .lines()
+            {
                 writeln!(f, "  {line}")?;
             }
         }
@@ -152,7 +156,11 @@ impl StagePlanner {
                 .then(|| input.output_ordering().cloned())
                 .flatten();
             let maps = input.output_partitioning().partition_count();
-            let stage = self.map_stage(input, ShuffleOutput::Repartition(partitioning.clone()), stages)?;
+            let stage = self.map_stage(
+                input,
+                ShuffleOutput::Repartition(partitioning.clone()),
+                stages,
+            )?;
             let schema = plan.schema();
             let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
                 stage,
@@ -164,10 +172,9 @@ impl StagePlanner {
             // An order-preserving exchange promised sorted partitions; blocks
             // from many map tasks are not, so sort them again.
             return Ok(match ordering {
-                Some(ordering) => Arc::new(
-                    SortExec::new(LexOrdering::from(ordering), reader)
-                        .with_preserve_partitioning(true),
-                ),
+                Some(ordering) => {
+                    Arc::new(SortExec::new(ordering, reader).with_preserve_partitioning(true))
+                }
                 None => reader,
             });
         }
@@ -262,13 +269,22 @@ mod tests {
             let ks: Vec<i64> = range.clone().map(|i| (i + offset) % 7).collect();
             let vs: Vec<i64> = range.clone().collect();
             let ss: Vec<String> = range.map(|i| format!("{name}{i}")).collect();
-            vec![RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(Int64Array::from(ks)), Arc::new(Int64Array::from(vs)), Arc::new(StringArray::from(ss))],
-            )
-            .unwrap()]
+            vec![
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from(ks)),
+                        Arc::new(Int64Array::from(vs)),
+                        Arc::new(StringArray::from(ss)),
+                    ],
+                )
+                .unwrap(),
+            ]
         };
-        (schema.clone(), vec![part(0..rows / 2), part(rows / 2..rows)])
+        (
+            schema.clone(),
+            vec![part(0..rows / 2), part(rows / 2..rows)],
+        )
     }
 
     fn context(extra: &[(&str, &str)]) -> SessionContext {
@@ -279,21 +295,31 @@ mod tests {
         let ctx = SessionContext::new_with_config(config);
         for (name, offset) in [("a", 0), ("b", 3)] {
             let (schema, parts) = table(name, 40, offset);
-            ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts).unwrap())).unwrap();
+            ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts).unwrap()))
+                .unwrap();
         }
         ctx
     }
 
     async fn graph(ctx: &SessionContext, sql: &str) -> StageGraph {
-        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
         StagePlanner::new().plan(plan).unwrap()
     }
 
     /// Runs a graph stage by stage, task by task, on one in-memory store.
     async fn run(ctx: &SessionContext, graph: &StageGraph) -> String {
         let store = Arc::new(InMemoryBlockStore::default());
-        let config = ctx.copied_config().with_extension(Arc::new(ShuffleEnv::new(store)));
-        let task_ctx = Arc::new(datafusion::execution::TaskContext::default().with_session_config(config));
+        let config = ctx
+            .copied_config()
+            .with_extension(Arc::new(ShuffleEnv::new(store)));
+        let task_ctx =
+            Arc::new(datafusion::execution::TaskContext::default().with_session_config(config));
         let mut result = Vec::new();
         for stage in &graph.stages {
             for partition in 0..stage.tasks() {
@@ -308,7 +334,11 @@ mod tests {
     }
 
     fn summary(graph: &StageGraph) -> Vec<(StageId, StageKind, usize, Vec<StageId>)> {
-        graph.stages.iter().map(|s| (s.id, s.kind, s.tasks(), s.parents.clone())).collect()
+        graph
+            .stages
+            .iter()
+            .map(|s| (s.id, s.kind, s.tasks(), s.parents.clone()))
+            .collect()
     }
 
     #[tokio::test]
@@ -325,10 +355,19 @@ mod tests {
             ]
         );
         let text = g.to_string();
-        assert!(text.contains("ShuffleWriterExec: stage=0, partitioning=Hash([k@0], 2)"), "{text}");
+        assert!(
+            text.contains("ShuffleWriterExec: stage=0, partitioning=Hash([k@0], 2)"),
+            "{text}"
+        );
         assert!(text.contains("AggregateExec: mode=Partial"), "{text}");
-        assert!(text.contains("ShuffleWriterExec: stage=1, partitioning=passthrough(2)"), "{text}");
-        assert!(!text.contains("RepartitionExec"), "no exchange is left inside a stage: {text}");
+        assert!(
+            text.contains("ShuffleWriterExec: stage=1, partitioning=passthrough(2)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("RepartitionExec"),
+            "no exchange is left inside a stage: {text}"
+        );
         let expected = pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
             .unwrap()
             .to_string();
@@ -337,8 +376,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_partitioned_join_reads_two_shuffles() {
-        let ctx = context(&[("datafusion.optimizer.hash_join_single_partition_threshold", "0"),
-            ("datafusion.optimizer.hash_join_single_partition_threshold_rows", "0")]);
+        let ctx = context(&[
+            (
+                "datafusion.optimizer.hash_join_single_partition_threshold",
+                "0",
+            ),
+            (
+                "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+                "0",
+            ),
+        ]);
         let sql = "SELECT a.k, COUNT(*) AS n FROM a JOIN b ON a.k = b.k GROUP BY a.k ORDER BY a.k";
         let g = graph(&ctx, sql).await;
         let text = g.to_string();
@@ -346,9 +393,18 @@ mod tests {
         let join_stage = g
             .stages
             .iter()
-            .find(|s| displayable(s.plan.as_ref()).indent(false).to_string().contains("HashJoinExec"))
+            .find(|s| {
+                displayable(s.plan.as_ref())
+                    .indent(false)
+                    .to_string()
+                    .contains("HashJoinExec")
+            })
             .unwrap();
-        assert_eq!(join_stage.parents.len(), 2, "both join inputs are shuffled: {text}");
+        assert_eq!(
+            join_stage.parents.len(),
+            2,
+            "both join inputs are shuffled: {text}"
+        );
         let expected = pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap())
             .unwrap()
             .to_string();
@@ -376,11 +432,26 @@ mod tests {
         let mut planner = StagePlanner::new();
         let plan = |sql: &'static str| {
             let ctx = ctx.clone();
-            async move { ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap() }
+            async move {
+                ctx.sql(sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap()
+            }
         };
-        let first = planner.plan(plan("SELECT k, COUNT(*) FROM a GROUP BY k").await).unwrap();
-        let second = planner.plan(plan("SELECT k, COUNT(*) FROM b GROUP BY k").await).unwrap();
-        let ids: Vec<StageId> = first.stage_ids().into_iter().chain(second.stage_ids()).collect();
+        let first = planner
+            .plan(plan("SELECT k, COUNT(*) FROM a GROUP BY k").await)
+            .unwrap();
+        let second = planner
+            .plan(plan("SELECT k, COUNT(*) FROM b GROUP BY k").await)
+            .unwrap();
+        let ids: Vec<StageId> = first
+            .stage_ids()
+            .into_iter()
+            .chain(second.stage_ids())
+            .collect();
         let mut unique = ids.clone();
         unique.dedup();
         assert_eq!(ids, unique);

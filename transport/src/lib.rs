@@ -119,19 +119,17 @@ where
     /// One-way send; messages from one sender arrive in order.
     pub fn tell(&self, msg: M) -> Result<(), SendError> {
         match &self.route {
-            Route::InProcess(r) => r
-                .try_send(msg)
-                .or_else(|e| match e {
-                    // A full bounded mailbox still takes the message: actix
-                    // queues it past capacity rather than drop it.
-                    actix::prelude::SendError::Full(msg) => {
-                        r.do_send(msg);
-                        Ok(())
-                    }
-                    actix::prelude::SendError::Closed(_) => {
-                        Err(SendError::Closed(self.address.clone()))
-                    }
-                }),
+            Route::InProcess(r) => r.try_send(msg).or_else(|e| match e {
+                // A full bounded mailbox still takes the message: actix
+                // queues it past capacity rather than drop it.
+                actix::prelude::SendError::Full(msg) => {
+                    r.do_send(msg);
+                    Ok(())
+                }
+                actix::prelude::SendError::Closed(_) => {
+                    Err(SendError::Closed(self.address.clone()))
+                }
+            }),
         }
     }
 
@@ -140,7 +138,9 @@ where
         match &self.route {
             Route::InProcess(r) => match r.send(msg).timeout(timeout).await {
                 Ok(reply) => Ok(reply),
-                Err(MailboxError::Timeout) => Err(SendError::Timeout(self.address.clone(), timeout)),
+                Err(MailboxError::Timeout) => {
+                    Err(SendError::Timeout(self.address.clone(), timeout))
+                }
                 Err(MailboxError::Closed) => Err(SendError::Closed(self.address.clone())),
             },
         }

@@ -36,7 +36,9 @@ impl Handler<SubmitJob> for Driver {
 
     fn handle(&mut self, msg: SubmitJob, _ctx: &mut Context<Self>) {
         let Some(schema) = msg.graph.schema() else {
-            let _ = msg.reply.send(Err(JobError("the job has no stages".to_string())));
+            let _ = msg
+                .reply
+                .send(Err(JobError("the job has no stages".to_string())));
             return;
         };
         let job = self.next_job;

@@ -46,11 +46,28 @@ pub struct JobError(pub String);
 /// What a job is doing, for progress bars and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProgressEvent {
-    StageSubmitted { job: JobId, stage: StageId, tasks: usize },
-    TaskStarted { job: JobId, stage: StageId },
-    TaskEnded { job: JobId, stage: StageId, succeeded: bool },
-    StageCompleted { job: JobId, stage: StageId },
-    JobEnded { job: JobId, succeeded: bool },
+    StageSubmitted {
+        job: JobId,
+        stage: StageId,
+        tasks: usize,
+    },
+    TaskStarted {
+        job: JobId,
+        stage: StageId,
+    },
+    TaskEnded {
+        job: JobId,
+        stage: StageId,
+        succeeded: bool,
+    },
+    StageCompleted {
+        job: JobId,
+        stage: StageId,
+    },
+    JobEnded {
+        job: JobId,
+        succeeded: bool,
+    },
 }
 
 /// Hears every [`ProgressEvent`] of a driver, on the driver's thread.
@@ -132,9 +149,9 @@ impl Actor for Driver {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.watchers.set_reason(ExitReason::Normal);
         for (job, pending) in std::mem::take(&mut self.jobs) {
-            let _ = pending
-                .reply
-                .send(Err(JobError(format!("Job {job} aborted: the driver stopped"))));
+            let _ = pending.reply.send(Err(JobError(format!(
+                "Job {job} aborted: the driver stopped"
+            ))));
         }
         tracing::info!(driver = %self.me, "driver stopped");
     }

@@ -6,35 +6,72 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use ember_engine::{StageGraph, StageId, StageKind};
 use ember_engine::shuffle::MapStatus;
+use ember_engine::{StageGraph, StageId, StageKind};
 
 use crate::protocol::{ExecutorId, JobId, TaskDescription, TaskError, TaskId, TaskOutput};
 
 #[derive(Debug)]
 pub enum Event {
-    ExecutorAdded { executor: ExecutorId, slots: usize },
-    ExecutorLost { executor: ExecutorId, reason: String },
-    JobSubmitted { job: JobId, graph: StageGraph },
+    ExecutorAdded {
+        executor: ExecutorId,
+        slots: usize,
+    },
+    ExecutorLost {
+        executor: ExecutorId,
+        reason: String,
+    },
+    JobSubmitted {
+        job: JobId,
+        graph: StageGraph,
+    },
     TaskEnded {
         executor: ExecutorId,
         task: TaskId,
         result: Result<TaskOutput, TaskError>,
     },
-    JobCancelled { job: JobId, reason: String },
+    JobCancelled {
+        job: JobId,
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
 pub enum Action {
-    LaunchTask { executor: ExecutorId, task: TaskDescription },
-    KillTask { executor: ExecutorId, task: TaskId },
-    StageSubmitted { job: JobId, stage: StageId, tasks: usize },
-    TaskEnded { job: JobId, stage: StageId, succeeded: bool },
-    StageCompleted { job: JobId, stage: StageId },
-    JobSucceeded { job: JobId, batches: Vec<RecordBatch> },
-    JobFailed { job: JobId, error: String },
+    LaunchTask {
+        executor: ExecutorId,
+        task: TaskDescription,
+    },
+    KillTask {
+        executor: ExecutorId,
+        task: TaskId,
+    },
+    StageSubmitted {
+        job: JobId,
+        stage: StageId,
+        tasks: usize,
+    },
+    TaskEnded {
+        job: JobId,
+        stage: StageId,
+        succeeded: bool,
+    },
+    StageCompleted {
+        job: JobId,
+        stage: StageId,
+    },
+    JobSucceeded {
+        job: JobId,
+        batches: Vec<RecordBatch>,
+    },
+    JobFailed {
+        job: JobId,
+        error: String,
+    },
     /// The job's shuffle blocks are no longer needed.
-    RemoveShuffle { stages: Vec<StageId> },
+    RemoveShuffle {
+        stages: Vec<StageId>,
+    },
 }
 
 #[derive(Debug)]
@@ -362,7 +399,9 @@ impl Scheduler {
                         .executors
                         .iter_mut()
                         .filter(|(_, e)| e.free() > 0)
-                        .max_by(|(a_id, a), (b_id, b)| a.free().cmp(&b.free()).then(b_id.cmp(a_id)))
+                        .max_by(|(a_id, a), (b_id, b)| {
+                            a.free().cmp(&b.free()).then(b_id.cmp(a_id))
+                        })
                     else {
                         return;
                     };
@@ -416,8 +455,18 @@ mod tests {
         let plan = |n| Arc::new(EmptyExec::new(schema()).with_partitions(n)) as _;
         StageGraph {
             stages: vec![
-                Stage { id: 0, kind: StageKind::ShuffleMap, plan: plan(2), parents: vec![] },
-                Stage { id: 1, kind: StageKind::Result, plan: plan(1), parents: vec![0] },
+                Stage {
+                    id: 0,
+                    kind: StageKind::ShuffleMap,
+                    plan: plan(2),
+                    parents: vec![],
+                },
+                Stage {
+                    id: 1,
+                    kind: StageKind::Result,
+                    plan: plan(1),
+                    parents: vec![0],
+                },
             ],
         }
     }
@@ -455,9 +504,15 @@ mod tests {
     fn start(max_failures: u32, executors: &[(&str, usize)]) -> (Scheduler, Vec<Action>) {
         let mut s = Scheduler::new(max_failures);
         for (id, slots) in executors {
-            s.on_event(Event::ExecutorAdded { executor: exec(id), slots: *slots });
+            s.on_event(Event::ExecutorAdded {
+                executor: exec(id),
+                slots: *slots,
+            });
         }
-        let actions = s.on_event(Event::JobSubmitted { job: 7, graph: two_stage_graph() });
+        let actions = s.on_event(Event::JobSubmitted {
+            job: 7,
+            graph: two_stage_graph(),
+        });
         (s, actions)
     }
 
@@ -467,12 +522,22 @@ mod tests {
         let first = launches(&actions);
         assert_eq!(first.len(), 2, "only the map stage is runnable");
         assert!(first.iter().all(|(_, t)| t.stage == 0));
-        assert!(actions.iter().any(|a| matches!(a, Action::StageSubmitted { stage: 0, tasks: 2, .. })));
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::StageSubmitted {
+                stage: 0,
+                tasks: 2,
+                ..
+            }
+        )));
 
         let a = s.on_event(map_done(&first[0].0, first[0].1));
         assert!(launches(&a).is_empty(), "stage 1 waits for all of stage 0");
         let a = s.on_event(map_done(&first[1].0, first[1].1));
-        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
+        );
         let result_task = launches(&a);
         assert_eq!(result_task.len(), 1);
         assert_eq!(result_task[0].1.stage, 1);
@@ -490,12 +555,17 @@ mod tests {
         let rows: usize = a
             .iter()
             .filter_map(|a| match a {
-                Action::JobSucceeded { job: 7, batches } => Some(batches.iter().map(|b| b.num_rows()).sum::<usize>()),
+                Action::JobSucceeded { job: 7, batches } => {
+                    Some(batches.iter().map(|b| b.num_rows()).sum::<usize>())
+                }
                 _ => None,
             })
             .sum();
         assert_eq!(rows, 3);
-        assert!(a.iter().any(|a| matches!(a, Action::RemoveShuffle { stages } if stages == &vec![0, 1])));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::RemoveShuffle { stages } if stages == &vec![0, 1]))
+        );
         assert_eq!(s.active_jobs(), 0);
     }
 
@@ -536,7 +606,10 @@ mod tests {
         assert!(error.contains("failed 3 times"), "{error}");
         assert!(error.ends_with("boom"), "{error}");
         // The other task still running is killed.
-        assert!(a.iter().any(|a| matches!(a, Action::KillTask { task, .. } if *task == tasks[1].1)));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::KillTask { task, .. } if *task == tasks[1].1))
+        );
         assert!(launches(&a).is_empty());
         assert_eq!(s.active_jobs(), 0);
     }
@@ -548,7 +621,10 @@ mod tests {
         let retry = launches(&s.on_event(failed(&tasks[0].0, tasks[0].1, "flaky")));
         s.on_event(map_done(&retry[0].0, retry[0].1));
         let a = s.on_event(map_done(&tasks[1].0, tasks[1].1));
-        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
+        );
         assert!(!a.iter().any(|a| matches!(a, Action::JobFailed { .. })));
     }
 
@@ -562,7 +638,10 @@ mod tests {
         assert!(a.is_empty(), "{a:?}");
         s.on_event(map_done(&tasks[1].0, tasks[1].1));
         let a = s.on_event(map_done(&retry[0].0, retry[0].1));
-        assert!(a.iter().any(|a| matches!(a, Action::StageCompleted { stage: 0, .. })));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
+        );
     }
 
     #[test]
@@ -570,16 +649,33 @@ mod tests {
         let (mut s, actions) = start(1, &[("1", 1), ("2", 1)]);
         let tasks = launches(&actions);
         assert_eq!(tasks.len(), 2);
-        let (lost_exec, lost_task) = tasks.iter().find(|(e, _)| *e == exec("1")).cloned().unwrap();
-        let a = s.on_event(Event::ExecutorLost { executor: lost_exec, reason: "gone".into() });
-        assert!(!a.iter().any(|a| matches!(a, Action::JobFailed { .. })), "max failures is 1, yet no failure counted");
-        let other = tasks.iter().find(|(e, _)| *e == exec("2")).cloned().unwrap();
+        let (lost_exec, lost_task) = tasks
+            .iter()
+            .find(|(e, _)| *e == exec("1"))
+            .cloned()
+            .unwrap();
+        let a = s.on_event(Event::ExecutorLost {
+            executor: lost_exec,
+            reason: "gone".into(),
+        });
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::JobFailed { .. })),
+            "max failures is 1, yet no failure counted"
+        );
+        let other = tasks
+            .iter()
+            .find(|(e, _)| *e == exec("2"))
+            .cloned()
+            .unwrap();
         let moved = launches(&s.on_event(map_done(&other.0, other.1)));
         assert_eq!(moved.len(), 1);
         assert_eq!(moved[0].0, exec("2"));
         assert_eq!(moved[0].1.partition, lost_task.partition);
 
-        let a = s.on_event(Event::ExecutorLost { executor: exec("2"), reason: "gone too".into() });
+        let a = s.on_event(Event::ExecutorLost {
+            executor: exec("2"),
+            reason: "gone too".into(),
+        });
         let error = a.iter().find_map(|a| match a {
             Action::JobFailed { error, .. } => Some(error.clone()),
             _ => None,
@@ -591,8 +687,19 @@ mod tests {
     fn a_cancelled_job_kills_its_tasks() {
         let (mut s, actions) = start(1, &[("1", 2)]);
         assert_eq!(launches(&actions).len(), 2);
-        let a = s.on_event(Event::JobCancelled { job: 7, reason: "user".into() });
-        assert_eq!(a.iter().filter(|a| matches!(a, Action::KillTask { .. })).count(), 2);
-        assert!(a.iter().any(|a| matches!(a, Action::JobFailed { job: 7, error } if error == "user")));
+        let a = s.on_event(Event::JobCancelled {
+            job: 7,
+            reason: "user".into(),
+        });
+        assert_eq!(
+            a.iter()
+                .filter(|a| matches!(a, Action::KillTask { .. }))
+                .count(),
+            2
+        );
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::JobFailed { job: 7, error } if error == "user"))
+        );
     }
 }

@@ -11,8 +11,8 @@ use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use ember_engine::StageKind;
 use ember_engine::shuffle::MapStatus;
-use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
 use futures::FutureExt;
+use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
 
 use crate::protocol::{TaskDescription, TaskError, TaskFailureKind, TaskOutput};
 
@@ -31,7 +31,10 @@ pub fn start(
     pool: &TaskPool,
     task: TaskDescription,
     context: Arc<TaskContext>,
-) -> (LocalBoxFuture<'static, Result<TaskOutput, TaskError>>, AbortHandle) {
+) -> (
+    LocalBoxFuture<'static, Result<TaskOutput, TaskError>>,
+    AbortHandle,
+) {
     let (abort, registration) = AbortHandle::new_pair();
     let work = Abortable::new(
         AssertUnwindSafe(execute(task, context)).catch_unwind(),
@@ -69,7 +72,10 @@ fn settle(result: Result<Caught, futures::future::Aborted>) -> Result<TaskOutput
             TaskFailureKind::Panic,
             panic_message(panic.as_ref()),
         )),
-        Err(_) => Err(TaskError::new(TaskFailureKind::Killed, "killed by the driver")),
+        Err(_) => Err(TaskError::new(
+            TaskFailureKind::Killed,
+            "killed by the driver",
+        )),
     }
 }
 
@@ -83,16 +89,17 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-async fn execute(task: TaskDescription, context: Arc<TaskContext>) -> Result<TaskOutput, TaskError> {
+async fn execute(
+    task: TaskDescription,
+    context: Arc<TaskContext>,
+) -> Result<TaskOutput, TaskError> {
     let failed = |e: datafusion::error::DataFusionError| {
         TaskError::new(TaskFailureKind::Error, e.to_string())
     };
     // Operators keep per-execution state (a join's build side, say): every
     // attempt gets its own copy, as it would in another process.
     let plan = reset_plan_states(task.plan).map_err(failed)?;
-    let stream = plan
-        .execute(task.id.partition, context)
-        .map_err(failed)?;
+    let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
     Ok(match task.kind {
         StageKind::ShuffleMap => TaskOutput::Map(MapStatus::from_batches(&batches)),

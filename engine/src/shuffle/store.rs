@@ -22,11 +22,7 @@ pub struct ShuffleBlockId {
 
 impl fmt::Display for ShuffleBlockId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "shuffle_{}_{}_{}",
-            self.stage, self.map, self.reduce
-        )
+        write!(f, "shuffle_{}_{}_{}", self.stage, self.map, self.reduce)
     }
 }
 

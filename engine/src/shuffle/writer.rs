@@ -121,7 +121,11 @@ impl DisplayAs for ShuffleWriterExec {
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => match &self.output {
                 ShuffleOutput::Repartition(p) => {
-                    write!(f, "ShuffleWriterExec: stage={}, partitioning={p}", self.stage)
+                    write!(
+                        f,
+                        "ShuffleWriterExec: stage={}, partitioning={p}",
+                        self.stage
+                    )
                 }
                 ShuffleOutput::Passthrough => write!(
                     f,
@@ -257,4 +261,3 @@ impl ExecutionPlan for ShuffleWriterExec {
         )))
     }
 }
-
