@@ -173,22 +173,17 @@ impl Driver {
                     let _ = mailbox.tell(ExecutorMessage::KillTask(task));
                 }
             }
-            Action::StageSubmitted { job, stage, tasks } => {
-                tracing::info!(job, stage, tasks, "stage submitted");
-                self.emit(ProgressEvent::StageSubmitted { job, stage, tasks });
-            }
-            Action::TaskEnded {
-                job,
-                stage,
-                succeeded,
-            } => self.emit(ProgressEvent::TaskEnded {
-                job,
-                stage,
-                succeeded,
-            }),
-            Action::StageCompleted { job, stage } => {
-                tracing::info!(job, stage, "stage completed");
-                self.emit(ProgressEvent::StageCompleted { job, stage });
+            Action::Progress(event) => {
+                match &event {
+                    ProgressEvent::StageSubmitted { job, stage, tasks } => {
+                        tracing::info!(job, stage, tasks, "stage submitted")
+                    }
+                    ProgressEvent::StageCompleted { job, stage } => {
+                        tracing::info!(job, stage, "stage completed")
+                    }
+                    _ => {}
+                }
+                self.emit(event);
             }
             Action::JobSucceeded { job, batches } => {
                 self.emit(ProgressEvent::JobEnded {

@@ -9,6 +9,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use ember_engine::shuffle::MapStatus;
 use ember_engine::{StageGraph, StageId, StageKind};
 
+use super::ProgressEvent;
 use crate::protocol::{ExecutorId, JobId, TaskDescription, TaskError, TaskId, TaskOutput};
 
 #[derive(Debug)]
@@ -46,20 +47,8 @@ pub enum Action {
         executor: ExecutorId,
         task: TaskId,
     },
-    StageSubmitted {
-        job: JobId,
-        stage: StageId,
-        tasks: usize,
-    },
-    TaskEnded {
-        job: JobId,
-        stage: StageId,
-        succeeded: bool,
-    },
-    StageCompleted {
-        job: JobId,
-        stage: StageId,
-    },
+    /// A stage was submitted, a task ended, a stage completed.
+    Progress(ProgressEvent),
     JobSucceeded {
         job: JobId,
         batches: Vec<RecordBatch>,
@@ -218,11 +207,11 @@ impl Scheduler {
             return;
         }
         stage.running.remove(&task.partition);
-        actions.push(Action::TaskEnded {
+        actions.push(Action::Progress(ProgressEvent::TaskEnded {
             job: task.job,
             stage: task.stage,
             succeeded: result.is_ok(),
-        });
+        }));
         match result {
             Ok(output) => {
                 match output {
@@ -265,10 +254,10 @@ impl Scheduler {
     }
 
     fn stage_completed(&mut self, job_id: JobId, stage_id: StageId, actions: &mut Vec<Action>) {
-        actions.push(Action::StageCompleted {
+        actions.push(Action::Progress(ProgressEvent::StageCompleted {
             job: job_id,
             stage: stage_id,
-        });
+        }));
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
@@ -377,11 +366,11 @@ impl Scheduler {
                 };
                 stage.submitted = true;
                 stage.pending = (0..stage.tasks).collect();
-                actions.push(Action::StageSubmitted {
+                actions.push(Action::Progress(ProgressEvent::StageSubmitted {
                     job: job_id,
                     stage: stage_id,
                     tasks: stage.tasks,
-                });
+                }));
                 if stage.tasks == 0 {
                     self.stage_completed(job_id, stage_id, actions);
                 }
@@ -524,20 +513,20 @@ mod tests {
         assert!(first.iter().all(|(_, t)| t.stage == 0));
         assert!(actions.iter().any(|a| matches!(
             a,
-            Action::StageSubmitted {
+            Action::Progress(ProgressEvent::StageSubmitted {
                 stage: 0,
                 tasks: 2,
                 ..
-            }
+            })
         )));
 
         let a = s.on_event(map_done(&first[0].0, first[0].1));
         assert!(launches(&a).is_empty(), "stage 1 waits for all of stage 0");
         let a = s.on_event(map_done(&first[1].0, first[1].1));
-        assert!(
-            a.iter()
-                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
-        );
+        assert!(a.iter().any(|a| matches!(
+            a,
+            Action::Progress(ProgressEvent::StageCompleted { stage: 0, .. })
+        )));
         let result_task = launches(&a);
         assert_eq!(result_task.len(), 1);
         assert_eq!(result_task[0].1.stage, 1);
@@ -621,10 +610,10 @@ mod tests {
         let retry = launches(&s.on_event(failed(&tasks[0].0, tasks[0].1, "flaky")));
         s.on_event(map_done(&retry[0].0, retry[0].1));
         let a = s.on_event(map_done(&tasks[1].0, tasks[1].1));
-        assert!(
-            a.iter()
-                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
-        );
+        assert!(a.iter().any(|a| matches!(
+            a,
+            Action::Progress(ProgressEvent::StageCompleted { stage: 0, .. })
+        )));
         assert!(!a.iter().any(|a| matches!(a, Action::JobFailed { .. })));
     }
 
@@ -638,10 +627,10 @@ mod tests {
         assert!(a.is_empty(), "{a:?}");
         s.on_event(map_done(&tasks[1].0, tasks[1].1));
         let a = s.on_event(map_done(&retry[0].0, retry[0].1));
-        assert!(
-            a.iter()
-                .any(|a| matches!(a, Action::StageCompleted { stage: 0, .. }))
-        );
+        assert!(a.iter().any(|a| matches!(
+            a,
+            Action::Progress(ProgressEvent::StageCompleted { stage: 0, .. })
+        )));
     }
 
     #[test]
