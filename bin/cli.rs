@@ -275,7 +275,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
     let job = args.job.display().to_string();
     let system = actix::System::new();
     system.block_on(async move {
-        let mut session = match Session::start(options) {
+        let mut session = match Session::start(options).await {
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };

@@ -68,8 +68,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts the driver and its executors. Must run inside an actix System.
-    pub fn start(options: SessionOptions) -> Result<Self, SessionError> {
+    /// Starts the driver and its executors and waits until the executors
+    /// have registered. Must run inside an actix System.
+    pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
         let slots = options.master.threads();
         let partitions = options.conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
         let mut config = planning_config(partitions);
@@ -85,6 +86,11 @@ impl Session {
             listener: options.listener,
             session_config: config.clone(),
         })?;
+        if !cluster.wait_for_executors(Duration::from_secs(10)).await {
+            return Err(SessionError::DriverGone(
+                "its executors did not register within 10 s".to_string(),
+            ));
+        }
         Ok(Self {
             ctx: SessionContext::new_with_config(config),
             planner: StagePlanner::new(),

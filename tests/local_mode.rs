@@ -10,7 +10,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use ember::{SessionError, StatementOutcome};
-use ember_actors::driver::StopDriver;
+use ember_actors::driver::{ListExecutors, StopDriver};
+use ember_actors::executor::ExecutorMessage;
 
 use crate::support::{Data, files_under, reference_rows, rows, session, sorted};
 
@@ -65,6 +66,11 @@ async fn results_equal_plain_datafusion_in_every_local_mode() {
             } else {
                 assert_eq!(sorted(got), sorted(expected), "{master}: {sql}");
             }
+        }
+        // Executors drop a job's blocks right after it ends.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while s.cluster().shuffle_blocks() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(
             s.cluster().shuffle_blocks(),
@@ -324,4 +330,29 @@ async fn an_unparsable_csv_row_fails_the_job_and_copy_leaves_no_output() {
         "header and the 200 catalogued videos"
     );
     s.stop().await;
+}
+
+#[actix::test]
+async fn the_driver_sees_an_executor_end_and_jobs_go_on_without_it() {
+    let data = Data::new(2_000, 2);
+    let mut s = session("local[3]", &data).await;
+    let driver = s.cluster().driver().clone();
+    let listed = driver.send(ListExecutors).await.unwrap();
+    assert_eq!(listed.len(), 2, "local[3]: two executors registered");
+    assert_eq!(listed.iter().map(|e| e.slots).sum::<usize>(), 3);
+    let executors = s.cluster().executors();
+    executors[0].do_send(ExecutorMessage::Stop);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut remaining = listed.len();
+    while remaining != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        remaining = driver.send(ListExecutors).await.unwrap().len();
+    }
+    assert_eq!(remaining, 1, "the driver dropped the executor that ended");
+    let sql = QUERIES[1].0;
+    assert_eq!(
+        sorted(rows(&mut s, sql).await),
+        sorted(reference_rows(&data, sql).await)
+    );
+    assert!(s.stop().await);
 }

@@ -75,6 +75,7 @@ pub async fn session(url: &str, data: &Data) -> Session {
         conf: EmberConf::new(),
         listener: None,
     })
+    .await
     .unwrap();
     for ddl in data.ddl() {
         session.execute(&ddl).await.unwrap();

@@ -12,7 +12,9 @@ use datafusion::prelude::SessionConfig;
 use ember_engine::{InMemoryBlockStore, ShuffleEnv};
 use ember_transport::ActorAddress;
 
-use crate::driver::{Driver, DriverHandle, ExecutorLauncher, JobListener, StopDriver};
+use crate::driver::{
+    Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors, StopDriver,
+};
 use crate::executor::{Executor, ExecutorSpec, TaskPool};
 use crate::protocol::ExecutorId;
 
@@ -83,6 +85,7 @@ pub struct LocalCluster {
     driver: Addr<Driver>,
     driver_arbiter: Arbiter,
     executors: Started,
+    threads: usize,
     executor_threads: usize,
     runtime: Option<tokio::runtime::Runtime>,
     store: Arc<InMemoryBlockStore>,
@@ -129,6 +132,7 @@ impl LocalCluster {
             driver,
             driver_arbiter,
             executors,
+            threads,
             executor_threads: if threads == 1 {
                 0
             } else {
@@ -137,6 +141,22 @@ impl LocalCluster {
             runtime,
             store,
         })
+    }
+
+    /// Waits until every executor has registered with the driver; returns
+    /// false if they have not within `timeout`.
+    pub async fn wait_for_executors(&self, timeout: Duration) -> bool {
+        let expected = executor_slots(self.threads).len();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.driver.send(ListExecutors).await {
+                Ok(listed) if listed.len() >= expected => return true,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                _ => return false,
+            }
+        }
     }
 
     pub fn driver(&self) -> &Addr<Driver> {

@@ -277,12 +277,14 @@ impl Scheduler {
             .filter(|s| s.kind == StageKind::Result)
             .flat_map(|s| s.results.into_values().flatten())
             .collect();
+        // Blocks go first, so they are gone as soon as possible after the
+        // caller hears of the result.
+        actions.push(Action::RemoveShuffle {
+            stages: job.graph.stage_ids(),
+        });
         actions.push(Action::JobSucceeded {
             job: job_id,
             batches,
-        });
-        actions.push(Action::RemoveShuffle {
-            stages: job.graph.stage_ids(),
         });
     }
 
