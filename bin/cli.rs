@@ -25,6 +25,7 @@ use crate::session::{Mode, Session, SessionOptions, StatementOutcome};
     about = "Run Spark-style SQL applications on a driver and executors",
     long_about = None,
     args_conflicts_with_subcommands = true,
+    override_usage = "ember <COMMAND> [OPTIONS]\n       ember --role <ROLE> [OPTIONS]",
     after_help = "Examples:\n  ember submit examples/watch_time.sql\n  ember submit --master local[3] --format csv examples/watch_time.sql\n  ember gen views --rows 10000000 --files 8 --out /tmp/views"
 )]
 pub struct Cli {
