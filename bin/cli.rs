@@ -56,6 +56,9 @@ pub enum Command {
     /// Generate sample data sets.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Manage the cluster's certificates (its CA and each node's).
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Show configuration keys, their defaults and meaning.
     Config {
         /// List every key.
@@ -103,6 +106,49 @@ pub struct SubmitArgs {
 pub enum DeployMode {
     Client,
     Cluster,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make the cluster's certificate authority (DIR/ca.pem, DIR/ca.key).
+    Init {
+        /// Directory for the CA; created if missing.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The cluster's name, written into the CA.
+        #[arg(long, default_value = "ember")]
+        name: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = ember_certs::DEFAULT_CA_DAYS)]
+        days: u32,
+        /// Replace an existing CA (every certificate it issued stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate signed by the CA (DIR/NAME.pem, DIR/NAME.key).
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// What the node is: cluster-manager, worker or client.
+        #[arg(long)]
+        role: ember_certs::Role,
+        /// The node's name.
+        #[arg(long)]
+        name: String,
+        /// A host name or IP address the node is reached at (repeatable;
+        /// default: localhost, 127.0.0.1 and ::1).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = ember_certs::DEFAULT_NODE_DAYS)]
+        days: u32,
+    },
+    /// Print a certificate's subject, role, hosts and validity.
+    Show {
+        /// A PEM certificate file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,12 +225,18 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Some(Command::Certs(command)) => match certs(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        },
         Some(Command::Config { .. }) => {
             print_config();
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("error: give a command (submit, gen, config) or --role; see `ember --help`");
+            eprintln!(
+                "error: give a command (submit, gen, certs, config) or --role; see `ember --help`"
+            );
             ExitCode::from(2)
         }
     }
@@ -207,6 +259,47 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
+    match command {
+        CertsCommand::Init {
+            dir,
+            name,
+            days,
+            force,
+        } => {
+            let cert = ember_certs::init_ca(&dir, &name, days, force)?;
+            eprintln!(
+                "made the cluster CA {} (key {}, readable by you only); keep the key off worker nodes",
+                cert.display(),
+                dir.join(ember_certs::CA_KEY).display()
+            );
+        }
+        CertsCommand::Issue {
+            dir,
+            role,
+            name,
+            hosts,
+            days,
+        } => {
+            let request = ember_certs::IssueRequest::new(role, &name, hosts, days);
+            let issued = ember_certs::issue(&dir, &request)?;
+            eprintln!(
+                "issued {role} certificate {} (key {})",
+                issued.cert.display(),
+                issued.key.display()
+            );
+        }
+        CertsCommand::Show { file } => {
+            let der = ember_certs::read_cert(&file)?;
+            println!(
+                "{}",
+                ember_certs::inspect(&der, &file.display().to_string())?
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_config() {

@@ -251,3 +251,46 @@ fn gen_writes_the_requested_rows_and_conf_is_checked() {
     let out = ember(&["config", "--list"], repo());
     assert!(text(&out.stdout).contains("ember.sql.shuffle.partitions"));
 }
+
+#[test]
+fn certs_init_issue_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ember(&["certs", "init", "--dir", "pki"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again = ember(&["certs", "init", "--dir", "pki"], dir.path());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    let out = ember(
+        &[
+            "certs", "issue", "--dir", "pki", "--role", "worker", "--name", "w1", "--host",
+            "10.0.0.7", "--host", "w1.lan", "--days", "30",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = ember(&["certs", "show", "pki/w1.pem"], dir.path());
+    let stdout = text(&shown.stdout);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert!(stdout.contains("role:       worker"), "{stdout}");
+    assert!(stdout.contains("w1.lan, 10.0.0.7"), "{stdout}");
+    assert!(stdout.contains("CN=w1"), "{stdout}");
+    let bad_role = ember(
+        &[
+            "certs", "issue", "--dir", "pki", "--role", "admin", "--name", "x",
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad_role.status.code(), Some(2));
+    assert!(
+        text(&bad_role.stderr).contains("unknown role 'admin'"),
+        "{}",
+        text(&bad_role.stderr)
+    );
+    let missing = ember(&["certs", "show", "pki/none.pem"], dir.path());
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("pki/none.pem"));
+}

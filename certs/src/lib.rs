@@ -1,0 +1,540 @@
+//! The cluster's PKI: one certificate authority per cluster and a
+//! certificate per node, signed by it, with the node's role written into the
+//! certificate as a SAN URI (`ember://role/worker`). Peers prove who they are
+//! with these in mutual TLS; the role decides what they may say.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// The SAN URI prefix that carries a node's role.
+pub const ROLE_URI_PREFIX: &str = "ember://role/";
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+pub const DEFAULT_NODE_DAYS: u32 = 365;
+
+/// What a node is, and so what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    ClusterManager,
+    Worker,
+    Client,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::ClusterManager, Role::Worker, Role::Client];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::ClusterManager => "cluster-manager",
+            Role::Worker => "worker",
+            Role::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = CertError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| CertError::UnknownRole(s.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error(
+        "{dir} already holds a CA; pass --force to replace it (every certificate it issued stops working)"
+    )]
+    CaExists { dir: PathBuf },
+    #[error("no CA in {dir}; run `ember certs init --dir {dir}` first")]
+    NoCa { dir: PathBuf },
+    #[error("unknown role '{0}': use cluster-manager, worker or client")]
+    UnknownRole(String),
+    #[error("node name '{0}' must be 1-64 letters, digits, '.', '_' or '-'")]
+    BadName(String),
+    #[error("validity must be at least one day")]
+    NoValidity,
+    #[error("{path}: {why}")]
+    BadCertificate { path: String, why: String },
+    #[error(
+        "the certificate of '{0}' carries no Ember role (no {ROLE_URI_PREFIX}... SAN); issue it with `ember certs issue`"
+    )]
+    NoRole(String),
+    #[error("cannot generate the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path`, readable by its owner only when `secret`.
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Makes a cluster CA in `dir` (`ca.pem`, and `ca.key` readable by its
+/// owner only). An existing CA is kept unless `force`.
+pub fn init_ca(dir: &Path, name: &str, days: u32, force: bool) -> Result<PathBuf, CertError> {
+    if days == 0 {
+        return Err(CertError::NoValidity);
+    }
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    if !force && (cert_path.exists() || key_path.exists()) {
+        return Err(CertError::CaExists {
+            dir: dir.to_path_buf(),
+        });
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{name} CA"));
+    dn.push(DnType::OrganizationName, "Ember cluster");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(i64::from(days));
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    // The key first: a CA certificate without its key is useless.
+    write_file(&key_path, &key.serialize_pem(), true)?;
+    write_file(&cert_path, &cert.pem(), false)?;
+    Ok(cert_path)
+}
+
+/// A request for a node certificate.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    pub role: Role,
+    pub name: String,
+    /// Host names and IP addresses the node is reached at; empty means
+    /// `localhost`, 127.0.0.1 and ::1.
+    pub hosts: Vec<String>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl IssueRequest {
+    /// Valid from now for `days` days.
+    pub fn new(role: Role, name: &str, hosts: Vec<String>, days: u32) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            role,
+            name: name.to_string(),
+            hosts,
+            not_before: now - Duration::minutes(5),
+            not_after: now + Duration::days(i64::from(days)),
+        }
+    }
+}
+
+/// Where an issued certificate and its key were written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Issues a node certificate signed by the CA in `dir`, written as
+/// `NAME.pem` and `NAME.key` (owner-only).
+pub fn issue(dir: &Path, request: &IssueRequest) -> Result<Issued, CertError> {
+    if !valid_name(&request.name) {
+        return Err(CertError::BadName(request.name.clone()));
+    }
+    if request.not_after <= request.not_before {
+        return Err(CertError::NoValidity);
+    }
+    let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    if !ca_cert_path.exists() || !ca_key_path.exists() {
+        return Err(CertError::NoCa {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let ca_pem = fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+    let bad = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: rcgen::Error| CertError::BadCertificate {
+            path,
+            why: e.to_string(),
+        }
+    };
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(bad(&ca_key_path))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(bad(&ca_cert_path))?;
+
+    let hosts = if request.hosts.is_empty() {
+        vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ]
+    } else {
+        request.hosts.clone()
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, request.name.clone());
+    dn.push(DnType::OrganizationName, "Ember cluster");
+    params.distinguished_name = dn;
+    for host in &hosts {
+        params.subject_alt_names.push(match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(host.as_str().try_into()?),
+        });
+    }
+    let role_uri = format!("{ROLE_URI_PREFIX}{}", request.role);
+    params
+        .subject_alt_names
+        .push(SanType::URI(role_uri.as_str().try_into()?));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    // Every node is both a server and a client of its peers.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = request.not_before;
+    params.not_after = request.not_after;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let issued = Issued {
+        cert: dir.join(format!("{}.pem", request.name)),
+        key: dir.join(format!("{}.key", request.name)),
+    };
+    write_file(&issued.key, &key.serialize_pem(), true)?;
+    write_file(&issued.cert, &cert.pem(), false)?;
+    Ok(issued)
+}
+
+/// Who a certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.role, self.name)
+    }
+}
+
+/// What `ember certs show` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub common_name: Option<String>,
+    pub role: Option<Role>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub is_ca: bool,
+}
+
+impl CertInfo {
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now > self.not_after || now < self.not_before
+    }
+}
+
+impl fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "subject:    {}", self.subject)?;
+        writeln!(f, "issuer:     {}", self.issuer)?;
+        let role = match (self.is_ca, self.role) {
+            (true, _) => "certificate authority".to_string(),
+            (false, Some(role)) => role.to_string(),
+            (false, None) => "none (not an Ember node certificate)".to_string(),
+        };
+        writeln!(f, "role:       {role}")?;
+        let mut sans: Vec<String> = self.dns_names.clone();
+        sans.extend(self.ip_addresses.iter().map(|ip| ip.to_string()));
+        if !sans.is_empty() {
+            writeln!(f, "hosts:      {}", sans.join(", "))?;
+        }
+        writeln!(f, "valid from: {}", self.not_before)?;
+        let expired = if self.is_expired(OffsetDateTime::now_utc()) {
+            " (NOT VALID NOW)"
+        } else {
+            ""
+        };
+        write!(f, "valid to:   {}{expired}", self.not_after)
+    }
+}
+
+/// Reads a certificate's fields from DER.
+pub fn inspect(der: &[u8], source: &str) -> Result<CertInfo, CertError> {
+    let bad = |why: String| CertError::BadCertificate {
+        path: source.to_string(),
+        why,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let mut info = CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        role: None,
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        is_ca: cert.is_ca(),
+    };
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("unreadable subject alternative names: {e}")))?;
+    for name in sans.iter().flat_map(|s| s.value.general_names.iter()) {
+        match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                if let Some(role) = uri.strip_prefix(ROLE_URI_PREFIX) {
+                    info.role = role.parse().ok();
+                }
+            }
+            x509_parser::extensions::GeneralName::DNSName(dns) => {
+                info.dns_names.push(dns.to_string())
+            }
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                if let Ok(octets) = <[u8; 4]>::try_from(*bytes) {
+                    info.ip_addresses.push(IpAddr::from(octets));
+                } else if let Ok(octets) = <[u8; 16]>::try_from(*bytes) {
+                    info.ip_addresses.push(IpAddr::from(octets));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// The role and name a node certificate carries.
+pub fn identity_of(der: &[u8]) -> Result<NodeIdentity, CertError> {
+    let info = inspect(der, "peer certificate")?;
+    let name = info.common_name.clone().unwrap_or_default();
+    match info.role {
+        Some(role) if !info.is_ca => Ok(NodeIdentity { role, name }),
+        _ => Err(CertError::NoRole(name)),
+    }
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn read_cert(path: &Path) -> Result<CertificateDer<'static>, CertError> {
+    CertificateDer::from_pem_file(path).map_err(|e| CertError::BadCertificate {
+        path: path.display().to_string(),
+        why: format!("no PEM certificate could be read: {e}"),
+    })
+}
+
+/// Everything a node needs for mutual TLS.
+#[derive(Debug)]
+pub struct NodeCredentials {
+    pub ca: CertificateDer<'static>,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub identity: NodeIdentity,
+}
+
+/// Loads the CA certificate and node `name`'s certificate and key from `dir`.
+pub fn load_node(dir: &Path, name: &str) -> Result<NodeCredentials, CertError> {
+    let ca_path = dir.join(CA_CERT);
+    if !ca_path.exists() {
+        return Err(CertError::NoCa {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let ca = read_cert(&ca_path)?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    let cert = read_cert(&cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| CertError::BadCertificate {
+        path: key_path.display().to_string(),
+        why: format!("no PEM private key could be read: {e}"),
+    })?;
+    let identity = identity_of(&cert).map_err(|e| match e {
+        CertError::BadCertificate { why, .. } => CertError::BadCertificate {
+            path: cert_path.display().to_string(),
+            why,
+        },
+        other => other,
+    })?;
+    Ok(NodeCredentials {
+        ca,
+        cert,
+        key,
+        identity,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_issue_inspect_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init_ca(dir.path(), "test", 30, false).unwrap();
+        let ca_info = inspect(&read_cert(&ca).unwrap(), "ca").unwrap();
+        assert!(ca_info.is_ca);
+        assert_eq!(ca_info.role, None);
+
+        let request = IssueRequest::new(
+            Role::Worker,
+            "worker-1",
+            vec!["node1.example".into(), "10.1.2.3".into()],
+            10,
+        );
+        let issued = issue(dir.path(), &request).unwrap();
+        let info = inspect(&read_cert(&issued.cert).unwrap(), "w").unwrap();
+        assert_eq!(info.role, Some(Role::Worker));
+        assert_eq!(info.common_name.as_deref(), Some("worker-1"));
+        assert_eq!(info.dns_names, vec!["node1.example".to_string()]);
+        assert_eq!(
+            info.ip_addresses,
+            vec!["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!info.is_expired(OffsetDateTime::now_utc()));
+        assert!(info.not_after - OffsetDateTime::now_utc() <= Duration::days(10));
+        assert!(info.issuer.contains("test CA"), "{}", info.issuer);
+
+        let creds = load_node(dir.path(), "worker-1").unwrap();
+        assert_eq!(
+            creds.identity,
+            NodeIdentity {
+                role: Role::Worker,
+                name: "worker-1".into()
+            }
+        );
+        // The default hosts cover loopback.
+        let local = issue(
+            dir.path(),
+            &IssueRequest::new(Role::Client, "me", vec![], 1),
+        )
+        .unwrap();
+        let local = inspect(&read_cert(&local.cert).unwrap(), "me").unwrap();
+        assert_eq!(local.dns_names, vec!["localhost".to_string()]);
+        assert_eq!(local.ip_addresses.len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_private_and_init_never_overwrites_without_force() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        let mode = fs::metadata(dir.path().join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let before = fs::read(dir.path().join(CA_KEY)).unwrap();
+        assert!(matches!(
+            init_ca(dir.path(), "c", 30, false),
+            Err(CertError::CaExists { .. })
+        ));
+        assert_eq!(fs::read(dir.path().join(CA_KEY)).unwrap(), before);
+        init_ca(dir.path(), "c", 30, true).unwrap();
+        assert_ne!(fs::read(dir.path().join(CA_KEY)).unwrap(), before);
+        let issued = issue(dir.path(), &IssueRequest::new(Role::Worker, "w", vec![], 1)).unwrap();
+        let mode = fs::metadata(&issued.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bad_requests_say_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = issue(dir.path(), &IssueRequest::new(Role::Worker, "w", vec![], 1)).unwrap_err();
+        assert!(err.to_string().contains("run `ember certs init"), "{err}");
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        let err = issue(
+            dir.path(),
+            &IssueRequest::new(Role::Worker, "../evil", vec![], 1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CertError::BadName(_)));
+        assert!(matches!(
+            "admin".parse::<Role>(),
+            Err(CertError::UnknownRole(_))
+        ));
+        let err = load_node(dir.path(), "nobody").unwrap_err();
+        assert!(err.to_string().contains("nobody.pem"), "{err}");
+        let garbage = dir.path().join("garbage.pem");
+        fs::write(&garbage, "not a certificate").unwrap();
+        assert!(read_cert(&garbage).is_err());
+        assert!(inspect(b"\x30\x03\x01\x01\xff", "junk").is_err());
+        // A CA certificate is not a node identity.
+        let ca = read_cert(&dir.path().join(CA_CERT)).unwrap();
+        assert!(matches!(identity_of(&ca), Err(CertError::NoRole(_))));
+    }
+
+    #[test]
+    fn an_expired_certificate_reads_as_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut request = IssueRequest::new(Role::Worker, "old", vec![], 1);
+        request.not_before = now - Duration::days(3);
+        request.not_after = now - Duration::days(1);
+        let issued = issue(dir.path(), &request).unwrap();
+        let info = inspect(&read_cert(&issued.cert).unwrap(), "old").unwrap();
+        assert!(info.is_expired(now));
+        assert!(info.to_string().contains("NOT VALID NOW"));
+    }
+}
