@@ -23,6 +23,7 @@ pub struct ConfigKey {
 
 pub const TASK_MAX_FAILURES: &str = "ember.task.maxFailures";
 pub const SHUFFLE_PARTITIONS: &str = "ember.sql.shuffle.partitions";
+pub const MAX_FRAME_BYTES: &str = "ember.transport.maxFrameBytes";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -37,6 +38,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveInt,
         default: "",
         doc: "Partitions of a shuffle (and of file scans). Defaults to the number of task slots.",
+    },
+    ConfigKey {
+        name: MAX_FRAME_BYTES,
+        kind: ValueKind::PositiveInt,
+        default: "4194304",
+        doc: "Largest message (bytes) one node accepts from another; larger frames close the stream. Cluster modes only.",
     },
 ];
 

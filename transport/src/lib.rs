@@ -3,6 +3,13 @@
 //! one process a mailbox is the actor's own actix mailbox and messages are
 //! never serialized.
 
+pub mod frame;
+pub mod handshake;
+pub mod quic;
+
+pub use frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError};
+pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
+
 use std::fmt;
 use std::time::Duration;
 
