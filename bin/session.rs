@@ -10,7 +10,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use ember_actors::config::{SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
+use ember_actors::config::SHUFFLE_PARTITIONS;
 use ember_actors::driver::SubmitJob;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
@@ -77,11 +77,10 @@ impl Session {
         for (key, value) in options.conf.datafusion_options() {
             config.options_mut().set(key, value)?;
         }
-        // As in Spark, local mode takes its attempts from local[N,F];
-        // ember.task.maxFailures is for cluster masters.
-        let _ = TASK_MAX_FAILURES;
         let cluster = LocalCluster::start(LocalClusterSpec {
             threads: slots,
+            // As in Spark, local mode takes its attempts from local[N,F];
+            // ember.task.maxFailures is for cluster masters.
             max_failures: options.master.max_failures(),
             listener: options.listener,
             session_config: config.clone(),
