@@ -4,8 +4,10 @@
 //! only carries the actions out, so every case here is tested without actors.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
 use ember_engine::shuffle::MapStatus;
 use ember_engine::{StageGraph, StageId, StageKind};
 
@@ -78,6 +80,7 @@ impl ExecutorState {
 #[derive(Debug)]
 struct StageRun {
     kind: StageKind,
+    plan: Arc<dyn ExecutionPlan>,
     tasks: usize,
     parents: Vec<StageId>,
     submitted: bool,
@@ -100,8 +103,13 @@ impl StageRun {
 
 #[derive(Debug)]
 struct JobRun {
-    graph: StageGraph,
     stages: BTreeMap<StageId, StageRun>,
+}
+
+impl JobRun {
+    fn stage_ids(&self) -> Vec<StageId> {
+        self.stages.keys().copied().collect()
+    }
 }
 
 /// The state of every job and executor of one driver.
@@ -163,14 +171,15 @@ impl Scheduler {
     fn job_submitted(&mut self, job: JobId, graph: StageGraph) {
         let stages = graph
             .stages
-            .iter()
+            .into_iter()
             .map(|s| {
                 (
                     s.id,
                     StageRun {
                         kind: s.kind,
                         tasks: s.tasks(),
-                        parents: s.parents.clone(),
+                        plan: s.plan,
+                        parents: s.parents,
                         submitted: false,
                         pending: BTreeSet::new(),
                         running: BTreeMap::new(),
@@ -183,7 +192,7 @@ impl Scheduler {
                 )
             })
             .collect();
-        self.jobs.insert(job, JobRun { graph, stages });
+        self.jobs.insert(job, JobRun { stages });
     }
 
     fn task_ended(
@@ -234,14 +243,13 @@ impl Scheduler {
                 }
                 if *failures >= self.max_failures {
                     let message = format!(
-                        "Job {} aborted: task {} in stage {} failed {} time{}; most recent failure: {} (attempt {}, executor {}): {}",
+                        "Job {} aborted: task {} in stage {} failed {} time{}; most recent failure: {} on executor {}: {}",
                         task.job,
                         task.partition,
                         task.stage,
                         failures,
                         if *failures == 1 { "" } else { "s" },
                         task,
-                        task.attempt,
                         executor,
                         error
                     );
@@ -271,6 +279,7 @@ impl Scheduler {
         let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
+        let stages = job.stage_ids();
         let batches = job
             .stages
             .into_values()
@@ -279,9 +288,7 @@ impl Scheduler {
             .collect();
         // Blocks go first, so they are gone as soon as possible after the
         // caller hears of the result.
-        actions.push(Action::RemoveShuffle {
-            stages: job.graph.stage_ids(),
-        });
+        actions.push(Action::RemoveShuffle { stages });
         actions.push(Action::JobSucceeded {
             job: job_id,
             batches,
@@ -302,7 +309,7 @@ impl Scheduler {
         }
         actions.push(Action::JobFailed { job: job_id, error });
         actions.push(Action::RemoveShuffle {
-            stages: job.graph.stage_ids(),
+            stages: job.stage_ids(),
         });
     }
 
@@ -396,10 +403,6 @@ impl Scheduler {
                     else {
                         return;
                     };
-                    let Some(plan) = job.graph.stage(*stage_id).map(|s| s.plan.clone()) else {
-                        stage.pending.remove(&partition);
-                        continue;
-                    };
                     stage.pending.remove(&partition);
                     let attempt = stage.attempts.entry(partition).or_insert(0);
                     let task = TaskId {
@@ -416,7 +419,7 @@ impl Scheduler {
                         task: TaskDescription {
                             id: task,
                             kind: stage.kind,
-                            plan,
+                            plan: Arc::clone(&stage.plan),
                         },
                     });
                 }
