@@ -86,7 +86,6 @@ pub struct LocalCluster {
     driver_arbiter: Arbiter,
     executors: Started,
     threads: usize,
-    executor_threads: usize,
     runtime: Option<tokio::runtime::Runtime>,
     store: Arc<InMemoryBlockStore>,
 }
@@ -133,11 +132,6 @@ impl LocalCluster {
             driver_arbiter,
             executors,
             threads,
-            executor_threads: if threads == 1 {
-                0
-            } else {
-                executor_slots(threads).len()
-            },
             runtime,
             store,
         })
@@ -165,7 +159,11 @@ impl LocalCluster {
 
     /// Threads that run only an executor (0 in `local`).
     pub fn executor_threads(&self) -> usize {
-        self.executor_threads
+        if self.threads == 1 {
+            0
+        } else {
+            executor_slots(self.threads).len()
+        }
     }
 
     /// The executors started so far.

@@ -65,7 +65,7 @@ impl Handler<PeerDown> for Driver {
         let lost: Vec<ExecutorId> = self
             .executors
             .iter()
-            .filter(|(_, (address, _))| *address == msg.peer)
+            .filter(|(_, mailbox)| *mailbox.address() == msg.peer)
             .map(|(id, _)| id.clone())
             .collect();
         for executor in lost {
@@ -96,9 +96,9 @@ impl Handler<ListExecutors> for Driver {
             .scheduler
             .executors()
             .filter_map(|(id, slots, running)| {
-                self.executors.get(id).map(|(address, _)| ExecutorSummary {
+                self.executors.get(id).map(|mailbox| ExecutorSummary {
                     id: id.clone(),
-                    address: address.clone(),
+                    address: mailbox.address().clone(),
                     slots,
                     running_tasks: running,
                 })
@@ -112,11 +112,9 @@ impl Driver {
     fn handle_register_executor(&mut self, registration: ExecutorRegistration) {
         tracing::info!(executor = %registration.executor, slots = registration.slots, "executor registered");
         self.watchers
-            .add(registration.address.clone(), registration.peer_down);
-        self.executors.insert(
-            registration.executor.clone(),
-            (registration.address, registration.mailbox),
-        );
+            .add(registration.address, registration.peer_down);
+        self.executors
+            .insert(registration.executor.clone(), registration.mailbox);
         self.step(Event::ExecutorAdded {
             executor: registration.executor,
             slots: registration.slots,
@@ -155,7 +153,7 @@ impl Driver {
         match action {
             Action::LaunchTask { executor, task } => {
                 let id = task.id;
-                let Some((_, mailbox)) = self.executors.get(&executor) else {
+                let Some(mailbox) = self.executors.get(&executor) else {
                     return Some(lost(executor, "not registered"));
                 };
                 if let Err(e) = mailbox.tell(ExecutorMessage::LaunchTask(task)) {
@@ -169,7 +167,7 @@ impl Driver {
                 });
             }
             Action::KillTask { executor, task } => {
-                if let Some((_, mailbox)) = self.executors.get(&executor) {
+                if let Some(mailbox) = self.executors.get(&executor) {
                     let _ = mailbox.tell(ExecutorMessage::KillTask(task));
                 }
             }
@@ -208,7 +206,7 @@ impl Driver {
                 }
             }
             Action::RemoveShuffle { stages } => {
-                for (_, mailbox) in self.executors.values() {
+                for mailbox in self.executors.values() {
                     let _ = mailbox.tell(ExecutorMessage::RemoveShuffle(stages.clone()));
                 }
             }

@@ -96,7 +96,7 @@ struct PendingJob {
 pub struct Driver {
     me: ActorAddress,
     scheduler: Scheduler,
-    executors: BTreeMap<ExecutorId, (ActorAddress, Mailbox<ExecutorMessage>)>,
+    executors: BTreeMap<ExecutorId, Mailbox<ExecutorMessage>>,
     /// Linked executors, told when this driver ends.
     watchers: Watchers,
     jobs: BTreeMap<JobId, PendingJob>,
