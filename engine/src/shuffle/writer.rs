@@ -1,6 +1,7 @@
 //! The root of a map stage: runs one input partition, splits its rows by the
 //! shuffle's partitioning and stores one block per reduce partition.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -211,7 +212,12 @@ impl ExecutionPlan for ShuffleWriterExec {
         let schema = Self::status_schema();
         let status_schema = Arc::clone(&schema);
         let write = async move {
-            let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); reduce_partitions];
+            // Every reduce partition gets a block, empty or not, so readers
+            // can tell "no rows" from "lost"; passthrough has just its own.
+            let mut blocks: BTreeMap<usize, Vec<RecordBatch>> = match partitioner {
+                Some(_) => (0..reduce_partitions).map(|r| (r, Vec::new())).collect(),
+                None => BTreeMap::from([(partition, Vec::new())]),
+            };
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 if batch.num_rows() == 0 {
@@ -219,25 +225,17 @@ impl ExecutionPlan for ShuffleWriterExec {
                 }
                 match partitioner.as_mut() {
                     Some(p) => p.partition(batch, |reduce, part| {
-                        if let Some(bucket) = buckets.get_mut(reduce) {
-                            bucket.push(part);
+                        if let Some(block) = blocks.get_mut(&reduce) {
+                            block.push(part);
                         }
                         Ok(())
                     })?,
-                    None => {
-                        if let Some(bucket) = buckets.get_mut(partition) {
-                            bucket.push(batch);
-                        }
-                    }
+                    None => blocks.entry(partition).or_default().push(batch),
                 }
             }
             let mut reduces = Vec::new();
             let mut rows = Vec::new();
-            for (reduce, batches) in buckets.into_iter().enumerate() {
-                // Passthrough writes only its own partition's block.
-                if partitioner.is_none() && reduce != partition {
-                    continue;
-                }
+            for (reduce, batches) in blocks {
                 reduces.push(reduce as u32);
                 rows.push(batches.iter().map(|b| b.num_rows() as u64).sum::<u64>());
                 env.store.put(
