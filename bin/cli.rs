@@ -65,6 +65,26 @@ pub enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Run a bare node with a probe actor until standard input closes
+    /// (transport checks and benchmarks).
+    #[command(hide = true)]
+    ProbeNode(ProbeNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeNodeArgs {
+    /// Directory with the cluster CA and this node's certificate.
+    #[arg(long, value_name = "DIR")]
+    pub certs: PathBuf,
+    /// This node's certificate name.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Threads that spin on the CPU while the node runs (load tests).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub burn: usize,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +249,13 @@ pub fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
+        Some(Command::ProbeNode(args)) => {
+            let options = ember_transport::NodeOptions::default();
+            match crate::probe::serve(&args.certs, &args.name, args.listen, options, args.burn) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Some(Command::Config { .. }) => {
             print_config();
             ExitCode::SUCCESS

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod datagen;
 pub mod master;
 pub mod output;
+pub mod probe;
 pub mod progress;
 pub mod session;
 

@@ -8,32 +8,7 @@ use std::fmt;
 
 use actix::prelude::*;
 use ember_transport::ActorAddress;
-
-/// Why an actor ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitReason {
-    /// It stopped on purpose.
-    Normal,
-    /// It stopped because something failed.
-    Failed(String),
-}
-
-impl fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitReason::Normal => f.write_str("stopped"),
-            ExitReason::Failed(why) => write!(f, "failed: {why}"),
-        }
-    }
-}
-
-/// Notice that a watched actor has ended.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct PeerDown {
-    pub peer: ActorAddress,
-    pub reason: ExitReason,
-}
+pub use ember_transport::{ExitReason, PeerDown};
 
 /// The actors to notify when the owner ends. Notification happens on drop,
 /// so it also fires when the owner's thread unwinds from a panic.

@@ -46,16 +46,24 @@ pub struct QuicOptions {
     pub idle_timeout: Duration,
     /// Keep-alive pings keep a quiet but live connection open.
     pub keep_alive: Duration,
+    /// Bulk streams a peer may have open at once; more wait their turn.
+    pub max_bulk_streams: u32,
 }
 
 impl Default for QuicOptions {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(3),
-            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_millis(250),
+            max_bulk_streams: 32,
         }
     }
 }
+
+/// Unread bytes one stream, and one connection, may hold: what a peer can
+/// make this node buffer before flow control stops it.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -75,7 +83,13 @@ fn transport_config(options: &QuicOptions) -> Result<Arc<quinn::TransportConfig>
         .map_err(|e| QuicError::Config(format!("idle timeout: {e}")))?;
     transport
         .max_idle_timeout(Some(idle))
-        .keep_alive_interval(Some(options.keep_alive));
+        .keep_alive_interval(Some(options.keep_alive))
+        // The control stream, then bulk streams.
+        .max_concurrent_bidi_streams((1 + options.max_bulk_streams).into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW));
     Ok(Arc::new(transport))
 }
 

@@ -1,0 +1,384 @@
+//! Bulk data between nodes: Arrow record batches (shuffle blocks, results)
+//! travel as an Arrow IPC stream on a QUIC stream of their own, written and
+//! read a chunk at a time, never as one giant msgpack value. A bulk stream
+//! opens with one frame naming the receiving inbox and a tag the receiver
+//! uses to tell streams apart.
+//!
+//! Memory stays bounded on both ends: the receiver decodes one message at a
+//! time, hands batches over a short channel and stops reading while it is
+//! full, so QUIC flow control holds the sender back.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Weak};
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::{ArrowError, SchemaRef};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::frame::{FrameError, decode, encode, read_frame, read_payload, write_frame};
+use crate::node::{Inner, Node, Peer};
+use crate::wire::codes;
+use crate::{ActorAddress, NodeId};
+
+/// Batches decoded but not yet taken by the receiver, per stream.
+const BATCHES_IN_FLIGHT: usize = 8;
+/// Streams announced to an inbox but not yet taken by its owner.
+const STREAMS_IN_FLIGHT: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error("{0} cannot be reached: {1}")]
+    Unreachable(ActorAddress, String),
+    #[error("{to} turned the stream down (code {code}): {why}")]
+    Refused {
+        to: ActorAddress,
+        code: u64,
+        why: String,
+    },
+    #[error("no bulk inbox named '{0}' on this node")]
+    NoSuchInbox(String),
+    #[error("a bulk inbox named '{0}' is already open on this node")]
+    InboxTaken(String),
+    #[error("Arrow IPC: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error(
+        "a bulk message grew past {max} bytes without completing a batch: \
+         raise the limit if batches this large are expected"
+    )]
+    TooLarge { max: usize },
+    #[error("the stream from node {from} broke: {why}")]
+    Broken { from: NodeId, why: String },
+    #[error("the receiving side stopped reading the stream")]
+    ReceiverGone,
+    #[error("the stream was cut off while sending: {0}")]
+    Interrupted(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// The receiver's last word on a bulk stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum BulkOutcome {
+    /// Every batch was read.
+    Received,
+    /// The stream was turned down or broken off.
+    Refused { code: u64, why: String },
+}
+
+/// What opens every bulk stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BulkHeader {
+    to: String,
+    tag: String,
+}
+
+/// A bulk stream arriving at an inbox: its batches, in order, until the
+/// channel closes (the stream is complete) or yields an error.
+#[derive(Debug)]
+pub struct IncomingBulk {
+    pub from: NodeId,
+    pub tag: String,
+    pub batches: mpsc::Receiver<Result<RecordBatch, BulkError>>,
+}
+
+/// What one bulk send put on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub batches: usize,
+    pub rows: usize,
+    /// Arrow IPC bytes written; 0 when the inbox is in this process.
+    pub bytes: u64,
+}
+
+impl Node {
+    /// Opens the bulk inbox `name`; streams sent to it arrive on the
+    /// returned channel.
+    pub fn bulk_inbox(&self, name: &str) -> Result<mpsc::Receiver<IncomingBulk>, BulkError> {
+        let (tx, rx) = mpsc::channel(STREAMS_IN_FLIGHT);
+        if !self.inner().add_bulk_inbox(name, tx) {
+            return Err(BulkError::InboxTaken(name.to_string()));
+        }
+        Ok(rx)
+    }
+
+    /// Sends `batches` to the bulk inbox at `to` and waits until the
+    /// receiver has read all of them. Batches for an inbox in this process
+    /// are handed over as they are.
+    pub async fn send_batches(
+        &self,
+        to: &ActorAddress,
+        tag: &str,
+        schema: SchemaRef,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<Sent, BulkError> {
+        let inner = self.inner();
+        if &to.node == inner.id() {
+            return send_local(inner, to, tag, batches).await;
+        }
+        let peer = inner.peer(&to.node).ok_or_else(|| {
+            BulkError::Unreachable(to.clone(), format!("node {} is not connected", to.node))
+        })?;
+        let max_frame = inner.options().max_frame;
+        send_remote(&peer, to, tag, schema, batches, max_frame).await
+    }
+}
+
+async fn send_local(
+    inner: &Arc<Inner>,
+    to: &ActorAddress,
+    tag: &str,
+    batches: impl IntoIterator<Item = RecordBatch>,
+) -> Result<Sent, BulkError> {
+    let inbox = inner
+        .bulk_inbox(&to.name)
+        .ok_or_else(|| BulkError::NoSuchInbox(to.name.clone()))?;
+    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let incoming = IncomingBulk {
+        from: inner.id().clone(),
+        tag: tag.to_string(),
+        batches: rx,
+    };
+    let closed = || BulkError::NoSuchInbox(to.name.clone());
+    inbox.send(incoming).await.map_err(|_| closed())?;
+    let mut sent = Sent::default();
+    for batch in batches {
+        sent.batches += 1;
+        sent.rows += batch.num_rows();
+        tx.send(Ok(batch)).await.map_err(|_| closed())?;
+    }
+    Ok(sent)
+}
+
+async fn send_remote(
+    peer: &Arc<Peer>,
+    to: &ActorAddress,
+    tag: &str,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = RecordBatch>,
+    max_frame: usize,
+) -> Result<Sent, BulkError> {
+    let lost = |e: &dyn std::fmt::Display| BulkError::Unreachable(to.clone(), e.to_string());
+    let (mut stream, mut answer) = peer.connection.open_bi().await.map_err(|e| lost(&e))?;
+    let header = BulkHeader {
+        to: to.name.clone(),
+        tag: tag.to_string(),
+    };
+    let mut sent = Sent::default();
+    let written = async {
+        let first = encode(&header, max_frame)?;
+        sent.bytes += first.len() as u64;
+        write(&mut stream, first).await?;
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
+        for batch in batches {
+            // Write each chunk as soon as it is encoded: a batch at a time
+            // is all the memory a send holds.
+            let chunk = Bytes::from(std::mem::take(writer.get_mut()));
+            sent.bytes += chunk.len() as u64;
+            write(&mut stream, chunk).await?;
+            writer.write(&batch)?;
+            sent.batches += 1;
+            sent.rows += batch.num_rows();
+        }
+        writer.finish()?;
+        let tail = Bytes::from(std::mem::take(writer.get_mut()));
+        sent.bytes += tail.len() as u64;
+        write(&mut stream, tail).await?;
+        stream.finish().map_err(|e| lost(&e))
+    }
+    .await;
+    // The receiver answers once it has read everything or turned the
+    // stream down; its answer explains a failed write too.
+    let outcome = read_frame::<_, BulkOutcome>(&mut answer, max_frame).await;
+    match (outcome, written) {
+        (Ok(Some(BulkOutcome::Received)), Ok(())) => Ok(sent),
+        (Ok(Some(BulkOutcome::Refused { code, why })), _) => Err(BulkError::Refused {
+            to: to.clone(),
+            code,
+            why,
+        }),
+        (_, Err(e)) => Err(e),
+        (Ok(None), Ok(())) => Err(lost(&"the stream closed before the receiver confirmed it")),
+        (Err(e), Ok(())) => Err(lost(&e)),
+    }
+}
+
+async fn write(stream: &mut quinn::SendStream, chunk: Bytes) -> Result<(), BulkError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_chunk(chunk)
+        .await
+        .map_err(|e| BulkError::Interrupted(e.to_string()))
+}
+
+/// Takes every bulk stream a peer opens, each on its own task. QUIC's
+/// stream limit bounds how many run at once.
+pub(crate) async fn accept_streams(node: Weak<Inner>, peer: Arc<Peer>) {
+    while let Ok((answer, recv)) = peer.connection.accept_bi().await {
+        tokio::spawn(receive(node.clone(), peer.id.clone(), answer, recv));
+    }
+}
+
+/// Turns a stream down: says why on the answer half, stops the other.
+async fn refuse(
+    answer: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    code: u32,
+    why: String,
+    max_frame: usize,
+) {
+    let _ = recv.stop(quinn::VarInt::from_u32(code));
+    let outcome = BulkOutcome::Refused {
+        code: u64::from(code),
+        why,
+    };
+    let _ = write_frame(answer, &outcome, max_frame).await;
+    let _ = answer.finish();
+}
+
+async fn receive(
+    node: Weak<Inner>,
+    from: NodeId,
+    mut answer: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let Some(inner) = node.upgrade() else {
+        return;
+    };
+    let options = *inner.options();
+    let max_frame = options.max_frame;
+    let header = tokio::time::timeout(
+        options.handshake_timeout,
+        read_payload(&mut recv, max_frame),
+    )
+    .await;
+    let header = match header {
+        Ok(Ok(Some(payload))) => decode::<BulkHeader>(&payload),
+        Ok(Ok(None)) => Err(FrameError::Truncated),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(FrameError::Malformed("no stream header in time".into())),
+    };
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(peer = %from, "refused a bulk stream: {e}");
+            let code = match e {
+                FrameError::TooLarge { .. } => codes::TOO_LARGE,
+                _ => codes::PROTOCOL,
+            };
+            refuse(&mut answer, &mut recv, code, e.to_string(), max_frame).await;
+            return;
+        }
+    };
+    let no_inbox = format!(
+        "no bulk inbox named '{}' is open on node {}",
+        header.to,
+        inner.id()
+    );
+    let Some(inbox) = inner.bulk_inbox(&header.to) else {
+        tracing::warn!(peer = %from, inbox = %header.to, "refused a bulk stream for an inbox that is not open");
+        refuse(
+            &mut answer,
+            &mut recv,
+            codes::NO_SUCH_ACTOR,
+            no_inbox,
+            max_frame,
+        )
+        .await;
+        return;
+    };
+    drop(inner);
+
+    let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
+    let incoming = IncomingBulk {
+        from: from.clone(),
+        tag: header.tag.clone(),
+        batches: rx,
+    };
+    if inbox.send(incoming).await.is_err() {
+        refuse(
+            &mut answer,
+            &mut recv,
+            codes::NO_SUCH_ACTOR,
+            no_inbox,
+            max_frame,
+        )
+        .await;
+        return;
+    }
+    match pump(&mut recv, &from, &tx, options.max_bulk_message).await {
+        Ok(()) => {
+            let _ = write_frame(&mut answer, &BulkOutcome::Received, max_frame).await;
+            let _ = answer.finish();
+        }
+        Err((code, e)) => {
+            if code != codes::NORMAL {
+                tracing::warn!(peer = %from, tag = %header.tag, code, "bulk stream failed: {e}");
+            }
+            let why = e.to_string();
+            let _ = tx.send(Err(e)).await;
+            refuse(&mut answer, &mut recv, code, why, max_frame).await;
+        }
+    }
+}
+
+/// Decodes the IPC stream into batches and hands them on until the stream
+/// ends. A receiver that goes away stops the stream.
+async fn pump(
+    recv: &mut quinn::RecvStream,
+    from: &NodeId,
+    tx: &mpsc::Sender<Result<RecordBatch, BulkError>>,
+    max_message: usize,
+) -> Result<(), (u32, BulkError)> {
+    let mut decoder = StreamDecoder::new();
+    let mut pending = 0usize;
+    loop {
+        let chunk = match recv.read_chunk(1 << 20, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                return decoder
+                    .finish()
+                    .map_err(|e| (codes::PROTOCOL, BulkError::Arrow(e)));
+            }
+            Err(e) => {
+                return Err((
+                    codes::NORMAL,
+                    BulkError::Broken {
+                        from: from.clone(),
+                        why: e.to_string(),
+                    },
+                ));
+            }
+        };
+        pending += chunk.len();
+        if pending > max_message {
+            return Err((codes::TOO_LARGE, BulkError::TooLarge { max: max_message }));
+        }
+        let mut buffer = Buffer::from(chunk);
+        while !buffer.is_empty() {
+            let before = buffer.len();
+            // Bytes from the network must never take the process down, even
+            // if the decoder has a bug; a panic here is a broken stream.
+            let decoded =
+                std::panic::catch_unwind(AssertUnwindSafe(|| decoder.decode(&mut buffer)))
+                    .unwrap_or_else(|_| Err(ArrowError::IpcError("the decoder panicked".into())));
+            match decoded {
+                Ok(Some(batch)) => {
+                    pending = buffer.len();
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return Err((codes::NORMAL, BulkError::ReceiverGone));
+                    }
+                }
+                Ok(None) if buffer.len() == before => break,
+                Ok(None) => {}
+                Err(e) => return Err((codes::PROTOCOL, BulkError::Arrow(e))),
+            }
+        }
+    }
+}
