@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datafusion::arrow::error::ArrowError;
-use ember_actors::config::{KEYS, env_name};
+use ember_actors::config::{ConfigError, KEYS, env_name};
 use ember_actors::{EmberConf, JobListener};
 use ember_engine::script::{ScriptStatement, split_statements};
 
@@ -85,6 +85,9 @@ pub struct ProbeNodeArgs {
     /// Threads that spin on the CPU while the node runs (load tests).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub burn: usize,
+    /// A transport property (repeatable); see `ember config --list`.
+    #[arg(long = "conf", short = 'c', value_name = "KEY=VALUE")]
+    pub conf: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -250,7 +253,13 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Some(Command::ProbeNode(args)) => {
-            let options = ember_transport::NodeOptions::default();
+            let options = match node_options(&args.conf) {
+                Ok(options) => options,
+                Err(e) => {
+                    eprintln!("ember: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             match crate::probe::serve(&args.certs, &args.name, args.listen, options, args.burn) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
@@ -267,6 +276,15 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Transport settings from `EMBER_*` variables and `--conf` pairs.
+fn node_options(pairs: &[String]) -> Result<ember_transport::NodeOptions, ConfigError> {
+    let mut conf = EmberConf::new().with_env(std::env::vars())?;
+    for pair in pairs {
+        conf.set_pair(pair)?;
+    }
+    conf.node_options()
 }
 
 fn fail(message: &str) -> ExitCode {

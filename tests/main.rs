@@ -6,3 +6,4 @@
 mod cli;
 mod local_mode;
 mod support;
+mod transport;

@@ -4,11 +4,16 @@
 //! DataFusion as they are.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ember_transport::NodeOptions;
 
 /// The kind of value a key takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
     PositiveInt,
+    /// A duration with its unit: `250ms`, `1s`, `2m`.
+    Duration,
 }
 
 /// One configuration key.
@@ -24,6 +29,11 @@ pub struct ConfigKey {
 pub const TASK_MAX_FAILURES: &str = "ember.task.maxFailures";
 pub const SHUFFLE_PARTITIONS: &str = "ember.sql.shuffle.partitions";
 pub const MAX_FRAME_BYTES: &str = "ember.transport.maxFrameBytes";
+pub const HEARTBEAT_INTERVAL: &str = "ember.transport.heartbeatInterval";
+pub const HEARTBEAT_TIMEOUT: &str = "ember.transport.heartbeatTimeout";
+pub const IDLE_TIMEOUT: &str = "ember.transport.idleTimeout";
+pub const KEEP_ALIVE: &str = "ember.transport.keepAlive";
+pub const MAX_QUEUED_BYTES: &str = "ember.transport.maxQueuedBytes";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -45,6 +55,36 @@ pub const KEYS: &[ConfigKey] = &[
         default: "4194304",
         doc: "Largest message (bytes) one node accepts from another; larger frames close the stream. Cluster modes only.",
     },
+    ConfigKey {
+        name: HEARTBEAT_INTERVAL,
+        kind: ValueKind::Duration,
+        default: "200ms",
+        doc: "How often a node tells each peer it is still there.",
+    },
+    ConfigKey {
+        name: HEARTBEAT_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "800ms",
+        doc: "A peer heard nothing from for this long is declared down and every actor watching one of its actors is told.",
+    },
+    ConfigKey {
+        name: IDLE_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "1s",
+        doc: "QUIC idle timeout: a connection with no packets for this long is closed.",
+    },
+    ConfigKey {
+        name: KEEP_ALIVE,
+        kind: ValueKind::Duration,
+        default: "250ms",
+        doc: "QUIC keep-alive interval; keep it well under the idle timeout.",
+    },
+    ConfigKey {
+        name: MAX_QUEUED_BYTES,
+        kind: ValueKind::PositiveInt,
+        default: "67108864",
+        doc: "Bytes queued towards one peer before it counts as not reading and its connection is closed.",
+    },
 ];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -55,6 +95,25 @@ pub enum ConfigError {
     UnknownKey { key: String, hint: String },
     #[error("{key} must be a whole number of at least 1, not '{value}'")]
     NotPositiveInt { key: String, value: String },
+    #[error("{key} must be a duration with its unit, such as 250ms, 2s or 1m, not '{value}'")]
+    NotDuration { key: String, value: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Reads `250ms`, `2s` or `1m`.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = value.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
 }
 
 /// A resolved configuration.
@@ -115,6 +174,14 @@ impl EmberConf {
                     });
                 }
             }
+            ValueKind::Duration => {
+                if parse_duration(value).is_none() {
+                    return Err(ConfigError::NotDuration {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+            }
         }
         self.values.insert(key.to_string(), value.to_string());
         Ok(())
@@ -127,6 +194,50 @@ impl EmberConf {
     /// A positive integer key, if set (values were checked when set).
     pub fn get_usize(&self, key: &str) -> Option<usize> {
         self.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// A duration key, if set (values were checked when set).
+    pub fn get_duration(&self, key: &str) -> Option<Duration> {
+        self.get(key).and_then(parse_duration)
+    }
+
+    /// The transport settings: defaults, overridden by any key that is set.
+    /// Timeouts that could not work together are an error.
+    pub fn node_options(&self) -> Result<NodeOptions, ConfigError> {
+        let mut options = NodeOptions::default();
+        if let Some(max) = self.get_usize(MAX_FRAME_BYTES) {
+            options.max_frame = max;
+        }
+        if let Some(max) = self.get_usize(MAX_QUEUED_BYTES) {
+            options.max_queued_bytes = max;
+        }
+        if let Some(d) = self.get_duration(HEARTBEAT_INTERVAL) {
+            options.heartbeat_interval = d;
+        }
+        if let Some(d) = self.get_duration(HEARTBEAT_TIMEOUT) {
+            options.heartbeat_timeout = d;
+        }
+        if let Some(d) = self.get_duration(IDLE_TIMEOUT) {
+            options.quic.idle_timeout = d;
+        }
+        if let Some(d) = self.get_duration(KEEP_ALIVE) {
+            options.quic.keep_alive = d;
+        }
+        if options.heartbeat_timeout <= options.heartbeat_interval {
+            return Err(ConfigError::Inconsistent(format!(
+                "{HEARTBEAT_TIMEOUT} ({:?}) must be longer than {HEARTBEAT_INTERVAL} ({:?}), \
+                 or every peer would be declared down between two heartbeats",
+                options.heartbeat_timeout, options.heartbeat_interval
+            )));
+        }
+        if options.quic.idle_timeout <= options.quic.keep_alive {
+            return Err(ConfigError::Inconsistent(format!(
+                "{IDLE_TIMEOUT} ({:?}) must be longer than {KEEP_ALIVE} ({:?}), \
+                 or quiet connections would time out between keep-alives",
+                options.quic.idle_timeout, options.quic.keep_alive
+            )));
+        }
+        Ok(options)
     }
 
     /// The `datafusion.*` keys, for DataFusion's own configuration.
@@ -175,5 +286,35 @@ mod tests {
             conf.set_pair("ember.task.maxFailures=0"),
             Err(ConfigError::NotPositiveInt { .. })
         ));
+    }
+
+    #[test]
+    fn transport_settings_take_durations_and_must_fit_together() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        for bad in ["", "5", "ms", "0s", "1h", "-1s", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+
+        let defaults = EmberConf::new().node_options().unwrap();
+        assert_eq!(defaults, NodeOptions::default());
+
+        let mut conf = EmberConf::new();
+        conf.set_pair("ember.transport.heartbeatTimeout=3s")
+            .unwrap();
+        conf.set_pair("ember.transport.idleTimeout=5s").unwrap();
+        let options = conf.node_options().unwrap();
+        assert_eq!(options.heartbeat_timeout, Duration::from_secs(3));
+        assert_eq!(options.quic.idle_timeout, Duration::from_secs(5));
+
+        let err = conf
+            .set_pair("ember.transport.heartbeatInterval=fast")
+            .unwrap_err();
+        assert!(err.to_string().contains("250ms"), "{err}");
+        conf.set_pair("ember.transport.heartbeatInterval=4s")
+            .unwrap();
+        let err = conf.node_options().unwrap_err();
+        assert!(err.to_string().contains("must be longer"), "{err}");
     }
 }
