@@ -1,5 +1,6 @@
 //! Fixtures for the transport's tests: a throwaway cluster PKI, started
-//! nodes, a test actor and a recorder of down notices.
+//! nodes, raw QUIC peers that say whatever a test wants, a test actor and
+//! a recorder of down notices.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use ember_certs::{IssueRequest, NodeCredentials, Role, init_ca, issue, load_node
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::{ActorAddress, Node, NodeId, NodeOptions, PeerDown, Registration};
+use crate::frame::write_frame;
+use crate::quic::{QuicEndpoint, QuicOptions};
+use crate::{ActorAddress, Hello, Node, NodeId, NodeOptions, PeerDown, Registration};
 
 pub(crate) fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -52,6 +55,52 @@ pub(crate) async fn connect(a: &Node, b: &Node) {
         .unwrap();
     assert_eq!(&id, b.id());
     eventually(|| b.peers().iter().any(|(n, _)| n == a.id())).await;
+}
+
+/// A peer of the cluster, with a valid certificate, that speaks raw bytes:
+/// it has opened the control stream and says nothing until the test does.
+pub(crate) struct RawPeer {
+    pub(crate) connection: quinn::Connection,
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    /// Its address, as the node's log names it.
+    pub(crate) addr: SocketAddr,
+}
+
+/// A raw peer named `name` connected to `node`, before any hello.
+pub(crate) async fn raw_connection(cluster: &Cluster, name: &str, node: &Node) -> RawPeer {
+    let creds = cluster.creds(Role::Worker, name);
+    let endpoint = QuicEndpoint::bind(loopback(), &creds, &QuicOptions::default()).unwrap();
+    let conn = endpoint
+        .connect(node.local_addr().unwrap(), "localhost")
+        .await
+        .unwrap();
+    let (send, recv) = conn.connection.open_bi().await.unwrap();
+    RawPeer {
+        connection: conn.connection,
+        send,
+        recv,
+        addr: endpoint.local_addr().unwrap(),
+    }
+}
+
+/// A raw peer that has said `hello`; whatever follows is up to the test.
+pub(crate) async fn raw_peer(cluster: &Cluster, name: &str, node: &Node, hello: &Hello) -> RawPeer {
+    let mut raw = raw_connection(cluster, name, node).await;
+    write_frame(&mut raw.send, hello, 1024).await.unwrap();
+    raw
+}
+
+/// The application code and reason `conn` was closed with, within `limit`.
+pub(crate) async fn close_code(conn: &quinn::Connection, limit: Duration) -> (u64, String) {
+    match tokio::time::timeout(limit, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => (
+            close.error_code.into_inner(),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        Ok(other) => panic!("closed without an application code: {other}"),
+        Err(_) => panic!("the connection stayed open"),
+    }
 }
 
 /// Waits up to 5 s for `cond`.

@@ -7,6 +7,8 @@
 //! keep their rhythm while task threads saturate every core.
 
 mod connection;
+#[cfg(test)]
+mod hostile;
 mod remote;
 #[cfg(test)]
 mod tests;

@@ -303,8 +303,6 @@ async fn a_bulk_stream_to_a_missing_inbox_fails(backend: Backend) {
 mod between_nodes {
     use super::*;
     use crate::Hello;
-    use crate::frame::write_frame;
-    use crate::quic::{QuicEndpoint, QuicOptions};
     use crate::wire::codes;
 
     #[actix::test]
@@ -385,47 +383,16 @@ mod between_nodes {
         a.shutdown();
     }
 
-    /// A raw peer of the cluster that says `hello` and then whatever the
-    /// test wants; returns the connection and its control stream.
-    async fn raw_peer(
-        cluster: &Cluster,
-        name: &str,
-        node: &Node,
-        hello: &Hello,
-    ) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
-        let creds = cluster.creds(Role::Worker, name);
-        let endpoint = QuicEndpoint::bind(loopback(), &creds, &QuicOptions::default()).unwrap();
-        let conn = endpoint
-            .connect(node.local_addr().unwrap(), "localhost")
-            .await
-            .unwrap();
-        let (mut send, recv) = conn.connection.open_bi().await.unwrap();
-        write_frame(&mut send, hello, 1024).await.unwrap();
-        (conn.connection, send, recv)
-    }
-
-    async fn close_code(conn: &quinn::Connection, limit: Duration) -> (u64, String) {
-        match tokio::time::timeout(limit, conn.closed()).await {
-            Ok(quinn::ConnectionError::ApplicationClosed(close)) => (
-                close.error_code.into_inner(),
-                String::from_utf8_lossy(&close.reason).into_owned(),
-            ),
-            Ok(other) => panic!("closed without an application code: {other}"),
-            Err(_) => panic!("the connection stayed open"),
-        }
-    }
-
     #[actix::test]
     async fn a_silent_peer_is_declared_down_by_the_heartbeat() {
         let cluster = Cluster::new();
         let node = cluster.node(Role::Worker, "n");
         // QUIC keep-alives still flow from the raw peer; only the
         // application heartbeat is missing.
-        let (conn, _send, _recv) =
-            raw_peer(&cluster, "mute", &node, &Hello::new("worker", "mute")).await;
+        let raw = raw_peer(&cluster, "mute", &node, &Hello::new("worker", "mute")).await;
         eventually(|| node.peers().iter().any(|(n, _)| n.0 == "mute")).await;
         let started = std::time::Instant::now();
-        let (code, why) = close_code(&conn, Duration::from_secs(5)).await;
+        let (code, why) = close_code(&raw.connection, Duration::from_secs(5)).await;
         assert_eq!(code, u64::from(codes::HEARTBEAT_TIMEOUT), "{why}");
         let options = node.options();
         assert!(
@@ -441,14 +408,14 @@ mod between_nodes {
     async fn a_hello_that_does_not_match_the_certificate_is_refused() {
         let cluster = Cluster::new();
         let node = cluster.node(Role::Worker, "n");
-        let (conn, _send, _recv) = raw_peer(
+        let raw = raw_peer(
             &cluster,
             "honest",
             &node,
             &Hello::new("worker", "someone-else"),
         )
         .await;
-        let (code, why) = close_code(&conn, T).await;
+        let (code, why) = close_code(&raw.connection, T).await;
         assert_eq!(code, u64::from(codes::HANDSHAKE));
         assert!(
             why.contains("someone-else") && why.contains("honest"),
@@ -466,10 +433,10 @@ mod between_nodes {
             protocol: crate::PROTOCOL_VERSION + 1,
             ..Hello::new("worker", "newer")
         };
-        let (conn, _send, _recv) = raw_peer(&cluster, "newer", &node, &future).await;
+        let raw = raw_peer(&cluster, "newer", &node, &future).await;
         // The close reason carries the node's explanation, so the newer
         // peer can log it too.
-        let (code, why) = close_code(&conn, T).await;
+        let (code, why) = close_code(&raw.connection, T).await;
         assert_eq!(code, u64::from(codes::HANDSHAKE));
         assert!(
             why.contains("protocol 2") && why.contains("upgrade"),
