@@ -230,6 +230,13 @@ impl EmberConf {
                 options.heartbeat_timeout, options.heartbeat_interval
             )));
         }
+        if options.max_queued_bytes < options.max_frame {
+            return Err(ConfigError::Inconsistent(format!(
+                "{MAX_QUEUED_BYTES} ({}) must be at least {MAX_FRAME_BYTES} ({}), \
+                 or one large message would cut off a healthy peer",
+                options.max_queued_bytes, options.max_frame
+            )));
+        }
         if options.quic.idle_timeout <= options.quic.keep_alive {
             return Err(ConfigError::Inconsistent(format!(
                 "{IDLE_TIMEOUT} ({:?}) must be longer than {KEEP_ALIVE} ({:?}), \

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use ember_certs::NodeIdentity;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::remote::Delivery;
 use super::{Inner, NodeError, lock};
 use crate::NodeId;
 use crate::frame::{FrameDecoder, FrameError};
@@ -256,6 +257,7 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
         return;
     };
     let mut decoder = FrameDecoder::new(options.max_frame);
+    let asks = Arc::new(Semaphore::new(ASKS_IN_FLIGHT));
     let (code, why) = 'read: loop {
         let chunk =
             match tokio::time::timeout(options.heartbeat_timeout, recv.read_chunk(64 * 1024, true))
@@ -285,9 +287,10 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
         loop {
             match decoder.next_frame() {
                 Ok(Some(payload)) => {
-                    let dispatched = wire::open(payload)
-                        .map_err(|e| (codes::PROTOCOL, e.to_string()))
-                        .and_then(|(header, body)| dispatch(&node, &peer, header, body));
+                    let dispatched = match wire::open(payload) {
+                        Ok((header, body)) => dispatch(&node, &peer, &asks, header, body).await,
+                        Err(e) => Err((codes::PROTOCOL, e.to_string())),
+                    };
                     if let Err(stop) = dispatched {
                         break 'read stop;
                     }
@@ -331,10 +334,21 @@ fn lost(e: &quinn::ReadError) -> String {
     }
 }
 
+/// Asks from one peer being answered at once; more wait, and so does the
+/// reading of that peer's control stream.
+const ASKS_IN_FLIGHT: usize = 1024;
+
 /// Acts on one control frame. An error closes the connection.
-fn dispatch(
+///
+/// It returns once the message is in the actor's mailbox. While an actor's
+/// mailbox is full, or too many of the peer's asks are unanswered, it waits,
+/// and so does reading: QUIC flow control then holds the peer back, and a
+/// peer that keeps sending regardless is cut off as slow on its own side.
+/// Memory stays bounded by mailbox capacities, not by what a peer sends.
+async fn dispatch(
     node: &Weak<Inner>,
     peer: &Arc<Peer>,
+    asks: &Arc<Semaphore>,
     header: Header,
     body: Bytes,
 ) -> Result<(), (u32, String)> {
@@ -346,18 +360,32 @@ fn dispatch(
     match header {
         Header::Heartbeat => {}
         Header::Tell { to } => {
-            if let Err(why) = inner
+            match inner
                 .inbox_for(&to, role)
                 .and_then(|inbox| inbox.tell(&body))
             {
-                tracing::warn!(peer = %peer.id, actor = %to, "turned down a message: {why}");
-                let refused = Header::Refused { id: None, to, why };
-                if let Ok(frame) = wire::header_only(&refused, max) {
-                    let _ = peer.send(frame);
+                Ok(Delivery::Queued) => {}
+                Ok(Delivery::Wait(queued)) => {
+                    drop(inner);
+                    queued.await;
+                }
+                Err(why) => {
+                    tracing::warn!(peer = %peer.id, actor = %to, "turned down a message: {why}");
+                    let refused = Header::Refused { id: None, to, why };
+                    if let Ok(frame) = wire::header_only(&refused, max) {
+                        let _ = peer.send(frame);
+                    }
                 }
             }
         }
         Header::Ask { id, to } => {
+            let permit = match Arc::clone(asks).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => Arc::clone(asks)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| (codes::NORMAL, "the connection is closing".to_string()))?,
+            };
             match inner
                 .inbox_for(&to, role)
                 .and_then(|inbox| inbox.ask(id, &to, &body))
@@ -366,6 +394,7 @@ fn dispatch(
                     let peer = Arc::clone(peer);
                     tokio::spawn(async move {
                         let frame = answer.await;
+                        drop(permit);
                         let _ = peer.send(frame);
                     });
                 }

@@ -19,9 +19,17 @@ use crate::frame::{FrameError, decode};
 use crate::mailbox::{RemoteRoute, SendError, refused};
 use crate::wire::{self, Header, Refusal};
 
+/// How a remote tell went into the actor's mailbox.
+pub(crate) enum Delivery {
+    Queued,
+    /// The mailbox is full: the message is delivered when this resolves,
+    /// and nothing more should be read from its sender until then.
+    Wait(BoxFuture<'static, ()>),
+}
+
 /// The receiving end of remote sends to one registered actor.
 pub(crate) trait Inbox: Send + Sync {
-    fn tell(&self, body: &[u8]) -> Result<(), Refusal>;
+    fn tell(&self, body: &[u8]) -> Result<Delivery, Refusal>;
     /// Delivers an ask; the future yields the frame to send back.
     fn ask(&self, id: u64, to: &str, body: &[u8]) -> Result<BoxFuture<'static, Bytes>, Refusal>;
 }
@@ -60,13 +68,20 @@ where
     M: Message + DeserializeOwned + Send + 'static,
     M::Result: Serialize + Send + 'static,
 {
-    fn tell(&self, body: &[u8]) -> Result<(), Refusal> {
+    fn tell(&self, body: &[u8]) -> Result<Delivery, Refusal> {
         let msg: M = decode(body).map_err(unreadable)?;
         match self.recipient.try_send(msg) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Delivery::Queued),
             Err(actix::prelude::SendError::Full(msg)) => {
-                self.recipient.do_send(msg);
-                Ok(())
+                // actix has no "wait until queued", so wait until handled:
+                // by then the mailbox has room again.
+                let request = self.recipient.send(msg);
+                Ok(Delivery::Wait(
+                    async move {
+                        let _ = request.await;
+                    }
+                    .boxed(),
+                ))
             }
             Err(actix::prelude::SendError::Closed(_)) => Err(Refusal::Gone),
         }
