@@ -3,10 +3,10 @@
 //! the peer down when nothing has arrived for the heartbeat timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ember_certs::NodeIdentity;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -35,6 +35,9 @@ pub(crate) struct Peer {
     max_queued: usize,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_ask: AtomicU64,
+    /// Set once the connection is closed, by either side; cheaper to check
+    /// per message than asking quinn.
+    closed: AtomicBool,
 }
 
 impl Peer {
@@ -69,12 +72,13 @@ impl Peer {
     pub(crate) fn close(&self, code: u32, why: &str) {
         // Keep the reason short enough for one packet.
         let reason: String = why.chars().take(200).collect();
+        self.closed.store(true, Ordering::Release);
         self.connection
             .close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.connection.close_reason().is_none()
+        !self.closed.load(Ordering::Acquire)
     }
 
     /// Registers an ask; its answer arrives on the returned channel.
@@ -190,6 +194,7 @@ pub(crate) async fn establish(
         max_queued: options.max_queued_bytes,
         pending: Mutex::new(HashMap::new()),
         next_ask: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
     });
     inner.add_peer(Arc::clone(&peer));
     tracing::info!(peer = %peer.id, role = %peer.identity.role, %addr, "connected");
@@ -207,27 +212,49 @@ pub(crate) async fn establish(
     Ok(peer.id.clone())
 }
 
+/// Frames smaller than this are copied together before writing.
+const COALESCE_BELOW: usize = 4096;
+/// Bytes taken from the queue for one write call.
+const WRITE_BATCH: usize = 256 * 1024;
+
 /// Writes queued frames, many per write call when they pile up.
 async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(256);
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(64);
+    let mut small = BytesMut::new();
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
+        let mut len = 0;
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            len += frame.len();
+            // quinn keeps every chunk it is given and walks them per
+            // packet, so thousands of tiny frames would cost more than
+            // copying them into one.
+            if frame.len() < COALESCE_BELOW {
+                small.extend_from_slice(&frame);
+            } else {
+                if !small.is_empty() {
+                    chunks.push(small.split().freeze());
+                }
+                chunks.push(frame);
             }
+            next = if len < WRITE_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
-        let len: usize = batch.iter().map(Bytes::len).sum();
-        if let Err(e) = send.write_all_chunks(&mut batch).await {
+        if !small.is_empty() {
+            chunks.push(small.split().freeze());
+        }
+        if let Err(e) = send.write_all_chunks(&mut chunks).await {
             tracing::debug!(error = %e, "control stream closed for writing");
             break;
         }
-        batch.clear();
+        chunks.clear();
         queued.fetch_sub(len, Ordering::AcqRel);
     }
 }
@@ -300,7 +327,7 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
             }
         }
     };
-    if peer.is_open() {
+    if peer.connection.close_reason().is_none() {
         if code == codes::NORMAL {
             tracing::info!(peer = %peer.id, "connection ended: {why}");
         } else {
@@ -310,6 +337,7 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
     } else {
         tracing::info!(peer = %peer.id, "connection ended: {why}");
     }
+    peer.closed.store(true, Ordering::Release);
     peer.fail_pending(&why);
     if let Some(inner) = node.upgrade() {
         inner.remove_peer(&peer, &why);
