@@ -12,10 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,7 +22,7 @@ use actix::prelude::*;
 use datafusion::arrow::array::{Float64Array, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeReply};
+use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeChild, ProbeReply};
 use ember::transport::{Access, ActorAddress, Mailbox, Node, NodeId, NodeOptions};
 use ember_certs::{IssueRequest, Role, init_ca, issue, load_node};
 
@@ -57,67 +55,6 @@ struct Figures {
     bulk_mb_per_s: f64,
     /// Bytes counted for the bulk figure.
     bulk_bytes: u64,
-}
-
-/// An `ember probe-node` child. Stopping it closes its stdin, which ends it;
-/// one that is still there after 5 s is killed.
-struct ProbeProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    _stdout: BufReader<ChildStdout>,
-    addr: SocketAddr,
-}
-
-impl ProbeProcess {
-    fn start(certs: &Path, name: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["probe-node", "--certs"])
-            .arg(certs)
-            .args(["--name", name, "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line from the probe node: {line:?}"))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            stdin,
-            _stdout: stdout,
-            addr,
-        }
-    }
-
-    /// How the child ended.
-    fn stop(&mut self) -> String {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return format!("exited ({status}) after its stdin closed");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Child::kill signals this child's own PID.
-        let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        format!("killed by PID {} after 5 s ({status})", self.child.id())
-    }
-}
-
-impl Drop for ProbeProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// 64k rows of an Int64 and a Float64 column: 1 MiB of Arrow data.
@@ -419,7 +356,9 @@ fn main() {
         )
         .unwrap();
     }
-    let mut child = ProbeProcess::start(certs.path(), "probe");
+    let ember = Path::new(env!("CARGO_BIN_EXE_ember"));
+    let mut child = ProbeChild::spawn(ember, certs.path(), "probe", &["--listen", "127.0.0.1:0"])
+        .expect("the probe node starts");
 
     let system = actix::System::new();
     let (local, quic) = system.block_on(async {

@@ -2,19 +2,15 @@
 //! `ember probe-node` runs another; they talk msgpack over mutual-TLS QUIC
 //! on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use datafusion::arrow::array::{Float64Array, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, PROBE, Probe, ProbeReply};
+use ember::probe::{BULK, Burn, PROBE, Probe, ProbeChild, ProbeReply};
 use ember::transport::{ActorAddress, ExitReason, Node, NodeId, NodeOptions, PeerDown};
 use ember_certs::{IssueRequest, Role, init_ca, issue, load_node};
 use tokio::sync::mpsc;
@@ -28,55 +24,14 @@ fn cluster(dir: &Path) {
     issue(dir, &IssueRequest::new(Role::Client, "tester", vec![], 5)).unwrap();
 }
 
-/// An `ember probe-node` child; killed and reaped on drop.
-struct ProbeProcess {
-    child: Child,
-    _stdin: ChildStdin,
-    addr: SocketAddr,
-}
-
-impl ProbeProcess {
-    fn start(certs: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["probe-node", "--certs"])
-            .arg(certs)
-            .args(["--name", "probe"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the probe node says where it listens");
-        let addr = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            _stdin: stdin,
-            addr,
-        }
-    }
-}
-
-impl Drop for ProbeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_probe(certs: &Path, extra: &[&str]) -> ProbeChild {
+    ProbeChild::spawn(
+        Path::new(env!("CARGO_BIN_EXE_ember")),
+        certs,
+        "probe",
+        extra,
+    )
+    .unwrap()
 }
 
 fn probe_address() -> ActorAddress {
@@ -126,7 +81,7 @@ fn batch(rows: usize) -> RecordBatch {
 async fn two_processes_exchange_messages_and_batches_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     cluster(dir.path());
-    let probe = ProbeProcess::start(dir.path(), &[]);
+    let probe = start_probe(dir.path(), &[]);
     let creds = load_node(dir.path(), "tester").unwrap();
     let node = Node::start(
         &creds,
@@ -187,7 +142,7 @@ async fn two_processes_exchange_messages_and_batches_over_mutual_tls() {
 async fn certificates_of_another_cluster_or_expired_ones_get_no_connection() {
     let dir = tempfile::tempdir().unwrap();
     cluster(dir.path());
-    let probe = ProbeProcess::start(dir.path(), &[]);
+    let probe = start_probe(dir.path(), &[]);
 
     let other = tempfile::tempdir().unwrap();
     init_ca(other.path(), "other", 5, false).unwrap();
@@ -232,7 +187,7 @@ async fn certificates_of_another_cluster_or_expired_ones_get_no_connection() {
 async fn a_killed_peer_is_reported_down_within_the_idle_timeout_and_a_second() {
     let dir = tempfile::tempdir().unwrap();
     cluster(dir.path());
-    let mut probe = ProbeProcess::start(dir.path(), &[]);
+    let mut probe = start_probe(dir.path(), &[]);
     let creds = load_node(dir.path(), "tester").unwrap();
     let options = NodeOptions::default();
     let node = Node::start(&creds, "127.0.0.1:0".parse().unwrap(), options).unwrap();
@@ -246,7 +201,7 @@ async fn a_killed_peer_is_reported_down_within_the_idle_timeout_and_a_second() {
     );
 
     // SIGKILL: no goodbye, no close frame; only silence.
-    probe.child.kill().unwrap();
+    probe.kill().unwrap();
     let killed = Instant::now();
     let (down, at) = tokio::time::timeout(Duration::from_secs(10), downs.recv())
         .await
@@ -268,31 +223,6 @@ async fn a_killed_peer_is_reported_down_within_the_idle_timeout_and_a_second() {
     node.shutdown();
 }
 
-/// Threads that keep a core busy until dropped.
-struct Burn(Arc<AtomicBool>);
-
-impl Burn {
-    fn start(threads: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..threads {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            });
-        }
-        Self(stop)
-    }
-}
-
-impl Drop for Burn {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Two minutes (`EMBER_LOAD_TEST_SECS` to change it) with both cores
 /// saturated on both sides: the peer must never be declared down.
 #[actix::test]
@@ -305,7 +235,7 @@ async fn full_cpu_load_raises_no_false_alarm() {
     let dir = tempfile::tempdir().unwrap();
     cluster(dir.path());
     let burn = cores.to_string();
-    let probe = ProbeProcess::start(dir.path(), &["--burn", &burn]);
+    let probe = start_probe(dir.path(), &["--burn", &burn]);
     let creds = load_node(dir.path(), "tester").unwrap();
     let node = Node::start(
         &creds,
