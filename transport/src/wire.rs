@@ -32,8 +32,6 @@ pub mod codes {
     pub const NO_SUCH_ACTOR: u32 = 7;
     /// A newer connection from the same node took this one's place.
     pub const REPLACED: u32 = 8;
-    /// The certificate's role may not do this.
-    pub const FORBIDDEN: u32 = 9;
 }
 
 /// Why an actor's node turned a message down.
