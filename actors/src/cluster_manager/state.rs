@@ -1,0 +1,1268 @@
+//! The cluster manager's decisions as a pure state machine: events in (a
+//! worker registered or was lost, an application asked for executors, a
+//! driver or executor exited), actions out (launch this executor on that
+//! worker, kill that one, tell a driver it lost an executor, relaunch a
+//! supervised driver). Placement follows Spark's standalone master: waiting
+//! drivers first, then applications in submission order, executors spread
+//! over workers one executor's cores at a time unless told to pack.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub type WorkerId = String;
+pub type AppId = String;
+pub type DriverId = String;
+/// An executor's number within its application.
+pub type ExecutorNo = u32;
+
+/// Whether executors go over as many workers as possible (Spark's
+/// `spreadOut`, the default) or fill one worker before the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    #[default]
+    Spread,
+    Pack,
+}
+
+/// What an application asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRequest {
+    pub name: String,
+    pub executor_cores: u32,
+    pub executor_memory_mb: u64,
+    /// `--total-executor-cores`; `None` takes whatever is free.
+    pub max_cores: Option<u32>,
+}
+
+/// What a cluster-mode driver needs from the worker that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverRequest {
+    pub cores: u32,
+    pub memory_mb: u64,
+    /// Restart it when it exits with a failure.
+    pub supervise: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppState {
+    /// No executor yet; the reason says what it waits for.
+    Waiting(String),
+    Running,
+    Finished,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverState {
+    Waiting(String),
+    Running {
+        worker: WorkerId,
+    },
+    /// Exited with a failure; relaunched at `at_ms`.
+    Restarting {
+        at_ms: u64,
+    },
+    Finished,
+    Failed(String),
+    Killed,
+}
+
+impl DriverState {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            DriverState::Finished | DriverState::Failed(_) | DriverState::Killed
+        )
+    }
+}
+
+/// An executor a worker says it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningExecutor {
+    pub app: AppId,
+    pub executor: ExecutorNo,
+    pub cores: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A worker joined (or came back) with this capacity, already running
+    /// these drivers and executors.
+    WorkerRegistered {
+        worker: WorkerId,
+        cores: u32,
+        memory_mb: u64,
+        drivers: Vec<DriverId>,
+        executors: Vec<RunningExecutor>,
+    },
+    WorkerLost {
+        worker: WorkerId,
+        why: String,
+    },
+    AppRegistered {
+        app: AppId,
+        request: AppRequest,
+    },
+    /// Its driver ended or went away.
+    AppEnded {
+        app: AppId,
+        why: Option<String>,
+    },
+    ExecutorExited {
+        app: AppId,
+        executor: ExecutorNo,
+        why: String,
+    },
+    DriverSubmitted {
+        driver: DriverId,
+        request: DriverRequest,
+    },
+    DriverExited {
+        driver: DriverId,
+        code: Option<i32>,
+    },
+    KillDriver {
+        driver: DriverId,
+    },
+    /// A self-addressed wake-up: restarts that are due now.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    LaunchExecutor {
+        worker: WorkerId,
+        app: AppId,
+        executor: ExecutorNo,
+        cores: u32,
+        memory_mb: u64,
+    },
+    KillExecutor {
+        worker: WorkerId,
+        app: AppId,
+        executor: ExecutorNo,
+    },
+    /// Tell the application's driver.
+    ExecutorLost {
+        app: AppId,
+        executor: ExecutorNo,
+        why: String,
+    },
+    LaunchDriver {
+        worker: WorkerId,
+        driver: DriverId,
+        cores: u32,
+        memory_mb: u64,
+    },
+    KillDriver {
+        worker: WorkerId,
+        driver: DriverId,
+    },
+    /// Send `Tick` back after this long.
+    WakeAfter(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Worker {
+    cores: u32,
+    memory_mb: u64,
+    cores_used: u32,
+    memory_used: u64,
+    alive: bool,
+}
+
+impl Worker {
+    fn free_cores(&self) -> u32 {
+        self.cores.saturating_sub(self.cores_used)
+    }
+
+    fn free_memory(&self) -> u64 {
+        self.memory_mb.saturating_sub(self.memory_used)
+    }
+
+    fn take(&mut self, cores: u32, memory_mb: u64) {
+        debug_assert!(cores <= self.free_cores() && memory_mb <= self.free_memory());
+        self.cores_used += cores;
+        self.memory_used += memory_mb;
+    }
+
+    fn give_back(&mut self, cores: u32, memory_mb: u64) {
+        self.cores_used = self.cores_used.saturating_sub(cores);
+        self.memory_used = self.memory_used.saturating_sub(memory_mb);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Executor {
+    worker: WorkerId,
+    cores: u32,
+    memory_mb: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct App {
+    request: AppRequest,
+    state: AppState,
+    executors: BTreeMap<ExecutorNo, Executor>,
+    next_executor: ExecutorNo,
+    /// Executors that exited on their own, in a row.
+    executor_failures: u32,
+}
+
+impl App {
+    fn cores_granted(&self) -> u32 {
+        self.executors.values().map(|e| e.cores).sum()
+    }
+
+    fn cores_wanted(&self) -> u32 {
+        match self.request.max_cores {
+            Some(max) => max.saturating_sub(self.cores_granted()),
+            None => u32::MAX,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.state, AppState::Waiting(_) | AppState::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Driver {
+    request: DriverRequest,
+    state: DriverState,
+    restarts: u32,
+}
+
+/// Executors that exit in a row before their application is failed, as
+/// Spark's `spark.deploy.maxExecutorRetries`.
+pub const MAX_EXECUTOR_FAILURES: u32 = 10;
+/// Restarts a supervised driver gets.
+pub const MAX_DRIVER_RESTARTS: u32 = 5;
+/// The first restart's delay; it doubles with each restart.
+pub const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Everything the cluster manager knows, and its decisions.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    placement: Placement,
+    workers: BTreeMap<WorkerId, Worker>,
+    /// Applications in the order they registered.
+    apps: BTreeMap<AppId, App>,
+    app_order: Vec<AppId>,
+    drivers: BTreeMap<DriverId, Driver>,
+    driver_order: Vec<DriverId>,
+}
+
+impl ClusterState {
+    pub fn new(placement: Placement) -> Self {
+        Self {
+            placement,
+            ..Self::default()
+        }
+    }
+
+    pub fn app_state(&self, app: &str) -> Option<&AppState> {
+        self.apps.get(app).map(|a| &a.state)
+    }
+
+    pub fn driver_state(&self, driver: &str) -> Option<&DriverState> {
+        self.drivers.get(driver).map(|d| &d.state)
+    }
+
+    /// Where an application's executors run, by executor number.
+    pub fn executors_of(&self, app: &str) -> Vec<(ExecutorNo, WorkerId)> {
+        self.apps
+            .get(app)
+            .map(|a| {
+                a.executors
+                    .iter()
+                    .map(|(n, e)| (*n, e.worker.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A worker's (cores used, cores), if it is registered and alive.
+    pub fn worker_usage(&self, worker: &str) -> Option<(u32, u32)> {
+        self.workers
+            .get(worker)
+            .filter(|w| w.alive)
+            .map(|w| (w.cores_used, w.cores))
+    }
+
+    pub fn on_event(&mut self, now_ms: u64, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::WorkerRegistered {
+                worker,
+                cores,
+                memory_mb,
+                drivers,
+                executors,
+            } => self.worker_registered(
+                now_ms,
+                worker,
+                cores,
+                memory_mb,
+                drivers,
+                executors,
+                &mut actions,
+            ),
+            Event::WorkerLost { worker, why } => {
+                self.worker_lost(now_ms, &worker, &why, &mut actions)
+            }
+            Event::AppRegistered { app, request } => {
+                if !self.apps.contains_key(&app) {
+                    self.app_order.push(app.clone());
+                    self.apps.insert(
+                        app,
+                        App {
+                            request,
+                            state: AppState::Waiting("waiting for a worker".into()),
+                            executors: BTreeMap::new(),
+                            next_executor: 0,
+                            executor_failures: 0,
+                        },
+                    );
+                }
+            }
+            Event::AppEnded { app, why } => {
+                let state = match why {
+                    None => AppState::Finished,
+                    Some(why) => AppState::Failed(why),
+                };
+                self.end_app(&app, state, &mut actions);
+            }
+            Event::ExecutorExited { app, executor, why } => {
+                self.executor_exited(&app, executor, why, &mut actions)
+            }
+            Event::DriverSubmitted { driver, request } => {
+                if !self.drivers.contains_key(&driver) {
+                    self.driver_order.push(driver.clone());
+                    self.drivers.insert(
+                        driver,
+                        Driver {
+                            request,
+                            state: DriverState::Waiting("waiting for a worker".into()),
+                            restarts: 0,
+                        },
+                    );
+                }
+            }
+            Event::DriverExited { driver, code } => {
+                self.driver_exited(now_ms, &driver, code, &mut actions)
+            }
+            Event::KillDriver { driver } => self.kill_driver(&driver, &mut actions),
+            Event::Tick => self.restart_due_drivers(now_ms),
+        }
+        self.schedule(&mut actions);
+        self.assert_invariants();
+        actions
+    }
+
+    /// A worker joined, or came back (after a disconnect or a restart of
+    /// the cluster manager) saying what it still runs. What it runs and is
+    /// still wanted is kept; what it runs but was given away or ended while
+    /// it was gone is killed, so no driver ever runs twice; what it was
+    /// given but no longer runs has ended.
+    #[allow(clippy::too_many_arguments)]
+    fn worker_registered(
+        &mut self,
+        now_ms: u64,
+        id: WorkerId,
+        cores: u32,
+        memory_mb: u64,
+        running_drivers: Vec<DriverId>,
+        running_executors: Vec<RunningExecutor>,
+        actions: &mut Vec<Action>,
+    ) {
+        let gone = format!("worker {id} no longer runs it");
+        for (app_id, app) in &mut self.apps {
+            let ended: Vec<ExecutorNo> = app
+                .executors
+                .iter()
+                .filter(|(n, e)| {
+                    e.worker == id
+                        && !running_executors
+                            .iter()
+                            .any(|r| &r.app == app_id && r.executor == **n)
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            for executor in ended {
+                app.executors.remove(&executor);
+                if app.is_active() {
+                    actions.push(Action::ExecutorLost {
+                        app: app_id.clone(),
+                        executor,
+                        why: gone.clone(),
+                    });
+                }
+            }
+        }
+        for (driver_id, driver) in &mut self.drivers {
+            let here = matches!(&driver.state, DriverState::Running { worker } if worker == &id);
+            if here && !running_drivers.contains(driver_id) {
+                driver.state = if driver.request.supervise {
+                    DriverState::Restarting { at_ms: now_ms }
+                } else {
+                    DriverState::Failed(gone.clone())
+                };
+            }
+        }
+
+        let mut worker = Worker {
+            cores,
+            memory_mb,
+            cores_used: 0,
+            memory_used: 0,
+            alive: true,
+        };
+        for driver_id in running_drivers {
+            let keep = self.drivers.get_mut(&driver_id).filter(|d| {
+                let ours = match &d.state {
+                    DriverState::Running { worker } => worker == &id,
+                    // Recovered from the journal before its worker returned.
+                    DriverState::Waiting(_) => true,
+                    _ => false,
+                };
+                ours && d.request.cores <= worker.free_cores()
+                    && d.request.memory_mb <= worker.free_memory()
+            });
+            match keep {
+                Some(d) => {
+                    worker.take(d.request.cores, d.request.memory_mb);
+                    d.state = DriverState::Running { worker: id.clone() };
+                }
+                None => actions.push(Action::KillDriver {
+                    worker: id.clone(),
+                    driver: driver_id,
+                }),
+            }
+        }
+        for r in running_executors {
+            let fits = r.cores <= worker.free_cores() && r.memory_mb <= worker.free_memory();
+            let app = self.apps.get_mut(&r.app).filter(|a| a.is_active());
+            // Keep what is recorded here, or what this manager never heard
+            // of (it restarted); a number it handed out and then lost was
+            // already reported lost to the driver.
+            let keep = app.filter(|a| match a.executors.get(&r.executor) {
+                Some(e) => e.worker == id && fits,
+                None => r.executor >= a.next_executor && a.cores_wanted() >= r.cores && fits,
+            });
+            match keep {
+                Some(app) => {
+                    worker.take(r.cores, r.memory_mb);
+                    app.next_executor = app.next_executor.max(r.executor + 1);
+                    app.state = AppState::Running;
+                    app.executors.insert(
+                        r.executor,
+                        Executor {
+                            worker: id.clone(),
+                            cores: r.cores,
+                            memory_mb: r.memory_mb,
+                        },
+                    );
+                }
+                None => actions.push(Action::KillExecutor {
+                    worker: id.clone(),
+                    app: r.app,
+                    executor: r.executor,
+                }),
+            }
+        }
+        self.workers.insert(id, worker);
+        self.restart_due_drivers(now_ms);
+    }
+
+    /// A worker stopped answering, or never came back after a restart of
+    /// the cluster manager.
+    fn worker_lost(&mut self, now_ms: u64, id: &str, why: &str, actions: &mut Vec<Action>) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            worker.alive = false;
+            worker.cores_used = 0;
+            worker.memory_used = 0;
+        }
+        let why = format!("worker {id} lost: {why}");
+        for (app_id, app) in &mut self.apps {
+            let lost: Vec<ExecutorNo> = app
+                .executors
+                .iter()
+                .filter(|(_, e)| e.worker == id)
+                .map(|(n, _)| *n)
+                .collect();
+            for executor in lost {
+                app.executors.remove(&executor);
+                if app.is_active() {
+                    actions.push(Action::ExecutorLost {
+                        app: app_id.clone(),
+                        executor,
+                        why: why.clone(),
+                    });
+                }
+            }
+        }
+        for driver in self.drivers.values_mut() {
+            if matches!(&driver.state, DriverState::Running { worker } if worker == id) {
+                driver.state = if driver.request.supervise {
+                    // Relaunched elsewhere now; if the worker comes back with
+                    // the old copy still running, that copy is killed.
+                    DriverState::Restarting { at_ms: now_ms }
+                } else {
+                    DriverState::Failed(why.clone())
+                };
+            }
+        }
+        self.restart_due_drivers(now_ms);
+    }
+
+    fn end_app(&mut self, id: &str, state: AppState, actions: &mut Vec<Action>) {
+        let Some(app) = self.apps.get_mut(id) else {
+            return;
+        };
+        if !app.is_active() {
+            return;
+        }
+        app.state = state;
+        for (executor, e) in std::mem::take(&mut app.executors) {
+            if let Some(worker) = self.workers.get_mut(&e.worker) {
+                worker.give_back(e.cores, e.memory_mb);
+                if worker.alive {
+                    actions.push(Action::KillExecutor {
+                        worker: e.worker.clone(),
+                        app: id.to_string(),
+                        executor,
+                    });
+                }
+            }
+        }
+    }
+
+    fn executor_exited(
+        &mut self,
+        app_id: &str,
+        executor: ExecutorNo,
+        why: String,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(app) = self.apps.get_mut(app_id) else {
+            return;
+        };
+        let Some(e) = app.executors.remove(&executor) else {
+            return;
+        };
+        if let Some(worker) = self.workers.get_mut(&e.worker) {
+            worker.give_back(e.cores, e.memory_mb);
+        }
+        if !app.is_active() {
+            return;
+        }
+        actions.push(Action::ExecutorLost {
+            app: app_id.to_string(),
+            executor,
+            why: why.clone(),
+        });
+        app.executor_failures += 1;
+        if app.executor_failures >= MAX_EXECUTOR_FAILURES && app.executors.is_empty() {
+            let state = AppState::Failed(format!(
+                "{MAX_EXECUTOR_FAILURES} executors in a row exited on their own; the last: {why}"
+            ));
+            self.end_app(app_id, state, actions);
+        }
+    }
+
+    fn driver_exited(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        code: Option<i32>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(driver) = self.drivers.get_mut(id) else {
+            return;
+        };
+        let DriverState::Running { worker } = &driver.state else {
+            return;
+        };
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.give_back(driver.request.cores, driver.request.memory_mb);
+        }
+        driver.state = match code {
+            Some(0) => DriverState::Finished,
+            _ if driver.request.supervise && driver.restarts < MAX_DRIVER_RESTARTS => {
+                let delay = FIRST_RESTART_DELAY * 2u32.saturating_pow(driver.restarts);
+                actions.push(Action::WakeAfter(delay));
+                DriverState::Restarting {
+                    at_ms: now_ms + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                }
+            }
+            Some(code) => DriverState::Failed(format!("exited with code {code}")),
+            None => DriverState::Failed("killed by a signal".into()),
+        };
+    }
+
+    fn kill_driver(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(driver) = self.drivers.get_mut(id) else {
+            return;
+        };
+        if let DriverState::Running { worker } = &driver.state {
+            actions.push(Action::KillDriver {
+                worker: worker.clone(),
+                driver: id.to_string(),
+            });
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.give_back(driver.request.cores, driver.request.memory_mb);
+            }
+        }
+        if !driver.state.is_final() {
+            driver.state = DriverState::Killed;
+        }
+    }
+
+    fn restart_due_drivers(&mut self, now_ms: u64) {
+        for driver in self.drivers.values_mut() {
+            if matches!(driver.state, DriverState::Restarting { at_ms } if at_ms <= now_ms) {
+                driver.restarts += 1;
+                driver.state = DriverState::Waiting("waiting to be relaunched".into());
+            }
+        }
+    }
+
+    /// Alive workers by placement preference: most free cores first, then
+    /// by id, so the order is the same on every run.
+    fn usable_workers(&self) -> Vec<WorkerId> {
+        let mut usable: Vec<(&WorkerId, &Worker)> =
+            self.workers.iter().filter(|(_, w)| w.alive).collect();
+        usable.sort_by(|(a, wa), (b, wb)| wb.free_cores().cmp(&wa.free_cores()).then(a.cmp(b)));
+        usable.into_iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn schedule(&mut self, actions: &mut Vec<Action>) {
+        for id in self.driver_order.clone() {
+            self.place_driver(&id, actions);
+        }
+        for id in self.app_order.clone() {
+            self.place_executors(&id, actions);
+        }
+    }
+
+    fn place_driver(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(driver) = self.drivers.get(id) else {
+            return;
+        };
+        if !matches!(driver.state, DriverState::Waiting(_)) {
+            return;
+        }
+        let (cores, memory_mb) = (driver.request.cores, driver.request.memory_mb);
+        let chosen = self.usable_workers().into_iter().find(|w| {
+            self.workers
+                .get(w)
+                .is_some_and(|w| w.free_cores() >= cores && w.free_memory() >= memory_mb)
+        });
+        let state = match chosen {
+            Some(worker) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.take(cores, memory_mb);
+                }
+                actions.push(Action::LaunchDriver {
+                    worker: worker.clone(),
+                    driver: id.to_string(),
+                    cores,
+                    memory_mb,
+                });
+                DriverState::Running { worker }
+            }
+            None => DriverState::Waiting(self.shortage(cores, memory_mb, "the driver")),
+        };
+        if let Some(driver) = self.drivers.get_mut(id) {
+            driver.state = state;
+        }
+    }
+
+    /// Spark's `scheduleExecutorsOnWorkers`: hand out one executor's cores
+    /// at a time, moving to the next worker after each (spread) or staying
+    /// on a worker until it is full (pack).
+    fn place_executors(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(app) = self.apps.get(id) else {
+            return;
+        };
+        if !app.is_active() {
+            return;
+        }
+        let per_cores = app.request.executor_cores.max(1);
+        let per_memory = app.request.executor_memory_mb;
+        let mut wanted = app.cores_wanted();
+        let workers: Vec<WorkerId> = self
+            .usable_workers()
+            .into_iter()
+            .filter(|w| {
+                self.workers
+                    .get(w)
+                    .is_some_and(|w| w.free_cores() >= per_cores && w.free_memory() >= per_memory)
+            })
+            .collect();
+        let mut placed: Vec<u32> = vec![0; workers.len()];
+        let fits = |i: usize, placed: &[u32], state: &ClusterState| {
+            state.workers.get(&workers[i]).is_some_and(|w| {
+                let n = u64::from(placed[i]);
+                w.free_cores() >= (placed[i] + 1) * per_cores
+                    && w.free_memory() >= (n + 1) * per_memory
+            })
+        };
+        let mut progress = true;
+        while wanted >= per_cores && progress {
+            progress = false;
+            for i in 0..workers.len() {
+                while wanted >= per_cores && fits(i, &placed, self) {
+                    placed[i] += 1;
+                    wanted -= per_cores;
+                    progress = true;
+                    if self.placement == Placement::Spread {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(app) = self.apps.get_mut(id) else {
+            return;
+        };
+        for (i, count) in placed.into_iter().enumerate() {
+            for _ in 0..count {
+                let executor = app.next_executor;
+                app.next_executor += 1;
+                let worker = workers[i].clone();
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.take(per_cores, per_memory);
+                }
+                app.executors.insert(
+                    executor,
+                    Executor {
+                        worker: worker.clone(),
+                        cores: per_cores,
+                        memory_mb: per_memory,
+                    },
+                );
+                actions.push(Action::LaunchExecutor {
+                    worker,
+                    app: id.to_string(),
+                    executor,
+                    cores: per_cores,
+                    memory_mb: per_memory,
+                });
+            }
+        }
+        if app.executors.is_empty() {
+            let why = self.shortage(per_cores, per_memory, "each executor");
+            if let Some(app) = self.apps.get_mut(id) {
+                app.state = AppState::Waiting(why);
+            }
+        } else {
+            app.state = AppState::Running;
+        }
+    }
+
+    /// Why something needing `cores` and `memory_mb` cannot be placed.
+    fn shortage(&self, cores: u32, memory_mb: u64, what: &str) -> String {
+        let alive: Vec<&Worker> = self.workers.values().filter(|w| w.alive).collect();
+        if alive.is_empty() {
+            return "waiting for a worker to register".into();
+        }
+        let most_cores = alive.iter().map(|w| w.cores).max().unwrap_or(0);
+        let most_memory = alive.iter().map(|w| w.memory_mb).max().unwrap_or(0);
+        if cores > most_cores || memory_mb > most_memory {
+            return format!(
+                "{what} needs {cores} cores and {memory_mb} MB, but the largest worker has \
+                 {most_cores} cores and {most_memory} MB: ask for less or add a bigger worker"
+            );
+        }
+        format!(
+            "waiting for resources: {what} needs {cores} cores and {memory_mb} MB free on one \
+             worker; all {} workers are busy",
+            alive.len()
+        )
+    }
+
+    /// Resources handed out never exceed what a worker has, and match what
+    /// is recorded against it.
+    fn assert_invariants(&self) {
+        if cfg!(debug_assertions) {
+            let mut used: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
+            for app in self.apps.values() {
+                for e in app.executors.values() {
+                    let u = used.entry(e.worker.as_str()).or_default();
+                    u.0 += e.cores;
+                    u.1 += e.memory_mb;
+                }
+            }
+            for d in self.drivers.values() {
+                if let DriverState::Running { worker } = &d.state {
+                    let u = used.entry(worker.as_str()).or_default();
+                    u.0 += d.request.cores;
+                    u.1 += d.request.memory_mb;
+                }
+            }
+            for (id, w) in &self.workers {
+                if w.alive {
+                    let (cores, memory) = used.get(id.as_str()).copied().unwrap_or_default();
+                    debug_assert_eq!((w.cores_used, w.memory_used), (cores, memory), "{id}");
+                    debug_assert!(w.cores_used <= w.cores && w.memory_used <= w.memory_mb);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppState::Waiting(why) => write!(f, "WAITING ({why})"),
+            AppState::Running => f.write_str("RUNNING"),
+            AppState::Finished => f.write_str("FINISHED"),
+            AppState::Failed(why) => write!(f, "FAILED ({why})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, cores: u32, memory_mb: u64) -> Event {
+        Event::WorkerRegistered {
+            worker: id.into(),
+            cores,
+            memory_mb,
+            drivers: vec![],
+            executors: vec![],
+        }
+    }
+
+    fn app(id: &str, executor_cores: u32, max_cores: Option<u32>) -> Event {
+        Event::AppRegistered {
+            app: id.into(),
+            request: AppRequest {
+                name: id.into(),
+                executor_cores,
+                executor_memory_mb: 512,
+                max_cores,
+            },
+        }
+    }
+
+    fn launches(actions: &[Action]) -> Vec<(String, String, ExecutorNo)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::LaunchExecutor {
+                    worker,
+                    app,
+                    executor,
+                    ..
+                } => Some((worker.clone(), app.clone(), *executor)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn two_workers(placement: Placement) -> ClusterState {
+        let mut s = ClusterState::new(placement);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, worker("w2", 2, 4096));
+        s
+    }
+
+    #[test]
+    fn executors_spread_over_workers_by_default() {
+        let mut s = two_workers(Placement::Spread);
+        let actions = s.on_event(0, app("a", 1, Some(2)));
+        assert_eq!(
+            launches(&actions),
+            vec![("w1".into(), "a".into(), 0), ("w2".into(), "a".into(), 1)]
+        );
+        assert_eq!(s.app_state("a"), Some(&AppState::Running));
+    }
+
+    #[test]
+    fn pack_fills_one_worker_first() {
+        let mut s = two_workers(Placement::Pack);
+        let actions = s.on_event(0, app("a", 1, Some(2)));
+        assert_eq!(
+            launches(&actions),
+            vec![("w1".into(), "a".into(), 0), ("w1".into(), "a".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn without_a_core_limit_an_app_takes_every_free_core() {
+        let mut s = two_workers(Placement::Spread);
+        assert_eq!(launches(&s.on_event(0, app("a", 1, None))).len(), 4);
+        assert_eq!(s.worker_usage("w1"), Some((2, 2)));
+        assert_eq!(s.worker_usage("w2"), Some((2, 2)));
+    }
+
+    #[test]
+    fn memory_limits_executors_too() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 4, 1024));
+        let actions = s.on_event(0, app("a", 1, None));
+        assert_eq!(
+            launches(&actions).len(),
+            2,
+            "two 512 MB executors fit in 1 GB"
+        );
+    }
+
+    #[test]
+    fn an_app_that_cannot_fit_waits_and_says_why() {
+        let mut s = ClusterState::new(Placement::Spread);
+        assert!(launches(&s.on_event(0, app("a", 4, None))).is_empty());
+        assert!(
+            matches!(s.app_state("a"), Some(AppState::Waiting(why)) if why.contains("worker to register"))
+        );
+        s.on_event(0, worker("small", 2, 4096));
+        let state = s.app_state("a").unwrap().to_string();
+        assert!(
+            state.contains("needs 4 cores") && state.contains("largest worker has 2 cores"),
+            "{state}"
+        );
+        let actions = s.on_event(0, worker("big", 8, 8192));
+        assert_eq!(
+            launches(&actions),
+            vec![("big".into(), "a".into(), 0), ("big".into(), "a".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn apps_are_served_in_order_and_a_finished_one_frees_its_cores() {
+        let mut s = two_workers(Placement::Spread);
+        s.on_event(0, app("first", 1, None));
+        assert!(launches(&s.on_event(0, app("second", 1, Some(2)))).is_empty());
+        assert!(
+            matches!(s.app_state("second"), Some(AppState::Waiting(why)) if why.contains("busy"))
+        );
+        let actions = s.on_event(
+            0,
+            Event::AppEnded {
+                app: "first".into(),
+                why: None,
+            },
+        );
+        let kills = actions
+            .iter()
+            .filter(|a| matches!(a, Action::KillExecutor { app, .. } if app == "first"))
+            .count();
+        assert_eq!(kills, 4, "every executor of the ended app is killed");
+        assert_eq!(launches(&actions).len(), 2);
+        assert_eq!(s.app_state("first"), Some(&AppState::Finished));
+        assert_eq!(s.app_state("second"), Some(&AppState::Running));
+        // Ending it again changes nothing.
+        let again = s.on_event(
+            0,
+            Event::AppEnded {
+                app: "first".into(),
+                why: None,
+            },
+        );
+        assert!(again.is_empty());
+    }
+
+    fn driver(id: &str, supervise: bool) -> Event {
+        Event::DriverSubmitted {
+            driver: id.into(),
+            request: DriverRequest {
+                cores: 1,
+                memory_mb: 1024,
+                supervise,
+            },
+        }
+    }
+
+    #[test]
+    fn a_driver_waits_for_a_worker_and_its_core_is_not_given_to_executors() {
+        let mut s = ClusterState::new(Placement::Spread);
+        assert!(s.on_event(0, driver("d", false)).is_empty());
+        let actions = s.on_event(0, worker("w1", 2, 4096));
+        assert!(actions.contains(&Action::LaunchDriver {
+            worker: "w1".into(),
+            driver: "d".into(),
+            cores: 1,
+            memory_mb: 1024,
+        }));
+        assert_eq!(launches(&s.on_event(0, app("a", 1, None))).len(), 1);
+        assert_eq!(s.worker_usage("w1"), Some((2, 2)));
+    }
+
+    #[test]
+    fn a_lost_worker_reports_its_executors_and_relaunches_supervised_drivers() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("kept", true));
+        s.on_event(0, worker("w2", 3, 4096));
+        s.on_event(0, driver("plain", false));
+        s.on_event(0, app("a", 1, Some(2)));
+        let on = |s: &ClusterState, d: &str, w: &str| {
+            s.driver_state(d) == Some(&DriverState::Running { worker: w.into() })
+        };
+        assert!(on(&s, "kept", "w1"), "{:?}", s.driver_state("kept"));
+        assert!(on(&s, "plain", "w2"), "{:?}", s.driver_state("plain"));
+        assert_eq!(
+            s.executors_of("a"),
+            vec![(0, "w2".to_string()), (1, "w1".to_string())]
+        );
+
+        let actions = s.on_event(
+            5,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "silent".into(),
+            },
+        );
+        let lost: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ExecutorLost { executor, why, .. } => Some((*executor, why.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0, 1);
+        assert!(lost[0].1.contains("worker w1 lost"));
+        assert!(actions.contains(&Action::LaunchDriver {
+            worker: "w2".into(),
+            driver: "kept".into(),
+            cores: 1,
+            memory_mb: 1024,
+        }));
+        assert_eq!(s.worker_usage("w1"), None);
+        assert_eq!(s.worker_usage("w2"), Some((3, 3)));
+        assert!(on(&s, "plain", "w2"), "a driver elsewhere is untouched");
+    }
+
+    #[test]
+    fn a_returning_worker_is_told_to_kill_what_was_given_away() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("d", true));
+        s.on_event(0, app("a", 1, Some(1)));
+        s.on_event(0, worker("w2", 2, 4096));
+        assert_eq!(s.executors_of("a"), vec![(0, "w1".to_string())]);
+        s.on_event(
+            1,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "partitioned".into(),
+            },
+        );
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Running {
+                worker: "w2".into()
+            })
+        );
+        // w1 comes back still running the old copies.
+        let actions = s.on_event(
+            2,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec!["d".into()],
+                executors: vec![RunningExecutor {
+                    app: "a".into(),
+                    executor: 0,
+                    cores: 1,
+                    memory_mb: 512,
+                }],
+            },
+        );
+        assert!(actions.contains(&Action::KillDriver {
+            worker: "w1".into(),
+            driver: "d".into()
+        }));
+        assert!(actions.contains(&Action::KillExecutor {
+            worker: "w1".into(),
+            app: "a".into(),
+            executor: 0
+        }));
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Running {
+                worker: "w2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn after_a_restart_running_executors_are_kept() {
+        // A fresh state, as after a cluster-manager restart: the app is
+        // known again, and its worker reports what it still runs.
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, app("a", 1, Some(2)));
+        let actions = s.on_event(
+            0,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec![],
+                executors: vec![RunningExecutor {
+                    app: "a".into(),
+                    executor: 3,
+                    cores: 1,
+                    memory_mb: 512,
+                }],
+            },
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::KillExecutor { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(launches(&actions), vec![("w1".into(), "a".into(), 4)]);
+        assert_eq!(
+            s.executors_of("a"),
+            vec![(3, "w1".to_string()), (4, "w1".to_string())]
+        );
+        // An executor the worker no longer reports has ended.
+        let actions = s.on_event(
+            1,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec![],
+                executors: vec![RunningExecutor {
+                    app: "a".into(),
+                    executor: 3,
+                    cores: 1,
+                    memory_mb: 512,
+                }],
+            },
+        );
+        assert!(actions.contains(&Action::ExecutorLost {
+            app: "a".into(),
+            executor: 4,
+            why: "worker w1 no longer runs it".into()
+        }));
+    }
+
+    #[test]
+    fn a_supervised_driver_restarts_with_backoff_within_its_budget() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("d", true));
+        let mut now = 0;
+        for restart in 0..MAX_DRIVER_RESTARTS {
+            let actions = s.on_event(
+                now,
+                Event::DriverExited {
+                    driver: "d".into(),
+                    code: Some(1),
+                },
+            );
+            let delay = FIRST_RESTART_DELAY * 2u32.pow(restart);
+            assert_eq!(actions, vec![Action::WakeAfter(delay)]);
+            // Never two copies: nothing launches before the delay is over.
+            assert!(s.on_event(now + 1, Event::Tick).is_empty());
+            now += delay.as_millis() as u64;
+            let actions = s.on_event(now, Event::Tick);
+            assert_eq!(launches(&actions).len(), 0);
+            assert!(
+                matches!(actions.as_slice(), [Action::LaunchDriver { driver, .. }] if driver == "d"),
+                "{actions:?}"
+            );
+        }
+        s.on_event(
+            now,
+            Event::DriverExited {
+                driver: "d".into(),
+                code: Some(1),
+            },
+        );
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Failed("exited with code 1".into()))
+        );
+        assert_eq!(s.worker_usage("w1"), Some((0, 2)));
+    }
+
+    #[test]
+    fn a_driver_that_succeeds_or_is_killed_is_not_restarted() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("ok", true));
+        s.on_event(0, driver("killed", true));
+        assert!(
+            s.on_event(
+                0,
+                Event::DriverExited {
+                    driver: "ok".into(),
+                    code: Some(0)
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(s.driver_state("ok"), Some(&DriverState::Finished));
+        let actions = s.on_event(
+            0,
+            Event::KillDriver {
+                driver: "killed".into(),
+            },
+        );
+        assert_eq!(
+            actions,
+            vec![Action::KillDriver {
+                worker: "w1".into(),
+                driver: "killed".into()
+            }]
+        );
+        // Its exit after the kill changes nothing.
+        assert!(
+            s.on_event(
+                1,
+                Event::DriverExited {
+                    driver: "killed".into(),
+                    code: None
+                }
+            )
+            .is_empty()
+        );
+        assert_eq!(s.driver_state("killed"), Some(&DriverState::Killed));
+        assert_eq!(s.worker_usage("w1"), Some((0, 2)));
+    }
+
+    #[test]
+    fn exited_executors_are_replaced_until_too_many_fail_in_a_row() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 1, 4096));
+        s.on_event(0, app("a", 1, None));
+        for n in 0..MAX_EXECUTOR_FAILURES {
+            let actions = s.on_event(
+                0,
+                Event::ExecutorExited {
+                    app: "a".into(),
+                    executor: n,
+                    why: "exit code 1".into(),
+                },
+            );
+            assert!(actions.contains(&Action::ExecutorLost {
+                app: "a".into(),
+                executor: n,
+                why: "exit code 1".into()
+            }));
+            let replaced = launches(&actions);
+            if n + 1 < MAX_EXECUTOR_FAILURES {
+                assert_eq!(replaced, vec![("w1".into(), "a".into(), n + 1)]);
+            } else {
+                assert!(replaced.is_empty());
+            }
+        }
+        assert!(
+            matches!(s.app_state("a"), Some(AppState::Failed(why)) if why.contains("in a row"))
+        );
+        assert_eq!(s.worker_usage("w1"), Some((0, 1)));
+    }
+}
