@@ -19,10 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use datafusion::arrow::array::{Float64Array, Int64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeChild, ProbeReply};
+use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeChild, ProbeReply, numbers};
 use ember::transport::{Access, ActorAddress, Mailbox, Node, NodeId, NodeOptions};
 use ember_certs::{IssueRequest, Role, init_ca, issue, load_node};
 
@@ -55,22 +53,6 @@ struct Figures {
     bulk_mb_per_s: f64,
     /// Bytes counted for the bulk figure.
     bulk_bytes: u64,
-}
-
-/// 64k rows of an Int64 and a Float64 column: 1 MiB of Arrow data.
-fn batch(rows: usize) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
-            Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64))),
-        ],
-    )
-    .unwrap()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -184,7 +166,7 @@ async fn in_process(sizes: &Sizes) -> Figures {
         node: node.id().clone(),
         name: BULK.into(),
     };
-    let one = batch(ROWS_PER_BATCH);
+    let one = numbers(ROWS_PER_BATCH).unwrap();
     let expect_rows = |batches: usize| (batches * ROWS_PER_BATCH) as u64;
     send_bulk(&node, &to, &one, 16).await;
     while rows.load(Ordering::Acquire) < expect_rows(16) {
@@ -231,7 +213,7 @@ async fn over_quic(sizes: &Sizes, certs: &Path, peer_addr: SocketAddr, probe: &s
         node: peer.clone(),
         name: BULK.into(),
     };
-    let one = batch(ROWS_PER_BATCH);
+    let one = numbers(ROWS_PER_BATCH).unwrap();
     // Warm-up: the congestion window grows before the timed send.
     send_bulk(&node, &to, &one, 64).await;
     let started = Instant::now();

@@ -11,7 +11,13 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use actix::prelude::*;
+use datafusion::arrow::array::{Float64Array, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
 use ember_transport::{Access, Node, NodeOptions, Registration};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +104,18 @@ impl Handler<Probe> for ProbeActor {
             }
         })
     }
+}
+
+/// Bulk payload for probes: `rows` rows of an Int64 and a Float64 column
+/// (16 bytes a row).
+pub fn numbers(rows: usize) -> Result<RecordBatch, ArrowError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let ids = Int64Array::from_iter_values((0..rows).map(|i| i as i64));
+    let values = Float64Array::from_iter_values((0..rows).map(|i| i as f64));
+    RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(values)])
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -3,16 +3,13 @@
 //! on loopback.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use datafusion::arrow::array::{Float64Array, Int64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, Burn, PROBE, Probe, ProbeChild, ProbeReply};
+use ember::probe::{BULK, Burn, PROBE, Probe, ProbeChild, ProbeReply, numbers};
 use ember::transport::{ActorAddress, ExitReason, Node, NodeId, NodeOptions, PeerDown};
-use ember_certs::{IssueRequest, Role, init_ca, issue, load_node};
+use ember_certs::{IssueRequest, NodeCredentials, Role, init_ca, issue, load_node};
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(10);
@@ -32,6 +29,11 @@ fn start_probe(certs: &Path, extra: &[&str]) -> ProbeChild {
         extra,
     )
     .unwrap()
+}
+
+/// This process's node, on loopback.
+fn start_node(creds: &NodeCredentials, options: NodeOptions) -> Node {
+    Node::start(creds, "127.0.0.1:0".parse().unwrap(), options).unwrap()
 }
 
 fn probe_address() -> ActorAddress {
@@ -62,33 +64,13 @@ fn recorder() -> (
     (Recorder(tx).start().recipient(), rx)
 }
 
-fn batch(rows: usize) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("seconds", DataType::Float64, false),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
-            Arc::new(Float64Array::from_iter_values((0..rows).map(|i| i as f64))),
-        ],
-    )
-    .unwrap()
-}
-
 #[actix::test]
 async fn two_processes_exchange_messages_and_batches_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     cluster(dir.path());
     let probe = start_probe(dir.path(), &[]);
     let creds = load_node(dir.path(), "tester").unwrap();
-    let node = Node::start(
-        &creds,
-        "127.0.0.1:0".parse().unwrap(),
-        NodeOptions::default(),
-    )
-    .unwrap();
+    let node = start_node(&creds, NodeOptions::default());
     let peer = node.connect(probe.addr, "localhost").await.unwrap();
     assert_eq!(peer, NodeId("probe".into()));
     let peers = node.peers();
@@ -115,7 +97,7 @@ async fn two_processes_exchange_messages_and_batches_over_mutual_tls() {
         })
     );
 
-    let batches: Vec<RecordBatch> = (0..16).map(|_| batch(65_536)).collect();
+    let batches: Vec<RecordBatch> = (0..16).map(|_| numbers(65_536).unwrap()).collect();
     let schema = batches[0].schema();
     let to = ActorAddress {
         node: peer.clone(),
@@ -152,12 +134,7 @@ async fn certificates_of_another_cluster_or_expired_ones_get_no_connection() {
     )
     .unwrap();
     let foreign = load_node(other.path(), "tester").unwrap();
-    let node = Node::start(
-        &foreign,
-        "127.0.0.1:0".parse().unwrap(),
-        NodeOptions::default(),
-    )
-    .unwrap();
+    let node = start_node(&foreign, NodeOptions::default());
     let err = node.connect(probe.addr, "localhost").await.unwrap_err();
     assert!(
         err.to_string().contains("certificate") || err.to_string().contains("UnknownIssuer"),
@@ -172,12 +149,7 @@ async fn certificates_of_another_cluster_or_expired_ones_get_no_connection() {
     old.not_after = now - time::Duration::days(1);
     issue(dir.path(), &old).unwrap();
     let expired = load_node(dir.path(), "old").unwrap();
-    let node = Node::start(
-        &expired,
-        "127.0.0.1:0".parse().unwrap(),
-        NodeOptions::default(),
-    )
-    .unwrap();
+    let node = start_node(&expired, NodeOptions::default());
     assert!(node.connect(probe.addr, "localhost").await.is_err());
     assert!(node.peers().is_empty());
     node.shutdown();
@@ -190,7 +162,7 @@ async fn a_killed_peer_is_reported_down_within_the_idle_timeout_and_a_second() {
     let mut probe = start_probe(dir.path(), &[]);
     let creds = load_node(dir.path(), "tester").unwrap();
     let options = NodeOptions::default();
-    let node = Node::start(&creds, "127.0.0.1:0".parse().unwrap(), options).unwrap();
+    let node = start_node(&creds, options);
     node.connect(probe.addr, "localhost").await.unwrap();
     let (watcher, mut downs) = recorder();
     node.monitor(&probe_address(), watcher);
@@ -237,12 +209,7 @@ async fn full_cpu_load_raises_no_false_alarm() {
     let burn = cores.to_string();
     let probe = start_probe(dir.path(), &["--burn", &burn]);
     let creds = load_node(dir.path(), "tester").unwrap();
-    let node = Node::start(
-        &creds,
-        "127.0.0.1:0".parse().unwrap(),
-        NodeOptions::default(),
-    )
-    .unwrap();
+    let node = start_node(&creds, NodeOptions::default());
     node.connect(probe.addr, "localhost").await.unwrap();
     let (watcher, mut downs) = recorder();
     node.monitor(&probe_address(), watcher);

@@ -276,23 +276,8 @@ async fn receive(
             return;
         }
     };
-    let no_inbox = format!(
-        "no bulk inbox named '{}' is open on node {}",
-        header.to,
-        inner.id()
-    );
-    let Some(inbox) = inner.bulk_inbox(&header.to) else {
-        tracing::warn!(peer = %from, inbox = %header.to, "refused a bulk stream for an inbox that is not open");
-        refuse(
-            &mut answer,
-            &mut recv,
-            codes::NO_SUCH_ACTOR,
-            no_inbox,
-            max_frame,
-        )
-        .await;
-        return;
-    };
+    let inbox = inner.bulk_inbox(&header.to);
+    let node = inner.id().clone();
     drop(inner);
 
     let (tx, rx) = mpsc::channel(BATCHES_IN_FLIGHT);
@@ -301,15 +286,15 @@ async fn receive(
         tag: header.tag.clone(),
         batches: rx,
     };
-    if inbox.send(incoming).await.is_err() {
-        refuse(
-            &mut answer,
-            &mut recv,
-            codes::NO_SUCH_ACTOR,
-            no_inbox,
-            max_frame,
-        )
-        .await;
+    // An inbox closed since the lookup is as good as none.
+    let delivered = match inbox {
+        Some(inbox) => inbox.send(incoming).await.is_ok(),
+        None => false,
+    };
+    if !delivered {
+        tracing::warn!(peer = %from, inbox = %header.to, "refused a bulk stream for an inbox that is not open");
+        let why = format!("no bulk inbox named '{}' is open on node {node}", header.to);
+        refuse(&mut answer, &mut recv, codes::NO_SUCH_ACTOR, why, max_frame).await;
         return;
     }
     match pump(&mut recv, &from, &tx, options.max_bulk_message).await {
