@@ -27,7 +27,9 @@ pub use wire::{Refusal, codes};
 use std::fmt;
 
 /// A node of the cluster; `local` for everything inside one process.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub String);
 
 impl NodeId {
@@ -43,7 +45,9 @@ impl fmt::Display for NodeId {
 }
 
 /// Where an actor lives: its node and its name there.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ActorAddress {
     pub node: NodeId,
     pub name: String,

@@ -173,12 +173,13 @@ pub(crate) async fn establish(
             ));
         }
     };
-    if theirs.node != identity.name {
+    if !crate::node::is_instance_of(&theirs.node, &identity.name) {
         return Err(refuse(
             codes::HANDSHAKE,
             format!(
-                "the peer says it is node '{}' but its certificate names '{}'",
-                theirs.node, identity.name
+                "the peer says it is node '{}' but its certificate names '{}' \
+                 (a node may only be '{}' or '{}/INSTANCE')",
+                theirs.node, identity.name, identity.name, identity.name
             ),
         ));
     }
@@ -186,7 +187,7 @@ pub(crate) async fn establish(
     let (out, rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let peer = Arc::new(Peer {
-        id: NodeId(identity.name.clone()),
+        id: NodeId(theirs.node.clone()),
         identity,
         connection,
         out,

@@ -147,6 +147,16 @@ struct Entry {
     remote_watchers: BTreeSet<NodeId>,
 }
 
+/// Whether a peer calling itself `node` may hold a certificate naming
+/// `cert_name`: the name itself, or an instance of it (`NAME/...`).
+pub(crate) fn is_instance_of(node: &str, cert_name: &str) -> bool {
+    node == cert_name
+        || node
+            .strip_prefix(cert_name)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|instance| !instance.is_empty())
+}
+
 /// Poisoning only means another thread panicked while holding the lock;
 /// the maps stay consistent between statements, so keep going.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +176,23 @@ impl Node {
         listen: SocketAddr,
         options: NodeOptions,
     ) -> Result<Self, NodeError> {
+        Self::start_instance(creds, None, listen, options)
+    }
+
+    /// Like [`Node::start`], for one of several processes that share a
+    /// certificate (a worker's executors, a client's applications): the
+    /// node id is `NAME/instance`, so each is a peer of its own while its
+    /// role is still the certificate's.
+    pub fn start_instance(
+        creds: &NodeCredentials,
+        instance: Option<&str>,
+        listen: SocketAddr,
+        options: NodeOptions,
+    ) -> Result<Self, NodeError> {
+        let id = match instance {
+            Some(instance) => format!("{}/{instance}", creds.identity.name),
+            None => creds.identity.name.clone(),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ember-net")
@@ -184,7 +211,7 @@ impl Node {
             handle,
             runtime: Mutex::new(Some(runtime)),
         };
-        let node = Self::with_net(NodeId(creds.identity.name.clone()), options, Some(net));
+        let node = Self::with_net(NodeId(id), options, Some(net));
         node.spawn_acceptor();
         Ok(node)
     }
