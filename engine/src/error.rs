@@ -1,6 +1,8 @@
-//! The engine's error type: what went wrong while planning or shuffling.
+//! The engine's error type: what went wrong while planning, shipping a plan
+//! to an executor, or shuffling.
 
 use crate::shuffle::ShuffleBlockId;
+use crate::stages::StageId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -12,6 +14,25 @@ pub enum EngineError {
     MissingBlock(ShuffleBlockId),
     #[error("this task has no shuffle service in its context (an executor must provide one)")]
     NoShuffleEnv,
+    #[error(
+        "cannot encode the stage plan to send it to an executor: {0} (the plan holds an operator \
+         that cannot be serialized; run the query in local mode or report the operator)"
+    )]
+    PlanEncode(#[source] datafusion::error::DataFusionError),
+    #[error(
+        "cannot decode the stage plan sent by the driver: {0} (driver and executor may run \
+         different Ember versions, or the plan was damaged in transit)"
+    )]
+    PlanDecode(#[source] datafusion::error::DataFusionError),
+    #[error("malformed Ember shuffle node in a stage plan: {0}")]
+    MalformedShuffleNode(String),
+    #[error(
+        "no executor is known to hold the output of map task {map} of stage {stage}: the task \
+         was sent without the locations of its parent stage's output"
+    )]
+    MissingMapOutputLocation { stage: StageId, map: usize },
+    #[error("fetching shuffle blocks failed: {0}")]
+    Fetch(String),
 }
 
 impl From<EngineError> for datafusion::error::DataFusionError {

@@ -1,13 +1,18 @@
 //! Ember's data plane on DataFusion: it cuts a physical plan into stages at
 //! its shuffle boundaries, provides the shuffle writer/reader plan nodes that
-//! replace those boundaries, and splits SQL scripts into statements.
+//! replace those boundaries, ships stage plans as bytes, and splits SQL
+//! scripts into statements.
 
+pub mod codec;
 pub mod error;
 pub mod script;
 pub mod session;
 pub mod shuffle;
 pub mod stages;
 
+pub use codec::{EmberCodec, decode_plan, encode_plan};
 pub use error::EngineError;
-pub use shuffle::{BlockStore, InMemoryBlockStore, ShuffleBlockId, ShuffleEnv};
+pub use shuffle::{
+    BlockFetcher, BlockStore, InMemoryBlockStore, MapOutputLocations, ShuffleBlockId, ShuffleEnv,
+};
 pub use stages::{Stage, StageGraph, StageId, StageKind, StagePlanner};

@@ -1,5 +1,6 @@
 //! The leaf of a stage that consumes a shuffle: reduce partition `r` is the
-//! concatenation of block `r` of every map task of the parent stage.
+//! concatenation of block `r` of every map task of the parent stage, read
+//! from this executor's store or fetched from the executor that wrote it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,14 +12,24 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 
-use super::store::{ShuffleBlockId, ShuffleEnv};
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::fetch::{BlockFetcher, BlockRead, MapOutputLocations, plan_block_reads};
+use super::store::{BlockStore, ShuffleBlockId, ShuffleEnv};
 use crate::error::EngineError;
 use crate::stages::StageId;
+
+/// How many reads of one reduce partition may be under way at once; results
+/// are still yielded in map order.
+const READS_IN_FLIGHT: usize = 8;
 
 /// Which map blocks a reduce partition reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +75,15 @@ impl ShuffleReaderExec {
 
     pub fn stage(&self) -> StageId {
         self.stage
+    }
+
+    /// How many map tasks the parent stage has.
+    pub fn map_partitions(&self) -> usize {
+        self.map_partitions
+    }
+
+    pub fn mode(&self) -> ReadMode {
+        self.mode
     }
 
     pub fn schema_ref(&self) -> SchemaRef {
@@ -145,14 +165,247 @@ impl ExecutionPlan for ShuffleReaderExec {
             .session_config()
             .get_extension::<ShuffleEnv>()
             .ok_or(EngineError::NoShuffleEnv)?;
-        let mut batches = Vec::new();
-        for id in self.blocks(partition) {
-            batches.extend(env.store.get(id)?);
+        let blocks = self.blocks(partition);
+        let Some(fetcher) = &env.fetcher else {
+            return self.read_local(&env, blocks);
+        };
+        let locations = context
+            .session_config()
+            .get_extension::<MapOutputLocations>();
+        let Some(maps) = locations.as_deref().and_then(|l| l.stage(self.stage)) else {
+            return self.read_local(&env, blocks);
+        };
+        let reads = plan_block_reads(blocks, maps, &env.local)?;
+        if let [BlockRead::Local(blocks)] = reads.as_slice() {
+            return self.read_local(&env, blocks.clone());
         }
+        let store = Arc::clone(&env.store);
+        let fetcher = Arc::clone(fetcher);
+        let batches = futures::stream::iter(reads)
+            .map(move |read| start_read(read, &store, fetcher.as_ref()))
+            .buffered(READS_IN_FLIGHT)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
+            .try_flatten()
+            .map_err(datafusion::error::DataFusionError::from);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema_ref(),
+            batches,
+        )))
+    }
+}
+
+impl ShuffleReaderExec {
+    /// Every block from this executor's store, as in local mode.
+    fn read_local(
+        &self,
+        env: &ShuffleEnv,
+        blocks: Vec<ShuffleBlockId>,
+    ) -> Result<SendableRecordBatchStream> {
+        let batches = read_from_store(env.store.as_ref(), blocks)?;
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             self.schema_ref(),
             None,
         )?))
+    }
+}
+
+fn read_from_store(
+    store: &dyn BlockStore,
+    blocks: Vec<ShuffleBlockId>,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    let mut batches = Vec::new();
+    for id in blocks {
+        batches.extend(store.get(id)?);
+    }
+    Ok(batches)
+}
+
+fn start_read(
+    read: BlockRead,
+    store: &Arc<dyn BlockStore>,
+    fetcher: &dyn BlockFetcher,
+) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
+    match read {
+        BlockRead::Local(blocks) => {
+            futures::future::ready(read_from_store(store.as_ref(), blocks)).boxed()
+        }
+        BlockRead::Remote { location, blocks } => fetcher.fetch(&location, blocks),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use datafusion::arrow::array::{AsArray, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::physical_plan::common::collect;
+    use datafusion::prelude::SessionConfig;
+
+    use super::*;
+    use crate::shuffle::InMemoryBlockStore;
+
+    const STAGE: StageId = 5;
+    const MAPS: usize = 4;
+
+    /// Serves blocks from another executor's store and records each call.
+    #[derive(Debug, Default)]
+    struct FakeFetcher {
+        remote: InMemoryBlockStore,
+        calls: Mutex<Vec<(String, Vec<ShuffleBlockId>)>>,
+        fail: bool,
+    }
+
+    impl BlockFetcher for FakeFetcher {
+        fn fetch(
+            &self,
+            location: &str,
+            blocks: Vec<ShuffleBlockId>,
+        ) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((location.to_string(), blocks.clone()));
+            let result = if self.fail {
+                Err(EngineError::Fetch(format!(
+                    "executor {location} is unreachable"
+                )))
+            } else {
+                read_from_store(&self.remote, blocks)
+            };
+            async move {
+                tokio::task::yield_now().await;
+                result
+            }
+            .boxed()
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
+    }
+
+    /// Block (map, reduce) holds the values 100 * map + 10 * reduce + {0, 1}.
+    fn block(map: usize, reduce: usize) -> (ShuffleBlockId, Vec<RecordBatch>) {
+        let base = (100 * map + 10 * reduce) as i64;
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(Int64Array::from(vec![base, base + 1]))],
+        )
+        .unwrap();
+        let id = ShuffleBlockId {
+            stage: STAGE,
+            map,
+            reduce,
+        };
+        (id, vec![batch])
+    }
+
+    fn id(map: usize, reduce: usize) -> ShuffleBlockId {
+        block(map, reduce).0
+    }
+
+    fn reader() -> ShuffleReaderExec {
+        ShuffleReaderExec::new(
+            STAGE,
+            MAPS,
+            ReadMode::AllMaps,
+            Partitioning::UnknownPartitioning(2),
+            EquivalenceProperties::new(schema()),
+        )
+    }
+
+    /// Maps 0 and 3 ran here ("exec-a"), maps 1 and 2 on "exec-b".
+    fn cluster(fail: bool) -> (Arc<InMemoryBlockStore>, Arc<FakeFetcher>, Vec<String>) {
+        let local = Arc::new(InMemoryBlockStore::default());
+        let fetcher = Arc::new(FakeFetcher {
+            fail,
+            ..Default::default()
+        });
+        let locations = ["exec-a", "exec-b", "exec-b", "exec-a"];
+        for (map, at) in locations.iter().enumerate() {
+            for reduce in 0..2 {
+                let (id, batches) = block(map, reduce);
+                match *at {
+                    "exec-a" => local.put(id, batches),
+                    _ => fetcher.remote.put(id, batches),
+                }
+            }
+        }
+        let locations = locations.iter().map(|l| l.to_string()).collect();
+        (local, fetcher, locations)
+    }
+
+    fn task(env: ShuffleEnv, locations: MapOutputLocations) -> Arc<TaskContext> {
+        let config = SessionConfig::new()
+            .with_extension(Arc::new(env))
+            .with_extension(Arc::new(locations));
+        Arc::new(TaskContext::default().with_session_config(config))
+    }
+
+    async fn values(stream: SendableRecordBatchStream) -> Result<Vec<i64>> {
+        let batches = collect(stream).await?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn remote_blocks_are_fetched_in_map_order_and_local_ones_read_here() {
+        let (local, fetcher, locations) = cluster(false);
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher.clone());
+        let task = task(env, MapOutputLocations::new().with_stage(STAGE, locations));
+        let rows = values(reader().execute(1, task).unwrap()).await.unwrap();
+        assert_eq!(rows, vec![10, 11, 110, 111, 210, 211, 310, 311]);
+        assert_eq!(
+            *fetcher.calls.lock().unwrap(),
+            vec![("exec-b".to_string(), vec![id(1, 1), id(2, 1)])]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_locations_for_the_stage_every_block_is_local() {
+        let local = Arc::new(InMemoryBlockStore::default());
+        for map in 0..MAPS {
+            let (id, batches) = block(map, 0);
+            local.put(id, batches);
+        }
+        let fetcher = Arc::new(FakeFetcher::default());
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher.clone());
+        let other_stage = MapOutputLocations::new().with_stage(STAGE + 1, vec!["exec-b".into()]);
+        let rows = values(reader().execute(0, task(env, other_stage)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![0, 1, 100, 101, 200, 201, 300, 301]);
+        assert!(fetcher.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_fails_the_task() {
+        let (local, fetcher, locations) = cluster(true);
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher);
+        let task = task(env, MapOutputLocations::new().with_stage(STAGE, locations));
+        let err = values(reader().execute(0, task).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("executor exec-b is unreachable"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_map_task_with_no_known_location_is_a_clear_error() {
+        let (local, fetcher, mut locations) = cluster(false);
+        locations.truncate(2);
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher);
+        let task = task(env, MapOutputLocations::new().with_stage(STAGE, locations));
+        let err = reader().execute(0, task).err().unwrap();
+        assert!(
+            err.to_string().contains("output of map task 2 of stage 5"),
+            "{err}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::record_batch::RecordBatch;
 
+use super::fetch::BlockFetcher;
 use crate::error::EngineError;
 use crate::stages::StageId;
 
@@ -82,11 +83,36 @@ impl BlockStore for InMemoryBlockStore {
 /// config extension), so that plans never hold a store themselves.
 #[derive(Debug, Clone)]
 pub struct ShuffleEnv {
+    /// The blocks this executor's map tasks wrote.
     pub store: Arc<dyn BlockStore>,
+    /// This executor's location key, as it appears in `MapOutputLocations`.
+    pub local: String,
+    /// How to reach blocks other executors hold; `None` in local mode, where
+    /// every block is in `store`.
+    pub fetcher: Option<Arc<dyn BlockFetcher>>,
 }
 
 impl ShuffleEnv {
+    /// Local mode: every block is read from `store`.
     pub fn new(store: Arc<dyn BlockStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            local: String::new(),
+            fetcher: None,
+        }
+    }
+
+    /// An executor among others: blocks whose map task ran on `local` are
+    /// read from `store`, the rest through `fetcher`.
+    pub fn remote(
+        store: Arc<dyn BlockStore>,
+        local: impl Into<String>,
+        fetcher: Arc<dyn BlockFetcher>,
+    ) -> Self {
+        Self {
+            store,
+            local: local.into(),
+            fetcher: Some(fetcher),
+        }
     }
 }

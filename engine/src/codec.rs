@@ -1,0 +1,689 @@
+//! Stage plans as bytes, so the driver can send a stage to an executor in
+//! another process: DataFusion's operators travel as datafusion-proto
+//! messages, Ember's shuffle nodes as extension nodes written by [`EmberCodec`].
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalSortExpr};
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion_proto::bytes::{
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_sort_exprs, parse_protobuf_partitioning,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_partitioning, serialize_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::{
+    AsExecutionPlan, PhysicalExtensionCodec, PhysicalPlanDecodeContext,
+    PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::{self, physical_plan_node::PhysicalPlanType};
+
+use crate::error::EngineError;
+use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
+
+type DfResult<T> = datafusion::error::Result<T>;
+
+/// Serializes a stage plan for an executor.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, EngineError> {
+    physical_plan_to_bytes_with_extension_codec(plan, &EmberCodec)
+        .map(Vec::from)
+        .map_err(EngineError::PlanEncode)
+}
+
+/// Rebuilds a stage plan from `encode_plan`'s bytes. Functions and tables are
+/// resolved through `ctx` (its function registry and runtime environment).
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>, EngineError> {
+    // datafusion-proto panics on some messages it cannot handle (an Avro scan
+    // without its `avro` feature); an executor must refuse them, not die.
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        physical_plan_from_bytes_with_extension_codec(bytes, ctx, &EmberCodec)
+    }));
+    match decoded {
+        Ok(plan) => plan.map_err(EngineError::PlanDecode),
+        Err(panic) => Err(EngineError::PlanDecode(DataFusionError::Internal(format!(
+            "datafusion-proto gave up on the plan: {}",
+            panic_message(panic.as_ref())
+        )))),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "no message"
+    }
+}
+
+/// The datafusion-proto extension codec for Ember's plan nodes
+/// (`ShuffleWriterExec`, `ShuffleReaderExec`).
+///
+/// A node's payload is a fixed header (`EMB`, format version, node kind,
+/// stage id, and the node's small fields as bytes) followed, when the node
+/// has expressions or a schema, by one datafusion-proto `PhysicalPlanNode`
+/// used as a container: a `RepartitionExecNode` carrying the partitioning,
+/// over a `MemoryScanExecNode` carrying schema and orderings for a reader.
+/// (The engine has no `prost` of its own; `AsExecutionPlan` encodes these.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EmberCodec;
+
+const MAGIC: [u8; 4] = *b"EMB\x01";
+const WRITER: u8 = 1;
+const READER: u8 = 2;
+const PASSTHROUGH: u8 = 0;
+const REPARTITION: u8 = 1;
+const ALL_MAPS: u8 = 0;
+const SAME_INDEX: u8 = 1;
+
+impl PhysicalExtensionCodec for EmberCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let mut payload = Payload::open(buf)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        let decoder = Decoder {
+            ctx: &decode_ctx,
+            converter: proto_converter,
+        };
+        match payload.u8("node kind")? {
+            WRITER => decoder.writer(payload, inputs),
+            READER => decoder.reader(payload, inputs),
+            other => Err(malformed(format!("unknown node kind {other}")).into()),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        let encoder = Encoder {
+            codec: self,
+            converter: proto_converter,
+        };
+        if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
+            encoder.writer(writer, buf)
+        } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            encoder.reader(reader, buf)
+        } else {
+            Err(DataFusionError::NotImplemented(format!(
+                "{} is neither a DataFusion operator datafusion-proto knows nor an Ember \
+                 shuffle node",
+                node.name()
+            )))
+        }
+    }
+}
+
+struct Encoder<'a> {
+    codec: &'a EmberCodec,
+    converter: &'a dyn PhysicalProtoConverterExtension,
+}
+
+impl Encoder<'_> {
+    fn writer(&self, writer: &ShuffleWriterExec, buf: &mut Vec<u8>) -> DfResult<()> {
+        header(buf, WRITER, writer.stage());
+        match writer.output() {
+            ShuffleOutput::Passthrough => buf.push(PASSTHROUGH),
+            ShuffleOutput::Repartition(partitioning) => {
+                buf.push(REPARTITION);
+                self.container(partitioning, None)?.try_encode(buf)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reader(&self, reader: &ShuffleReaderExec, buf: &mut Vec<u8>) -> DfResult<()> {
+        header(buf, READER, reader.stage());
+        put_u64(buf, reader.map_partitions() as u64);
+        buf.push(match reader.mode() {
+            ReadMode::AllMaps => ALL_MAPS,
+            ReadMode::SameIndex => SAME_INDEX,
+        });
+        let properties = reader.properties();
+        let eq_properties = &properties.eq_properties;
+        let sort_information = eq_properties
+            .oeq_class()
+            .iter()
+            .map(|ordering| {
+                Ok(protobuf::PhysicalSortExprNodeCollection {
+                    physical_sort_expr_nodes: serialize_physical_sort_exprs(
+                        ordering.iter().cloned(),
+                        self.codec,
+                        self.converter,
+                    )?,
+                })
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let rows = protobuf::MemoryScanExecNode {
+            schema: Some(eq_properties.schema().as_ref().try_into()?),
+            sort_information,
+            ..Default::default()
+        };
+        self.container(&properties.partitioning, Some(rows))?
+            .try_encode(buf)
+    }
+
+    /// A `RepartitionExecNode` holding `partitioning`, over `rows` if given.
+    fn container(
+        &self,
+        partitioning: &Partitioning,
+        rows: Option<protobuf::MemoryScanExecNode>,
+    ) -> DfResult<protobuf::PhysicalPlanNode> {
+        let input = rows.map(|rows| {
+            Box::new(protobuf::PhysicalPlanNode {
+                physical_plan_type: Some(PhysicalPlanType::MemoryScan(rows)),
+            })
+        });
+        Ok(protobuf::PhysicalPlanNode {
+            physical_plan_type: Some(PhysicalPlanType::Repartition(Box::new(
+                protobuf::RepartitionExecNode {
+                    input,
+                    partitioning: Some(serialize_partitioning(
+                        partitioning,
+                        self.codec,
+                        self.converter,
+                    )?),
+                    preserve_order: false,
+                },
+            ))),
+        })
+    }
+}
+
+fn header(buf: &mut Vec<u8>, kind: u8, stage: usize) {
+    buf.extend_from_slice(&MAGIC);
+    buf.push(kind);
+    put_u64(buf, stage as u64);
+}
+
+fn put_u64(buf: &mut Vec<u8>, value: u64) {
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+struct Decoder<'a> {
+    ctx: &'a PhysicalPlanDecodeContext<'a>,
+    converter: &'a dyn PhysicalProtoConverterExtension,
+}
+
+impl Decoder<'_> {
+    fn writer(
+        &self,
+        mut payload: Payload<'_>,
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let stage = payload.usize("stage")?;
+        let [input] = inputs else {
+            return Err(malformed(format!(
+                "a shuffle writer has one input, this one has {}",
+                inputs.len()
+            ))
+            .into());
+        };
+        let output = match payload.u8("shuffle output")? {
+            PASSTHROUGH => {
+                payload.finish()?;
+                ShuffleOutput::Passthrough
+            }
+            REPARTITION => {
+                let container = container(payload.rest())?;
+                let partitioning = self.partitioning(&container, &input.schema())?;
+                ShuffleOutput::Repartition(partitioning)
+            }
+            other => return Err(malformed(format!("unknown shuffle output {other}")).into()),
+        };
+        Ok(Arc::new(ShuffleWriterExec::new(
+            Arc::clone(input),
+            stage,
+            output,
+        )))
+    }
+
+    fn reader(
+        &self,
+        mut payload: Payload<'_>,
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let stage = payload.usize("stage")?;
+        let map_partitions = payload.usize("map partitions")?;
+        let mode = match payload.u8("read mode")? {
+            ALL_MAPS => ReadMode::AllMaps,
+            SAME_INDEX => ReadMode::SameIndex,
+            other => return Err(malformed(format!("unknown read mode {other}")).into()),
+        };
+        if !inputs.is_empty() {
+            return Err(malformed(format!(
+                "a shuffle reader is a leaf, this one has {} inputs",
+                inputs.len()
+            ))
+            .into());
+        }
+        let container = container(payload.rest())?;
+        let Some(PhysicalPlanType::MemoryScan(rows)) = container
+            .input
+            .as_ref()
+            .and_then(|input| input.physical_plan_type.as_ref())
+        else {
+            return Err(malformed("the shuffle reader's schema is missing".into()).into());
+        };
+        let schema: SchemaRef =
+            Arc::new(Schema::try_from(rows.schema.as_ref().ok_or_else(
+                || malformed("the shuffle reader's schema is missing".into()),
+            )?)?);
+        let orderings = rows
+            .sort_information
+            .iter()
+            .map(|ordering| {
+                parse_physical_sort_exprs(
+                    &ordering.physical_sort_expr_nodes,
+                    self.ctx,
+                    &schema,
+                    self.converter,
+                )
+            })
+            .collect::<DfResult<Vec<Vec<PhysicalSortExpr>>>>()?;
+        let partitioning = self.partitioning(&container, &schema)?;
+        let eq_properties = EquivalenceProperties::new_with_orderings(schema, orderings);
+        Ok(Arc::new(ShuffleReaderExec::new(
+            stage,
+            map_partitions,
+            mode,
+            partitioning,
+            eq_properties,
+        )))
+    }
+
+    fn partitioning(
+        &self,
+        container: &protobuf::RepartitionExecNode,
+        schema: &Schema,
+    ) -> DfResult<Partitioning> {
+        parse_protobuf_partitioning(
+            container.partitioning.as_ref(),
+            self.ctx,
+            schema,
+            self.converter,
+        )?
+        .ok_or_else(|| malformed("the shuffle's partitioning is missing".into()).into())
+    }
+}
+
+/// The `RepartitionExecNode` an Ember node's fields travel in.
+fn container(bytes: &[u8]) -> DfResult<protobuf::RepartitionExecNode> {
+    match protobuf::PhysicalPlanNode::try_decode(bytes)?.physical_plan_type {
+        Some(PhysicalPlanType::Repartition(node)) => Ok(*node),
+        _ => Err(malformed("the shuffle's partitioning is missing".into()).into()),
+    }
+}
+
+fn malformed(why: String) -> EngineError {
+    EngineError::MalformedShuffleNode(why)
+}
+
+/// Reads an Ember node payload front to back.
+struct Payload<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Payload<'a> {
+    fn open(buf: &'a [u8]) -> Result<Self, EngineError> {
+        match buf.split_first_chunk::<4>() {
+            Some((magic, rest)) if *magic == MAGIC => Ok(Self { rest }),
+            _ => Err(malformed(
+                "it was not written by this version of Ember's codec".into(),
+            )),
+        }
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, EngineError> {
+        let (value, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| malformed(format!("the {what} is cut off")))?;
+        self.rest = rest;
+        Ok(*value)
+    }
+
+    fn usize(&mut self, what: &str) -> Result<usize, EngineError> {
+        let (value, rest) = self
+            .rest
+            .split_first_chunk::<8>()
+            .ok_or_else(|| malformed(format!("the {what} is cut off")))?;
+        self.rest = rest;
+        usize::try_from(u64::from_le_bytes(*value))
+            .map_err(|_| malformed(format!("the {what} does not fit this machine")))
+    }
+
+    fn rest(self) -> &'a [u8] {
+        self.rest
+    }
+
+    fn finish(self) -> Result<(), EngineError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!(
+                "{} unexpected bytes after the node",
+                self.rest.len()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_plan::common::collect;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::script::split_statements;
+    use crate::session::planning_config;
+    use crate::shuffle::{InMemoryBlockStore, ShuffleEnv};
+    use crate::stages::{Stage, StageGraph, StageKind, StagePlanner};
+
+    const WATCH_TIME: &str = include_str!("../../examples/watch_time.sql");
+
+    /// The watch-time script's statements (create, top ten, copy), reading
+    /// the example data and writing the copy to `out`.
+    fn watch_time(out: &Path) -> Vec<String> {
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/");
+        split_statements(WATCH_TIME)
+            .into_iter()
+            .map(|s| {
+                s.text
+                    .replace("'examples/", &format!("'{examples}"))
+                    .replace(
+                        "'target/ember-output/watch_time_per_video.parquet'",
+                        &format!("'{}'", out.display()),
+                    )
+            })
+            .collect()
+    }
+
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ember-codec-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn driver_with_views() -> SessionContext {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let create = &watch_time(Path::new("unused"))[0];
+        assert!(create.starts_with("CREATE EXTERNAL TABLE"), "{create}");
+        ctx.sql(create).await.unwrap().collect().await.unwrap();
+        ctx
+    }
+
+    /// An executor's context: it knows no tables, only functions.
+    fn executor() -> Arc<TaskContext> {
+        SessionContext::new_with_config(planning_config(2)).task_ctx()
+    }
+
+    async fn graph(ctx: &SessionContext, sql: &str) -> StageGraph {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        StagePlanner::new().plan(plan).unwrap()
+    }
+
+    fn text(plan: &Arc<dyn ExecutionPlan>) -> String {
+        displayable(plan.as_ref()).indent(true).to_string()
+    }
+
+    /// Every stage sent through bytes, as the driver sends it to an executor.
+    fn round_trip(graph: &StageGraph) -> StageGraph {
+        let executor = executor();
+        let stages = graph
+            .stages
+            .iter()
+            .map(|stage| {
+                let bytes = encode_plan(Arc::clone(&stage.plan)).unwrap();
+                let plan = decode_plan(&bytes, &executor).unwrap();
+                assert_eq!(text(&plan), text(&stage.plan), "stage {}", stage.id);
+                Stage {
+                    plan,
+                    ..stage.clone()
+                }
+            })
+            .collect();
+        StageGraph { stages }
+    }
+
+    /// Runs a graph stage by stage, task by task, on one in-memory store.
+    async fn run(ctx: &SessionContext, graph: &StageGraph) -> Vec<RecordBatch> {
+        let store = Arc::new(InMemoryBlockStore::default());
+        let config = ctx
+            .copied_config()
+            .with_extension(Arc::new(ShuffleEnv::new(store)));
+        let task_ctx = Arc::new(TaskContext::default().with_session_config(config));
+        let mut result = Vec::new();
+        for stage in &graph.stages {
+            for partition in 0..stage.tasks() {
+                let stream = stage.plan.execute(partition, task_ctx.clone()).unwrap();
+                let batches = collect(stream).await.unwrap();
+                if stage.kind == StageKind::Result {
+                    result.extend(batches);
+                }
+            }
+        }
+        result
+    }
+
+    fn pretty(batches: &[RecordBatch]) -> String {
+        pretty_format_batches(batches).unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_watch_time_query_runs_the_same_after_a_round_trip() {
+        let ctx = driver_with_views().await;
+        let top_ten = &watch_time(Path::new("unused"))[1];
+        let original = graph(&ctx, top_ten).await;
+        assert!(original.stages.len() >= 3, "{original}");
+        let shipped = round_trip(&original);
+        let expected = pretty(&run(&ctx, &original).await);
+        assert_eq!(pretty(&run(&ctx, &shipped).await), expected);
+        assert_eq!(expected.lines().count(), 10 + 4, "{expected}");
+    }
+
+    #[tokio::test]
+    async fn a_copy_writes_the_same_file_after_a_round_trip() {
+        let ctx = driver_with_views().await;
+        let dir = scratch_dir("copy");
+        let (local, shipped) = (dir.join("local.parquet"), dir.join("shipped.parquet"));
+        let original = graph(&ctx, &watch_time(&local)[2]).await;
+        assert!(original.to_string().contains("DataSinkExec"), "{original}");
+        let local_count = run(&ctx, &original).await;
+
+        let shipped_graph = round_trip(&graph(&ctx, &watch_time(&shipped)[2]).await);
+        assert_eq!(
+            pretty(&run(&ctx, &shipped_graph).await),
+            pretty(&local_count)
+        );
+
+        let read = |path: PathBuf| {
+            let ctx = ctx.clone();
+            async move {
+                let path = path.display().to_string();
+                let df = ctx.read_parquet(path, Default::default()).await.unwrap();
+                pretty(&df.collect().await.unwrap())
+            }
+        };
+        let written = read(shipped).await;
+        assert_eq!(written, read(local).await);
+        assert!(written.contains("viewers"), "{written}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn joins_windows_and_unions_round_trip() {
+        let ctx = driver_with_views().await;
+        for (key, value) in [
+            (
+                "datafusion.optimizer.hash_join_single_partition_threshold",
+                "0",
+            ),
+            (
+                "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+                "0",
+            ),
+        ] {
+            ctx.sql(&format!("SET {key} = {value}")).await.unwrap();
+        }
+        let queries = [
+            "SELECT a.country, COUNT(*) AS n FROM views a JOIN views b \
+             ON a.video_id = b.video_id AND a.user_id = b.user_id GROUP BY a.country ORDER BY a.country",
+            "SELECT video_id, ROW_NUMBER() OVER (PARTITION BY country ORDER BY watch_seconds DESC, \
+             event_time, user_id) AS rank FROM views ORDER BY video_id, rank LIMIT 20",
+            "SELECT country FROM views WHERE watch_seconds > 1000 UNION \
+             SELECT country FROM views WHERE watch_seconds < 10 ORDER BY country",
+            "SELECT COUNT(*) FROM views WHERE video_id IN (SELECT video_id FROM views \
+             WHERE country = 'KR')",
+            "SELECT value * 2 AS v FROM range(5) ORDER BY v",
+        ];
+        for sql in queries {
+            let original = graph(&ctx, sql).await;
+            let shipped = round_trip(&original);
+            assert_eq!(
+                pretty(&run(&ctx, &shipped).await),
+                pretty(&run(&ctx, &original).await),
+                "{sql}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_operator_datafusion_proto_lacks_is_named_in_the_error() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let sql = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) \
+                   SELECT n FROM t";
+        let recursive = graph(&ctx, sql).await;
+        let stage = recursive.result_stage().unwrap();
+        let err = encode_plan(Arc::clone(&stage.plan)).unwrap_err();
+        assert!(matches!(err, EngineError::PlanEncode(_)), "{err}");
+        assert!(
+            err.to_string().contains("RecursiveQueryExec is neither"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn select_one_round_trips() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let original = graph(&ctx, "SELECT 1 AS one").await;
+        let shipped = round_trip(&original);
+        assert_eq!(
+            pretty(&run(&ctx, &shipped).await),
+            pretty(&run(&ctx, &original).await)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_its_partitioning_and_ordering() {
+        let ctx = driver_with_views().await;
+        let scan = ctx
+            .table("views")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let schema = scan.schema();
+        let video = col("video_id", &schema).unwrap();
+        let user = col("user_id", &schema).unwrap();
+        let orderings = vec![
+            vec![PhysicalSortExpr::new_default(Arc::clone(&video))],
+            vec![PhysicalSortExpr::new_default(Arc::clone(&user)).desc()],
+        ];
+        let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
+            4,
+            3,
+            ReadMode::SameIndex,
+            Partitioning::Hash(vec![video], 5),
+            EquivalenceProperties::new_with_orderings(Arc::clone(&schema), orderings),
+        ));
+        let plan = decode_plan(&encode_plan(Arc::clone(&reader)).unwrap(), &executor()).unwrap();
+        let decoded = plan.downcast_ref::<ShuffleReaderExec>().unwrap();
+        assert_eq!(
+            (decoded.stage(), decoded.map_partitions(), decoded.mode()),
+            (4, 3, ReadMode::SameIndex)
+        );
+        let (before, after) = (reader.properties(), decoded.properties());
+        assert_eq!(after.partitioning, before.partitioning);
+        assert_eq!(after.eq_properties.schema(), &schema);
+        assert_eq!(
+            after.eq_properties.oeq_class(),
+            before.eq_properties.oeq_class()
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_panic() {
+        let executor = executor();
+        let select = graph(
+            &SessionContext::new_with_config(planning_config(2)),
+            "SELECT 1",
+        )
+        .await;
+        let good = encode_plan(Arc::clone(&select.stages[0].plan)).unwrap();
+        // Field 17 of a plan node is an Avro scan, which this build cannot read.
+        let avro_scan = vec![0x8a, 0x01, 0x00];
+        let ember_node = |payload: &[u8]| {
+            let mut bytes = Vec::new();
+            protobuf::PhysicalPlanNode {
+                physical_plan_type: Some(PhysicalPlanType::Extension(
+                    protobuf::PhysicalExtensionNode {
+                        node: payload.to_vec(),
+                        inputs: vec![],
+                    },
+                )),
+            }
+            .try_encode(&mut bytes)
+            .unwrap();
+            bytes
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("text", b"SELECT 1 please".to_vec()),
+            ("ones", vec![0xff; 64]),
+            ("cut short", good[..good.len() / 2].to_vec()),
+            ("avro scan", avro_scan),
+            ("not ember", ember_node(b"hello")),
+            ("unknown kind", ember_node(b"EMB\x01\x07")),
+            ("short reader", ember_node(b"EMB\x01\x02\x01\x00")),
+        ];
+        for (name, bytes) in cases {
+            match decode_plan(&bytes, &executor) {
+                Err(EngineError::PlanDecode(_)) => {}
+                other => panic!("{name}: expected a decode error, got {other:?}"),
+            }
+        }
+        let err = decode_plan(&ember_node(b"EMB\x01\x07"), &executor).unwrap_err();
+        assert!(err.to_string().contains("unknown node kind 7"), "{err}");
+    }
+}
