@@ -14,6 +14,8 @@ pub enum ValueKind {
     PositiveInt,
     /// A duration with its unit: `250ms`, `1s`, `2m`.
     Duration,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// One configuration key.
@@ -34,6 +36,9 @@ pub const HEARTBEAT_TIMEOUT: &str = "ember.transport.heartbeatTimeout";
 pub const IDLE_TIMEOUT: &str = "ember.transport.idleTimeout";
 pub const KEEP_ALIVE: &str = "ember.transport.keepAlive";
 pub const MAX_QUEUED_BYTES: &str = "ember.transport.maxQueuedBytes";
+pub const SPREAD_OUT: &str = "ember.deploy.spreadOut";
+pub const RECOVERY_TIMEOUT: &str = "ember.deploy.recoveryTimeout";
+pub const EXECUTOR_WAIT: &str = "ember.scheduler.maxRegisteredResourcesWaitingTime";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -85,6 +90,24 @@ pub const KEYS: &[ConfigKey] = &[
         default: "67108864",
         doc: "Bytes queued towards one peer before it counts as not reading and its connection is closed.",
     },
+    ConfigKey {
+        name: SPREAD_OUT,
+        kind: ValueKind::Bool,
+        default: "true",
+        doc: "Cluster manager: spread an application's executors over as many workers as possible (true) or fill one worker before the next (false).",
+    },
+    ConfigKey {
+        name: RECOVERY_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "5s",
+        doc: "Cluster manager: after a restart, how long workers and drivers get to register again before anything is placed anew.",
+    },
+    ConfigKey {
+        name: EXECUTOR_WAIT,
+        kind: ValueKind::Duration,
+        default: "30s",
+        doc: "Cluster applications: how long the driver waits for the executors it asked for before it starts its first job with fewer.",
+    },
 ];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -95,6 +118,8 @@ pub enum ConfigError {
     UnknownKey { key: String, hint: String },
     #[error("{key} must be a whole number of at least 1, not '{value}'")]
     NotPositiveInt { key: String, value: String },
+    #[error("{key} must be true or false, not '{value}'")]
+    NotBool { key: String, value: String },
     #[error("{key} must be a duration with its unit, such as 250ms, 2s or 1m, not '{value}'")]
     NotDuration { key: String, value: String },
     #[error("{0}")]
@@ -174,6 +199,14 @@ impl EmberConf {
                     });
                 }
             }
+            ValueKind::Bool => {
+                if value != "true" && value != "false" {
+                    return Err(ConfigError::NotBool {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+            }
             ValueKind::Duration => {
                 if parse_duration(value).is_none() {
                     return Err(ConfigError::NotDuration {
@@ -185,6 +218,21 @@ impl EmberConf {
         }
         self.values.insert(key.to_string(), value.to_string());
         Ok(())
+    }
+
+    /// Every key set, as `(key, value)`, to hand on to another process.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A key's value, or its default from the table.
+    pub fn get_or_default(&self, key: &str) -> Option<&str> {
+        self.get(key)
+            .or_else(|| KEYS.iter().find(|k| k.name == key).map(|k| k.default))
+            .filter(|v| !v.is_empty())
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

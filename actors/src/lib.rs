@@ -2,13 +2,16 @@
 //! executors that run them, the links that make them share fate, and the
 //! launcher that gives a driver its executors in local mode.
 
+pub mod cluster_app;
 pub mod cluster_manager;
 pub mod config;
 pub mod driver;
 pub mod executor;
 pub mod local;
 pub mod protocol;
+pub mod remote;
 pub mod supervision;
+pub mod worker;
 
 pub use config::{ConfigError, EmberConf};
 pub use driver::{Driver, JobError, JobListener, JobOutput, ProgressEvent};

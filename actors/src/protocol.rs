@@ -2,6 +2,7 @@
 //! messages themselves live beside each actor (`driver/messages.rs`,
 //! `executor/messages.rs`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,12 +10,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_engine::StageKind;
 use ember_engine::shuffle::MapStatus;
+use serde::{Deserialize, Serialize};
 
 pub type JobId = u64;
 
 /// An executor's id within its application ("driver" for the one that runs
 /// inside the driver in `local` mode).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExecutorId(pub String);
 
 impl fmt::Display for ExecutorId {
@@ -24,7 +26,7 @@ impl fmt::Display for ExecutorId {
 }
 
 /// One attempt at one partition of one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TaskId {
     pub job: JobId,
     pub stage: ember_engine::StageId,
@@ -49,7 +51,13 @@ pub struct TaskDescription {
     pub id: TaskId,
     pub kind: StageKind,
     pub plan: Arc<dyn ExecutionPlan>,
+    /// Where the blocks this task reads were written.
+    pub locations: Arc<MapLocations>,
 }
+
+/// For each stage a task reads: the executor holding map output `i`
+/// (`None` while it is not written).
+pub type MapLocations = BTreeMap<ember_engine::StageId, Vec<Option<ExecutorId>>>;
 
 /// What a successful task produced.
 #[derive(Debug, Clone)]
@@ -60,7 +68,7 @@ pub enum TaskOutput {
     Result(Vec<RecordBatch>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskFailureKind {
     /// The task's code returned an error.
     Error,
@@ -73,7 +81,7 @@ pub enum TaskFailureKind {
 }
 
 /// Why a task did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskError {
     pub kind: TaskFailureKind,
     pub message: String,

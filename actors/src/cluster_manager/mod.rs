@@ -1,10 +1,170 @@
 //! The cluster manager: the registry of workers, applications and drivers
 //! that decides where executors and cluster-mode drivers run. Its decisions
-//! live in [`state`], a plain struct tested without actors or sockets.
+//! live in [`state`], a plain struct tested without actors or sockets; the
+//! actor here receives, calls it, carries out the actions and journals
+//! what must survive a restart.
 
+mod handlers;
+pub mod journal;
+pub mod messages;
 pub mod state;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_transport::{ActorAddress, Mailbox, Node, Registration};
+
+pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
+pub use messages::{
+    APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus,
+    ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker, ToApp,
+    ToWorker, WORKER, WorkerStatus,
+};
 pub use state::{
     Action, AppId, AppRequest, AppState, ClusterState, DriverId, DriverRequest, DriverState, Event,
     ExecutorNo, Placement, RunningExecutor, WorkerId,
 };
+
+/// How the manager starts.
+pub struct ClusterManagerSpec {
+    pub node: Node,
+    pub journal: Journal,
+    pub placement: Placement,
+    /// After a restart, how long workers and drivers get to come back
+    /// before anything is placed again.
+    pub recovery_grace: Duration,
+}
+
+struct WorkerLink {
+    address: ActorAddress,
+    host: String,
+    mailbox: Mailbox<ToWorker>,
+}
+
+struct AppLink {
+    record: AppRecord,
+    client: Option<(ActorAddress, Mailbox<ToApp>)>,
+}
+
+pub struct ClusterManager {
+    node: Node,
+    state: ClusterState,
+    journal: Journal,
+    recovery_grace: Duration,
+    started: tokio::time::Instant,
+    workers: BTreeMap<WorkerId, WorkerLink>,
+    apps: BTreeMap<AppId, AppLink>,
+    drivers: BTreeMap<DriverId, DriverRecord>,
+    /// Applications loaded from the journal whose driver has not come back.
+    awaiting_drivers: BTreeSet<AppId>,
+    registrations: Vec<Registration>,
+}
+
+impl ClusterManager {
+    pub fn new(spec: ClusterManagerSpec) -> Self {
+        Self {
+            node: spec.node,
+            state: ClusterState::new(spec.placement),
+            journal: spec.journal,
+            recovery_grace: spec.recovery_grace,
+            started: tokio::time::Instant::now(),
+            workers: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            drivers: BTreeMap::new(),
+            awaiting_drivers: BTreeSet::new(),
+            registrations: Vec::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Actor for ClusterManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        use ember_certs::Role;
+        use ember_transport::Access;
+        let me = ctx.address();
+        let registered = [
+            self.node.register(
+                FOR_WORKERS,
+                me.clone().recipient::<FromWorker>(),
+                Access::Roles(vec![Role::Worker]),
+            ),
+            self.node.register(
+                FOR_APPS,
+                me.clone().recipient::<FromApp>(),
+                Access::Roles(vec![Role::Client, Role::Worker]),
+            ),
+            self.node.register(
+                FOR_CLIENTS,
+                me.recipient::<FromClient>(),
+                Access::Roles(vec![Role::Client]),
+            ),
+        ];
+        for registration in registered {
+            match registration {
+                Ok(r) => self.registrations.push(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve");
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        self.recover(ctx);
+    }
+}
+
+/// Now, as `ember status` prints times.
+pub fn timestamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// An id in Spark's style: `app-20261123101500-0003`.
+fn new_id(kind: &str, number: u64) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// A driver state as journaled and shown: a word and, for some, a reason.
+pub fn driver_state_words(state: &DriverState) -> (&'static str, Option<String>) {
+    match state {
+        DriverState::Waiting(why) => ("SUBMITTED", Some(why.clone())),
+        DriverState::Running { .. } => ("RUNNING", None),
+        DriverState::Restarting { .. } => ("RELAUNCHING", None),
+        DriverState::Finished => ("FINISHED", None),
+        DriverState::Failed(why) => ("FAILED", Some(why.clone())),
+        DriverState::Killed => ("KILLED", None),
+    }
+}
+
+pub fn app_state_words(state: &AppState) -> (&'static str, Option<String>) {
+    match state {
+        AppState::Waiting(why) => ("WAITING", Some(why.clone())),
+        AppState::Running => ("RUNNING", None),
+        AppState::Finished => ("FINISHED", None),
+        AppState::Failed(why) => ("FAILED", Some(why.clone())),
+    }
+}

@@ -26,7 +26,7 @@ pub enum Placement {
 }
 
 /// What an application asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppRequest {
     pub name: String,
     pub executor_cores: u32,
@@ -36,7 +36,7 @@ pub struct AppRequest {
 }
 
 /// What a cluster-mode driver needs from the worker that runs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriverRequest {
     pub cores: u32,
     pub memory_mb: u64,
@@ -78,7 +78,7 @@ impl DriverState {
 }
 
 /// An executor a worker says it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunningExecutor {
     pub app: AppId,
     pub executor: ExecutorNo,
@@ -128,6 +128,12 @@ pub enum Event {
     },
     /// A self-addressed wake-up: restarts that are due now.
     Tick,
+    /// The manager restarted and loaded its journal: nothing is placed for
+    /// `grace`, so workers can re-register what they still run first (a
+    /// driver relaunched before its old worker returned would run twice).
+    Recovering {
+        grace: Duration,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +259,91 @@ pub struct ClusterState {
     app_order: Vec<AppId>,
     drivers: BTreeMap<DriverId, Driver>,
     driver_order: Vec<DriverId>,
+    /// Nothing is placed before this time (recovery after a restart).
+    hold_until_ms: u64,
+}
+
+/// A worker as `ember status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub cores: u32,
+    pub cores_used: u32,
+    pub memory_mb: u64,
+    pub memory_used: u64,
+    pub alive: bool,
+}
+
+/// An application as `ember status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppView {
+    pub id: AppId,
+    pub request: AppRequest,
+    pub state: AppState,
+    /// (executor number, worker, cores, memory MB)
+    pub executors: Vec<(ExecutorNo, WorkerId, u32, u64)>,
+}
+
+/// A cluster-mode driver as `ember status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverView {
+    pub id: DriverId,
+    pub request: DriverRequest,
+    pub state: DriverState,
+    pub restarts: u32,
+}
+
+impl ClusterState {
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerView {
+                id: id.clone(),
+                cores: w.cores,
+                cores_used: w.cores_used,
+                memory_mb: w.memory_mb,
+                memory_used: w.memory_used,
+                alive: w.alive,
+            })
+            .collect()
+    }
+
+    /// Applications in the order they registered.
+    pub fn apps(&self) -> Vec<AppView> {
+        self.app_order
+            .iter()
+            .filter_map(|id| self.apps.get(id).map(|a| (id, a)))
+            .map(|(id, a)| AppView {
+                id: id.clone(),
+                request: a.request.clone(),
+                state: a.state.clone(),
+                executors: a
+                    .executors
+                    .iter()
+                    .map(|(n, e)| (*n, e.worker.clone(), e.cores, e.memory_mb))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Drivers in the order they were submitted.
+    pub fn drivers(&self) -> Vec<DriverView> {
+        self.driver_order
+            .iter()
+            .filter_map(|id| self.drivers.get(id).map(|d| (id, d)))
+            .map(|(id, d)| DriverView {
+                id: id.clone(),
+                request: d.request.clone(),
+                state: d.state.clone(),
+                restarts: d.restarts,
+            })
+            .collect()
+    }
+
+    /// Whether placement is held back for recovery at `now_ms`.
+    pub fn is_recovering(&self, now_ms: u64) -> bool {
+        now_ms < self.hold_until_ms
+    }
 }
 
 impl ClusterState {
@@ -356,8 +447,14 @@ impl ClusterState {
             }
             Event::KillDriver { driver } => self.kill_driver(&driver, &mut actions),
             Event::Tick => self.restart_due_drivers(now_ms),
+            Event::Recovering { grace } => {
+                self.hold_until_ms = now_ms + u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+                actions.push(Action::WakeAfter(grace));
+            }
         }
-        self.schedule(&mut actions);
+        if now_ms >= self.hold_until_ms {
+            self.schedule(&mut actions);
+        }
         self.assert_invariants();
         actions
     }
@@ -1264,5 +1361,71 @@ mod tests {
             matches!(s.app_state("a"), Some(AppState::Failed(why)) if why.contains("in a row"))
         );
         assert_eq!(s.worker_usage("w1"), Some((0, 1)));
+    }
+
+    #[test]
+    fn after_a_restart_nothing_is_placed_until_workers_had_time_to_return() {
+        let mut s = ClusterState::new(Placement::Spread);
+        let wake = s.on_event(
+            0,
+            Event::Recovering {
+                grace: Duration::from_secs(3),
+            },
+        );
+        assert_eq!(wake, vec![Action::WakeAfter(Duration::from_secs(3))]);
+        s.on_event(0, driver("d", true));
+        // Another worker returns first: the driver is not launched there,
+        // since its own worker may still be running it.
+        let early = s.on_event(100, worker("other", 2, 4096));
+        assert!(
+            !early
+                .iter()
+                .any(|a| matches!(a, Action::LaunchDriver { .. }))
+        );
+        assert!(s.is_recovering(100));
+        // Its worker returns with it running: adopted, not launched again.
+        let back = s.on_event(
+            200,
+            Event::WorkerRegistered {
+                worker: "home".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec!["d".into()],
+                executors: vec![],
+            },
+        );
+        assert!(back.is_empty(), "{back:?}");
+        let after = s.on_event(3000, Event::Tick);
+        assert!(
+            !after
+                .iter()
+                .any(|a| matches!(a, Action::LaunchDriver { .. }))
+        );
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Running {
+                worker: "home".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_recovered_driver_whose_worker_never_returns_is_launched_after_the_grace() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(
+            0,
+            Event::Recovering {
+                grace: Duration::from_secs(3),
+            },
+        );
+        s.on_event(0, driver("d", true));
+        s.on_event(10, worker("w1", 2, 4096));
+        let actions = s.on_event(3000, Event::Tick);
+        assert!(actions.contains(&Action::LaunchDriver {
+            worker: "w1".into(),
+            driver: "d".into(),
+            cores: 1,
+            memory_mb: 1024,
+        }));
     }
 }

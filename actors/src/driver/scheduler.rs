@@ -12,7 +12,9 @@ use ember_engine::shuffle::MapStatus;
 use ember_engine::{StageGraph, StageId, StageKind};
 
 use super::ProgressEvent;
-use crate::protocol::{ExecutorId, JobId, TaskDescription, TaskError, TaskId, TaskOutput};
+use crate::protocol::{
+    ExecutorId, JobId, MapLocations, TaskDescription, TaskError, TaskId, TaskOutput,
+};
 
 #[derive(Debug)]
 pub enum Event {
@@ -91,6 +93,8 @@ struct StageRun {
     /// Failures that count against the budget, per partition.
     failures: BTreeMap<usize, u32>,
     map_outputs: BTreeMap<usize, MapStatus>,
+    /// Which executor holds each finished map task's blocks.
+    map_locations: BTreeMap<usize, ExecutorId>,
     results: BTreeMap<usize, Vec<RecordBatch>>,
     finished: BTreeSet<usize>,
 }
@@ -109,6 +113,29 @@ struct JobRun {
 impl JobRun {
     fn stage_ids(&self) -> Vec<StageId> {
         self.stages.keys().copied().collect()
+    }
+
+    /// For each submitted stage: where the map output of every stage it
+    /// reads lives, by map partition.
+    fn parent_locations(&self) -> BTreeMap<StageId, Arc<MapLocations>> {
+        self.stages
+            .iter()
+            .filter(|(_, s)| s.submitted && !s.pending.is_empty())
+            .map(|(id, s)| {
+                let reads = s
+                    .parents
+                    .iter()
+                    .filter_map(|p| self.stages.get(p).map(|parent| (*p, parent)))
+                    .map(|(p, parent)| {
+                        let holders = (0..parent.tasks)
+                            .map(|m| parent.map_locations.get(&m).cloned())
+                            .collect();
+                        (p, holders)
+                    })
+                    .collect();
+                (*id, Arc::new(reads))
+            })
+            .collect()
     }
 }
 
@@ -186,6 +213,7 @@ impl Scheduler {
                         attempts: BTreeMap::new(),
                         failures: BTreeMap::new(),
                         map_outputs: BTreeMap::new(),
+                        map_locations: BTreeMap::new(),
                         results: BTreeMap::new(),
                         finished: BTreeSet::new(),
                     },
@@ -226,6 +254,7 @@ impl Scheduler {
                 match output {
                     TaskOutput::Map(status) => {
                         stage.map_outputs.insert(task.partition, status);
+                        stage.map_locations.insert(task.partition, executor.clone());
                     }
                     TaskOutput::Result(batches) => {
                         stage.results.insert(task.partition, batches);
@@ -391,7 +420,9 @@ impl Scheduler {
     /// the most free slots (ties go to the lowest id), so tasks spread out.
     fn offer_slots(&mut self, actions: &mut Vec<Action>) {
         for (job_id, job) in self.jobs.iter_mut() {
+            let locations = job.parent_locations();
             for (stage_id, stage) in job.stages.iter_mut() {
+                let reads = locations.get(stage_id).cloned().unwrap_or_default();
                 while let Some(&partition) = stage.pending.first() {
                     let Some((executor, state)) = self
                         .executors
@@ -420,6 +451,7 @@ impl Scheduler {
                             id: task,
                             kind: stage.kind,
                             plan: Arc::clone(&stage.plan),
+                            locations: Arc::clone(&reads),
                         },
                     });
                 }

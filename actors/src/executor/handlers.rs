@@ -1,6 +1,10 @@
 //! One handler per message the executor receives.
 
+use std::sync::Arc;
+
 use actix::prelude::*;
+use datafusion::execution::TaskContext;
+use ember_engine::MapOutputLocations;
 
 use super::{Executor, ExecutorMessage, task};
 use crate::driver::DriverMessage;
@@ -42,7 +46,8 @@ impl Handler<PeerDown> for Executor {
 impl Executor {
     fn handle_launch_task(&mut self, description: TaskDescription, ctx: &mut Context<Self>) {
         let id = description.id;
-        let (outcome, abort) = task::start(&self.pool, description, self.session.task_ctx());
+        let context = self.task_context(&description);
+        let (outcome, abort) = task::start(&self.pool, description, context);
         self.running.insert(id, abort);
         ctx.spawn(outcome.into_actor(self).map(move |result, act, _ctx| {
             act.running.remove(&id);
@@ -55,6 +60,31 @@ impl Executor {
                 tracing::debug!(task = %id, error = %e, "driver gone before the task ended");
             }
         }));
+    }
+
+    /// The context a task runs in: the executor's, plus where the blocks
+    /// it reads live when they may be in other processes.
+    fn task_context(&self, task: &TaskDescription) -> Arc<TaskContext> {
+        let context = self.session.task_ctx();
+        if self.shuffle.fetcher.is_none() || task.locations.is_empty() {
+            return context;
+        }
+        let mut locations = MapOutputLocations::new();
+        for (stage, holders) in task.locations.iter() {
+            let keys = holders
+                .iter()
+                .map(|h| h.as_ref().map(|e| e.0.clone()).unwrap_or_default())
+                .collect();
+            locations.insert(*stage, keys);
+        }
+        let config = context
+            .session_config()
+            .clone()
+            .with_extension(Arc::new(locations));
+        match Arc::try_unwrap(context) {
+            Ok(context) => Arc::new(context.with_session_config(config)),
+            Err(shared) => shared,
+        }
     }
 
     fn handle_kill_task(&mut self, id: TaskId) {

@@ -1,0 +1,432 @@
+//! An application on a cluster, from its driver's process: the same
+//! `Driver` actor as local mode, an endpoint its executors (launched by
+//! workers) register with, and the client that registers the application
+//! with the cluster manager, hears of lost executors, and registers again
+//! if the manager restarts.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_transport::{Mailbox, Node, Registration};
+
+use crate::cluster_manager::{
+    APP, AppId, AppRequest, ClientReply, DriverId, FOR_APPS, FOR_CLIENTS, FromApp, FromClient,
+    ToApp,
+};
+use crate::driver::{
+    Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors, StopDriver,
+};
+use crate::protocol::ExecutorId;
+use crate::remote::{CloseEndpoint, DriverEndpoint, ExecutorLostNotice, NodeContact};
+use crate::supervision::PeerDown;
+
+/// How long the manager may take to answer.
+const MANAGER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How an application starts on a cluster.
+pub struct ClusterAppSpec {
+    /// This process's node, listening where executors can reach it.
+    pub node: Node,
+    /// How executors reach this node.
+    pub contact: NodeContact,
+    pub manager: NodeContact,
+    pub request: AppRequest,
+    /// The submission this driver runs, in cluster mode.
+    pub submission: Option<DriverId>,
+    pub max_failures: u32,
+    pub listener: Option<Arc<dyn JobListener>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterAppError {
+    #[error("cannot reach the cluster manager at {addr}: {why}")]
+    Unreachable {
+        addr: std::net::SocketAddr,
+        why: String,
+    },
+    #[error("the cluster manager did not accept the application: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Start(String),
+}
+
+type Shared<T> = Arc<Mutex<Option<T>>>;
+
+/// Starts the endpoint when the driver starts (the driver has no other
+/// executors to launch: the cluster manager asks workers for them).
+struct ClusterLauncher {
+    node: Node,
+    secret: String,
+    endpoint: Shared<Result<Addr<DriverEndpoint>, String>>,
+}
+
+impl ExecutorLauncher for ClusterLauncher {
+    fn launch(&mut self, driver: DriverHandle) {
+        let started = DriverEndpoint::new(self.node.clone(), driver, self.secret.clone())
+            .map(Actor::start)
+            .map_err(|e| e.to_string());
+        *self.endpoint.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
+    }
+}
+
+/// A running application on a cluster.
+pub struct ClusterApp {
+    node: Node,
+    manager: NodeContact,
+    driver: Addr<Driver>,
+    endpoint: Addr<DriverEndpoint>,
+    client: Addr<AppClient>,
+    id: AppId,
+}
+
+impl ClusterApp {
+    /// Connects to the manager, starts the driver and registers the
+    /// application. Must run inside an actix System.
+    pub async fn start(spec: ClusterAppSpec) -> Result<Self, ClusterAppError> {
+        let manager = spec.manager.clone();
+        connect(&spec.node, &manager).await?;
+        let secret = new_secret().map_err(|e| ClusterAppError::Start(e.to_string()))?;
+        let endpoint: Shared<Result<Addr<DriverEndpoint>, String>> = Arc::default();
+        let launcher = ClusterLauncher {
+            node: spec.node.clone(),
+            secret: secret.clone(),
+            endpoint: Arc::clone(&endpoint),
+        };
+        let me = spec.contact.actor(crate::remote::wire::DRIVER);
+        let max_failures = spec.max_failures;
+        let listener = spec.listener;
+        let driver = Driver::new(me, max_failures, listener, Box::new(launcher)).start();
+        // The driver starts on this thread at the next turn of the loop.
+        let endpoint = loop {
+            if let Some(started) = endpoint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                break started.map_err(ClusterAppError::Start)?;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let register = FromApp::Register {
+            request: spec.request.clone(),
+            driver: spec.contact.clone(),
+            client: spec.contact.actor(APP),
+            secret: secret.clone(),
+            submission: spec.submission.clone(),
+            existing: None,
+        };
+        let client = AppClient {
+            node: spec.node.clone(),
+            manager: manager.clone(),
+            endpoint: endpoint.clone(),
+            driver: driver.clone(),
+            register,
+            app: None,
+            registration: None,
+            manager_mailbox: None,
+        }
+        .start();
+        let id = client
+            .send(RegisterApp)
+            .await
+            .map_err(|e| ClusterAppError::Start(e.to_string()))??;
+        Ok(Self {
+            node: spec.node,
+            manager,
+            driver,
+            endpoint,
+            client,
+            id,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn driver(&self) -> &Addr<Driver> {
+        &self.driver
+    }
+
+    /// Task slots registered now.
+    pub async fn slots(&self) -> usize {
+        self.driver
+            .send(ListExecutors)
+            .await
+            .map(|list| list.iter().map(|e| e.slots).sum())
+            .unwrap_or(0)
+    }
+
+    /// Why the manager says this application waits, if it does.
+    pub async fn waiting_reason(&self) -> Option<String> {
+        let mailbox = self
+            .node
+            .mailbox::<FromClient>(&self.manager.actor(FOR_CLIENTS))
+            .ok()?;
+        match mailbox.ask(FromClient::Status, MANAGER_TIMEOUT).await {
+            Ok(Ok(ClientReply::Status(status))) => status
+                .apps
+                .into_iter()
+                .find(|a| a.id == self.id)
+                .and_then(|a| a.reason),
+            _ => None,
+        }
+    }
+
+    /// Ends the application: tells the manager how it went, stops the
+    /// driver (its executors follow) and closes the node.
+    pub async fn stop(self, failure: Option<String>) {
+        let _ = self
+            .client
+            .send(Finish {
+                failure,
+                id: self.id.clone(),
+            })
+            .await;
+        let _ = self.driver.send(StopDriver).await;
+        let _ = self.endpoint.send(CloseEndpoint).await;
+        // Let the stop messages reach the executors before the connections
+        // close (they would notice the close as well, a moment later).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.node.shutdown();
+    }
+}
+
+/// Dials the manager unless this node is already connected to it.
+pub async fn connect(node: &Node, manager: &NodeContact) -> Result<(), ClusterAppError> {
+    if node.peers().iter().any(|(id, _)| *id == manager.node) {
+        return Ok(());
+    }
+    let connected =
+        tokio::time::timeout(MANAGER_TIMEOUT, node.connect(manager.addr, &manager.host)).await;
+    match connected {
+        Ok(Ok(id)) if id == manager.node => Ok(()),
+        Ok(Ok(id)) => Err(ClusterAppError::Unreachable {
+            addr: manager.addr,
+            why: format!(
+                "the node there is '{id}', not the cluster manager '{}'",
+                manager.node
+            ),
+        }),
+        Ok(Err(e)) => Err(ClusterAppError::Unreachable {
+            addr: manager.addr,
+            why: e.to_string(),
+        }),
+        Err(_) => Err(ClusterAppError::Unreachable {
+            addr: manager.addr,
+            why: format!("no answer within {MANAGER_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// A fresh per-application secret: 128 random bits, in hex.
+pub fn new_secret() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Registered on the driver's node as [`APP`]: the manager's contact.
+struct AppClient {
+    node: Node,
+    manager: NodeContact,
+    endpoint: Addr<DriverEndpoint>,
+    driver: Addr<Driver>,
+    register: FromApp,
+    app: Option<AppId>,
+    registration: Option<Registration>,
+    manager_mailbox: Option<Mailbox<FromApp>>,
+}
+
+impl Actor for AppClient {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let access = ember_transport::Access::Roles(vec![ember_certs::Role::ClusterManager]);
+        match self
+            .node
+            .register(APP, ctx.address().recipient::<ToApp>(), access)
+        {
+            Ok(registration) => self.registration = Some(registration),
+            Err(e) => tracing::error!(error = %e, "cannot hear from the cluster manager"),
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(registration) = self.registration.as_mut() {
+            registration.set_reason(ember_transport::ExitReason::Normal);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<AppId, ClusterAppError>")]
+struct RegisterApp;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Finish {
+    id: AppId,
+    failure: Option<String>,
+}
+
+/// Try registering again after losing the manager.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reregister;
+
+impl AppClient {
+    fn register_message(&self) -> FromApp {
+        match &self.register {
+            FromApp::Register {
+                request,
+                driver,
+                client,
+                secret,
+                submission,
+                ..
+            } => FromApp::Register {
+                request: request.clone(),
+                driver: driver.clone(),
+                client: client.clone(),
+                secret: secret.clone(),
+                submission: submission.clone(),
+                existing: self.app.clone(),
+            },
+            FromApp::Finished { app, failure } => FromApp::Finished {
+                app: app.clone(),
+                failure: failure.clone(),
+            },
+        }
+    }
+}
+
+impl Handler<RegisterApp> for AppClient {
+    type Result = ResponseActFuture<Self, Result<AppId, ClusterAppError>>;
+
+    fn handle(&mut self, _msg: RegisterApp, _ctx: &mut Context<Self>) -> Self::Result {
+        let node = self.node.clone();
+        let manager = self.manager.clone();
+        let message = self.register_message();
+        Box::pin(
+            async move {
+                connect(&node, &manager).await?;
+                let mailbox = node
+                    .mailbox::<FromApp>(&manager.actor(FOR_APPS))
+                    .map_err(|e| ClusterAppError::Refused(e.to_string()))?;
+                let id = mailbox
+                    .ask(message, MANAGER_TIMEOUT)
+                    .await
+                    .map_err(|e| ClusterAppError::Refused(e.to_string()))?
+                    .map_err(ClusterAppError::Refused)?;
+                Ok((id, mailbox))
+            }
+            .into_actor(self)
+            .map(|outcome, act, ctx| {
+                let (id, mailbox) = outcome?;
+                act.node
+                    .monitor(mailbox.address(), ctx.address().recipient::<PeerDown>());
+                act.manager_mailbox = Some(mailbox);
+                act.app = Some(id.clone());
+                Ok(id)
+            }),
+        )
+    }
+}
+
+impl Handler<Finish> for AppClient {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
+        let mailbox = self.manager_mailbox.clone();
+        Box::pin(async move {
+            if let Some(mailbox) = mailbox {
+                let finished = FromApp::Finished {
+                    app: msg.id,
+                    failure: msg.failure,
+                };
+                let _ = mailbox.ask(finished, Duration::from_secs(2)).await;
+            }
+        })
+    }
+}
+
+impl Handler<ToApp> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToApp, _ctx: &mut Context<Self>) {
+        match msg {
+            ToApp::ExecutorLost { executor, why } => {
+                self.endpoint.do_send(ExecutorLostNotice {
+                    executor: ExecutorId(executor.to_string()),
+                    why,
+                });
+            }
+            ToApp::Killed => {
+                tracing::error!("the application was killed with `ember kill`");
+                self.driver.do_send(StopDriver);
+            }
+        }
+    }
+}
+
+impl Handler<PeerDown> for AppClient {
+    type Result = ();
+
+    /// The manager is gone: executors keep running; register again (as
+    /// the same application) when it is back.
+    fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        if self
+            .manager_mailbox
+            .as_ref()
+            .is_some_and(|m| *m.address() == msg.peer)
+        {
+            tracing::warn!(reason = %msg.reason, "lost the cluster manager; executors keep running");
+            self.manager_mailbox = None;
+            ctx.notify_later(Reregister, Duration::from_millis(500));
+        }
+    }
+}
+
+impl Handler<Reregister> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Reregister, ctx: &mut Context<Self>) {
+        if self.manager_mailbox.is_some() {
+            return;
+        }
+        let me = ctx.address();
+        ctx.spawn(
+            async move {
+                match me.send(RegisterApp).await {
+                    Ok(Ok(id)) => {
+                        tracing::info!(app = %id, "registered again with the cluster manager")
+                    }
+                    _ => {
+                        tracing::debug!("cluster manager still away");
+                        me.do_send(RetryLater);
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RetryLater;
+
+impl Handler<RetryLater> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RetryLater, ctx: &mut Context<Self>) {
+        ctx.notify_later(Reregister, Duration::from_millis(500));
+    }
+}

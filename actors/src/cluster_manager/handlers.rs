@@ -1,0 +1,630 @@
+//! One handler per audience of the cluster manager; each feeds the state
+//! machine and carries out what it decides, journaling what changed.
+
+use std::collections::VecDeque;
+
+use actix::prelude::*;
+use ember_transport::ExitReason;
+
+use super::journal::{AppRecord, DriverRecord};
+use super::messages::*;
+use super::state::{Action, AppState, DriverRequest, DriverState, Event};
+use super::{
+    AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, new_id, timestamp,
+};
+use crate::supervision::PeerDown;
+
+impl Handler<FromWorker> for ClusterManager {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) -> Self::Result {
+        match msg {
+            FromWorker::Register {
+                worker,
+                address,
+                host,
+                cores,
+                memory_mb,
+                drivers,
+                executors,
+            } => {
+                let mailbox = self
+                    .node
+                    .mailbox::<ToWorker>(&address)
+                    .map_err(|e| e.to_string())?;
+                self.node
+                    .monitor(&address, ctx.address().recipient::<PeerDown>());
+                tracing::info!(%worker, %host, cores, memory_mb, "worker registered");
+                self.workers.insert(
+                    worker.clone(),
+                    WorkerLink {
+                        address,
+                        host,
+                        mailbox,
+                    },
+                );
+                self.step(
+                    Event::WorkerRegistered {
+                        worker,
+                        cores,
+                        memory_mb,
+                        drivers,
+                        executors,
+                    },
+                    ctx,
+                );
+            }
+            FromWorker::ExecutorExited { app, executor, why } => {
+                tracing::info!(%app, executor, %why, "executor exited");
+                self.step(Event::ExecutorExited { app, executor, why }, ctx);
+            }
+            FromWorker::DriverExited { driver, code, why } => {
+                tracing::info!(%driver, ?code, %why, "driver exited");
+                if let Some(record) = self.drivers.get_mut(&driver) {
+                    record.reason = Some(why);
+                }
+                self.step(Event::DriverExited { driver, code }, ctx);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler<FromApp> for ClusterManager {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: FromApp, ctx: &mut Context<Self>) -> Self::Result {
+        match msg {
+            FromApp::Register {
+                request,
+                driver,
+                client,
+                secret,
+                submission,
+                existing,
+            } => {
+                let client_mailbox = self
+                    .node
+                    .mailbox::<ToApp>(&client)
+                    .map_err(|e| e.to_string())?;
+                let returning = existing.filter(|id| {
+                    self.apps
+                        .get(id)
+                        .is_some_and(|a| a.record.secret == secret && a.record.ended.is_none())
+                });
+                let id = match returning {
+                    Some(id) => {
+                        tracing::info!(app = %id, "application's driver is back");
+                        self.awaiting_drivers.remove(&id);
+                        id
+                    }
+                    None => {
+                        let number = self
+                            .journal
+                            .next_number("apps")
+                            .map_err(|e| e.to_string())?;
+                        let id = new_id("app", number);
+                        let record = AppRecord {
+                            name: request.name.clone(),
+                            request: request.clone(),
+                            state: "WAITING".into(),
+                            reason: None,
+                            submission: submission.clone(),
+                            started: timestamp(),
+                            ended: None,
+                            driver,
+                            secret,
+                        };
+                        self.journal
+                            .put_app(&id, &record)
+                            .map_err(|e| e.to_string())?;
+                        self.apps.insert(
+                            id.clone(),
+                            AppLink {
+                                record,
+                                client: None,
+                            },
+                        );
+                        if let Some(record) = submission.and_then(|s| self.drivers.get_mut(&s)) {
+                            record.app = Some(id.clone());
+                        }
+                        tracing::info!(app = %id, name = %request.name, "application registered");
+                        id
+                    }
+                };
+                self.node
+                    .monitor(&client, ctx.address().recipient::<PeerDown>());
+                if let Some(app) = self.apps.get_mut(&id) {
+                    app.client = Some((client, client_mailbox));
+                }
+                self.step(
+                    Event::AppRegistered {
+                        app: id.clone(),
+                        request,
+                    },
+                    ctx,
+                );
+                Ok(id)
+            }
+            FromApp::Finished { app, failure } => {
+                self.step(
+                    Event::AppEnded {
+                        app: app.clone(),
+                        why: failure,
+                    },
+                    ctx,
+                );
+                Ok(app)
+            }
+        }
+    }
+}
+
+impl Handler<FromClient> for ClusterManager {
+    type Result = ResponseFuture<Result<ClientReply, String>>;
+
+    fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) -> Self::Result {
+        let reply = match msg {
+            FromClient::Submit { job, request } => self.submit(job, request, ctx),
+            FromClient::Kill { id } => self.kill(&id, ctx),
+            FromClient::Status => Ok(ClientReply::Status(self.status())),
+            FromClient::Logs { driver, max_bytes } => return self.logs(driver, max_bytes),
+        };
+        Box::pin(async move { reply })
+    }
+}
+
+impl Handler<PeerDown> for ClusterManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        let worker = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.address == msg.peer)
+            .map(|(id, _)| id.clone());
+        if let Some(worker) = worker {
+            tracing::warn!(%worker, reason = %msg.reason, "worker lost");
+            self.workers.remove(&worker);
+            self.step(
+                Event::WorkerLost {
+                    worker,
+                    why: msg.reason.to_string(),
+                },
+                ctx,
+            );
+            return;
+        }
+        let app = self
+            .apps
+            .iter()
+            .find(|(_, a)| a.client.as_ref().is_some_and(|(addr, _)| *addr == msg.peer))
+            .map(|(id, _)| id.clone());
+        if let Some(app) = app {
+            if let Some(link) = self.apps.get_mut(&app) {
+                link.client = None;
+            }
+            let why = match &msg.reason {
+                ExitReason::Normal => None,
+                other => Some(format!("its driver is gone: {other}")),
+            };
+            tracing::info!(%app, reason = %msg.reason, "application's driver ended");
+            self.step(Event::AppEnded { app, why }, ctx);
+        }
+    }
+}
+
+/// A self-addressed wake-up (restart backoff, end of recovery).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Wake;
+
+impl Handler<Wake> for ClusterManager {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Wake, ctx: &mut Context<Self>) {
+        self.step(Event::Tick, ctx);
+        let now = self.now_ms();
+        if !self.state.is_recovering(now) && !self.awaiting_drivers.is_empty() {
+            for app in std::mem::take(&mut self.awaiting_drivers) {
+                tracing::warn!(%app, "its driver did not return after the restart");
+                self.step(
+                    Event::AppEnded {
+                        app,
+                        why: Some(
+                            "its driver did not return after the cluster manager restarted".into(),
+                        ),
+                    },
+                    ctx,
+                );
+            }
+        }
+    }
+}
+
+impl ClusterManager {
+    /// Loads the journal: unfinished submissions wait to be adopted by
+    /// their returning workers, applications for their returning drivers.
+    pub(super) fn recover(&mut self, ctx: &mut Context<Self>) {
+        let drivers = self.journal.drivers().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read submissions from the journal");
+            Vec::new()
+        });
+        let apps = self.journal.apps().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read applications from the journal");
+            Vec::new()
+        });
+        let pending = drivers.iter().any(|(_, d)| !d.is_final())
+            || apps.iter().any(|(_, a)| a.ended.is_none());
+        if pending {
+            tracing::info!(grace = ?self.recovery_grace, "recovering: waiting for workers and drivers to return");
+            self.step(
+                Event::Recovering {
+                    grace: self.recovery_grace,
+                },
+                ctx,
+            );
+        }
+        for (id, record) in drivers {
+            let live = !record.is_final();
+            let request = record.request.clone();
+            self.drivers.insert(id.clone(), record);
+            if live {
+                self.step(
+                    Event::DriverSubmitted {
+                        driver: id,
+                        request,
+                    },
+                    ctx,
+                );
+            }
+        }
+        for (id, mut record) in apps {
+            let live = record.ended.is_none();
+            if !live && record.state != "FINISHED" && record.state != "FAILED" {
+                record.state = "FAILED".into();
+            }
+            let request = record.request.clone();
+            self.apps.insert(
+                id.clone(),
+                AppLink {
+                    record,
+                    client: None,
+                },
+            );
+            if live {
+                self.awaiting_drivers.insert(id.clone());
+                self.step(Event::AppRegistered { app: id, request }, ctx);
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        job: DriverJob,
+        request: DriverRequest,
+        ctx: &mut Context<Self>,
+    ) -> Result<ClientReply, String> {
+        let number = self
+            .journal
+            .next_number("drivers")
+            .map_err(|e| format!("the submission was not accepted: {e}"))?;
+        let id = new_id("driver", number);
+        let record = DriverRecord {
+            job,
+            request: request.clone(),
+            state: "SUBMITTED".into(),
+            reason: None,
+            worker: None,
+            restarts: 0,
+            submitted: timestamp(),
+            app: None,
+        };
+        // Journaled before it is acknowledged: an accepted submission is
+        // never lost.
+        self.journal
+            .put_driver(&id, &record)
+            .map_err(|e| format!("the submission was not accepted: {e}"))?;
+        tracing::info!(driver = %id, name = %record.job.name, "driver submitted");
+        self.drivers.insert(id.clone(), record);
+        self.step(
+            Event::DriverSubmitted {
+                driver: id.clone(),
+                request,
+            },
+            ctx,
+        );
+        Ok(ClientReply::Submitted(id))
+    }
+
+    fn kill(&mut self, id: &str, ctx: &mut Context<Self>) -> Result<ClientReply, String> {
+        if self.drivers.contains_key(id) {
+            let app = self.drivers.get(id).and_then(|d| d.app.clone());
+            self.step(Event::KillDriver { driver: id.into() }, ctx);
+            if let Some(app) = app {
+                self.kill_app(&app, ctx);
+            }
+            return Ok(ClientReply::Killed(format!("killed driver {id}")));
+        }
+        if self.apps.contains_key(id) {
+            self.kill_app(id, ctx);
+            return Ok(ClientReply::Killed(format!("killed application {id}")));
+        }
+        Err(format!(
+            "no submission or application named '{id}'; `ember list` shows them"
+        ))
+    }
+
+    fn kill_app(&mut self, app: &str, ctx: &mut Context<Self>) {
+        if let Some((_, client)) = self.apps.get(app).and_then(|a| a.client.as_ref()) {
+            let _ = client.tell(ToApp::Killed);
+        }
+        self.step(
+            Event::AppEnded {
+                app: app.into(),
+                why: Some("killed by `ember kill`".into()),
+            },
+            ctx,
+        );
+    }
+
+    fn logs(
+        &mut self,
+        driver: String,
+        max_bytes: u64,
+    ) -> ResponseFuture<Result<ClientReply, String>> {
+        let found = match self.drivers.get(&driver) {
+            None => Err(format!(
+                "no submission named '{driver}'; `ember list` shows them (client-mode \
+                 applications print their output where they were submitted)"
+            )),
+            Some(record) => match &record.worker {
+                None => Err(format!("driver {driver} has not run yet: {}", record.state)),
+                Some(worker) => self
+                    .workers
+                    .get(worker)
+                    .map(|w| w.mailbox.clone())
+                    .ok_or_else(|| {
+                        format!("worker {worker}, which ran driver {driver}, is not connected")
+                    }),
+            },
+        };
+        Box::pin(async move {
+            let mailbox = found?;
+            let logs = mailbox
+                .ask(
+                    ToWorker::ReadLogs { driver, max_bytes },
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(ClientReply::Logs(logs))
+        })
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let workers = self
+            .state
+            .workers()
+            .into_iter()
+            .map(|w| WorkerStatus {
+                host: self
+                    .workers
+                    .get(&w.id)
+                    .map(|l| l.host.clone())
+                    .unwrap_or_default(),
+                state: if w.alive { "ALIVE" } else { "LOST" }.into(),
+                cores: w.cores,
+                cores_used: w.cores_used,
+                memory_mb: w.memory_mb,
+                memory_used_mb: w.memory_used,
+                id: w.id,
+            })
+            .collect();
+        let live: std::collections::BTreeMap<_, _> = self
+            .state
+            .apps()
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect();
+        let apps = self
+            .apps
+            .iter()
+            .map(|(id, link)| {
+                let record = &link.record;
+                let view = live.get(id);
+                let (state, reason) = match view {
+                    Some(v) => {
+                        let (s, r) = app_state_words(&v.state);
+                        (s.to_string(), r)
+                    }
+                    None => (record.state.clone(), record.reason.clone()),
+                };
+                AppStatus {
+                    id: id.clone(),
+                    name: record.name.clone(),
+                    state,
+                    reason,
+                    submission: record.submission.clone(),
+                    executor_cores: record.request.executor_cores,
+                    executor_memory_mb: record.request.executor_memory_mb,
+                    max_cores: record.request.max_cores,
+                    executors: view
+                        .map(|v| {
+                            v.executors
+                                .iter()
+                                .map(|(n, w, c, m)| ExecutorStatus {
+                                    executor: *n,
+                                    worker: w.clone(),
+                                    cores: *c,
+                                    memory_mb: *m,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    started: record.started.clone(),
+                    ended: record.ended.clone(),
+                }
+            })
+            .collect();
+        let drivers = self
+            .drivers
+            .iter()
+            .map(|(id, record)| DriverStatus {
+                id: id.clone(),
+                name: record.job.name.clone(),
+                state: record.state.clone(),
+                reason: record.reason.clone(),
+                worker: record.worker.clone(),
+                supervise: record.request.supervise,
+                restarts: record.restarts,
+                submitted: record.submitted.clone(),
+                app: record.app.clone(),
+            })
+            .collect();
+        ClusterStatus {
+            manager: self.node.id().to_string(),
+            recovering: self.state.is_recovering(self.now_ms()),
+            workers,
+            apps,
+            drivers,
+        }
+    }
+
+    /// Feeds one event to the state machine, carries out its actions and
+    /// journals every state that changed.
+    pub(super) fn step(&mut self, event: Event, ctx: &mut Context<Self>) {
+        let now = self.now_ms();
+        let actions: VecDeque<Action> = self.state.on_event(now, event).into();
+        for action in actions {
+            self.perform(action, ctx);
+        }
+        self.journal_changes();
+    }
+
+    fn perform(&mut self, action: Action, ctx: &mut Context<Self>) {
+        match action {
+            Action::LaunchExecutor {
+                worker,
+                app,
+                executor,
+                cores,
+                memory_mb,
+            } => {
+                let Some(link) = self.apps.get(&app) else {
+                    return;
+                };
+                let message = ToWorker::LaunchExecutor {
+                    app: app.clone(),
+                    executor,
+                    cores,
+                    memory_mb,
+                    driver: link.record.driver.clone(),
+                    secret: link.record.secret.clone(),
+                };
+                tracing::info!(%app, executor, %worker, cores, "launching executor");
+                self.tell_worker(&worker, message);
+            }
+            Action::KillExecutor {
+                worker,
+                app,
+                executor,
+            } => self.tell_worker(&worker, ToWorker::KillExecutor { app, executor }),
+            Action::ExecutorLost { app, executor, why } => {
+                if let Some((_, client)) = self.apps.get(&app).and_then(|a| a.client.as_ref()) {
+                    let _ = client.tell(ToApp::ExecutorLost { executor, why });
+                }
+            }
+            Action::LaunchDriver {
+                worker,
+                driver,
+                cores,
+                memory_mb,
+            } => {
+                let Some(record) = self.drivers.get(&driver) else {
+                    return;
+                };
+                let message = ToWorker::LaunchDriver {
+                    driver: driver.clone(),
+                    job: record.job.clone(),
+                    cores,
+                    memory_mb,
+                };
+                tracing::info!(%driver, %worker, "launching driver");
+                self.tell_worker(&worker, message);
+            }
+            Action::KillDriver { worker, driver } => {
+                self.tell_worker(&worker, ToWorker::KillDriver { driver })
+            }
+            Action::WakeAfter(delay) => {
+                ctx.notify_later(Wake, delay);
+            }
+        }
+    }
+
+    fn tell_worker(&mut self, worker: &str, message: ToWorker) {
+        match self.workers.get(worker) {
+            Some(link) => {
+                if let Err(e) = link.mailbox.tell(message) {
+                    // Its loss arrives through the monitor.
+                    tracing::warn!(%worker, error = %e, "cannot reach worker");
+                }
+            }
+            None => tracing::warn!(%worker, "no link to worker"),
+        }
+    }
+
+    fn journal_changes(&mut self) {
+        for view in self.state.drivers() {
+            let Some(record) = self.drivers.get_mut(&view.id) else {
+                continue;
+            };
+            let (state, reason) = driver_state_words(&view.state);
+            let worker = match &view.state {
+                DriverState::Running { worker } => Some(worker.clone()),
+                _ => record.worker.clone(),
+            };
+            // A reason from the worker (how it exited) outlives the state
+            // machine's silence about it.
+            let reason = reason.or_else(|| {
+                if state == "RUNNING" {
+                    None
+                } else {
+                    record.reason.clone()
+                }
+            });
+            if record.state != state
+                || record.reason != reason
+                || record.worker != worker
+                || record.restarts != view.restarts
+            {
+                record.state = state.to_string();
+                record.reason = reason;
+                record.worker = worker;
+                record.restarts = view.restarts;
+                if let Err(e) = self.journal.put_driver(&view.id, record) {
+                    tracing::error!(driver = %view.id, error = %e, "cannot journal a driver's state");
+                }
+            }
+        }
+        for view in self.state.apps() {
+            let Some(link) = self.apps.get_mut(&view.id) else {
+                continue;
+            };
+            let (state, reason) = app_state_words(&view.state);
+            let record = &mut link.record;
+            if record.state != state || record.reason != reason {
+                record.state = state.to_string();
+                record.reason = reason;
+                if matches!(view.state, AppState::Finished | AppState::Failed(_))
+                    && record.ended.is_none()
+                {
+                    record.ended = Some(timestamp());
+                }
+                if let Err(e) = self.journal.put_app(&view.id, record) {
+                    tracing::error!(app = %view.id, error = %e, "cannot journal an application's state");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! What the cluster manager hears and says: from workers, from drivers
+//! registering applications, from people (`ember submit|status|kill|logs`),
+//! and what it tells workers and drivers. Each audience has its own actor
+//! name on the manager's node, open only to the certificate roles it serves.
+
+use actix::prelude::*;
+use ember_transport::ActorAddress;
+use serde::{Deserialize, Serialize};
+
+use super::state::{
+    AppId, AppRequest, DriverId, DriverRequest, ExecutorNo, RunningExecutor, WorkerId,
+};
+use crate::remote::NodeContact;
+
+/// Actor names on the manager's node.
+pub const FOR_WORKERS: &str = "cluster-manager/workers";
+pub const FOR_APPS: &str = "cluster-manager/apps";
+pub const FOR_CLIENTS: &str = "cluster-manager/clients";
+/// The actor name of a worker on its node.
+pub const WORKER: &str = "worker";
+/// The actor name of an application's client on its driver's node.
+pub const APP: &str = "app";
+
+/// From a worker (worker certificates only).
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), String>")]
+pub enum FromWorker {
+    /// Joins, or joins again, saying what it still runs.
+    Register {
+        worker: WorkerId,
+        address: ActorAddress,
+        host: String,
+        cores: u32,
+        memory_mb: u64,
+        drivers: Vec<DriverId>,
+        executors: Vec<RunningExecutor>,
+    },
+    ExecutorExited {
+        app: AppId,
+        executor: ExecutorNo,
+        why: String,
+    },
+    DriverExited {
+        driver: DriverId,
+        /// The exit code; `None` when a signal ended it.
+        code: Option<i32>,
+        why: String,
+    },
+}
+
+/// From a driver (client or worker certificates: client-mode drivers run in
+/// `ember submit`, cluster-mode ones on a worker).
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<AppId, String>")]
+pub enum FromApp {
+    Register {
+        request: AppRequest,
+        /// Where its executors reach the driver.
+        driver: NodeContact,
+        /// The actor the manager tells of lost executors; watched, so the
+        /// application ends when it does.
+        client: ActorAddress,
+        /// Given to its executors, which prove with it they belong here.
+        secret: String,
+        /// The submission that started it, in cluster mode.
+        submission: Option<DriverId>,
+        /// Set when the driver registers again after losing the manager.
+        existing: Option<AppId>,
+    },
+    /// The application ended on its own; `failure` says why if it failed.
+    Finished { app: AppId, failure: Option<String> },
+}
+
+/// A job submitted in cluster mode: everything its driver needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverJob {
+    pub name: String,
+    /// The SQL script itself: the client uploads it.
+    pub script: String,
+    pub conf: Vec<(String, String)>,
+    pub executor_cores: u32,
+    pub executor_memory_mb: u64,
+    pub max_cores: Option<u32>,
+    /// Where `ember submit` ran: relative paths in the script resolve
+    /// there, when it exists on the worker.
+    pub base_dir: Option<String>,
+}
+
+/// From people, through `ember` commands (client certificates only).
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<ClientReply, String>")]
+pub enum FromClient {
+    Submit {
+        job: DriverJob,
+        request: DriverRequest,
+    },
+    /// Kills a submission's driver, or an application.
+    Kill {
+        id: String,
+    },
+    Status,
+    /// A cluster-mode driver's output and log, the last `max_bytes` of each.
+    Logs {
+        driver: DriverId,
+        max_bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientReply {
+    Submitted(DriverId),
+    Killed(String),
+    Status(ClusterStatus),
+    Logs(DriverLogs),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverLogs {
+    pub stdout: String,
+    pub stderr: String,
+    /// Whether the start of either was cut off.
+    pub truncated: bool,
+}
+
+/// Everything `ember status` and `ember list` show.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub manager: String,
+    /// Whether the manager is still waiting for workers after a restart.
+    pub recovering: bool,
+    pub workers: Vec<WorkerStatus>,
+    pub apps: Vec<AppStatus>,
+    pub drivers: Vec<DriverStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: WorkerId,
+    pub host: String,
+    pub state: String,
+    pub cores: u32,
+    pub cores_used: u32,
+    pub memory_mb: u64,
+    pub memory_used_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub id: AppId,
+    pub name: String,
+    pub state: String,
+    /// Why it waits or failed.
+    pub reason: Option<String>,
+    pub submission: Option<DriverId>,
+    pub executor_cores: u32,
+    pub executor_memory_mb: u64,
+    pub max_cores: Option<u32>,
+    pub executors: Vec<ExecutorStatus>,
+    pub started: String,
+    pub ended: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorStatus {
+    pub executor: ExecutorNo,
+    pub worker: WorkerId,
+    pub cores: u32,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverStatus {
+    pub id: DriverId,
+    pub name: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub worker: Option<WorkerId>,
+    pub supervise: bool,
+    pub restarts: u32,
+    pub submitted: String,
+    pub app: Option<AppId>,
+}
+
+/// From the manager to a worker (cluster-manager certificates only).
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<DriverLogs, String>")]
+pub enum ToWorker {
+    LaunchExecutor {
+        app: AppId,
+        executor: ExecutorNo,
+        cores: u32,
+        memory_mb: u64,
+        driver: NodeContact,
+        secret: String,
+    },
+    KillExecutor {
+        app: AppId,
+        executor: ExecutorNo,
+    },
+    LaunchDriver {
+        driver: DriverId,
+        job: DriverJob,
+        cores: u32,
+        memory_mb: u64,
+    },
+    KillDriver {
+        driver: DriverId,
+    },
+    ReadLogs {
+        driver: DriverId,
+        max_bytes: u64,
+    },
+}
+
+/// From the manager to an application's driver.
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub enum ToApp {
+    ExecutorLost {
+        executor: ExecutorNo,
+        why: String,
+    },
+    /// `ember kill` named this application.
+    Killed,
+}

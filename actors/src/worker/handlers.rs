@@ -1,0 +1,392 @@
+//! One handler per message the worker receives: orders from the manager,
+//! its children's exits, and its own reconnection attempts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::child::{self, ChildSpec, NodeSpec};
+use super::{ChildKey, RunningChild, Worker};
+use crate::cluster_manager::{DriverLogs, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker};
+use crate::supervision::PeerDown;
+
+/// How long registering with the manager may take.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Try to (re)register with the manager.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct Connect;
+
+/// Stop the worker and every child it runs.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopWorker;
+
+/// A child process ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ChildExited {
+    key: ChildKey,
+    pid: u32,
+    code: Option<i32>,
+    why: String,
+}
+
+/// The outcome of a registration attempt.
+#[derive(Message)]
+#[rtype(result = "()")]
+#[allow(clippy::type_complexity)]
+struct Registered(
+    Result<
+        (
+            ember_transport::NodeId,
+            ember_transport::Mailbox<FromWorker>,
+        ),
+        (String, bool),
+    >,
+);
+
+pub(super) fn kill_child(child: &RunningChild) {
+    if !child.reaped.load(Ordering::Acquire) {
+        child::kill(child.pid);
+    }
+}
+
+impl Handler<StopWorker> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopWorker, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Connect> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Connect, ctx: &mut Context<Self>) {
+        if self.manager.is_some() || self.connecting {
+            return;
+        }
+        self.connecting = true;
+        let node = self.spec.node.clone();
+        let manager = self.spec.manager.clone();
+        let register = self.registration_message();
+        let me = ctx.address();
+        ctx.spawn(
+            async move {
+                let outcome = async {
+                    let known = manager.node.clone();
+                    let id =
+                        if !known.0.is_empty() && node.peers().iter().any(|(id, _)| *id == known) {
+                            known
+                        } else {
+                            node.connect(manager.addr, &manager.host)
+                                .await
+                                .map_err(|e| (e.to_string(), false))?
+                        };
+                    let address = ember_transport::ActorAddress {
+                        node: id.clone(),
+                        name: FOR_WORKERS.to_string(),
+                    };
+                    let mailbox = node
+                        .mailbox::<FromWorker>(&address)
+                        .map_err(|e| (e.to_string(), false))?;
+                    match mailbox.ask(register, REGISTER_TIMEOUT).await {
+                        Ok(Ok(())) => Ok((id, mailbox)),
+                        Ok(Err(why)) => Err((why, false)),
+                        Err(ember_transport::SendError::Refused(_, refusal)) => Err((
+                            format!("the cluster manager refused this worker: {refusal}"),
+                            true,
+                        )),
+                        Err(e) => Err((e.to_string(), false)),
+                    }
+                }
+                .await;
+                me.do_send(Registered(outcome));
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Registered> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Registered, ctx: &mut Context<Self>) {
+        self.connecting = false;
+        match msg.0 {
+            Ok((id, mailbox)) => {
+                self.spec.manager.node = id;
+                tracing::info!(manager = %self.spec.manager.node, children = self.children.len(), "registered with the cluster manager");
+                self.spec
+                    .node
+                    .monitor(mailbox.address(), ctx.address().recipient::<PeerDown>());
+                self.manager = Some(mailbox);
+                self.warned = false;
+            }
+            Err((why, fatal)) if fatal => {
+                tracing::error!(%why, "stopping: a worker needs a certificate issued with --role worker");
+                eprintln!("error: {why}; a worker needs a certificate issued with --role worker");
+                System::current().stop_with_code(2);
+            }
+            Err((why, _)) => {
+                if self.warned {
+                    tracing::debug!(%why, "cluster manager still unreachable");
+                } else {
+                    tracing::warn!(%why, manager = %self.spec.manager.addr, "cannot register with the cluster manager; retrying");
+                    self.warned = true;
+                }
+                ctx.notify_later(Connect, self.spec.retry);
+            }
+        }
+    }
+}
+
+impl Handler<PeerDown> for Worker {
+    type Result = ();
+
+    /// The manager is gone: children keep running; register again when it
+    /// is back.
+    fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        if self
+            .manager
+            .as_ref()
+            .is_some_and(|m| *m.address() == msg.peer)
+        {
+            tracing::warn!(reason = %msg.reason, children = self.children.len(), "lost the cluster manager; children keep running");
+            self.manager = None;
+            ctx.notify_later(Connect, self.spec.retry);
+        }
+    }
+}
+
+impl Handler<ToWorker> for Worker {
+    type Result = Result<DriverLogs, String>;
+
+    fn handle(&mut self, msg: ToWorker, ctx: &mut Context<Self>) -> Self::Result {
+        match msg {
+            ToWorker::LaunchExecutor {
+                app,
+                executor,
+                cores,
+                memory_mb,
+                driver,
+                secret,
+            } => {
+                let key = ChildKey::Executor(app.clone(), executor);
+                let dir = self.spec.work_dir.join(&app).join(executor.to_string());
+                let spec = ChildSpec::Executor {
+                    node: self.node_spec(format!("{app}-{executor}")),
+                    app: app.clone(),
+                    executor,
+                    cores,
+                    driver,
+                    secret,
+                };
+                let args = [
+                    "--role".to_string(),
+                    "executor".to_string(),
+                    "--app".to_string(),
+                    app,
+                    "--executor".to_string(),
+                    executor.to_string(),
+                ];
+                self.start_child(key, &args, &dir, &spec, cores, memory_mb, ctx);
+                Ok(DriverLogs::default())
+            }
+            ToWorker::KillExecutor { app, executor } => {
+                if let Some(child) = self.children.get(&ChildKey::Executor(app, executor)) {
+                    kill_child(child);
+                }
+                Ok(DriverLogs::default())
+            }
+            ToWorker::LaunchDriver {
+                driver,
+                job,
+                cores,
+                memory_mb,
+            } => {
+                let key = ChildKey::Driver(driver.clone());
+                if self.children.contains_key(&key) {
+                    // Never two copies of one driver.
+                    return Ok(DriverLogs::default());
+                }
+                let dir = self.driver_dir(&driver);
+                let spec = ChildSpec::Driver {
+                    node: self.node_spec(driver.clone()),
+                    driver: driver.clone(),
+                    job,
+                    manager: self.spec.manager.clone(),
+                };
+                let args = [
+                    "--role".to_string(),
+                    "driver".to_string(),
+                    "--driver-id".to_string(),
+                    driver,
+                ];
+                self.start_child(key, &args, &dir, &spec, cores, memory_mb, ctx);
+                Ok(DriverLogs::default())
+            }
+            ToWorker::KillDriver { driver } => {
+                if let Some(child) = self.children.get(&ChildKey::Driver(driver)) {
+                    kill_child(child);
+                }
+                Ok(DriverLogs::default())
+            }
+            ToWorker::ReadLogs { driver, max_bytes } => {
+                let dir = self.driver_dir(&driver);
+                if !dir.is_dir() {
+                    return Err(format!("worker {} has no logs of {driver}", self.id));
+                }
+                let (stdout, cut_out) = child::tail(&dir.join("stdout"), max_bytes);
+                let (stderr, cut_err) = child::tail(&dir.join("stderr"), max_bytes);
+                Ok(DriverLogs {
+                    stdout,
+                    stderr,
+                    truncated: cut_out || cut_err,
+                })
+            }
+        }
+    }
+}
+
+impl Handler<ChildExited> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, _ctx: &mut Context<Self>) {
+        if self
+            .children
+            .get(&msg.key)
+            .is_some_and(|c| c.pid == msg.pid)
+        {
+            self.children.remove(&msg.key);
+        }
+        let report = match msg.key {
+            ChildKey::Executor(app, executor) => {
+                tracing::info!(%app, executor, why = %msg.why, "executor exited");
+                FromWorker::ExecutorExited {
+                    app,
+                    executor,
+                    why: msg.why,
+                }
+            }
+            ChildKey::Driver(driver) => {
+                tracing::info!(%driver, why = %msg.why, "driver exited");
+                FromWorker::DriverExited {
+                    driver,
+                    code: msg.code,
+                    why: msg.why,
+                }
+            }
+        };
+        // Without a manager now, the next registration says what still runs.
+        if let Some(manager) = &self.manager {
+            let _ = manager.tell(report);
+        }
+    }
+}
+
+impl Worker {
+    fn node_spec(&self, instance: String) -> NodeSpec {
+        NodeSpec {
+            certs: self.spec.certs.clone(),
+            cert_name: self.spec.cert_name.clone(),
+            instance,
+            host: self.spec.host.clone(),
+            conf: self.spec.conf.clone(),
+        }
+    }
+
+    fn registration_message(&self) -> FromWorker {
+        let mut drivers = Vec::new();
+        let mut executors = Vec::new();
+        for (key, child) in &self.children {
+            match key {
+                ChildKey::Driver(id) => drivers.push(id.clone()),
+                ChildKey::Executor(app, executor) => executors.push(RunningExecutor {
+                    app: app.clone(),
+                    executor: *executor,
+                    cores: child.cores,
+                    memory_mb: child.memory_mb,
+                }),
+            }
+        }
+        FromWorker::Register {
+            worker: self.id.clone(),
+            address: ember_transport::ActorAddress {
+                node: self.spec.node.id().clone(),
+                name: crate::cluster_manager::WORKER.to_string(),
+            },
+            host: self.spec.host.clone(),
+            cores: self.spec.cores,
+            memory_mb: self.spec.memory_mb,
+            drivers,
+            executors,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_child(
+        &mut self,
+        key: ChildKey,
+        args: &[String],
+        dir: &std::path::Path,
+        spec: &ChildSpec,
+        cores: u32,
+        memory_mb: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        match child::launch(&self.spec.program, args, dir, spec) {
+            Ok(started) => {
+                let pid = started.child.id();
+                let reaped = Arc::new(AtomicBool::new(false));
+                tracing::info!(?key, pid, dir = %dir.display(), "child started");
+                let me = ctx.address();
+                let watch_key = key.clone();
+                let watch_reaped = Arc::clone(&reaped);
+                let mut process = started.child;
+                let watcher = std::thread::Builder::new()
+                    .name(format!("ember-wait-{pid}"))
+                    .spawn(move || {
+                        let status = process.wait();
+                        watch_reaped.store(true, Ordering::Release);
+                        let (code, why) = child::describe_exit(&status);
+                        me.do_send(ChildExited {
+                            key: watch_key,
+                            pid,
+                            code,
+                            why,
+                        });
+                    });
+                if let Err(e) = watcher {
+                    tracing::error!(pid, error = %e, "cannot watch the child; killing it");
+                    child::kill(pid);
+                    return;
+                }
+                self.children.insert(
+                    key,
+                    RunningChild {
+                        pid,
+                        cores,
+                        memory_mb,
+                        _stdin: started.stdin,
+                        reaped,
+                    },
+                );
+            }
+            Err(e) => {
+                let why = format!("could not start: {e}");
+                tracing::error!(?key, %why, "child did not start");
+                ctx.notify(ChildExited {
+                    key,
+                    pid: 0,
+                    code: None,
+                    why,
+                });
+            }
+        }
+    }
+}

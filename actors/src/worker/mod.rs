@@ -1,0 +1,119 @@
+//! The worker: a node's agent. It registers its cores and memory with the
+//! cluster manager, runs each executor and cluster-mode driver as a child
+//! process of the same binary, watches them, reports their exits at once,
+//! and kills them on request or when it stops itself. When it loses the
+//! manager it keeps its children and registers again when it returns.
+
+pub mod child;
+mod handlers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ChildStdin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_transport::{Mailbox, Node, Registration};
+
+use crate::cluster_manager::{AppId, DriverId, ExecutorNo, FromWorker, WorkerId};
+use crate::remote::NodeContact;
+
+/// How a worker starts.
+pub struct WorkerSpec {
+    pub node: Node,
+    pub manager: NodeContact,
+    /// The host name children listen on and their certificates name.
+    pub host: String,
+    pub cores: u32,
+    pub memory_mb: u64,
+    pub work_dir: PathBuf,
+    /// The `ember` binary children run.
+    pub program: PathBuf,
+    pub certs: PathBuf,
+    pub cert_name: String,
+    /// Settings handed on to children.
+    pub conf: Vec<(String, String)>,
+    /// How often to try the manager again while it is away.
+    pub retry: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChildKey {
+    Executor(AppId, ExecutorNo),
+    Driver(DriverId),
+}
+
+struct RunningChild {
+    pid: u32,
+    cores: u32,
+    memory_mb: u64,
+    /// Held open: a child sees end-of-file when the worker is gone.
+    _stdin: ChildStdin,
+    /// Set once the child is reaped, so its pid is never signalled after.
+    reaped: Arc<AtomicBool>,
+}
+
+pub struct Worker {
+    spec: WorkerSpec,
+    id: WorkerId,
+    manager: Option<Mailbox<FromWorker>>,
+    children: BTreeMap<ChildKey, RunningChild>,
+    registration: Option<Registration>,
+    /// Whether a registration attempt is under way.
+    connecting: bool,
+    /// Whether the last attempt failed (to log a lost manager once).
+    warned: bool,
+}
+
+impl Worker {
+    pub fn new(spec: WorkerSpec) -> Self {
+        Self {
+            id: spec.node.id().0.clone(),
+            spec,
+            manager: None,
+            children: BTreeMap::new(),
+            registration: None,
+            connecting: false,
+            warned: false,
+        }
+    }
+
+    fn driver_dir(&self, driver: &str) -> PathBuf {
+        self.spec.work_dir.join(driver)
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let access = ember_transport::Access::Roles(vec![ember_certs::Role::ClusterManager]);
+        match self.spec.node.register(
+            crate::cluster_manager::WORKER,
+            ctx.address()
+                .recipient::<crate::cluster_manager::ToWorker>(),
+            access,
+        ) {
+            Ok(registration) => self.registration = Some(registration),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take orders");
+                ctx.stop();
+                return;
+            }
+        }
+        ctx.notify(handlers::Connect);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let count = self.children.len();
+        for child in std::mem::take(&mut self.children).into_values() {
+            handlers::kill_child(&child);
+        }
+        tracing::info!(killed = count, "worker stopped");
+        System::current().stop();
+    }
+}
+
+pub use handlers::StopWorker;
