@@ -16,7 +16,7 @@ use crate::datagen::{ViewsSpec, generate_views};
 use crate::master::Master;
 use crate::output::{OutputFormat, write_rows};
 use crate::progress::ConsoleProgress;
-use crate::session::{Mode, Session, SessionOptions, StatementOutcome};
+use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOutcome};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,12 +33,59 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "ROLE")]
     pub role: Option<Role>,
 
+    #[command(flatten)]
+    pub process: ProcessArgs,
+
     /// More log output: -v for info, -vv for debug (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Options of the cluster processes (`--role ...`).
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// cluster-manager: the address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
+    pub listen: std::net::SocketAddr,
+    /// Directory with the cluster CA and this node's certificate.
+    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    pub certs: PathBuf,
+    /// The certificate to use (default: the only one of the role in --certs).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// cluster-manager: where submissions and applications are journaled.
+    #[arg(long, value_name = "DIR", default_value = "cm-state")]
+    pub state_dir: PathBuf,
+    /// worker: the cluster manager's HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_manager: Option<String>,
+    /// worker: cores to offer [default: all].
+    #[arg(long, value_name = "N")]
+    pub cores: Option<u32>,
+    /// worker: memory to offer, as 512m or 4g [default: all but 1g].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// worker: where executors and drivers keep their files and logs.
+    #[arg(long, value_name = "DIR", default_value = "work")]
+    pub work_dir: PathBuf,
+    /// worker: the host its executors listen on (its certificate must name it).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// A configuration property (repeatable); see `ember config --list`.
+    #[arg(long = "conf", short = 'c', value_name = "KEY=VALUE")]
+    pub conf: Vec<String>,
+    /// executor (set by its worker): the application it serves.
+    #[arg(long, hide = true)]
+    pub app: Option<String>,
+    /// executor (set by its worker): its number in the application.
+    #[arg(long, hide = true)]
+    pub executor: Option<u32>,
+    /// driver (set by its worker): the submission it runs.
+    #[arg(long, hide = true)]
+    pub driver_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +106,17 @@ pub enum Command {
     /// Manage the cluster's certificates (its CA and each node's).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Show a cluster's workers, applications and drivers, or one of them.
+    Status(StatusArgs),
+    /// List a cluster's applications and submissions, finished ones too.
+    List(ClusterArgs),
+    /// Kill a submission's driver or an application (and its executors).
+    Kill(IdArgs),
+    /// Print the output and log of a cluster-mode submission.
+    Logs(LogsArgs),
+    /// Start a cluster manager and workers on this machine, as child
+    /// processes, until Ctrl-C.
+    LocalCluster(crate::local_cluster::LocalClusterArgs),
     /// Show configuration keys, their defaults and meaning.
     Config {
         /// List every key.
@@ -69,6 +127,53 @@ pub enum Command {
     /// (transport checks and benchmarks).
     #[command(hide = true)]
     ProbeNode(ProbeNodeArgs),
+}
+
+/// How a command reaches a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The cluster manager: ember://HOST:PORT.
+    #[arg(long, value_name = "MASTER_URL", env = "EMBER_MASTER")]
+    pub master: Master,
+    /// Directory with the cluster CA and a client certificate.
+    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    pub certs: PathBuf,
+    /// The client certificate to use (default: the only one in --certs).
+    #[arg(long = "cert-name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A submission or application id; without one, the whole cluster.
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// A submission (driver-...) or application (app-...) id.
+    pub id: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A submission id (driver-...).
+    pub id: String,
+    /// Print its log (stderr) instead of its output.
+    #[arg(long)]
+    pub stderr: bool,
+    /// At most this many bytes, from the end.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_bytes: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Args)]
@@ -100,13 +205,56 @@ pub struct SubmitArgs {
     #[arg(value_name = "JOB_FILE")]
     pub job: PathBuf,
 
-    /// Where to run: local, local[N], local[*] or local[N,F] (F: attempts per task).
+    /// Where to run: local, local[N], local[*], local[N,F] (F: attempts per
+    /// task), or ember://HOST:PORT for a cluster.
     #[arg(long, value_name = "MASTER_URL", default_value = "local[*]")]
     pub master: Master,
 
-    /// Where the driver runs; local mode has only `client` (in this process).
+    /// Where the driver runs: `client` (in this process) or, on a cluster,
+    /// `cluster` (on a worker; this command returns a submission id).
     #[arg(long, value_enum, value_name = "MODE", default_value = "client")]
     pub deploy_mode: DeployMode,
+
+    /// Cores per executor (cluster masters).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub executor_cores: u32,
+
+    /// Memory per executor, as 512m or 2g (cluster masters).
+    #[arg(long, value_name = "SIZE", default_value = "1g")]
+    pub executor_memory: String,
+
+    /// Cores for all executors together [default: every free core].
+    #[arg(long, value_name = "N", conflicts_with = "num_executors")]
+    pub total_executor_cores: Option<u32>,
+
+    /// Executors to ask for (each with --executor-cores).
+    #[arg(long, value_name = "N")]
+    pub num_executors: Option<u32>,
+
+    /// Cores for a cluster-mode driver.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub driver_cores: u32,
+
+    /// Memory for a cluster-mode driver.
+    #[arg(long, value_name = "SIZE", default_value = "1g")]
+    pub driver_memory: String,
+
+    /// Cluster mode: restart the driver when it exits with a failure.
+    #[arg(long)]
+    pub supervise: bool,
+
+    /// Client mode on a cluster: the host executors reach this driver at
+    /// (the client certificate must name it).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub driver_host: String,
+
+    /// Directory with the cluster CA and a client certificate.
+    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    pub certs: PathBuf,
+
+    /// The client certificate to use (default: the only one in --certs).
+    #[arg(long = "cert-name", value_name = "NAME")]
+    pub cert_name: Option<String>,
 
     /// A name for the application, shown in logs.
     #[arg(long, value_name = "NAME")]
@@ -207,16 +355,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Some(role) = cli.role {
-        let name = role
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default();
-        eprintln!(
-            "error: the {name} role is not available yet: this build runs applications in local mode only (ember submit --master local[N])"
-        );
-        return ExitCode::from(2);
+        return run_role(role, cli.process);
     }
     match cli.command {
+        Some(Command::Status(args)) => crate::client::status(args),
+        Some(Command::List(args)) => crate::client::list(args),
+        Some(Command::Kill(args)) => crate::client::kill(args),
+        Some(Command::Logs(args)) => crate::client::logs(args),
+        Some(Command::LocalCluster(args)) => crate::local_cluster::run(args),
         Some(Command::Submit(args)) => submit(args),
         Some(Command::Gen(GenCommand::Views {
             rows,
@@ -271,11 +417,158 @@ pub fn main() -> ExitCode {
         }
         None => {
             eprintln!(
-                "error: give a command (submit, gen, certs, config) or --role; see `ember --help`"
+                "error: give a command (submit, status, list, kill, logs, local-cluster, gen, certs, config) or --role; see `ember --help`"
             );
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs this process as a cluster role.
+fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
+    let conf: Result<Vec<(String, String)>, String> = args
+        .conf
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("'{pair}' is not of the form key=value"))
+        })
+        .collect();
+    let conf = match conf {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match role {
+        Role::ClusterManager => crate::cluster::run_cluster_manager(crate::cluster::ManagerArgs {
+            listen: args.listen,
+            certs: args.certs,
+            name: args.name,
+            state_dir: args.state_dir,
+            conf,
+        }),
+        Role::Worker => {
+            let Some(manager) = args.cluster_manager else {
+                return fail("a worker needs --cluster-manager HOST:PORT");
+            };
+            let memory_mb = match args.memory.as_deref().map(crate::cluster::parse_memory_mb) {
+                None => crate::cluster::default_worker_memory_mb(),
+                Some(Ok(mb)) => mb,
+                Some(Err(e)) => return fail(&format!("--memory: {e}")),
+            };
+            let cores = args
+                .cores
+                .unwrap_or_else(|| u32::try_from(crate::master::available_cores()).unwrap_or(1));
+            if cores == 0 {
+                return fail("--cores must be at least 1");
+            }
+            crate::cluster::run_worker(crate::cluster::WorkerArgs {
+                manager,
+                certs: args.certs,
+                name: args.name,
+                host: args.host,
+                cores,
+                memory_mb,
+                work_dir: args.work_dir,
+                conf,
+            })
+        }
+        Role::Executor => crate::cluster::run_executor(),
+        Role::Driver => run_cluster_driver(),
+    }
+}
+
+/// `ember --role driver`: a cluster-mode driver a worker started, with its
+/// job on stdin; its output goes to the worker's log files.
+fn run_cluster_driver() -> ExitCode {
+    use ember_actors::worker::child::{ChildSpec, read_spec};
+    let spec = match read_spec(&mut std::io::stdin().lock()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let ChildSpec::Driver {
+        node,
+        driver,
+        job,
+        manager,
+    } = spec
+    else {
+        return fail("the launch spec is not a driver's");
+    };
+    if let Some(Err(e)) = job.base_dir.as_ref().map(std::env::set_current_dir) {
+        tracing::warn!(error = %e, "cannot enter the submitting directory; relative paths resolve in the work dir");
+    }
+    let mut conf = match EmberConf::new().with_env(std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    for (k, v) in node.conf.iter().chain(job.conf.iter()) {
+        if let Err(e) = conf.set(k, v) {
+            return fail(&e.to_string());
+        }
+    }
+    let statements = split_statements(&job.script);
+    let master = Master::Cluster {
+        host: manager.host.clone(),
+        port: manager.addr.port(),
+    };
+    let options = SessionOptions {
+        master,
+        conf,
+        listener: None,
+        cluster: Some(ClusterSettings {
+            certs: node.certs.clone(),
+            cert_name: Some(node.cert_name.clone()),
+            role: ember_certs::Role::Worker,
+            instance: node.instance.clone(),
+            driver_host: node.host.clone(),
+            request: ember_actors::cluster_manager::AppRequest {
+                name: job.name.clone(),
+                executor_cores: job.executor_cores,
+                executor_memory_mb: job.executor_memory_mb,
+                max_cores: job.max_cores,
+            },
+            submission: Some(driver.clone()),
+        }),
+    };
+    eprintln!("driver {driver} running {}", job.name);
+    run_job(
+        options,
+        &job.name,
+        &statements,
+        Mode::Run,
+        OutputFormat::Csv,
+        false,
+    )
+}
+
+/// Starts a session, runs `statements`, and ends the application.
+fn run_job(
+    options: SessionOptions,
+    job: &str,
+    statements: &[ScriptStatement],
+    mode: Mode,
+    format: OutputFormat,
+    on_terminal: bool,
+) -> ExitCode {
+    let system = actix::System::new();
+    system.block_on(async move {
+        let mut session = match Session::start(options).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.to_string()),
+        };
+        let interrupted = tokio::signal::ctrl_c();
+        let code = tokio::select! {
+            code = run_statements(&mut session, job, statements, mode, format, on_terminal) => code,
+            _ = interrupted => {
+                eprintln!("interrupted; stopping the application");
+                ExitCode::from(130)
+            }
+        };
+        let failure = (code != ExitCode::SUCCESS).then(|| format!("the job stopped with {code:?}"));
+        session.stop_with(failure).await;
+        code
+    })
 }
 
 /// Transport settings from `EMBER_*` variables and `--conf` pairs.
@@ -287,7 +580,7 @@ fn node_options(pairs: &[String]) -> Result<ember_transport::NodeOptions, Config
     conf.node_options()
 }
 
-fn fail(message: &str) -> ExitCode {
+pub(crate) fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
 }
@@ -366,9 +659,10 @@ fn print_config() {
 }
 
 fn submit(args: SubmitArgs) -> ExitCode {
-    if args.deploy_mode == DeployMode::Cluster {
+    let on_cluster = matches!(args.master, Master::Cluster { .. });
+    if args.deploy_mode == DeployMode::Cluster && !on_cluster {
         return fail(
-            "--deploy-mode cluster needs a cluster master; local masters run the driver in this process (client mode)",
+            "--deploy-mode cluster needs a cluster master (--master ember://HOST:PORT); local masters run the driver in this process (client mode)",
         );
     }
     let script = match std::fs::read_to_string(&args.job) {
@@ -388,6 +682,64 @@ fn submit(args: SubmitArgs) -> ExitCode {
             return fail(&e.to_string());
         }
     }
+    let app = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.job.display().to_string());
+    let executor_memory_mb = match crate::cluster::parse_memory_mb(&args.executor_memory) {
+        Ok(mb) => mb,
+        Err(e) => return fail(&format!("--executor-memory: {e}")),
+    };
+    if args.executor_cores == 0 {
+        return fail("--executor-cores must be at least 1");
+    }
+    let max_cores = args.total_executor_cores.or(args
+        .num_executors
+        .map(|n| n.saturating_mul(args.executor_cores)));
+    let request = ember_actors::cluster_manager::AppRequest {
+        name: app.clone(),
+        executor_cores: args.executor_cores,
+        executor_memory_mb,
+        max_cores,
+    };
+    if on_cluster {
+        let missing = crate::session::missing_locations(&script);
+        if let Some((table, location)) = missing.first() {
+            return fail(&format!(
+                "{}: table {table}: LOCATION '{location}' does not exist; fix the path or create it first",
+                args.job.display()
+            ));
+        }
+    }
+    if args.deploy_mode == DeployMode::Cluster {
+        let driver_memory_mb = match crate::cluster::parse_memory_mb(&args.driver_memory) {
+            Ok(mb) => mb,
+            Err(e) => return fail(&format!("--driver-memory: {e}")),
+        };
+        let job = ember_actors::cluster_manager::DriverJob {
+            name: app,
+            script,
+            conf: conf.pairs(),
+            executor_cores: request.executor_cores,
+            executor_memory_mb: request.executor_memory_mb,
+            max_cores: request.max_cores,
+            base_dir: std::env::current_dir()
+                .ok()
+                .map(|d| d.display().to_string()),
+        };
+        let driver = ember_actors::cluster_manager::DriverRequest {
+            cores: args.driver_cores.max(1),
+            memory_mb: driver_memory_mb,
+            supervise: args.supervise,
+        };
+        let cluster = ClusterArgs {
+            master: args.master.clone(),
+            certs: args.certs.clone(),
+            name: args.cert_name.clone(),
+            json: false,
+        };
+        return crate::client::submit_cluster(&cluster, job, driver);
+    }
     let on_terminal = std::io::stdout().is_terminal();
     let format = args.format.unwrap_or(if on_terminal {
         OutputFormat::Table
@@ -396,15 +748,21 @@ fn submit(args: SubmitArgs) -> ExitCode {
     });
     let listener: Option<Arc<dyn JobListener>> = (on_terminal && std::io::stderr().is_terminal())
         .then(|| Arc::new(ConsoleProgress::new()) as Arc<dyn JobListener>);
+    let cluster = on_cluster.then(|| ClusterSettings {
+        certs: args.certs.clone(),
+        cert_name: args.cert_name.clone(),
+        role: ember_certs::Role::Client,
+        instance: format!("submit-{}", std::process::id()),
+        driver_host: args.driver_host.clone(),
+        request,
+        submission: None,
+    });
     let options = SessionOptions {
-        master: args.master,
+        master: args.master.clone(),
         conf,
         listener,
+        cluster,
     };
-    let app = args
-        .name
-        .clone()
-        .unwrap_or_else(|| args.job.display().to_string());
     tracing::info!(%app, master = %args.master, "submitting");
     let mode = if args.explain {
         Mode::ExplainOnly
@@ -412,16 +770,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         Mode::Run
     };
     let job = args.job.display().to_string();
-    let system = actix::System::new();
-    system.block_on(async move {
-        let mut session = match Session::start(options).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e.to_string()),
-        };
-        let code = run_statements(&mut session, &job, &statements, mode, format, on_terminal).await;
-        session.stop().await;
-        code
-    })
+    run_job(options, &job, &statements, mode, format, on_terminal)
 }
 
 enum PrintError {

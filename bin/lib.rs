@@ -3,7 +3,10 @@
 //! command line.
 
 pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod datagen;
+pub mod local_cluster;
 pub mod master;
 pub mod output;
 pub mod probe;

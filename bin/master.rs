@@ -1,18 +1,20 @@
 //! Master URLs, as Spark spells them: `local`, `local[N]`, `local[*]`,
-//! `local[N,F]`, `local[*,F]`.
+//! `local[N,F]`, `local[*,F]`, and `ember://HOST:PORT` for a cluster.
 
 use std::fmt;
 use std::str::FromStr;
 
 /// Where an application runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Master {
     /// One process: `threads` task slots; `max_failures` attempts per task.
     Local { threads: usize, max_failures: u32 },
+    /// A cluster manager at `host:port`.
+    Cluster { host: String, port: u16 },
 }
 
 pub const ACCEPTED_FORMS: &str = "local, local[N], local[*], local[N,F] or local[*,F] \
-(N task threads, * for one per core, F attempts per task)";
+(N task threads, * for one per core, F attempts per task), or ember://HOST:PORT for a cluster";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid master URL '{url}': {why}. Accepted forms: {ACCEPTED_FORMS}")]
@@ -35,10 +37,28 @@ impl Master {
                 max_failures: 1,
             });
         }
-        if trimmed.starts_with("spark://") || trimmed.starts_with("ember://") {
+        if trimmed.starts_with("spark://") {
             return Err(err(
-                "cluster masters are not available yet; only local mode is",
+                "spark:// masters are Spark's; an Ember cluster is ember://HOST:PORT",
             ));
+        }
+        if let Some(rest) = trimmed.strip_prefix("ember://") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| err("a cluster master needs a port: ember://HOST:PORT"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(err("a cluster master needs a host: ember://HOST:PORT"));
+            }
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
+            return Ok(Master::Cluster {
+                host: host.to_string(),
+                port,
+            });
         }
         let inner = trimmed
             .strip_prefix("local[")
@@ -79,12 +99,14 @@ impl Master {
     pub fn threads(&self) -> usize {
         match self {
             Master::Local { threads, .. } => *threads,
+            Master::Cluster { .. } => 0,
         }
     }
 
     pub fn max_failures(&self) -> u32 {
         match self {
             Master::Local { max_failures, .. } => *max_failures,
+            Master::Cluster { .. } => 0,
         }
     }
 }
@@ -104,6 +126,10 @@ impl fmt::Display for Master {
                 threads,
                 max_failures,
             } => write!(f, "local[{threads},{max_failures}]"),
+            Master::Cluster { host, port } if host.contains(':') => {
+                write!(f, "ember://[{host}]:{port}")
+            }
+            Master::Cluster { host, port } => write!(f, "ember://{host}:{port}"),
         }
     }
 }
@@ -160,12 +186,17 @@ mod tests {
             "local[2,x]",
             "local[2,3,4]",
             "yarn",
-            "ember://host:7077",
+            "spark://host:7077",
+            "ember://host",
+            "ember://:7077",
+            "ember://host:0",
+            "ember://host:99999",
         ] {
             let err = Master::parse(bad, 4).unwrap_err();
             let text = err.to_string();
             assert!(
-                text.contains("Accepted forms: local, local[N]"),
+                text.contains("Accepted forms: local, local[N]")
+                    && text.contains("ember://HOST:PORT"),
                 "{bad}: {text}"
             );
             assert!(text.contains(&format!("'{bad}'")), "{bad}: {text}");
@@ -173,8 +204,26 @@ mod tests {
     }
 
     #[test]
+    fn accepts_cluster_masters() {
+        assert_eq!(
+            Master::parse("ember://127.0.0.1:7077", 2),
+            Ok(Master::Cluster {
+                host: "127.0.0.1".into(),
+                port: 7077
+            })
+        );
+        assert_eq!(
+            Master::parse("ember://[::1]:7077", 2),
+            Ok(Master::Cluster {
+                host: "::1".into(),
+                port: 7077
+            })
+        );
+    }
+
+    #[test]
     fn displays_as_parsed() {
-        for url in ["local", "local[3]", "local[2,4]"] {
+        for url in ["local", "local[3]", "local[2,4]", "ember://10.0.0.5:7077"] {
             assert_eq!(Master::parse(url, 2).unwrap().to_string(), url);
         }
     }

@@ -2,19 +2,24 @@
 //! it plans SQL on DataFusion, cuts the plan into stages and hands them to the
 //! driver, which runs them on executors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Addr;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use ember_actors::config::SHUFFLE_PARTITIONS;
-use ember_actors::driver::SubmitJob;
+use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
+use ember_actors::cluster_manager::AppRequest;
+use ember_actors::config::{EXECUTOR_WAIT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
+use ember_actors::driver::{Driver, SubmitJob};
+use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
 use ember_engine::{StageGraph, StagePlanner};
+use ember_transport::Node;
 use tokio::sync::oneshot;
 
 use crate::master::Master;
@@ -33,6 +38,8 @@ pub enum SessionError {
     MissingLocation { table: String, location: String },
     #[error("cannot start the local runtime: {0}")]
     Start(#[from] std::io::Error),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// How to start a session.
@@ -41,6 +48,31 @@ pub struct SessionOptions {
     pub master: Master,
     pub conf: EmberConf,
     pub listener: Option<Arc<dyn JobListener>>,
+    /// How to join a cluster master (ignored by local masters).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// What an application on a cluster needs besides the master URL.
+#[derive(Clone)]
+pub struct ClusterSettings {
+    /// Where the certificates are, and which one to use.
+    pub certs: PathBuf,
+    pub cert_name: Option<String>,
+    /// The certificate's role: client for `ember submit`, worker for a
+    /// cluster-mode driver a worker started.
+    pub role: ember_certs::Role,
+    /// This process's instance of the certificate's node.
+    pub instance: String,
+    /// The host executors reach this driver at.
+    pub driver_host: String,
+    pub request: AppRequest,
+    /// The submission this driver runs, in cluster mode.
+    pub submission: Option<String>,
+}
+
+enum Backend {
+    Local(LocalCluster),
+    Cluster(ClusterApp),
 }
 
 /// What a statement produced.
@@ -64,19 +96,18 @@ pub enum Mode {
 pub struct Session {
     ctx: SessionContext,
     planner: StagePlanner,
-    cluster: LocalCluster,
+    backend: Backend,
 }
 
 impl Session {
     /// Starts the driver and its executors and waits until the executors
     /// have registered. Must run inside an actix System.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
-        let slots = options.master.threads();
-        let partitions = options.conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
-        let mut config = planning_config(partitions);
-        for (key, value) in options.conf.datafusion_options() {
-            config.options_mut().set(key, value)?;
+        if let Master::Cluster { host, port } = &options.master {
+            return Self::start_on_cluster(host, *port, options.clone()).await;
         }
+        let slots = options.master.threads();
+        let config = session_config(&options.conf, slots)?;
         let cluster = LocalCluster::start(LocalClusterSpec {
             threads: slots,
             // As in Spark, local mode takes its attempts from local[N,F];
@@ -93,8 +124,102 @@ impl Session {
         Ok(Self {
             ctx: SessionContext::new_with_config(config),
             planner: StagePlanner::new(),
-            cluster,
+            backend: Backend::Local(cluster),
         })
+    }
+
+    async fn start_on_cluster(
+        host: &str,
+        port: u16,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let settings = options.cluster.ok_or_else(|| {
+            SessionError::Cluster("a cluster master needs certificates (--certs DIR)".into())
+        })?;
+        let creds = crate::cluster::pick_credentials(
+            &settings.certs,
+            settings.cert_name.as_deref(),
+            settings.role,
+        )
+        .map_err(SessionError::Cluster)?;
+        let node_options = options
+            .conf
+            .node_options()
+            .map_err(|e| SessionError::Cluster(e.to_string()))?;
+        let bind =
+            crate::cluster::resolve(&settings.driver_host, 0).map_err(SessionError::Cluster)?;
+        let manager_addr = crate::cluster::resolve(host, port).map_err(SessionError::Cluster)?;
+        let node = Node::start_instance(&creds, Some(&settings.instance), bind, node_options)
+            .map_err(|e| SessionError::Cluster(format!("cannot start the driver's node: {e}")))?;
+        let manager_id =
+            tokio::time::timeout(Duration::from_secs(10), node.connect(manager_addr, host))
+                .await
+                .map_err(|_| {
+                    SessionError::Cluster(format!(
+                        "the cluster manager at {manager_addr} did not answer within 10 s"
+                    ))
+                })?
+                .map_err(|e| {
+                    SessionError::Cluster(format!(
+                        "cannot reach the cluster manager at {manager_addr}: {e}"
+                    ))
+                })?;
+        let addr = node
+            .local_addr()
+            .map_err(|e| SessionError::Cluster(e.to_string()))?;
+        let request = settings.request.clone();
+        let app = ClusterApp::start(ClusterAppSpec {
+            contact: NodeContact {
+                node: node.id().clone(),
+                addr,
+                host: settings.driver_host.clone(),
+            },
+            node,
+            manager: NodeContact {
+                node: manager_id,
+                addr: manager_addr,
+                host: host.to_string(),
+            },
+            request: request.clone(),
+            submission: settings.submission.clone(),
+            max_failures: options
+                .conf
+                .get_or_default(TASK_MAX_FAILURES)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4),
+            listener: options.listener,
+        })
+        .await
+        .map_err(|e| SessionError::Cluster(e.to_string()))?;
+        tracing::info!(app = %app.id(), "application registered");
+        let wait = options
+            .conf
+            .get_or_default(EXECUTOR_WAIT)
+            .and_then(ember_actors::config::parse_duration)
+            .unwrap_or(Duration::from_secs(30));
+        let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
+        let slots = wait_for_slots(&app, wanted, wait).await;
+        let config = session_config(&options.conf, slots.max(1))?;
+        Ok(Self {
+            ctx: SessionContext::new_with_config(config),
+            planner: StagePlanner::new(),
+            backend: Backend::Cluster(app),
+        })
+    }
+
+    /// The application's id on its cluster (none in local mode).
+    pub fn app_id(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Cluster(app) => Some(app.id()),
+        }
+    }
+
+    fn driver(&self) -> &Addr<Driver> {
+        match &self.backend {
+            Backend::Local(cluster) => cluster.driver(),
+            Backend::Cluster(app) => app.driver(),
+        }
     }
 
     /// DataFusion's context: register tables and functions here.
@@ -102,8 +227,12 @@ impl Session {
         &self.ctx
     }
 
-    pub fn cluster(&self) -> &LocalCluster {
-        &self.cluster
+    /// The local runtime, in local mode.
+    pub fn local(&self) -> Option<&LocalCluster> {
+        match &self.backend {
+            Backend::Local(cluster) => Some(cluster),
+            Backend::Cluster(_) => None,
+        }
     }
 
     /// Runs one SQL statement.
@@ -185,8 +314,7 @@ impl Session {
     pub async fn run(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobOutput, SessionError> {
         let graph = self.stages(plan)?;
         let (reply, answer) = oneshot::channel();
-        self.cluster
-            .driver()
+        self.driver()
             .send(SubmitJob { graph, reply })
             .await
             .map_err(|e| SessionError::DriverGone(e.to_string()))?;
@@ -198,8 +326,82 @@ impl Session {
 
     /// Stops the driver; returns whether every executor stopped with it.
     pub async fn stop(self) -> bool {
-        self.cluster.stop(Duration::from_secs(5)).await
+        self.stop_with(None).await
     }
+
+    /// Stops the driver, telling a cluster how the application went.
+    pub async fn stop_with(self, failure: Option<String>) -> bool {
+        match self.backend {
+            Backend::Local(cluster) => cluster.stop(Duration::from_secs(5)).await,
+            Backend::Cluster(app) => {
+                app.stop(failure).await;
+                true
+            }
+        }
+    }
+}
+
+/// DataFusion settings for planning and for tasks.
+fn session_config(
+    conf: &EmberConf,
+    slots: usize,
+) -> Result<datafusion::prelude::SessionConfig, SessionError> {
+    let partitions = conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
+    let mut config = planning_config(partitions);
+    for (key, value) in conf.datafusion_options() {
+        config.options_mut().set(key, value)?;
+    }
+    Ok(config)
+}
+
+/// Waits until the executors hold `wanted` task slots, or `wait` has
+/// passed with at least one; without any, waits on, saying why.
+async fn wait_for_slots(app: &ClusterApp, wanted: usize, wait: Duration) -> usize {
+    let started = tokio::time::Instant::now();
+    let mut next_notice = started + Duration::from_secs(5);
+    loop {
+        let slots = app.slots().await;
+        if slots >= wanted || (slots > 0 && started.elapsed() >= wait) {
+            return slots;
+        }
+        if tokio::time::Instant::now() >= next_notice {
+            let why = app
+                .waiting_reason()
+                .await
+                .unwrap_or_else(|| "no reason given".into());
+            tracing::warn!(app = %app.id(), "no executors yet: {why}");
+            eprintln!(
+                "ember: application {} has no executors yet: {why}",
+                app.id()
+            );
+            next_notice = tokio::time::Instant::now() + Duration::from_secs(15);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Local paths named by `CREATE EXTERNAL TABLE ... LOCATION` in `script`
+/// that do not exist, as (table, location): a cluster submission with one
+/// is refused before it is sent.
+pub fn missing_locations(script: &str) -> Vec<(String, String)> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    let Ok(statements) = DFParser::parse_sql(script) else {
+        return Vec::new();
+    };
+    statements
+        .into_iter()
+        .filter_map(|s| match s {
+            Statement::CreateExternalTable(create) => Some(create),
+            _ => None,
+        })
+        .flat_map(|c| {
+            let table = c.name.to_string();
+            c.locations
+                .into_iter()
+                .filter(|l| is_missing_local_path(l))
+                .map(move |l| (table.clone(), l))
+        })
+        .collect()
 }
 
 fn is_local_path(target: &str) -> bool {

@@ -69,11 +69,11 @@ async fn results_equal_plain_datafusion_in_every_local_mode() {
         }
         // Executors drop a job's blocks right after it ends.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while s.cluster().shuffle_blocks() > 0 && tokio::time::Instant::now() < deadline {
+        while s.local().unwrap().shuffle_blocks() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(
-            s.cluster().shuffle_blocks(),
+            s.local().unwrap().shuffle_blocks(),
             0,
             "{master}: shuffle blocks are dropped after each job"
         );
@@ -181,7 +181,7 @@ async fn a_panicking_task_fails_its_job_but_not_its_executor() {
         "{message}"
     );
     assert!(
-        s.cluster().executors().iter().all(|e| e.connected()),
+        s.local().unwrap().executors().iter().all(|e| e.connected()),
         "executors survive a task panic"
     );
     let got = rows(&mut s, "SELECT COUNT(*) FROM views").await;
@@ -193,9 +193,9 @@ async fn a_panicking_task_fails_its_job_but_not_its_executor() {
 async fn stopping_the_driver_stops_every_executor() {
     let data = Data::new(200, 2);
     let s = session("local[4]", &data).await;
-    let executors = s.cluster().executors();
+    let executors = s.local().unwrap().executors();
     assert_eq!(executors.len(), 3, "local[4]: three executor threads");
-    let driver = s.cluster().driver().clone();
+    let driver = s.local().unwrap().driver().clone();
     driver.send(StopDriver).await.unwrap();
     // The link: every executor stops on its own, without being told.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -213,8 +213,8 @@ async fn stopping_the_driver_stops_every_executor() {
 async fn a_job_running_when_the_driver_stops_fails_and_its_executors_stop() {
     let data = Data::new(20_000, 4);
     let mut s = session("local[3]", &data).await;
-    let driver = s.cluster().driver().clone();
-    let executors = s.cluster().executors();
+    let driver = s.local().unwrap().driver().clone();
+    let executors = s.local().unwrap().executors();
     let stopper = actix::spawn(async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         driver.do_send(StopDriver);
@@ -240,9 +240,9 @@ async fn a_job_running_when_the_driver_stops_fails_and_its_executors_stop() {
 async fn local_runs_tasks_on_the_driver_thread_with_no_executor_threads() {
     let data = Data::new(1_000, 2);
     let mut s = session("local", &data).await;
-    assert_eq!(s.cluster().executor_threads(), 0);
+    assert_eq!(s.local().unwrap().executor_threads(), 0);
     assert_eq!(
-        s.cluster().executors().len(),
+        s.local().unwrap().executors().len(),
         1,
         "one executor, inside the driver"
     );
@@ -336,11 +336,11 @@ async fn an_unparsable_csv_row_fails_the_job_and_copy_leaves_no_output() {
 async fn the_driver_sees_an_executor_end_and_jobs_go_on_without_it() {
     let data = Data::new(2_000, 2);
     let mut s = session("local[3]", &data).await;
-    let driver = s.cluster().driver().clone();
+    let driver = s.local().unwrap().driver().clone();
     let listed = driver.send(ListExecutors).await.unwrap();
     assert_eq!(listed.len(), 2, "local[3]: two executors registered");
     assert_eq!(listed.iter().map(|e| e.slots).sum::<usize>(), 3);
-    let executors = s.cluster().executors();
+    let executors = s.local().unwrap().executors();
     executors[0].do_send(ExecutorMessage::Stop);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut remaining = listed.len();

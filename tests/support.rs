@@ -74,6 +74,7 @@ pub async fn session(url: &str, data: &Data) -> Session {
         master: master(url),
         conf: EmberConf::new(),
         listener: None,
+        cluster: None,
     })
     .await
     .unwrap();

@@ -1,0 +1,356 @@
+//! The commands people run against a cluster: `submit --deploy-mode
+//! cluster`, `status`, `list`, `kill` and `logs`. Each opens a node with a
+//! client certificate, asks the cluster manager, and prints the answer as a
+//! table or JSON.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ember_actors::cluster_manager::{
+    ClientReply, ClusterStatus, DriverJob, DriverRequest, FOR_CLIENTS, FromClient,
+};
+use ember_transport::{ActorAddress, Node};
+
+use crate::cli::{ClusterArgs, IdArgs, LogsArgs, StatusArgs, fail};
+use crate::master::Master;
+
+/// Asks the cluster manager named by `args`.
+pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, String> {
+    let Master::Cluster { host, port } = &args.master else {
+        return Err(format!(
+            "--master {} is a local master; cluster commands need ember://HOST:PORT",
+            args.master
+        ));
+    };
+    let creds = crate::cluster::pick_credentials(
+        &args.certs,
+        args.name.as_deref(),
+        ember_certs::Role::Client,
+    )?;
+    let addr = crate::cluster::resolve(host, *port)?;
+    let bind = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let bind = bind.parse().map_err(|e| format!("{e}"))?;
+    let system = actix::System::new();
+    system.block_on(async move {
+        let instance = format!("cli-{}", std::process::id());
+        let node = Node::start_instance(&creds, Some(&instance), bind, Default::default())
+            .map_err(|e| e.to_string())?;
+        let outcome = async {
+            let manager = tokio::time::timeout(Duration::from_secs(10), node.connect(addr, host))
+                .await
+                .map_err(|_| format!("the cluster manager at {addr} did not answer within 10 s"))?
+                .map_err(|e| format!("cannot reach the cluster manager at {addr}: {e}"))?;
+            let mailbox = node
+                .mailbox::<FromClient>(&ActorAddress {
+                    node: manager,
+                    name: FOR_CLIENTS.to_string(),
+                })
+                .map_err(|e| e.to_string())?;
+            mailbox
+                .ask(request, Duration::from_secs(30))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        .await;
+        node.shutdown();
+        outcome
+    })
+}
+
+pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
+    match ask(args, FromClient::Submit { job, request }) {
+        Ok(ClientReply::Submitted(id)) => {
+            println!("{id}");
+            eprintln!(
+                "submitted {id}; follow it with `ember status {id} --master {}` and read its output with `ember logs {id} --master {}`",
+                args.master, args.master
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {
+    match ask(args, FromClient::Status)? {
+        ClientReply::Status(status) => Ok(status),
+        other => Err(format!("unexpected answer: {other:?}")),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+pub fn status(args: StatusArgs) -> ExitCode {
+    let status = match fetch_status(&args.cluster) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    match &args.id {
+        None if args.cluster.json => print_json(&status),
+        None => {
+            print!("{}", render_cluster(&status));
+            ExitCode::SUCCESS
+        }
+        Some(id) => {
+            if let Some(driver) = status.drivers.iter().find(|d| &d.id == id) {
+                if args.cluster.json {
+                    return print_json(driver);
+                }
+                let mut out = String::new();
+                let _ = writeln!(out, "submission {}  ({})", driver.id, driver.name);
+                let _ = writeln!(out, "  state:      {}", driver.state);
+                if let Some(reason) = &driver.reason {
+                    let _ = writeln!(out, "  reason:     {reason}");
+                }
+                let _ = writeln!(
+                    out,
+                    "  worker:     {}",
+                    driver.worker.as_deref().unwrap_or("-")
+                );
+                let _ = writeln!(out, "  supervise:  {}", driver.supervise);
+                let _ = writeln!(out, "  restarts:   {}", driver.restarts);
+                let _ = writeln!(out, "  submitted:  {}", driver.submitted);
+                let _ = writeln!(
+                    out,
+                    "  app:        {}",
+                    driver.app.as_deref().unwrap_or("-")
+                );
+                print!("{out}");
+                return ExitCode::SUCCESS;
+            }
+            if let Some(app) = status.apps.iter().find(|a| &a.id == id) {
+                if args.cluster.json {
+                    return print_json(app);
+                }
+                let mut out = String::new();
+                let _ = writeln!(out, "application {}  ({})", app.id, app.name);
+                let _ = writeln!(out, "  state:      {}", app.state);
+                if let Some(reason) = &app.reason {
+                    let _ = writeln!(out, "  reason:     {reason}");
+                }
+                let _ = writeln!(
+                    out,
+                    "  asks for:   {} cores × {} MB per executor, {} cores in all",
+                    app.executor_cores,
+                    app.executor_memory_mb,
+                    app.max_cores
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "every free".into())
+                );
+                let _ = writeln!(out, "  started:    {}", app.started);
+                if let Some(ended) = &app.ended {
+                    let _ = writeln!(out, "  ended:      {ended}");
+                }
+                let rows = app
+                    .executors
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.executor.to_string(),
+                            e.worker.clone(),
+                            e.cores.to_string(),
+                            e.memory_mb.to_string(),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(&["EXECUTOR", "WORKER", "CORES", "MEMORY MB"], rows));
+                print!("{out}");
+                return ExitCode::SUCCESS;
+            }
+            fail(&format!(
+                "no submission or application named '{id}'; `ember list` shows them"
+            ))
+        }
+    }
+}
+
+pub fn list(args: ClusterArgs) -> ExitCode {
+    let status = match fetch_status(&args) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Listing<'a> {
+            apps: &'a [ember_actors::cluster_manager::AppStatus],
+            drivers: &'a [ember_actors::cluster_manager::DriverStatus],
+        }
+        return print_json(&Listing {
+            apps: &status.apps,
+            drivers: &status.drivers,
+        });
+    }
+    print!("{}", render_apps_and_drivers(&status));
+    ExitCode::SUCCESS
+}
+
+pub fn kill(args: IdArgs) -> ExitCode {
+    match ask(&args.cluster, FromClient::Kill { id: args.id }) {
+        Ok(ClientReply::Killed(what)) => {
+            eprintln!("{what}");
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn logs(args: LogsArgs) -> ExitCode {
+    let request = FromClient::Logs {
+        driver: args.id.clone(),
+        max_bytes: args.max_bytes,
+    };
+    match ask(&args.cluster, request) {
+        Ok(ClientReply::Logs(logs)) => {
+            if logs.truncated {
+                eprintln!("(only the last {} bytes)", args.max_bytes);
+            }
+            if args.stderr {
+                print!("{}", logs.stderr);
+            } else {
+                print!("{}", logs.stdout);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Columns padded to their widest cell.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let width = widths.get(i).copied().unwrap_or(0);
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<width$}  ");
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn render_cluster(status: &ClusterStatus) -> String {
+    let mut out = format!(
+        "cluster manager {}{}\n\nWorkers\n",
+        status.manager,
+        if status.recovering {
+            " (recovering: waiting for workers and drivers to return)"
+        } else {
+            ""
+        }
+    );
+    let workers = status
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.host.clone(),
+                w.state.clone(),
+                format!("{}/{}", w.cores_used, w.cores),
+                format!("{}/{}", w.memory_used_mb, w.memory_mb),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["WORKER", "HOST", "STATE", "CORES USED", "MEMORY MB USED"],
+        workers,
+    ));
+    out.push('\n');
+    out.push_str(&render_apps_and_drivers(status));
+    out
+}
+
+fn render_apps_and_drivers(status: &ClusterStatus) -> String {
+    let mut out = String::from("Applications\n");
+    let apps = status
+        .apps
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.name.clone(),
+                a.state.clone(),
+                a.executors.len().to_string(),
+                a.executors.iter().map(|e| e.cores).sum::<u32>().to_string(),
+                a.started.clone(),
+                a.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "APP",
+            "NAME",
+            "STATE",
+            "EXECUTORS",
+            "CORES",
+            "STARTED",
+            "REASON",
+        ],
+        apps,
+    ));
+    out.push_str("\nSubmissions (cluster mode)\n");
+    let drivers = status
+        .drivers
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.name.clone(),
+                d.state.clone(),
+                d.worker.clone().unwrap_or_else(|| "-".into()),
+                d.restarts.to_string(),
+                d.submitted.clone(),
+                d.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SUBMISSION",
+            "NAME",
+            "STATE",
+            "WORKER",
+            "RESTARTS",
+            "SUBMITTED",
+            "REASON",
+        ],
+        drivers,
+    ));
+    out
+}

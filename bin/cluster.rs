@@ -1,0 +1,472 @@
+//! The cluster's processes: `ember --role cluster-manager`, `--role worker`,
+//! and the `--role executor` / `--role driver` children a worker starts,
+//! plus what they share: picking a certificate, resolving hosts, memory
+//! sizes.
+
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal, Placement};
+use ember_actors::config::{RECOVERY_TIMEOUT, SPREAD_OUT};
+use ember_actors::executor::{ExecutorMessage, TaskPool};
+use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
+use ember_actors::supervision::{ExitReason, PeerDown};
+use ember_actors::worker::child::{ChildSpec, read_spec};
+use ember_actors::worker::{StopWorker, Worker, WorkerSpec};
+use ember_actors::{EmberConf, ExecutorId};
+use ember_certs::{NodeCredentials, Role};
+use ember_transport::Node;
+
+/// Loads the certificate this process runs with: `name`'s if given, or
+/// else the only certificate of `role` in `dir`.
+pub fn pick_credentials(
+    dir: &Path,
+    name: Option<&str>,
+    role: Role,
+) -> Result<NodeCredentials, String> {
+    let creds = match name {
+        Some(name) => ember_certs::load_node(dir, name).map_err(|e| e.to_string())?,
+        None => {
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                format!(
+                    "cannot read the certificate directory {}: {e}; pass --certs DIR (made with `ember certs init`)",
+                    dir.display()
+                )
+            })?;
+            let mut found = Vec::new();
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(stem) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".pem"))
+                else {
+                    continue;
+                };
+                if stem == "ca" {
+                    continue;
+                }
+                let Ok(der) = ember_certs::read_cert(&path) else {
+                    continue;
+                };
+                if ember_certs::identity_of(&der).is_ok_and(|id| id.role == role) {
+                    found.push(stem.to_string());
+                }
+            }
+            found.sort();
+            match found.as_slice() {
+                [one] => ember_certs::load_node(dir, one).map_err(|e| e.to_string())?,
+                [] => {
+                    return Err(format!(
+                        "no {role} certificate in {}; issue one with `ember certs issue --dir {} --role {role} --name NAME`",
+                        dir.display(),
+                        dir.display()
+                    ));
+                }
+                many => {
+                    return Err(format!(
+                        "{} holds several {role} certificates ({}); pick one with --name",
+                        dir.display(),
+                        many.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    if creds.identity.role != role {
+        return Err(format!(
+            "certificate '{}' is for a {}, but this process is a {role}; issue one with --role {role}",
+            creds.identity.name, creds.identity.role
+        ));
+    }
+    Ok(creds)
+}
+
+/// `host:port` to a socket address.
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("host '{host}' has no address"))
+}
+
+/// `HOST:PORT` (as `--cluster-manager` takes it) to its parts.
+pub fn split_host_port(value: &str) -> Result<(String, u16), String> {
+    let value = value.strip_prefix("ember://").unwrap_or(value);
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{value}' is not HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("'{port}' is not a port number"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// A memory size as Spark writes it: `512m`, `4g`, `1024` (MB).
+pub fn parse_memory_mb(value: &str) -> Result<u64, String> {
+    let v = value.trim().to_ascii_lowercase();
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v.as_str(), "m"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{value}' is not a memory size such as 512m or 4g"))?;
+    let mb = match unit.trim_end_matches('b') {
+        "k" => n / 1024,
+        "m" | "" => n,
+        "g" => n * 1024,
+        "t" => n * 1024 * 1024,
+        _ => return Err(format!("'{value}' is not a memory size such as 512m or 4g")),
+    };
+    if mb == 0 {
+        return Err(format!("'{value}' is less than a megabyte"));
+    }
+    Ok(mb)
+}
+
+/// This machine's memory less 1 GB (Spark's default for a worker).
+pub fn default_worker_memory_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(2 * 1024 * 1024);
+    (total_kb / 1024).saturating_sub(1024).max(1024)
+}
+
+fn conf_from(pairs: &[(String, String)]) -> Result<EmberConf, String> {
+    let mut conf = EmberConf::new()
+        .with_env(std::env::vars())
+        .map_err(|e| e.to_string())?;
+    for (k, v) in pairs {
+        conf.set(k, v).map_err(|e| e.to_string())?;
+    }
+    Ok(conf)
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub struct ManagerArgs {
+    pub listen: SocketAddr,
+    pub certs: PathBuf,
+    pub name: Option<String>,
+    pub state_dir: PathBuf,
+    pub conf: Vec<(String, String)>,
+}
+
+pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let conf = match conf_from(&args.conf) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let creds = match pick_credentials(&args.certs, args.name.as_deref(), Role::ClusterManager) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let journal = match Journal::open(&args.state_dir) {
+        Ok(j) => j,
+        Err(e) => return fail(e.to_string()),
+    };
+    let options = match conf.node_options() {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let placement = if conf.get_or_default(SPREAD_OUT) == Some("false") {
+        Placement::Pack
+    } else {
+        Placement::Spread
+    };
+    let recovery_grace = conf
+        .get_duration(RECOVERY_TIMEOUT)
+        .unwrap_or(Duration::from_secs(5));
+    let system = System::new();
+    system.block_on(async move {
+        let node = match Node::start(&creds, args.listen, options) {
+            Ok(n) => n,
+            Err(e) => return fail(format!("cannot listen on {}: {e}", args.listen)),
+        };
+        let addr = match node.local_addr() {
+            Ok(a) => a,
+            Err(e) => return fail(e.to_string()),
+        };
+        let manager = ClusterManager::new(ClusterManagerSpec {
+            node: node.clone(),
+            journal,
+            placement,
+            recovery_grace,
+        })
+        .start();
+        println!("cluster manager {} listening on ember://{addr}", node.id());
+        tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
+        interrupted().await;
+        drop(manager);
+        node.shutdown();
+        ExitCode::SUCCESS
+    })
+}
+
+pub struct WorkerArgs {
+    pub manager: String,
+    pub certs: PathBuf,
+    pub name: Option<String>,
+    pub host: String,
+    pub cores: u32,
+    pub memory_mb: u64,
+    pub work_dir: PathBuf,
+    pub conf: Vec<(String, String)>,
+}
+
+pub fn run_worker(args: WorkerArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let conf = match conf_from(&args.conf) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let creds = match pick_credentials(&args.certs, args.name.as_deref(), Role::Worker) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let (manager_host, manager_port) = match split_host_port(&args.manager) {
+        Ok(hp) => hp,
+        Err(e) => return fail(format!("--cluster-manager: {e}")),
+    };
+    let manager_addr = match resolve(&manager_host, manager_port) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let bind = match resolve(&args.host, 0) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("--host: {e}")),
+    };
+    let options = match conf.node_options() {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let work_dir = match std::fs::create_dir_all(&args.work_dir)
+        .and_then(|()| std::path::absolute(&args.work_dir))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(format!(
+                "cannot use work dir {}: {e}",
+                args.work_dir.display()
+            ));
+        }
+    };
+    let certs = std::path::absolute(&args.certs).unwrap_or(args.certs.clone());
+    let program = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot find the ember binary: {e}")),
+    };
+    let cert_name = creds.identity.name.clone();
+    let system = System::new();
+    let code = system.block_on(async move {
+        let node = match Node::start(&creds, bind, options) {
+            Ok(n) => n,
+            Err(e) => return Err(format!("cannot start the worker's node: {e}")),
+        };
+        let worker = Worker::new(WorkerSpec {
+            node: node.clone(),
+            manager: NodeContact {
+                node: ember_transport::NodeId(String::new()),
+                addr: manager_addr,
+                host: manager_host,
+            },
+            host: args.host.clone(),
+            cores: args.cores,
+            memory_mb: args.memory_mb,
+            work_dir,
+            program,
+            certs,
+            cert_name,
+            conf: conf.pairs(),
+            retry: Duration::from_millis(500),
+        })
+        .start();
+        eprintln!(
+            "worker {} ({} cores, {} MB) registering with {}",
+            node.id(),
+            args.cores,
+            args.memory_mb,
+            args.manager
+        );
+        let stop = worker.clone();
+        actix::spawn(async move {
+            interrupted().await;
+            stop.do_send(StopWorker);
+        });
+        Ok(node)
+    });
+    match code {
+        Ok(node) => {
+            let exit = system.run_with_code();
+            node.shutdown();
+            match exit {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Hears the executor's end and ends the process with it.
+struct ExitWatcher {
+    done: Option<tokio::sync::oneshot::Sender<ExitReason>>,
+}
+
+impl Actor for ExitWatcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerDown> for ExitWatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerDown, _ctx: &mut Context<Self>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(msg.reason);
+        }
+    }
+}
+
+/// `ember --role executor`: started by a worker, with its spec on stdin.
+pub fn run_executor() -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let spec = match read_spec(&mut std::io::stdin().lock()) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let ChildSpec::Executor {
+        node: ns,
+        app,
+        executor,
+        cores,
+        driver,
+        secret,
+    } = spec
+    else {
+        return fail("the launch spec is not an executor's".into());
+    };
+    let conf = match conf_from(&ns.conf) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let creds = match ember_certs::load_node(&ns.certs, &ns.cert_name) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let options = match conf.node_options() {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    let bind = match resolve(&ns.host, 0) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let threads = usize::try_from(cores).unwrap_or(1).max(1);
+    let tasks = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("ember-task")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start task threads: {e}")),
+    };
+    let pool = TaskPool::Runtime(tasks.handle().clone());
+    let session_config = ember_engine::session::planning_config(threads);
+    let system = System::new();
+    let app_name = app.clone();
+    let code = system.block_on(async move {
+        let node = Node::start_instance(&creds, Some(&ns.instance), bind, options)
+            .map_err(|e| format!("cannot start the executor's node: {e}"))?;
+        let addr = node.local_addr().map_err(|e| e.to_string())?;
+        let connected = tokio::time::timeout(
+            Duration::from_secs(10),
+            node.connect(driver.addr, &driver.host),
+        )
+        .await;
+        match connected {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("cannot reach the driver at {}: {e}", driver.addr)),
+            Err(_) => return Err(format!("the driver at {} did not answer", driver.addr)),
+        }
+        let (done, exited) = tokio::sync::oneshot::channel();
+        let on_exit = ExitWatcher { done: Some(done) }.start().recipient();
+        let remote = start_remote_executor(RemoteExecutorSpec {
+            node: node.clone(),
+            contact: NodeContact {
+                node: node.id().clone(),
+                addr,
+                host: ns.host.clone(),
+            },
+            executor: ExecutorId(executor.to_string()),
+            slots: threads,
+            driver,
+            secret,
+            pool,
+            session_config,
+            on_exit,
+        })?;
+        tracing::info!(app = %app_name, executor, "executor started");
+        // The link to the worker: its end closes our stdin.
+        let executor_addr = remote.executor.clone();
+        let _ = std::thread::Builder::new()
+            .name("ember-worker-link".into())
+            .spawn(move || {
+                let mut sink = [0u8; 256];
+                let mut stdin = std::io::stdin().lock();
+                while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+                tracing::warn!("the worker is gone; executor exiting");
+                executor_addr.do_send(ExecutorMessage::Stop);
+            });
+        let reason = exited.await.unwrap_or(ExitReason::Normal);
+        node.shutdown();
+        drop(remote);
+        Ok(reason)
+    });
+    tasks.shutdown_background();
+    match code {
+        Ok(ExitReason::Normal) => ExitCode::SUCCESS,
+        Ok(reason) => {
+            eprintln!("executor {executor} of {app} exiting: {reason}");
+            ExitCode::from(3)
+        }
+        Err(e) => fail(e),
+    }
+}
