@@ -57,7 +57,7 @@ pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, Strin
                 .map_err(|e| e.to_string())?
         }
         .await;
-        node.shutdown();
+        node.close(Duration::from_millis(100)).await;
         outcome
     })
 }

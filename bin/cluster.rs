@@ -228,7 +228,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
         interrupted().await;
         drop(manager);
-        node.shutdown();
+        node.close(Duration::from_millis(200)).await;
         ExitCode::SUCCESS
     })
 }
@@ -331,7 +331,14 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
     match code {
         Ok(node) => {
             let exit = system.run_with_code();
-            node.shutdown();
+            // Tell the manager at once that this worker is leaving.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(node.close(Duration::from_millis(200))),
+                Err(_) => node.shutdown(),
+            }
             match exit {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -456,7 +463,7 @@ pub fn run_executor() -> ExitCode {
                 executor_addr.do_send(ExecutorMessage::Stop);
             });
         let reason = exited.await.unwrap_or(ExitReason::Normal);
-        node.shutdown();
+        node.close(Duration::from_millis(100)).await;
         drop(remote);
         Ok(reason)
     });

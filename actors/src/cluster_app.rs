@@ -194,7 +194,7 @@ impl ClusterApp {
         // Let the stop messages reach the executors before the connections
         // close (they would notice the close as well, a moment later).
         tokio::time::sleep(Duration::from_millis(20)).await;
-        self.node.shutdown();
+        self.node.close(Duration::from_millis(100)).await;
     }
 }
 

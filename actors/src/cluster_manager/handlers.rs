@@ -184,7 +184,11 @@ impl Handler<PeerDown> for ClusterManager {
             .find(|(_, w)| w.address == msg.peer)
             .map(|(id, _)| id.clone());
         if let Some(worker) = worker {
-            tracing::warn!(%worker, reason = %msg.reason, "worker lost");
+            if msg.reason == ExitReason::Normal {
+                tracing::info!(%worker, "worker stopped");
+            } else {
+                tracing::warn!(%worker, reason = %msg.reason, "worker lost");
+            }
             self.workers.remove(&worker);
             self.step(
                 Event::WorkerLost {

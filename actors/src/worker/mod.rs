@@ -107,6 +107,9 @@ impl Actor for Worker {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if let Some(registration) = self.registration.as_mut() {
+            registration.set_reason(ember_transport::ExitReason::Normal);
+        }
         let count = self.children.len();
         for child in std::mem::take(&mut self.children).into_values() {
             handlers::kill_child(&child);

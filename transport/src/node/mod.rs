@@ -411,6 +411,19 @@ impl Node {
         }
     }
 
+    /// Closes every connection and waits (up to `limit`) until peers have
+    /// been told, so a process that exits next is seen leaving at once
+    /// rather than after the heartbeat timeout; then stops the network.
+    pub async fn close(&self, limit: Duration) {
+        if let Some(net) = &self.inner.net {
+            net.endpoint.close();
+            let endpoint = net.endpoint.clone();
+            let drained = net.handle.spawn(async move { endpoint.wait_idle().await });
+            let _ = tokio::time::timeout(limit, drained).await;
+        }
+        self.shutdown();
+    }
+
     /// Closes every connection, telling peers this node is going away, and
     /// stops the network thread.
     pub fn shutdown(&self) {

@@ -1,0 +1,704 @@
+//! Clusters of real processes on loopback: a cluster manager, two workers
+//! (each running its executors and drivers as child processes) and `ember`
+//! commands as a user runs them. Executor processes are found by PID, from
+//! /proc, so "no executor left behind" is checked against the OS itself.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ember_certs::{IssueRequest, Role, init_ca, issue};
+use serde_json::Value;
+
+/// Clusters run one at a time: two would fight over the two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn ember() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// A job long enough to be interrupted: one task scanning billions of
+/// generated rows.
+const LONG_JOB: &str =
+    "SELECT count(*) AS n FROM generate_series(1, 50000000000) AS t(v) WHERE v % 7 = 3;\n";
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: String,
+    manager: Option<Child>,
+    manager_port: u16,
+    workers: Vec<Child>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+fn signal(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has finished; only a running (or stopped) process counts.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for `pids` to be gone; returns how long it took.
+pub fn wait_gone(pids: &[u32], limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pids.iter().all(|p| !alive(*p)) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn command_line(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes running `ember --role ROLE` whose command line has `needle`.
+pub fn processes(role: &str, needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let args = command_line(pid);
+        let has_role = args.windows(2).any(|w| w[0] == "--role" && w[1] == role);
+        if has_role && args.iter().any(|a| a == needle) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl Cluster {
+    /// A manager and two one-core workers.
+    pub fn start() -> Self {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        init_ca(&certs, "e2e", 5, false).unwrap();
+        issue(
+            &certs,
+            &IssueRequest::new(Role::ClusterManager, "cm", vec![], 5),
+        )
+        .unwrap();
+        issue(&certs, &IssueRequest::new(Role::Client, "alice", vec![], 5)).unwrap();
+        for w in ["w1", "w2"] {
+            issue(&certs, &IssueRequest::new(Role::Worker, w, vec![], 5)).unwrap();
+        }
+        let mut cluster = Cluster {
+            dir,
+            master: String::new(),
+            manager: None,
+            manager_port: 0,
+            workers: Vec::new(),
+            _turn: turn,
+        };
+        cluster.start_manager();
+        for w in ["w1", "w2"] {
+            cluster.start_worker(w);
+        }
+        cluster.wait_for_workers(2);
+        cluster
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Starts (or restarts, on the same port and state dir) the manager.
+    pub fn start_manager(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.manager_port);
+        let mut child = Command::new(ember())
+            .args([
+                "--role",
+                "cluster-manager",
+                "--listen",
+                &listen,
+                "--name",
+                "cm",
+            ])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("cm-state"))
+            .args(["--conf", "ember.deploy.recoveryTimeout=2s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut banner = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            banner.push(byte[0]);
+        }
+        let banner = text(&banner);
+        let url = banner
+            .split_whitespace()
+            .find(|w| w.starts_with("ember://"))
+            .unwrap_or_else(|| panic!("no address in '{banner}'"))
+            .to_string();
+        self.manager_port = url.rsplit(':').next().unwrap().parse().unwrap();
+        self.master = url;
+        self.manager = Some(child);
+    }
+
+    fn start_worker(&mut self, name: &str) {
+        let manager = self.master.trim_start_matches("ember://").to_string();
+        let child = Command::new(ember())
+            .args([
+                "--role",
+                "worker",
+                "--cluster-manager",
+                &manager,
+                "--name",
+                name,
+            ])
+            .args(["--cores", "1", "--memory", "2g"])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--work-dir")
+            .arg(self.dir.path().join(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+    }
+
+    pub fn kill_manager(&mut self) {
+        if let Some(mut m) = self.manager.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    /// An `ember` command with this cluster's master and certificates.
+    pub fn ember(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(ember());
+        command
+            .args(args)
+            .args(["--master", &self.master])
+            .arg("--certs")
+            .arg(self.certs())
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.ember(args).output().unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(out.status.success(), "status: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn wait_for_workers(&self, n: usize) {
+        self.wait_for("workers to register", Duration::from_secs(20), |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ALIVE").count() >= n)
+        });
+    }
+
+    /// Polls `ember status --json` until `check` holds.
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let out = self.run(&["status", "--json"]);
+            if out.status.success() {
+                let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if check(&status) {
+                    return status;
+                }
+                if start.elapsed() > limit {
+                    panic!("gave up waiting for {what}: {status:#}");
+                }
+            } else if start.elapsed() > limit {
+                panic!("gave up waiting for {what}: {}", text(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The application whose name is `name`.
+    pub fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+        status["apps"]
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|a| a["name"] == name)
+    }
+
+    pub fn driver<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+        status["drivers"].as_array()?.iter().find(|d| d["id"] == id)
+    }
+
+    /// Writes a job file in the cluster's directory.
+    pub fn job(&self, name: &str, sql: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        path
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            signal(w.id(), libc::SIGTERM);
+        }
+        for w in &mut self.workers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(w.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        self.kill_manager();
+    }
+}
+
+fn watch_time_local() -> String {
+    let out = Command::new(ember())
+        .args([
+            "submit",
+            "--master",
+            "local[2]",
+            "--format",
+            "csv",
+            "examples/watch_time.sql",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
+    let expected = watch_time_local();
+    let cluster = Cluster::start();
+
+    let out = cluster.run(&[
+        "submit",
+        "--format",
+        "csv",
+        "--total-executor-cores",
+        "2",
+        "--name",
+        "client-mode",
+        "examples/watch_time.sql",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), expected);
+    let status = cluster.wait_for(
+        "the client-mode app to finish",
+        Duration::from_secs(10),
+        |s| Cluster::app(s, "client-mode").is_some_and(|a| a["state"] == "FINISHED"),
+    );
+    let app = Cluster::app(&status, "client-mode").unwrap();
+    let id = app["id"].as_str().unwrap();
+    assert!(
+        wait_gone(&processes("executor", id), Duration::from_secs(10)).is_some(),
+        "executors of a finished application must exit"
+    );
+
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "cluster-mode",
+        "examples/watch_time.sql",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(id.starts_with("driver-"), "{id}");
+    cluster.wait_for(
+        "the cluster-mode driver to finish",
+        Duration::from_secs(30),
+        |s| Cluster::driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
+    );
+    let logs = cluster.run(&["logs", &id]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    assert_eq!(text(&logs.stdout), expected);
+
+    let list = cluster.run(&["list"]);
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("client-mode") && listed.contains(&id),
+        "{listed}"
+    );
+    let status = cluster.status();
+    for w in status["workers"].as_array().unwrap() {
+        assert_eq!(w["cores_used"], 0, "every core is given back: {status:#}");
+    }
+}
+
+/// Starts a long client-mode job on both workers and returns the submit
+/// process, the application id and its executor PIDs.
+fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32>) {
+    let job = cluster.job("long.sql", LONG_JOB);
+    let submit = cluster
+        .ember(&["submit", "--total-executor-cores", "2", "--name", name])
+        .arg(&job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = cluster.wait_for("two executors", Duration::from_secs(20), |s| {
+        Cluster::app(s, name).is_some_and(|a| {
+            a["state"] == "RUNNING" && a["executors"].as_array().is_some_and(|e| e.len() == 2)
+        })
+    });
+    let app = Cluster::app(&status, name).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    let mut pids = processes("executor", &app);
+    while pids.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        pids = processes("executor", &app);
+    }
+    assert_eq!(pids.len(), 2, "two executor processes for {app}");
+    (submit, app, pids)
+}
+
+#[test]
+fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
+    let cluster = Cluster::start();
+
+    // SIGKILL: the connection dies with the process.
+    let (mut submit, app, pids) = long_client_job(&cluster, "killed-driver");
+    signal(submit.id(), libc::SIGKILL);
+    let _ = submit.wait();
+    let took = wait_gone(&pids, Duration::from_secs(10));
+    assert!(
+        took.is_some(),
+        "executors of {app} outlived a SIGKILLed driver"
+    );
+    cluster.wait_for(
+        "the manager to see the app end",
+        Duration::from_secs(10),
+        |s| {
+            Cluster::app(s, "killed-driver").is_some_and(|a| a["state"] == "FAILED")
+                && s["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|w| w["cores_used"] == 0)
+        },
+    );
+
+    // SIGSTOP: the driver's process is there but silent.
+    let (mut submit, app, pids) = long_client_job(&cluster, "stopped-driver");
+    signal(submit.id(), libc::SIGSTOP);
+    let took = wait_gone(&pids, Duration::from_secs(10));
+    signal(submit.id(), libc::SIGKILL);
+    let _ = submit.wait();
+    assert!(
+        took.is_some(),
+        "executors of {app} outlived a silent driver"
+    );
+
+    // Ctrl-C: the client stops its application and exits.
+    let (mut submit, app, pids) = long_client_job(&cluster, "interrupted-driver");
+    signal(submit.id(), libc::SIGINT);
+    let took = wait_gone(&pids, Duration::from_secs(10));
+    let code = submit.wait().unwrap();
+    assert!(
+        took.is_some(),
+        "executors of {app} outlived an interrupted driver"
+    );
+    assert_eq!(code.code(), Some(130));
+
+    // A normal end: the job finishes and the driver exits.
+    let quick = cluster.job("quick.sql", "SELECT 1 AS one;\n");
+    let out = cluster
+        .ember(&["submit", "--format", "csv", "--name", "done-driver"])
+        .arg(&quick)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "one\n1\n");
+    let status = cluster.wait_for("the finished app", Duration::from_secs(10), |s| {
+        Cluster::app(s, "done-driver").is_some_and(|a| a["state"] == "FINISHED")
+    });
+    let id = Cluster::app(&status, "done-driver").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(wait_gone(&processes("executor", &id), Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_cluster_manager_restart_loses_no_submission() {
+    let mut cluster = Cluster::start();
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "before-restart",
+        "examples/watch_time.sql",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = text(&out.stdout).trim().to_string();
+    cluster.wait_for("the first driver", Duration::from_secs(30), |s| {
+        Cluster::driver(s, &first).is_some_and(|d| d["state"] == "FINISHED")
+    });
+
+    // A driver that runs across the restart: it waits on a long job.
+    let long = cluster.job("long.sql", LONG_JOB);
+    let out = cluster
+        .ember(&[
+            "submit",
+            "--deploy-mode",
+            "cluster",
+            "--name",
+            "across-restart",
+        ])
+        .arg(&long)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = text(&out.stdout).trim().to_string();
+    cluster.wait_for("the second driver to run", Duration::from_secs(20), |s| {
+        Cluster::driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
+            && Cluster::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
+    });
+    let drivers = processes("driver", &second);
+    assert_eq!(drivers.len(), 1);
+
+    cluster.kill_manager();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.start_manager();
+    let status = cluster.wait_for(
+        "workers and the driver to return",
+        Duration::from_secs(20),
+        |s| {
+            s["workers"].as_array().is_some_and(|w| w.len() == 2)
+                && Cluster::driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
+                && Cluster::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
+                && s["recovering"] == false
+        },
+    );
+    assert_eq!(
+        Cluster::driver(&status, &first).unwrap()["state"],
+        "FINISHED",
+        "history survives: {status:#}"
+    );
+    assert_eq!(
+        processes("driver", &second),
+        drivers,
+        "the same driver, not a second copy"
+    );
+
+    let killed = cluster.run(&["kill", &second]);
+    assert!(killed.status.success(), "{}", text(&killed.stderr));
+    cluster.wait_for("the killed driver", Duration::from_secs(10), |s| {
+        Cluster::driver(s, &second).is_some_and(|d| d["state"] == "KILLED")
+    });
+    assert!(wait_gone(&drivers, Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn supervise_restarts_a_failing_driver_once_and_never_runs_two() {
+    let cluster = Cluster::start();
+    let data = cluster.dir.path().join("numbers.csv");
+    std::fs::write(&data, "x\nnot-a-number\n").unwrap();
+    let job = cluster.job(
+        "flaky.sql",
+        &format!(
+            "CREATE EXTERNAL TABLE numbers (x BIGINT) STORED AS CSV LOCATION '{}' \
+             OPTIONS ('format.has_header' 'true');\nSELECT sum(x) AS total FROM numbers;\n",
+            data.display()
+        ),
+    );
+    let out = cluster
+        .ember(&[
+            "submit",
+            "--deploy-mode",
+            "cluster",
+            "--supervise",
+            "--name",
+            "flaky",
+        ])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+
+    let mut most_at_once = 0;
+    let mut fixed = false;
+    let start = Instant::now();
+    loop {
+        most_at_once = most_at_once.max(processes("driver", &id).len());
+        let status = cluster.status();
+        let driver = Cluster::driver(&status, &id).unwrap().clone();
+        if !fixed && driver["state"] == "RELAUNCHING" {
+            std::fs::write(&data, "x\n40\n2\n").unwrap();
+            fixed = true;
+        }
+        if driver["state"] == "FINISHED" {
+            assert!(fixed, "it failed first: {driver:#}");
+            assert_eq!(driver["restarts"], 1, "{driver:#}");
+            break;
+        }
+        assert!(
+            driver["state"] != "FAILED" && start.elapsed() < Duration::from_secs(40),
+            "{driver:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(most_at_once, 1, "never two copies of one driver");
+    let logs = cluster.run(&["logs", &id]);
+    assert_eq!(text(&logs.stdout), "total\n42\n");
+}
+
+#[test]
+fn bad_submissions_are_refused_or_wait_with_a_reason() {
+    let cluster = Cluster::start();
+    // A missing job file, and a table over a missing path: refused before
+    // anything is submitted.
+    let out = cluster.run(&["submit", "--deploy-mode", "cluster", "no/such/job.sql"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot read job file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let job = cluster.job(
+        "missing.sql",
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/no/such/dir/';\nSELECT * FROM t;\n",
+    );
+    let out = cluster
+        .ember(&["submit", "--deploy-mode", "cluster"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("'/no/such/dir/' does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(cluster.status()["drivers"].as_array().unwrap().len(), 0);
+
+    // More cores per executor than any worker has: it waits, and says why.
+    let quick = cluster.job("quick.sql", "SELECT 1;\n");
+    let mut submit = cluster
+        .ember(&["submit", "--executor-cores", "4", "--name", "too-big"])
+        .arg(&quick)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = cluster.wait_for("the waiting reason", Duration::from_secs(10), |s| {
+        Cluster::app(s, "too-big").is_some_and(|a| a["state"] == "WAITING")
+    });
+    let reason = Cluster::app(&status, "too-big").unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("needs 4 cores") && reason.contains("largest worker has 1 cores"),
+        "{reason}"
+    );
+    let app = Cluster::app(&status, "too-big").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = text(&cluster.run(&["status", &app]).stdout);
+    assert!(shown.contains("needs 4 cores"), "{shown}");
+    // The client says so too.
+    let mut err = submit.stderr.take().unwrap();
+    let start = Instant::now();
+    let mut said = String::new();
+    let mut buf = [0u8; 512];
+    while !said.contains("has no executors yet") && start.elapsed() < Duration::from_secs(15) {
+        match err.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => said.push_str(&text(&buf[..n])),
+        }
+    }
+    let _ = submit.kill();
+    let _ = submit.wait();
+    assert!(said.contains("needs 4 cores"), "{said}");
+
+    // A worker holding a client's certificate is refused at once.
+    let out = Command::new(ember())
+        .args([
+            "--role",
+            "worker",
+            "--cluster-manager",
+            cluster.master.trim_start_matches("ember://"),
+        ])
+        .args(["--name", "alice"])
+        .arg("--certs")
+        .arg(cluster.certs())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("is for a client") && err.contains("--role worker"),
+        "{err}"
+    );
+
+    // A state dir that cannot be one.
+    let file = cluster.dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::new(ember())
+        .args([
+            "--role",
+            "cluster-manager",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "cm",
+        ])
+        .arg("--certs")
+        .arg(cluster.certs())
+        .arg("--state-dir")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is a file, not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
