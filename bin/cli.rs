@@ -207,7 +207,12 @@ pub struct SubmitArgs {
 
     /// Where to run: local, local[N], local[*], local[N,F] (F: attempts per
     /// task), or ember://HOST:PORT for a cluster.
-    #[arg(long, value_name = "MASTER_URL", default_value = "local[*]")]
+    #[arg(
+        long,
+        value_name = "MASTER_URL",
+        default_value = "local[*]",
+        env = "EMBER_MASTER"
+    )]
     pub master: Master,
 
     /// Where the driver runs: `client` (in this process) or, on a cluster,
