@@ -702,3 +702,68 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
+    let mut cluster = Cluster::start();
+    let long = cluster.job("long.sql", LONG_JOB);
+    let out = cluster
+        .ember(&[
+            "submit",
+            "--deploy-mode",
+            "cluster",
+            "--supervise",
+            "--name",
+            "moving",
+        ])
+        .arg(&long)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
+        Cluster::driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
+            && Cluster::app(s, "moving").is_some_and(|a| a["state"] == "RUNNING")
+    });
+    let first_home = Cluster::driver(&status, &id).unwrap()["worker"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_driver = processes("driver", &id);
+    assert_eq!(old_driver.len(), 1);
+    let app = Cluster::app(&status, "moving").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let executors = processes("executor", &app);
+    assert!(!executors.is_empty());
+
+    // SIGKILL the worker running the driver: its children die with it, the
+    // application's other executors follow their driver, and the driver is
+    // relaunched on the other worker.
+    let index = if first_home == "w1" { 0 } else { 1 };
+    let worker = &mut cluster.workers[index];
+    signal(worker.id(), libc::SIGKILL);
+    let _ = worker.wait();
+    assert!(wait_gone(&old_driver, Duration::from_secs(10)).is_some());
+    assert!(wait_gone(&executors, Duration::from_secs(10)).is_some());
+    let status = cluster.wait_for("the driver to move", Duration::from_secs(20), |s| {
+        Cluster::driver(s, &id).is_some_and(|d| {
+            d["state"] == "RUNNING" && d["worker"] != first_home.as_str() && d["restarts"] == 1
+        })
+    });
+    let lost = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == first_home.as_str())
+        .unwrap();
+    assert_eq!(lost["state"], "LOST", "{status:#}");
+    assert_eq!(
+        processes("driver", &id).len(),
+        1,
+        "one copy, on the other worker"
+    );
+    let killed = cluster.run(&["kill", &id]);
+    assert!(killed.status.success());
+}
