@@ -178,25 +178,37 @@ pub struct ManagerArgs {
     pub conf: Vec<(String, String)>,
 }
 
+/// What every long-lived role loads first: its settings, its certificate
+/// and its transport options.
+fn prepare(
+    conf: &[(String, String)],
+    certs: &Path,
+    name: Option<&str>,
+    role: Role,
+) -> Result<(EmberConf, NodeCredentials, ember_transport::NodeOptions), String> {
+    let conf = conf_from(conf)?;
+    let creds = pick_credentials(certs, name, role)?;
+    let options = conf.node_options().map_err(|e| e.to_string())?;
+    Ok((conf, creds, options))
+}
+
+fn fail(e: String) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
 pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    };
-    let conf = match conf_from(&args.conf) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let creds = match pick_credentials(&args.certs, args.name.as_deref(), Role::ClusterManager) {
-        Ok(c) => c,
+    let (conf, creds, options) = match prepare(
+        &args.conf,
+        &args.certs,
+        args.name.as_deref(),
+        Role::ClusterManager,
+    ) {
+        Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
     let journal = match Journal::open(&args.state_dir) {
         Ok(j) => j,
-        Err(e) => return fail(e.to_string()),
-    };
-    let options = match conf.node_options() {
-        Ok(o) => o,
         Err(e) => return fail(e.to_string()),
     };
     let placement = if conf.get_or_default(SPREAD_OUT) == Some("false") {
@@ -245,18 +257,11 @@ pub struct WorkerArgs {
 }
 
 pub fn run_worker(args: WorkerArgs) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    };
-    let conf = match conf_from(&args.conf) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let creds = match pick_credentials(&args.certs, args.name.as_deref(), Role::Worker) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
+    let (conf, creds, options) =
+        match prepare(&args.conf, &args.certs, args.name.as_deref(), Role::Worker) {
+            Ok(prepared) => prepared,
+            Err(e) => return fail(e),
+        };
     let (manager_host, manager_port) = match split_host_port(&args.manager) {
         Ok(hp) => hp,
         Err(e) => return fail(format!("--cluster-manager: {e}")),
@@ -268,10 +273,6 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
     let bind = match resolve(&args.host, 0) {
         Ok(a) => a,
         Err(e) => return fail(format!("--host: {e}")),
-    };
-    let options = match conf.node_options() {
-        Ok(o) => o,
-        Err(e) => return fail(e.to_string()),
     };
     let work_dir = match std::fs::create_dir_all(&args.work_dir)
         .and_then(|()| std::path::absolute(&args.work_dir))
@@ -370,10 +371,6 @@ impl Handler<PeerDown> for ExitWatcher {
 
 /// `ember --role executor`: started by a worker, with its spec on stdin.
 pub fn run_executor() -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    };
     let spec = match read_spec(&mut std::io::stdin().lock()) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),

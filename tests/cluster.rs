@@ -261,6 +261,19 @@ impl Cluster {
         status["drivers"].as_array()?.iter().find(|d| d["id"] == id)
     }
 
+    /// Submits `job` in cluster mode and returns its submission id.
+    pub fn submit_cluster_mode(&self, name: &str, job: &Path, supervise: bool) -> String {
+        let mut command = self.ember(&["submit", "--deploy-mode", "cluster", "--name", name]);
+        if supervise {
+            command.arg("--supervise");
+        }
+        let out = command.arg(job).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let id = text(&out.stdout).trim().to_string();
+        assert!(id.starts_with("driver-"), "{id}");
+        id
+    }
+
     /// Writes a job file in the cluster's directory.
     pub fn job(&self, name: &str, sql: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -332,17 +345,8 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         "executors of a finished application must exit"
     );
 
-    let out = cluster.run(&[
-        "submit",
-        "--deploy-mode",
-        "cluster",
-        "--name",
-        "cluster-mode",
-        "examples/watch_time.sql",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = text(&out.stdout).trim().to_string();
-    assert!(id.starts_with("driver-"), "{id}");
+    let id =
+        cluster.submit_cluster_mode("cluster-mode", Path::new("examples/watch_time.sql"), false);
     cluster.wait_for(
         "the cluster-mode driver to finish",
         Duration::from_secs(30),
@@ -464,35 +468,18 @@ fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
 #[test]
 fn a_cluster_manager_restart_loses_no_submission() {
     let mut cluster = Cluster::start();
-    let out = cluster.run(&[
-        "submit",
-        "--deploy-mode",
-        "cluster",
-        "--name",
+    let first = cluster.submit_cluster_mode(
         "before-restart",
-        "examples/watch_time.sql",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let first = text(&out.stdout).trim().to_string();
+        Path::new("examples/watch_time.sql"),
+        false,
+    );
     cluster.wait_for("the first driver", Duration::from_secs(30), |s| {
         Cluster::driver(s, &first).is_some_and(|d| d["state"] == "FINISHED")
     });
 
     // A driver that runs across the restart: it waits on a long job.
     let long = cluster.job("long.sql", LONG_JOB);
-    let out = cluster
-        .ember(&[
-            "submit",
-            "--deploy-mode",
-            "cluster",
-            "--name",
-            "across-restart",
-        ])
-        .arg(&long)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let second = text(&out.stdout).trim().to_string();
+    let second = cluster.submit_cluster_mode("across-restart", &long, false);
     cluster.wait_for("the second driver to run", Duration::from_secs(20), |s| {
         Cluster::driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
             && Cluster::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
@@ -545,20 +532,7 @@ fn supervise_restarts_a_failing_driver_once_and_never_runs_two() {
             data.display()
         ),
     );
-    let out = cluster
-        .ember(&[
-            "submit",
-            "--deploy-mode",
-            "cluster",
-            "--supervise",
-            "--name",
-            "flaky",
-        ])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = text(&out.stdout).trim().to_string();
+    let id = cluster.submit_cluster_mode("flaky", &job, true);
 
     let mut most_at_once = 0;
     let mut fixed = false;
@@ -707,20 +681,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
 fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
     let mut cluster = Cluster::start();
     let long = cluster.job("long.sql", LONG_JOB);
-    let out = cluster
-        .ember(&[
-            "submit",
-            "--deploy-mode",
-            "cluster",
-            "--supervise",
-            "--name",
-            "moving",
-        ])
-        .arg(&long)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = text(&out.stdout).trim().to_string();
+    let id = cluster.submit_cluster_mode("moving", &long, true);
     let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
         Cluster::driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
             && Cluster::app(s, "moving").is_some_and(|a| a["state"] == "RUNNING")

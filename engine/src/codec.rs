@@ -392,15 +392,14 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::physical_expr::expressions::col;
-    use datafusion::physical_plan::common::collect;
     use datafusion::physical_plan::displayable;
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::testing::{graph, run_stages as run};
     use crate::script::split_statements;
     use crate::session::planning_config;
-    use crate::shuffle::{InMemoryBlockStore, ShuffleEnv};
-    use crate::stages::{Stage, StageGraph, StageKind, StagePlanner};
+    use crate::stages::{Stage, StageGraph};
 
     const WATCH_TIME: &str = include_str!("../../examples/watch_time.sql");
 
@@ -441,17 +440,6 @@ mod tests {
         SessionContext::new_with_config(planning_config(2)).task_ctx()
     }
 
-    async fn graph(ctx: &SessionContext, sql: &str) -> StageGraph {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        StagePlanner::new().plan(plan).unwrap()
-    }
-
     fn text(plan: &Arc<dyn ExecutionPlan>) -> String {
         displayable(plan.as_ref()).indent(true).to_string()
     }
@@ -473,26 +461,6 @@ mod tests {
             })
             .collect();
         StageGraph { stages }
-    }
-
-    /// Runs a graph stage by stage, task by task, on one in-memory store.
-    async fn run(ctx: &SessionContext, graph: &StageGraph) -> Vec<RecordBatch> {
-        let store = Arc::new(InMemoryBlockStore::default());
-        let config = ctx
-            .copied_config()
-            .with_extension(Arc::new(ShuffleEnv::new(store)));
-        let task_ctx = Arc::new(TaskContext::default().with_session_config(config));
-        let mut result = Vec::new();
-        for stage in &graph.stages {
-            for partition in 0..stage.tasks() {
-                let stream = stage.plan.execute(partition, task_ctx.clone()).unwrap();
-                let batches = collect(stream).await.unwrap();
-                if stage.kind == StageKind::Result {
-                    result.extend(batches);
-                }
-            }
-        }
-        result
     }
 
     fn pretty(batches: &[RecordBatch]) -> String {

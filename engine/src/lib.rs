@@ -9,6 +9,9 @@ pub mod script;
 pub mod session;
 pub mod shuffle;
 pub mod stages;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod testing;
 
 pub use codec::{EmberCodec, decode_plan, encode_plan};
 pub use error::EngineError;

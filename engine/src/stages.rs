@@ -251,12 +251,11 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
-    use datafusion::physical_plan::common::collect;
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::testing::{graph, run_stages};
     use crate::session::planning_config;
-    use crate::shuffle::{InMemoryBlockStore, ShuffleEnv};
 
     fn table(name: &str, rows: i64, offset: i64) -> (Arc<Schema>, Vec<Vec<RecordBatch>>) {
         let schema = Arc::new(Schema::new(vec![
@@ -301,36 +300,11 @@ mod tests {
         ctx
     }
 
-    async fn graph(ctx: &SessionContext, sql: &str) -> StageGraph {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        StagePlanner::new().plan(plan).unwrap()
-    }
-
-    /// Runs a graph stage by stage, task by task, on one in-memory store.
+    /// The result rows of a graph run stage by stage.
     async fn run(ctx: &SessionContext, graph: &StageGraph) -> String {
-        let store = Arc::new(InMemoryBlockStore::default());
-        let config = ctx
-            .copied_config()
-            .with_extension(Arc::new(ShuffleEnv::new(store)));
-        let task_ctx =
-            Arc::new(datafusion::execution::TaskContext::default().with_session_config(config));
-        let mut result = Vec::new();
-        for stage in &graph.stages {
-            for partition in 0..stage.tasks() {
-                let stream = stage.plan.execute(partition, task_ctx.clone()).unwrap();
-                let batches = collect(stream).await.unwrap();
-                if stage.kind == StageKind::Result {
-                    result.extend(batches);
-                }
-            }
-        }
-        pretty_format_batches(&result).unwrap().to_string()
+        pretty_format_batches(&run_stages(ctx, graph).await)
+            .unwrap()
+            .to_string()
     }
 
     /// The same query run by DataFusion alone.

@@ -122,29 +122,32 @@ impl Actor for ClusterManager {
 
 /// Now, as `ember status` prints times.
 pub fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    let (date, time) = now_parts();
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
+        date[0], date[1], date[2], time[0], time[1], time[2]
     )
 }
 
 /// An id in Spark's style: `app-20261123101500-0003`.
 fn new_id(kind: &str, number: u64) -> String {
-    let now = time::OffsetDateTime::now_utc();
+    let (date, time) = now_parts();
     format!(
         "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
+        date[0], date[1], date[2], time[0], time[1], time[2]
+    )
+}
+
+/// ([year, month, day], [hour, minute, second]) now, in UTC.
+fn now_parts() -> ([i32; 3], [u8; 3]) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        [
+            now.year(),
+            i32::from(u8::from(now.month())),
+            i32::from(now.day()),
+        ],
+        [now.hour(), now.minute(), now.second()],
     )
 }
 
