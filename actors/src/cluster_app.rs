@@ -126,6 +126,7 @@ impl ClusterApp {
             app: None,
             registration: None,
             manager_mailbox: None,
+            finished: false,
         }
         .start();
         let id = client
@@ -242,6 +243,8 @@ struct AppClient {
     app: Option<AppId>,
     registration: Option<Registration>,
     manager_mailbox: Option<Mailbox<FromApp>>,
+    /// Set once the application ends: losing the manager then is expected.
+    finished: bool,
 }
 
 impl Actor for AppClient {
@@ -344,6 +347,7 @@ impl Handler<Finish> for AppClient {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
+        self.finished = true;
         let mailbox = self.manager_mailbox.clone();
         Box::pin(async move {
             if let Some(mailbox) = mailbox {
@@ -382,6 +386,9 @@ impl Handler<PeerDown> for AppClient {
     /// The manager is gone: executors keep running; register again (as
     /// the same application) when it is back.
     fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        if self.finished {
+            return;
+        }
         if self
             .manager_mailbox
             .as_ref()

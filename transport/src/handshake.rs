@@ -22,6 +22,10 @@ pub struct Hello {
     /// What the node does in the cluster, e.g. `driver` or `executor`.
     pub role: String,
     pub node: String,
+    /// Differs each time a node starts: two connections from one
+    /// incarnation are a simultaneous open, from two a restart.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl Hello {
@@ -31,6 +35,7 @@ impl Hello {
             protocol: PROTOCOL_VERSION,
             role: role.into(),
             node: node.into(),
+            incarnation: 0,
         }
     }
 }

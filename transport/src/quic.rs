@@ -236,11 +236,6 @@ impl QuicEndpoint {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"endpoint closed");
     }
-
-    /// Resolves once every connection has finished closing.
-    pub async fn wait_idle(&self) {
-        self.endpoint.wait_idle().await;
-    }
 }
 
 #[cfg(test)]

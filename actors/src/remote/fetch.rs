@@ -138,24 +138,49 @@ impl RemoteFetcher {
             .cloned()
     }
 
+    /// Fetches, trying again when the connection (not the block) failed:
+    /// two executors that dial each other at once lose one connection, and
+    /// what was in flight on it.
     async fn fetch_from(
         self,
         contact: NodeContact,
         blocks: Vec<ShuffleBlockId>,
     ) -> Result<Vec<RecordBatch>, String> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(&contact, &blocks).await {
+                Err(FetchFailure::Connection(why)) if attempt < CONNECTION_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(peer = %contact.node, %why, attempt, "fetch retried");
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                }
+                Err(FetchFailure::Connection(why) | FetchFailure::Refused(why)) => return Err(why),
+                Ok(rows) => return Ok(rows),
+            }
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        contact: &NodeContact,
+        blocks: &[ShuffleBlockId],
+    ) -> Result<Vec<RecordBatch>, FetchFailure> {
+        use FetchFailure::{Connection, Refused};
         if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
             let _dialing = self.dialing.lock().await;
             if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
                 self.node
                     .connect(contact.addr, &contact.host)
                     .await
-                    .map_err(|e| format!("cannot reach executor {}: {e}", contact.node))?;
+                    .map_err(|e| {
+                        Connection(format!("cannot reach executor {}: {e}", contact.node))
+                    })?;
             }
         }
         let server = self
             .node
             .mailbox::<FetchBlocks>(&contact.actor(BLOCKS))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Connection(e.to_string()))?;
         let tag = format!("fetch-{}", self.next_tag.fetch_add(1, Ordering::Relaxed));
         let request = FetchBlocks {
             blocks: blocks.iter().map(|b| (b.stage, b.map, b.reduce)).collect(),
@@ -166,17 +191,31 @@ impl RemoteFetcher {
             tag: tag.clone(),
         };
         match server.ask(request, self.timeout).await {
-            Ok(Ok(_rows)) => self.hub.take(&tag, self.timeout).await,
+            Ok(Ok(_rows)) => self.hub.take(&tag, self.timeout).await.map_err(Connection),
             Ok(Err(why)) => {
                 self.hub.forget(&tag);
-                Err(why)
+                Err(Refused(why))
             }
             Err(e) => {
                 self.hub.forget(&tag);
-                Err(e.to_string())
+                Err(match e {
+                    ember_transport::SendError::Unreachable(..)
+                    | ember_transport::SendError::Closed(_) => Connection(e.to_string()),
+                    other => Refused(other.to_string()),
+                })
             }
         }
     }
+}
+
+/// Attempts at a fetch whose connection failed.
+const CONNECTION_RETRIES: u32 = 3;
+
+enum FetchFailure {
+    /// The way to the executor failed; another try may succeed.
+    Connection(String),
+    /// The executor answered no (a missing block), or the request timed out.
+    Refused(String),
 }
 
 impl BlockFetcher for RemoteFetcher {

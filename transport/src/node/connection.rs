@@ -29,6 +29,10 @@ pub(crate) enum Answer {
 pub(crate) struct Peer {
     pub(crate) id: NodeId,
     pub(crate) identity: NodeIdentity,
+    /// The peer process's incarnation, from its hello.
+    pub(crate) incarnation: u64,
+    /// The node that opened this connection.
+    pub(crate) dialer: NodeId,
     pub(crate) connection: quinn::Connection,
     out: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
@@ -140,7 +144,10 @@ pub(crate) async fn establish(
         .identity()
         .map(|i| i.role.to_string())
         .unwrap_or_default();
-    let ours = Hello::new(role, inner.id().0.clone());
+    let ours = Hello {
+        incarnation: inner.incarnation(),
+        ..Hello::new(role, inner.id().0.clone())
+    };
     let refuse = |code: u32, why: String| {
         let reason: String = why.chars().take(200).collect();
         connection.close(quinn::VarInt::from_u32(code), reason.as_bytes());
@@ -189,6 +196,12 @@ pub(crate) async fn establish(
     let peer = Arc::new(Peer {
         id: NodeId(theirs.node.clone()),
         identity,
+        incarnation: theirs.incarnation,
+        dialer: if dialer {
+            inner.id().clone()
+        } else {
+            NodeId(theirs.node.clone())
+        },
         connection,
         out,
         queued: Arc::clone(&queued),
@@ -197,7 +210,11 @@ pub(crate) async fn establish(
         next_ask: AtomicU64::new(0),
         closed: AtomicBool::new(false),
     });
-    inner.add_peer(Arc::clone(&peer));
+    if !inner.add_peer(Arc::clone(&peer)) {
+        // Both sides dialed at once and this connection lost; the other
+        // one is the route to this node.
+        return Ok(peer.id.clone());
+    }
     tracing::info!(peer = %peer.id, role = %peer.identity.role, %addr, "connected");
     let node = Arc::downgrade(&inner);
     drop(inner);

@@ -125,6 +125,17 @@ pub(crate) struct Inner {
     remote_watches: Mutex<RemoteWatches>,
     bulk_inboxes: Mutex<HashMap<String, mpsc::Sender<IncomingBulk>>>,
     serial: AtomicU64,
+    /// Tells this start of the node from any other.
+    incarnation: u64,
+}
+
+/// A number unlikely to repeat across starts of a node.
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 40) ^ 1
 }
 
 /// Watchers of actors on other nodes, by (node, actor name).
@@ -146,6 +157,12 @@ struct Entry {
     local_watchers: Vec<Recipient<PeerDown>>,
     remote_watchers: BTreeSet<NodeId>,
 }
+
+/// How long a failed dial waits for the same node's own connection to us.
+const SIMULTANEOUS_OPEN_WAIT: Duration = Duration::from_millis(300);
+
+/// How long a closing node gives its close frames to leave.
+const CLOSE_FLUSH: Duration = Duration::from_millis(5);
 
 /// Whether a peer calling itself `node` may hold a certificate naming
 /// `cert_name`: the name itself, or an instance of it (`NAME/...`).
@@ -227,6 +244,7 @@ impl Node {
                 remote_watches: Mutex::new(BTreeMap::new()),
                 bulk_inboxes: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(0),
+                incarnation: new_incarnation(),
             }),
         }
     }
@@ -266,12 +284,37 @@ impl Node {
             let conn = endpoint.connect(addr, &server_name).await?;
             connection::establish(inner, conn, true).await
         });
-        match task.await {
+        let outcome = match task.await {
             Ok(outcome) => outcome,
             Err(e) => Err(NodeError::Handshake {
                 addr,
                 why: format!("the connection task ended: {e}"),
             }),
+        };
+        match outcome {
+            Ok(id) => Ok(id),
+            // The node there may have dialed us at the same moment and kept
+            // its own connection instead of ours: that one will do.
+            Err(e) => match self.await_peer_at(addr, SIMULTANEOUS_OPEN_WAIT).await {
+                Some(id) => Ok(id),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The node whose connection comes from `addr`, waiting up to `limit`
+    /// for one to appear.
+    async fn await_peer_at(&self, addr: SocketAddr, limit: Duration) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let found = lock(&self.inner.peers)
+                .values()
+                .find(|p| p.connection.remote_address() == addr)
+                .map(|p| p.id.clone());
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -417,9 +460,11 @@ impl Node {
     pub async fn close(&self, limit: Duration) {
         if let Some(net) = &self.inner.net {
             net.endpoint.close();
-            let endpoint = net.endpoint.clone();
-            let drained = net.handle.spawn(async move { endpoint.wait_idle().await });
-            let _ = tokio::time::timeout(limit, drained).await;
+            // The close frames go out when the endpoint's driver next runs
+            // on the network thread; waiting for the connections to drain
+            // would take their full draining period.
+            let flushed = net.handle.spawn(tokio::time::sleep(CLOSE_FLUSH.min(limit)));
+            let _ = tokio::time::timeout(limit, flushed).await;
         }
         self.shutdown();
     }
@@ -520,14 +565,37 @@ impl Inner {
     }
 
     /// A connection is up: it becomes the route to its node.
-    pub(crate) fn add_peer(&self, peer: Arc<Peer>) {
-        let old = lock(&self.peers).insert(peer.id.clone(), peer);
+    /// Makes `peer` the route to its node; returns false if it was turned
+    /// down. A newer connection replaces an older one (the node may have
+    /// restarted), except when both nodes dialed each other at once: then
+    /// both sides keep the connection dialed by the smaller node id, so
+    /// they agree on one.
+    pub(crate) fn add_peer(&self, peer: Arc<Peer>) -> bool {
+        let mut peers = lock(&self.peers);
+        if let Some(old) = peers.get(&peer.id) {
+            let simultaneous = old.incarnation == peer.incarnation && old.dialer != peer.dialer;
+            if simultaneous && old.dialer < peer.dialer {
+                drop(peers);
+                peer.close(
+                    wire::codes::REPLACED,
+                    "both nodes dialed; the other connection is kept",
+                );
+                return false;
+            }
+        }
+        let old = peers.insert(peer.id.clone(), peer);
+        drop(peers);
         if let Some(old) = old {
             old.close(
                 wire::codes::REPLACED,
                 "a newer connection from the same node",
             );
         }
+        true
+    }
+
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// A connection ended. If it was still its node's route, everything

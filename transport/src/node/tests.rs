@@ -462,6 +462,47 @@ mod between_nodes {
         b.shutdown();
     }
 
+    #[actix::test]
+    async fn two_nodes_dialing_each_other_at_once_keep_one_connection() {
+        let cluster = Cluster::new();
+        for round in 0..20 {
+            // Two instances of one worker's certificate, as two executors.
+            let creds = cluster.creds(Role::Worker, "w");
+            let options = crate::NodeOptions::default();
+            let a = Node::start_instance(&creds, Some("exec-1"), loopback(), options).unwrap();
+            let b = Node::start_instance(&creds, Some("exec-2"), loopback(), options).unwrap();
+            let on_a = spawn_echo(&a, "echo", Access::AnyRole);
+            let on_b = spawn_echo(&b, "echo", Access::AnyRole);
+            let (ab, ba) = futures::join!(
+                a.connect(b.local_addr().unwrap(), "localhost"),
+                b.connect(a.local_addr().unwrap(), "localhost")
+            );
+            assert_eq!(ab.unwrap(), *b.id());
+            assert_eq!(ba.unwrap(), *a.id());
+            // Whichever connection lost has closed by now; asks both ways
+            // keep working on the one both sides kept.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for n in 0..3 {
+                let to_b = a.mailbox::<Cmd>(&on_b).unwrap();
+                let to_a = b.mailbox::<Cmd>(&on_a).unwrap();
+                assert_eq!(
+                    to_b.ask(Cmd::Echo(n), T).await,
+                    Ok(Reply::Echo(n)),
+                    "round {round}"
+                );
+                assert_eq!(
+                    to_a.ask(Cmd::Echo(n), T).await,
+                    Ok(Reply::Echo(n)),
+                    "round {round}"
+                );
+            }
+            assert_eq!(a.peers().len(), 1);
+            assert_eq!(b.peers().len(), 1);
+            a.shutdown();
+            b.shutdown();
+        }
+    }
+
     #[test]
     fn a_node_without_network_says_so() {
         let node = Node::local(NodeId("solo".into()));
