@@ -1,0 +1,860 @@
+//! The cluster benchmark: a cluster manager and two one-core workers
+//! (`--cores 1 --memory 2g`) started by this process on loopback, with the
+//! release `ember` binary, and `ember submit` in client mode against it:
+//!
+//! - submit to exit of a 1-row job (`--total-executor-cores 2`), whole
+//!   process, against `--master local[2]` run interleaved with it;
+//! - the 10M-row watch-time aggregation of `benches/watch_time.rs` (same
+//!   data, same query), whole process, against plain DataFusion in this
+//!   process with 2 target partitions, interleaved; the cluster's CSV is
+//!   checked once against `local[2]`'s;
+//! - from SIGKILL, and from SIGSTOP, of a client-mode driver running a long
+//!   job to the last of its executor processes gone (/proc polled every
+//!   millisecond; a zombie counts as gone);
+//! - VmRSS of an idle executor: the long job is one task, so of its two
+//!   registered executors one never gets work (told apart by CPU time).
+//!
+//! Between runs the bench waits for every executor to exit and every core to
+//! be free, so each submission starts on an idle cluster. A cluster job that
+//! fails is counted and run again, never timed (three failures in a row stop
+//! the bench); task failures its driver logged (retries) are counted too. A
+//! summary table closes the report: each figure, its target, PASS or MISS.
+//!
+//! `cargo bench --bench cluster`; `EMBER_BENCH_ROWS` changes the size of the
+//! big input (10M rows in 8 files, generated once under the target dir),
+//! `EMBER_BENCH_RUNS` the runs of the 10M-row job and the repetitions of each
+//! kill case (default 3), `EMBER_BENCH_TINY_RUNS` the runs of the 1-row job
+//! (default 5).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember::datagen::{ViewsSpec, generate_views};
+use ember_certs::{IssueRequest, Role, init_ca, issue};
+use serde_json::Value;
+
+const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
+                     FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";
+
+/// One task scanning billions of generated rows: runs until killed.
+const LONG_JOB: &str =
+    "SELECT count(*) AS n FROM generate_series(1, 50000000000) AS t(v) WHERE v % 7 = 3;\n";
+
+/// How long a signalled driver's executors may take before the bench gives
+/// up on them (and kills them itself).
+const GONE_LIMIT: Duration = Duration::from_secs(15);
+
+fn ember() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ddl(dir: &Path) -> String {
+    format!(
+        "CREATE EXTERNAL TABLE views (event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, \
+         video_id BIGINT NOT NULL, watch_seconds BIGINT NOT NULL, country VARCHAR NOT NULL) \
+         STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+        dir.display()
+    )
+}
+
+/// Generates the data once per size; later runs (and `watch_time`) reuse it.
+fn data(root: &Path, rows: u64, files: usize) -> PathBuf {
+    let dir = root.join(format!("views-{rows}-{files}"));
+    let done = dir.join("_COMPLETE");
+    if !done.exists() {
+        eprintln!(
+            "generating {rows} rows in {files} files under {} ...",
+            dir.display()
+        );
+        generate_views(&ViewsSpec {
+            rows,
+            files,
+            out: dir.clone(),
+            seed: 42,
+            day: "2026-11-01".to_string(),
+            videos: 20_000,
+            force: true,
+        })
+        .unwrap();
+        std::fs::write(&done, "").unwrap();
+    }
+    dir
+}
+
+async fn datafusion_query(dir: &Path) -> Duration {
+    let started = Instant::now();
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.sql(&ddl(dir)).await.unwrap();
+    let rows = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
+    assert!(rows.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+    started.elapsed()
+}
+
+// ---------------------------------------------------------------- processes
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a PID this bench started (or its cluster did).
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Whether `pid` is running or stopped; a zombie has finished.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Polls /proc every millisecond until every one of `pids` is gone.
+fn wait_gone(pids: &[u32], limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if pids.iter().all(|p| !alive(*p)) {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn command_line(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parent of `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command: state, then the parent's PID.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Live children of `parents` running `ember --role executor`, of
+/// application `app` (any, without one).
+fn executors(parents: &[u32], app: Option<&str>) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !parent(pid).is_some_and(|p| parents.contains(&p)) {
+            continue;
+        }
+        let args = command_line(pid);
+        let is_executor = args
+            .windows(2)
+            .any(|w| w[0] == "--role" && w[1] == "executor");
+        let of_app = app.is_none_or(|id| args.windows(2).any(|w| w[0] == "--app" && w[1] == id));
+        if is_executor && of_app && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User plus system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+// ------------------------------------------------------------------ cluster
+
+/// A manager and two one-core workers; all of it is stopped on drop, a
+/// failing run included.
+struct Cluster {
+    dir: tempfile::TempDir,
+    master: String,
+    manager: Option<Child>,
+    workers: Vec<Child>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        init_ca(&certs, "bench", 5, false).unwrap();
+        issue(
+            &certs,
+            &IssueRequest::new(Role::ClusterManager, "cm", vec![], 5),
+        )
+        .unwrap();
+        issue(&certs, &IssueRequest::new(Role::Client, "bench", vec![], 5)).unwrap();
+        for w in ["w1", "w2"] {
+            issue(&certs, &IssueRequest::new(Role::Worker, w, vec![], 5)).unwrap();
+        }
+        let mut cluster = Cluster {
+            dir,
+            master: String::new(),
+            manager: None,
+            workers: Vec::new(),
+        };
+        cluster.start_manager();
+        for w in ["w1", "w2"] {
+            cluster.start_worker(w);
+        }
+        cluster.wait_for("two workers", Duration::from_secs(20), |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ALIVE").count() == 2)
+        });
+        cluster
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn start_manager(&mut self) {
+        let mut child = Command::new(ember())
+            .args([
+                "--role",
+                "cluster-manager",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "cm",
+            ])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("cm-state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        // Kept from here on: a dropped guard still stops the manager.
+        self.manager = Some(child);
+        let mut banner = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            banner.push(byte[0]);
+        }
+        let banner = text(&banner);
+        self.master = banner
+            .split_whitespace()
+            .find(|w| w.starts_with("ember://"))
+            .unwrap_or_else(|| panic!("no address in the manager's banner '{banner}'"))
+            .to_string();
+        // Drain the rest so the manager never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    }
+
+    fn start_worker(&mut self, name: &str) {
+        let manager = self.master.trim_start_matches("ember://").to_string();
+        let child = Command::new(ember())
+            .args([
+                "--role",
+                "worker",
+                "--cluster-manager",
+                &manager,
+                "--name",
+                name,
+            ])
+            .args(["--cores", "1", "--memory", "2g"])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--work-dir")
+            .arg(self.dir.path().join(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+    }
+
+    /// An `ember` command with this cluster's master and certificates.
+    fn ember(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(ember());
+        command
+            .args(args)
+            .args(["--master", &self.master])
+            .arg("--certs")
+            .arg(self.certs());
+        command
+    }
+
+    /// `ember submit` in client mode on both workers.
+    fn submit(&self, name: &str, job: &Path) -> Command {
+        let mut command = self.ember(&[
+            "submit",
+            "--total-executor-cores",
+            "2",
+            "--format",
+            "csv",
+            "--name",
+            name,
+        ]);
+        command.arg(job);
+        command
+    }
+
+    fn status(&self) -> Option<Value> {
+        let out = self.ember(&["status", "--json"]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls `ember status --json` until `check` holds.
+    fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if let Some(s) = status.as_ref().filter(|s| check(s)) {
+                return s.clone();
+            }
+            if start.elapsed() > limit {
+                panic!("gave up waiting for {what}: {status:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Executor processes of `app` (of any application, without one).
+    fn executors(&self, app: Option<&str>) -> Vec<u32> {
+        let workers: Vec<u32> = self.workers.iter().map(Child::id).collect();
+        executors(&workers, app)
+    }
+
+    /// Waits until no executor runs and every core is free.
+    fn wait_idle(&self) {
+        let start = Instant::now();
+        while !self.executors(None).is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "executors still running: {:?}",
+                self.executors(None)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.wait_for("every core to be free", Duration::from_secs(20), |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|w| w["cores_used"] == 0))
+        });
+    }
+}
+
+fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["apps"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|a| a["name"] == name)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let left = self.executors(None);
+        for w in &self.workers {
+            signal(w.id(), libc::SIGTERM);
+        }
+        for w in &mut self.workers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(w.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        if let Some(mut m) = self.manager.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+        // Anything the workers left behind (they should leave nothing).
+        for pid in left.into_iter().filter(|p| alive(*p)) {
+            eprintln!("killing executor {pid}, left behind by its worker");
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+// ------------------------------------------------------------------- timing
+
+/// A finished `ember submit`: wall time, stdout, whether it succeeded and
+/// the task failures its driver logged (each retried, or the job failed).
+struct Run {
+    took: Duration,
+    stdout: String,
+    ok: bool,
+    failed_tasks: usize,
+}
+
+/// Runs a command to completion; its stderr is passed on.
+fn timed(mut command: Command) -> Run {
+    let started = Instant::now();
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    eprint!("{stderr}");
+    if !out.status.success() {
+        eprintln!("FAILED ({}): {command:?}", out.status);
+    }
+    Run {
+        took,
+        stdout: text(&out.stdout),
+        ok: out.status.success(),
+        failed_tasks: stderr.matches("task failed").count(),
+    }
+}
+
+/// Runs a command that must succeed.
+fn timed_ok(command: Command) -> Run {
+    let run = timed(command);
+    assert!(run.ok, "a job the bench relies on failed");
+    run
+}
+
+/// Cluster jobs run, and what went wrong in them.
+#[derive(Default)]
+struct Tally {
+    jobs: usize,
+    failed_jobs: usize,
+    failed_tasks: usize,
+}
+
+impl Tally {
+    fn add(&mut self, run: &Run) {
+        self.jobs += 1;
+        self.failed_jobs += usize::from(!run.ok);
+        self.failed_tasks += run.failed_tasks;
+    }
+
+    /// The first of up to three attempts that succeeds; a failed job
+    /// never counts as a measurement.
+    fn first_ok(&mut self, mut attempt: impl FnMut() -> Run) -> Run {
+        for _ in 0..3 {
+            let run = attempt();
+            self.add(&run);
+            if run.ok {
+                return run;
+            }
+        }
+        panic!("the cluster job failed three times in a row");
+    }
+}
+
+fn local_submit(job: &Path) -> Command {
+    let mut command = Command::new(ember());
+    command
+        .args(["submit", "--master", "local[2]", "--format", "csv"])
+        .arg(job);
+    command
+}
+
+/// A long client-mode job running on two executors: the submit process
+/// and the executors' PIDs.
+fn long_job(cluster: &Cluster, job: &Path, name: &str) -> (Child, Vec<u32>) {
+    let submit = cluster
+        .submit(name, job)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = cluster.wait_for("two executors", Duration::from_secs(30), |s| {
+        app(s, name).is_some_and(|a| {
+            a["state"] == "RUNNING" && a["executors"].as_array().is_some_and(|e| e.len() == 2)
+        })
+    });
+    let id = app(&status, name).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    let mut pids = cluster.executors(Some(&id));
+    while pids.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(2));
+        pids = cluster.executors(Some(&id));
+    }
+    assert_eq!(pids.len(), 2, "two executor processes for {id}");
+    (submit, pids)
+}
+
+/// The idle and the busy executor's RSS (KiB) and CPU ticks over `window`.
+struct Sample {
+    idle_kib: u64,
+    busy_kib: u64,
+    idle_ticks: u64,
+    busy_ticks: u64,
+}
+
+fn sample_executors(pids: &[u32], window: Duration) -> Option<Sample> {
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect::<Option<_>>()?;
+    std::thread::sleep(window);
+    let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect::<Option<_>>()?;
+    let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Option<_>>()?;
+    let ticks: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let (idle, busy) = if ticks[0] <= ticks[1] { (0, 1) } else { (1, 0) };
+    Some(Sample {
+        idle_kib: rss[idle],
+        busy_kib: rss[busy],
+        idle_ticks: ticks[idle],
+        busy_ticks: ticks[busy],
+    })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn min(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn row(label: &str, xs: &[f64], unit: &str) {
+    println!(
+        "{label:<50} median {:>9.3} {unit}   min {:>9.3}   max {:>9.3}",
+        median(xs),
+        min(xs),
+        max(xs)
+    );
+}
+
+fn tally_row(tally: &Tally) {
+    println!(
+        "{:<50} {} of {} cluster jobs failed; {} task failures logged",
+        "  failures (failed jobs are run again, not timed)",
+        tally.failed_jobs,
+        tally.jobs,
+        tally.failed_tasks
+    );
+}
+
+struct Verdict {
+    figure: String,
+    value: String,
+    target: String,
+    pass: bool,
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rows = env_or("EMBER_BENCH_ROWS", 10_000_000);
+    let runs = env_or("EMBER_BENCH_RUNS", 3).max(1) as usize;
+    let tiny_runs = env_or("EMBER_BENCH_TINY_RUNS", 5).max(1) as usize;
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
+    let big = data(&root, rows, 8);
+    let tiny = root.join("views-1");
+    std::fs::create_dir_all(&tiny).unwrap();
+    std::fs::write(
+        tiny.join("part-00000.csv"),
+        "event_time,user_id,video_id,watch_seconds,country\n2026-11-01T00:00:01Z,1,1,60,US\n",
+    )
+    .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let started = Instant::now();
+    let cluster = Cluster::start();
+    eprintln!(
+        "cluster up at {} in {:.0} ms",
+        cluster.master,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let job = |name: &str, sql: &str| {
+        let path = cluster.dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        path
+    };
+    let big_job = job("watch_time_big.sql", &format!("{};\n{QUERY};\n", ddl(&big)));
+    let tiny_job = job(
+        "watch_time_tiny.sql",
+        &format!("{};\n{QUERY};\n", ddl(&tiny)),
+    );
+    let long = job("long.sql", LONG_JOB);
+    let mut submissions = 0;
+    let mut name = |what: &str| {
+        submissions += 1;
+        format!("bench-{what}-{submissions}")
+    };
+
+    // 1. A 1-row job: the fixed cost of a submission. Failed cluster jobs
+    // are counted and run again, never timed.
+    let mut tiny_tally = Tally::default();
+    let expected = timed_ok(local_submit(&tiny_job)).stdout;
+    let got = tiny_tally
+        .first_ok(|| {
+            let run = timed(cluster.submit(&name("tiny"), &tiny_job));
+            cluster.wait_idle();
+            run
+        })
+        .stdout;
+    assert_eq!(
+        got, expected,
+        "the cluster's 1-row job differs from local[2]'s"
+    );
+    let (mut tiny_ms, mut tiny_local_ms) = (vec![], vec![]);
+    for run in 0..tiny_runs {
+        let c = tiny_tally
+            .first_ok(|| {
+                let run = timed(cluster.submit(&name("tiny"), &tiny_job));
+                cluster.wait_idle();
+                run
+            })
+            .took;
+        let l = timed_ok(local_submit(&tiny_job)).took;
+        eprintln!(
+            "1-row job {}/{tiny_runs}: cluster {:.1} ms, local[2] {:.1} ms",
+            run + 1,
+            c.as_secs_f64() * 1e3,
+            l.as_secs_f64() * 1e3
+        );
+        tiny_ms.push(c.as_secs_f64() * 1e3);
+        tiny_local_ms.push(l.as_secs_f64() * 1e3);
+    }
+
+    // 2. The 10M-row aggregation; checked once against local[2].
+    let mut big_tally = Tally::default();
+    let expected = timed_ok(local_submit(&big_job)).stdout;
+    let got = big_tally
+        .first_ok(|| {
+            let run = timed(cluster.submit(&name("big"), &big_job));
+            cluster.wait_idle();
+            run
+        })
+        .stdout;
+    assert_eq!(
+        got, expected,
+        "the cluster's watch-time rows differ from local[2]'s"
+    );
+    assert!(expected.lines().count() > 1, "no rows: {expected}");
+    runtime.block_on(datafusion_query(&big));
+    let (mut big_s, mut df_s, mut big_ratios) = (vec![], vec![], vec![]);
+    for run in 0..runs {
+        let c = big_tally
+            .first_ok(|| {
+                let run = timed(cluster.submit(&name("big"), &big_job));
+                cluster.wait_idle();
+                run
+            })
+            .took;
+        let d = runtime.block_on(datafusion_query(&big));
+        eprintln!(
+            "10M-row job {}/{runs}: cluster {:.3} s, datafusion {:.3} s",
+            run + 1,
+            c.as_secs_f64(),
+            d.as_secs_f64()
+        );
+        big_s.push(c.as_secs_f64());
+        df_s.push(d.as_secs_f64());
+        big_ratios.push(c.as_secs_f64() / d.as_secs_f64());
+    }
+
+    // 3 and 4. Signalled drivers; the idle executor's RSS before each signal.
+    let (mut kill_ms, mut stop_ms) = (vec![], vec![]);
+    let (mut idle_mib, mut busy_mib) = (vec![], vec![]);
+    for run in 0..runs {
+        for (sig, label, out) in [
+            (libc::SIGKILL, "SIGKILL", &mut kill_ms),
+            (libc::SIGSTOP, "SIGSTOP", &mut stop_ms),
+        ] {
+            let (mut submit, pids) = long_job(&cluster, &long, &name("long"));
+            // Registered a moment ago; let the task start before telling
+            // the executors apart.
+            std::thread::sleep(Duration::from_millis(200));
+            if let Some(s) = sample_executors(&pids, Duration::from_millis(300)) {
+                eprintln!(
+                    "  executors: idle {:.1} MiB ({} ticks), busy {:.1} MiB ({} ticks)",
+                    s.idle_kib as f64 / 1024.0,
+                    s.idle_ticks,
+                    s.busy_kib as f64 / 1024.0,
+                    s.busy_ticks
+                );
+                if s.idle_ticks * 4 < s.busy_ticks.max(1) {
+                    idle_mib.push(s.idle_kib as f64 / 1024.0);
+                    busy_mib.push(s.busy_kib as f64 / 1024.0);
+                } else {
+                    eprintln!("  (no executor was clearly idle; sample dropped)");
+                }
+            }
+            let t0 = Instant::now();
+            signal(submit.id(), sig);
+            let gone = wait_gone(&pids, GONE_LIMIT).map(|_| t0.elapsed());
+            if sig == libc::SIGSTOP {
+                signal(submit.id(), libc::SIGKILL);
+            }
+            let _ = submit.wait();
+            match gone {
+                Some(d) => {
+                    eprintln!(
+                        "{label} {}/{runs}: executors gone after {:.1} ms",
+                        run + 1,
+                        d.as_secs_f64() * 1e3
+                    );
+                    out.push(d.as_secs_f64() * 1e3);
+                }
+                None => {
+                    eprintln!(
+                        "{label} {}/{runs}: executors still there after {GONE_LIMIT:?}; killing them",
+                        run + 1
+                    );
+                    for pid in &pids {
+                        signal(*pid, libc::SIGKILL);
+                    }
+                    out.push(f64::INFINITY);
+                }
+            }
+            cluster.wait_idle();
+        }
+    }
+    drop(cluster);
+
+    println!(
+        "\ncluster benchmark: manager + 2 workers x 1 core on loopback, client mode, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    row(
+        &format!("1-row job, cluster, submit to exit ({tiny_runs} runs)"),
+        &tiny_ms,
+        "ms",
+    );
+    row("1-row job, local[2], submit to exit", &tiny_local_ms, "ms");
+    let tiny_ratios: Vec<f64> = tiny_ms
+        .iter()
+        .zip(&tiny_local_ms)
+        .map(|(c, l)| c / l)
+        .collect();
+    row("ratio cluster / local[2] (per run)", &tiny_ratios, "x ");
+    tally_row(&tiny_tally);
+    row(
+        &format!("{rows}-row job, cluster, submit to exit ({runs} runs)"),
+        &big_s,
+        "s ",
+    );
+    row("plain DataFusion, 2 partitions (in-process)", &df_s, "s ");
+    row("ratio cluster / DataFusion (per run)", &big_ratios, "x ");
+    tally_row(&big_tally);
+    row("SIGKILLed driver -> last executor gone", &kill_ms, "ms");
+    row("SIGSTOPped driver -> last executor gone", &stop_ms, "ms");
+    if !idle_mib.is_empty() {
+        row("idle executor VmRSS", &idle_mib, "MiB");
+        row("busy executor VmRSS (for comparison)", &busy_mib, "MiB");
+    }
+
+    let mut verdicts = vec![
+        Verdict {
+            figure: "1-row job, cluster, submit to exit (median)".into(),
+            value: format!("{:.1} ms", median(&tiny_ms)),
+            target: "<= 400 ms".into(),
+            pass: median(&tiny_ms) <= 400.0,
+        },
+        Verdict {
+            figure: format!("{rows}-row job, cluster / DataFusion (median)"),
+            value: format!("{:.2}x", median(&big_ratios)),
+            target: "<= 1.6x".into(),
+            pass: median(&big_ratios) <= 1.6,
+        },
+        Verdict {
+            figure: "SIGKILLed driver -> executors gone (max)".into(),
+            value: format!("{:.1} ms", max(&kill_ms)),
+            target: "<= 1000 ms".into(),
+            pass: max(&kill_ms) <= 1000.0,
+        },
+        Verdict {
+            figure: "SIGSTOPped driver -> executors gone (max)".into(),
+            value: format!("{:.1} ms", max(&stop_ms)),
+            target: "<= 1000 ms".into(),
+            pass: max(&stop_ms) <= 1000.0,
+        },
+    ];
+    let failed = tiny_tally.failed_jobs + big_tally.failed_jobs;
+    verdicts.push(Verdict {
+        figure: "cluster jobs that failed (1-row and big)".into(),
+        value: format!("{failed} of {}", tiny_tally.jobs + big_tally.jobs),
+        target: "0".into(),
+        pass: failed == 0,
+    });
+    // 40 MB read as 10^6 bytes: the stricter reading of the target.
+    let idle_mb = max(&idle_mib) * 1024.0 * 1024.0 / 1e6;
+    verdicts.push(Verdict {
+        figure: "idle executor VmRSS (max)".into(),
+        value: if idle_mib.is_empty() {
+            "no sample".into()
+        } else {
+            format!("{idle_mb:.1} MB ({:.1} MiB)", max(&idle_mib))
+        },
+        target: "<= 40 MB".into(),
+        pass: !idle_mib.is_empty() && idle_mb <= 40.0,
+    });
+    println!(
+        "\n{:<50} {:>22}  {:>11}  result",
+        "figure", "value", "target"
+    );
+    for v in &verdicts {
+        println!(
+            "{:<50} {:>22}  {:>11}  {}",
+            v.figure,
+            v.value,
+            v.target,
+            if v.pass { "PASS" } else { "MISS" }
+        );
+    }
+}
