@@ -396,10 +396,10 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::testing::{graph, run_stages as run};
     use crate::script::split_statements;
     use crate::session::planning_config;
     use crate::stages::{Stage, StageGraph};
+    use crate::testing::{graph, run_stages as run};
 
     const WATCH_TIME: &str = include_str!("../../examples/watch_time.sql");
 

@@ -254,8 +254,8 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::testing::{graph, run_stages};
     use crate::session::planning_config;
+    use crate::testing::{graph, run_stages};
 
     fn table(name: &str, rows: i64, offset: i64) -> (Arc<Schema>, Vec<Vec<RecordBatch>>) {
         let schema = Arc::new(Schema::new(vec![
