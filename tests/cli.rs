@@ -202,12 +202,30 @@ fn a_bad_csv_row_fails_the_job_and_copy_writes_nothing() {
 }
 
 #[test]
-fn cluster_roles_say_they_are_not_available_yet() {
-    for role in ["driver", "executor", "cluster-manager", "worker"] {
+fn cluster_roles_explain_what_they_are_missing() {
+    // Executors and drivers are started by a worker, with a spec on stdin.
+    for role in ["driver", "executor"] {
         let out = ember(&["--role", role], repo());
         assert!(!out.status.success());
-        assert!(text(&out.stderr).contains("not available yet"), "{role}");
+        assert!(
+            text(&out.stderr).contains("started by a worker"),
+            "{role}: {}",
+            text(&out.stderr)
+        );
     }
+    let out = ember(&["--role", "worker"], repo());
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("needs --cluster-manager"));
+    let out = ember(
+        &["--role", "cluster-manager", "--certs", "no/such/certs"],
+        repo(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no/such/certs"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = ember(
         &[
             "submit",
@@ -219,6 +237,13 @@ fn cluster_roles_say_they_are_not_available_yet() {
     );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cluster master"));
+    let out = ember(&["status", "--master", "local[2]"], repo());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ember://HOST:PORT"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
