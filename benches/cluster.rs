@@ -28,15 +28,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember::datagen::{ViewsSpec, generate_views};
-use ember_certs::{IssueRequest, Role, init_ca, issue};
-use serde_json::Value;
+use ember::datagen::{cached_views, views_ddl};
+use ember::loopback::{LoopbackCluster, alive, app, command_line, signal, wait_gone};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
                      FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";
@@ -64,91 +63,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn ddl(dir: &Path) -> String {
-    format!(
-        "CREATE EXTERNAL TABLE views (event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, \
-         video_id BIGINT NOT NULL, watch_seconds BIGINT NOT NULL, country VARCHAR NOT NULL) \
-         STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
-        dir.display()
-    )
-}
-
-/// Generates the data once per size; later runs (and `watch_time`) reuse it.
-fn data(root: &Path, rows: u64, files: usize) -> PathBuf {
-    let dir = root.join(format!("views-{rows}-{files}"));
-    let done = dir.join("_COMPLETE");
-    if !done.exists() {
-        eprintln!(
-            "generating {rows} rows in {files} files under {} ...",
-            dir.display()
-        );
-        generate_views(&ViewsSpec {
-            rows,
-            files,
-            out: dir.clone(),
-            seed: 42,
-            day: "2026-11-01".to_string(),
-            videos: 20_000,
-            force: true,
-        })
-        .unwrap();
-        std::fs::write(&done, "").unwrap();
-    }
-    dir
-}
-
 async fn datafusion_query(dir: &Path) -> Duration {
     let started = Instant::now();
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    ctx.sql(&ddl(dir)).await.unwrap();
+    ctx.sql(&views_ddl(dir)).await.unwrap();
     let rows = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
     assert!(rows.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
     started.elapsed()
 }
 
 // ---------------------------------------------------------------- processes
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) with a PID this bench started (or its cluster did).
-    unsafe {
-        libc::kill(pid as i32, sig);
-    }
-}
-
-/// Whether `pid` is running or stopped; a zombie has finished.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// Polls /proc every millisecond until every one of `pids` is gone.
-fn wait_gone(pids: &[u32], limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if pids.iter().all(|p| !alive(*p)) {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn command_line(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// The parent of `pid`.
 fn parent(pid: u32) -> Option<u32> {
@@ -202,121 +126,22 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 // ------------------------------------------------------------------ cluster
 
-/// A manager and two one-core workers; all of it is stopped on drop, a
-/// failing run included.
-struct Cluster {
-    dir: tempfile::TempDir,
-    master: String,
-    manager: Option<Child>,
-    workers: Vec<Child>,
+/// The loopback cluster (a manager and two one-core workers) with what the
+/// bench adds: client-mode submissions on both workers, and waiting for an
+/// idle cluster between runs. Everything is stopped on drop, a failing run
+/// included.
+struct Cluster(Option<LoopbackCluster>);
+
+impl Deref for Cluster {
+    type Target = LoopbackCluster;
+    fn deref(&self) -> &LoopbackCluster {
+        self.0.as_ref().unwrap()
+    }
 }
 
 impl Cluster {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        init_ca(&certs, "bench", 5, false).unwrap();
-        issue(
-            &certs,
-            &IssueRequest::new(Role::ClusterManager, "cm", vec![], 5),
-        )
-        .unwrap();
-        issue(&certs, &IssueRequest::new(Role::Client, "bench", vec![], 5)).unwrap();
-        for w in ["w1", "w2"] {
-            issue(&certs, &IssueRequest::new(Role::Worker, w, vec![], 5)).unwrap();
-        }
-        let mut cluster = Cluster {
-            dir,
-            master: String::new(),
-            manager: None,
-            workers: Vec::new(),
-        };
-        cluster.start_manager();
-        for w in ["w1", "w2"] {
-            cluster.start_worker(w);
-        }
-        cluster.wait_for("two workers", Duration::from_secs(20), |s| {
-            s["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ALIVE").count() == 2)
-        });
-        cluster
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    fn start_manager(&mut self) {
-        let mut child = Command::new(ember())
-            .args([
-                "--role",
-                "cluster-manager",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                "cm",
-            ])
-            .arg("--certs")
-            .arg(self.certs())
-            .arg("--state-dir")
-            .arg(self.dir.path().join("cm-state"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        // Kept from here on: a dropped guard still stops the manager.
-        self.manager = Some(child);
-        let mut banner = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            banner.push(byte[0]);
-        }
-        let banner = text(&banner);
-        self.master = banner
-            .split_whitespace()
-            .find(|w| w.starts_with("ember://"))
-            .unwrap_or_else(|| panic!("no address in the manager's banner '{banner}'"))
-            .to_string();
-        // Drain the rest so the manager never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    }
-
-    fn start_worker(&mut self, name: &str) {
-        let manager = self.master.trim_start_matches("ember://").to_string();
-        let child = Command::new(ember())
-            .args([
-                "--role",
-                "worker",
-                "--cluster-manager",
-                &manager,
-                "--name",
-                name,
-            ])
-            .args(["--cores", "1", "--memory", "2g"])
-            .arg("--certs")
-            .arg(self.certs())
-            .arg("--work-dir")
-            .arg(self.dir.path().join(name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.workers.push(child);
-    }
-
-    /// An `ember` command with this cluster's master and certificates.
-    fn ember(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(ember());
-        command
-            .args(args)
-            .args(["--master", &self.master])
-            .arg("--certs")
-            .arg(self.certs());
-        command
+        Cluster(Some(LoopbackCluster::start(ember(), 2, &[])))
     }
 
     /// `ember submit` in client mode on both workers.
@@ -334,33 +159,9 @@ impl Cluster {
         command
     }
 
-    fn status(&self) -> Option<Value> {
-        let out = self.ember(&["status", "--json"]).output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// Polls `ember status --json` until `check` holds.
-    fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let status = self.status();
-            if let Some(s) = status.as_ref().filter(|s| check(s)) {
-                return s.clone();
-            }
-            if start.elapsed() > limit {
-                panic!("gave up waiting for {what}: {status:#?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Executor processes of `app` (of any application, without one).
     fn executors(&self, app: Option<&str>) -> Vec<u32> {
-        let workers: Vec<u32> = self.workers.iter().map(Child::id).collect();
-        executors(&workers, app)
+        executors(&self.worker_pids(), app)
     }
 
     /// Waits until no executor runs and every core is free.
@@ -382,33 +183,11 @@ impl Cluster {
     }
 }
 
-fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-    status["apps"]
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|a| a["name"] == name)
-}
-
 impl Drop for Cluster {
     fn drop(&mut self) {
         let left = self.executors(None);
-        for w in &self.workers {
-            signal(w.id(), libc::SIGTERM);
-        }
-        for w in &mut self.workers {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && !matches!(w.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        if let Some(mut m) = self.manager.take() {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
-        // Anything the workers left behind (they should leave nothing).
+        // Stops the workers (which stop their executors), then the manager.
+        drop(self.0.take());
         for pid in left.into_iter().filter(|p| alive(*p)) {
             eprintln!("killing executor {pid}, left behind by its worker");
             signal(pid, libc::SIGKILL);
@@ -595,7 +374,7 @@ fn main() {
     let runs = env_or("EMBER_BENCH_RUNS", 3).max(1) as usize;
     let tiny_runs = env_or("EMBER_BENCH_TINY_RUNS", 5).max(1) as usize;
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
-    let big = data(&root, rows, 8);
+    let big = cached_views(&root, rows, 8).unwrap();
     let tiny = root.join("views-1");
     std::fs::create_dir_all(&tiny).unwrap();
     std::fs::write(
@@ -622,10 +401,13 @@ fn main() {
         std::fs::write(&path, sql).unwrap();
         path
     };
-    let big_job = job("watch_time_big.sql", &format!("{};\n{QUERY};\n", ddl(&big)));
+    let big_job = job(
+        "watch_time_big.sql",
+        &format!("{};\n{QUERY};\n", views_ddl(&big)),
+    );
     let tiny_job = job(
         "watch_time_tiny.sql",
-        &format!("{};\n{QUERY};\n", ddl(&tiny)),
+        &format!("{};\n{QUERY};\n", views_ddl(&tiny)),
     );
     let long = job("long.sql", LONG_JOB);
     let mut submissions = 0;

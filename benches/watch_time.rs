@@ -11,12 +11,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember::datagen::{ViewsSpec, generate_views};
+use ember::datagen::{cached_views, views_ddl};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
                      FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";
@@ -26,39 +26,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn ddl(dir: &Path) -> String {
-    format!(
-        "CREATE EXTERNAL TABLE views (event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, \
-         video_id BIGINT NOT NULL, watch_seconds BIGINT NOT NULL, country VARCHAR NOT NULL) \
-         STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
-        dir.display()
-    )
-}
-
-/// Generates the data once per size; later runs reuse it.
-fn data(root: &Path, rows: u64, files: usize) -> PathBuf {
-    let dir = root.join(format!("views-{rows}-{files}"));
-    let done = dir.join("_COMPLETE");
-    if !done.exists() {
-        eprintln!(
-            "generating {rows} rows in {files} files under {} ...",
-            dir.display()
-        );
-        generate_views(&ViewsSpec {
-            rows,
-            files,
-            out: dir.clone(),
-            seed: 42,
-            day: "2026-11-01".to_string(),
-            videos: 20_000,
-            force: true,
-        })
-        .unwrap();
-        std::fs::write(&done, "").unwrap();
-    }
-    dir
 }
 
 /// Runs `ember submit` to completion; returns its wall time.
@@ -89,7 +56,7 @@ fn children_peak_rss_mib() -> f64 {
 async fn datafusion_query(dir: &Path) -> Duration {
     let started = Instant::now();
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    ctx.sql(&ddl(dir)).await.unwrap();
+    ctx.sql(&views_ddl(dir)).await.unwrap();
     let rows = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
     assert!(rows.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
     started.elapsed()
@@ -123,7 +90,7 @@ fn main() {
     let rows = env_or("EMBER_BENCH_ROWS", 10_000_000);
     let runs = env_or("EMBER_BENCH_RUNS", 5).max(1) as usize;
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
-    let big = data(&root, rows, 8);
+    let big = cached_views(&root, rows, 8).unwrap();
     let tiny = root.join("views-1");
     std::fs::create_dir_all(&tiny).unwrap();
     std::fs::write(
@@ -133,7 +100,7 @@ fn main() {
     .unwrap();
     let job = |name: &str, dir: &Path| {
         let path = root.join(name);
-        std::fs::write(&path, format!("{};\n{QUERY};\n", ddl(dir))).unwrap();
+        std::fs::write(&path, format!("{};\n{QUERY};\n", views_ddl(dir))).unwrap();
         path
     };
     let big_job = job("watch_time_big.sql", &big);

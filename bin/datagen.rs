@@ -148,6 +148,43 @@ fn write_file(path: &Path, rows: u64, spec: &ViewsSpec, index: u64) -> Result<()
     write(&mut out, &mut rng).map_err(io_err(path))
 }
 
+/// DDL registering a directory of generated views as the table `views`.
+pub fn views_ddl(dir: &Path) -> String {
+    format!(
+        "CREATE EXTERNAL TABLE views (event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, \
+         video_id BIGINT NOT NULL, watch_seconds BIGINT NOT NULL, country VARCHAR NOT NULL) \
+         STORED AS CSV LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+        dir.display()
+    )
+}
+
+/// `rows` views in `files` files under `root`, generated once per size
+/// (seed 42, 20,000 videos) and reused after; for benchmarks.
+pub fn cached_views(root: &Path, rows: u64, files: usize) -> Result<PathBuf, GenError> {
+    let dir = root.join(format!("views-{rows}-{files}"));
+    let done = dir.join("_COMPLETE");
+    if !done.exists() {
+        eprintln!(
+            "generating {rows} rows in {files} files under {} ...",
+            dir.display()
+        );
+        generate_views(&ViewsSpec {
+            rows,
+            files,
+            out: dir.clone(),
+            seed: 42,
+            day: "2026-11-01".to_string(),
+            videos: 20_000,
+            force: true,
+        })?;
+        fs::write(&done, "").map_err(|source| GenError::Io {
+            path: done.clone(),
+            source,
+        })?;
+    }
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

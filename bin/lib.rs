@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod datagen;
 pub mod local_cluster;
+pub mod loopback;
 pub mod master;
 pub mod output;
 pub mod probe;

@@ -4,12 +4,13 @@
 //! /proc, so "no executor left behind" is checked against the OS itself.
 
 use std::io::Read;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ember_certs::{IssueRequest, Role, init_ca, issue};
+use ember::loopback::{self, LoopbackCluster, driver, processes, signal, wait_gone};
 use serde_json::Value;
 
 /// Clusters run one at a time: two would fight over the two cores.
@@ -24,68 +25,24 @@ fn ember() -> &'static Path {
 const LONG_JOB: &str =
     "SELECT count(*) AS n FROM generate_series(1, 50000000000) AS t(v) WHERE v % 7 = 3;\n";
 
+/// A manager and two one-core workers, with commands run from the
+/// repository (where `examples/` is).
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub master: String,
-    manager: Option<Child>,
-    manager_port: u16,
-    workers: Vec<Child>,
+    inner: LoopbackCluster,
     _turn: MutexGuard<'static, ()>,
 }
 
-fn signal(pid: u32, sig: i32) {
-    unsafe {
-        libc::kill(pid as i32, sig);
+impl Deref for Cluster {
+    type Target = LoopbackCluster;
+    fn deref(&self) -> &LoopbackCluster {
+        &self.inner
     }
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie has finished; only a running (or stopped) process counts.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LoopbackCluster {
+        &mut self.inner
     }
-}
-
-/// Waits up to `limit` for `pids` to be gone; returns how long it took.
-pub fn wait_gone(pids: &[u32], limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if pids.iter().all(|p| !alive(*p)) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
-fn command_line(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Processes running `ember --role ROLE` whose command line has `needle`.
-pub fn processes(role: &str, needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let args = command_line(pid);
-        let has_role = args.windows(2).any(|w| w[0] == "--role" && w[1] == role);
-        if has_role && args.iter().any(|a| a == needle) && alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -93,120 +50,16 @@ fn text(bytes: &[u8]) -> String {
 }
 
 impl Cluster {
-    /// A manager and two one-core workers.
     pub fn start() -> Self {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        init_ca(&certs, "e2e", 5, false).unwrap();
-        issue(
-            &certs,
-            &IssueRequest::new(Role::ClusterManager, "cm", vec![], 5),
-        )
-        .unwrap();
-        issue(&certs, &IssueRequest::new(Role::Client, "alice", vec![], 5)).unwrap();
-        for w in ["w1", "w2"] {
-            issue(&certs, &IssueRequest::new(Role::Worker, w, vec![], 5)).unwrap();
-        }
-        let mut cluster = Cluster {
-            dir,
-            master: String::new(),
-            manager: None,
-            manager_port: 0,
-            workers: Vec::new(),
-            _turn: turn,
-        };
-        cluster.start_manager();
-        for w in ["w1", "w2"] {
-            cluster.start_worker(w);
-        }
-        cluster.wait_for_workers(2);
-        cluster
-    }
-
-    pub fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    /// Starts (or restarts, on the same port and state dir) the manager.
-    pub fn start_manager(&mut self) {
-        let listen = format!("127.0.0.1:{}", self.manager_port);
-        let mut child = Command::new(ember())
-            .args([
-                "--role",
-                "cluster-manager",
-                "--listen",
-                &listen,
-                "--name",
-                "cm",
-            ])
-            .arg("--certs")
-            .arg(self.certs())
-            .arg("--state-dir")
-            .arg(self.dir.path().join("cm-state"))
-            .args(["--conf", "ember.deploy.recoveryTimeout=2s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut banner = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            banner.push(byte[0]);
-        }
-        let banner = text(&banner);
-        let url = banner
-            .split_whitespace()
-            .find(|w| w.starts_with("ember://"))
-            .unwrap_or_else(|| panic!("no address in '{banner}'"))
-            .to_string();
-        self.manager_port = url.rsplit(':').next().unwrap().parse().unwrap();
-        self.master = url;
-        self.manager = Some(child);
-    }
-
-    fn start_worker(&mut self, name: &str) {
-        let manager = self.master.trim_start_matches("ember://").to_string();
-        let child = Command::new(ember())
-            .args([
-                "--role",
-                "worker",
-                "--cluster-manager",
-                &manager,
-                "--name",
-                name,
-            ])
-            .args(["--cores", "1", "--memory", "2g"])
-            .arg("--certs")
-            .arg(self.certs())
-            .arg("--work-dir")
-            .arg(self.dir.path().join(name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.workers.push(child);
-    }
-
-    pub fn kill_manager(&mut self) {
-        if let Some(mut m) = self.manager.take() {
-            let _ = m.kill();
-            let _ = m.wait();
-        }
+        let inner = LoopbackCluster::start(ember(), 2, &["ember.deploy.recoveryTimeout=2s"]);
+        Cluster { inner, _turn: turn }
     }
 
     /// An `ember` command with this cluster's master and certificates.
     pub fn ember(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(ember());
-        command
-            .args(args)
-            .args(["--master", &self.master])
-            .arg("--certs")
-            .arg(self.certs())
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        let mut command = self.inner.ember(args);
+        command.current_dir(env!("CARGO_MANIFEST_DIR"));
         command
     }
 
@@ -215,50 +68,7 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Value {
-        let out = self.run(&["status", "--json"]);
-        assert!(out.status.success(), "status: {}", text(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    pub fn wait_for_workers(&self, n: usize) {
-        self.wait_for("workers to register", Duration::from_secs(20), |s| {
-            s["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ALIVE").count() >= n)
-        });
-    }
-
-    /// Polls `ember status --json` until `check` holds.
-    pub fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let out = self.run(&["status", "--json"]);
-            if out.status.success() {
-                let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-                if check(&status) {
-                    return status;
-                }
-                if start.elapsed() > limit {
-                    panic!("gave up waiting for {what}: {status:#}");
-                }
-            } else if start.elapsed() > limit {
-                panic!("gave up waiting for {what}: {}", text(&out.stderr));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The application whose name is `name`.
-    pub fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
-        status["apps"]
-            .as_array()?
-            .iter()
-            .rev()
-            .find(|a| a["name"] == name)
-    }
-
-    pub fn driver<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
-        status["drivers"].as_array()?.iter().find(|d| d["id"] == id)
+        self.inner.status().expect("the cluster manager answers")
     }
 
     /// Submits `job` in cluster mode and returns its submission id.
@@ -279,23 +89,6 @@ impl Cluster {
         let path = self.dir.path().join(name);
         std::fs::write(&path, sql).unwrap();
         path
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for w in &self.workers {
-            signal(w.id(), libc::SIGTERM);
-        }
-        for w in &mut self.workers {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && !matches!(w.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = w.kill();
-            let _ = w.wait();
-        }
-        self.kill_manager();
     }
 }
 
@@ -336,9 +129,9 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     let status = cluster.wait_for(
         "the client-mode app to finish",
         Duration::from_secs(10),
-        |s| Cluster::app(s, "client-mode").is_some_and(|a| a["state"] == "FINISHED"),
+        |s| loopback::app(s, "client-mode").is_some_and(|a| a["state"] == "FINISHED"),
     );
-    let app = Cluster::app(&status, "client-mode").unwrap();
+    let app = loopback::app(&status, "client-mode").unwrap();
     let id = app["id"].as_str().unwrap();
     assert!(
         wait_gone(&processes("executor", id), Duration::from_secs(10)).is_some(),
@@ -350,7 +143,7 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     cluster.wait_for(
         "the cluster-mode driver to finish",
         Duration::from_secs(30),
-        |s| Cluster::driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
+        |s| driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
     );
     let logs = cluster.run(&["logs", &id]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));
@@ -380,11 +173,11 @@ fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32>) {
         .spawn()
         .unwrap();
     let status = cluster.wait_for("two executors", Duration::from_secs(20), |s| {
-        Cluster::app(s, name).is_some_and(|a| {
+        loopback::app(s, name).is_some_and(|a| {
             a["state"] == "RUNNING" && a["executors"].as_array().is_some_and(|e| e.len() == 2)
         })
     });
-    let app = Cluster::app(&status, name).unwrap()["id"]
+    let app = loopback::app(&status, name).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -415,7 +208,7 @@ fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
         "the manager to see the app end",
         Duration::from_secs(10),
         |s| {
-            Cluster::app(s, "killed-driver").is_some_and(|a| a["state"] == "FAILED")
+            loopback::app(s, "killed-driver").is_some_and(|a| a["state"] == "FAILED")
                 && s["workers"]
                     .as_array()
                     .unwrap()
@@ -456,9 +249,9 @@ fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "one\n1\n");
     let status = cluster.wait_for("the finished app", Duration::from_secs(10), |s| {
-        Cluster::app(s, "done-driver").is_some_and(|a| a["state"] == "FINISHED")
+        loopback::app(s, "done-driver").is_some_and(|a| a["state"] == "FINISHED")
     });
-    let id = Cluster::app(&status, "done-driver").unwrap()["id"]
+    let id = loopback::app(&status, "done-driver").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -474,15 +267,15 @@ fn a_cluster_manager_restart_loses_no_submission() {
         false,
     );
     cluster.wait_for("the first driver", Duration::from_secs(30), |s| {
-        Cluster::driver(s, &first).is_some_and(|d| d["state"] == "FINISHED")
+        driver(s, &first).is_some_and(|d| d["state"] == "FINISHED")
     });
 
     // A driver that runs across the restart: it waits on a long job.
     let long = cluster.job("long.sql", LONG_JOB);
     let second = cluster.submit_cluster_mode("across-restart", &long, false);
     cluster.wait_for("the second driver to run", Duration::from_secs(20), |s| {
-        Cluster::driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
-            && Cluster::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
+        driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
+            && loopback::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
     });
     let drivers = processes("driver", &second);
     assert_eq!(drivers.len(), 1);
@@ -495,13 +288,13 @@ fn a_cluster_manager_restart_loses_no_submission() {
         Duration::from_secs(20),
         |s| {
             s["workers"].as_array().is_some_and(|w| w.len() == 2)
-                && Cluster::driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
-                && Cluster::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
+                && driver(s, &second).is_some_and(|d| d["state"] == "RUNNING")
+                && loopback::app(s, "across-restart").is_some_and(|a| a["state"] == "RUNNING")
                 && s["recovering"] == false
         },
     );
     assert_eq!(
-        Cluster::driver(&status, &first).unwrap()["state"],
+        driver(&status, &first).unwrap()["state"],
         "FINISHED",
         "history survives: {status:#}"
     );
@@ -514,7 +307,7 @@ fn a_cluster_manager_restart_loses_no_submission() {
     let killed = cluster.run(&["kill", &second]);
     assert!(killed.status.success(), "{}", text(&killed.stderr));
     cluster.wait_for("the killed driver", Duration::from_secs(10), |s| {
-        Cluster::driver(s, &second).is_some_and(|d| d["state"] == "KILLED")
+        driver(s, &second).is_some_and(|d| d["state"] == "KILLED")
     });
     assert!(wait_gone(&drivers, Duration::from_secs(10)).is_some());
 }
@@ -540,7 +333,7 @@ fn supervise_restarts_a_failing_driver_once_and_never_runs_two() {
     loop {
         most_at_once = most_at_once.max(processes("driver", &id).len());
         let status = cluster.status();
-        let driver = Cluster::driver(&status, &id).unwrap().clone();
+        let driver = driver(&status, &id).unwrap().clone();
         if !fixed && driver["state"] == "RELAUNCHING" {
             std::fs::write(&data, "x\n40\n2\n").unwrap();
             fixed = true;
@@ -600,9 +393,9 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         .spawn()
         .unwrap();
     let status = cluster.wait_for("the waiting reason", Duration::from_secs(10), |s| {
-        Cluster::app(s, "too-big").is_some_and(|a| a["state"] == "WAITING")
+        loopback::app(s, "too-big").is_some_and(|a| a["state"] == "WAITING")
     });
-    let reason = Cluster::app(&status, "too-big").unwrap()["reason"]
+    let reason = loopback::app(&status, "too-big").unwrap()["reason"]
         .as_str()
         .unwrap()
         .to_string();
@@ -610,7 +403,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         reason.contains("needs 4 cores") && reason.contains("largest worker has 1 cores"),
         "{reason}"
     );
-    let app = Cluster::app(&status, "too-big").unwrap()["id"]
+    let app = loopback::app(&status, "too-big").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -639,7 +432,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
             "--cluster-manager",
             cluster.master.trim_start_matches("ember://"),
         ])
-        .args(["--name", "alice"])
+        .args(["--name", ember::loopback::CLIENT])
         .arg("--certs")
         .arg(cluster.certs())
         .output()
@@ -683,16 +476,16 @@ fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
     let long = cluster.job("long.sql", LONG_JOB);
     let id = cluster.submit_cluster_mode("moving", &long, true);
     let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
-        Cluster::driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
-            && Cluster::app(s, "moving").is_some_and(|a| a["state"] == "RUNNING")
+        driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
+            && loopback::app(s, "moving").is_some_and(|a| a["state"] == "RUNNING")
     });
-    let first_home = Cluster::driver(&status, &id).unwrap()["worker"]
+    let first_home = driver(&status, &id).unwrap()["worker"]
         .as_str()
         .unwrap()
         .to_string();
     let old_driver = processes("driver", &id);
     assert_eq!(old_driver.len(), 1);
-    let app = Cluster::app(&status, "moving").unwrap()["id"]
+    let app = loopback::app(&status, "moving").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -702,14 +495,11 @@ fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
     // SIGKILL the worker running the driver: its children die with it, the
     // application's other executors follow their driver, and the driver is
     // relaunched on the other worker.
-    let index = if first_home == "w1" { 0 } else { 1 };
-    let worker = &mut cluster.workers[index];
-    signal(worker.id(), libc::SIGKILL);
-    let _ = worker.wait();
+    cluster.kill_worker(&first_home);
     assert!(wait_gone(&old_driver, Duration::from_secs(10)).is_some());
     assert!(wait_gone(&executors, Duration::from_secs(10)).is_some());
     let status = cluster.wait_for("the driver to move", Duration::from_secs(20), |s| {
-        Cluster::driver(s, &id).is_some_and(|d| {
+        driver(s, &id).is_some_and(|d| {
             d["state"] == "RUNNING" && d["worker"] != first_home.as_str() && d["restarts"] == 1
         })
     });

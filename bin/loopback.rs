@@ -1,0 +1,288 @@
+//! A cluster of real processes on loopback — a cluster manager and workers
+//! started from the `ember` binary, with certificates made for them — for
+//! the end-to-end tests and the cluster benchmark. Processes are found and
+//! checked through /proc, so "nothing left behind" is the OS's word. This
+//! is test support: a fixture that cannot start panics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_certs::{IssueRequest, Role, init_ca, issue};
+use serde_json::Value;
+
+/// The client certificate's name.
+pub const CLIENT: &str = "client";
+
+pub struct LoopbackCluster {
+    pub dir: tempfile::TempDir,
+    /// `ember://127.0.0.1:PORT`.
+    pub master: String,
+    program: PathBuf,
+    manager_conf: Vec<String>,
+    manager: Option<Child>,
+    manager_port: u16,
+    workers: Vec<(String, Child)>,
+}
+
+impl LoopbackCluster {
+    /// A manager (with `manager_conf` as `--conf` pairs) and `workers`
+    /// one-core workers named w1, w2, ...; returns once all registered.
+    pub fn start(program: &Path, workers: usize, manager_conf: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        init_ca(&certs, "loopback", 5, false).unwrap();
+        let request = |role, name: &str| IssueRequest::new(role, name, vec![], 5);
+        issue(&certs, &request(Role::ClusterManager, "cm")).unwrap();
+        issue(&certs, &request(Role::Client, CLIENT)).unwrap();
+        let names: Vec<String> = (1..=workers).map(|i| format!("w{i}")).collect();
+        for name in &names {
+            issue(&certs, &request(Role::Worker, name)).unwrap();
+        }
+        let mut cluster = Self {
+            dir,
+            master: String::new(),
+            program: program.to_path_buf(),
+            manager_conf: manager_conf.iter().map(|c| c.to_string()).collect(),
+            manager: None,
+            manager_port: 0,
+            workers: Vec::new(),
+        };
+        cluster.start_manager();
+        for name in &names {
+            cluster.start_worker(name);
+        }
+        cluster.wait_for("the workers to register", Duration::from_secs(20), |s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ALIVE").count() == workers)
+        });
+        cluster
+    }
+
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Starts the manager, or starts it again on the same port and state
+    /// dir after [`LoopbackCluster::kill_manager`].
+    pub fn start_manager(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.manager_port);
+        let mut command = Command::new(&self.program);
+        command
+            .args([
+                "--role",
+                "cluster-manager",
+                "--listen",
+                &listen,
+                "--name",
+                "cm",
+            ])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("cm-state"));
+        for pair in &self.manager_conf {
+            command.args(["--conf", pair]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        // Kept from here on, so a failing start still stops it on drop.
+        self.manager = Some(child);
+        let mut banner = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            banner.push(byte[0]);
+        }
+        let banner = String::from_utf8_lossy(&banner).into_owned();
+        let url = banner
+            .split_whitespace()
+            .find(|w| w.starts_with("ember://"))
+            .unwrap_or_else(|| panic!("no address in the manager's banner '{banner}'"))
+            .to_string();
+        self.manager_port = url.rsplit(':').next().unwrap().parse().unwrap();
+        self.master = url;
+        // Drain the rest so the manager never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    }
+
+    fn start_worker(&mut self, name: &str) {
+        let manager = self.master.trim_start_matches("ember://").to_string();
+        let child = Command::new(&self.program)
+            .args([
+                "--role",
+                "worker",
+                "--cluster-manager",
+                &manager,
+                "--name",
+                name,
+            ])
+            .args(["--cores", "1", "--memory", "2g"])
+            .arg("--certs")
+            .arg(self.certs())
+            .arg("--work-dir")
+            .arg(self.dir.path().join(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.workers.push((name.to_string(), child));
+    }
+
+    pub fn kill_manager(&mut self) {
+        if let Some(mut manager) = self.manager.take() {
+            let _ = manager.kill();
+            let _ = manager.wait();
+        }
+    }
+
+    /// SIGKILLs worker `name` and reaps it.
+    pub fn kill_worker(&mut self, name: &str) {
+        if let Some((_, worker)) = self.workers.iter_mut().find(|(n, _)| n == name) {
+            signal(worker.id(), libc::SIGKILL);
+            let _ = worker.wait();
+        }
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|(_, w)| w.id()).collect()
+    }
+
+    /// An `ember` command with this cluster's master and certificates.
+    pub fn ember(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(args)
+            .args(["--master", &self.master])
+            .arg("--certs")
+            .arg(self.certs());
+        command
+    }
+
+    /// `ember status --json`, if the manager answers.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.ember(&["status", "--json"]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls `ember status --json` until `check` holds.
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if let Some(s) = status.as_ref().filter(|s| check(s)) {
+                return s.clone();
+            }
+            if start.elapsed() > limit {
+                panic!("gave up waiting for {what}: {status:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LoopbackCluster {
+    fn drop(&mut self) {
+        for (_, worker) in &self.workers {
+            signal(worker.id(), libc::SIGTERM);
+        }
+        for (_, worker) in &mut self.workers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(worker.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        self.kill_manager();
+    }
+}
+
+/// The newest application named `name` in a status.
+pub fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["apps"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|a| a["name"] == name)
+}
+
+/// The submission `id` in a status.
+pub fn driver<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    status["drivers"].as_array()?.iter().find(|d| d["id"] == id)
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Whether `pid` is running or stopped; a zombie has finished.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for every one of `pids` to be gone; returns how long
+/// that took.
+pub fn wait_gone(pids: &[u32], limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pids.iter().all(|p| !alive(*p)) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+pub fn command_line(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes running `ember --role ROLE` with `needle` among their
+/// arguments (an application or submission id).
+pub fn processes(role: &str, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let args = command_line(pid);
+        let has_role = args.windows(2).any(|w| w[0] == "--role" && w[1] == role);
+        if has_role && args.iter().any(|a| a == needle) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
