@@ -558,14 +558,24 @@ fn run_job(
 ) -> ExitCode {
     let system = actix::System::new();
     system.block_on(async move {
-        let mut session = match Session::start(options).await {
+        // Caught from the start: Ctrl-C while executors are still joining
+        // must not leave the process without a word to its cluster.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let started = tokio::select! {
+            started = Session::start(options) => started,
+            _ = interrupted(&mut interrupt) => {
+                eprintln!("interrupted while starting");
+                return ExitCode::from(130);
+            }
+        };
+        let mut session = match started {
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
-        let interrupted = tokio::signal::ctrl_c();
         let code = tokio::select! {
             code = run_statements(&mut session, job, statements, mode, format, on_terminal) => code,
-            _ = interrupted => {
+            _ = interrupted(&mut interrupt) => {
                 eprintln!("interrupted; stopping the application");
                 ExitCode::from(130)
             }
@@ -574,6 +584,16 @@ fn run_job(
         session.stop_with(failure).await;
         code
     })
+}
+
+/// Resolves at the next SIGINT (never, if it could not be caught).
+async fn interrupted(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Transport settings from `EMBER_*` variables and `--conf` pairs.
