@@ -95,6 +95,8 @@ struct StageRun {
     map_outputs: BTreeMap<usize, MapStatus>,
     /// Which executor holds each finished map task's blocks.
     map_locations: BTreeMap<usize, ExecutorId>,
+    /// Where the blocks this stage reads live, set when it is submitted.
+    reads: Arc<MapLocations>,
     results: BTreeMap<usize, Vec<RecordBatch>>,
     finished: BTreeSet<usize>,
 }
@@ -115,25 +117,21 @@ impl JobRun {
         self.stages.keys().copied().collect()
     }
 
-    /// For each submitted stage: where the map output of every stage it
-    /// reads lives, by map partition.
-    fn parent_locations(&self) -> BTreeMap<StageId, Arc<MapLocations>> {
-        self.stages
+    /// Where the map output of every stage `stage` reads lives, by map
+    /// partition; fixed once its parents are complete.
+    fn parent_locations(&self, stage: StageId) -> MapLocations {
+        let Some(stage) = self.stages.get(&stage) else {
+            return MapLocations::new();
+        };
+        stage
+            .parents
             .iter()
-            .filter(|(_, s)| s.submitted && !s.pending.is_empty())
-            .map(|(id, s)| {
-                let reads = s
-                    .parents
-                    .iter()
-                    .filter_map(|p| self.stages.get(p).map(|parent| (*p, parent)))
-                    .map(|(p, parent)| {
-                        let holders = (0..parent.tasks)
-                            .map(|m| parent.map_locations.get(&m).cloned())
-                            .collect();
-                        (p, holders)
-                    })
+            .filter_map(|p| self.stages.get(p).map(|parent| (*p, parent)))
+            .map(|(p, parent)| {
+                let holders = (0..parent.tasks)
+                    .map(|m| parent.map_locations.get(&m).cloned())
                     .collect();
-                (*id, Arc::new(reads))
+                (p, holders)
             })
             .collect()
     }
@@ -214,6 +212,7 @@ impl Scheduler {
                         failures: BTreeMap::new(),
                         map_outputs: BTreeMap::new(),
                         map_locations: BTreeMap::new(),
+                        reads: Arc::default(),
                         results: BTreeMap::new(),
                         finished: BTreeSet::new(),
                     },
@@ -395,13 +394,14 @@ impl Scheduler {
                 return;
             }
             for (job_id, stage_id) in ready {
-                let Some(stage) = self
-                    .jobs
-                    .get_mut(&job_id)
-                    .and_then(|j| j.stages.get_mut(&stage_id))
-                else {
+                let Some(job) = self.jobs.get_mut(&job_id) else {
                     continue;
                 };
+                let reads = Arc::new(job.parent_locations(stage_id));
+                let Some(stage) = job.stages.get_mut(&stage_id) else {
+                    continue;
+                };
+                stage.reads = reads;
                 stage.submitted = true;
                 stage.pending = (0..stage.tasks).collect();
                 actions.push(Action::Progress(ProgressEvent::StageSubmitted {
@@ -420,9 +420,7 @@ impl Scheduler {
     /// the most free slots (ties go to the lowest id), so tasks spread out.
     fn offer_slots(&mut self, actions: &mut Vec<Action>) {
         for (job_id, job) in self.jobs.iter_mut() {
-            let locations = job.parent_locations();
             for (stage_id, stage) in job.stages.iter_mut() {
-                let reads = locations.get(stage_id).cloned().unwrap_or_default();
                 while let Some(&partition) = stage.pending.first() {
                     let Some((executor, state)) = self
                         .executors
@@ -451,7 +449,7 @@ impl Scheduler {
                             id: task,
                             kind: stage.kind,
                             plan: Arc::clone(&stage.plan),
-                            locations: Arc::clone(&reads),
+                            locations: Arc::clone(&stage.reads),
                         },
                     });
                 }
@@ -593,6 +591,27 @@ mod tests {
                 .any(|a| matches!(a, Action::RemoveShuffle { stages } if stages == &vec![0, 1]))
         );
         assert_eq!(s.active_jobs(), 0);
+    }
+
+    #[test]
+    fn a_reduce_task_is_told_which_executor_holds_each_map_output() {
+        let (mut s, actions) = start(1, &[("1", 1), ("2", 1)]);
+        let first = launches(&actions);
+        assert_eq!(first.len(), 2);
+        s.on_event(map_done(&first[0].0, first[0].1));
+        let a = s.on_event(map_done(&first[1].0, first[1].1));
+        let reads = a
+            .iter()
+            .find_map(|a| match a {
+                Action::LaunchTask { task, .. } => Some(Arc::clone(&task.locations)),
+                _ => None,
+            })
+            .unwrap();
+        let mut holders = vec![None, None];
+        for (executor, task) in &first {
+            holders[task.partition] = Some(executor.clone());
+        }
+        assert_eq!(*reads, MapLocations::from([(0, holders)]));
     }
 
     #[test]
