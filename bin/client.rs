@@ -10,7 +10,7 @@ use std::time::Duration;
 use ember_actors::cluster_manager::{
     ClientReply, ClusterStatus, DriverJob, DriverRequest, FOR_CLIENTS, FromClient,
 };
-use ember_transport::{ActorAddress, Node};
+use ember_transport::Node;
 
 use crate::cli::{ClusterArgs, IdArgs, LogsArgs, StatusArgs, fail};
 use crate::master::Master;
@@ -41,15 +41,11 @@ pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, Strin
         let node = Node::start_instance(&creds, Some(&instance), bind, Default::default())
             .map_err(|e| e.to_string())?;
         let outcome = async {
-            let manager = tokio::time::timeout(Duration::from_secs(10), node.connect(addr, host))
+            let manager = ember_actors::cluster_app::reach_manager(&node, addr, host)
                 .await
-                .map_err(|_| format!("the cluster manager at {addr} did not answer within 10 s"))?
-                .map_err(|e| format!("cannot reach the cluster manager at {addr}: {e}"))?;
+                .map_err(|e| e.to_string())?;
             let mailbox = node
-                .mailbox::<FromClient>(&ActorAddress {
-                    node: manager,
-                    name: FOR_CLIENTS.to_string(),
-                })
+                .mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
                 .map_err(|e| e.to_string())?;
             mailbox
                 .ask(request, Duration::from_secs(30))

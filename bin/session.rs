@@ -151,19 +151,9 @@ impl Session {
         let manager_addr = crate::cluster::resolve(host, port).map_err(SessionError::Cluster)?;
         let node = Node::start_instance(&creds, Some(&settings.instance), bind, node_options)
             .map_err(|e| SessionError::Cluster(format!("cannot start the driver's node: {e}")))?;
-        let manager_id =
-            tokio::time::timeout(Duration::from_secs(10), node.connect(manager_addr, host))
-                .await
-                .map_err(|_| {
-                    SessionError::Cluster(format!(
-                        "the cluster manager at {manager_addr} did not answer within 10 s"
-                    ))
-                })?
-                .map_err(|e| {
-                    SessionError::Cluster(format!(
-                        "cannot reach the cluster manager at {manager_addr}: {e}"
-                    ))
-                })?;
+        let manager = ember_actors::cluster_app::reach_manager(&node, manager_addr, host)
+            .await
+            .map_err(|e| SessionError::Cluster(e.to_string()))?;
         let addr = node
             .local_addr()
             .map_err(|e| SessionError::Cluster(e.to_string()))?;
@@ -175,11 +165,7 @@ impl Session {
                 host: settings.driver_host.clone(),
             },
             node,
-            manager: NodeContact {
-                node: manager_id,
-                addr: manager_addr,
-                host: host.to_string(),
-            },
+            manager,
             request: request.clone(),
             submission: settings.submission.clone(),
             max_failures: options

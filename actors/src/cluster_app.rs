@@ -5,11 +5,12 @@
 //! if the manager restarts.
 
 use std::io::Read;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use ember_transport::{Mailbox, Node, Registration};
+use tokio::sync::oneshot;
 
 use crate::cluster_manager::{
     APP, AppId, AppRequest, ClientReply, DriverId, FOR_APPS, FOR_CLIENTS, FromApp, FromClient,
@@ -52,14 +53,12 @@ pub enum ClusterAppError {
     Start(String),
 }
 
-type Shared<T> = Arc<Mutex<Option<T>>>;
-
 /// Starts the endpoint when the driver starts (the driver has no other
 /// executors to launch: the cluster manager asks workers for them).
 struct ClusterLauncher {
     node: Node,
     secret: String,
-    endpoint: Shared<Result<Addr<DriverEndpoint>, String>>,
+    endpoint: Option<oneshot::Sender<Result<Addr<DriverEndpoint>, String>>>,
 }
 
 impl ExecutorLauncher for ClusterLauncher {
@@ -67,7 +66,9 @@ impl ExecutorLauncher for ClusterLauncher {
         let started = DriverEndpoint::new(self.node.clone(), driver, self.secret.clone())
             .map(Actor::start)
             .map_err(|e| e.to_string());
-        *self.endpoint.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
+        if let Some(endpoint) = self.endpoint.take() {
+            let _ = endpoint.send(started);
+        }
     }
 }
 
@@ -88,41 +89,31 @@ impl ClusterApp {
         let manager = spec.manager.clone();
         connect(&spec.node, &manager).await?;
         let secret = new_secret().map_err(|e| ClusterAppError::Start(e.to_string()))?;
-        let endpoint: Shared<Result<Addr<DriverEndpoint>, String>> = Arc::default();
+        let (endpoint, started) = oneshot::channel();
         let launcher = ClusterLauncher {
             node: spec.node.clone(),
             secret: secret.clone(),
-            endpoint: Arc::clone(&endpoint),
+            endpoint: Some(endpoint),
         };
         let me = spec.contact.actor(crate::remote::wire::DRIVER);
-        let max_failures = spec.max_failures;
-        let listener = spec.listener;
-        let driver = Driver::new(me, max_failures, listener, Box::new(launcher)).start();
-        // The driver starts on this thread at the next turn of the loop.
-        let endpoint = loop {
-            if let Some(started) = endpoint
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-            {
-                break started.map_err(ClusterAppError::Start)?;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        let register = FromApp::Register {
+        let driver = Driver::new(me, spec.max_failures, spec.listener, Box::new(launcher)).start();
+        let endpoint = started
+            .await
+            .map_err(|_| ClusterAppError::Start("the driver did not start".into()))?
+            .map_err(ClusterAppError::Start)?;
+        let application = Application {
             request: spec.request.clone(),
             driver: spec.contact.clone(),
             client: spec.contact.actor(APP),
-            secret: secret.clone(),
+            secret,
             submission: spec.submission.clone(),
-            existing: None,
         };
         let client = AppClient {
             node: spec.node.clone(),
             manager: manager.clone(),
             endpoint: endpoint.clone(),
             driver: driver.clone(),
-            register,
+            application,
             app: None,
             registration: None,
             manager_mailbox: None,
@@ -199,31 +190,41 @@ impl ClusterApp {
     }
 }
 
+/// Dials the cluster manager at `addr` (its certificate naming `host`)
+/// and returns how to reach it.
+pub async fn reach_manager(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    host: &str,
+) -> Result<NodeContact, ClusterAppError> {
+    let unreachable = |why: String| ClusterAppError::Unreachable { addr, why };
+    let id = tokio::time::timeout(MANAGER_TIMEOUT, node.connect(addr, host))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {MANAGER_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(NodeContact {
+        node: id,
+        addr,
+        host: host.to_string(),
+    })
+}
+
 /// Dials the manager unless this node is already connected to it.
 pub async fn connect(node: &Node, manager: &NodeContact) -> Result<(), ClusterAppError> {
     if node.peers().iter().any(|(id, _)| *id == manager.node) {
         return Ok(());
     }
-    let connected =
-        tokio::time::timeout(MANAGER_TIMEOUT, node.connect(manager.addr, &manager.host)).await;
-    match connected {
-        Ok(Ok(id)) if id == manager.node => Ok(()),
-        Ok(Ok(id)) => Err(ClusterAppError::Unreachable {
+    let reached = reach_manager(node, manager.addr, &manager.host).await?;
+    if reached.node != manager.node {
+        return Err(ClusterAppError::Unreachable {
             addr: manager.addr,
             why: format!(
-                "the node there is '{id}', not the cluster manager '{}'",
-                manager.node
+                "the node there is '{}', not the cluster manager '{}'",
+                reached.node, manager.node
             ),
-        }),
-        Ok(Err(e)) => Err(ClusterAppError::Unreachable {
-            addr: manager.addr,
-            why: e.to_string(),
-        }),
-        Err(_) => Err(ClusterAppError::Unreachable {
-            addr: manager.addr,
-            why: format!("no answer within {MANAGER_TIMEOUT:?}"),
-        }),
+        });
     }
+    Ok(())
 }
 
 /// A fresh per-application secret: 128 random bits, in hex.
@@ -239,7 +240,7 @@ struct AppClient {
     manager: NodeContact,
     endpoint: Addr<DriverEndpoint>,
     driver: Addr<Driver>,
-    register: FromApp,
+    application: Application,
     app: Option<AppId>,
     registration: Option<Registration>,
     manager_mailbox: Option<Mailbox<FromApp>>,
@@ -284,28 +285,25 @@ struct Finish {
 #[rtype(result = "()")]
 struct Reregister;
 
+/// What the manager is told of the application each time it registers.
+struct Application {
+    request: AppRequest,
+    driver: NodeContact,
+    client: ember_transport::ActorAddress,
+    secret: String,
+    submission: Option<DriverId>,
+}
+
 impl AppClient {
     fn register_message(&self) -> FromApp {
-        match &self.register {
-            FromApp::Register {
-                request,
-                driver,
-                client,
-                secret,
-                submission,
-                ..
-            } => FromApp::Register {
-                request: request.clone(),
-                driver: driver.clone(),
-                client: client.clone(),
-                secret: secret.clone(),
-                submission: submission.clone(),
-                existing: self.app.clone(),
-            },
-            FromApp::Finished { app, failure } => FromApp::Finished {
-                app: app.clone(),
-                failure: failure.clone(),
-            },
+        let a = &self.application;
+        FromApp::Register {
+            request: a.request.clone(),
+            driver: a.driver.clone(),
+            client: a.client.clone(),
+            secret: a.secret.clone(),
+            submission: a.submission.clone(),
+            existing: self.app.clone(),
         }
     }
 }
