@@ -34,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember::datagen::{cached_views, views_ddl};
+use ember::datagen::{cached_views, one_row_views, views_ddl};
 use ember::loopback::{LoopbackCluster, alive, app, command_line, signal, wait_gone};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
@@ -375,13 +375,7 @@ fn main() {
     let tiny_runs = env_or("EMBER_BENCH_TINY_RUNS", 5).max(1) as usize;
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
     let big = cached_views(&root, rows, 8).unwrap();
-    let tiny = root.join("views-1");
-    std::fs::create_dir_all(&tiny).unwrap();
-    std::fs::write(
-        tiny.join("part-00000.csv"),
-        "event_time,user_id,video_id,watch_seconds,country\n2026-11-01T00:00:01Z,1,1,60,US\n",
-    )
-    .unwrap();
+    let tiny = one_row_views(&root).unwrap();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember::datagen::{cached_views, views_ddl};
+use ember::datagen::{cached_views, one_row_views, views_ddl};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
                      FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";
@@ -91,13 +91,7 @@ fn main() {
     let runs = env_or("EMBER_BENCH_RUNS", 5).max(1) as usize;
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
     let big = cached_views(&root, rows, 8).unwrap();
-    let tiny = root.join("views-1");
-    std::fs::create_dir_all(&tiny).unwrap();
-    std::fs::write(
-        tiny.join("part-00000.csv"),
-        "event_time,user_id,video_id,watch_seconds,country\n2026-11-01T00:00:01Z,1,1,60,US\n",
-    )
-    .unwrap();
+    let tiny = one_row_views(&root).unwrap();
     let job = |name: &str, dir: &Path| {
         let path = root.join(name);
         std::fs::write(&path, format!("{};\n{QUERY};\n", views_ddl(dir))).unwrap();

@@ -98,13 +98,7 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 /// `HOST:PORT` (as `--cluster-manager` takes it) to its parts.
 pub fn split_host_port(value: &str) -> Result<(String, u16), String> {
     let value = value.strip_prefix("ember://").unwrap_or(value);
-    let (host, port) = value
-        .rsplit_once(':')
-        .ok_or_else(|| format!("'{value}' is not HOST:PORT"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("'{port}' is not a port number"))?;
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
+    crate::master::parse_host_port(value).map_err(|why| format!("'{value}' {why}"))
 }
 
 /// A memory size as Spark writes it: `512m`, `4g`, `1024` (MB).

@@ -185,6 +185,21 @@ pub fn cached_views(root: &Path, rows: u64, files: usize) -> Result<PathBuf, Gen
     Ok(dir)
 }
 
+/// A one-row views table under `root` (a job's fixed cost, in benchmarks).
+pub fn one_row_views(root: &Path) -> Result<PathBuf, GenError> {
+    let dir = root.join("views-1");
+    let path = dir.join("part-00000.csv");
+    fs::create_dir_all(&dir)
+        .and_then(|()| {
+            fs::write(
+                &path,
+                "event_time,user_id,video_id,watch_seconds,country\n2026-11-01T00:00:01Z,1,1,60,US\n",
+            )
+        })
+        .map_err(|source| GenError::Io { path, source })?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

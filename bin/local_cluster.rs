@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use ember_actors::worker::child::{die_with_parent, signal};
+
 use crate::cli::fail;
 
 #[derive(Debug, Args)]
@@ -40,7 +42,7 @@ impl Drop for Children {
     fn drop(&mut self) {
         // Workers first, so they stop their executors; then the manager.
         for (_, child) in self.0.iter_mut().rev() {
-            terminate(child);
+            signal(child.id(), libc::SIGTERM);
         }
         for (_, child) in self.0.iter_mut().rev() {
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -52,15 +54,6 @@ impl Drop for Children {
             }
             let _ = child.kill();
             let _ = child.wait();
-        }
-    }
-}
-
-fn terminate(child: &Child) {
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
         }
     }
 }
@@ -101,17 +94,7 @@ fn spawn(program: &Path, args: &[String], log: &Path, stdout: Stdio) -> Result<C
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-    }
+    die_with_parent(&mut command, libc::SIGTERM);
     command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))

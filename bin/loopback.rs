@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use ember_actors::worker::child::signal;
 use ember_certs::{IssueRequest, Role, init_ca, issue};
 use serde_json::Value;
 
@@ -222,15 +223,6 @@ pub fn app<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
 /// The submission `id` in a status.
 pub fn driver<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
     status["drivers"].as_array()?.iter().find(|d| d["id"] == id)
-}
-
-pub fn signal(pid: u32, sig: i32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) has no memory effects.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
 }
 
 /// Whether `pid` is running or stopped; a zombie has finished.

@@ -43,22 +43,9 @@ impl Master {
             ));
         }
         if let Some(rest) = trimmed.strip_prefix("ember://") {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| err("a cluster master needs a port: ember://HOST:PORT"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.is_empty() {
-                return Err(err("a cluster master needs a host: ember://HOST:PORT"));
-            }
-            let port = port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
-            return Ok(Master::Cluster {
-                host: host.to_string(),
-                port,
-            });
+            let (host, port) =
+                parse_host_port(rest).map_err(|why| err(&format!("a cluster master {why}")))?;
+            return Ok(Master::Cluster { host, port });
         }
         let inner = trimmed
             .strip_prefix("local[")
@@ -140,6 +127,22 @@ impl FromStr for Master {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Master::parse(s, available_cores())
     }
+}
+
+/// `HOST:PORT` (a bracketed IPv6 host too) to its parts; the error says
+/// what is wrong.
+pub fn parse_host_port(value: &str) -> Result<(String, u16), &'static str> {
+    let (host, port) = value.rsplit_once(':').ok_or("needs a port: HOST:PORT")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("needs a host: HOST:PORT");
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or("needs a port number from 1 to 65535")?;
+    Ok((host.to_string(), port))
 }
 
 /// Cores this process may use.

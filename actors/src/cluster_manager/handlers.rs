@@ -1,8 +1,6 @@
 //! One handler per audience of the cluster manager; each feeds the state
 //! machine and carries out what it decides, journaling what changed.
 
-use std::collections::VecDeque;
-
 use actix::prelude::*;
 use ember_transport::ExitReason;
 
@@ -283,11 +281,9 @@ impl ClusterManager {
                 );
             }
         }
-        for (id, mut record) in apps {
+        for (id, record) in apps {
+            // An application is journaled as ended only once FINISHED or FAILED.
             let live = record.ended.is_none();
-            if !live && record.state != "FINISHED" && record.state != "FAILED" {
-                record.state = "FAILED".into();
-            }
             let request = record.request.clone();
             self.apps.insert(
                 id.clone(),
@@ -499,8 +495,7 @@ impl ClusterManager {
     /// journals every state that changed.
     pub(super) fn step(&mut self, event: Event, ctx: &mut Context<Self>) {
         let now = self.now_ms();
-        let actions: VecDeque<Action> = self.state.on_event(now, event).into();
-        for action in actions {
+        for action in self.state.on_event(now, event) {
             self.perform(action, ctx);
         }
         self.journal_changes();

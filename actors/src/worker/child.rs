@@ -103,7 +103,7 @@ pub fn launch(
         .stdin(Stdio::piped())
         .stdout(stdout)
         .stderr(stderr);
-    die_with_parent(&mut command);
+    die_with_parent(&mut command, libc::SIGKILL);
     let mut child = command.spawn()?;
     let Some(mut stdin) = child.stdin.take() else {
         let _ = child.kill();
@@ -117,14 +117,15 @@ pub fn launch(
     Ok(Started { child, stdin })
 }
 
-/// On Linux the kernel kills the child if the worker dies, whatever way.
+/// On Linux the kernel sends the child `signal` when its parent dies,
+/// whatever way: a worker's children get SIGKILL.
 #[cfg(target_os = "linux")]
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command, signal: i32) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the child.
     unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -133,16 +134,21 @@ fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
+pub fn die_with_parent(_command: &mut Command, _signal: i32) {}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
 
 /// Sends SIGKILL to `pid`.
 pub fn kill(pid: u32) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill has no memory effects.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
+    signal(pid, libc::SIGKILL);
 }
 
 /// How a child ended, in words, and its exit code if it had one.
