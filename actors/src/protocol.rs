@@ -78,6 +78,20 @@ pub enum TaskFailureKind {
     Killed,
     /// Its executor went away; not the task's fault.
     ExecutorLost,
+    /// The task could not read a shuffle block its parent stage wrote; the
+    /// parent's output there is gone and must be computed again.
+    FetchFailed,
+}
+
+/// Which map output a reduce task could not read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchFailure {
+    /// The stage that wrote it.
+    pub stage: ember_engine::StageId,
+    /// The map task (partition) that wrote it.
+    pub map: usize,
+    /// The executor it was read from.
+    pub executor: ExecutorId,
 }
 
 /// Why a task did not succeed.
@@ -85,6 +99,9 @@ pub enum TaskFailureKind {
 pub struct TaskError {
     pub kind: TaskFailureKind,
     pub message: String,
+    /// Set for `FetchFailed`: the output that could not be read.
+    #[serde(default)]
+    pub fetch: Option<FetchFailure>,
 }
 
 impl TaskError {
@@ -92,6 +109,16 @@ impl TaskError {
         Self {
             kind,
             message: message.into(),
+            fetch: None,
+        }
+    }
+
+    /// A reduce task could not read `failure`'s map output.
+    pub fn fetch_failed(failure: FetchFailure, message: impl Into<String>) -> Self {
+        Self {
+            kind: TaskFailureKind::FetchFailed,
+            message: message.into(),
+            fetch: Some(failure),
         }
     }
 
@@ -108,6 +135,7 @@ impl fmt::Display for TaskError {
             TaskFailureKind::Panic => write!(f, "task panicked: {}", self.message),
             TaskFailureKind::Killed => write!(f, "task killed: {}", self.message),
             TaskFailureKind::ExecutorLost => write!(f, "executor lost: {}", self.message),
+            TaskFailureKind::FetchFailed => write!(f, "fetch failed: {}", self.message),
         }
     }
 }

@@ -183,7 +183,11 @@ impl Driver {
                 }
                 self.emit(event);
             }
-            Action::JobSucceeded { job, batches } => {
+            Action::JobSucceeded {
+                job,
+                batches,
+                committed,
+            } => {
                 self.emit(ProgressEvent::JobEnded {
                     job,
                     succeeded: true,
@@ -192,6 +196,7 @@ impl Driver {
                     let _ = pending.reply.send(Ok(JobOutput {
                         schema: pending.schema,
                         batches,
+                        committed,
                     }));
                 }
             }

@@ -22,7 +22,7 @@ pub use messages::{
 use scheduler::Scheduler;
 
 use crate::executor::ExecutorMessage;
-use crate::protocol::{ExecutorId, JobId};
+use crate::protocol::{ExecutorId, JobId, TaskId};
 use crate::supervision::{ExitReason, PeerDown, Watchers};
 
 /// A finished job's rows.
@@ -30,6 +30,9 @@ use crate::supervision::{ExitReason, PeerDown, Watchers};
 pub struct JobOutput {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// The result-stage attempts whose output the job used, one per
+    /// partition: the attempts a file sink commits.
+    pub committed: Vec<TaskId>,
 }
 
 impl JobOutput {

@@ -56,6 +56,8 @@ pub enum Action {
     JobSucceeded {
         job: JobId,
         batches: Vec<RecordBatch>,
+        /// The result-stage attempts whose output was used.
+        committed: Vec<TaskId>,
     },
     JobFailed {
         job: JobId,
@@ -97,7 +99,8 @@ struct StageRun {
     map_locations: BTreeMap<usize, ExecutorId>,
     /// Where the blocks this stage reads live, set when it is submitted.
     reads: Arc<MapLocations>,
-    results: BTreeMap<usize, Vec<RecordBatch>>,
+    /// Each finished result task's attempt and rows.
+    results: BTreeMap<usize, (TaskId, Vec<RecordBatch>)>,
     finished: BTreeSet<usize>,
 }
 
@@ -256,7 +259,7 @@ impl Scheduler {
                         stage.map_locations.insert(task.partition, executor.clone());
                     }
                     TaskOutput::Result(batches) => {
-                        stage.results.insert(task.partition, batches);
+                        stage.results.insert(task.partition, (task, batches));
                     }
                 }
                 stage.finished.insert(task.partition);
@@ -308,18 +311,21 @@ impl Scheduler {
             return;
         };
         let stages = job.stage_ids();
-        let batches = job
-            .stages
-            .into_values()
-            .filter(|s| s.kind == StageKind::Result)
-            .flat_map(|s| s.results.into_values().flatten())
-            .collect();
+        let mut committed = Vec::new();
+        let mut batches = Vec::new();
+        for stage in job.stages.into_values() {
+            for (task, rows) in stage.results.into_values() {
+                committed.push(task);
+                batches.extend(rows);
+            }
+        }
         // Blocks go first, so they are gone as soon as possible after the
         // caller hears of the result.
         actions.push(Action::RemoveShuffle { stages });
         actions.push(Action::JobSucceeded {
             job: job_id,
             batches,
+            committed,
         });
     }
 
@@ -579,9 +585,9 @@ mod tests {
         let rows: usize = a
             .iter()
             .filter_map(|a| match a {
-                Action::JobSucceeded { job: 7, batches } => {
-                    Some(batches.iter().map(|b| b.num_rows()).sum::<usize>())
-                }
+                Action::JobSucceeded {
+                    job: 7, batches, ..
+                } => Some(batches.iter().map(|b| b.num_rows()).sum::<usize>()),
                 _ => None,
             })
             .sum();
