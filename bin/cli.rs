@@ -532,6 +532,7 @@ fn run_cluster_driver() -> ExitCode {
                 executor_cores: job.executor_cores,
                 executor_memory_mb: job.executor_memory_mb,
                 max_cores: job.max_cores,
+                conf: vec![],
             },
             submission: Some(driver.clone()),
         }),
@@ -726,6 +727,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         executor_cores: args.executor_cores,
         executor_memory_mb,
         max_cores,
+        conf: vec![],
     };
     if on_cluster {
         let missing = crate::session::missing_locations(&script);

@@ -7,12 +7,14 @@ use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal, Placement};
-use ember_actors::config::{RECOVERY_TIMEOUT, SPREAD_OUT};
+use ember_actors::config::{MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
+use ember_actors::faults::Faults;
 use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
 use ember_actors::supervision::{ExitReason, PeerDown};
 use ember_actors::worker::child::{ChildSpec, read_spec};
@@ -228,6 +230,10 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             journal,
             placement,
             recovery_grace,
+            max_executor_failures: conf
+                .get_usize(MAX_EXECUTOR_RETRIES)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(10),
         })
         .start();
         println!("cluster manager {} listening on ember://{addr}", node.id());
@@ -407,7 +413,16 @@ pub fn run_executor() -> ExitCode {
         Err(e) => return fail(format!("cannot start task threads: {e}")),
     };
     let pool = TaskPool::Runtime(tasks.handle().clone());
-    let session_config = ember_engine::session::planning_config(threads);
+    let mut session_config = ember_engine::session::planning_config(threads);
+    for (key, value) in conf.datafusion_options() {
+        if let Err(e) = session_config.options_mut().set(key, value) {
+            return fail(format!("--conf {key}={value}: {e}"));
+        }
+    }
+    let faults = match Faults::from_conf(&conf) {
+        Ok(f) => Arc::new(f),
+        Err(e) => return fail(e.to_string()),
+    };
     let system = System::new();
     let app_name = app.clone();
     let code = system.block_on(async move {
@@ -439,6 +454,7 @@ pub fn run_executor() -> ExitCode {
             secret,
             pool,
             session_config,
+            faults,
             on_exit,
         })?;
         tracing::info!(app = %app_name, executor, "executor started");

@@ -15,6 +15,7 @@ use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
 use ember_actors::config::{EXECUTOR_WAIT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
 use ember_actors::driver::{Driver, SubmitJob};
+use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
@@ -103,6 +104,9 @@ impl Session {
     /// Starts the driver and its executors and waits until the executors
     /// have registered. Must run inside an actix System.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
+        // A malformed fault is refused before anything starts.
+        let faults =
+            Faults::from_conf(&options.conf).map_err(|e| SessionError::Cluster(e.to_string()))?;
         if let Master::Cluster { host, port } = &options.master {
             return Self::start_on_cluster(host, *port, options.clone()).await;
         }
@@ -112,7 +116,8 @@ impl Session {
             threads: slots,
             // As in Spark, local mode takes its attempts from local[N,F];
             // ember.task.maxFailures is for cluster masters.
-            max_failures: options.master.max_failures(),
+            scheduler: options.conf.scheduler(options.master.max_failures()),
+            faults: Arc::new(faults),
             listener: options.listener,
             session_config: config.clone(),
         })?;
@@ -157,7 +162,9 @@ impl Session {
         let addr = node
             .local_addr()
             .map_err(|e| SessionError::Cluster(e.to_string()))?;
-        let request = settings.request.clone();
+        let mut request = settings.request.clone();
+        // Executors run with the application's settings.
+        request.conf = options.conf.pairs();
         let app = ClusterApp::start(ClusterAppSpec {
             contact: NodeContact {
                 node: node.id().clone(),
@@ -168,11 +175,13 @@ impl Session {
             manager,
             request: request.clone(),
             submission: settings.submission.clone(),
-            max_failures: options
-                .conf
-                .get_or_default(TASK_MAX_FAILURES)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(4),
+            scheduler: options.conf.scheduler(
+                options
+                    .conf
+                    .get_or_default(TASK_MAX_FAILURES)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(4),
+            ),
             listener: options.listener,
         })
         .await

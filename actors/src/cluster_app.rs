@@ -17,7 +17,8 @@ use crate::cluster_manager::{
     ToApp,
 };
 use crate::driver::{
-    Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors, StopDriver,
+    CancelJobs, Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors,
+    SchedulerConfig, StopDriver,
 };
 use crate::protocol::ExecutorId;
 use crate::remote::{CloseEndpoint, DriverEndpoint, ExecutorLostNotice, NodeContact};
@@ -36,7 +37,7 @@ pub struct ClusterAppSpec {
     pub request: AppRequest,
     /// The submission this driver runs, in cluster mode.
     pub submission: Option<DriverId>,
-    pub max_failures: u32,
+    pub scheduler: SchedulerConfig,
     pub listener: Option<Arc<dyn JobListener>>,
 }
 
@@ -96,7 +97,7 @@ impl ClusterApp {
             endpoint: Some(endpoint),
         };
         let me = spec.contact.actor(crate::remote::wire::DRIVER);
-        let driver = Driver::new(me, spec.max_failures, spec.listener, Box::new(launcher)).start();
+        let driver = Driver::new(me, spec.scheduler, spec.listener, Box::new(launcher)).start();
         let endpoint = started
             .await
             .map_err(|_| ClusterAppError::Start("the driver did not start".into()))?
@@ -372,7 +373,17 @@ impl Handler<ToApp> for AppClient {
             }
             ToApp::Killed => {
                 tracing::error!("the application was killed with `ember kill`");
+                // Running tasks are killed first, then the driver stops.
+                self.driver.do_send(CancelJobs {
+                    reason: "the application was killed with `ember kill`".into(),
+                });
                 self.driver.do_send(StopDriver);
+            }
+            ToApp::Failed { why } => {
+                tracing::error!(%why, "the cluster manager ended the application");
+                self.driver.do_send(CancelJobs {
+                    reason: format!("the cluster manager ended the application: {why}"),
+                });
             }
         }
     }

@@ -16,6 +16,10 @@ pub enum ValueKind {
     Duration,
     /// `true` or `false`.
     Bool,
+    /// A number above zero, such as `1.5` or `0.75`.
+    PositiveNumber,
+    /// Free text, checked where it is used.
+    Text,
 }
 
 /// One configuration key.
@@ -39,6 +43,16 @@ pub const MAX_QUEUED_BYTES: &str = "ember.transport.maxQueuedBytes";
 pub const SPREAD_OUT: &str = "ember.deploy.spreadOut";
 pub const RECOVERY_TIMEOUT: &str = "ember.deploy.recoveryTimeout";
 pub const EXECUTOR_WAIT: &str = "ember.scheduler.maxRegisteredResourcesWaitingTime";
+pub const STAGE_MAX_ATTEMPTS: &str = "ember.stage.maxConsecutiveAttempts";
+pub const NO_EXECUTOR_TIMEOUT: &str = "ember.scheduler.noExecutorTimeout";
+pub const MAX_EXECUTOR_RETRIES: &str = "ember.deploy.maxExecutorRetries";
+pub const SPECULATION: &str = "ember.speculation";
+pub const SPECULATION_MULTIPLIER: &str = "ember.speculation.multiplier";
+pub const SPECULATION_QUANTILE: &str = "ember.speculation.quantile";
+pub const SPECULATION_MIN_RUNTIME: &str = "ember.speculation.minTaskRuntime";
+pub const FAULT_FAIL_TASK: &str = "ember.faults.failTask";
+pub const FAULT_DELAY_TASK: &str = "ember.faults.delayTask";
+pub const FAULT_LOSE_MAP_OUTPUT: &str = "ember.faults.loseMapOutput";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -108,6 +122,66 @@ pub const KEYS: &[ConfigKey] = &[
         default: "30s",
         doc: "Cluster applications: how long the driver waits for the executors it asked for before it starts its first job with fewer.",
     },
+    ConfigKey {
+        name: STAGE_MAX_ATTEMPTS,
+        kind: ValueKind::PositiveInt,
+        default: "4",
+        doc: "Times in a row a stage may fail to read its parents' shuffle output (each time the lost output is computed again) before its job is aborted.",
+    },
+    ConfigKey {
+        name: NO_EXECUTOR_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "60s",
+        doc: "How long a running job waits for a replacement once every executor is gone, before it fails.",
+    },
+    ConfigKey {
+        name: MAX_EXECUTOR_RETRIES,
+        kind: ValueKind::PositiveInt,
+        default: "10",
+        doc: "Cluster manager: an exited executor is replaced, but once this many of an application's executors exited in a row and none is left, the application fails.",
+    },
+    ConfigKey {
+        name: SPECULATION,
+        kind: ValueKind::Bool,
+        default: "false",
+        doc: "Run a second attempt of tasks that are much slower than their stage's others; the first to finish wins, the other is killed.",
+    },
+    ConfigKey {
+        name: SPECULATION_MULTIPLIER,
+        kind: ValueKind::PositiveNumber,
+        default: "1.5",
+        doc: "With speculation: a task is slow once it has run this many times the median of its stage's finished tasks.",
+    },
+    ConfigKey {
+        name: SPECULATION_QUANTILE,
+        kind: ValueKind::PositiveNumber,
+        default: "0.75",
+        doc: "With speculation: the fraction of a stage's tasks that must have finished before any is speculated.",
+    },
+    ConfigKey {
+        name: SPECULATION_MIN_RUNTIME,
+        kind: ValueKind::Duration,
+        default: "100ms",
+        doc: "With speculation: a task younger than this is never slow.",
+    },
+    ConfigKey {
+        name: FAULT_FAIL_TASK,
+        kind: ValueKind::Text,
+        default: "",
+        doc: "Testing fault handling: STAGE.PARTITION:N makes the first N attempts of that task fail after doing their work, with an injected error. Stage ids are those EXPLAIN shows.",
+    },
+    ConfigKey {
+        name: FAULT_DELAY_TASK,
+        kind: ValueKind::Text,
+        default: "",
+        doc: "Testing fault handling: STAGE.PARTITION:DURATION (PARTITION may be *) makes the first attempt of those tasks wait that long before starting, to have a straggler or time to kill an executor mid-stage.",
+    },
+    ConfigKey {
+        name: FAULT_LOSE_MAP_OUTPUT,
+        kind: ValueKind::Text,
+        default: "",
+        doc: "Testing fault handling: STAGE.MAP drops the shuffle blocks the first attempt of that map task wrote, as if they were deleted, so readers hit a fetch failure.",
+    },
 ];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +192,8 @@ pub enum ConfigError {
     UnknownKey { key: String, hint: String },
     #[error("{key} must be a whole number of at least 1, not '{value}'")]
     NotPositiveInt { key: String, value: String },
+    #[error("{key} must be a number above zero, such as 1.5, not '{value}'")]
+    NotPositiveNumber { key: String, value: String },
     #[error("{key} must be true or false, not '{value}'")]
     NotBool { key: String, value: String },
     #[error("{key} must be a duration with its unit, such as 250ms, 2s or 1m, not '{value}'")]
@@ -215,6 +291,15 @@ impl EmberConf {
                     });
                 }
             }
+            ValueKind::PositiveNumber => {
+                if !matches!(value.parse::<f64>(), Ok(n) if n > 0.0 && n.is_finite()) {
+                    return Err(ConfigError::NotPositiveNumber {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+            }
+            ValueKind::Text => {}
         }
         self.values.insert(key.to_string(), value.to_string());
         Ok(())
@@ -247,6 +332,40 @@ impl EmberConf {
     /// A duration key, if set (values were checked when set).
     pub fn get_duration(&self, key: &str) -> Option<Duration> {
         self.get(key).and_then(parse_duration)
+    }
+
+    /// How a driver's scheduler handles faults; `max_failures` is the
+    /// master's (local masters have their own) when not set here.
+    pub fn scheduler(&self, max_failures: u32) -> crate::driver::SchedulerConfig {
+        let number = |key| {
+            self.get_or_default(key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(1.0)
+        };
+        let whole = |key| {
+            self.get_or_default(key)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(4)
+        };
+        let duration = |key, default| {
+            self.get_or_default(key)
+                .and_then(parse_duration)
+                .unwrap_or(default)
+        };
+        let speculation = (self.get_or_default(SPECULATION) == Some("true")).then(|| {
+            crate::driver::Speculation {
+                multiplier: number(SPECULATION_MULTIPLIER),
+                quantile: number(SPECULATION_QUANTILE).min(1.0),
+                min_runtime: duration(SPECULATION_MIN_RUNTIME, Duration::from_millis(100)),
+            }
+        });
+        crate::driver::SchedulerConfig {
+            max_failures,
+            max_stage_attempts: whole(STAGE_MAX_ATTEMPTS),
+            shuffle_outlives_executors: false,
+            no_executor_timeout: duration(NO_EXECUTOR_TIMEOUT, Duration::from_secs(60)),
+            speculation,
+        }
     }
 
     /// The transport settings: defaults, overridden by any key that is set.

@@ -7,6 +7,7 @@ pub mod cluster_manager;
 pub mod config;
 pub mod driver;
 pub mod executor;
+pub mod faults;
 pub mod local;
 pub mod protocol;
 pub mod remote;

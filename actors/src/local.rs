@@ -13,9 +13,10 @@ use ember_engine::{InMemoryBlockStore, ShuffleEnv};
 use ember_transport::ActorAddress;
 
 use crate::driver::{
-    Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors, StopDriver,
+    Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors, SchedulerConfig, StopDriver,
 };
 use crate::executor::{Executor, ExecutorSpec, TaskPool};
+use crate::faults::Faults;
 use crate::protocol::ExecutorId;
 
 /// What a local application looks like.
@@ -23,8 +24,11 @@ use crate::protocol::ExecutorId;
 pub struct LocalClusterSpec {
     /// Task slots in all (`local[N]`'s N).
     pub threads: usize,
-    /// Attempts per task (`local[N,F]`'s F).
-    pub max_failures: u32,
+    /// How the driver handles faults; `max_failures` is `local[N,F]`'s F.
+    /// Map output always outlives executors here: they share one store.
+    pub scheduler: SchedulerConfig,
+    /// Faults to inject (`ember.faults.*`).
+    pub faults: Arc<Faults>,
     pub listener: Option<Arc<dyn JobListener>>,
     /// DataFusion settings executors run tasks with.
     pub session_config: SessionConfig,
@@ -50,6 +54,7 @@ struct LocalLauncher {
     session_config: SessionConfig,
     started: Started,
     arbiters: Vec<Arbiter>,
+    faults: Arc<Faults>,
 }
 
 impl ExecutorLauncher for LocalLauncher {
@@ -62,6 +67,7 @@ impl ExecutorLauncher for LocalLauncher {
             shuffle: Arc::clone(&self.shuffle),
             session_config: self.session_config.clone(),
             owns_arbiter,
+            faults: Arc::clone(&self.faults),
         };
         let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
         if self.threads <= 1 {
@@ -115,14 +121,18 @@ impl LocalCluster {
             session_config: spec.session_config,
             started: Arc::clone(&executors),
             arbiters: Vec::new(),
+            faults: spec.faults,
         };
         let driver_arbiter = Arbiter::new();
-        let max_failures = spec.max_failures;
+        let scheduler = SchedulerConfig {
+            shuffle_outlives_executors: true,
+            ..spec.scheduler
+        };
         let listener = spec.listener;
         let driver = Driver::start_in_arbiter(&driver_arbiter.handle(), move |_| {
             Driver::new(
                 ActorAddress::local("driver"),
-                max_failures,
+                scheduler,
                 listener,
                 Box::new(launcher),
             )

@@ -88,9 +88,9 @@ pub enum TaskFailureKind {
 pub struct FetchFailure {
     /// The stage that wrote it.
     pub stage: ember_engine::StageId,
-    /// The map task (partition) that wrote it.
-    pub map: usize,
-    /// The executor it was read from.
+    /// The map tasks (partitions) whose blocks could not be read.
+    pub maps: Vec<usize>,
+    /// The executor they were read from; empty when unknown (one process).
     pub executor: ExecutorId,
 }
 

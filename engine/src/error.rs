@@ -33,6 +33,40 @@ pub enum EngineError {
     MissingMapOutputLocation { stage: StageId, map: usize },
     #[error("fetching shuffle blocks failed: {0}")]
     Fetch(String),
+    /// Blocks of these map tasks could not be read: their output is lost
+    /// and must be computed again.
+    #[error(
+        "cannot read the output of map task(s) {maps:?} of stage {stage} from executor '{location}': {why}"
+    )]
+    FetchFailed {
+        stage: StageId,
+        maps: Vec<usize>,
+        location: String,
+        why: String,
+    },
+}
+
+impl EngineError {
+    /// The fetch failure inside a task's error, if that is what it is:
+    /// DataFusion (and Arrow) may wrap it several times.
+    pub fn find_fetch_failure(
+        error: &datafusion::error::DataFusionError,
+    ) -> Option<(StageId, Vec<usize>, String)> {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = current {
+            if let Some(EngineError::FetchFailed {
+                stage,
+                maps,
+                location,
+                ..
+            }) = e.downcast_ref::<EngineError>()
+            {
+                return Some((*stage, maps.clone(), location.clone()));
+            }
+            current = e.source();
+        }
+        None
+    }
 }
 
 impl From<EngineError> for datafusion::error::DataFusionError {

@@ -520,6 +520,7 @@ impl ClusterManager {
                     memory_mb,
                     driver: link.record.driver.clone(),
                     secret: link.record.secret.clone(),
+                    conf: link.record.request.conf.clone(),
                 };
                 tracing::info!(%app, executor, %worker, cores, "launching executor");
                 self.tell_worker(&worker, message);
@@ -529,6 +530,11 @@ impl ClusterManager {
                 app,
                 executor,
             } => self.tell_worker(&worker, ToWorker::KillExecutor { app, executor }),
+            Action::AppFailed { app, why } => {
+                if let Some((_, client)) = self.apps.get(&app).and_then(|a| a.client.as_ref()) {
+                    let _ = client.tell(ToApp::Failed { why });
+                }
+            }
             Action::ExecutorLost { app, executor, why } => {
                 if let Some((_, client)) = self.apps.get(&app).and_then(|a| a.client.as_ref()) {
                     let _ = client.tell(ToApp::ExecutorLost { executor, why });

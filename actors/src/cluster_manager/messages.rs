@@ -192,6 +192,9 @@ pub enum ToWorker {
         memory_mb: u64,
         driver: NodeContact,
         secret: String,
+        /// The application's settings.
+        #[serde(default)]
+        conf: Vec<(String, String)>,
     },
     KillExecutor {
         app: AppId,
@@ -222,4 +225,8 @@ pub enum ToApp {
     },
     /// `ember kill` named this application.
     Killed,
+    /// The manager gave up on the application (its executors kept exiting).
+    Failed {
+        why: String,
+    },
 }

@@ -34,6 +34,8 @@ pub struct ClusterManagerSpec {
     /// After a restart, how long workers and drivers get to come back
     /// before anything is placed again.
     pub recovery_grace: Duration,
+    /// `ember.deploy.maxExecutorRetries`.
+    pub max_executor_failures: u32,
 }
 
 struct WorkerLink {
@@ -65,7 +67,8 @@ impl ClusterManager {
     pub fn new(spec: ClusterManagerSpec) -> Self {
         Self {
             node: spec.node,
-            state: ClusterState::new(spec.placement),
+            state: ClusterState::new(spec.placement)
+                .with_max_executor_failures(spec.max_executor_failures),
             journal: spec.journal,
             recovery_grace: spec.recovery_grace,
             started: tokio::time::Instant::now(),

@@ -33,6 +33,9 @@ pub struct AppRequest {
     pub executor_memory_mb: u64,
     /// `--total-executor-cores`; `None` takes whatever is free.
     pub max_cores: Option<u32>,
+    /// The application's settings, handed to its executors.
+    #[serde(default)]
+    pub conf: Vec<(String, String)>,
 }
 
 /// What a cluster-mode driver needs from the worker that runs it.
@@ -168,6 +171,11 @@ pub enum Action {
     },
     /// Send `Tick` back after this long.
     WakeAfter(Duration),
+    /// Tell the application's driver that it failed, so its jobs end.
+    AppFailed {
+        app: AppId,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +269,8 @@ pub struct ClusterState {
     driver_order: Vec<DriverId>,
     /// Nothing is placed before this time (recovery after a restart).
     hold_until_ms: u64,
+    /// Executors of an app that may exit in a row before it fails.
+    max_executor_failures: u32,
 }
 
 /// A worker as `ember status` shows it.
@@ -350,8 +360,16 @@ impl ClusterState {
     pub fn new(placement: Placement) -> Self {
         Self {
             placement,
+            max_executor_failures: MAX_EXECUTOR_FAILURES,
             ..Self::default()
         }
+    }
+
+    /// Sets how many executors of an application may exit in a row, with
+    /// none left, before it fails (`ember.deploy.maxExecutorRetries`).
+    pub fn with_max_executor_failures(mut self, max: u32) -> Self {
+        self.max_executor_failures = max.max(1);
+        self
     }
 
     pub fn app_state(&self, app: &str) -> Option<&AppState> {
@@ -662,11 +680,16 @@ impl ClusterState {
             why: why.clone(),
         });
         app.executor_failures += 1;
-        if app.executor_failures >= MAX_EXECUTOR_FAILURES && app.executors.is_empty() {
-            let state = AppState::Failed(format!(
-                "{MAX_EXECUTOR_FAILURES} executors in a row exited on their own; the last: {why}"
-            ));
-            self.end_app(app_id, state, actions);
+        let max = self.max_executor_failures;
+        if app.executor_failures >= max && app.executors.is_empty() {
+            let why = format!(
+                "{max} executors in a row exited on their own (ember.deploy.maxExecutorRetries); the last: {why}"
+            );
+            self.end_app(app_id, AppState::Failed(why.clone()), actions);
+            actions.push(Action::AppFailed {
+                app: app_id.to_string(),
+                why,
+            });
         }
     }
 
@@ -944,6 +967,7 @@ mod tests {
                 executor_cores,
                 executor_memory_mb: 512,
                 max_cores,
+                conf: vec![],
             },
         }
     }

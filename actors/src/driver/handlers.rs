@@ -2,12 +2,13 @@
 //! carries out what it decides.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use actix::prelude::*;
 
 use super::scheduler::{Action, Event};
 use super::{
-    Driver, DriverMessage, ExecutorRegistration, ExecutorSummary, JobError, JobOutput,
+    CancelJobs, Driver, DriverMessage, ExecutorRegistration, ExecutorSummary, JobError, JobOutput,
     ListExecutors, PendingJob, ProgressEvent, StopDriver, SubmitJob,
 };
 use crate::executor::ExecutorMessage;
@@ -80,6 +81,21 @@ impl Handler<PeerDown> for Driver {
     }
 }
 
+impl Handler<CancelJobs> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelJobs, _ctx: &mut Context<Self>) {
+        let jobs: Vec<_> = self.jobs.keys().copied().collect();
+        for job in jobs {
+            tracing::warn!(job, reason = %msg.reason, "job cancelled");
+            self.step(Event::JobCancelled {
+                job,
+                reason: format!("Job {job} cancelled: {}", msg.reason),
+            });
+        }
+    }
+}
+
 impl Handler<StopDriver> for Driver {
     type Result = ();
 
@@ -139,11 +155,11 @@ impl Driver {
 
     /// Feeds one event to the scheduler and carries out every action that
     /// follows, including the events those actions cause.
-    fn step(&mut self, event: Event) {
-        let mut queue: VecDeque<Action> = self.scheduler.on_event(event).into();
+    pub(super) fn step(&mut self, event: Event) {
+        let mut queue: VecDeque<Action> = self.scheduler.on_event(Instant::now(), event).into();
         while let Some(action) = queue.pop_front() {
             if let Some(event) = self.perform(action) {
-                queue.extend(self.scheduler.on_event(event));
+                queue.extend(self.scheduler.on_event(Instant::now(), event));
             }
         }
     }

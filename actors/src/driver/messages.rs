@@ -43,6 +43,14 @@ pub struct SubmitJob {
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
+/// Fails every running job with `reason`, killing its tasks (Ctrl-C,
+/// `ember kill`, an application the cluster manager gave up on).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CancelJobs {
+    pub reason: String,
+}
+
 /// Stops the driver; its executors follow through their links.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -17,9 +17,11 @@ use ember_transport::{ActorAddress, Mailbox};
 use tokio::sync::oneshot;
 
 pub use messages::{
-    DriverMessage, ExecutorRegistration, ExecutorSummary, ListExecutors, StopDriver, SubmitJob,
+    CancelJobs, DriverMessage, ExecutorRegistration, ExecutorSummary, ListExecutors, StopDriver,
+    SubmitJob,
 };
-use scheduler::Scheduler;
+use scheduler::{Event, Scheduler};
+pub use scheduler::{SchedulerConfig, Speculation};
 
 use crate::executor::ExecutorMessage;
 use crate::protocol::{ExecutorId, JobId, TaskId};
@@ -91,6 +93,9 @@ pub trait ExecutorLauncher: Send {
     fn launch(&mut self, driver: DriverHandle);
 }
 
+/// How often the scheduler looks at the time.
+const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 struct PendingJob {
     schema: SchemaRef,
     reply: oneshot::Sender<Result<JobOutput, JobError>>,
@@ -111,14 +116,14 @@ pub struct Driver {
 impl Driver {
     pub fn new(
         me: ActorAddress,
-        max_failures: u32,
+        config: SchedulerConfig,
         listener: Option<Arc<dyn JobListener>>,
         launcher: Box<dyn ExecutorLauncher>,
     ) -> Self {
         Self {
             watchers: Watchers::new(me.clone()),
             me,
-            scheduler: Scheduler::new(max_failures),
+            scheduler: Scheduler::new(config),
             executors: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_job: 0,
@@ -146,6 +151,13 @@ impl Actor for Driver {
         if let Some(launcher) = self.launcher.as_mut() {
             launcher.launch(handle);
         }
+        // Time for the scheduler: stragglers to speculate on, jobs left
+        // without executors to give up on.
+        ctx.run_interval(TICK, |driver, _ctx| {
+            if driver.scheduler.active_jobs() > 0 {
+                driver.step(Event::Tick);
+            }
+        });
         tracing::info!(driver = %self.me, "driver started");
     }
 

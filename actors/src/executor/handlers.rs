@@ -47,10 +47,16 @@ impl Executor {
     fn handle_launch_task(&mut self, description: TaskDescription, ctx: &mut Context<Self>) {
         let id = description.id;
         let context = self.task_context(&description);
-        let (outcome, abort) = task::start(&self.pool, description, context);
+        let faults = (!self.faults.is_empty()).then(|| Arc::clone(&self.faults));
+        let (outcome, abort) = task::start(&self.pool, description, context, faults);
         self.running.insert(id, abort);
         ctx.spawn(outcome.into_actor(self).map(move |result, act, _ctx| {
             act.running.remove(&id);
+            if result.is_ok() && act.faults.loses_output(&id) {
+                tracing::warn!(task = %id, "dropping this task's shuffle blocks (ember.faults.loseMapOutput)");
+                act.shuffle.store.remove_map(id.stage, id.partition);
+            }
+
             let update = DriverMessage::StatusUpdate {
                 executor: act.id.clone(),
                 task: id,

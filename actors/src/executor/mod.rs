@@ -18,6 +18,7 @@ pub use messages::ExecutorMessage;
 pub use task::TaskPool;
 
 use crate::driver::{DriverHandle, DriverMessage, ExecutorRegistration};
+use crate::faults::Faults;
 use crate::protocol::{ExecutorId, TaskId};
 use crate::supervision::{ExitReason, Watchers};
 
@@ -34,6 +35,8 @@ pub struct Executor {
     watchers: Watchers,
     /// Whether this executor has a thread of its own to stop when it ends.
     owns_arbiter: bool,
+    /// Faults to inject (`ember.faults.*`), for tests of fault handling.
+    faults: Arc<Faults>,
 }
 
 /// What an executor needs to start.
@@ -46,6 +49,7 @@ pub struct ExecutorSpec {
     /// DataFusion settings for task execution (batch size and the like).
     pub session_config: SessionConfig,
     pub owns_arbiter: bool,
+    pub faults: Arc<Faults>,
 }
 
 impl Executor {
@@ -65,6 +69,7 @@ impl Executor {
             session: SessionContext::new_with_config(config),
             running: BTreeMap::new(),
             owns_arbiter: spec.owns_arbiter,
+            faults: spec.faults,
         }
     }
 }

@@ -14,7 +14,12 @@ use ember_engine::shuffle::MapStatus;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
 
-use crate::protocol::{TaskDescription, TaskError, TaskFailureKind, TaskOutput};
+use ember_engine::EngineError;
+
+use crate::faults::Faults;
+use crate::protocol::{
+    ExecutorId, FetchFailure, TaskDescription, TaskError, TaskFailureKind, TaskOutput,
+};
 
 /// Where task computation runs.
 #[derive(Debug, Clone)]
@@ -31,13 +36,14 @@ pub fn start(
     pool: &TaskPool,
     task: TaskDescription,
     context: Arc<TaskContext>,
+    faults: Option<Arc<Faults>>,
 ) -> (
     LocalBoxFuture<'static, Result<TaskOutput, TaskError>>,
     AbortHandle,
 ) {
     let (abort, registration) = AbortHandle::new_pair();
     let work = Abortable::new(
-        AssertUnwindSafe(execute(task, context)).catch_unwind(),
+        AssertUnwindSafe(execute(task, context, faults)).catch_unwind(),
         registration,
     );
     let outcome = match pool {
@@ -92,15 +98,35 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 async fn execute(
     task: TaskDescription,
     context: Arc<TaskContext>,
+    faults: Option<Arc<Faults>>,
 ) -> Result<TaskOutput, TaskError> {
-    let failed = |e: datafusion::error::DataFusionError| {
-        TaskError::new(TaskFailureKind::Error, e.to_string())
+    let failed = |e: datafusion::error::DataFusionError| match EngineError::find_fetch_failure(&e) {
+        Some((stage, maps, location)) => TaskError::fetch_failed(
+            FetchFailure {
+                stage,
+                maps,
+                executor: ExecutorId(location),
+            },
+            e.to_string(),
+        ),
+        None => TaskError::new(TaskFailureKind::Error, e.to_string()),
     };
+    let id = task.id;
+    if let Some(delay) = faults.as_ref().and_then(|f| f.delay(&id)) {
+        tracing::warn!(task = %id, ?delay, "delaying this task (ember.faults.delayTask)");
+        tokio::time::sleep(delay).await;
+    }
     // Operators keep per-execution state (a join's build side, say): every
     // attempt gets its own copy, as it would in another process.
     let plan = reset_plan_states(task.plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
+    if faults.is_some_and(|f| f.fails(&id)) {
+        return Err(TaskError::new(
+            TaskFailureKind::Error,
+            format!("injected failure of {id} (ember.faults.failTask)"),
+        ));
+    }
     Ok(match task.kind {
         StageKind::ShuffleMap => TaskOutput::Map(MapStatus::from_batches(&batches)),
         StageKind::Result => TaskOutput::Result(batches),

@@ -41,6 +41,8 @@ pub struct RemoteExecutorSpec {
     pub secret: String,
     pub pool: TaskPool,
     pub session_config: SessionConfig,
+    /// Faults to inject (`ember.faults.*`).
+    pub faults: Arc<crate::faults::Faults>,
     /// Hears `PeerDown` when the executor ends (the process exits then).
     pub on_exit: Recipient<PeerDown>,
 }
@@ -106,6 +108,7 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         shuffle,
         session_config: spec.session_config,
         owns_arbiter: false,
+        faults: spec.faults,
     }));
     // The link, executor side: no driver, no executor.
     spec.node

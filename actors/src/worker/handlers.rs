@@ -175,11 +175,15 @@ impl Handler<ToWorker> for Worker {
                 memory_mb,
                 driver,
                 secret,
+                conf,
             } => {
                 let key = ChildKey::Executor(app.clone(), executor);
                 let dir = self.spec.work_dir.join(&app).join(executor.to_string());
+                let mut node = self.node_spec(format!("{app}-{executor}"));
+                // The application's settings win over the worker's.
+                node.conf.extend(conf);
                 let spec = ChildSpec::Executor {
-                    node: self.node_spec(format!("{app}-{executor}")),
+                    node,
                     app: app.clone(),
                     executor,
                     cores,

@@ -20,7 +20,7 @@ use datafusion::physical_plan::{
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 
 use super::fetch::{BlockFetcher, BlockRead, MapOutputLocations, plan_block_reads};
 use super::store::{BlockStore, ShuffleBlockId, ShuffleEnv};
@@ -181,8 +181,9 @@ impl ExecutionPlan for ShuffleReaderExec {
         }
         let store = Arc::clone(&env.store);
         let fetcher = Arc::clone(fetcher);
+        let local = env.local.clone();
         let batches = futures::stream::iter(reads)
-            .map(move |read| start_read(read, &store, fetcher.as_ref()))
+            .map(move |read| start_read(read, &store, fetcher.as_ref(), &local))
             .buffered(READS_IN_FLIGHT)
             .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
             .try_flatten()
@@ -201,7 +202,7 @@ impl ShuffleReaderExec {
         env: &ShuffleEnv,
         blocks: Vec<ShuffleBlockId>,
     ) -> Result<SendableRecordBatchStream> {
-        let batches = read_from_store(env.store.as_ref(), blocks)?;
+        let batches = read_from_store(env.store.as_ref(), blocks, &env.local)?;
         Ok(Box::pin(MemoryStream::try_new(
             batches,
             self.schema_ref(),
@@ -213,10 +214,21 @@ impl ShuffleReaderExec {
 fn read_from_store(
     store: &dyn BlockStore,
     blocks: Vec<ShuffleBlockId>,
+    location: &str,
 ) -> Result<Vec<RecordBatch>, EngineError> {
     let mut batches = Vec::new();
     for id in blocks {
-        batches.extend(store.get(id)?);
+        match store.get(id) {
+            Ok(found) => batches.extend(found),
+            Err(e) => {
+                return Err(EngineError::FetchFailed {
+                    stage: id.stage,
+                    maps: vec![id.map],
+                    location: location.to_string(),
+                    why: e.to_string(),
+                });
+            }
+        }
     }
     Ok(batches)
 }
@@ -225,12 +237,27 @@ fn start_read(
     read: BlockRead,
     store: &Arc<dyn BlockStore>,
     fetcher: &dyn BlockFetcher,
+    local: &str,
 ) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
     match read {
         BlockRead::Local(blocks) => {
-            futures::future::ready(read_from_store(store.as_ref(), blocks)).boxed()
+            futures::future::ready(read_from_store(store.as_ref(), blocks, local)).boxed()
         }
-        BlockRead::Remote { location, blocks } => fetcher.fetch(&location, blocks),
+        BlockRead::Remote { location, blocks } => {
+            let stage = blocks.first().map(|b| b.stage).unwrap_or_default();
+            let maps: Vec<usize> = blocks.iter().map(|b| b.map).collect();
+            // Whatever broke (the executor is gone, a block is missing or
+            // damaged), the output of these map tasks cannot be read.
+            fetcher
+                .fetch(&location, blocks)
+                .map_err(move |e| EngineError::FetchFailed {
+                    stage,
+                    maps,
+                    location,
+                    why: e.to_string(),
+                })
+                .boxed()
+        }
     }
 }
 
@@ -272,7 +299,7 @@ mod tests {
                     "executor {location} is unreachable"
                 )))
             } else {
-                read_from_store(&self.remote, blocks)
+                read_from_store(&self.remote, blocks, location)
             };
             async move {
                 tokio::task::yield_now().await;
@@ -394,6 +421,23 @@ mod tests {
             err.to_string().contains("executor exec-b is unreachable"),
             "{err}"
         );
+        // The driver learns which map output to compute again.
+        let (stage, maps, location) = EngineError::find_fetch_failure(&err).unwrap();
+        assert_eq!((stage, location.as_str()), (STAGE, "exec-b"));
+        assert!(!maps.is_empty() && maps.iter().all(|m| [1, 2].contains(m)), "{maps:?}");
+    }
+
+    #[tokio::test]
+    async fn a_block_missing_from_the_local_store_is_a_fetch_failure() {
+        let (local, fetcher, locations) = cluster(false);
+        local.remove_map(STAGE, 0);
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher);
+        let task = task(env, MapOutputLocations::new().with_stage(STAGE, locations));
+        let err = values(reader().execute(0, task).unwrap())
+            .await
+            .unwrap_err();
+        let (stage, maps, location) = EngineError::find_fetch_failure(&err).unwrap();
+        assert_eq!((stage, maps, location.as_str()), (STAGE, vec![0], "exec-a"));
     }
 
     #[tokio::test]

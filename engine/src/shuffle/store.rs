@@ -35,6 +35,8 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     fn get(&self, id: ShuffleBlockId) -> Result<Vec<RecordBatch>, EngineError>;
     /// Drops every block of these stages (their job is over).
     fn remove_stages(&self, stages: &[StageId]);
+    /// Drops the blocks map task `map` of `stage` wrote.
+    fn remove_map(&self, stage: StageId, map: usize);
     /// How many blocks are held.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -72,6 +74,11 @@ impl BlockStore for InMemoryBlockStore {
 
     fn remove_stages(&self, stages: &[StageId]) {
         self.lock().retain(|id, _| !stages.contains(&id.stage));
+    }
+
+    fn remove_map(&self, stage: StageId, map: usize) {
+        self.lock()
+            .retain(|id, _| !(id.stage == stage && id.map == map));
     }
 
     fn len(&self) -> usize {
