@@ -548,6 +548,9 @@ fn run_cluster_driver() -> ExitCode {
     )
 }
 
+/// How long an interrupted job may take to end its own way.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts a session, runs `statements`, and ends the application.
 fn run_job(
     options: SessionOptions,
@@ -574,11 +577,20 @@ fn run_job(
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
-        let code = tokio::select! {
-            code = run_statements(&mut session, job, statements, mode, format, on_terminal) => code,
-            _ = interrupted(&mut interrupt) => {
-                eprintln!("interrupted; stopping the application");
-                ExitCode::from(130)
+        let cancel = session.canceller();
+        let code = {
+            let run = run_statements(&mut session, job, statements, mode, format, on_terminal);
+            tokio::pin!(run);
+            tokio::select! {
+                code = &mut run => code,
+                _ = interrupted(&mut interrupt) => {
+                    eprintln!("interrupted; cancelling the running job");
+                    // The running job's tasks are killed and its statement
+                    // ends its own way, so half-written output is cleaned up.
+                    cancel("interrupted (Ctrl-C)");
+                    let _ = tokio::time::timeout(CANCEL_GRACE, &mut run).await;
+                    ExitCode::from(130)
+                }
             }
         };
         let failure = (code != ExitCode::SUCCESS).then(|| format!("the job stopped with {code:?}"));

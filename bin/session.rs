@@ -217,6 +217,17 @@ impl Session {
         }
     }
 
+    /// Cancels the running job from elsewhere (a signal handler): its tasks
+    /// are killed and the statement running it fails with `reason`.
+    pub fn canceller(&self) -> impl Fn(&str) + 'static {
+        let driver = self.driver().clone();
+        move |reason: &str| {
+            driver.do_send(ember_actors::driver::CancelJobs {
+                reason: reason.to_string(),
+            })
+        }
+    }
+
     /// DataFusion's context: register tables and functions here.
     pub fn context(&self) -> &SessionContext {
         &self.ctx

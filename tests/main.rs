@@ -5,6 +5,7 @@
 
 mod cli;
 mod cluster;
+mod faults;
 mod local_mode;
 mod support;
 mod transport;

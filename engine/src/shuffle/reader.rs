@@ -424,7 +424,10 @@ mod tests {
         // The driver learns which map output to compute again.
         let (stage, maps, location) = EngineError::find_fetch_failure(&err).unwrap();
         assert_eq!((stage, location.as_str()), (STAGE, "exec-b"));
-        assert!(!maps.is_empty() && maps.iter().all(|m| [1, 2].contains(m)), "{maps:?}");
+        assert!(
+            !maps.is_empty() && maps.iter().all(|m| [1, 2].contains(m)),
+            "{maps:?}"
+        );
     }
 
     #[tokio::test]
