@@ -12,7 +12,14 @@
 //!   job to the last of its executor processes gone (/proc polled every
 //!   millisecond; a zombie counts as gone);
 //! - VmRSS of an idle executor: the long job is one task, so of its two
-//!   registered executors one never gets work (told apart by CPU time).
+//!   registered executors one never gets work (told apart by CPU time);
+//! - the 10M-row job with one executor SIGKILLed halfway through (at half
+//!   the fault-free median), submit to exit, against the fault-free runs:
+//!   the time one executor kill adds (its tasks and lost map output run
+//!   again, a replacement joins); every such run's rows are checked;
+//! - cancellation: from Ctrl-C (SIGINT to `ember submit`) and from
+//!   `ember kill APP` (the command's start) to the last executor of a
+//!   running job gone — its running task stopped and its cores given back.
 //!
 //! Between runs the bench waits for every executor to exit and every core to
 //! be free, so each submission starts on an idle cluster. A cluster job that
@@ -482,7 +489,95 @@ fn main() {
         big_ratios.push(c.as_secs_f64() / d.as_secs_f64());
     }
 
-    // 3 and 4. Signalled drivers; the idle executor's RSS before each signal.
+    // 3. One executor killed halfway through the 10M-row job.
+    let half = Duration::from_secs_f64(median(&big_s) / 2.0);
+    let mut killed_s = vec![];
+    for run in 0..runs {
+        let run_name = name("big-killed");
+        let mut submit = cluster
+            .submit(&run_name, &big_job)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut victim = None;
+        while t0.elapsed() < half || victim.is_none() {
+            if victim.is_none() {
+                let status = cluster.status().unwrap_or_default();
+                if let Some(id) = app(&status, &run_name).and_then(|a| a["id"].as_str()) {
+                    victim = cluster.executors(Some(id)).first().copied();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            assert!(t0.elapsed() < Duration::from_secs(60), "no executor to kill");
+        }
+        let victim = victim.unwrap_or_default();
+        let still_running = submit.try_wait().unwrap().is_none();
+        signal(victim, libc::SIGKILL);
+        let out = submit.wait_with_output().unwrap();
+        let took = t0.elapsed();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            expected,
+            "rows after an executor kill differ from local[2]'s"
+        );
+        eprintln!(
+            "10M-row job {}/{runs}, executor {victim} killed at {:.2} s{}: {:.3} s",
+            run + 1,
+            half.as_secs_f64(),
+            if still_running { "" } else { " (after the job ended)" },
+            took.as_secs_f64()
+        );
+        if still_running {
+            killed_s.push(took.as_secs_f64());
+        }
+        cluster.wait_idle();
+    }
+    let added_s: Vec<f64> = killed_s.iter().map(|k| k - median(&big_s)).collect();
+
+    // 4. Cancellation: Ctrl-C and `ember kill` of a running job.
+    let (mut sigint_ms, mut ember_kill_ms) = (vec![], vec![]);
+    for run in 0..runs {
+        for by_command in [false, true] {
+            let run_name = name("cancel");
+            let (mut submit, pids) = long_job(&cluster, &long, &run_name);
+            std::thread::sleep(Duration::from_millis(300));
+            let status = cluster.status().unwrap_or_default();
+            let id = app(&status, &run_name)
+                .and_then(|a| a["id"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let t0 = Instant::now();
+            if by_command {
+                let mut kill = cluster.ember(&["kill", &id]);
+                kill.stdout(Stdio::null()).stderr(Stdio::null());
+                kill.spawn().unwrap().wait().unwrap();
+            } else {
+                signal(submit.id(), libc::SIGINT);
+            }
+            let gone = wait_gone(&pids, GONE_LIMIT).map(|_| t0.elapsed());
+            let _ = submit.wait();
+            let label = if by_command { "ember kill" } else { "Ctrl-C" };
+            let ms = gone.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1e3);
+            eprintln!("{label} {}/{runs}: executors gone after {ms:.1} ms", run + 1);
+            if by_command {
+                ember_kill_ms.push(ms);
+            } else {
+                sigint_ms.push(ms);
+            }
+            if gone.is_none() {
+                for pid in &pids {
+                    signal(*pid, libc::SIGKILL);
+                }
+            }
+            cluster.wait_idle();
+        }
+    }
+
+    // 5 and 6. Signalled drivers; the idle executor's RSS before each signal.
     let (mut kill_ms, mut stop_ms) = (vec![], vec![]);
     let (mut idle_mib, mut busy_mib) = (vec![], vec![]);
     for run in 0..runs {
@@ -568,6 +663,14 @@ fn main() {
     row("plain DataFusion, 2 partitions (in-process)", &df_s, "s ");
     row("ratio cluster / DataFusion (per run)", &big_ratios, "x ");
     tally_row(&big_tally);
+    row(
+        "same job, one executor SIGKILLed halfway, submit to exit",
+        &killed_s,
+        "s ",
+    );
+    row("time one executor kill adds", &added_s, "s ");
+    row("Ctrl-C -> last executor gone", &sigint_ms, "ms");
+    row("`ember kill APP` -> last executor gone", &ember_kill_ms, "ms");
     row("SIGKILLed driver -> last executor gone", &kill_ms, "ms");
     row("SIGSTOPped driver -> last executor gone", &stop_ms, "ms");
     if !idle_mib.is_empty() {
@@ -587,6 +690,24 @@ fn main() {
             value: format!("{:.2}x", median(&big_ratios)),
             target: "<= 1.6x".into(),
             pass: median(&big_ratios) <= 1.6,
+        },
+        Verdict {
+            figure: "one executor kill: runs that still succeeded".into(),
+            value: format!("{} of {runs}", killed_s.len()),
+            target: format!("{runs} of {runs}"),
+            pass: killed_s.len() == runs,
+        },
+        Verdict {
+            figure: "Ctrl-C -> executors gone (max)".into(),
+            value: format!("{:.1} ms", max(&sigint_ms)),
+            target: "<= 200 ms".into(),
+            pass: max(&sigint_ms) <= 200.0,
+        },
+        Verdict {
+            figure: "`ember kill APP` -> executors gone (max)".into(),
+            value: format!("{:.1} ms", max(&ember_kill_ms)),
+            target: "<= 500 ms".into(),
+            pass: max(&ember_kill_ms) <= 500.0,
         },
         Verdict {
             figure: "SIGKILLed driver -> executors gone (max)".into(),
