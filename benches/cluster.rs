@@ -511,7 +511,10 @@ fn main() {
                 }
             }
             std::thread::sleep(Duration::from_millis(5));
-            assert!(t0.elapsed() < Duration::from_secs(60), "no executor to kill");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no executor to kill"
+            );
         }
         let victim = victim.unwrap_or_default();
         let still_running = submit.try_wait().unwrap().is_none();
@@ -528,7 +531,11 @@ fn main() {
             "10M-row job {}/{runs}, executor {victim} killed at {:.2} s{}: {:.3} s",
             run + 1,
             half.as_secs_f64(),
-            if still_running { "" } else { " (after the job ended)" },
+            if still_running {
+                ""
+            } else {
+                " (after the job ended)"
+            },
             took.as_secs_f64()
         );
         if still_running {
@@ -562,7 +569,10 @@ fn main() {
             let _ = submit.wait();
             let label = if by_command { "ember kill" } else { "Ctrl-C" };
             let ms = gone.map_or(f64::INFINITY, |d| d.as_secs_f64() * 1e3);
-            eprintln!("{label} {}/{runs}: executors gone after {ms:.1} ms", run + 1);
+            eprintln!(
+                "{label} {}/{runs}: executors gone after {ms:.1} ms",
+                run + 1
+            );
             if by_command {
                 ember_kill_ms.push(ms);
             } else {
@@ -670,7 +680,11 @@ fn main() {
     );
     row("time one executor kill adds", &added_s, "s ");
     row("Ctrl-C -> last executor gone", &sigint_ms, "ms");
-    row("`ember kill APP` -> last executor gone", &ember_kill_ms, "ms");
+    row(
+        "`ember kill APP` -> last executor gone",
+        &ember_kill_ms,
+        "ms",
+    );
     row("SIGKILLed driver -> last executor gone", &kill_ms, "ms");
     row("SIGSTOPped driver -> last executor gone", &stop_ms, "ms");
     if !idle_mib.is_empty() {

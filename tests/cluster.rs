@@ -163,7 +163,7 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
 
 /// Starts a long client-mode job on both workers and returns the submit
 /// process, the application id and its executor PIDs.
-fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32>) {
+pub fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32>) {
     let job = cluster.job("long.sql", LONG_JOB);
     let submit = cluster
         .ember(&["submit", "--total-executor-cores", "2", "--name", name])

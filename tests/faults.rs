@@ -308,3 +308,45 @@ fn copy_writes_every_row_once_despite_retries_and_nothing_when_killed() {
         "no staging left: {left:?}"
     );
 }
+
+#[test]
+fn a_straggler_is_speculated_and_the_answer_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("watch.sql");
+    std::fs::write(&job, format!("{VIEWS_DDL}{WATCH_TIME}")).unwrap();
+    let expected = local_rows(&job);
+    // Task 1 of stage 0 would take 20 s; its copy takes milliseconds.
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "--master", "local[3]", "--format", "csv", "-v"])
+        .args(["--conf", "ember.speculation=true"])
+        .args(["--conf", "ember.faults.delayTask=0.1:20s"])
+        .arg(&job)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let log = plain(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(text(&out.stdout), expected);
+    assert!(log.contains("speculating a slow task"), "{log}");
+}
+
+#[test]
+fn ember_kill_cancels_a_client_mode_job_and_releases_its_executors() {
+    let cluster = Cluster::start();
+    let (mut submit, app, pids) = crate::cluster::long_client_job(&cluster, "killed-app");
+    let out = cluster.run(&["kill", &app]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        wait_gone(&pids, Duration::from_secs(10)).is_some(),
+        "executors of {app} outlived `ember kill`"
+    );
+    let code = submit.wait().unwrap();
+    assert!(!code.success(), "a killed job does not succeed");
+    cluster.wait_for("every core back", Duration::from_secs(10), |s| {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["cores_used"] == 0)
+    });
+}
