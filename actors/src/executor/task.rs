@@ -96,9 +96,12 @@ async fn execute(
     let failed = |e: datafusion::error::DataFusionError| {
         TaskError::new(TaskFailureKind::Error, e.to_string())
     };
+    // Each attempt of a file sink writes into a directory of its own.
+    let plan =
+        ember_engine::isolate_attempt(task.plan, task.id.into()).map_err(|e| failed(e.into()))?;
     // Operators keep per-execution state (a join's build side, say): every
     // attempt gets its own copy, as it would in another process.
-    let plan = reset_plan_states(task.plan).map_err(failed)?;
+    let plan = reset_plan_states(plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
     Ok(match task.kind {
