@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
@@ -19,7 +21,7 @@ use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
-use ember_engine::{StageGraph, StagePlanner};
+use ember_engine::{StageGraph, StagePlanner, TaskAttempt, stage_file_output};
 use ember_transport::Node;
 use tokio::sync::oneshot;
 
@@ -37,6 +39,8 @@ pub enum SessionError {
     Unsupported(String),
     #[error("table {table}: LOCATION '{location}' does not exist; fix the path or create it first")]
     MissingLocation { table: String, location: String },
+    #[error("{0}")]
+    Output(#[from] ember_engine::EngineError),
     #[error("cannot start the local runtime: {0}")]
     Start(#[from] std::io::Error),
     #[error("{0}")]
@@ -285,10 +289,7 @@ impl Session {
             }
             _ => {}
         }
-        let copy_target = match &plan {
-            LogicalPlan::Copy(copy) => Some(copy.output_url.clone()),
-            _ => None,
-        };
+        let writes_files = writes_files(&plan);
         let physical = self
             .ctx
             .execute_logical_plan(plan)
@@ -300,15 +301,26 @@ impl Session {
                 self.planner.plan(physical)?.to_string(),
             ));
         }
-        let fresh_target = copy_target
-            .filter(|t| is_local_path(t))
-            .map(|t| local_path(&t).to_path_buf())
-            .filter(|t| !t.exists());
-        let result = self.run(physical).await;
-        if let (Err(_), Some(target)) = (&result, fresh_target) {
-            remove_partial_output(&target);
+        if !writes_files {
+            return Ok(StatementOutcome::Rows(self.run(physical).await?));
         }
-        result.map(StatementOutcome::Rows)
+        // Tasks write into a staging directory; only the attempts the job
+        // used reach the destination, and only once it has succeeded.
+        let (physical, staged) = stage_file_output(physical)?;
+        match self.run(physical).await {
+            Ok(output) => {
+                let attempts: Vec<TaskAttempt> =
+                    output.committed.iter().map(|&id| id.into()).collect();
+                staged.commit(&attempts)?;
+                Ok(StatementOutcome::Rows(output))
+            }
+            Err(e) => {
+                if let Err(cleanup) = staged.abort() {
+                    tracing::warn!(error = %cleanup, "could not remove a failed job's staged output");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Cuts a physical plan into stages.
@@ -410,6 +422,19 @@ pub fn missing_locations(script: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether `plan` writes files through a file sink, which the output commit
+/// protocol stages: a COPY, or an INSERT into a listing table.
+fn writes_files(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Copy(_) => true,
+        LogicalPlan::Dml(dml) => {
+            matches!(dml.op, WriteOp::Insert(_))
+                && source_as_provider(&dml.target).is_ok_and(|t| t.is::<ListingTable>())
+        }
+        _ => false,
+    }
+}
+
 fn is_local_path(target: &str) -> bool {
     !target.contains("://") || target.starts_with("file://")
 }
@@ -422,19 +447,4 @@ fn is_missing_local_path(location: &str) -> bool {
 /// The file-system path of a local location (`file://` or a plain path).
 fn local_path(location: &str) -> &Path {
     Path::new(location.strip_prefix("file://").unwrap_or(location))
-}
-
-/// Removes what a failed COPY wrote to a destination that did not exist
-/// before it started.
-fn remove_partial_output(target: &Path) {
-    let removed = if target.is_dir() {
-        std::fs::remove_dir_all(target)
-    } else if target.exists() {
-        std::fs::remove_file(target)
-    } else {
-        Ok(())
-    };
-    if let Err(e) = removed {
-        tracing::warn!(path = %target.display(), error = %e, "could not remove partial COPY output");
-    }
 }

@@ -1,7 +1,9 @@
 //! Local mode through the session API: results match plain DataFusion, tasks
 //! are retried and fail jobs with their own error, executors share their
-//! driver's fate, and bad input is reported without leaving output behind.
+//! driver's fate, bad input is reported without leaving output behind, and
+//! file output is committed once, or not at all.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -329,6 +331,85 @@ async fn an_unparsable_csv_row_fails_the_job_and_copy_leaves_no_output() {
         1 + 200,
         "header and the 200 catalogued videos"
     );
+    s.stop().await;
+}
+
+/// Hidden staging directories the output commit left in `dir`.
+fn staging_dirs_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".ember-staging-"))
+        .collect()
+}
+
+#[actix::test]
+async fn copy_to_a_directory_commits_every_row_once_with_a_success_marker() {
+    let data = Data::new(600, 2);
+    let mut s = session("local[2]", &data).await;
+    let out = data.path("watch_time");
+    let query = "SELECT video_id, SUM(watch_seconds) AS s FROM views GROUP BY video_id";
+    let copied = s
+        .execute(&format!(
+            "COPY ({query}) TO '{}/' STORED AS CSV",
+            out.display()
+        ))
+        .await;
+    assert!(copied.is_ok(), "{copied:?}");
+    assert!(out.join("_SUCCESS").is_file());
+    assert!(staging_dirs_in(data.dir.path()).is_empty());
+
+    s.execute(&format!(
+        "CREATE EXTERNAL TABLE written (video_id BIGINT, s BIGINT) STORED AS CSV \
+         LOCATION '{}/' OPTIONS ('format.has_header' 'true')",
+        out.display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        sorted(rows(&mut s, "SELECT * FROM written").await),
+        sorted(rows(&mut s, query).await)
+    );
+    s.stop().await;
+}
+
+#[actix::test]
+async fn insert_into_an_external_table_appends_its_rows_once() {
+    let data = Data::new(300, 1);
+    let mut s = session("local[2]", &data).await;
+    let before = rows(&mut s, "SELECT COUNT(*) FROM videos").await;
+    assert_eq!(before, vec!["200"]);
+    let inserted = s
+        .execute("INSERT INTO videos SELECT video_id + 1000, title, category FROM videos WHERE category = 'news'")
+        .await;
+    assert!(inserted.is_ok(), "{inserted:?}");
+    assert_eq!(
+        rows(&mut s, "SELECT COUNT(*) FROM videos").await,
+        vec!["250"]
+    );
+    assert!(data.path("videos").join("videos.csv").is_file());
+    assert!(staging_dirs_in(data.dir.path()).is_empty());
+    s.stop().await;
+}
+
+#[actix::test]
+async fn a_copy_that_fails_at_run_time_leaves_no_destination_and_no_staging_dir() {
+    let data = Data::new(300, 2);
+    let bad = data.path("views").join("part-00000.csv");
+    let mut text = std::fs::read_to_string(&bad).unwrap();
+    text.push_str("2026-11-01T10:00:00Z,17,12,thirty,US\n");
+    std::fs::write(&bad, text).unwrap();
+    let mut s = session("local[2]", &data).await;
+    let out = data.path("watch_time");
+    let failed = s
+        .execute(&format!(
+            "COPY (SELECT video_id, SUM(watch_seconds) AS s FROM views GROUP BY video_id) TO '{}/' STORED AS PARQUET",
+            out.display()
+        ))
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(!out.exists(), "no destination: {:?}", files_under(&out));
+    assert!(staging_dirs_in(data.dir.path()).is_empty());
     s.stop().await;
 }
 

@@ -44,6 +44,16 @@ impl fmt::Display for TaskId {
     }
 }
 
+impl From<TaskId> for ember_engine::TaskAttempt {
+    fn from(id: TaskId) -> Self {
+        Self {
+            stage: id.stage,
+            partition: id.partition,
+            attempt: id.attempt,
+        }
+    }
+}
+
 /// What an executor needs to run a task. In one process the plan is shared,
 /// never serialized; each attempt runs a fresh copy of it.
 #[derive(Debug, Clone)]

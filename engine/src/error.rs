@@ -1,6 +1,8 @@
 //! The engine's error type: what went wrong while planning, shipping a plan
 //! to an executor, or shuffling.
 
+use std::path::PathBuf;
+
 use crate::shuffle::ShuffleBlockId;
 use crate::stages::StageId;
 
@@ -43,6 +45,40 @@ pub enum EngineError {
         maps: Vec<usize>,
         location: String,
         why: String,
+    },
+    #[error(
+        "cannot write output to {0}: Ember commits file output only on a file system (a plain \
+         path or file://), object stores are not supported yet"
+    )]
+    ObjectStoreOutput(String),
+    #[error(
+        "cannot commit output written by {0}: Ember commits only Parquet, CSV and JSON output; \
+         write one of those formats"
+    )]
+    UnsupportedSink(String),
+    #[error(
+        "cannot {action} {}: {source}; check free space and permissions there, then run the \
+         statement again",
+        path.display()
+    )]
+    Staging {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "committing the output to {} failed at {}: {source}; the destination may hold part of the \
+         output and what was not moved is kept in {}: free space or fix permissions, remove the \
+         partial output and run the statement again",
+        destination.display(),
+        path.display(),
+        staging.display()
+    )]
+    Commit {
+        destination: PathBuf,
+        path: PathBuf,
+        staging: PathBuf,
+        source: std::io::Error,
     },
 }
 

@@ -1,9 +1,11 @@
 //! Ember's data plane on DataFusion: it cuts a physical plan into stages at
 //! its shuffle boundaries, provides the shuffle writer/reader plan nodes that
 //! replace those boundaries, ships stage plans as bytes, and splits SQL
-//! scripts into statements.
+//! scripts into statements. File output is staged per task attempt and
+//! committed by the driver (`commit`).
 
 pub mod codec;
+pub mod commit;
 pub mod error;
 pub mod script;
 pub mod session;
@@ -14,6 +16,7 @@ pub mod stages;
 mod testing;
 
 pub use codec::{EmberCodec, decode_plan, encode_plan};
+pub use commit::{StagedOutput, TaskAttempt, isolate_attempt, stage_file_output};
 pub use error::EngineError;
 pub use shuffle::{
     BlockFetcher, BlockStore, InMemoryBlockStore, MapOutputLocations, ShuffleBlockId, ShuffleEnv,

@@ -116,9 +116,12 @@ async fn execute(
         tracing::warn!(task = %id, ?delay, "delaying this task (ember.faults.delayTask)");
         tokio::time::sleep(delay).await;
     }
+    // Each attempt of a file sink writes into a directory of its own.
+    let plan =
+        ember_engine::isolate_attempt(task.plan, task.id.into()).map_err(|e| failed(e.into()))?;
     // Operators keep per-execution state (a join's build side, say): every
     // attempt gets its own copy, as it would in another process.
-    let plan = reset_plan_states(task.plan).map_err(failed)?;
+    let plan = reset_plan_states(plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
     if faults.is_some_and(|f| f.fails(&id)) {
