@@ -299,7 +299,7 @@ impl AppClient {
     fn register_message(&self) -> FromApp {
         let a = &self.application;
         FromApp::Register {
-            request: a.request.clone(),
+            request: Box::new(a.request.clone()),
             driver: a.driver.clone(),
             client: a.client.clone(),
             secret: a.secret.clone(),

@@ -104,7 +104,7 @@ impl Handler<FromApp> for ClusterManager {
                         let id = new_id("app", number);
                         let record = AppRecord {
                             name: request.name.clone(),
-                            request: request.clone(),
+                            request: (*request).clone(),
                             state: "WAITING".into(),
                             reason: None,
                             submission: submission.clone(),
@@ -138,7 +138,7 @@ impl Handler<FromApp> for ClusterManager {
                 self.step(
                     Event::AppRegistered {
                         app: id.clone(),
-                        request,
+                        request: *request,
                     },
                     ctx,
                 );

@@ -54,7 +54,7 @@ pub enum FromWorker {
 #[rtype(result = "Result<AppId, String>")]
 pub enum FromApp {
     Register {
-        request: AppRequest,
+        request: Box<AppRequest>,
         /// Where its executors reach the driver.
         driver: NodeContact,
         /// The actor the manager tells of lost executors; watched, so the
