@@ -177,7 +177,14 @@ pub fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32
             a["state"] == "RUNNING" && a["executors"].as_array().is_some_and(|e| e.len() == 2)
         })
     });
-    let app = loopback::app(&status, name).unwrap()["id"]
+    let (app, pids) = two_executor_processes(&status, name);
+    (submit, app, pids)
+}
+
+/// The id of application `name` in `status`, and the PIDs of its two
+/// executor processes, waited for.
+pub fn two_executor_processes(status: &Value, name: &str) -> (String, Vec<u32>) {
+    let app = loopback::app(status, name).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -188,7 +195,7 @@ pub fn long_client_job(cluster: &Cluster, name: &str) -> (Child, String, Vec<u32
         pids = processes("executor", &app);
     }
     assert_eq!(pids.len(), 2, "two executor processes for {app}");
-    (submit, app, pids)
+    (app, pids)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ember::loopback::{self, processes, signal, wait_gone};
 
@@ -104,17 +104,7 @@ fn an_executor_killed_mid_stage_does_not_change_the_answer() {
         loopback::app(s, "killed-executor")
             .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
     });
-    let app = loopback::app(&status, "killed-executor").unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let start = Instant::now();
-    let mut pids = processes("executor", &app);
-    while pids.len() < 2 && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-        pids = processes("executor", &app);
-    }
-    assert_eq!(pids.len(), 2);
+    let (_, pids) = crate::cluster::two_executor_processes(&status, "killed-executor");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         submit.try_wait().unwrap().is_none(),
