@@ -414,10 +414,8 @@ pub fn run_executor() -> ExitCode {
     };
     let pool = TaskPool::Runtime(tasks.handle().clone());
     let mut session_config = ember_engine::session::planning_config(threads);
-    for (key, value) in conf.datafusion_options() {
-        if let Err(e) = session_config.options_mut().set(key, value) {
-            return fail(format!("--conf {key}={value}: {e}"));
-        }
+    if let Err(e) = conf.apply_datafusion_options(&mut session_config) {
+        return fail(format!("the application's datafusion.* settings: {e}"));
     }
     let faults = match Faults::from_conf(&conf) {
         Ok(f) => Arc::new(f),

@@ -41,6 +41,8 @@ pub enum SessionError {
     MissingLocation { table: String, location: String },
     #[error("{0}")]
     Output(#[from] ember_engine::EngineError),
+    #[error("{0}")]
+    Config(#[from] ember_actors::ConfigError),
     #[error("cannot start the local runtime: {0}")]
     Start(#[from] std::io::Error),
     #[error("{0}")]
@@ -109,8 +111,7 @@ impl Session {
     /// have registered. Must run inside an actix System.
     pub async fn start(options: SessionOptions) -> Result<Self, SessionError> {
         // A malformed fault is refused before anything starts.
-        let faults =
-            Faults::from_conf(&options.conf).map_err(|e| SessionError::Cluster(e.to_string()))?;
+        let faults = Faults::from_conf(&options.conf)?;
         if let Master::Cluster { host, port } = &options.master {
             return Self::start_on_cluster(host, *port, options.clone()).await;
         }
@@ -366,9 +367,7 @@ fn session_config(
 ) -> Result<datafusion::prelude::SessionConfig, SessionError> {
     let partitions = conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
     let mut config = planning_config(partitions);
-    for (key, value) in conf.datafusion_options() {
-        config.options_mut().set(key, value)?;
-    }
+    conf.apply_datafusion_options(&mut config)?;
     Ok(config)
 }
 

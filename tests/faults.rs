@@ -57,8 +57,9 @@ fn local_rows(sql_file: &Path) -> String {
     text(&out.stdout)
 }
 
-/// Runs `job` in client mode on both workers with `conf`, at info level.
-fn submit(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> Output {
+/// `ember submit` of `job` in client mode on both workers with `conf`, at
+/// info level.
+fn submit_command(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> Command {
     let mut command = cluster.ember(&[
         "submit",
         "--format",
@@ -72,7 +73,13 @@ fn submit(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> Output {
     for c in conf {
         command.args(["--conf", c]);
     }
-    command.arg(job).output().unwrap()
+    command.arg(job);
+    command
+}
+
+/// Runs `submit_command` to its end.
+fn submit(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> Output {
+    submit_command(cluster, name, job, conf).output().unwrap()
 }
 
 #[test]
@@ -83,23 +90,16 @@ fn an_executor_killed_mid_stage_does_not_change_the_answer() {
 
     // Every first attempt of stage 0 waits 3 s: time to kill an executor
     // while it holds a task.
-    let mut submit = cluster
-        .ember(&[
-            "submit",
-            "--format",
-            "csv",
-            "--total-executor-cores",
-            "2",
-            "--name",
-            "killed-executor",
-            "--conf",
-            "ember.faults.delayTask=0.*:3s",
-        ])
-        .arg(&job)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut submit = submit_command(
+        &cluster,
+        "killed-executor",
+        &job,
+        &["ember.faults.delayTask=0.*:3s"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let status = cluster.wait_for("two executors", Duration::from_secs(20), |s| {
         loopback::app(s, "killed-executor")
             .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
@@ -264,21 +264,16 @@ fn copy_writes_every_row_once_despite_retries_and_nothing_when_killed() {
     // A job interrupted while it runs leaves nothing behind.
     let killed = out_dir.join("killed");
     let job = cluster.job("copy-killed.sql", &copy(&killed));
-    let mut submit = cluster
-        .ember(&[
-            "submit",
-            "--total-executor-cores",
-            "2",
-            "--name",
-            "copy-killed",
-            "--conf",
-            "ember.faults.delayTask=2.*:30s",
-        ])
-        .arg(&job)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut submit = submit_command(
+        &cluster,
+        "copy-killed",
+        &job,
+        &["ember.faults.delayTask=2.*:30s"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     cluster.wait_for("the copy to run", Duration::from_secs(20), |s| {
         loopback::app(s, "copy-killed").is_some_and(|a| a["state"] == "RUNNING")
     });

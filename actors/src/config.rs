@@ -334,6 +334,18 @@ impl EmberConf {
         self.get(key).and_then(parse_duration)
     }
 
+    /// Applies every `datafusion.*` key to `config`; a key DataFusion does
+    /// not know, or a bad value, is an error that names it.
+    pub fn apply_datafusion_options(
+        &self,
+        config: &mut datafusion::prelude::SessionConfig,
+    ) -> datafusion::error::Result<()> {
+        for (key, value) in self.datafusion_options() {
+            config.options_mut().set(key, value)?;
+        }
+        Ok(())
+    }
+
     /// How a driver's scheduler handles faults; `max_failures` is the
     /// master's (local masters have their own) when not set here.
     pub fn scheduler(&self, max_failures: u32) -> crate::driver::SchedulerConfig {

@@ -60,10 +60,6 @@ impl Faults {
         Ok(faults)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
-
     /// Whether `task` must fail once its work is done.
     pub fn fails(&self, task: &TaskId) -> bool {
         self.fail
@@ -145,7 +141,10 @@ mod tests {
         assert_eq!(f.delay(&task(3, 0, 0)), None);
         assert!(f.loses_output(&task(0, 1, 0)));
         assert!(!f.loses_output(&task(0, 1, 1)) && !f.loses_output(&task(0, 0, 0)));
-        assert!(Faults::from_conf(&EmberConf::new()).unwrap().is_empty());
+        assert_eq!(
+            Faults::from_conf(&EmberConf::new()).unwrap(),
+            Faults::default()
+        );
     }
 
     #[test]

@@ -84,11 +84,8 @@ pub fn stage_file_output(
         });
     };
     std::fs::create_dir_all(parent).map_err(staging_error("create", parent))?;
-    let mut prefix = OsString::from(".");
-    prefix.push(name);
-    prefix.push(STAGING_MARK);
     let dir = tempfile::Builder::new()
-        .prefix(&prefix)
+        .prefix(&staging_prefix(name))
         .tempdir_in(parent)
         .map_err(staging_error("create a staging directory in", parent))?
         .keep();
@@ -257,11 +254,17 @@ fn output_url(config: &FileSinkConfig) -> Result<&ListingTableUrl, EngineError> 
         .ok_or_else(|| EngineError::UnsupportedSink("a file sink with no output path".to_string()))
 }
 
-/// Whether `dir` is a staging directory made for output named `name`.
-fn is_staging_dir(dir: &Path, name: &std::ffi::OsStr) -> bool {
+/// How the name of a staging directory for output named `name` starts.
+fn staging_prefix(name: &std::ffi::OsStr) -> OsString {
     let mut prefix = OsString::from(".");
     prefix.push(name);
     prefix.push(STAGING_MARK);
+    prefix
+}
+
+/// Whether `dir` is a staging directory made for output named `name`.
+fn is_staging_dir(dir: &Path, name: &std::ffi::OsStr) -> bool {
+    let prefix = staging_prefix(name);
     dir.file_name()
         .is_some_and(|d| d.as_encoded_bytes().starts_with(prefix.as_encoded_bytes()))
 }

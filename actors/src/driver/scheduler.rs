@@ -451,16 +451,14 @@ impl Scheduler {
                 self.fetch_failed(task, executor, error, actions)
             }
             Err(error) => {
+                let failures = stage.failures.entry(task.partition).or_insert(0);
                 if error.counts_as_failure() {
+                    *failures += 1;
                     stage
                         .failed_on
                         .entry(task.partition)
                         .or_default()
                         .insert(executor.clone());
-                }
-                let failures = stage.failures.entry(task.partition).or_insert(0);
-                if error.counts_as_failure() {
-                    *failures += 1;
                 }
                 if *failures >= self.config.max_failures {
                     let message = format!(
@@ -507,9 +505,10 @@ impl Scheduler {
             return;
         };
         if let Some(p) = job.stages.get_mut(&parent) {
+            // Output already computed again elsewhere stays; a failure that
+            // names no executor (one process) loses the output wherever it is.
+            let unknown = holder.0.is_empty();
             for map in maps {
-                // Output already computed again elsewhere stays.
-                let unknown = holder.0.is_empty();
                 if p.map_outputs
                     .get(&map)
                     .is_some_and(|(_, e)| unknown || *e == holder)

@@ -47,8 +47,8 @@ impl Executor {
     fn handle_launch_task(&mut self, description: TaskDescription, ctx: &mut Context<Self>) {
         let id = description.id;
         let context = self.task_context(&description);
-        let faults = (!self.faults.is_empty()).then(|| Arc::clone(&self.faults));
-        let (outcome, abort) = task::start(&self.pool, description, context, faults);
+        let (outcome, abort) =
+            task::start(&self.pool, description, context, Arc::clone(&self.faults));
         self.running.insert(id, abort);
         ctx.spawn(outcome.into_actor(self).map(move |result, act, _ctx| {
             act.running.remove(&id);
@@ -56,7 +56,6 @@ impl Executor {
                 tracing::warn!(task = %id, "dropping this task's shuffle blocks (ember.faults.loseMapOutput)");
                 act.shuffle.store.remove_map(id.stage, id.partition);
             }
-
             let update = DriverMessage::StatusUpdate {
                 executor: act.id.clone(),
                 task: id,

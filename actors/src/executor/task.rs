@@ -36,7 +36,7 @@ pub fn start(
     pool: &TaskPool,
     task: TaskDescription,
     context: Arc<TaskContext>,
-    faults: Option<Arc<Faults>>,
+    faults: Arc<Faults>,
 ) -> (
     LocalBoxFuture<'static, Result<TaskOutput, TaskError>>,
     AbortHandle,
@@ -98,7 +98,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 async fn execute(
     task: TaskDescription,
     context: Arc<TaskContext>,
-    faults: Option<Arc<Faults>>,
+    faults: Arc<Faults>,
 ) -> Result<TaskOutput, TaskError> {
     let failed = |e: datafusion::error::DataFusionError| match EngineError::find_fetch_failure(&e) {
         Some((stage, maps, location)) => TaskError::fetch_failed(
@@ -112,7 +112,7 @@ async fn execute(
         None => TaskError::new(TaskFailureKind::Error, e.to_string()),
     };
     let id = task.id;
-    if let Some(delay) = faults.as_ref().and_then(|f| f.delay(&id)) {
+    if let Some(delay) = faults.delay(&id) {
         tracing::warn!(task = %id, ?delay, "delaying this task (ember.faults.delayTask)");
         tokio::time::sleep(delay).await;
     }
@@ -124,7 +124,7 @@ async fn execute(
     let plan = reset_plan_states(plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
-    if faults.is_some_and(|f| f.fails(&id)) {
+    if faults.fails(&id) {
         return Err(TaskError::new(
             TaskFailureKind::Error,
             format!("injected failure of {id} (ember.faults.failTask)"),
