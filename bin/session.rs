@@ -198,7 +198,7 @@ impl Session {
             .and_then(ember_actors::config::parse_duration)
             .unwrap_or(Duration::from_secs(30));
         let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
-        let slots = wait_for_slots(&app, wanted, wait).await;
+        let slots = wait_for_slots(&app, wanted, wait).await?;
         let config = session_config(&options.conf, slots.max(1))?;
         Ok(Self {
             ctx: SessionContext::new_with_config(config),
@@ -372,14 +372,21 @@ fn session_config(
 }
 
 /// Waits until the executors hold `wanted` task slots, or `wait` has
-/// passed with at least one; without any, waits on, saying why.
-async fn wait_for_slots(app: &ClusterApp, wanted: usize, wait: Duration) -> usize {
+/// passed with at least one; without any, waits on, saying why, unless the
+/// driver stops meanwhile (the application was killed).
+async fn wait_for_slots(
+    app: &ClusterApp,
+    wanted: usize,
+    wait: Duration,
+) -> Result<usize, SessionError> {
     let started = tokio::time::Instant::now();
     let mut next_notice = started + Duration::from_secs(5);
     loop {
-        let slots = app.slots().await;
+        let slots = app.slots().await.ok_or_else(|| {
+            SessionError::DriverGone("it stopped before its executors joined".to_string())
+        })?;
         if slots >= wanted || (slots > 0 && started.elapsed() >= wait) {
-            return slots;
+            return Ok(slots);
         }
         if tokio::time::Instant::now() >= next_notice {
             let why = app

@@ -319,6 +319,8 @@ fn a_straggler_is_speculated_and_the_answer_is_unchanged() {
 fn ember_kill_cancels_a_client_mode_job_and_releases_its_executors() {
     let cluster = Cluster::start();
     let (mut submit, app, pids) = crate::cluster::long_client_job(&cluster, "killed-app");
+    // Its one task starts once both executors have joined the driver.
+    std::thread::sleep(Duration::from_millis(500));
     let out = cluster.run(&["kill", &app]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

@@ -148,12 +148,14 @@ impl ClusterApp {
     }
 
     /// Task slots registered now.
-    pub async fn slots(&self) -> usize {
+    /// `None` once the driver has stopped (`ember kill`, say): no executor
+    /// will ever come then.
+    pub async fn slots(&self) -> Option<usize> {
         self.driver
             .send(ListExecutors)
             .await
+            .ok()
             .map(|list| list.iter().map(|e| e.slots).sum())
-            .unwrap_or(0)
     }
 
     /// Why the manager says this application waits, if it does.
