@@ -427,9 +427,22 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
             Ok(n) => said.push_str(&text(&buf[..n])),
         }
     }
+    assert!(said.contains("needs 4 cores"), "{said}");
+    // Killed while it waits, the client ends on its own.
+    let out = cluster.run(&["kill", &app]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let start = Instant::now();
+    let mut ended = None;
+    while ended.is_none() && start.elapsed() < Duration::from_secs(10) {
+        ended = submit.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = submit.kill();
     let _ = submit.wait();
-    assert!(said.contains("needs 4 cores"), "{said}");
+    assert!(
+        ended.is_some_and(|code| !code.success()),
+        "a client killed while waiting for executors must exit, failed: {ended:?}"
+    );
 
     // A worker holding a client's certificate is refused at once.
     let out = Command::new(ember())
