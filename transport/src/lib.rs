@@ -11,6 +11,7 @@ pub mod handshake;
 mod mailbox;
 mod node;
 pub mod quic;
+pub mod sim;
 mod wire;
 
 #[cfg(test)]

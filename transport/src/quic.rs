@@ -180,6 +180,34 @@ impl QuicEndpoint {
         })
     }
 
+    /// Serves and dials with `creds` over `socket`, a simulated one: the
+    /// same QUIC and TLS as on a real network, with the endpoint's random
+    /// choices (connection ids and the like) drawn from `seed`.
+    pub fn bind_socket(
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        creds: &NodeCredentials,
+        options: &QuicOptions,
+        seed: [u8; 32],
+    ) -> Result<Self, QuicError> {
+        let addr = socket
+            .local_addr()
+            .map_err(|e| QuicError::Config(e.to_string()))?;
+        let mut config = quinn::EndpointConfig::default();
+        config.rng_seed(Some(seed));
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            config,
+            Some(server_config(creds, options)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| QuicError::Bind { addr, source })?;
+        endpoint.set_default_client_config(client_config(creds, options)?);
+        Ok(Self {
+            endpoint,
+            identity: creds.identity.clone(),
+        })
+    }
+
     pub fn identity(&self) -> &NodeIdentity {
         &self.identity
     }

@@ -47,6 +47,41 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A node on host 10.0.0.`host` of the simulated network `net`.
+    pub(crate) fn simulated_node(
+        &self,
+        net: &crate::sim::SimNet,
+        host: u8,
+        role: Role,
+        name: &str,
+    ) -> Node {
+        let addr = SocketAddr::from(([10, 0, 0, host], 0));
+        let socket = net.bind(addr).unwrap();
+        Node::start_simulated(
+            &self.creds(role, name),
+            None,
+            socket,
+            NodeOptions::default(),
+            u64::from(host),
+        )
+        .unwrap()
+    }
+}
+
+/// Runs `test` in an actix system whose clock is virtual: it stands still
+/// while anything can run and jumps to the next timer when nothing can.
+pub(crate) fn in_virtual_time(test: impl std::future::Future<Output = ()>) {
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(test);
+}
+
 /// `a` dials `b`; returns once both sides have the connection.
 pub(crate) async fn connect(a: &Node, b: &Node) {
     let id = a

@@ -233,6 +233,40 @@ impl Node {
         Ok(node)
     }
 
+    /// A node of a simulated cluster: like [`Node::start_instance`], on a
+    /// simulated socket, with its network work on the caller's runtime (the
+    /// simulation's one thread and virtual clock) instead of a thread of its
+    /// own.
+    pub fn start_simulated(
+        creds: &NodeCredentials,
+        instance: Option<&str>,
+        socket: Arc<crate::sim::SimSocket>,
+        options: NodeOptions,
+        seed: u64,
+    ) -> Result<Self, NodeError> {
+        let id = match instance {
+            Some(instance) => format!("{}/{instance}", creds.identity.name),
+            None => creds.identity.name.clone(),
+        };
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            NodeError::Runtime(std::io::Error::other(format!(
+                "a simulated node needs the simulation's runtime: {e}"
+            )))
+        })?;
+        let mut endpoint_seed = [0u8; 32];
+        endpoint_seed[..8].copy_from_slice(&seed.to_le_bytes());
+        let endpoint = QuicEndpoint::bind_socket(socket, creds, &options.quic, endpoint_seed)?;
+        let net = Net {
+            endpoint,
+            identity: creds.identity.clone(),
+            handle,
+            runtime: Mutex::new(None),
+        };
+        let node = Self::with_net(NodeId(id), options, Some(net));
+        node.spawn_acceptor();
+        Ok(node)
+    }
+
     fn with_net(id: NodeId, options: NodeOptions, net: Option<Net>) -> Self {
         Self {
             inner: Arc::new(Inner {

@@ -16,6 +16,8 @@ use crate::{Access, ActorAddress, BulkError, ExitReason, Node, NodeId, Refusal, 
 enum Backend {
     InProcess,
     Quic,
+    /// QUIC over the simulated network, in virtual time.
+    Simulated,
 }
 
 /// The node that sends and the node that owns the actors.
@@ -42,10 +44,20 @@ async fn setup(backend: Backend) -> Setup {
                 _cluster: None,
             }
         }
-        Backend::Quic => {
+        Backend::Quic | Backend::Simulated => {
             let cluster = Cluster::new();
-            let sender = cluster.node(Role::Worker, "sender");
-            let owner = cluster.node(Role::Worker, "owner");
+            let (sender, owner) = if matches!(backend, Backend::Simulated) {
+                let net = crate::sim::SimNet::new(1);
+                (
+                    cluster.simulated_node(&net, 1, Role::Worker, "sender"),
+                    cluster.simulated_node(&net, 2, Role::Worker, "owner"),
+                )
+            } else {
+                (
+                    cluster.node(Role::Worker, "sender"),
+                    cluster.node(Role::Worker, "owner"),
+                )
+            };
             connect(&sender, &owner).await;
             Setup {
                 sender,
@@ -70,6 +82,10 @@ macro_rules! both_backends {
                 #[actix::test]
                 async fn quic() {
                     super::$name(super::Backend::Quic).await
+                }
+                #[test]
+                fn simulated() {
+                    crate::testing::in_virtual_time(super::$name(super::Backend::Simulated))
                 }
             }
         )*
