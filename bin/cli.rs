@@ -123,6 +123,9 @@ pub enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Run seeded fault-injection simulations of a whole cluster in this
+    /// process and report any broken promise with a seed to replay.
+    Simulate(crate::simulate::SimulateArgs),
     /// Run a bare node with a probe actor until standard input closes
     /// (transport checks and benchmarks).
     #[command(hide = true)]
@@ -358,7 +361,10 @@ pub enum GenCommand {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A simulation's injected faults would each log a warning: quiet
+    // unless asked.
+    let quiet = matches!(cli.command, Some(Command::Simulate(_)));
+    init_logging(cli.verbose, quiet);
     if let Some(role) = cli.role {
         return run_role(role, cli.process);
     }
@@ -416,13 +422,14 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Some(Command::Simulate(args)) => crate::simulate::run(args),
         Some(Command::Config { .. }) => {
             print_config();
             ExitCode::SUCCESS
         }
         None => {
             eprintln!(
-                "error: give a command (submit, status, list, kill, logs, local-cluster, gen, certs, config) or --role; see `ember --help`"
+                "error: give a command (submit, status, list, kill, logs, local-cluster, simulate, gen, certs, config) or --role; see `ember --help`"
             );
             ExitCode::from(2)
         }
@@ -623,8 +630,9 @@ pub(crate) fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "off",
         0 => "warn",
         1 => "info",
         _ => "debug",

@@ -18,7 +18,7 @@ use ember_actors::faults::Faults;
 use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
 use ember_actors::supervision::{ExitReason, PeerDown};
 use ember_actors::worker::child::{ChildSpec, read_spec};
-use ember_actors::worker::{StopWorker, Worker, WorkerSpec};
+use ember_actors::worker::{ProcessLauncher, StopWorker, Worker, WorkerSpec};
 use ember_actors::{EmberConf, ExecutorId};
 use ember_certs::{NodeCredentials, Role};
 use ember_transport::Node;
@@ -308,11 +308,12 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
             cores: args.cores,
             memory_mb: args.memory_mb,
             work_dir,
-            program,
+            launcher: Box::new(ProcessLauncher { program }),
             certs,
             cert_name,
             conf: conf.pairs(),
             retry: Duration::from_millis(500),
+            stops_system: true,
         })
         .start();
         eprintln!(

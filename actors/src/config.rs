@@ -53,6 +53,7 @@ pub const SPECULATION_MIN_RUNTIME: &str = "ember.speculation.minTaskRuntime";
 pub const FAULT_FAIL_TASK: &str = "ember.faults.failTask";
 pub const FAULT_DELAY_TASK: &str = "ember.faults.delayTask";
 pub const FAULT_LOSE_MAP_OUTPUT: &str = "ember.faults.loseMapOutput";
+pub const FAULT_IGNORE_DRIVER_LOSS: &str = "ember.faults.executorIgnoresDriverLoss";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -181,6 +182,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Text,
         default: "",
         doc: "Testing fault handling: STAGE.MAP drops the shuffle blocks the first attempt of that map task wrote, as if they were deleted, so readers hit a fetch failure.",
+    },
+    ConfigKey {
+        name: FAULT_IGNORE_DRIVER_LOSS,
+        kind: ValueKind::Bool,
+        default: "false",
+        doc: "Testing only: a deliberate bug, executors that keep running when their driver is gone, to show that simulations catch orphan executors. Never set it on a real cluster.",
     },
 ];
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use ember_engine::StageId;
 
 use crate::config::{
-    ConfigError, EmberConf, FAULT_DELAY_TASK, FAULT_FAIL_TASK, FAULT_LOSE_MAP_OUTPUT,
-    parse_duration,
+    ConfigError, EmberConf, FAULT_DELAY_TASK, FAULT_FAIL_TASK, FAULT_IGNORE_DRIVER_LOSS,
+    FAULT_LOSE_MAP_OUTPUT, parse_duration,
 };
 use crate::protocol::TaskId;
 
@@ -22,6 +22,8 @@ pub struct Faults {
     delay: Vec<(StageId, Option<usize>, Duration)>,
     /// (stage, map): the first attempt's blocks are dropped.
     lose: Vec<(StageId, usize)>,
+    /// A deliberate bug: executors outlive their driver.
+    ignore_driver_loss: bool,
 }
 
 impl Faults {
@@ -57,7 +59,13 @@ impl Faults {
                 number(FAULT_LOSE_MAP_OUTPUT, map)?,
             ));
         }
+        faults.ignore_driver_loss = conf.get_or_default(FAULT_IGNORE_DRIVER_LOSS) == Some("true");
         Ok(faults)
+    }
+
+    /// Whether executors must ignore their driver's end (a deliberate bug).
+    pub fn ignores_driver_loss(&self) -> bool {
+        self.ignore_driver_loss
     }
 
     /// Whether `task` must fail once its work is done.

@@ -74,6 +74,8 @@ enum HostState {
 }
 
 struct Datagram {
+    /// The sending socket, which must still be open when it sends.
+    serial: u64,
     from: SocketAddr,
     to: SocketAddr,
     bytes: Bytes,
@@ -81,7 +83,9 @@ struct Datagram {
 
 struct NetState {
     rng: ChaCha8Rng,
-    sockets: BTreeMap<SocketAddr, Weak<SocketShared>>,
+    /// Open sockets, with the serial of the one bound there now.
+    sockets: BTreeMap<SocketAddr, (u64, Weak<SocketShared>)>,
+    next_serial: u64,
     next_port: BTreeMap<IpAddr, u16>,
     hosts: BTreeMap<IpAddr, HostState>,
     /// (from, to): datagrams from the first host to the second are dropped.
@@ -114,6 +118,7 @@ impl SimNet {
             state: Arc::new(Mutex::new(NetState {
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 sockets: BTreeMap::new(),
+                next_serial: 0,
                 next_port: BTreeMap::new(),
                 hosts: BTreeMap::new(),
                 blocked: BTreeSet::new(),
@@ -147,7 +152,7 @@ impl SimNet {
         if state
             .sockets
             .get(&addr)
-            .is_some_and(|s| s.strong_count() > 0)
+            .is_some_and(|(_, s)| s.strong_count() > 0)
         {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
@@ -155,8 +160,13 @@ impl SimNet {
             ));
         }
         let shared = Arc::new(SocketShared::default());
-        state.sockets.insert(addr, Arc::downgrade(&shared));
+        let serial = state.next_serial;
+        state.next_serial += 1;
+        state
+            .sockets
+            .insert(addr, (serial, Arc::downgrade(&shared)));
         Ok(Arc::new(SimSocket {
+            serial,
             addr,
             net: self.clone(),
             shared,
@@ -179,6 +189,7 @@ impl SimNet {
     pub fn crash(&self, ip: IpAddr) {
         let mut state = lock(&self.state);
         state.hosts.insert(ip, HostState::Crashed);
+        state.sockets.retain(|addr, _| addr.ip() != ip);
         let held = std::mem::take(&mut state.held);
         state.held = held
             .into_iter()
@@ -250,7 +261,14 @@ impl SimNet {
             let mut state = lock(&self.state);
             state.stats.sent += 1;
             let (from, to) = (datagram.from.ip(), datagram.to.ip());
-            if state.is_crashed(from) || state.is_crashed(to) || state.blocked.contains(&(from, to))
+            let open = state
+                .sockets
+                .get(&datagram.from)
+                .is_some_and(|(serial, _)| *serial == datagram.serial);
+            if !open
+                || state.is_crashed(from)
+                || state.is_crashed(to)
+                || state.blocked.contains(&(from, to))
             {
                 state.stats.cut += 1;
                 return;
@@ -278,6 +296,7 @@ impl SimNet {
         };
         for delay in delays {
             let copy = Datagram {
+                serial: datagram.serial,
                 from: datagram.from,
                 to: datagram.to,
                 bytes: datagram.bytes.clone(),
@@ -321,7 +340,10 @@ impl SimNet {
                 return;
             }
             state.stats.delivered += 1;
-            state.sockets.get(&datagram.to).and_then(Weak::upgrade)
+            state
+                .sockets
+                .get(&datagram.to)
+                .and_then(|(_, socket)| socket.upgrade())
         };
         if let Some(socket) = socket {
             socket.push(datagram.from, datagram.bytes);
@@ -379,9 +401,29 @@ impl SocketShared {
 
 /// One node's socket on the simulated network.
 pub struct SimSocket {
+    serial: u64,
     addr: SocketAddr,
     net: SimNet,
     shared: Arc<SocketShared>,
+}
+
+impl SimSocket {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the socket as a killed process's socket closes: nothing it
+    /// sends leaves any more, nothing reaches it, and nobody is told.
+    pub fn close(&self) {
+        let mut state = lock(&self.net.state);
+        if state
+            .sockets
+            .get(&self.addr)
+            .is_some_and(|(serial, _)| *serial == self.serial)
+        {
+            state.sockets.remove(&self.addr);
+        }
+    }
 }
 
 impl fmt::Debug for SimSocket {
@@ -411,6 +453,7 @@ impl AsyncUdpSocket for SimSocket {
             .max(1);
         for chunk in transmit.contents.chunks(segment) {
             self.net.send(Datagram {
+                serial: self.serial,
                 from: self.addr,
                 to: transmit.destination,
                 bytes: Bytes::copy_from_slice(chunk),

@@ -633,3 +633,17 @@ impl ClusterManager {
         }
     }
 }
+
+/// Stops the manager (its journal closes with it); used by simulations to
+/// restart one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopManager;
+
+impl Handler<StopManager> for ClusterManager {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopManager, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 
+pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
     APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus,

@@ -2,7 +2,6 @@
 //! carries out what it decides.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -156,10 +155,10 @@ impl Driver {
     /// Feeds one event to the scheduler and carries out every action that
     /// follows, including the events those actions cause.
     pub(super) fn step(&mut self, event: Event) {
-        let mut queue: VecDeque<Action> = self.scheduler.on_event(Instant::now(), event).into();
+        let mut queue: VecDeque<Action> = self.scheduler.on_event(now(), event).into();
         while let Some(action) = queue.pop_front() {
             if let Some(event) = self.perform(action) {
-                queue.extend(self.scheduler.on_event(Instant::now(), event));
+                queue.extend(self.scheduler.on_event(now(), event));
             }
         }
     }
@@ -241,4 +240,9 @@ fn lost(executor: ExecutorId, why: &str) -> Event {
         executor,
         reason: why.to_string(),
     }
+}
+
+/// Now, on the clock timers use: virtual in a simulation, real otherwise.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

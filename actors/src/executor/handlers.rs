@@ -33,6 +33,10 @@ impl Handler<PeerDown> for Executor {
     /// The link, executor side: no driver, no executor.
     fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
         if msg.peer == self.driver.address {
+            if self.faults.ignores_driver_loss() {
+                tracing::error!(executor = %self.id, "driver is gone, but ember.faults.executorIgnoresDriverLoss keeps this executor running");
+                return;
+            }
             tracing::info!(executor = %self.id, driver = %msg.peer, reason = %msg.reason, "driver is gone; executor exiting");
             self.watchers.set_reason(ExitReason::Failed(format!(
                 "its driver {} {}",

@@ -5,11 +5,83 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use actix::Recipient;
 use serde::{Deserialize, Serialize};
 
+use super::{ChildExited, ChildKey, Launcher, RunningProcess};
 use crate::cluster_manager::{AppId, DriverId, DriverJob, ExecutorNo};
 use crate::remote::NodeContact;
+
+/// Starts children as processes of the `ember` binary, each watched by a
+/// thread that reports its exit.
+pub struct ProcessLauncher {
+    pub program: PathBuf,
+}
+
+struct ChildProcess {
+    pid: u32,
+    /// Held open: a child sees end-of-file when the worker is gone.
+    _stdin: ChildStdin,
+    /// Set once the child is reaped, so its pid is never signalled after.
+    reaped: Arc<AtomicBool>,
+}
+
+impl RunningProcess for ChildProcess {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn kill(&self) {
+        if !self.reaped.load(Ordering::Acquire) {
+            kill(self.pid);
+        }
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch(
+        &mut self,
+        key: &ChildKey,
+        args: &[String],
+        dir: &Path,
+        spec: &ChildSpec,
+        exited: Recipient<ChildExited>,
+    ) -> std::io::Result<Box<dyn RunningProcess>> {
+        let started = launch(&self.program, args, dir, spec)?;
+        let pid = started.child.id();
+        let reaped = Arc::new(AtomicBool::new(false));
+        let watch_key = key.clone();
+        let watch_reaped = Arc::clone(&reaped);
+        let mut process = started.child;
+        let watcher = std::thread::Builder::new()
+            .name(format!("ember-wait-{pid}"))
+            .spawn(move || {
+                let status = process.wait();
+                watch_reaped.store(true, Ordering::Release);
+                let (code, why) = describe_exit(&status);
+                exited.do_send(ChildExited {
+                    key: watch_key,
+                    pid,
+                    code,
+                    why,
+                });
+            });
+        if let Err(e) = watcher {
+            kill(pid);
+            return Err(std::io::Error::other(format!(
+                "cannot watch child {pid}, so it was killed: {e}"
+            )));
+        }
+        Ok(Box::new(ChildProcess {
+            pid,
+            _stdin: started.stdin,
+            reaped,
+        }))
+    }
+}
 
 /// Everything a child process needs to start, written to its stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,14 +1,12 @@
 //! One handler per message the worker receives: orders from the manager,
 //! its children's exits, and its own reconnection attempts.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::child::{self, ChildSpec, NodeSpec};
-use super::{ChildKey, RunningChild, Worker};
+use super::{ChildExited, ChildKey, RunningChild, Worker};
 use crate::cluster_manager::{DriverLogs, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker};
 use crate::supervision::PeerDown;
 
@@ -25,16 +23,6 @@ pub(super) struct Connect;
 #[rtype(result = "()")]
 pub struct StopWorker;
 
-/// A child process ended.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct ChildExited {
-    key: ChildKey,
-    pid: u32,
-    code: Option<i32>,
-    why: String,
-}
-
 /// The outcome of a registration attempt.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -48,12 +36,6 @@ struct Registered(
         (String, bool),
     >,
 );
-
-pub(super) fn kill_child(child: &RunningChild) {
-    if !child.reaped.load(Ordering::Acquire) {
-        child::kill(child.pid);
-    }
-}
 
 impl Handler<StopWorker> for Worker {
     type Result = ();
@@ -203,7 +185,7 @@ impl Handler<ToWorker> for Worker {
             }
             ToWorker::KillExecutor { app, executor } => {
                 if let Some(child) = self.children.get(&ChildKey::Executor(app, executor)) {
-                    kill_child(child);
+                    child.process.kill();
                 }
                 Ok(DriverLogs::default())
             }
@@ -236,7 +218,7 @@ impl Handler<ToWorker> for Worker {
             }
             ToWorker::KillDriver { driver } => {
                 if let Some(child) = self.children.get(&ChildKey::Driver(driver)) {
-                    kill_child(child);
+                    child.process.kill();
                 }
                 Ok(DriverLogs::default())
             }
@@ -264,7 +246,7 @@ impl Handler<ChildExited> for Worker {
         if self
             .children
             .get(&msg.key)
-            .is_some_and(|c| c.pid == msg.pid)
+            .is_some_and(|c| c.process.pid() == msg.pid)
         {
             self.children.remove(&msg.key);
         }
@@ -343,41 +325,19 @@ impl Worker {
         memory_mb: u64,
         ctx: &mut Context<Self>,
     ) {
-        match child::launch(&self.spec.program, args, dir, spec) {
-            Ok(started) => {
-                let pid = started.child.id();
-                let reaped = Arc::new(AtomicBool::new(false));
-                tracing::info!(?key, pid, dir = %dir.display(), "child started");
-                let me = ctx.address();
-                let watch_key = key.clone();
-                let watch_reaped = Arc::clone(&reaped);
-                let mut process = started.child;
-                let watcher = std::thread::Builder::new()
-                    .name(format!("ember-wait-{pid}"))
-                    .spawn(move || {
-                        let status = process.wait();
-                        watch_reaped.store(true, Ordering::Release);
-                        let (code, why) = child::describe_exit(&status);
-                        me.do_send(ChildExited {
-                            key: watch_key,
-                            pid,
-                            code,
-                            why,
-                        });
-                    });
-                if let Err(e) = watcher {
-                    tracing::error!(pid, error = %e, "cannot watch the child; killing it");
-                    child::kill(pid);
-                    return;
-                }
+        let launched = self
+            .spec
+            .launcher
+            .launch(&key, args, dir, spec, ctx.address().recipient());
+        match launched {
+            Ok(process) => {
+                tracing::info!(?key, pid = process.pid(), dir = %dir.display(), "child started");
                 self.children.insert(
                     key,
                     RunningChild {
-                        pid,
+                        process,
                         cores,
                         memory_mb,
-                        _stdin: started.stdin,
-                        reaped,
                     },
                 );
             }

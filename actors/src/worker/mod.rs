@@ -8,10 +8,7 @@ pub mod child;
 mod handlers;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::ChildStdin;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -29,14 +26,47 @@ pub struct WorkerSpec {
     pub cores: u32,
     pub memory_mb: u64,
     pub work_dir: PathBuf,
-    /// The `ember` binary children run.
-    pub program: PathBuf,
+    /// How children are started: processes of the `ember` binary
+    /// ([`ProcessLauncher`]), or, in a simulation, actors of its own.
+    pub launcher: Box<dyn Launcher>,
     pub certs: PathBuf,
     pub cert_name: String,
     /// Settings handed on to children.
     pub conf: Vec<(String, String)>,
     /// How often to try the manager again while it is away.
     pub retry: Duration,
+    /// Whether the worker's end ends its actix System (its process).
+    pub stops_system: bool,
+}
+
+/// Starts a worker's children and tells it, with [`ChildExited`], when each
+/// ends.
+pub trait Launcher {
+    fn launch(
+        &mut self,
+        key: &ChildKey,
+        args: &[String],
+        dir: &Path,
+        spec: &ChildSpec,
+        exited: Recipient<ChildExited>,
+    ) -> std::io::Result<Box<dyn RunningProcess>>;
+}
+
+/// A child the worker started.
+pub trait RunningProcess {
+    fn pid(&self) -> u32;
+    /// Ends it at once, as SIGKILL does; its end is still reported.
+    fn kill(&self);
+}
+
+/// A child ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub key: ChildKey,
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub why: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,13 +76,9 @@ pub enum ChildKey {
 }
 
 struct RunningChild {
-    pid: u32,
+    process: Box<dyn RunningProcess>,
     cores: u32,
     memory_mb: u64,
-    /// Held open: a child sees end-of-file when the worker is gone.
-    _stdin: ChildStdin,
-    /// Set once the child is reaped, so its pid is never signalled after.
-    reaped: Arc<AtomicBool>,
 }
 
 pub struct Worker {
@@ -112,11 +138,14 @@ impl Actor for Worker {
         }
         let count = self.children.len();
         for child in std::mem::take(&mut self.children).into_values() {
-            handlers::kill_child(&child);
+            child.process.kill();
         }
         tracing::info!(killed = count, "worker stopped");
-        System::current().stop();
+        if self.spec.stops_system {
+            System::current().stop();
+        }
     }
 }
 
+pub use child::{ChildSpec, ProcessLauncher};
 pub use handlers::StopWorker;

@@ -2,7 +2,7 @@
 //! way carrying frames in order, a heartbeat, and a watchdog that declares
 //! the peer down when nothing has arrived for the heartbeat timeout.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -37,7 +37,7 @@ pub(crate) struct Peer {
     out: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
     max_queued: usize,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    pending: Mutex<BTreeMap<u64, oneshot::Sender<Answer>>>,
     next_ask: AtomicU64,
     /// Set once the connection is closed, by either side; cheaper to check
     /// per message than asking quinn.
@@ -106,7 +106,7 @@ impl Peer {
     }
 
     fn fail_pending(&self, why: &str) {
-        for (_, tx) in lock(&self.pending).drain() {
+        for (_, tx) in std::mem::take(&mut *lock(&self.pending)) {
             let _ = tx.send(Answer::Lost(why.to_string()));
         }
     }
@@ -206,7 +206,7 @@ pub(crate) async fn establish(
         out,
         queued: Arc::clone(&queued),
         max_queued: options.max_queued_bytes,
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(BTreeMap::new()),
         next_ask: AtomicU64::new(0),
         closed: AtomicBool::new(false),
     });
@@ -285,6 +285,7 @@ async fn heartbeat(peer: Arc<Peer>, interval: std::time::Duration, max_frame: us
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = peer.connection.closed() => return,
             _ = ticks.tick() => {
                 if peer.send(beat.clone()).is_err() {

@@ -1,0 +1,133 @@
+//! `ember simulate`: seeded fault-injection simulations of a whole
+//! cluster in one process, with the report of what the invariant checkers
+//! found.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use clap::Args;
+use ember_simulations::{Bugs, Campaign, FaultKind, Shape};
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// How many seeds to run (from --first-seed up).
+    #[arg(long, default_value_t = 1000)]
+    pub seeds: u64,
+    /// The first seed of the range.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Replay one seed and print its trace.
+    #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
+    pub seed: Option<u64>,
+    /// The faults to inject, separated by commas: kill, kill-actor,
+    /// restart, partition, one-way, network, pause (all by default).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    pub faults: Option<Vec<FaultKind>>,
+    /// Jobs per seed (spread over up to three applications).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=12))]
+    pub jobs: u64,
+    /// Seeds run at once; the number of cores by default.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run with a deliberate bug, to see the checkers catch it:
+    /// orphan-executors (executors ignore their driver's loss).
+    #[arg(long, value_parser = ["orphan-executors"])]
+    pub bug: Option<String>,
+}
+
+fn parse_kind(s: &str) -> Result<FaultKind, String> {
+    s.trim().parse()
+}
+
+impl SimulateArgs {
+    fn campaign(&self) -> Campaign {
+        let shape = Shape {
+            jobs: self.jobs as usize,
+            kinds: self
+                .faults
+                .clone()
+                .unwrap_or_else(|| FaultKind::ALL.to_vec()),
+            ..Shape::default()
+        };
+        Campaign {
+            first_seed: self.first_seed,
+            seeds: self.seeds,
+            shape,
+            bugs: Bugs {
+                orphan_executors: self.bug.is_some(),
+            },
+            threads: self.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            }),
+        }
+    }
+}
+
+pub fn run(args: SimulateArgs) -> ExitCode {
+    let campaign = args.campaign();
+    if let Some(seed) = args.seed {
+        return match campaign.replay(seed) {
+            Ok(report) => {
+                for line in &report.trace {
+                    println!("{line}");
+                }
+                println!(
+                    "seed {seed}: {} jobs succeeded, {} failed, {:.1} s of virtual time, trace hash {:016x}",
+                    report.jobs_succeeded,
+                    report.jobs_failed,
+                    report.virtual_time.as_secs_f64(),
+                    report.trace_hash
+                );
+                if report.violations.is_empty() {
+                    println!("no violations");
+                    ExitCode::SUCCESS
+                } else {
+                    for v in &report.violations {
+                        println!("violation: {v}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let done = AtomicU64::new(0);
+    let failing = AtomicU64::new(0);
+    let terminal = std::io::stderr().is_terminal();
+    let total = campaign.seeds;
+    let progress = |report: &ember_simulations::SeedReport| {
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if !report.violations.is_empty() {
+            failing.fetch_add(1, Ordering::Relaxed);
+        }
+        if terminal {
+            eprint!(
+                "\r[simulate] {n}/{total} seeds, {} with violations ",
+                failing.load(Ordering::Relaxed)
+            );
+        }
+    };
+    match campaign.run(&progress) {
+        Ok(report) => {
+            if terminal {
+                eprintln!();
+            }
+            print!("{report}");
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

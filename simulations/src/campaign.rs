@@ -1,0 +1,179 @@
+//! Many seeds, in parallel, and the report: seeds run, virtual time
+//! covered, faults by type, jobs, and every violation with the command that
+//! replays its seed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::run::{Bugs, SeedReport, run_seed};
+use crate::scenario::{FaultKind, Scenario, Shape};
+use crate::world::Certs;
+
+/// Which seeds to run, and how.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub first_seed: u64,
+    pub seeds: u64,
+    pub shape: Shape,
+    pub bugs: Bugs,
+    /// Seeds run at once (one thread each).
+    pub threads: usize,
+}
+
+/// What a campaign found.
+#[derive(Debug, Clone, Default)]
+pub struct CampaignReport {
+    pub seeds: u64,
+    pub virtual_time: Duration,
+    pub wall_time: Duration,
+    pub faults: BTreeMap<FaultKind, usize>,
+    pub jobs_succeeded: usize,
+    pub jobs_failed: usize,
+    /// (seed, violation), by seed.
+    pub violations: Vec<(u64, String)>,
+    /// How to replay a seed: the command without `--seed`.
+    pub replay: String,
+}
+
+impl CampaignReport {
+    pub fn failing_seeds(&self) -> Vec<u64> {
+        let mut seeds: Vec<u64> = self.violations.iter().map(|(s, _)| *s).collect();
+        seeds.dedup();
+        seeds
+    }
+}
+
+impl Campaign {
+    /// The `ember simulate` arguments that give this campaign's shape.
+    pub fn replay_command(&self, seed: u64) -> String {
+        let mut command = format!("ember simulate --seed {seed}");
+        if self.shape.jobs != Shape::default().jobs {
+            command.push_str(&format!(" --jobs {}", self.shape.jobs));
+        }
+        if self.shape.kinds != Shape::default().kinds {
+            let kinds: Vec<_> = self.shape.kinds.iter().map(|k| k.name()).collect();
+            command.push_str(&format!(" --faults {}", kinds.join(",")));
+        }
+        if self.bugs.orphan_executors {
+            command.push_str(" --bug orphan-executors");
+        }
+        command
+    }
+
+    /// Runs every seed; `progress` hears of each one as it ends.
+    pub fn run(&self, progress: &(dyn Fn(&SeedReport) + Sync)) -> Result<CampaignReport, String> {
+        let started = Instant::now();
+        let certs = Certs::new(self.shape.workers)?;
+        let reference = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(crate::workload::reference())?;
+        let next = AtomicU64::new(self.first_seed);
+        let end = self.first_seed.saturating_add(self.seeds);
+        let reports = Mutex::new(Vec::new());
+        let threads = self.threads.max(1).min(self.seeds.max(1) as usize);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    loop {
+                        let seed = next.fetch_add(1, Ordering::Relaxed);
+                        if seed >= end {
+                            break;
+                        }
+                        let scenario = Scenario::generate(seed, &self.shape);
+                        let report = run_seed(&scenario, &certs, &reference, self.bugs);
+                        progress(&report);
+                        reports
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(report);
+                    }
+                });
+            }
+        });
+        let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
+        reports.sort_by_key(|r| r.seed);
+        let mut total = CampaignReport {
+            seeds: reports.len() as u64,
+            wall_time: started.elapsed(),
+            replay: self.replay_command(0).replace(" --seed 0", " --seed SEED"),
+            ..CampaignReport::default()
+        };
+        for report in reports {
+            total.virtual_time += report.virtual_time;
+            for (kind, n) in &report.faults {
+                *total.faults.entry(*kind).or_default() += n;
+            }
+            total.jobs_succeeded += report.jobs_succeeded;
+            total.jobs_failed += report.jobs_failed;
+            for v in report.violations {
+                total.violations.push((report.seed, v));
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs one seed alone, keeping its trace.
+    pub fn replay(&self, seed: u64) -> Result<SeedReport, String> {
+        let certs = Certs::new(self.shape.workers)?;
+        let reference = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(crate::workload::reference())?;
+        let scenario = Scenario::generate(seed, &self.shape);
+        Ok(run_seed(&scenario, &certs, &reference, self.bugs))
+    }
+}
+
+impl fmt::Display for CampaignReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "simulation report")?;
+        writeln!(f, "  seeds run:            {}", self.seeds)?;
+        writeln!(
+            f,
+            "  virtual time covered: {:.1} s ({:.1} s of wall time)",
+            self.virtual_time.as_secs_f64(),
+            self.wall_time.as_secs_f64()
+        )?;
+        let faults: usize = self.faults.values().sum();
+        writeln!(f, "  faults injected:      {faults}")?;
+        for (kind, n) in &self.faults {
+            writeln!(f, "    {:<12} {n}", kind.name())?;
+        }
+        writeln!(
+            f,
+            "  jobs:                 {} succeeded with the right rows, {} failed with a reason",
+            self.jobs_succeeded, self.jobs_failed
+        )?;
+        writeln!(
+            f,
+            "  invariants checked:   no orphan executors, jobs right or failed with a reason, \
+             rows exactly once, no job pending after faults stop, no submission forgotten, \
+             no worker over capacity"
+        )?;
+        if self.violations.is_empty() {
+            writeln!(f, "  violations:           none")?;
+        } else {
+            writeln!(
+                f,
+                "  violations:           {} in {} seeds",
+                self.violations.len(),
+                self.failing_seeds().len()
+            )?;
+            for (seed, v) in &self.violations {
+                writeln!(f, "    seed {seed}: {v}")?;
+                writeln!(
+                    f,
+                    "      replay: {}",
+                    self.replay.replace("SEED", &seed.to_string())
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! Seeded fault-injection simulations of an Ember cluster. A seed fixes a
+//! workload and a fault schedule; the real cluster manager, worker, driver
+//! and executor actors run it on a simulated network in virtual time, and
+//! checkers hold them to Ember's promises: no orphan executors, every job
+//! right or failed with a reason, every row exactly once, no submission
+//! forgotten across manager restarts, no worker over capacity.
+
+pub mod campaign;
+pub mod run;
+pub mod scenario;
+pub mod workload;
+pub mod world;
+
+pub use campaign::{Campaign, CampaignReport};
+pub use run::{Bugs, SeedReport, run_seed};
+pub use scenario::{FaultKind, Scenario, Shape};

@@ -1,0 +1,732 @@
+//! Runs one seed: builds the cluster, starts the applications, injects the
+//! scenario's faults at their times, and checks the invariants while it
+//! runs and once faults have stopped and everything has settled.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_actors::EmberConf;
+use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec, reach_manager};
+use ember_actors::cluster_manager::{AppRequest, ClientReply, FromClient};
+use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
+use ember_actors::driver::{Driver, StopDriver, SubmitJob};
+use ember_actors::remote::NodeContact;
+use ember_engine::StagePlanner;
+use ember_transport::sim::{LinkFaults, SimNet};
+use ember_transport::{Node, NodeOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::scenario::{FaultKind, Scenario};
+use crate::workload::{PARTITIONS, QUERIES, lines};
+use crate::world::{
+    Certs, FIRST_APP_HOST, FIRST_WORKER_HOST, MANAGER_HOST, MANAGER_PORT, ManagerHost, Shared,
+    SharedDisk, WorkerHost, ip, start_manager, start_node, start_worker,
+};
+
+/// How long an executor may outlive its driver: the heartbeat timeout
+/// (800 ms) and QUIC's idle timeout (1 s) with room to spare.
+pub const LIVENESS: Duration = Duration::from_secs(3);
+/// How long after the last fault every job must have ended.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+/// How often the invariants are checked while a simulation runs.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// How one job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Pending,
+    Succeeded(Vec<String>),
+    Failed(String),
+}
+
+/// What one seed found.
+#[derive(Debug, Clone, Default)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub trace_hash: u64,
+    pub virtual_time: Duration,
+    pub faults: BTreeMap<FaultKind, usize>,
+    pub jobs_succeeded: usize,
+    pub jobs_failed: usize,
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+}
+
+/// Options that change the system under test.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bugs {
+    /// Executors that ignore their driver's loss (a deliberate bug, to
+    /// show the checkers catch it).
+    pub orphan_executors: bool,
+}
+
+#[derive(Default)]
+struct AppState {
+    jobs: Vec<JobOutcome>,
+    accepted: Option<String>,
+    driver: Option<(Addr<Driver>, Node)>,
+    /// When its driver ended (stopped, or its host crashed).
+    driver_end: Option<Duration>,
+    crashed: bool,
+    done: bool,
+}
+
+type Apps = Arc<Mutex<Vec<AppState>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `scenario` in a fresh actix system on a paused clock.
+pub fn run_seed(
+    scenario: &Scenario,
+    certs: &Certs,
+    reference: &Arc<Vec<Vec<String>>>,
+    bugs: Bugs,
+) -> SeedReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            return SeedReport {
+                seed: scenario.seed,
+                violations: vec![format!("cannot start a runtime: {e}")],
+                ..SeedReport::default()
+            };
+        }
+    };
+    let system = System::with_tokio_rt(move || runtime);
+    let report = system.block_on(simulate(scenario, certs, reference, bugs));
+    System::current().stop();
+    report
+}
+
+/// A fault's start or end.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Begin(usize),
+    End(usize),
+}
+
+struct Sim<'a> {
+    scenario: &'a Scenario,
+    certs: &'a Certs,
+    net: SimNet,
+    shared: Shared,
+    disk: SharedDisk,
+    options: NodeOptions,
+    manager: Option<ManagerHost>,
+    manager_since: Duration,
+    workers: BTreeMap<u8, Option<WorkerHost>>,
+    apps: Apps,
+    rng: ChaCha8Rng,
+    /// (host, from, to): when hosts were paused.
+    pauses: Vec<(u8, Duration, Option<Duration>)>,
+    injected: BTreeMap<FaultKind, usize>,
+    violations: Vec<String>,
+    /// Executors already reported, so each is reported once.
+    reported: std::collections::BTreeSet<usize>,
+}
+
+async fn simulate(
+    scenario: &Scenario,
+    certs: &Certs,
+    reference: &Arc<Vec<Vec<String>>>,
+    bugs: Bugs,
+) -> SeedReport {
+    let options = match EmberConf::new().node_options() {
+        Ok(o) => o,
+        Err(e) => {
+            return SeedReport {
+                seed: scenario.seed,
+                violations: vec![e.to_string()],
+                ..SeedReport::default()
+            };
+        }
+    };
+    let mut sim = Sim {
+        scenario,
+        certs,
+        net: SimNet::new(scenario.seed),
+        shared: Shared::new(),
+        disk: SharedDisk::default(),
+        options,
+        manager: None,
+        manager_since: Duration::ZERO,
+        workers: BTreeMap::new(),
+        apps: Arc::new(Mutex::new(
+            (0..scenario.apps.len())
+                .map(|_| AppState::default())
+                .collect(),
+        )),
+        rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed),
+        pauses: Vec::new(),
+        injected: BTreeMap::new(),
+        violations: Vec::new(),
+        reported: Default::default(),
+    };
+    if let Err(e) = sim.start_cluster() {
+        sim.violations
+            .push(format!("the cluster did not start: {e}"));
+        return sim.report(reference);
+    }
+    for (i, plan) in scenario.apps.iter().enumerate() {
+        actix::spawn(run_app(
+            i,
+            plan.clone(),
+            sim.net.clone(),
+            certs.load("client"),
+            options,
+            sim.apps.clone(),
+            sim.shared.clone(),
+            bugs,
+        ));
+    }
+    let mut steps: Vec<(Duration, Step)> = Vec::new();
+    for (i, fault) in scenario.faults.iter().enumerate() {
+        steps.push((fault.at, Step::Begin(i)));
+        steps.push((fault.at + fault.lasts, Step::End(i)));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    let mut steps = steps.into_iter().peekable();
+    let quiet = scenario.faults_end();
+    let mut all_done_at: Option<Duration> = None;
+    let mut next_status = Duration::ZERO;
+    loop {
+        let now = sim.shared.now();
+        while let Some((_, step)) = steps.next_if(|(at, _)| *at <= now) {
+            sim.apply(step);
+        }
+        sim.check_executors(now);
+        if now >= next_status {
+            sim.check_submissions(now).await;
+            next_status = now + Duration::from_secs(1);
+        }
+        let done = lock(&sim.apps).iter().all(|a| a.done);
+        if done && now >= quiet {
+            let since = *all_done_at.get_or_insert(now);
+            // Past the liveness bound every executor must be gone.
+            if now >= since + LIVENESS + CHECK_EVERY {
+                break;
+            }
+        }
+        if now > quiet + SETTLE_LIMIT {
+            break;
+        }
+        tokio::time::sleep(CHECK_EVERY).await;
+    }
+    sim.finish().await;
+    sim.report(reference)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_app(
+    index: usize,
+    plan: crate::scenario::AppPlan,
+    net: SimNet,
+    creds: Result<ember_certs::NodeCredentials, String>,
+    options: NodeOptions,
+    apps: Apps,
+    shared: Shared,
+    bugs: Bugs,
+) {
+    tokio::time::sleep(plan.starts).await;
+    let host = FIRST_APP_HOST + index as u8;
+    let fail_all = |why: String| {
+        let mut apps = lock(&apps);
+        let app = &mut apps[index];
+        app.jobs = plan
+            .jobs
+            .iter()
+            .map(|_| JobOutcome::Failed(why.clone()))
+            .collect();
+        app.done = true;
+        if app.driver_end.is_none() {
+            app.driver_end = Some(shared.now());
+        }
+    };
+    if lock(&apps)[index].crashed {
+        fail_all("its host crashed before it started".into());
+        return;
+    }
+    lock(&apps)[index].jobs = plan.jobs.iter().map(|_| JobOutcome::Pending).collect();
+    let started = async {
+        let creds = creds?;
+        let (node, socket) = start_node(
+            &net,
+            host,
+            0,
+            &creds,
+            Some(&format!("app-{index}")),
+            options,
+        )?;
+        let manager_addr = SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT);
+        let manager = reach_manager(&node, manager_addr, "localhost")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conf = EmberConf::new();
+        let delays: Vec<String> = (0..6)
+            .map(|stage| format!("{stage}.*:{}ms", plan.task_time.as_millis()))
+            .collect();
+        let set =
+            |conf: &mut EmberConf, k: &str, v: &str| conf.set(k, v).map_err(|e| e.to_string());
+        set(&mut conf, FAULT_DELAY_TASK, &delays.join(","))?;
+        set(&mut conf, NO_EXECUTOR_TIMEOUT, "20s")?;
+        if bugs.orphan_executors {
+            set(&mut conf, FAULT_IGNORE_DRIVER_LOSS, "true")?;
+        }
+        let app = ClusterApp::start(ClusterAppSpec {
+            contact: NodeContact {
+                node: node.id().clone(),
+                addr: socket.addr(),
+                host: "localhost".to_string(),
+            },
+            node: node.clone(),
+            manager,
+            request: AppRequest {
+                name: format!("sim-{index}"),
+                executor_cores: 1,
+                executor_memory_mb: 512,
+                max_cores: Some(2),
+                conf: conf.pairs(),
+            },
+            submission: None,
+            scheduler: conf.scheduler(4),
+            listener: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((app, node))
+    };
+    let (app, node) = match tokio::time::timeout(Duration::from_secs(30), started).await {
+        Ok(Ok(started)) => started,
+        Ok(Err(why)) => {
+            // The client exits with this error; its process is gone.
+            net.crash(ip(host));
+            shared.trace(format!("app {index} did not start"));
+            fail_all(format!("the application did not start: {why}"));
+            return;
+        }
+        Err(_) => {
+            net.crash(ip(host));
+            shared.trace(format!("app {index} did not start in time"));
+            fail_all("the application did not start within 30 s".into());
+            return;
+        }
+    };
+    {
+        let mut apps = lock(&apps);
+        let state = &mut apps[index];
+        if state.crashed {
+            drop(apps);
+            app.driver().do_send(StopDriver);
+            fail_all("its host crashed while it started".into());
+            return;
+        }
+        state.accepted = Some(app.id().to_string());
+        state.driver = Some((app.driver().clone(), node));
+    }
+    shared.trace(format!("app {index} registered"));
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        ember_engine::session::planning_config(PARTITIONS),
+    );
+    let mut planner = StagePlanner::new();
+    for (j, &query) in plan.jobs.iter().enumerate() {
+        if lock(&apps)[index].crashed {
+            break;
+        }
+        let outcome = run_job(&ctx, &mut planner, app.driver(), QUERIES[query]).await;
+        let word = match &outcome {
+            JobOutcome::Succeeded(rows) => format!("succeeded with {} rows", rows.len()),
+            JobOutcome::Failed(_) => "failed".to_string(),
+            JobOutcome::Pending => "pending".to_string(),
+        };
+        shared.trace(format!("app {index} job {j} {word}"));
+        lock(&apps)[index].jobs[j] = outcome;
+    }
+    let crashed = lock(&apps)[index].crashed;
+    if crashed {
+        let mut apps = lock(&apps);
+        for job in apps[index].jobs.iter_mut() {
+            if *job == JobOutcome::Pending {
+                *job = JobOutcome::Failed("its driver's host crashed".into());
+            }
+        }
+        apps[index].done = true;
+        return;
+    }
+    lock(&apps)[index].driver_end = Some(shared.now());
+    app.stop(None).await;
+    shared.trace(format!("app {index} stopped"));
+    lock(&apps)[index].done = true;
+}
+
+async fn run_job(
+    ctx: &datafusion::prelude::SessionContext,
+    planner: &mut StagePlanner,
+    driver: &Addr<Driver>,
+    sql: &str,
+) -> JobOutcome {
+    let planned = async {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .map_err(|e| e.to_string())?
+            .create_physical_plan()
+            .await
+            .map_err(|e| e.to_string())?;
+        planner.plan(plan).map_err(|e| e.to_string())
+    };
+    let graph = match planned.await {
+        Ok(g) => g,
+        Err(e) => return JobOutcome::Failed(format!("planning: {e}")),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if driver.send(SubmitJob { graph, reply }).await.is_err() {
+        return JobOutcome::Failed("the driver is gone".into());
+    }
+    match answer.await {
+        Ok(Ok(output)) => JobOutcome::Succeeded(lines(&output.batches)),
+        Ok(Err(e)) => JobOutcome::Failed(e.0),
+        Err(_) => JobOutcome::Failed("the driver stopped before answering".into()),
+    }
+}
+
+impl Sim<'_> {
+    fn start_cluster(&mut self) -> Result<(), String> {
+        self.manager = Some(start_manager(
+            &self.net,
+            self.certs,
+            &self.disk,
+            self.options,
+        )?);
+        for w in 0..self.scenario.workers {
+            let host = FIRST_WORKER_HOST + w;
+            let worker = start_worker(
+                &self.net,
+                self.certs,
+                &self.shared,
+                host,
+                self.scenario.worker_cores,
+                self.options,
+            )?;
+            self.workers.insert(host, Some(worker));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, step: Step) {
+        let (i, begin) = match step {
+            Step::Begin(i) => (i, true),
+            Step::End(i) => (i, false),
+        };
+        let fault = self.scenario.faults[i].clone();
+        let hosts: Vec<String> = fault.hosts.iter().map(u8::to_string).collect();
+        let what = format!("{} {}", fault.kind, hosts.join(","));
+        if begin {
+            *self.injected.entry(fault.kind).or_default() += 1;
+        }
+        self.shared
+            .trace(format!("{} {what}", if begin { "begin" } else { "end" }));
+        match (fault.kind, begin) {
+            (FaultKind::Kill, true) => {
+                for &host in &fault.hosts {
+                    self.crash(host);
+                }
+            }
+            (FaultKind::Kill, false) => {
+                for &host in &fault.hosts {
+                    self.restart_worker(host);
+                }
+            }
+            (FaultKind::KillActor, true) => {
+                let running: Vec<_> = self.shared.record().processes.values().cloned().collect();
+                if !running.is_empty() {
+                    let victim = &running[self.rng.random_range(0..running.len())];
+                    crate::world::kill(victim);
+                }
+            }
+            (FaultKind::KillActor, false) => {}
+            (FaultKind::Restart, true) => self.crash(MANAGER_HOST),
+            // Overlapping restarts: the manager is already back.
+            (FaultKind::Restart, false) if self.manager.is_some() => {}
+            (FaultKind::Restart, false) => {
+                self.net.restart(ip(MANAGER_HOST));
+                match start_manager(&self.net, self.certs, &self.disk, self.options) {
+                    Ok(m) => {
+                        self.manager = Some(m);
+                        self.manager_since = self.shared.now();
+                    }
+                    Err(e) => self
+                        .violations
+                        .push(format!("the cluster manager did not restart: {e}")),
+                }
+            }
+            (FaultKind::Partition | FaultKind::OneWay, true) => {
+                let side: Vec<_> = fault.hosts.iter().map(|&h| ip(h)).collect();
+                let rest: Vec<_> =
+                    crate::world::hosts(self.scenario.workers, self.scenario.apps.len())
+                        .into_iter()
+                        .filter(|h| !fault.hosts.contains(h))
+                        .map(ip)
+                        .collect();
+                let one_way = fault.kind == FaultKind::OneWay;
+                if one_way && fault.detail % 2 == 1 {
+                    self.net.partition(&rest, &side, true);
+                } else {
+                    self.net.partition(&side, &rest, one_way);
+                }
+            }
+            (FaultKind::Partition | FaultKind::OneWay, false) => self.net.heal(),
+            (FaultKind::Network, true) => {
+                let d = fault.detail;
+                self.net.set_faults(LinkFaults {
+                    latency: Duration::from_micros(200 + (d % 5000)),
+                    jitter: Duration::from_micros((d >> 16) % 20_000),
+                    loss: ((d >> 32) % 200) as f64 / 1000.0,
+                    duplicate: ((d >> 48) % 100) as f64 / 1000.0,
+                });
+            }
+            (FaultKind::Network, false) => self.net.set_faults(LinkFaults::default()),
+            (FaultKind::Pause, true) => {
+                for &host in &fault.hosts {
+                    self.net.pause(ip(host));
+                    self.pauses.push((host, self.shared.now(), None));
+                }
+            }
+            (FaultKind::Pause, false) => {
+                for &host in &fault.hosts {
+                    self.net.resume(ip(host));
+                    let now = self.shared.now();
+                    for pause in self.pauses.iter_mut() {
+                        if pause.0 == host && pause.2.is_none() {
+                            pause.2 = Some(now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A host crashes: nothing leaves it, and everything on it stops.
+    fn crash(&mut self, host: u8) {
+        self.net.crash(ip(host));
+        if host == MANAGER_HOST {
+            if let Some(manager) = self.manager.take() {
+                manager.crash();
+            }
+        } else if let Some(slot) = self.workers.get_mut(&host) {
+            if let Some(worker) = slot.take() {
+                worker.crash();
+            }
+        } else if host >= FIRST_APP_HOST {
+            let index = usize::from(host - FIRST_APP_HOST);
+            let mut apps = lock(&self.apps);
+            if let Some(app) = apps.get_mut(index) {
+                app.crashed = true;
+                if app.driver_end.is_none() {
+                    app.driver_end = Some(self.shared.now());
+                }
+                if let Some((driver, node)) = app.driver.take() {
+                    driver.do_send(StopDriver);
+                    node.shutdown();
+                }
+            }
+        }
+    }
+
+    /// A crashed worker host comes back with a new, empty worker.
+    fn restart_worker(&mut self, host: u8) {
+        // Not a worker's host, or its worker is already back.
+        if !matches!(self.workers.get(&host), Some(None)) {
+            return;
+        }
+        self.net.restart(ip(host));
+        match start_worker(
+            &self.net,
+            self.certs,
+            &self.shared,
+            host,
+            self.scenario.worker_cores,
+            self.options,
+        ) {
+            Ok(worker) => {
+                self.workers.insert(host, Some(worker));
+            }
+            Err(e) => self
+                .violations
+                .push(format!("worker {host} did not restart: {e}")),
+        }
+    }
+
+    /// Time `host` spent paused after `since`, up to `now`.
+    fn paused_since(&self, host: u8, since: Duration, now: Duration) -> Duration {
+        self.pauses
+            .iter()
+            .filter(|(h, _, _)| *h == host)
+            .map(|(_, from, to)| {
+                let from = (*from).max(since);
+                let to = to.unwrap_or(now);
+                to.saturating_sub(from)
+            })
+            .sum()
+    }
+
+    /// No executor outlives its driver by more than the liveness bound;
+    /// no worker runs more cores than it has.
+    fn check_executors(&mut self, now: Duration) {
+        let driver_ends: Vec<Option<Duration>> =
+            lock(&self.apps).iter().map(|a| a.driver_end).collect();
+        let executors = self.shared.record().executors.clone();
+        let mut used: BTreeMap<u8, u32> = BTreeMap::new();
+        for (i, life) in executors.iter().enumerate() {
+            if life.ended.is_some() {
+                continue;
+            }
+            *used.entry(life.host).or_default() += life.cores;
+            let Some(Some(end)) = life.app.map(|a| driver_ends.get(a).copied().flatten()) else {
+                continue;
+            };
+            let bound = end + LIVENESS + self.paused_since(life.host, end, now);
+            if now > bound && self.reported.insert(i) {
+                self.violations.push(format!(
+                    "orphan executor: executor {} of app {} on host {} still runs {} ms after its driver ended",
+                    life.number,
+                    life.app.unwrap_or_default(),
+                    life.host,
+                    (now - end).as_millis()
+                ));
+            }
+        }
+        for (host, cores) in used {
+            if cores > self.scenario.worker_cores {
+                let line = format!(
+                    "over capacity: host {host} runs executors with {cores} cores, it has {}",
+                    self.scenario.worker_cores
+                );
+                if !self.violations.contains(&line) {
+                    self.violations.push(line);
+                }
+            }
+        }
+    }
+
+    /// The manager still knows every application it accepted.
+    async fn check_submissions(&mut self, now: Duration) {
+        let Some(manager) = &self.manager else {
+            return;
+        };
+        if now < self.manager_since + Duration::from_millis(500) {
+            return;
+        }
+        let accepted: Vec<(usize, String)> = lock(&self.apps)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.accepted.clone().map(|id| (i, id)))
+            .collect();
+        if accepted.is_empty() {
+            return;
+        }
+        let status = manager.manager.send(FromClient::Status).await;
+        let Ok(Ok(ClientReply::Status(status))) = status else {
+            return;
+        };
+        for (i, id) in accepted {
+            if !status.apps.iter().any(|a| a.id == id) {
+                let line = format!("lost submission: the cluster manager forgot app {i} ({id})");
+                if !self.violations.contains(&line) {
+                    self.violations.push(line);
+                }
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        let now = self.shared.now();
+        self.check_executors(now);
+        self.check_submissions(now + Duration::from_secs(1)).await;
+        let apps = lock(&self.apps);
+        for (i, app) in apps.iter().enumerate() {
+            for (j, job) in app.jobs.iter().enumerate() {
+                if *job == JobOutcome::Pending {
+                    self.violations.push(format!(
+                        "pending job: app {i} job {j} had not ended {} s after the last fault",
+                        SETTLE_LIMIT.as_secs()
+                    ));
+                }
+                if let JobOutcome::Failed(why) = job
+                    && why.trim().is_empty()
+                {
+                    self.violations
+                        .push(format!("app {i} job {j} failed without a reason"));
+                }
+            }
+            if !app.done {
+                self.violations
+                    .push(format!("app {i} had not ended when the simulation did"));
+            }
+        }
+        drop(apps);
+        let executors = self.shared.record().executors.clone();
+        for life in executors.iter().filter(|l| l.ended.is_none()) {
+            let line = format!(
+                "executor {} of app {:?} on host {} still runs at the end",
+                life.number, life.app, life.host
+            );
+            if !self.violations.contains(&line) {
+                self.violations.push(line);
+            }
+        }
+    }
+
+    fn report(self, reference: &Arc<Vec<Vec<String>>>) -> SeedReport {
+        let mut violations = self.violations;
+        let (mut succeeded, mut failed) = (0, 0);
+        for (i, app) in lock(&self.apps).iter().enumerate() {
+            for (j, job) in app.jobs.iter().enumerate() {
+                match job {
+                    JobOutcome::Succeeded(rows) => {
+                        succeeded += 1;
+                        let query = self.scenario.apps[i].jobs[j];
+                        if reference.get(query) != Some(rows) {
+                            violations.push(format!(
+                                "wrong result: app {i} job {j} (query {query}) returned {} rows, not the {} expected, or other rows",
+                                rows.len(),
+                                reference.get(query).map(Vec::len).unwrap_or_default()
+                            ));
+                        }
+                    }
+                    JobOutcome::Failed(_) => failed += 1,
+                    JobOutcome::Pending => {}
+                }
+            }
+        }
+        let trace = self.shared.record().trace.clone();
+        let mut hasher = DefaultHasher::new();
+        trace.hash(&mut hasher);
+        let stats = self.net.stats();
+        let mut trace = trace;
+        trace.push(format!(
+            "datagrams: {} sent, {} delivered, {} lost, {} duplicated, {} cut, {} held",
+            stats.sent, stats.delivered, stats.lost, stats.duplicated, stats.cut, stats.held
+        ));
+        SeedReport {
+            seed: self.scenario.seed,
+            trace_hash: hasher.finish(),
+            virtual_time: self.shared.now(),
+            faults: self.injected,
+            jobs_succeeded: succeeded,
+            jobs_failed: failed,
+            violations,
+            trace,
+        }
+    }
+}

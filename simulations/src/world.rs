@@ -1,0 +1,536 @@
+//! One simulated cluster: a cluster manager, workers and client
+//! applications, each on a host of its own on the simulated network, all
+//! real actors on one thread in virtual time. Workers start executors as
+//! actors on their own host instead of processes; everything else is the
+//! code a real cluster runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ember_actors::EmberConf;
+use ember_actors::ExecutorId;
+use ember_actors::cluster_manager::{
+    ClusterManager, ClusterManagerSpec, Journal, Placement, StopManager,
+};
+use ember_actors::executor::{ExecutorMessage, TaskPool};
+use ember_actors::faults::Faults;
+use ember_actors::remote::{NodeContact, RemoteExecutor, RemoteExecutorSpec};
+use ember_actors::worker::{
+    ChildExited, ChildKey, ChildSpec, Launcher, RunningProcess, StopWorker, Worker, WorkerSpec,
+};
+use ember_certs::{IssueRequest, NodeCredentials, Role};
+use ember_transport::sim::{SimNet, SimSocket};
+use ember_transport::{ExitReason, Node, NodeId, NodeOptions, PeerDown};
+use redb::StorageBackend;
+use redb::backends::InMemoryBackend;
+
+/// The port the cluster manager listens on.
+pub const MANAGER_PORT: u16 = 7077;
+/// Hosts: 1 is the manager, 2.. the workers, 100.. the applications.
+pub const MANAGER_HOST: u8 = 1;
+pub const FIRST_WORKER_HOST: u8 = 2;
+pub const FIRST_APP_HOST: u8 = 100;
+/// Every certificate names this host; addresses come from the network.
+const SERVER_NAME: &str = "localhost";
+
+pub fn ip(host: u8) -> IpAddr {
+    IpAddr::from([10, 0, 0, host])
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The cluster's certificates, made once per campaign.
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new(workers: u8) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path();
+        ember_certs::init_ca(path, "sim", 30, false).map_err(|e| e.to_string())?;
+        let issue = |role: Role, name: &str| {
+            ember_certs::issue(path, &IssueRequest::new(role, name, vec![], 30))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        issue(Role::ClusterManager, "manager")?;
+        issue(Role::Client, "client")?;
+        for w in 0..workers {
+            issue(Role::Worker, &worker_name(FIRST_WORKER_HOST + w))?;
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn load(&self, name: &str) -> Result<NodeCredentials, String> {
+        ember_certs::load_node(self.dir.path(), name).map_err(|e| e.to_string())
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn worker_name(host: u8) -> String {
+    format!("worker-{host}")
+}
+
+/// A journal disk that outlives the manager using it, as a file would.
+#[derive(Debug, Clone, Default)]
+pub struct SharedDisk(Arc<InMemoryBackend>);
+
+impl StorageBackend for SharedDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+}
+
+/// An executor's life, as the checkers see it.
+#[derive(Debug, Clone)]
+pub struct ExecutorLife {
+    /// The application (its index), from its driver's node name.
+    pub app: Option<usize>,
+    pub number: u32,
+    pub host: u8,
+    pub cores: u32,
+    pub started: Duration,
+    pub ended: Option<Duration>,
+    pub why: Option<String>,
+}
+
+/// What happened, shared by everything in one simulation.
+#[derive(Default)]
+pub struct Record {
+    pub trace: Vec<String>,
+    pub executors: Vec<ExecutorLife>,
+    /// Running executors, by their index in `executors`, to kill one.
+    pub processes: BTreeMap<usize, Arc<SimProcess>>,
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub record: Arc<Mutex<Record>>,
+    pub start: tokio::time::Instant,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Self {
+            record: Arc::default(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn trace(&self, line: impl AsRef<str>) {
+        let at = self.now().as_millis();
+        lock(&self.record)
+            .trace
+            .push(format!("{at:>7}ms {}", line.as_ref()));
+    }
+
+    pub fn record(&self) -> MutexGuard<'_, Record> {
+        lock(&self.record)
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The application index in a driver's node name (`client/app-3`).
+pub fn app_of(driver: &NodeId) -> Option<usize> {
+    driver.0.rsplit_once("/app-")?.1.parse().ok()
+}
+
+/// A simulated node on `host`.
+pub fn start_node(
+    net: &SimNet,
+    host: u8,
+    port: u16,
+    creds: &NodeCredentials,
+    instance: Option<&str>,
+    options: NodeOptions,
+) -> Result<(Node, Arc<SimSocket>), String> {
+    let socket = net
+        .bind(SocketAddr::new(ip(host), port))
+        .map_err(|e| e.to_string())?;
+    let seed = u64::from(host) << 32 | u64::from(socket.addr().port());
+    let node = Node::start_simulated(creds, instance, Arc::clone(&socket), options, seed)
+        .map_err(|e| e.to_string())?;
+    Ok((node, socket))
+}
+
+/// An executor "process": its socket, node and actors.
+pub struct SimProcess {
+    index: usize,
+    key: ChildKey,
+    socket: Arc<SimSocket>,
+    exited: Recipient<ChildExited>,
+    shared: Shared,
+    state: Mutex<ProcessState>,
+}
+
+#[derive(Default)]
+struct ProcessState {
+    node: Option<Node>,
+    remote: Option<RemoteExecutor>,
+    ended: bool,
+}
+
+impl SimProcess {
+    /// Ends the process: records it, tells the worker, closes the node.
+    fn end(&self, code: Option<i32>, why: String, graceful: bool) {
+        let (node, remote) = {
+            let mut state = lock(&self.state);
+            if state.ended {
+                return;
+            }
+            state.ended = true;
+            (state.node.take(), state.remote.take())
+        };
+        if !graceful {
+            self.socket.close();
+        }
+        let now = self.shared.now();
+        {
+            let mut record = self.shared.record();
+            if let Some(life) = record.executors.get_mut(self.index) {
+                life.ended = Some(now);
+                life.why = Some(why.clone());
+            }
+            record.processes.remove(&self.index);
+        }
+        if let Some(remote) = &remote {
+            remote.executor.do_send(ExecutorMessage::Stop);
+        }
+        let exited = self.exited.clone();
+        let key = self.key.clone();
+        let pid = self.index as u32;
+        actix::spawn(async move {
+            if let Some(node) = node {
+                if graceful {
+                    node.close(Duration::from_millis(100)).await;
+                } else {
+                    node.shutdown();
+                }
+            }
+            drop(remote);
+            exited.do_send(ChildExited {
+                key,
+                pid,
+                code,
+                why,
+            });
+        });
+    }
+}
+
+/// Kills an executor process, as SIGKILL does.
+pub fn kill(process: &Arc<SimProcess>) {
+    process.end(None, "killed by signal 9".to_string(), false);
+}
+
+struct Handle(Arc<SimProcess>);
+
+impl RunningProcess for Handle {
+    fn pid(&self) -> u32 {
+        self.0.index as u32
+    }
+
+    fn kill(&self) {
+        kill(&self.0);
+    }
+}
+
+/// Hears the executor's end; the process exits with it.
+struct ProcessEnd(Arc<SimProcess>);
+
+impl Actor for ProcessEnd {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerDown> for ProcessEnd {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        let (code, why) = match msg.reason {
+            ExitReason::Normal => (Some(0), "exited with code 0".to_string()),
+            other => (Some(3), format!("exited with code 3: {other}")),
+        };
+        self.0.end(code, why, true);
+        ctx.stop();
+    }
+}
+
+/// Starts a worker's executors as actors on the worker's host.
+pub struct SimLauncher {
+    pub net: SimNet,
+    pub host: u8,
+    pub creds: Arc<NodeCredentials>,
+    pub shared: Shared,
+}
+
+fn copy(creds: &NodeCredentials) -> NodeCredentials {
+    NodeCredentials {
+        ca: creds.ca.clone(),
+        cert: creds.cert.clone(),
+        key: creds.key.clone_key(),
+        identity: creds.identity.clone(),
+    }
+}
+
+impl Launcher for SimLauncher {
+    fn launch(
+        &mut self,
+        key: &ChildKey,
+        _args: &[String],
+        _dir: &Path,
+        spec: &ChildSpec,
+        exited: Recipient<ChildExited>,
+    ) -> std::io::Result<Box<dyn RunningProcess>> {
+        let ChildSpec::Executor {
+            node: ns,
+            executor,
+            cores,
+            driver,
+            secret,
+            ..
+        } = spec.clone()
+        else {
+            return Err(std::io::Error::other(
+                "cluster-mode drivers are not simulated",
+            ));
+        };
+        let socket = self
+            .net
+            .bind(SocketAddr::new(ip(self.host), 0))
+            .map_err(std::io::Error::other)?;
+        let index = {
+            let mut record = self.shared.record();
+            record.executors.push(ExecutorLife {
+                app: app_of(&driver.node),
+                number: executor,
+                host: self.host,
+                cores,
+                started: self.shared.now(),
+                ended: None,
+                why: None,
+            });
+            record.executors.len() - 1
+        };
+        let process = Arc::new(SimProcess {
+            index,
+            key: key.clone(),
+            socket: Arc::clone(&socket),
+            exited,
+            shared: self.shared.clone(),
+            state: Mutex::default(),
+        });
+        self.shared
+            .record()
+            .processes
+            .insert(index, Arc::clone(&process));
+        let creds = copy(&self.creds);
+        let started = Arc::clone(&process);
+        actix::spawn(async move {
+            if let Err(why) =
+                start_executor(&started, creds, ns, executor, cores, driver, secret).await
+            {
+                started.end(Some(1), format!("exited with code 1: {why}"), true);
+            }
+        });
+        Ok(Box::new(Handle(process)))
+    }
+}
+
+/// What `ember --role executor` does, on a simulated node.
+async fn start_executor(
+    process: &Arc<SimProcess>,
+    creds: NodeCredentials,
+    ns: ember_actors::worker::child::NodeSpec,
+    executor: u32,
+    cores: u32,
+    driver: NodeContact,
+    secret: String,
+) -> Result<(), String> {
+    let mut conf = EmberConf::new();
+    for (k, v) in &ns.conf {
+        conf.set(k, v).map_err(|e| e.to_string())?;
+    }
+    let options = conf.node_options().map_err(|e| e.to_string())?;
+    let seed = u64::from(process.socket.addr().port()) << 8 | u64::from(executor);
+    let node = Node::start_simulated(
+        &creds,
+        Some(&ns.instance),
+        Arc::clone(&process.socket),
+        options,
+        seed,
+    )
+    .map_err(|e| e.to_string())?;
+    lock(&process.state).node = Some(node.clone());
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        node.connect(driver.addr, &driver.host),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("cannot reach the driver: {e}")),
+        Err(_) => return Err("the driver did not answer".to_string()),
+    }
+    if lock(&process.state).ended {
+        return Ok(());
+    }
+    let threads = usize::try_from(cores).unwrap_or(1).max(1);
+    let mut session_config = ember_engine::session::planning_config(threads);
+    conf.apply_datafusion_options(&mut session_config)
+        .map_err(|e| e.to_string())?;
+    let faults = Arc::new(Faults::from_conf(&conf).map_err(|e| e.to_string())?);
+    let on_exit = ProcessEnd(Arc::clone(process)).start().recipient();
+    let remote = ember_actors::remote::start_remote_executor(RemoteExecutorSpec {
+        contact: NodeContact {
+            node: node.id().clone(),
+            addr: process.socket.addr(),
+            host: SERVER_NAME.to_string(),
+        },
+        node,
+        executor: ExecutorId(executor.to_string()),
+        slots: threads,
+        driver,
+        secret,
+        pool: TaskPool::ActorThread,
+        session_config,
+        faults,
+        on_exit,
+    })?;
+    let mut state = lock(&process.state);
+    if state.ended {
+        remote.executor.do_send(ExecutorMessage::Stop);
+    } else {
+        state.remote = Some(remote);
+    }
+    Ok(())
+}
+
+/// A host with a worker on it.
+pub struct WorkerHost {
+    pub worker: Addr<Worker>,
+    pub node: Node,
+    pub cores: u32,
+}
+
+pub fn start_worker(
+    net: &SimNet,
+    certs: &Certs,
+    shared: &Shared,
+    host: u8,
+    cores: u32,
+    options: NodeOptions,
+) -> Result<WorkerHost, String> {
+    let creds = certs.load(&worker_name(host))?;
+    let (node, _) = start_node(net, host, 0, &creds, None, options)?;
+    let worker = Worker::new(WorkerSpec {
+        node: node.clone(),
+        manager: NodeContact {
+            node: NodeId(String::new()),
+            addr: SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT),
+            host: SERVER_NAME.to_string(),
+        },
+        host: SERVER_NAME.to_string(),
+        cores,
+        memory_mb: 8192,
+        work_dir: PathBuf::from("/nonexistent/ember-simulation"),
+        launcher: Box::new(SimLauncher {
+            net: net.clone(),
+            host,
+            creds: Arc::new(creds),
+            shared: shared.clone(),
+        }),
+        certs: certs.path().to_path_buf(),
+        cert_name: worker_name(host),
+        conf: Vec::new(),
+        retry: Duration::from_millis(500),
+        stops_system: false,
+    })
+    .start();
+    Ok(WorkerHost {
+        worker,
+        node,
+        cores,
+    })
+}
+
+impl WorkerHost {
+    /// The host is gone: its worker and every executor on it.
+    pub fn crash(self) {
+        self.worker.do_send(StopWorker);
+        self.node.shutdown();
+    }
+}
+
+/// The manager's host.
+pub struct ManagerHost {
+    pub manager: Addr<ClusterManager>,
+    pub node: Node,
+}
+
+pub fn start_manager(
+    net: &SimNet,
+    certs: &Certs,
+    disk: &SharedDisk,
+    options: NodeOptions,
+) -> Result<ManagerHost, String> {
+    let creds = certs.load("manager")?;
+    let (node, _) = start_node(net, MANAGER_HOST, MANAGER_PORT, &creds, None, options)?;
+    let journal = Journal::open_with_backend(disk.clone()).map_err(|e| e.to_string())?;
+    let manager = ClusterManager::new(ClusterManagerSpec {
+        node: node.clone(),
+        journal,
+        placement: Placement::Spread,
+        recovery_grace: Duration::from_secs(2),
+        max_executor_failures: 10,
+    })
+    .start();
+    Ok(ManagerHost { manager, node })
+}
+
+impl ManagerHost {
+    pub fn crash(self) {
+        self.manager.do_send(StopManager);
+        self.node.shutdown();
+    }
+}
+
+/// The ids of hosts, for picking fault targets.
+pub fn hosts(workers: u8, apps: usize) -> BTreeSet<u8> {
+    let mut all: BTreeSet<u8> = (0..workers).map(|w| FIRST_WORKER_HOST + w).collect();
+    all.insert(MANAGER_HOST);
+    for a in 0..apps {
+        all.insert(FIRST_APP_HOST + a as u8);
+    }
+    all
+}
