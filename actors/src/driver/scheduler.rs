@@ -207,6 +207,11 @@ impl StageRun {
     fn lose_output(&mut self, partition: usize) {
         self.map_outputs.remove(&partition);
         self.finished.remove(&partition);
+        // A stage still running computes it again along with the rest;
+        // otherwise it would never complete, and its job would hang.
+        if self.active && !self.is_running(partition) {
+            self.pending.insert(partition);
+        }
     }
 }
 
@@ -1196,6 +1201,39 @@ mod tests {
             .and_then(|j| j.stages.get(&stage))
             .and_then(|st| st.map_outputs.get(&map))
             .map(|(_, e)| e.clone())
+    }
+
+    /// Found by simulation seed 104: an executor lost while its stage still
+    /// ran took finished map output with it, and the stage never completed.
+    #[test]
+    fn output_lost_while_its_stage_still_runs_is_computed_again() {
+        let (mut s, actions) = start_with(config(4), &[("1", 1), ("2", 1)]);
+        let maps = launches(&actions);
+        assert_eq!(maps.len(), 2);
+        let (done_on, done) = maps[0].clone();
+        let (running_on, running) = maps[1].clone();
+        s.on_event(Instant::now(), map_done(&done_on, done));
+        let a = s.on_event(
+            Instant::now(),
+            Event::ExecutorLost {
+                executor: done_on.clone(),
+                reason: "partitioned".into(),
+            },
+        );
+        assert!(launches(&a).is_empty(), "the only slot left is busy");
+        let a = s.on_event(Instant::now(), map_done(&running_on, running));
+        let rerun = launches(&a);
+        assert_eq!(rerun.len(), 1, "{a:?}");
+        assert_eq!(
+            (rerun[0].1.stage, rerun[0].1.partition),
+            (0, done.partition)
+        );
+        let a = s.on_event(Instant::now(), map_done(&rerun[0].0, rerun[0].1));
+        assert!(
+            launches(&a).iter().all(|(_, t)| t.stage == 1),
+            "then the reducers: {a:?}"
+        );
+        assert!(!launches(&a).is_empty());
     }
 
     #[test]
