@@ -17,6 +17,7 @@ pub mod simulate;
 
 pub use ember_actors as actors;
 pub use ember_engine as engine;
+pub use ember_simulations as simulations;
 pub use ember_transport as transport;
 pub use master::Master;
 pub use session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};

@@ -7,5 +7,6 @@ mod cli;
 mod cluster;
 mod faults;
 mod local_mode;
+mod simulate;
 mod support;
 mod transport;
