@@ -476,12 +476,13 @@ impl AsyncUdpSocket for SimSocket {
             };
             let len = bytes.len().min(bufs[count].len());
             bufs[count][..len].copy_from_slice(&bytes[..len]);
-            let mut m = RecvMeta::default();
-            m.addr = from;
-            m.len = len;
-            m.stride = len;
-            m.dst_ip = Some(self.addr.ip());
-            meta[count] = m;
+            meta[count] = RecvMeta {
+                addr: from,
+                len,
+                stride: len,
+                dst_ip: Some(self.addr.ip()),
+                ..RecvMeta::default()
+            };
             count += 1;
         }
         if count > 0 {
