@@ -14,7 +14,7 @@ use ember::loopback::{self, LoopbackCluster, driver, processes, signal, wait_gon
 use serde_json::Value;
 
 /// Clusters run one at a time: two would fight over the two cores.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn ember() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))

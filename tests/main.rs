@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod faults;
 mod local_mode;
+mod netns;
 mod simulate;
 mod support;
 mod transport;
