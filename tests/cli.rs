@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{Data, files_under};
+use crate::support::{Data, files_under, text};
 
 fn ember(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
@@ -13,10 +13,6 @@ fn ember(args: &[&str], dir: &Path) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn repo() -> &'static Path {

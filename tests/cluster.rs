@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use ember::loopback::{self, LoopbackCluster, driver, processes, signal, wait_gone};
 use serde_json::Value;
 
+use crate::support::text;
+
 /// Clusters run one at a time: two would fight over the two cores.
 pub static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -43,10 +45,6 @@ impl DerefMut for Cluster {
     fn deref_mut(&mut self) -> &mut LoopbackCluster {
         &mut self.inner
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Cluster {
@@ -93,20 +91,7 @@ impl Cluster {
 }
 
 fn watch_time_local() -> String {
-    let out = Command::new(ember())
-        .args([
-            "submit",
-            "--master",
-            "local[2]",
-            "--format",
-            "csv",
-            "examples/watch_time.sql",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
+    crate::support::local_rows(Path::new("examples/watch_time.sql"))
 }
 
 #[test]

@@ -10,29 +10,7 @@ use std::time::Duration;
 use ember::loopback::{self, processes, signal, wait_gone};
 
 use crate::cluster::Cluster;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Log text without colour codes, so lines can be matched.
-fn plain(bytes: &[u8]) -> String {
-    let raw = text(bytes);
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for n in chars.by_ref() {
-                if n == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use crate::support::{local_rows, plain, text};
 
 const VIEWS_DDL: &str = "CREATE EXTERNAL TABLE views (
   event_time TIMESTAMP NOT NULL, user_id BIGINT NOT NULL, video_id BIGINT NOT NULL,
@@ -45,17 +23,6 @@ STORED AS CSV LOCATION 'examples/data/views/' OPTIONS ('format.has_header' 'true
 const WATCH_TIME: &str = "SELECT video_id, SUM(watch_seconds) / 60.0 AS minutes, COUNT(*) AS views
 FROM views GROUP BY video_id ORDER BY minutes DESC, video_id LIMIT 20;
 ";
-
-fn local_rows(sql_file: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["submit", "--master", "local[2]", "--format", "csv"])
-        .arg(sql_file)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-}
 
 /// `ember submit` of `job` in client mode on both workers with `conf`, at
 /// info level.
@@ -141,7 +108,7 @@ fn a_lost_shuffle_block_reruns_only_its_map_task_then_the_reader() {
         &job,
         &["ember.faults.loseMapOutput=0.1"],
     );
-    let log = plain(&out.stderr);
+    let log = plain(&text(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert_eq!(text(&out.stdout), expected);
     assert!(log.contains("fetch failed"), "{log}");
@@ -175,7 +142,7 @@ fn a_task_that_keeps_failing_fails_the_job_with_its_own_error_and_one_that_recov
         ),
     );
     let out = submit(&cluster, "always-fails", &job, &[]);
-    let log = plain(&out.stderr);
+    let log = plain(&text(&out.stderr));
     assert!(!out.status.success());
     assert!(log.contains("failed 4 times"), "{log}");
     assert!(log.contains("five"), "the task's own error: {log}");
@@ -191,7 +158,7 @@ fn a_task_that_keeps_failing_fails_the_job_with_its_own_error_and_one_that_recov
     // Twice injected, then the third attempt succeeds.
     std::fs::write(data.join("b.csv"), "n\n4\n5\n6\n").unwrap();
     let out = submit(&cluster, "recovers", &job, &["ember.faults.failTask=1.0:2"]);
-    let log = plain(&out.stderr);
+    let log = plain(&text(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert_eq!(text(&out.stdout), "odd,total\n0,12\n1,9\n");
     assert_eq!(log.matches("injected failure").count(), 2, "{log}");
@@ -253,7 +220,7 @@ fn copy_writes_every_row_once_despite_retries_and_nothing_when_killed() {
         &job,
         &["ember.faults.failTask=2.0:1"],
     );
-    let log = plain(&out.stderr);
+    let log = plain(&text(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert!(log.contains("injected failure"), "{log}");
     let written = rows_under(&retried);
@@ -309,7 +276,7 @@ fn a_straggler_is_speculated_and_the_answer_is_unchanged() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    let log = plain(&out.stderr);
+    let log = plain(&text(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert_eq!(text(&out.stdout), expected);
     assert!(log.contains("speculating a slow task"), "{log}");

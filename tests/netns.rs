@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use ember::loopback::{self, alive, processes, signal, wait_gone};
 use serde_json::Value;
 
+use crate::support::{local_rows, plain, text};
+
 /// The hosts' subnet: private, and only ever configured inside the
 /// namespaces.
 const SUBNET: &str = "10.213.77";
@@ -35,28 +37,6 @@ const PREFIX: &str = "ember-nt";
 
 fn ember() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Log text without colour codes, so lines can be matched.
-fn plain(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for n in chars.by_ref() {
-                if n == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs `ip ARGS`; the error names the command and says what `ip` said.
@@ -789,18 +769,6 @@ fn grouped_queries() -> String {
          FROM views GROUP BY video_id ORDER BY minutes DESC, video_id LIMIT 20;\n",
         views_ddl()
     )
-}
-
-/// Runs `job` in local mode (the reference) and returns what it printed.
-fn local_rows(job: &Path) -> String {
-    let out = Command::new(ember())
-        .args(["submit", "--master", "local[2]", "--format", "csv"])
-        .arg(job)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
 }
 
 /// Every CSV row under `dir` but headers, sorted.

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember::datagen::{ViewsSpec, generate_views};
 use ember::{Master, Session, SessionOptions, StatementOutcome};
@@ -102,23 +101,43 @@ pub async fn reference_rows(data: &Data, sql: &str) -> Vec<String> {
 }
 
 pub fn to_lines(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default();
-    let mut lines = Vec::new();
-    for batch in batches {
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            let cells: Vec<String> = formatters
-                .iter()
-                .map(|f| f.value(row).to_string())
-                .collect();
-            lines.push(cells.join("|"));
+    ember::simulations::workload::rows(batches)
+}
+
+/// Runs `job` with `ember submit --master local[2]` (the reference) and
+/// returns the CSV it printed.
+pub fn local_rows(job: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "--master", "local[2]", "--format", "csv"])
+        .arg(job)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A command's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Log text without colour codes, so lines can be matched.
+pub fn plain(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for n in chars.by_ref() {
+                if n == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
         }
     }
-    lines
+    out
 }
 
 pub fn sorted(mut lines: Vec<String>) -> Vec<String> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::run::{Bugs, SeedReport, run_seed};
 use crate::scenario::{FaultKind, Scenario, Shape};
+use crate::workload::Answers;
 use crate::world::Certs;
 
 /// Which seeds to run, and how.
@@ -63,15 +64,22 @@ impl Campaign {
         command
     }
 
-    /// Runs every seed; `progress` hears of each one as it ends.
-    pub fn run(&self, progress: &(dyn Fn(&SeedReport) + Sync)) -> Result<CampaignReport, String> {
-        let started = Instant::now();
+    /// What every seed shares: the cluster's certificates and the right
+    /// answers.
+    fn prepare(&self) -> Result<(Certs, Answers), String> {
         let certs = Certs::new(self.shape.workers)?;
         let reference = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
             .block_on(crate::workload::reference())?;
+        Ok((certs, reference))
+    }
+
+    /// Runs every seed; `progress` hears of each one as it ends.
+    pub fn run(&self, progress: &(dyn Fn(&SeedReport) + Sync)) -> Result<CampaignReport, String> {
+        let started = Instant::now();
+        let (certs, reference) = self.prepare()?;
         let next = AtomicU64::new(self.first_seed);
         let end = self.first_seed.saturating_add(self.seeds);
         let reports = Mutex::new(Vec::new());
@@ -119,12 +127,7 @@ impl Campaign {
 
     /// Runs one seed alone, keeping its trace.
     pub fn replay(&self, seed: u64) -> Result<SeedReport, String> {
-        let certs = Certs::new(self.shape.workers)?;
-        let reference = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?
-            .block_on(crate::workload::reference())?;
+        let (certs, reference) = self.prepare()?;
         let scenario = Scenario::generate(seed, &self.shape);
         Ok(run_seed(&scenario, &certs, &reference, self.bugs))
     }

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::scenario::{FaultKind, Scenario};
-use crate::workload::{PARTITIONS, QUERIES, lines};
+use crate::workload::{Answers, PARTITIONS, QUERIES, lines};
 use crate::world::{
     Certs, FIRST_APP_HOST, FIRST_WORKER_HOST, MANAGER_HOST, MANAGER_PORT, ManagerHost, Shared,
     SharedDisk, WorkerHost, ip, start_manager, start_node, start_worker,
@@ -83,12 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Runs `scenario` in a fresh actix system on a paused clock.
-pub fn run_seed(
-    scenario: &Scenario,
-    certs: &Certs,
-    reference: &Arc<Vec<Vec<String>>>,
-    bugs: Bugs,
-) -> SeedReport {
+pub fn run_seed(scenario: &Scenario, certs: &Certs, reference: &Answers, bugs: Bugs) -> SeedReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -139,7 +134,7 @@ struct Sim<'a> {
 async fn simulate(
     scenario: &Scenario,
     certs: &Certs,
-    reference: &Arc<Vec<Vec<String>>>,
+    reference: &Answers,
     bugs: Bugs,
 ) -> SeedReport {
     let options = match EmberConf::new().node_options() {
@@ -402,24 +397,36 @@ async fn run_job(
 
 impl Sim<'_> {
     fn start_cluster(&mut self) -> Result<(), String> {
+        self.start_manager()?;
+        for w in 0..self.scenario.workers {
+            self.start_worker(FIRST_WORKER_HOST + w)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the manager on its host, on the journal of any before it.
+    fn start_manager(&mut self) -> Result<(), String> {
         self.manager = Some(start_manager(
             &self.net,
             self.certs,
             &self.disk,
             self.options,
         )?);
-        for w in 0..self.scenario.workers {
-            let host = FIRST_WORKER_HOST + w;
-            let worker = start_worker(
-                &self.net,
-                self.certs,
-                &self.shared,
-                host,
-                self.scenario.worker_cores,
-                self.options,
-            )?;
-            self.workers.insert(host, Some(worker));
-        }
+        self.manager_since = self.shared.now();
+        Ok(())
+    }
+
+    /// Starts a new worker on `host`.
+    fn start_worker(&mut self, host: u8) -> Result<(), String> {
+        let worker = start_worker(
+            &self.net,
+            self.certs,
+            &self.shared,
+            host,
+            self.scenario.worker_cores,
+            self.options,
+        )?;
+        self.workers.insert(host, Some(worker));
         Ok(())
     }
 
@@ -460,14 +467,9 @@ impl Sim<'_> {
             (FaultKind::Restart, false) if self.manager.is_some() => {}
             (FaultKind::Restart, false) => {
                 self.net.restart(ip(MANAGER_HOST));
-                match start_manager(&self.net, self.certs, &self.disk, self.options) {
-                    Ok(m) => {
-                        self.manager = Some(m);
-                        self.manager_since = self.shared.now();
-                    }
-                    Err(e) => self
-                        .violations
-                        .push(format!("the cluster manager did not restart: {e}")),
+                if let Err(e) = self.start_manager() {
+                    self.violations
+                        .push(format!("the cluster manager did not restart: {e}"));
                 }
             }
             (FaultKind::Partition | FaultKind::OneWay, true) => {
@@ -550,20 +552,9 @@ impl Sim<'_> {
             return;
         }
         self.net.restart(ip(host));
-        match start_worker(
-            &self.net,
-            self.certs,
-            &self.shared,
-            host,
-            self.scenario.worker_cores,
-            self.options,
-        ) {
-            Ok(worker) => {
-                self.workers.insert(host, Some(worker));
-            }
-            Err(e) => self
-                .violations
-                .push(format!("worker {host} did not restart: {e}")),
+        if let Err(e) = self.start_worker(host) {
+            self.violations
+                .push(format!("worker {host} did not restart: {e}"));
         }
     }
 
@@ -652,7 +643,7 @@ impl Sim<'_> {
     async fn finish(&mut self) {
         let now = self.shared.now();
         self.check_executors(now);
-        self.check_submissions(now + Duration::from_secs(1)).await;
+        self.check_submissions(now).await;
         let apps = lock(&self.apps);
         for (i, app) in apps.iter().enumerate() {
             for (j, job) in app.jobs.iter().enumerate() {
@@ -687,7 +678,7 @@ impl Sim<'_> {
         }
     }
 
-    fn report(self, reference: &Arc<Vec<Vec<String>>>) -> SeedReport {
+    fn report(self, reference: &Answers) -> SeedReport {
         let mut violations = self.violations;
         let (mut succeeded, mut failed) = (0, 0);
         for (i, app) in lock(&self.apps).iter().enumerate() {
@@ -709,11 +700,10 @@ impl Sim<'_> {
                 }
             }
         }
-        let trace = self.shared.record().trace.clone();
+        let mut trace = self.shared.record().trace.clone();
         let mut hasher = DefaultHasher::new();
         trace.hash(&mut hasher);
         let stats = self.net.stats();
-        let mut trace = trace;
         trace.push(format!(
             "datagrams: {} sent, {} delivered, {} lost, {} duplicated, {} cut, {} held",
             stats.sent, stats.delivered, stats.lost, stats.duplicated, stats.cut, stats.held

@@ -17,33 +17,46 @@ pub const QUERIES: [&str; 4] = [
     "SELECT count(DISTINCT v % 1000) AS d, count(*) AS n FROM generate_series(1, 25000) AS t(v)",
 ];
 
+/// The right rows of every query, by query index (sorted lines).
+pub type Answers = Arc<Vec<Vec<String>>>;
+
 /// Partitions each shuffle has.
 pub const PARTITIONS: usize = 4;
 
-/// Rows as sorted lines, to compare results as multisets.
-pub fn lines(batches: &[RecordBatch]) -> Vec<String> {
+/// Rows as lines of `|`-separated cells, in their order. A column that
+/// cannot be shown gives its error as each of its cells.
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default();
     let mut out = Vec::new();
     for batch in batches {
         let formatters: Vec<_> = batch
             .columns()
             .iter()
-            .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).map_err(|e| e.to_string()))
             .collect();
         for row in 0..batch.num_rows() {
             let cells: Vec<String> = formatters
                 .iter()
-                .map(|f| f.value(row).to_string())
+                .map(|f| match f {
+                    Ok(f) => f.value(row).to_string(),
+                    Err(e) => e.clone(),
+                })
                 .collect();
             out.push(cells.join("|"));
         }
     }
+    out
+}
+
+/// Rows as sorted lines, to compare results as multisets.
+pub fn lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = rows(batches);
     out.sort();
     out
 }
 
 /// The right answer of every query.
-pub async fn reference() -> Result<Arc<Vec<Vec<String>>>, String> {
+pub async fn reference() -> Result<Answers, String> {
     let ctx = SessionContext::new_with_config(ember_engine::session::planning_config(PARTITIONS));
     let mut answers = Vec::new();
     for query in QUERIES {

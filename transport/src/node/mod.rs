@@ -174,6 +174,15 @@ pub(crate) fn is_instance_of(node: &str, cert_name: &str) -> bool {
             .is_some_and(|instance| !instance.is_empty())
 }
 
+/// A node's id: its certificate's name, or `NAME/instance` for one of
+/// several processes sharing the certificate.
+fn instance_id(creds: &NodeCredentials, instance: Option<&str>) -> String {
+    match instance {
+        Some(instance) => format!("{}/{instance}", creds.identity.name),
+        None => creds.identity.name.clone(),
+    }
+}
+
 /// Poisoning only means another thread panicked while holding the lock;
 /// the maps stay consistent between statements, so keep going.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -206,10 +215,7 @@ impl Node {
         listen: SocketAddr,
         options: NodeOptions,
     ) -> Result<Self, NodeError> {
-        let id = match instance {
-            Some(instance) => format!("{}/{instance}", creds.identity.name),
-            None => creds.identity.name.clone(),
-        };
+        let id = instance_id(creds, instance);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ember-net")
@@ -244,10 +250,7 @@ impl Node {
         options: NodeOptions,
         seed: u64,
     ) -> Result<Self, NodeError> {
-        let id = match instance {
-            Some(instance) => format!("{}/{instance}", creds.identity.name),
-            None => creds.identity.name.clone(),
-        };
+        let id = instance_id(creds, instance);
         let handle = tokio::runtime::Handle::try_current().map_err(|e| {
             NodeError::Runtime(std::io::Error::other(format!(
                 "a simulated node needs the simulation's runtime: {e}"
