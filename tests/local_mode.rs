@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use ember::{SessionError, StatementOutcome};
-use ember_actors::driver::{ListExecutors, StopDriver};
+use ember_actors::driver::{ExecutorState, ListExecutors, StopDriver};
 use ember_actors::executor::ExecutorMessage;
 
 use crate::support::{Data, files_under, reference_rows, rows, session, sorted};
@@ -418,7 +418,7 @@ async fn the_driver_sees_an_executor_end_and_jobs_go_on_without_it() {
     let data = Data::new(2_000, 2);
     let mut s = session("local[3]", &data).await;
     let driver = s.local().unwrap().driver().clone();
-    let listed = driver.send(ListExecutors).await.unwrap();
+    let listed = driver.send(ListExecutors::ACTIVE).await.unwrap();
     assert_eq!(listed.len(), 2, "local[3]: two executors registered");
     assert_eq!(listed.iter().map(|e| e.slots).sum::<usize>(), 3);
     let executors = s.local().unwrap().executors();
@@ -427,7 +427,7 @@ async fn the_driver_sees_an_executor_end_and_jobs_go_on_without_it() {
     let mut remaining = listed.len();
     while remaining != 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        remaining = driver.send(ListExecutors).await.unwrap().len();
+        remaining = driver.send(ListExecutors::ACTIVE).await.unwrap().len();
     }
     assert_eq!(remaining, 1, "the driver dropped the executor that ended");
     let sql = QUERIES[1].0;
@@ -435,5 +435,18 @@ async fn the_driver_sees_an_executor_end_and_jobs_go_on_without_it() {
         sorted(rows(&mut s, sql).await),
         sorted(reference_rows(&data, sql).await)
     );
+    // The full roster keeps the lost executor, with why, and counts what
+    // each ran: the query's tasks all ran on the survivor.
+    let roster = s.executors(true).await;
+    assert_eq!(roster.len(), 2, "{roster:?}");
+    let (lost, active): (Vec<_>, Vec<_>) = roster
+        .iter()
+        .partition(|e| matches!(e.state, ExecutorState::Removed(_)));
+    assert_eq!((lost.len(), active.len()), (1, 1), "{roster:?}");
+    assert_eq!(lost[0].id, listed[0].id);
+    assert_eq!(lost[0].tasks_succeeded, 0);
+    assert!(active[0].tasks_succeeded >= 2, "{roster:?}");
+    assert_eq!(active[0].host, "localhost");
+    assert_eq!(s.executors(false).await.len(), 1);
     assert!(s.stop().await);
 }

@@ -152,7 +152,7 @@ impl ClusterApp {
     /// will ever come then.
     pub async fn slots(&self) -> Option<usize> {
         self.driver
-            .send(ListExecutors)
+            .send(ListExecutors::ACTIVE)
             .await
             .ok()
             .map(|list| list.iter().map(|e| e.slots).sum())

@@ -153,7 +153,7 @@ impl LocalCluster {
         let expected = executor_slots(self.threads).len();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.driver.send(ListExecutors).await {
+            match self.driver.send(ListExecutors::ACTIVE).await {
                 Ok(listed) if listed.len() >= expected => return true,
                 Ok(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(1)).await

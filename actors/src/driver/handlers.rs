@@ -7,8 +7,9 @@ use actix::prelude::*;
 
 use super::scheduler::{Action, Event};
 use super::{
-    CancelJobs, Driver, DriverMessage, ExecutorRegistration, ExecutorSummary, JobError, JobOutput,
-    ListExecutors, PendingJob, ProgressEvent, StopDriver, SubmitJob,
+    CancelJobs, Driver, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary,
+    JobError, JobOutput, ListExecutors, PendingJob, ProgressEvent, RosterEntry, StopDriver,
+    SubmitJob,
 };
 use crate::executor::ExecutorMessage;
 use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
@@ -106,16 +107,33 @@ impl Handler<StopDriver> for Driver {
 impl Handler<ListExecutors> for Driver {
     type Result = MessageResult<ListExecutors>;
 
-    fn handle(&mut self, _msg: ListExecutors, _ctx: &mut Context<Self>) -> Self::Result {
-        let summaries = self
+    fn handle(&mut self, msg: ListExecutors, _ctx: &mut Context<Self>) -> Self::Result {
+        let running: std::collections::BTreeMap<&ExecutorId, usize> = self
             .scheduler
             .executors()
-            .filter_map(|(id, slots, running)| {
-                self.executors.get(id).map(|mailbox| ExecutorSummary {
+            .filter(|(id, _, _)| self.executors.contains_key(*id))
+            .map(|(id, _, running)| (id, running))
+            .collect();
+        let summaries = self
+            .roster
+            .iter()
+            .filter_map(|(id, entry)| {
+                let active = running.get(id);
+                (active.is_some() || msg.include_removed).then(|| ExecutorSummary {
                     id: id.clone(),
-                    address: mailbox.address().clone(),
-                    slots,
-                    running_tasks: running,
+                    address: entry.address.clone(),
+                    host: entry.host.clone(),
+                    slots: entry.slots,
+                    running_tasks: active.copied().unwrap_or(0),
+                    tasks_succeeded: entry.tasks_succeeded,
+                    tasks_failed: entry.tasks_failed,
+                    state: match (active, &entry.state) {
+                        (Some(_), _) => ExecutorState::Active,
+                        (None, ExecutorState::Removed(why)) => ExecutorState::Removed(why.clone()),
+                        (None, ExecutorState::Active) => {
+                            ExecutorState::Removed("no longer registered".to_string())
+                        }
+                    },
                 })
             })
             .collect();
@@ -126,6 +144,17 @@ impl Handler<ListExecutors> for Driver {
 impl Driver {
     fn handle_register_executor(&mut self, registration: ExecutorRegistration) {
         tracing::info!(executor = %registration.executor, slots = registration.slots, "executor registered");
+        self.roster.insert(
+            registration.executor.clone(),
+            RosterEntry {
+                address: registration.address.clone(),
+                host: registration.host,
+                slots: registration.slots,
+                tasks_succeeded: 0,
+                tasks_failed: 0,
+                state: ExecutorState::Active,
+            },
+        );
         self.watchers
             .add(registration.address, registration.peer_down);
         self.executors
@@ -142,8 +171,19 @@ impl Driver {
         task: TaskId,
         result: Result<TaskOutput, TaskError>,
     ) {
-        if let Err(error) = &result {
-            tracing::warn!(%task, %executor, %error, "task failed");
+        match &result {
+            // Killed on purpose: a cancelled job, a losing speculative copy.
+            Err(error) if error.kind == crate::protocol::TaskFailureKind::Killed => {
+                tracing::debug!(%task, %executor, %error, "task killed")
+            }
+            Err(error) => tracing::warn!(%task, %executor, %error, "task failed"),
+            Ok(_) => {}
+        }
+        if let Some(entry) = self.roster.get_mut(&executor) {
+            match result {
+                Ok(_) => entry.tasks_succeeded += 1,
+                Err(_) => entry.tasks_failed += 1,
+            }
         }
         self.step(Event::TaskEnded {
             executor,
@@ -155,11 +195,23 @@ impl Driver {
     /// Feeds one event to the scheduler and carries out every action that
     /// follows, including the events those actions cause.
     pub(super) fn step(&mut self, event: Event) {
+        self.note_loss(&event);
         let mut queue: VecDeque<Action> = self.scheduler.on_event(now(), event).into();
         while let Some(action) = queue.pop_front() {
             if let Some(event) = self.perform(action) {
+                self.note_loss(&event);
                 queue.extend(self.scheduler.on_event(now(), event));
             }
+        }
+    }
+
+    /// Keeps why an executor was lost, for its entry in the roster.
+    fn note_loss(&mut self, event: &Event) {
+        if let Event::ExecutorLost { executor, reason } = event
+            && let Some(entry) = self.roster.get_mut(executor)
+            && entry.state == ExecutorState::Active
+        {
+            entry.state = ExecutorState::Removed(reason.clone());
         }
     }
 

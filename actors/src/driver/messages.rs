@@ -30,6 +30,8 @@ pub struct ExecutorRegistration {
     pub executor: ExecutorId,
     pub slots: usize,
     pub address: ActorAddress,
+    /// The host it runs on, as people know it.
+    pub host: String,
     pub mailbox: Mailbox<ExecutorMessage>,
     /// Where to tell the executor that the driver is gone (the link).
     pub peer_down: Recipient<PeerDown>,
@@ -56,15 +58,51 @@ pub struct CancelJobs {
 #[rtype(result = "()")]
 pub struct StopDriver;
 
-/// Lists the registered executors.
-#[derive(Debug, Message)]
+/// Lists the executors: those registered now, and with `include_removed`
+/// also those this driver has lost, and why.
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Vec<ExecutorSummary>")]
-pub struct ListExecutors;
+pub struct ListExecutors {
+    pub include_removed: bool,
+}
+
+impl ListExecutors {
+    /// The executors registered now.
+    pub const ACTIVE: Self = Self {
+        include_removed: false,
+    };
+    /// Every executor this driver has had.
+    pub const ALL: Self = Self {
+        include_removed: true,
+    };
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutorSummary {
     pub id: ExecutorId,
     pub address: ActorAddress,
+    pub host: String,
     pub slots: usize,
     pub running_tasks: usize,
+    /// Task attempts it reported as succeeded, and as failed or killed.
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub state: ExecutorState,
+}
+
+/// Whether an executor still serves its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorState {
+    Active,
+    /// Lost, with the reason.
+    Removed(String),
+}
+
+impl std::fmt::Display for ExecutorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Active => f.write_str("ACTIVE"),
+            Self::Removed(reason) => write!(f, "REMOVED ({reason})"),
+        }
+    }
 }

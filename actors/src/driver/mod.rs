@@ -17,8 +17,8 @@ use ember_transport::{ActorAddress, Mailbox};
 use tokio::sync::oneshot;
 
 pub use messages::{
-    CancelJobs, DriverMessage, ExecutorRegistration, ExecutorSummary, ListExecutors, StopDriver,
-    SubmitJob,
+    CancelJobs, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary, ListExecutors,
+    StopDriver, SubmitJob,
 };
 use scheduler::{Event, Scheduler};
 pub use scheduler::{SchedulerConfig, Speculation};
@@ -105,6 +105,8 @@ pub struct Driver {
     me: ActorAddress,
     scheduler: Scheduler,
     executors: BTreeMap<ExecutorId, Mailbox<ExecutorMessage>>,
+    /// Every executor this driver has had, for people to look at.
+    roster: BTreeMap<ExecutorId, RosterEntry>,
     /// Linked executors, told when this driver ends.
     watchers: Watchers,
     jobs: BTreeMap<JobId, PendingJob>,
@@ -125,6 +127,7 @@ impl Driver {
             me,
             scheduler: Scheduler::new(config),
             executors: BTreeMap::new(),
+            roster: BTreeMap::new(),
             jobs: BTreeMap::new(),
             next_job: 0,
             listener,
@@ -137,6 +140,17 @@ impl Driver {
             listener.on_event(&event);
         }
     }
+}
+
+/// What the driver remembers of an executor, active or not.
+#[derive(Debug)]
+struct RosterEntry {
+    address: ActorAddress,
+    host: String,
+    slots: usize,
+    tasks_succeeded: u64,
+    tasks_failed: u64,
+    state: ExecutorState,
 }
 
 impl Actor for Driver {

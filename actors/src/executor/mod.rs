@@ -85,6 +85,9 @@ impl Actor for Executor {
             executor: self.id.clone(),
             slots: self.slots,
             address: self.me.clone(),
+            // In-process executors share the driver's host; remote ones
+            // register through the driver's endpoint, which knows theirs.
+            host: "localhost".to_string(),
             mailbox: Mailbox::in_process(self.me.clone(), ctx.address().recipient()),
             peer_down: ctx.address().recipient(),
         };

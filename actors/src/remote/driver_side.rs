@@ -197,7 +197,7 @@ impl DriverEndpoint {
         self.directory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(executor.0.clone(), contact);
+            .insert(executor.0.clone(), contact.clone());
         let proxy = ExecutorProxy {
             executor: executor.clone(),
             mailbox,
@@ -214,6 +214,7 @@ impl DriverEndpoint {
             executor,
             slots,
             address: address.clone(),
+            host: contact.host.clone(),
             mailbox: Mailbox::in_process(address, proxy.clone().recipient()),
             peer_down: proxy.recipient(),
         };
