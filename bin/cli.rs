@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datafusion::arrow::error::ArrowError;
+use ember_actors::cluster_manager::AppRequest;
 use ember_actors::config::{ConfigError, KEYS, env_name};
 use ember_actors::{EmberConf, JobListener};
 use ember_engine::script::{ScriptStatement, split_statements};
@@ -26,7 +27,7 @@ use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOu
     long_about = None,
     args_conflicts_with_subcommands = true,
     override_usage = "ember <COMMAND> [OPTIONS]\n       ember --role <ROLE> [OPTIONS]",
-    after_help = "Examples:\n  ember submit examples/watch_time.sql\n  ember submit --master local[3] --format csv examples/watch_time.sql\n  ember gen views --rows 10000000 --files 8 --out /tmp/views"
+    after_help = "Examples:\n  ember submit examples/watch_time.sql\n  ember shell --master local[2]\n  ember submit --master local[3] --format csv examples/watch_time.sql\n  ember gen views --rows 10000000 --files 8 --out /tmp/views"
 )]
 pub struct Cli {
     /// Run as a cluster process instead of a command.
@@ -100,6 +101,9 @@ pub enum Role {
 pub enum Command {
     /// Run a SQL job: a script of statements separated by ';'.
     Submit(SubmitArgs),
+    /// An interactive SQL shell whose driver is this process; with -e or
+    /// piped input, runs the statements as submit does.
+    Shell(crate::shell::ShellArgs),
     /// Generate sample data sets.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -208,6 +212,39 @@ pub struct SubmitArgs {
     #[arg(value_name = "JOB_FILE")]
     pub job: PathBuf,
 
+    #[command(flatten)]
+    pub app: AppArgs,
+
+    /// Where the driver runs: `client` (in this process) or, on a cluster,
+    /// `cluster` (on a worker; this command returns a submission id).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "client")]
+    pub deploy_mode: DeployMode,
+
+    /// Cores for a cluster-mode driver.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub driver_cores: u32,
+
+    /// Memory for a cluster-mode driver.
+    #[arg(long, value_name = "SIZE", default_value = "1g")]
+    pub driver_memory: String,
+
+    /// Cluster mode: restart the driver when it exits with a failure.
+    #[arg(long)]
+    pub supervise: bool,
+
+    /// How rows are printed [default: table on a terminal, csv otherwise].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
+
+    /// Show each query's stage graph instead of running it.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// Where and how an application runs: the options `submit` and `shell`
+/// share.
+#[derive(Debug, Args)]
+pub struct AppArgs {
     /// Where to run: local, local[N], local[*], local[N,F] (F: attempts per
     /// task), or ember://HOST:PORT for a cluster.
     #[arg(
@@ -217,11 +254,6 @@ pub struct SubmitArgs {
         env = "EMBER_MASTER"
     )]
     pub master: Master,
-
-    /// Where the driver runs: `client` (in this process) or, on a cluster,
-    /// `cluster` (on a worker; this command returns a submission id).
-    #[arg(long, value_enum, value_name = "MODE", default_value = "client")]
-    pub deploy_mode: DeployMode,
 
     /// Cores per executor (cluster masters).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -238,18 +270,6 @@ pub struct SubmitArgs {
     /// Executors to ask for (each with --executor-cores).
     #[arg(long, value_name = "N")]
     pub num_executors: Option<u32>,
-
-    /// Cores for a cluster-mode driver.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub driver_cores: u32,
-
-    /// Memory for a cluster-mode driver.
-    #[arg(long, value_name = "SIZE", default_value = "1g")]
-    pub driver_memory: String,
-
-    /// Cluster mode: restart the driver when it exits with a failure.
-    #[arg(long)]
-    pub supervise: bool,
 
     /// Client mode on a cluster: the host executors reach this driver at
     /// (the client certificate must name it).
@@ -271,14 +291,56 @@ pub struct SubmitArgs {
     /// A configuration property (repeatable); see `ember config --list`.
     #[arg(long = "conf", short = 'c', value_name = "KEY=VALUE")]
     pub conf: Vec<String>,
+}
 
-    /// How rows are printed [default: table on a terminal, csv otherwise].
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: Option<OutputFormat>,
+impl AppArgs {
+    /// Settings from `EMBER_*` variables, then `--conf` pairs.
+    pub fn conf(&self) -> Result<EmberConf, String> {
+        let mut conf = EmberConf::new()
+            .with_env(std::env::vars())
+            .map_err(|e| e.to_string())?;
+        for pair in &self.conf {
+            conf.set_pair(pair).map_err(|e| e.to_string())?;
+        }
+        Ok(conf)
+    }
 
-    /// Show each query's stage graph instead of running it.
-    #[arg(long)]
-    pub explain: bool,
+    /// What to ask a cluster for; `name` unless `--name` is given.
+    pub fn request(&self, name: &str) -> Result<AppRequest, String> {
+        let executor_memory_mb = crate::cluster::parse_memory_mb(&self.executor_memory)
+            .map_err(|e| format!("--executor-memory: {e}"))?;
+        if self.executor_cores == 0 {
+            return Err("--executor-cores must be at least 1".into());
+        }
+        let max_cores = self.total_executor_cores.or(self
+            .num_executors
+            .map(|n| n.saturating_mul(self.executor_cores)));
+        Ok(AppRequest {
+            name: self.name.clone().unwrap_or_else(|| name.to_string()),
+            executor_cores: self.executor_cores,
+            executor_memory_mb,
+            max_cores,
+            conf: vec![],
+        })
+    }
+
+    /// How a client-mode driver in this process joins a cluster master;
+    /// `None` for local masters.
+    pub fn cluster_settings(
+        &self,
+        request: AppRequest,
+        instance: String,
+    ) -> Option<ClusterSettings> {
+        matches!(self.master, Master::Cluster { .. }).then(|| ClusterSettings {
+            certs: self.certs.clone(),
+            cert_name: self.cert_name.clone(),
+            role: ember_certs::Role::Client,
+            instance,
+            driver_host: self.driver_host.clone(),
+            request,
+            submission: None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -375,6 +437,7 @@ pub fn main() -> ExitCode {
         Some(Command::Logs(args)) => crate::client::logs(args),
         Some(Command::LocalCluster(args)) => crate::local_cluster::run(args),
         Some(Command::Submit(args)) => submit(args),
+        Some(Command::Shell(args)) => crate::shell::run(args),
         Some(Command::Gen(GenCommand::Views {
             rows,
             files,
@@ -429,7 +492,7 @@ pub fn main() -> ExitCode {
         }
         None => {
             eprintln!(
-                "error: give a command (submit, status, list, kill, logs, local-cluster, simulate, gen, certs, config) or --role; see `ember --help`"
+                "error: give a command (submit, shell, status, list, kill, logs, local-cluster, simulate, gen, certs, config) or --role; see `ember --help`"
             );
             ExitCode::from(2)
         }
@@ -556,7 +619,7 @@ fn run_cluster_driver() -> ExitCode {
 }
 
 /// How long an interrupted job may take to end its own way.
-const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts a session, runs `statements`, and ends the application.
 fn run_job(
@@ -607,7 +670,7 @@ fn run_job(
 }
 
 /// Resolves at the next SIGINT (never, if it could not be caught).
-async fn interrupted(signal: &mut Option<tokio::signal::unix::Signal>) {
+pub(crate) async fn interrupted(signal: &mut Option<tokio::signal::unix::Signal>) {
     match signal {
         Some(signal) => {
             signal.recv().await;
@@ -705,7 +768,7 @@ fn print_config() {
 }
 
 fn submit(args: SubmitArgs) -> ExitCode {
-    let on_cluster = matches!(args.master, Master::Cluster { .. });
+    let on_cluster = matches!(args.app.master, Master::Cluster { .. });
     if args.deploy_mode == DeployMode::Cluster && !on_cluster {
         return fail(
             "--deploy-mode cluster needs a cluster master (--master ember://HOST:PORT); local masters run the driver in this process (client mode)",
@@ -719,36 +782,15 @@ fn submit(args: SubmitArgs) -> ExitCode {
     if statements.is_empty() {
         return fail(&format!("{} has no SQL statements", args.job.display()));
     }
-    let mut conf = match EmberConf::new().with_env(std::env::vars()) {
-        Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+    let (conf, request) = match args
+        .app
+        .conf()
+        .and_then(|conf| Ok((conf, args.app.request(&args.job.display().to_string())?)))
+    {
+        Ok(parts) => parts,
+        Err(e) => return fail(&e),
     };
-    for pair in &args.conf {
-        if let Err(e) = conf.set_pair(pair) {
-            return fail(&e.to_string());
-        }
-    }
-    let app = args
-        .name
-        .clone()
-        .unwrap_or_else(|| args.job.display().to_string());
-    let executor_memory_mb = match crate::cluster::parse_memory_mb(&args.executor_memory) {
-        Ok(mb) => mb,
-        Err(e) => return fail(&format!("--executor-memory: {e}")),
-    };
-    if args.executor_cores == 0 {
-        return fail("--executor-cores must be at least 1");
-    }
-    let max_cores = args.total_executor_cores.or(args
-        .num_executors
-        .map(|n| n.saturating_mul(args.executor_cores)));
-    let request = ember_actors::cluster_manager::AppRequest {
-        name: app.clone(),
-        executor_cores: args.executor_cores,
-        executor_memory_mb,
-        max_cores,
-        conf: vec![],
-    };
+    let app = request.name.clone();
     if on_cluster {
         let missing = crate::session::missing_locations(&script);
         if let Some((table, location)) = missing.first() {
@@ -780,9 +822,9 @@ fn submit(args: SubmitArgs) -> ExitCode {
             supervise: args.supervise,
         };
         let cluster = ClusterArgs {
-            master: args.master.clone(),
-            certs: args.certs.clone(),
-            name: args.cert_name.clone(),
+            master: args.app.master.clone(),
+            certs: args.app.certs.clone(),
+            name: args.app.cert_name.clone(),
             json: false,
         };
         return crate::client::submit_cluster(&cluster, job, driver);
@@ -793,24 +835,15 @@ fn submit(args: SubmitArgs) -> ExitCode {
     } else {
         OutputFormat::Csv
     });
-    let listener: Option<Arc<dyn JobListener>> = (on_terminal && std::io::stderr().is_terminal())
-        .then(|| Arc::new(ConsoleProgress::new()) as Arc<dyn JobListener>);
-    let cluster = on_cluster.then(|| ClusterSettings {
-        certs: args.certs.clone(),
-        cert_name: args.cert_name.clone(),
-        role: ember_certs::Role::Client,
-        instance: format!("submit-{}", std::process::id()),
-        driver_host: args.driver_host.clone(),
-        request,
-        submission: None,
-    });
     let options = SessionOptions {
-        master: args.master.clone(),
+        master: args.app.master.clone(),
         conf,
-        listener,
-        cluster,
+        listener: console_progress(),
+        cluster: args
+            .app
+            .cluster_settings(request, format!("submit-{}", std::process::id())),
     };
-    tracing::info!(%app, master = %args.master, "submitting");
+    tracing::info!(%app, master = %args.app.master, "submitting");
     let mode = if args.explain {
         Mode::ExplainOnly
     } else {
@@ -818,6 +851,12 @@ fn submit(args: SubmitArgs) -> ExitCode {
     };
     let job = args.job.display().to_string();
     run_job(options, &job, &statements, mode, format, on_terminal)
+}
+
+/// Stage progress bars on the console, when both outputs are terminals.
+pub(crate) fn console_progress() -> Option<Arc<dyn JobListener>> {
+    (std::io::stdout().is_terminal() && std::io::stderr().is_terminal())
+        .then(|| Arc::new(ConsoleProgress::new()) as Arc<dyn JobListener>)
 }
 
 enum PrintError {

@@ -3,9 +3,11 @@
 
 use std::io::Write;
 
+use comfy_table::{ContentArrangement, Row, Table};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
-use ember_actors::JobOutput;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -14,41 +16,204 @@ pub enum OutputFormat {
     Json,
 }
 
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| format!("unknown format '{s}': use table, csv or json"))
+    }
+}
+
+/// How much of a table fits: the terminal's width (cells are cut to one
+/// line, ending in `…`) and a number of rows. Other formats print all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub width: Option<u16>,
+    pub max_rows: Option<usize>,
+}
+
+impl Limits {
+    /// The width of the terminal standard output is, if it is one.
+    pub fn terminal(max_rows: Option<usize>) -> Self {
+        let width = console::Term::stdout()
+            .size_checked()
+            .map(|(_, columns)| columns)
+            // A pseudo-terminal nobody sized reports 0 columns.
+            .filter(|&columns| columns >= 20);
+        Self { width, max_rows }
+    }
+}
+
+/// Writes every row in `format`.
 pub fn write_rows(
     out: &mut dyn Write,
     format: OutputFormat,
-    rows: &JobOutput,
+    rows: &ember_actors::JobOutput,
 ) -> Result<(), ArrowError> {
+    write_batches(out, format, &rows.schema, &rows.batches, Limits::default()).map(|_| ())
+}
+
+/// Writes `batches` in `format`; a table keeps to `limits`. Returns how
+/// many rows were written.
+pub fn write_batches(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    limits: Limits,
+) -> Result<usize, ArrowError> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     match format {
         OutputFormat::Table => {
-            let table = pretty_format_batches_with_schema(rows.schema.clone(), &rows.batches)?;
+            let (table, shown) = table(schema, batches, limits)?;
             writeln!(out, "{table}")?;
+            return Ok(shown);
         }
         OutputFormat::Csv => {
-            if rows.num_rows() == 0 {
-                let names: Vec<&str> = rows
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
+            if total == 0 {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 writeln!(out, "{}", names.join(","))?;
-                return Ok(());
+                return Ok(0);
             }
             let mut writer = datafusion::arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(&mut *out);
-            for batch in &rows.batches {
+            for batch in batches {
                 writer.write(batch)?;
             }
         }
         OutputFormat::Json => {
             let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
-            for batch in &rows.batches {
+            for batch in batches {
                 writer.write(batch)?;
             }
             writer.finish()?;
         }
     }
-    Ok(())
+    Ok(total)
+}
+
+/// An aligned table of at most `limits.max_rows` rows; with a width, each
+/// row takes one line and long cells are cut.
+fn table(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    limits: Limits,
+) -> Result<(Table, usize), ArrowError> {
+    let mut table = Table::new();
+    table.load_preset("||--+-++|    ++++++");
+    let one_line = |cells: Vec<String>| {
+        let mut row = Row::from(cells);
+        if limits.width.is_some() {
+            row.max_height(1);
+        }
+        row
+    };
+    table.set_header(one_line(
+        schema.fields().iter().map(|f| f.name().clone()).collect(),
+    ));
+    let options = FormatOptions::default().with_display_error(true);
+    let mut shown = 0;
+    'batches: for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            if limits.max_rows.is_some_and(|max| shown >= max) {
+                break 'batches;
+            }
+            table.add_row(one_line(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            ));
+            shown += 1;
+        }
+    }
+    if let Some(width) = limits.width {
+        table
+            .set_width(width)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_truncation_indicator("…");
+    }
+    Ok((table, shown))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    fn batch() -> (Schema, RecordBatch) {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]);
+        let long = "a very long value that goes on and on well past any narrow terminal";
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["short", long, "x"])),
+            ],
+        )
+        .unwrap();
+        (schema, batch)
+    }
+
+    fn render(limits: Limits) -> (String, usize) {
+        let (schema, batch) = batch();
+        let mut out = Vec::new();
+        let shown =
+            write_batches(&mut out, OutputFormat::Table, &schema, &[batch], limits).unwrap();
+        (String::from_utf8(out).unwrap(), shown)
+    }
+
+    #[test]
+    fn a_table_fits_the_width_cutting_long_cells() {
+        let (text, shown) = render(Limits {
+            width: Some(40),
+            max_rows: None,
+        });
+        assert_eq!(shown, 3);
+        for line in text.lines() {
+            assert!(line.chars().count() <= 40, "too wide: {line:?}");
+        }
+        assert!(text.contains('…'), "the cut cell says so:\n{text}");
+        assert!(text.contains("short"));
+        // Header, rule, three one-line rows and the borders.
+        assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn without_limits_a_table_shows_everything() {
+        let (text, shown) = render(Limits::default());
+        assert_eq!(shown, 3);
+        assert!(text.contains("well past any narrow terminal"));
+    }
+
+    #[test]
+    fn a_table_stops_at_its_row_limit() {
+        let (text, shown) = render(Limits {
+            width: None,
+            max_rows: Some(2),
+        });
+        assert_eq!(shown, 2);
+        assert!(!text.contains("| 3 "), "{text}");
+    }
+
+    #[test]
+    fn formats_parse_by_name() {
+        assert_eq!("CSV".parse::<OutputFormat>(), Ok(OutputFormat::Csv));
+        let err = "xml".parse::<OutputFormat>().unwrap_err();
+        assert!(err.contains("table, csv or json"), "{err}");
+    }
 }

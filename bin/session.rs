@@ -233,6 +233,18 @@ impl Session {
         }
     }
 
+    /// The application's executors, and with `include_removed` those it
+    /// has lost too; none once the driver has stopped.
+    pub async fn executors(
+        &self,
+        include_removed: bool,
+    ) -> Vec<ember_actors::driver::ExecutorSummary> {
+        self.driver()
+            .send(ember_actors::driver::ListExecutors { include_removed })
+            .await
+            .unwrap_or_default()
+    }
+
     /// DataFusion's context: register tables and functions here.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
