@@ -13,6 +13,7 @@ pub mod output;
 pub mod probe;
 pub mod progress;
 pub mod session;
+pub mod shell;
 pub mod simulate;
 
 pub use ember_actors as actors;

@@ -8,6 +8,7 @@ mod cluster;
 mod faults;
 mod local_mode;
 mod netns;
+mod shell;
 mod simulate;
 mod support;
 mod transport;
