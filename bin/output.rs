@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use comfy_table::{ContentArrangement, Row, Table};
+use comfy_table::{ColumnConstraint, ContentArrangement, Row, Table, Width};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::error::ArrowError;
@@ -95,26 +95,16 @@ pub fn write_batches(
 }
 
 /// An aligned table of at most `limits.max_rows` rows; with a width, each
-/// row takes one line and long cells are cut.
+/// row takes one line and, when the table is wider, the widest columns are
+/// cut first.
 fn table(
     schema: &Schema,
     batches: &[RecordBatch],
     limits: Limits,
 ) -> Result<(Table, usize), ArrowError> {
-    let mut table = Table::new();
-    table.load_preset("||--+-++|    ++++++");
-    let one_line = |cells: Vec<String>| {
-        let mut row = Row::from(cells);
-        if limits.width.is_some() {
-            row.max_height(1);
-        }
-        row
-    };
-    table.set_header(one_line(
-        schema.fields().iter().map(|f| f.name().clone()).collect(),
-    ));
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let options = FormatOptions::default().with_display_error(true);
-    let mut shown = 0;
+    let mut rows: Vec<Vec<String>> = Vec::new();
     'batches: for batch in batches {
         let formatters = batch
             .columns()
@@ -122,25 +112,77 @@ fn table(
             .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
-            if limits.max_rows.is_some_and(|max| shown >= max) {
+            if limits.max_rows.is_some_and(|max| rows.len() >= max) {
                 break 'batches;
             }
-            table.add_row(one_line(
+            rows.push(
                 formatters
                     .iter()
                     .map(|f| f.value(row).to_string())
                     .collect(),
-            ));
-            shown += 1;
+            );
         }
     }
-    if let Some(width) = limits.width {
-        table
-            .set_width(width)
-            .set_content_arrangement(ContentArrangement::Dynamic)
-            .set_truncation_indicator("…");
+    let mut table = Table::new();
+    table.load_preset("||--+-++|    ++++++");
+    let shown = rows.len();
+    let Some(width) = limits.width else {
+        table.set_header(header);
+        table.add_rows(rows);
+        return Ok((table, shown));
+    };
+    let natural: Vec<usize> = (0..header.len())
+        .map(|c| {
+            std::iter::once(&header[c])
+                .chain(rows.iter().map(|r| &r[c]))
+                .map(|cell| console::measure_text_width(cell))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let one_line = |cells: Vec<String>| {
+        let mut row = Row::from(cells);
+        row.max_height(1);
+        row
+    };
+    table.set_header(one_line(header));
+    for row in rows {
+        table.add_row(one_line(row));
+    }
+    table
+        .set_width(width)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_truncation_indicator("…");
+    let widths = fit(&natural, usize::from(width));
+    if widths != natural {
+        let constraints = widths.iter().map(|&w| {
+            // Each column's width counts its padding.
+            let w = u16::try_from(w + 2).unwrap_or(u16::MAX);
+            ColumnConstraint::Absolute(Width::Fixed(w))
+        });
+        table.set_constraints(constraints);
     }
     Ok((table, shown))
+}
+
+/// The narrowest a cut column gets.
+const MIN_COLUMN: usize = 3;
+
+/// Content widths for columns `natural` wide in a table `total` wide:
+/// narrow columns keep their width, the widest share what is left.
+fn fit(natural: &[usize], total: usize) -> Vec<usize> {
+    // Each column takes two spaces and a bar besides its content, and the
+    // table one more bar.
+    let mut available = total.saturating_sub(3 * natural.len() + 1);
+    let mut order: Vec<usize> = (0..natural.len()).collect();
+    order.sort_by_key(|&c| natural[c]);
+    let mut widths = vec![0; natural.len()];
+    for (placed, c) in order.into_iter().enumerate() {
+        let share = available / (natural.len() - placed);
+        widths[c] = natural[c].min(share.max(MIN_COLUMN));
+        available = available.saturating_sub(widths[c]);
+    }
+    widths
 }
 
 #[cfg(test)]
@@ -188,9 +230,24 @@ mod tests {
             assert!(line.chars().count() <= 40, "too wide: {line:?}");
         }
         assert!(text.contains('…'), "the cut cell says so:\n{text}");
-        assert!(text.contains("short"));
+        assert!(
+            text.contains("| short "),
+            "narrow cells stay whole:\n{text}"
+        );
+        assert!(text.contains("| id |"), "{text}");
         // Header, rule, three one-line rows and the borders.
         assert_eq!(text.lines().count(), 7, "{text}");
+    }
+
+    #[test]
+    fn narrow_columns_keep_their_width_and_the_widest_are_cut() {
+        // 4 columns: 13 characters of borders and padding.
+        assert_eq!(fit(&[19, 5, 60, 7], 100), vec![19, 5, 56, 7]);
+        assert_eq!(fit(&[19, 5, 60, 7], 60), vec![17, 5, 18, 7]);
+        assert_eq!(fit(&[30, 40], 40), vec![16, 17]);
+        assert_eq!(fit(&[2, 2], 80), vec![2, 2]);
+        // Too narrow for anything: every column keeps a few characters.
+        assert_eq!(fit(&[10, 10, 10], 10), vec![3, 3, 3]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::datasource::listing::ListingTable;
+use datafusion::logical_expr::TableType;
 use datafusion::prelude::SessionContext;
 use ember_actors::driver::ExecutorSummary;
 
@@ -88,7 +89,12 @@ pub async fn tables(ctx: &SessionContext) -> Vec<TableInfo> {
                 });
                 out.push(TableInfo {
                     name,
-                    kind: provider.table_type().to_string(),
+                    kind: match provider.table_type() {
+                        TableType::Base => "table",
+                        TableType::View => "view",
+                        TableType::Temporary => "temporary",
+                    }
+                    .to_string(),
                     schema: provider.schema(),
                     location,
                 });
