@@ -340,6 +340,28 @@ fn a_shell_on_a_cluster_holds_executors_until_it_quits() {
                     .all(|w| w["cores_used"] == 0)
         },
     );
+
+    // A shell whose application is killed says so and leaves.
+    let killed = "killed-shell";
+    let command = cluster.ember(&["shell", "--total-executor-cores", "1", "--name", killed]);
+    let mut shell = Pty::spawn(command, &home.path().join("history"));
+    let status = cluster.wait_for(
+        "the second shell's application",
+        Duration::from_secs(20),
+        |s| loopback::app(s, killed).is_some_and(|a| a["state"] == "RUNNING"),
+    );
+    let app = loopback::app(&status, killed).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = cluster.run(&["kill", &app]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    cluster.wait_for("the kill", Duration::from_secs(10), |s| {
+        loopback::app(s, killed).is_some_and(|a| a["state"] != "RUNNING")
+    });
+    shell.line("SELECT 1;");
+    shell.expect("the application has ended");
+    assert_eq!(shell.exit_code(), 1);
 }
 
 fn shell(args: &[&str], stdin: Option<&str>) -> std::process::Output {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted};
 use crate::master::Master;
 use crate::output::{Limits, OutputFormat, write_batches};
-use crate::session::{Mode, Session, SessionOptions, StatementOutcome};
+use crate::session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};
 use catalog::Listing;
 use commands::Command;
 use complete::{ShellHelper, Vocabulary};
@@ -210,6 +210,9 @@ enum Failure {
     Interrupted,
     /// The reader of standard output went away.
     Closed,
+    /// The application is over (`ember kill`, its cluster gave up on it):
+    /// nothing more can run.
+    Ended(String),
     Error(String),
 }
 
@@ -281,6 +284,9 @@ impl Shell {
                     Ok(Flow::Quit) | Err(Failure::Closed) => return ExitCode::SUCCESS,
                     Err(Failure::Interrupted) => eprintln!("query cancelled"),
                     Err(Failure::Error(e)) => eprintln!("error: {e}"),
+                    Err(Failure::Ended(e)) => {
+                        return fail(&format!("{e}; the application has ended"));
+                    }
                 }
             }
         }
@@ -308,7 +314,9 @@ impl Shell {
                         eprintln!("interrupted; the running job was cancelled");
                         return ExitCode::from(130);
                     }
-                    Err(Failure::Error(e)) => return fail(&where_failed(&script.name, &item, &e)),
+                    Err(Failure::Error(e) | Failure::Ended(e)) => {
+                        return fail(&where_failed(&script.name, &item, &e));
+                    }
                 }
             }
             if ended {
@@ -423,7 +431,10 @@ impl Shell {
         let run = self.session.execute_in(sql, mode);
         tokio::pin!(run);
         tokio::select! {
-            result = &mut run => result.map_err(|e| Failure::Error(e.to_string())),
+            result = &mut run => result.map_err(|e| match e {
+                SessionError::DriverGone(_) => Failure::Ended(e.to_string()),
+                e => Failure::Error(e.to_string()),
+            }),
             _ = interrupted(&mut self.interrupt) => {
                 cancel("interrupted (Ctrl-C)");
                 tokio::select! {
