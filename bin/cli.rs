@@ -632,20 +632,9 @@ fn run_job(
 ) -> ExitCode {
     let system = actix::System::new();
     system.block_on(async move {
-        // Caught from the start: Ctrl-C while executors are still joining
-        // must not leave the process without a word to its cluster.
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        let started = tokio::select! {
-            started = Session::start(options) => started,
-            _ = interrupted(&mut interrupt) => {
-                eprintln!("interrupted while starting");
-                return ExitCode::from(130);
-            }
-        };
-        let mut session = match started {
-            Ok(s) => s,
-            Err(e) => return fail(&e.to_string()),
+        let (mut session, mut interrupt) = match start_session(options).await {
+            Ok(started) => started,
+            Err(code) => return code,
         };
         let cancel = session.canceller();
         let code = {
@@ -667,6 +656,28 @@ fn run_job(
         session.stop_with(failure).await;
         code
     })
+}
+
+/// Starts a session with Ctrl-C caught from the start: Ctrl-C while
+/// executors are still joining must not leave the process without a word
+/// to its cluster. Returns the session and the SIGINT stream to watch, or
+/// the exit code to end with.
+pub(crate) async fn start_session(
+    options: SessionOptions,
+) -> Result<(Session, Option<tokio::signal::unix::Signal>), ExitCode> {
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let started = tokio::select! {
+        started = Session::start(options) => started,
+        _ = interrupted(&mut interrupt) => {
+            eprintln!("interrupted while starting");
+            return Err(ExitCode::from(130));
+        }
+    };
+    match started {
+        Ok(session) => Ok((session, interrupt)),
+        Err(e) => Err(fail(&e.to_string())),
+    }
 }
 
 /// Resolves at the next SIGINT (never, if it could not be caught).

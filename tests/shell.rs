@@ -86,6 +86,22 @@ impl Pty {
         }
     }
 
+    /// Makes the terminal `columns` wide, as a window resize does.
+    fn resize(&mut self, columns: u16) {
+        use std::os::fd::AsRawFd;
+        let pty = self.session.process().get_file_handle().unwrap();
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which
+        // lives across the call.
+        let set = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    }
+
     /// Types `text` and Enter.
     fn line(&mut self, text: &str) {
         self.session.send_line(text).unwrap();
@@ -178,6 +194,26 @@ fn a_local_shell_runs_what_is_typed_and_survives_mistakes() {
     assert!(table.contains("total_watch"), "{table}");
     let total: u64 = table_rows(&table)[0][0].parse().unwrap();
     assert!(total > 0);
+
+    // A table wider than the terminal is cut to it, narrow columns whole.
+    shell.resize(60);
+    let long = "a remark far too long to fit in sixty columns of terminal";
+    let (table, _) = {
+        shell.line(&format!(
+            "SELECT country, '{long}' AS remark FROM views WHERE country = 'US' LIMIT 1;"
+        ));
+        shell.expect_regex(r"1 row in [0-9.]+ s")
+    };
+    let rows = table_rows(&table);
+    assert_eq!(rows[0][0], "US");
+    assert!(rows[0][1].starts_with("a remark far"), "{rows:?}");
+    assert!(!rows[0][1].contains("terminal"), "cut: {rows:?}");
+    for line in table.lines().filter(|l| l.starts_with('|')) {
+        // The cut ends in an ellipsis: three bytes, read here as three
+        // characters.
+        assert!(line.chars().count() <= 62, "wider than 60: {line:?}");
+    }
+    shell.resize(200);
 
     // Mistakes print and the session goes on, tables and all.
     shell.line("SELECT nope FROM views;");

@@ -25,7 +25,7 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
-use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted};
+use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session};
 use crate::master::Master;
 use crate::output::{Limits, OutputFormat, write_batches};
 use crate::session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};
@@ -124,20 +124,9 @@ pub fn run(args: ShellArgs) -> ExitCode {
     let history = args.history.clone().or_else(default_history);
     let system = actix::System::new();
     system.block_on(async move {
-        // Caught from the start, as in submit: Ctrl-C while executors are
-        // joining still ends the application properly.
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        let started = tokio::select! {
-            started = Session::start(options) => started,
-            _ = interrupted(&mut interrupt) => {
-                eprintln!("interrupted while starting");
-                return ExitCode::from(130);
-            }
-        };
-        let session = match started {
-            Ok(session) => session,
-            Err(e) => return fail(&e.to_string()),
+        let (session, interrupt) = match start_session(options).await {
+            Ok(started) => started,
+            Err(code) => return code,
         };
         let mut shell = Shell {
             vocabulary: Arc::new(Mutex::new(catalog::vocabulary(session.context()).await)),
