@@ -17,13 +17,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ember::loopback::{LoopbackCluster, processes, wait_gone};
-use rexpect::reader::Options;
-use rexpect::session::{PtySession, spawn_with_options};
+use rexpect::process::PtyProcess;
 
 const CREATE: &str = "CREATE EXTERNAL TABLE views STORED AS CSV LOCATION 'examples/data/views/' OPTIONS ('format.has_header' 'true');";
 const GROUPED: &str = "SELECT country, count(*) AS n, sum(watch_seconds) AS s FROM views GROUP BY country ORDER BY n DESC;";
@@ -42,28 +44,83 @@ fn runs() -> usize {
         .unwrap_or(10)
 }
 
-fn spawn(mut command: Command) -> PtySession {
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("TERM", "xterm")
-        .env("EMBER_HISTORY", "/dev/null");
-    let options = Options::new()
-        .timeout_ms(Some(60_000))
-        .strip_ansi_escape_codes(true);
-    spawn_with_options(command, options).unwrap()
+/// A program on a pseudo-terminal, its output read as it comes (the
+/// test harness's reader polls every 100 ms, too coarse to time with).
+struct Term {
+    process: PtyProcess,
+    input: File,
+    output: mpsc::Receiver<Vec<u8>>,
+    seen: String,
 }
 
-fn local_shell() -> PtySession {
+impl Term {
+    fn spawn(mut command: Command) -> Self {
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TERM", "xterm")
+            .env("EMBER_HISTORY", "/dev/null");
+        let process = PtyProcess::new(command).unwrap();
+        let input = process.get_file_handle().unwrap();
+        let mut reader = input.try_clone().unwrap();
+        let (sender, output) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buffer) {
+                if sender.send(buffer[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            process,
+            input,
+            output,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads up to `needle`; returns what came before it.
+    fn expect(&mut self, needle: &str) -> String {
+        loop {
+            if let Some(at) = self.seen.find(needle) {
+                let before = self.seen[..at].to_string();
+                self.seen.drain(..at + needle.len());
+                return before;
+            }
+            match self.output.recv_timeout(Duration::from_secs(60)) {
+                Ok(bytes) => self.seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(e) => panic!("waiting for {needle:?} ({e}); seen: {:?}", self.seen),
+            }
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.input.write_all(text.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    fn line(&mut self, text: &str) {
+        self.send(&format!("{text}\n"));
+    }
+
+    fn quit(&mut self) {
+        self.line("\\quit");
+        self.process.wait().unwrap();
+    }
+}
+
+fn local_shell() -> Term {
     let mut command = Command::new(ember());
     command.args(["shell", "--master", "local[2]"]);
-    spawn(command)
+    Term::spawn(command)
 }
 
-/// Enter to the row count of `sql` typed at `shell`.
-fn typed(shell: &mut PtySession, sql: &str) -> Duration {
+/// Enter to the row count of `sql` typed at `shell`; `footer` is how the
+/// count starts ("1 row in").
+fn typed(shell: &mut Term, sql: &str, footer: &str) -> Duration {
     let start = Instant::now();
-    shell.send_line(sql).unwrap();
-    shell.exp_regex(r"rows? in [0-9.]+ s").unwrap();
+    shell.line(sql);
+    shell.expect(footer);
     start.elapsed()
 }
 
@@ -133,49 +190,46 @@ fn main() {
     for _ in 0..runs {
         let start = Instant::now();
         let mut shell = local_shell();
-        shell.exp_string("ember> ").unwrap();
+        shell.expect("ember> ");
         prompt.add(start.elapsed());
-        shell.send_line("\\quit").unwrap();
-        shell.exp_eof().unwrap();
+        shell.quit();
     }
 
     let mut shell = local_shell();
-    shell.exp_string("ember> ").unwrap();
-    shell.send_line(CREATE).unwrap();
-    shell.exp_string("OK").unwrap();
+    shell.expect("ember> ");
+    shell.line(CREATE);
+    shell.expect("OK");
     let mut one_typed = Figure::new("1-row query typed at a running shell");
     let mut one_submitted = Figure::new("1-row query as a whole `ember submit`");
     let mut grouped_typed = Figure::new("40k-row grouped query typed at a running shell");
     let mut grouped_submitted = Figure::new("40k-row table + grouped query, whole `submit`");
     for _ in 0..runs {
-        one_typed.add(typed(&mut shell, ONE_ROW));
+        one_typed.add(typed(&mut shell, ONE_ROW, "1 row in "));
         one_submitted.add(submitted(&one_row_job));
-        grouped_typed.add(typed(&mut shell, GROUPED));
+        grouped_typed.add(typed(&mut shell, GROUPED, "rows in "));
         grouped_submitted.add(submitted(&grouped_job));
     }
     let mut cancel = Figure::new("Ctrl-C to \"query cancelled\" (local[2])");
     for _ in 0..runs {
-        shell.send_line(LONG).unwrap();
-        shell.exp_regex(r"\[Stage \d+:").unwrap();
+        shell.line(LONG);
+        shell.expect("[Stage ");
         let start = Instant::now();
-        shell.send_control('c').unwrap();
-        shell.exp_string("query cancelled").unwrap();
+        shell.send("\x03");
+        shell.expect("query cancelled");
         cancel.add(start.elapsed());
-        shell.exp_string("ember> ").unwrap();
+        shell.expect("ember> ");
     }
-    shell.send_line("\\quit").unwrap();
-    shell.exp_eof().unwrap();
+    shell.quit();
 
     let mut quit = Figure::new("\\quit to its executors gone (cluster, 2 executors)");
     let cluster = LoopbackCluster::start(ember(), 2, &[]);
     for run in 0..runs.div_ceil(3) {
         let name = format!("bench-shell-{run}");
-        let mut command = cluster.ember(&["shell", "--total-executor-cores", "2", "--name", &name]);
-        command.current_dir(env!("CARGO_MANIFEST_DIR"));
-        let mut shell = spawn(command);
-        let (_, banner) = shell.exp_regex(r"application app-[0-9a-z-]+").unwrap();
-        let app = banner.trim_start_matches("application ").to_string();
-        shell.exp_string("ember> ").unwrap();
+        let command = cluster.ember(&["shell", "--total-executor-cores", "2", "--name", &name]);
+        let mut shell = Term::spawn(command);
+        shell.expect("application ");
+        let app = shell.expect(" on ember://");
+        shell.expect("ember> ");
         let started = Instant::now();
         let mut executors = processes("executor", &app);
         while executors.len() < 2 && started.elapsed() < Duration::from_secs(20) {
@@ -184,11 +238,11 @@ fn main() {
         }
         assert_eq!(executors.len(), 2, "two executors for {app}");
         let start = Instant::now();
-        shell.send_line("\\quit").unwrap();
+        shell.line("\\quit");
         let gone = wait_gone(&executors, Duration::from_secs(15));
         assert!(gone.is_some(), "executors of {app} outlived the shell");
         quit.add(start.elapsed());
-        shell.exp_eof().unwrap();
+        shell.process.wait().unwrap();
         // The cores come back before the next run asks for them.
         cluster.wait_for("free cores", Duration::from_secs(10), |s| {
             s["workers"]

@@ -27,6 +27,9 @@ impl StageBar {
     }
 }
 
+/// How often a running stage's bar is drawn again, news or not.
+const STEADY_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub struct ConsoleProgress {
     multi: MultiProgress,
     style: ProgressStyle,
@@ -59,6 +62,9 @@ impl JobListener for ConsoleProgress {
             ProgressEvent::StageSubmitted { job, stage, tasks } => {
                 let bar = self.multi.add(ProgressBar::new(tasks as u64));
                 bar.set_style(self.style.clone());
+                // Draws are rate-limited: one dropped while a stage's tasks
+                // run long and report nothing would leave no bar at all.
+                bar.enable_steady_tick(STEADY_TICK);
                 bar.set_prefix(stage.to_string());
                 let entry = StageBar {
                     bar,

@@ -268,7 +268,9 @@ impl Driver {
                 }
             }
             Action::JobFailed { job, error } => {
-                tracing::warn!(job, %error, "job failed");
+                // The error reaches whoever submitted the job; repeating it
+                // as a warning would print it twice (or on every Ctrl-C).
+                tracing::info!(job, %error, "job failed");
                 self.emit(ProgressEvent::JobEnded {
                     job,
                     succeeded: false,
