@@ -15,7 +15,7 @@ use ember_engine::script::{ScriptStatement, split_statements};
 
 use crate::datagen::{ViewsSpec, generate_views};
 use crate::master::Master;
-use crate::output::{OutputFormat, write_rows};
+use crate::output::{OutputFormat, reader_gone, write_rows};
 use crate::progress::ConsoleProgress;
 use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOutcome};
 
@@ -877,11 +877,10 @@ enum PrintError {
 
 impl From<ArrowError> for PrintError {
     fn from(e: ArrowError) -> Self {
-        match &e {
-            ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
-                PrintError::Closed
-            }
-            _ => PrintError::Other(e),
+        if reader_gone(&e) {
+            PrintError::Closed
+        } else {
+            PrintError::Other(e)
         }
     }
 }

@@ -45,6 +45,12 @@ impl Limits {
     }
 }
 
+/// Whether writing failed because the reader went away (`| head`): then
+/// there is nothing more to print, and nothing went wrong.
+pub fn reader_gone(e: &ArrowError) -> bool {
+    matches!(e, ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
 /// Writes every row in `format`.
 pub fn write_rows(
     out: &mut dyn Write,
@@ -57,6 +63,51 @@ pub fn write_rows(
 /// Writes `batches` in `format`; a table keeps to `limits`. Returns how
 /// many rows were written.
 pub fn write_batches(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    limits: Limits,
+) -> Result<usize, ArrowError> {
+    // Writers report I/O errors as text (the CSV one does); the pipe's
+    // close is told apart here, where the error is still an io::Error.
+    let mut watched = Watched {
+        out,
+        reader_gone: false,
+    };
+    write_to(&mut watched, format, schema, batches, limits).map_err(|e| {
+        if watched.reader_gone {
+            ArrowError::IoError(
+                "the reader went away".into(),
+                std::io::ErrorKind::BrokenPipe.into(),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// A writer that remembers whether its reader went away.
+struct Watched<'a> {
+    out: &'a mut dyn Write,
+    reader_gone: bool,
+}
+
+impl Write for Watched<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(buf);
+        self.reader_gone |= written
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+        written
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn write_to(
     out: &mut dyn Write,
     format: OutputFormat,
     schema: &Schema,
@@ -265,6 +316,34 @@ mod tests {
         });
         assert_eq!(shown, 2);
         assert!(!text.contains("| 3 "), "{text}");
+    }
+
+    /// A reader that has gone away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_reader_is_told_apart_in_every_format() {
+        let (schema, batch) = batch();
+        for format in [OutputFormat::Table, OutputFormat::Csv, OutputFormat::Json] {
+            let err = write_batches(
+                &mut Closed,
+                format,
+                &schema,
+                std::slice::from_ref(&batch),
+                Limits::default(),
+            )
+            .unwrap_err();
+            assert!(reader_gone(&err), "{format:?}: {err}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session};
 use crate::master::Master;
-use crate::output::{Limits, OutputFormat, write_batches};
+use crate::output::{Limits, OutputFormat, reader_gone, write_batches};
 use crate::session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};
 use catalog::Listing;
 use commands::Command;
@@ -207,11 +207,10 @@ enum Failure {
 
 impl From<ArrowError> for Failure {
     fn from(e: ArrowError) -> Self {
-        match &e {
-            ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
-                Failure::Closed
-            }
-            _ => Failure::Error(format!("cannot print results: {e}")),
+        if reader_gone(&e) {
+            Failure::Closed
+        } else {
+            Failure::Error(format!("cannot print results: {e}"))
         }
     }
 }
