@@ -61,7 +61,7 @@ pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, Strin
 pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
     match ask(args, FromClient::Submit { job, request }) {
         Ok(ClientReply::Submitted(id)) => {
-            println!("{id}");
+            emit(&format!("{id}\n"));
             eprintln!(
                 "submitted {id}; follow it with `ember status {id} --master {}` and read its output with `ember logs {id} --master {}`",
                 args.master, args.master
@@ -80,10 +80,22 @@ fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {
     }
 }
 
+/// Writes to standard output; a reader gone away (`| head`) ends the
+/// output quietly, as for any Unix tool.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {e}");
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> ExitCode {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
-            println!("{text}");
+            emit(&format!("{text}\n"));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string()),
@@ -98,7 +110,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
     match &args.id {
         None if args.cluster.json => print_json(&status),
         None => {
-            print!("{}", render_cluster(&status));
+            emit(&render_cluster(&status));
             ExitCode::SUCCESS
         }
         Some(id) => {
@@ -125,7 +137,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     "  app:        {}",
                     driver.app.as_deref().unwrap_or("-")
                 );
-                print!("{out}");
+                emit(&out);
                 return ExitCode::SUCCESS;
             }
             if let Some(app) = status.apps.iter().find(|a| &a.id == id) {
@@ -164,7 +176,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     })
                     .collect();
                 out.push_str(&table(&["EXECUTOR", "WORKER", "CORES", "MEMORY MB"], rows));
-                print!("{out}");
+                emit(&out);
                 return ExitCode::SUCCESS;
             }
             fail(&format!(
@@ -190,7 +202,7 @@ pub fn list(args: ClusterArgs) -> ExitCode {
             drivers: &status.drivers,
         });
     }
-    print!("{}", render_apps_and_drivers(&status));
+    emit(&render_apps_and_drivers(&status));
     ExitCode::SUCCESS
 }
 
@@ -216,9 +228,9 @@ pub fn logs(args: LogsArgs) -> ExitCode {
                 eprintln!("(only the last {} bytes)", args.max_bytes);
             }
             if args.stderr {
-                print!("{}", logs.stderr);
+                emit(&logs.stderr);
             } else {
-                print!("{}", logs.stdout);
+                emit(&logs.stdout);
             }
             ExitCode::SUCCESS
         }

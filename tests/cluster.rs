@@ -134,6 +134,20 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     assert!(logs.status.success(), "{}", text(&logs.stderr));
     assert_eq!(text(&logs.stdout), expected);
 
+    // A reader that goes away (`| head`) ends the output quietly.
+    for args in [&["status", "--json"][..], &["list"], &["logs", &id]] {
+        let mut child = cluster
+            .ember(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+    }
+
     let list = cluster.run(&["list"]);
     let listed = text(&list.stdout);
     assert!(
