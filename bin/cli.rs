@@ -15,7 +15,7 @@ use ember_engine::script::{ScriptStatement, split_statements};
 
 use crate::datagen::{ViewsSpec, generate_views};
 use crate::master::Master;
-use crate::output::{OutputFormat, reader_gone, write_rows};
+use crate::output::{OutputFormat, footer, reader_gone, write_rows};
 use crate::progress::ConsoleProgress;
 use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOutcome};
 
@@ -885,6 +885,21 @@ impl From<ArrowError> for PrintError {
     }
 }
 
+/// A script's failing statement, worded the same wherever scripts run:
+/// where it is, which one, and why.
+pub(crate) fn statement_failed(
+    source: &str,
+    statement: &ScriptStatement,
+    error: &dyn std::fmt::Display,
+) -> String {
+    format!(
+        "{source}:{}: statement {} ({}) failed:\n  {error}",
+        statement.line,
+        statement.index,
+        statement.summary()
+    )
+}
+
 async fn run_statements(
     session: &mut Session,
     job: &str,
@@ -906,22 +921,12 @@ async fn run_statements(
             Ok(StatementOutcome::Done) => Ok(None),
             Err(e) => {
                 let _ = stdout.flush();
-                return fail(&format!(
-                    "{job}:{}: statement {} ({}) failed:\n  {e}",
-                    statement.line,
-                    statement.index,
-                    statement.summary()
-                ));
+                return fail(&statement_failed(job, statement, &e));
             }
         };
         match printed {
             Ok(Some(rows)) if on_terminal && format == OutputFormat::Table => {
-                let plural = if rows == 1 { "" } else { "s" };
-                let _ = writeln!(
-                    stdout,
-                    "{rows} row{plural} in {:.3} s\n",
-                    started.elapsed().as_secs_f64()
-                );
+                let _ = writeln!(stdout, "{}\n", footer(rows, Some(started.elapsed())));
             }
             Ok(_) => {}
             // The reader went away (`| head`): nothing more to print.

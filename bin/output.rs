@@ -51,6 +51,16 @@ pub fn reader_gone(e: &ArrowError) -> bool {
     matches!(e, ArrowError::IoError(_, io) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// The line under a table on a terminal: how many rows, and how long the
+/// query took.
+pub fn footer(rows: usize, took: Option<std::time::Duration>) -> String {
+    let plural = if rows == 1 { "" } else { "s" };
+    match took {
+        Some(took) => format!("{rows} row{plural} in {:.3} s", took.as_secs_f64()),
+        None => format!("{rows} row{plural}"),
+    }
+}
+
 /// Writes every row in `format`.
 pub fn write_rows(
     out: &mut dyn Write,

@@ -25,9 +25,11 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
-use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session};
+use crate::cli::{
+    AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session, statement_failed,
+};
 use crate::master::Master;
-use crate::output::{Limits, OutputFormat, reader_gone, write_batches};
+use crate::output::{Limits, OutputFormat, footer, reader_gone, write_batches};
 use crate::session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};
 use catalog::Listing;
 use commands::Command;
@@ -460,11 +462,7 @@ impl Shell {
         let shown = write_batches(&mut out, self.settings.format, schema, batches, limits)?;
         if table {
             let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let plural = if total == 1 { "" } else { "s" };
-            let mut footer = format!("{total} row{plural}");
-            if let Some(started) = started {
-                footer.push_str(&format!(" in {:.3} s", started.elapsed().as_secs_f64()));
-            }
+            let mut footer = footer(total, started.map(|s| s.elapsed()));
             if shown < total {
                 footer.push_str(&format!(
                     " (the first {shown} shown; \\maxrows all or \\format csv shows every one)"
@@ -480,12 +478,7 @@ impl Shell {
 /// A script failure as submit words it: where, which statement, why.
 fn where_failed(source: &str, item: &Item, error: &str) -> String {
     match item {
-        Item::Sql(statement) => format!(
-            "{source}:{}: statement {} ({}) failed:\n  {error}",
-            statement.line,
-            statement.index,
-            statement.summary()
-        ),
+        Item::Sql(statement) => statement_failed(source, statement, &error),
         Item::Command { line, text } => format!("{source}:{line}: {text}: {error}"),
     }
 }
