@@ -131,7 +131,12 @@ pub fn run(args: ShellArgs) -> ExitCode {
             Err(code) => return code,
         };
         let mut shell = Shell {
-            vocabulary: Arc::new(Mutex::new(catalog::vocabulary(session.context()).await)),
+            // Only completion reads it, so scripts do without.
+            vocabulary: Arc::new(Mutex::new(if interactive {
+                catalog::vocabulary(session.context()).await
+            } else {
+                Vocabulary::default()
+            })),
             session,
             settings,
             interrupt,
@@ -387,17 +392,16 @@ impl Shell {
                 self.print(&rows.schema, &rows.batches, Some(started))?
             }
             StatementOutcome::Explain(text) => writeln!(std::io::stdout(), "{text}")?,
-            StatementOutcome::Done => {
-                if self.settings.interactive {
-                    writeln!(std::io::stdout(), "OK")?;
-                }
-                // A table may have come or gone.
+            StatementOutcome::Done if self.settings.interactive => {
+                writeln!(std::io::stdout(), "OK")?;
+                // A table may have come or gone: completion should know.
                 let vocabulary = catalog::vocabulary(self.session.context()).await;
                 *self
                     .vocabulary
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = vocabulary;
             }
+            StatementOutcome::Done => {}
         }
         if self.settings.timing {
             let took = format!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1e3);
