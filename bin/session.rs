@@ -21,8 +21,10 @@ use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
+use ember_engine::subquery::lift_scalar_subqueries;
 use ember_engine::{StageGraph, StagePlanner, TaskAttempt, stage_file_output};
 use ember_transport::Node;
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::master::Master;
@@ -275,9 +277,7 @@ impl Session {
         match &plan {
             LogicalPlan::Explain(explain) => {
                 let physical = state.create_physical_plan(&explain.plan).await?;
-                return Ok(StatementOutcome::Explain(
-                    self.planner.plan(physical)?.to_string(),
-                ));
+                return Ok(StatementOutcome::Explain(self.explain(physical)?));
             }
             LogicalPlan::Analyze(_) => {
                 return Err(SessionError::Unsupported(
@@ -310,17 +310,16 @@ impl Session {
             .create_physical_plan()
             .await?;
         if mode == Mode::ExplainOnly {
-            return Ok(StatementOutcome::Explain(
-                self.planner.plan(physical)?.to_string(),
-            ));
+            return Ok(StatementOutcome::Explain(self.explain(physical)?));
         }
+        let physical = self.run_subqueries(physical).await?;
         if !writes_files {
-            return Ok(StatementOutcome::Rows(self.run(physical).await?));
+            return Ok(StatementOutcome::Rows(self.run_job(physical).await?));
         }
         // Tasks write into a staging directory; only the attempts the job
         // used reach the destination, and only once it has succeeded.
         let (physical, staged) = stage_file_output(physical)?;
-        match self.run(physical).await {
+        match self.run_job(physical).await {
             Ok(output) => {
                 let attempts: Vec<TaskAttempt> =
                     output.committed.iter().map(|&id| id.into()).collect();
@@ -341,8 +340,54 @@ impl Session {
         Ok(self.planner.plan(plan)?)
     }
 
-    /// Runs a physical plan as one job on the executors.
+    /// The stage graphs a plan would run: those of its scalar subqueries
+    /// (each a job of its own, run first), then its own.
+    fn explain(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<String, SessionError> {
+        let (plan, subqueries) = lift_scalar_subqueries(plan)?;
+        let mut text = String::new();
+        for (i, subquery) in subqueries.iter().enumerate() {
+            let graph = self.explain(Arc::clone(&subquery.plan))?;
+            text.push_str(&format!(
+                "Scalar subquery {} (a job of its own, run first):\n",
+                i + 1
+            ));
+            for line in graph.lines() {
+                text.push_str("  ");
+                text.push_str(line);
+                text.push('\n');
+            }
+            text.push('\n');
+        }
+        text.push_str(&self.planner.plan(plan)?.to_string());
+        Ok(text)
+    }
+
+    /// Runs a physical plan as one job on the executors, after the scalar
+    /// subqueries it reads, each run first as a job of its own (as Spark
+    /// does): their values then travel inside the plan as literals.
     pub async fn run(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobOutput, SessionError> {
+        let plan = self.run_subqueries(plan).await?;
+        self.run_job(plan).await
+    }
+
+    /// Runs the scalar subqueries of `plan` (and theirs, first) and returns
+    /// the plan that reads their values.
+    fn run_subqueries(
+        &mut self,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> BoxFuture<'_, Result<Arc<dyn ExecutionPlan>, SessionError>> {
+        Box::pin(async move {
+            let (plan, subqueries) = lift_scalar_subqueries(plan)?;
+            for subquery in subqueries {
+                let output = self.run(Arc::clone(&subquery.plan)).await?;
+                subquery.resolve(&output.batches)?;
+            }
+            Ok(plan)
+        })
+    }
+
+    /// Runs a plan free of scalar subqueries as one job.
+    async fn run_job(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobOutput, SessionError> {
         let graph = self.stages(plan)?;
         let (reply, answer) = oneshot::channel();
         self.driver()

@@ -7,21 +7,28 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalSortExpr};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion_proto::bytes::{
-    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_proto_converter,
 };
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
 use datafusion_proto::physical_plan::from_proto::{
     parse_physical_sort_exprs, parse_protobuf_partitioning,
 };
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr_with_converter;
 use datafusion_proto::physical_plan::to_proto::{
     serialize_partitioning, serialize_physical_sort_exprs,
 };
 use datafusion_proto::physical_plan::{
-    AsExecutionPlan, PhysicalExtensionCodec, PhysicalPlanDecodeContext,
+    AsExecutionPlan, PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalPlanNodeExt,
     PhysicalProtoConverterExtension,
 };
 use datafusion_proto::protobuf::{self, physical_plan_node::PhysicalPlanType};
@@ -33,9 +40,68 @@ type DfResult<T> = datafusion::error::Result<T>;
 
 /// Serializes a stage plan for an executor.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, EngineError> {
-    physical_plan_to_bytes_with_extension_codec(plan, &EmberCodec)
+    physical_plan_to_bytes_with_proto_converter(plan, &EmberCodec, &SubqueryValues)
         .map(Vec::from)
         .map_err(EngineError::PlanEncode)
+}
+
+/// Writes each scalar subquery expression as the literal it evaluates to.
+/// The driver runs scalar subqueries as jobs of their own before it cuts the
+/// query that reads them (`subquery`), so by the time a stage is shipped
+/// every value is known; the executor gets the value, not the subquery.
+struct SubqueryValues;
+
+impl PhysicalProtoConverterExtension for SubqueryValues {
+    fn proto_to_execution_plan(
+        &self,
+        proto: &protobuf::PhysicalPlanNode,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        proto.try_into_physical_plan_with_context(ctx, self)
+    }
+
+    fn execution_plan_to_proto(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalPlanNode> {
+        protobuf::PhysicalPlanNode::try_from_physical_plan_with_converter(
+            Arc::clone(plan),
+            codec,
+            self,
+        )
+    }
+
+    fn proto_to_physical_expr(
+        &self,
+        proto: &protobuf::PhysicalExprNode,
+        input_schema: &Schema,
+        ctx: &PhysicalPlanDecodeContext<'_>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        parse_physical_expr_with_converter(proto, input_schema, ctx, self)
+    }
+
+    fn physical_expr_to_proto(
+        &self,
+        expr: &Arc<dyn PhysicalExpr>,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> DfResult<protobuf::PhysicalExprNode> {
+        if expr.downcast_ref::<ScalarSubqueryExpr>().is_some() {
+            // The expression ignores its input: it reads the stored value.
+            let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
+            let value = match expr.evaluate(&empty)? {
+                ColumnarValue::Scalar(value) => value,
+                ColumnarValue::Array(_) => {
+                    return Err(DataFusionError::Internal(
+                        "a scalar subquery evaluated to an array".into(),
+                    ));
+                }
+            };
+            let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(value));
+            return serialize_physical_expr_with_converter(&literal, codec, self);
+        }
+        serialize_physical_expr_with_converter(expr, codec, self)
+    }
 }
 
 /// Rebuilds a stage plan from `encode_plan`'s bytes. Functions and tables are
@@ -460,7 +526,10 @@ mod tests {
                 }
             })
             .collect();
-        StageGraph { stages }
+        StageGraph {
+            stages,
+            one_task: graph.one_task.clone(),
+        }
     }
 
     fn pretty(batches: &[RecordBatch]) -> String {

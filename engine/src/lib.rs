@@ -6,11 +6,13 @@
 
 pub mod codec;
 pub mod commit;
+pub mod distribute;
 pub mod error;
 pub mod script;
 pub mod session;
 pub mod shuffle;
 pub mod stages;
+pub mod subquery;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod testing;

@@ -17,6 +17,7 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, displayable, replace_children_if_necessary,
 };
 
+use crate::distribute::{Distribution, distribute, one_partition};
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
 
 /// Stage ids are unique for the lifetime of one driver.
@@ -52,6 +53,8 @@ impl Stage {
 #[derive(Debug, Clone)]
 pub struct StageGraph {
     pub stages: Vec<Stage>,
+    /// Why the whole job runs as one task, when it does.
+    pub one_task: Option<String>,
 }
 
 impl StageGraph {
@@ -74,6 +77,9 @@ impl StageGraph {
 
 impl fmt::Display for StageGraph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(reason) = &self.one_task {
+            writeln!(f, "Runs as one task: {reason}")?;
+        }
         for (i, stage) in self.stages.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
@@ -113,18 +119,42 @@ impl StagePlanner {
         Self::default()
     }
 
-    /// Cuts `plan` into stages.
+    /// Cuts `plan` into stages whose tasks give the rows one process would:
+    /// joins that cannot be split are rewritten first (`distribute`), and a
+    /// plan holding an operator not known to be safe across tasks runs whole,
+    /// uncut, as one task.
     pub fn plan(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<StageGraph> {
-        let mut stages = Vec::new();
-        let root = self.cut(plan, &mut stages)?;
-        let id = self.new_stage_id();
-        stages.push(Stage {
-            id,
-            kind: StageKind::Result,
-            parents: parents_of(&root)?,
-            plan: root,
-        });
-        Ok(StageGraph { stages })
+        match distribute(plan)? {
+            Distribution::Split(plan) => {
+                let mut stages = Vec::new();
+                let root = self.cut(plan, &mut stages)?;
+                let id = self.new_stage_id();
+                stages.push(Stage {
+                    id,
+                    kind: StageKind::Result,
+                    parents: parents_of(&root)?,
+                    plan: root,
+                });
+                Ok(StageGraph {
+                    stages,
+                    one_task: None,
+                })
+            }
+            Distribution::OneTask { plan, reason } => {
+                tracing::info!(%reason, "the job runs as one task");
+                let id = self.new_stage_id();
+                let stage = Stage {
+                    id,
+                    kind: StageKind::Result,
+                    parents: Vec::new(),
+                    plan: one_partition(plan),
+                };
+                Ok(StageGraph {
+                    stages: vec![stage],
+                    one_task: Some(reason),
+                })
+            }
+        }
     }
 
     fn new_stage_id(&mut self) -> StageId {

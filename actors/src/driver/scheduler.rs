@@ -879,6 +879,7 @@ mod tests {
                     parents: vec![0],
                 },
             ],
+            one_task: None,
         }
     }
 
