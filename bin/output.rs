@@ -145,7 +145,11 @@ fn write_to(
             }
         }
         OutputFormat::Json => {
-            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+            // Every row names every column, a NULL as null, so readers see
+            // one shape of object.
+            let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, datafusion::arrow::json::writer::LineDelimited>(&mut *out);
             for batch in batches {
                 writer.write(batch)?;
             }
@@ -354,6 +358,35 @@ mod tests {
             .unwrap_err();
             assert!(reader_gone(&err), "{format:?}: {err}");
         }
+    }
+
+    #[test]
+    fn json_rows_name_every_column_even_when_null() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("title", DataType::Utf8, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringArray::from(vec![Some("a"), None])),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        write_batches(
+            &mut out,
+            OutputFormat::Json,
+            &schema,
+            &[batch],
+            Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\":1,\"title\":\"a\"}\n{\"id\":2,\"title\":null}\n"
+        );
     }
 
     #[test]
