@@ -6,7 +6,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
@@ -15,9 +15,10 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalSortExpr};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion_proto::bytes::{
-    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_proto_converter,
+    physical_plan_from_bytes_with_proto_converter, physical_plan_to_bytes_with_proto_converter,
 };
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
 use datafusion_proto::physical_plan::from_proto::{
@@ -45,10 +46,15 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, EngineError>
         .map_err(EngineError::PlanEncode)
 }
 
-/// Writes each scalar subquery expression as the literal it evaluates to.
-/// The driver runs scalar subqueries as jobs of their own before it cuts the
-/// query that reads them (`subquery`), so by the time a stage is shipped
-/// every value is known; the executor gets the value, not the subquery.
+/// Ember's changes to datafusion-proto's plan conversion:
+/// - each scalar subquery expression is written as the literal it evaluates
+///   to. The driver runs scalar subqueries as jobs of their own before it
+///   cuts the query that reads them (`subquery`), so by the time a stage is
+///   shipped every value is known; the executor gets the value.
+/// - a `generate_series` scan projected to no columns (`count(*)`) travels
+///   with its projected, empty schema but comes back generating the series
+///   column, so batches and schema disagree; it is rebuilt as the series
+///   under an empty projection, which keeps the row counts.
 struct SubqueryValues;
 
 impl PhysicalProtoConverterExtension for SubqueryValues {
@@ -57,6 +63,16 @@ impl PhysicalProtoConverterExtension for SubqueryValues {
         proto: &protobuf::PhysicalPlanNode,
         ctx: &PhysicalPlanDecodeContext<'_>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(PhysicalPlanType::GenerateSeries(series)) = &proto.physical_plan_type
+            && let Some(full) = series_without_projection(series)?
+        {
+            let node = protobuf::PhysicalPlanNode {
+                physical_plan_type: Some(PhysicalPlanType::GenerateSeries(full)),
+            };
+            let series = node.try_into_physical_plan_with_context(ctx, self)?;
+            let no_columns: Vec<ProjectionExpr> = Vec::new();
+            return Ok(Arc::new(ProjectionExec::try_new(no_columns, series)?));
+        }
         proto.try_into_physical_plan_with_context(ctx, self)
     }
 
@@ -110,7 +126,7 @@ pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionP
     // datafusion-proto panics on some messages it cannot handle (an Avro scan
     // without its `avro` feature); an executor must refuse them, not die.
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        physical_plan_from_bytes_with_extension_codec(bytes, ctx, &EmberCodec)
+        physical_plan_from_bytes_with_proto_converter(bytes, ctx, &EmberCodec, &SubqueryValues)
     }));
     match decoded {
         Ok(plan) => plan.map_err(EngineError::PlanDecode),
@@ -270,6 +286,35 @@ impl Encoder<'_> {
             ))),
         })
     }
+}
+
+/// A `generate_series` node whose schema was projected to no columns, with
+/// the series' own one-column schema instead; `None` for any other.
+fn series_without_projection(
+    series: &protobuf::GenerateSeriesNode,
+) -> DfResult<Option<protobuf::GenerateSeriesNode>> {
+    use protobuf::generate_series_node::Args;
+    let Some(schema) = series.schema.as_ref() else {
+        return Ok(None);
+    };
+    if !Schema::try_from(schema)?.fields().is_empty() {
+        return Ok(None);
+    }
+    // The types `generate_series` and `range` produce for each kind of
+    // argument (dates are generated as timestamps).
+    let value = match &series.args {
+        Some(Args::Int64Args(_)) => DataType::Int64,
+        Some(Args::TimestampArgs(args)) => {
+            DataType::Timestamp(TimeUnit::Nanosecond, args.tz.as_deref().map(Arc::from))
+        }
+        Some(Args::DateArgs(_)) => DataType::Timestamp(TimeUnit::Nanosecond, None),
+        Some(Args::ContainsNull(_)) | None => return Ok(None),
+    };
+    let full = Schema::new(vec![Field::new("value", value, false)]);
+    Ok(Some(protobuf::GenerateSeriesNode {
+        schema: Some((&full).try_into()?),
+        ..series.clone()
+    }))
 }
 
 fn header(buf: &mut Vec<u8>, kind: u8, stage: usize) {
@@ -612,6 +657,68 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    /// Runs every stage after a trip through bytes, without comparing plan
+    /// texts (the codec may rebuild a node as an equivalent pair).
+    async fn shipped_rows(ctx: &SessionContext, sql: &str) -> String {
+        let executor = executor();
+        let original = graph(ctx, sql).await;
+        let stages = original
+            .stages
+            .iter()
+            .map(|stage| Stage {
+                plan: decode_plan(&encode_plan(Arc::clone(&stage.plan)).unwrap(), &executor)
+                    .unwrap(),
+                ..stage.clone()
+            })
+            .collect();
+        let shipped = StageGraph {
+            stages,
+            one_task: None,
+        };
+        pretty(&run(ctx, &shipped).await)
+    }
+
+    #[tokio::test]
+    async fn counting_a_generated_series_keeps_its_rows_after_a_round_trip() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        for (sql, expected) in [
+            ("SELECT count(*) AS n FROM generate_series(1, 3000)", "3000"),
+            ("SELECT count(*) AS n FROM range(10, 0, -3)", "4"),
+            (
+                "SELECT count(*) AS n FROM generate_series(TIMESTAMP '2026-01-01', \
+                 TIMESTAMP '2026-01-02', INTERVAL '1 hour')",
+                "25",
+            ),
+        ] {
+            let rows = shipped_rows(&ctx, sql).await;
+            assert!(rows.contains(&format!("| {expected} ")), "{sql}: {rows}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scalar_subquery_travels_as_its_value() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let sql = "SELECT value FROM generate_series(1, 10) \
+                   WHERE value > (SELECT avg(value) FROM generate_series(1, 10))";
+        let plan = crate::testing::physical(&ctx, sql).await;
+        let (plan, subqueries) = crate::subquery::lift_scalar_subqueries(plan).unwrap();
+        assert_eq!(subqueries.len(), 1);
+        // Unrun, the subquery's value cannot be shipped.
+        assert!(encode_plan(Arc::clone(&plan)).is_err());
+        let value = RecordBatch::try_new(
+            subqueries[0].plan.schema(),
+            vec![Arc::new(datafusion::arrow::array::Float64Array::from(
+                vec![5.5],
+            ))],
+        )
+        .unwrap();
+        subqueries[0].resolve(&[value]).unwrap();
+        let shipped = decode_plan(&encode_plan(plan).unwrap(), &executor()).unwrap();
+        let shown = text(&shipped);
+        assert!(shown.contains("5.5"), "{shown}");
+        assert!(!shown.contains("scalar_subquery"), "{shown}");
     }
 
     #[tokio::test]
