@@ -315,3 +315,53 @@ fn certs_init_issue_and_show() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing.stderr).contains("pki/none.pem"));
 }
+
+#[test]
+fn logs_piped_to_a_file_carry_no_colour_codes() {
+    let work = tempfile::tempdir().unwrap();
+    let job = work.path().join("one.sql");
+    std::fs::write(&job, "SELECT 1 AS one;\n").unwrap();
+    let out = ember(
+        &[
+            "submit",
+            "-v",
+            "--master",
+            "local[2]",
+            job.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("INFO"), "-v logs at info: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no escape codes: {stderr:?}");
+}
+
+#[test]
+fn json_rows_name_every_column_and_count_star_counts() {
+    let work = tempfile::tempdir().unwrap();
+    let job = work.path().join("nulls.sql");
+    std::fs::write(
+        &job,
+        "SELECT v AS id, CASE WHEN v % 2 = 0 THEN 'even' END AS kind \
+         FROM generate_series(1, 2) AS t(v) ORDER BY id;\n\
+         SELECT count(*) AS n FROM generate_series(1, 3000);\n",
+    )
+    .unwrap();
+    let out = ember(
+        &[
+            "submit",
+            "--master",
+            "local[3]",
+            "--format",
+            "json",
+            job.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "{\"id\":1,\"kind\":null}\n{\"id\":2,\"kind\":\"even\"}\n{\"n\":3000}\n"
+    );
+}
