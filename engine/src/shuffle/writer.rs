@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -211,12 +212,19 @@ impl ExecutionPlan for ShuffleWriterExec {
         };
         let schema = Self::status_schema();
         let status_schema = Arc::clone(&schema);
+        let input_schema = self.input.schema();
+        // Splitting a batch leaves pieces of batch_size / partitions rows;
+        // they are joined again, so readers (and fetches over the network)
+        // handle a few full batches instead of many small ones.
+        let target_rows = context.session_config().batch_size().max(1);
         let write = async move {
             // Every reduce partition gets a block, empty or not, so readers
             // can tell "no rows" from "lost"; passthrough has just its own.
-            let mut blocks: BTreeMap<usize, Vec<RecordBatch>> = match partitioner {
-                Some(_) => (0..reduce_partitions).map(|r| (r, Vec::new())).collect(),
-                None => BTreeMap::from([(partition, Vec::new())]),
+            let mut blocks: BTreeMap<usize, BlockBuilder> = match partitioner {
+                Some(_) => (0..reduce_partitions)
+                    .map(|r| (r, BlockBuilder::new(&input_schema, target_rows)))
+                    .collect(),
+                None => BTreeMap::from([(partition, BlockBuilder::passthrough())]),
             };
             while let Some(batch) = input.next().await {
                 let batch = batch?;
@@ -224,18 +232,23 @@ impl ExecutionPlan for ShuffleWriterExec {
                     continue;
                 }
                 match partitioner.as_mut() {
-                    Some(p) => p.partition(batch, |reduce, part| {
-                        if let Some(block) = blocks.get_mut(&reduce) {
-                            block.push(part);
+                    Some(p) => {
+                        p.partition(batch, |reduce, part| match blocks.get_mut(&reduce) {
+                            Some(block) => block.push(part),
+                            None => Ok(()),
+                        })?
+                    }
+                    None => {
+                        if let Some(block) = blocks.get_mut(&partition) {
+                            block.push(batch)?;
                         }
-                        Ok(())
-                    })?,
-                    None => blocks.entry(partition).or_default().push(batch),
+                    }
                 }
             }
             let mut reduces = Vec::new();
             let mut rows = Vec::new();
-            for (reduce, batches) in blocks {
+            for (reduce, block) in blocks {
+                let batches = block.finish()?;
                 reduces.push(reduce as u32);
                 rows.push(batches.iter().map(|b| b.num_rows() as u64).sum::<u64>());
                 env.store.put(
@@ -257,5 +270,55 @@ impl ExecutionPlan for ShuffleWriterExec {
             schema,
             futures::stream::once(write),
         )))
+    }
+}
+
+/// One reduce partition's rows as a map task writes them: small pieces are
+/// joined into batches of about `batch_size` rows; a passthrough block keeps
+/// its batches as they come.
+struct BlockBuilder {
+    coalescer: Option<BatchCoalescer>,
+    batches: Vec<RecordBatch>,
+}
+
+impl BlockBuilder {
+    fn new(schema: &SchemaRef, target_rows: usize) -> Self {
+        // Batches of no columns carry only a row count, which is theirs.
+        let coalescer = (!schema.fields().is_empty())
+            .then(|| BatchCoalescer::new(Arc::clone(schema), target_rows));
+        Self {
+            coalescer,
+            batches: Vec::new(),
+        }
+    }
+
+    fn passthrough() -> Self {
+        Self {
+            coalescer: None,
+            batches: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        match &mut self.coalescer {
+            Some(coalescer) => {
+                coalescer.push_batch(batch)?;
+                while let Some(full) = coalescer.next_completed_batch() {
+                    self.batches.push(full);
+                }
+            }
+            None => self.batches.push(batch),
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        if let Some(coalescer) = &mut self.coalescer {
+            coalescer.finish_buffered_batch()?;
+            while let Some(last) = coalescer.next_completed_batch() {
+                self.batches.push(last);
+            }
+        }
+        Ok(self.batches)
     }
 }
