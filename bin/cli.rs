@@ -533,7 +533,7 @@ fn gen_tpch(spec: &TpchSpec) -> ExitCode {
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(crate::tpch::expected_rows(spec.scale));
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "TPC-H SF {msg} [{bar:30}] {human_pos}/{human_len} rows, {per_sec}, {eta} left",
+            "TPC-H SF {msg} [{bar:30}] {human_pos}/{human_len} rows, {elapsed} so far, {eta} left",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }

@@ -50,7 +50,8 @@ pub fn expected_rows(scale: f64) -> u64 {
         + 5
         + PartGenerator::calculate_row_count(scale, 1, 1)
         + SupplierGenerator::calculate_row_count(scale, 1, 1)
-        + PartSuppGenerator::calculate_row_count(scale, 1, 1)
+        // Four suppliers a part; the generator counts parts.
+        + 4 * PartSuppGenerator::calculate_row_count(scale, 1, 1)
         + CustomerGenerator::calculate_row_count(scale, 1, 1)
         + orders
         // An order has 1 to 7 lines, 4 on average.
@@ -297,6 +298,8 @@ mod tests {
         let one = generate(&spec("one", 1, false), &|_| {}).unwrap();
         let three = generate(&spec("three", 3, false), &|_| {}).unwrap();
         assert_eq!(one.rows, three.rows);
+        let estimate = expected_rows(0.001) as f64;
+        assert!((estimate / one.rows as f64 - 1.0).abs() < 0.02, "{estimate} vs {one:?}");
         assert_eq!(three.files, 6 * 3 + 2);
         let lineitem: Vec<_> = fs::read_dir(three.dir.join("lineitem")).unwrap().collect();
         assert_eq!(lineitem.len(), 3);
