@@ -160,7 +160,9 @@ fn check(n: u32, mode: Mode, expected: &Answer, run: Result<String, String>) -> 
     let why = match run {
         Err(error) => format!("failed:\n      {error}"),
         Ok(csv) => match expected.read_csv(&csv) {
-            Err(e) => format!("printed rows that do not read as the expected columns ({e}):\n{csv}"),
+            Err(e) => {
+                format!("printed rows that do not read as the expected columns ({e}):\n{csv}")
+            }
             Ok(actual) => expected.difference(&actual)?,
         },
     };
@@ -178,7 +180,10 @@ fn every_tpch_query_gives_datafusions_answer_in_every_mode() {
         .map(|(n, _)| *n)
         .collect();
     // A query without rows proves little: at this scale every one has some.
-    assert!(empty.is_empty(), "queries with no rows on DataFusion: {empty:?}");
+    assert!(
+        empty.is_empty(),
+        "queries with no rows on DataFusion: {empty:?}"
+    );
 
     let mut failures = Vec::new();
     let mut runs = 0;
@@ -193,7 +198,12 @@ fn every_tpch_query_gives_datafusions_answer_in_every_mode() {
             for (n, answer) in &expected {
                 runs += 2;
                 let job = script(dir, *n);
-                failures.extend(check(*n, Mode::Client, answer, run_client(&cluster, *n, &job)));
+                failures.extend(check(
+                    *n,
+                    Mode::Client,
+                    answer,
+                    run_client(&cluster, *n, &job),
+                ));
                 failures.extend(check(
                     *n,
                     Mode::Cluster,
@@ -242,7 +252,12 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
     );
     for table in Table::ALL {
         let files = std::fs::read_dir(out.join(table.name())).unwrap().count();
-        assert_eq!(files, if table.splits() { 2 } else { 1 }, "{}", table.name());
+        assert_eq!(
+            files,
+            if table.splits() { 2 } else { 1 },
+            "{}",
+            table.name()
+        );
     }
     assert_eq!(std::fs::read_dir(out.join("queries")).unwrap().count(), 22);
     let lineitem = out.join("lineitem").join("part-0.parquet");
@@ -251,8 +266,15 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
     let again = gen_tpch(&[]);
     assert_eq!(again.status.code(), Some(1));
     let refused = text(&again.stderr);
-    assert!(refused.contains("not empty") && refused.contains("--force"), "{refused}");
-    assert_eq!(std::fs::read(&lineitem).unwrap(), before, "a refused run writes nothing");
+    assert!(
+        refused.contains("not empty") && refused.contains("--force"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read(&lineitem).unwrap(),
+        before,
+        "a refused run writes nothing"
+    );
 
     // A script runs from anywhere: its tables are named by absolute path.
     let submitted = ember()
@@ -271,5 +293,9 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
 
     let forced = gen_tpch(&["--force"]);
     assert!(forced.status.success(), "{}", text(&forced.stderr));
-    assert_eq!(std::fs::read(&lineitem).unwrap(), before, "the same data again");
+    assert_eq!(
+        std::fs::read(&lineitem).unwrap(),
+        before,
+        "the same data again"
+    );
 }

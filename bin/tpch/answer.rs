@@ -270,14 +270,19 @@ mod tests {
             "k,f,d\n\"k,0\",1.0,12.35\n\"k,1\",2.0,0.05\n",
             "k,f,d\n\"k,0\",1.001,12.34\n\"k,1\",2.0,0.05\n",
         ] {
-            let why = expected.difference(&expected.read_csv(csv).unwrap()).unwrap();
+            let why = expected
+                .difference(&expected.read_csv(csv).unwrap())
+                .unwrap();
             assert!(why.starts_with("2 rows expected, 2 returned"), "{why}");
             assert!(why.contains("k,0"), "{why}");
         }
         let why = expected
             .difference(&expected.read_csv("k,f,d\n").unwrap())
             .unwrap();
-        assert!(why.contains("0 returned") && why.contains("(no more rows)"), "{why}");
+        assert!(
+            why.contains("0 returned") && why.contains("(no more rows)"),
+            "{why}"
+        );
         assert!(expected.read_csv("k,f\n\"k,0\",1.0\n").is_err());
     }
 }

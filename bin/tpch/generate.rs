@@ -299,7 +299,10 @@ mod tests {
         let three = generate(&spec("three", 3, false), &|_| {}).unwrap();
         assert_eq!(one.rows, three.rows);
         let estimate = expected_rows(0.001) as f64;
-        assert!((estimate / one.rows as f64 - 1.0).abs() < 0.02, "{estimate} vs {one:?}");
+        assert!(
+            (estimate / one.rows as f64 - 1.0).abs() < 0.02,
+            "{estimate} vs {one:?}"
+        );
         assert_eq!(three.files, 6 * 3 + 2);
         let lineitem: Vec<_> = fs::read_dir(three.dir.join("lineitem")).unwrap().collect();
         assert_eq!(lineitem.len(), 3);

@@ -270,11 +270,9 @@ mod tests {
     fn every_query_has_its_parameters_and_parses() {
         for n in QUERIES {
             let sql = query(n, 1.0).unwrap();
-            let placeholder = sql
-                .match_indices(':')
-                .find(|(at, _)| {
-                    sql[at + 1..].starts_with(|c: char| c.is_ascii_digit() || c == 's')
-                });
+            let placeholder = sql.match_indices(':').find(|(at, _)| {
+                sql[at + 1..].starts_with(|c: char| c.is_ascii_digit() || c == 's')
+            });
             assert!(placeholder.is_none(), "Q{n} keeps a placeholder:\n{sql}");
             let statements = DFParser::parse_sql(&sql)
                 .unwrap_or_else(|e| panic!("Q{n} does not parse: {e}\n{sql}"));
