@@ -18,6 +18,7 @@ use crate::master::Master;
 use crate::output::{OutputFormat, footer, reader_gone, write_rows};
 use crate::progress::ConsoleProgress;
 use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOutcome};
+use crate::tpch::TpchSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +28,7 @@ use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOu
     long_about = None,
     args_conflicts_with_subcommands = true,
     override_usage = "ember <COMMAND> [OPTIONS]\n       ember --role <ROLE> [OPTIONS]",
-    after_help = "Examples:\n  ember submit examples/watch_time.sql\n  ember shell --master local[2]\n  ember submit --master local[3] --format csv examples/watch_time.sql\n  ember gen views --rows 10000000 --files 8 --out /tmp/views"
+    after_help = "Examples:\n  ember submit examples/watch_time.sql\n  ember shell --master local[2]\n  ember submit --master local[3] --format csv examples/watch_time.sql\n  ember gen views --rows 10000000 --files 8 --out /tmp/views\n  ember gen tpch --scale 1 --out /tmp/tpch && ember submit /tmp/tpch/queries/q05.sql"
 )]
 pub struct Cli {
     /// Run as a cluster process instead of a command.
@@ -418,6 +419,23 @@ pub enum GenCommand {
         #[arg(long)]
         force: bool,
     },
+    /// The eight TPC-H tables as Parquet (DIR/lineitem/part-0.parquet, ...),
+    /// DIR/tables.sql registering them, and the 22 queries as scripts
+    /// (DIR/queries/q01.sql, ...) that `ember submit` runs as they are.
+    Tpch {
+        /// Scale factor: 1 is about 1 GB of data, 6 million lineitem rows.
+        #[arg(long, value_name = "SF", default_value_t = 1.0)]
+        scale: f64,
+        /// Directory to write into (must be empty, unless --force).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Parquet files per table (nation and region always have one).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        files: usize,
+        /// Replace the tables and queries already in DIR.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -468,6 +486,17 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Some(Command::Gen(GenCommand::Tpch {
+            scale,
+            out,
+            files,
+            force,
+        })) => gen_tpch(&TpchSpec {
+            scale,
+            files,
+            out,
+            force,
+        }),
         Some(Command::Certs(command)) => match certs(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
@@ -496,6 +525,41 @@ pub fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// `ember gen tpch`, with a progress bar on a terminal.
+fn gen_tpch(spec: &TpchSpec) -> ExitCode {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(crate::tpch::expected_rows(spec.scale));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "TPC-H SF {msg} [{bar:30}] {human_pos}/{human_len} rows, {elapsed} so far, {eta} left",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(spec.scale.to_string());
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let generated = crate::tpch::generate(spec, &|rows| bar.inc(rows));
+    bar.finish_and_clear();
+    match generated {
+        Ok(done) => {
+            eprintln!(
+                "wrote TPC-H scale factor {} ({} rows in {} Parquet files) to {}\n\
+                 tables: {}\n\
+                 run a query: ember submit {}",
+                spec.scale,
+                done.rows,
+                done.files,
+                done.dir.display(),
+                done.dir.join("tables.sql").display(),
+                done.dir.join("queries").join("q01.sql").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 

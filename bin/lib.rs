@@ -15,6 +15,7 @@ pub mod progress;
 pub mod session;
 pub mod shell;
 pub mod simulate;
+pub mod tpch;
 
 pub use ember_actors as actors;
 pub use ember_engine as engine;

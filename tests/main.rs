@@ -11,4 +11,5 @@ mod netns;
 mod shell;
 mod simulate;
 mod support;
+mod tpch;
 mod transport;
