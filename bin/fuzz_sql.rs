@@ -208,6 +208,8 @@ pub struct Difference {
     /// partitions, Ember's settings) but in one process, differs too.
     pub datafusion_alone_differs: Option<bool>,
     pub minimized: Option<String>,
+    /// What differs on the minimized query.
+    pub minimized_detail: Option<String>,
     pub replay: String,
 }
 
@@ -237,6 +239,9 @@ impl Display for Difference {
         }
         if let Some(minimized) = &self.minimized {
             writeln!(f, "  minimized: {minimized}")?;
+            for line in self.minimized_detail.iter().flat_map(|d| d.lines()) {
+                writeln!(f, "    {line}")?;
+            }
         }
         writeln!(f, "  replay:    {}", self.replay)
     }
@@ -780,13 +785,16 @@ async fn run_seed(
                 let _ = tokio::time::timeout(Duration::from_secs(5), session.stop()).await;
                 session = start_session(target, &data.ddl, seed).await?;
             }
-            let minimized = if kind == DiffKind::TimedOut || campaign.minimize_budget == 0 {
-                None
-            } else {
-                let shape = error_shape(&actual);
-                let small = minimize(campaign, &data, &mut session, query, kind, shape.as_deref()).await;
-                (small != *query).then(|| small.sql())
-            };
+            let (minimized, minimized_detail) =
+                if kind == DiffKind::TimedOut || campaign.minimize_budget == 0 {
+                    (None, None)
+                } else {
+                    let shape = error_shape(&actual);
+                    minimize(campaign, &data, &mut session, query, kind, shape.as_deref())
+                        .await
+                        .map(|(small, detail)| (Some(small.sql()), Some(detail)))
+                        .unwrap_or_default()
+                };
             let datafusion_alone_differs = match data.datafusion_like_ember(target.shuffle_partitions).await {
                 Some(ctx) => match run_datafusion(&ctx, &sql).await {
                     Reference::Ran(outcome) => Some(classify(expected, &outcome, query.is_ordered()).is_some()),
@@ -803,6 +811,7 @@ async fn run_seed(
                 detail,
                 datafusion_alone_differs,
                 minimized,
+                minimized_detail,
                 replay: format!(
                     "ember fuzz-sql --seed {seed} --query {k} --modes '{}' --shuffle-partitions {}",
                     target.master, target.shuffle_partitions
@@ -817,7 +826,8 @@ async fn run_seed(
     Ok(())
 }
 
-/// Shrinks `query` while it still differs the same way on `session`.
+/// Shrinks `query` while it still differs the same way on `session`; the
+/// smallest variant found and what differs on it, if any variant does.
 async fn minimize(
     campaign: &Campaign,
     data: &SeedData,
@@ -825,8 +835,9 @@ async fn minimize(
     query: &Query,
     kind: DiffKind,
     shape: Option<&str>,
-) -> Query {
+) -> Option<(Query, String)> {
     let mut current = query.clone();
+    let mut found = None;
     let mut tried = 0;
     'shrink: while tried < campaign.minimize_budget {
         for candidate in shrink_candidates(&current) {
@@ -839,17 +850,19 @@ async fn minimize(
                 continue;
             };
             let actual = run_ember(session, &sql, campaign.bug).await;
-            let same_way = classify(&expected, &actual, candidate.is_ordered())
-                .is_some_and(|(k, _)| k == kind && error_shape(&actual).as_deref() == shape);
-            if same_way {
-                current = candidate;
-                continue 'shrink;
+            match classify(&expected, &actual, candidate.is_ordered()) {
+                Some((k, detail)) if k == kind && error_shape(&actual).as_deref() == shape => {
+                    current = candidate;
+                    found = Some(detail);
+                    continue 'shrink;
+                }
+                _ => {}
             }
         }
         break;
     }
     tracing::debug!(tried, "minimized");
-    current
+    found.map(|detail| (current, detail))
 }
 
 /// `ember fuzz-sql`.
