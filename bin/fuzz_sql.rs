@@ -90,7 +90,9 @@ pub enum FuzzError {
         "--modes: '{0}' is not a local master; fuzz-sql runs local, local[N] and local[*] sessions in this process"
     )]
     Mode(String),
-    #[error("--modes and --shuffle-partitions each need at least one value (partitions at least 1)")]
+    #[error(
+        "--modes and --shuffle-partitions each need at least one value (partitions at least 1)"
+    )]
     NoTargets,
 }
 
@@ -115,7 +117,11 @@ impl Display for Target {
             "{} with {} shuffle partition{}",
             self.master,
             self.shuffle_partitions,
-            if self.shuffle_partitions == 1 { "" } else { "s" }
+            if self.shuffle_partitions == 1 {
+                ""
+            } else {
+                "s"
+            }
         )
     }
 }
@@ -386,8 +392,8 @@ fn to_rows(batches: &[RecordBatch]) -> Result<Vec<Row>, String> {
                     }
                 }));
             } else {
-                let formatter =
-                    ArrayFormatter::try_new(column.as_ref(), &options).map_err(|e| e.to_string())?;
+                let formatter = ArrayFormatter::try_new(column.as_ref(), &options)
+                    .map_err(|e| e.to_string())?;
                 let column = column.clone();
                 columns.push(Box::new(move |i| {
                     if column.is_null(i) {
@@ -409,7 +415,9 @@ fn to_rows(batches: &[RecordBatch]) -> Result<Vec<Row>, String> {
 fn compare(expected: &[Row], actual: &[Row], ordered: bool) -> Option<String> {
     let same_row = |a: &Row, b: &Row| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y));
     if ordered {
-        if expected.len() == actual.len() && expected.iter().zip(actual).all(|(a, b)| same_row(a, b)) {
+        if expected.len() == actual.len()
+            && expected.iter().zip(actual).all(|(a, b)| same_row(a, b))
+        {
             return None;
         }
         let at = expected
@@ -417,7 +425,11 @@ fn compare(expected: &[Row], actual: &[Row], ordered: bool) -> Option<String> {
             .zip(actual)
             .position(|(a, b)| !same_row(a, b))
             .unwrap_or(expected.len().min(actual.len()));
-        let row = |rows: &[Row]| rows.get(at).map(show_row).unwrap_or_else(|| "no row".into());
+        let row = |rows: &[Row]| {
+            rows.get(at)
+                .map(show_row)
+                .unwrap_or_else(|| "no row".into())
+        };
         return Some(format!(
             "expected:  {} rows (in order)\nactual:    {} rows\nfirst difference at row {at}: expected {}, got {}",
             expected.len(),
@@ -476,14 +488,24 @@ fn classify(expected: &Outcome, actual: &Outcome, ordered: bool) -> Option<(Diff
             DiffKind::TimedOut,
             format!("no answer within {} s", QUERY_TIMEOUT.as_secs()),
         )),
-        (Outcome::Rows(e), Outcome::Rows(a)) => compare(e, a, ordered).map(|d| (DiffKind::RowsDiffer, d)),
+        (Outcome::Rows(e), Outcome::Rows(a)) => {
+            compare(e, a, ordered).map(|d| (DiffKind::RowsDiffer, d))
+        }
         (Outcome::Rows(e), Outcome::Failed(error)) => Some((
             DiffKind::EmberFailed,
-            format!("expected:  {} rows\nEmber:     {}", e.len(), first_line(error)),
+            format!(
+                "expected:  {} rows\nEmber:     {}",
+                e.len(),
+                first_line(error)
+            ),
         )),
         (Outcome::Failed(error), Outcome::Rows(a)) => Some((
             DiffKind::OnlyEmberAnswered,
-            format!("DataFusion: {}\nEmber:     {} rows", first_line(error), a.len()),
+            format!(
+                "DataFusion: {}\nEmber:     {} rows",
+                first_line(error),
+                a.len()
+            ),
         )),
         (Outcome::Failed(_), Outcome::Failed(_)) | (Outcome::TimedOut, _) => None,
     }
@@ -538,7 +560,10 @@ async fn run_datafusion(ctx: &SessionContext, sql: &str) -> Reference {
     };
     match std::panic::AssertUnwindSafe(run).catch_unwind().await {
         Ok(reference) => reference,
-        Err(panic) => Reference::Ran(Outcome::Failed(format!("panicked: {}", panic_text(&*panic)))),
+        Err(panic) => Reference::Ran(Outcome::Failed(format!(
+            "panicked: {}",
+            panic_text(&*panic)
+        ))),
     }
 }
 
@@ -572,7 +597,8 @@ impl SeedData {
             dir: dir.path().to_path_buf(),
             source,
         };
-        let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let reference =
+            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let mut ddl = Vec::new();
         for table in tables {
             let location = dir.path().join(&table.name);
@@ -591,7 +617,10 @@ impl SeedData {
                     }
                     FileFormat::Parquet if table.files[file].is_empty() => {}
                     FileFormat::Parquet => {
-                        let stage = dir.path().join("stage").join(format!("{}-{file}", table.name));
+                        let stage = dir
+                            .path()
+                            .join("stage")
+                            .join(format!("{}-{file}", table.name));
                         std::fs::create_dir_all(&stage).map_err(io)?;
                         std::fs::write(stage.join("part.csv"), table.csv(file)).map_err(io)?;
                         let mut staged = table.clone();
@@ -607,13 +636,13 @@ impl SeedData {
                             "DROP TABLE fuzz_stage".to_string(),
                         ];
                         for statement in statements {
-                            run_statement(&reference, &statement).await.map_err(|source| {
-                                FuzzError::Register {
+                            run_statement(&reference, &statement)
+                                .await
+                                .map_err(|source| FuzzError::Register {
                                     seed,
                                     table: table.name.clone(),
                                     source,
-                                }
-                            })?;
+                                })?;
                         }
                     }
                 }
@@ -638,7 +667,8 @@ impl SeedData {
     /// Plain DataFusion planned as Ember plans over `partitions` slots, in
     /// one process: tells a split-into-tasks bug from a DataFusion one.
     async fn datafusion_like_ember(&self, partitions: usize) -> Option<SessionContext> {
-        let ctx = SessionContext::new_with_config(ember_engine::session::planning_config(partitions));
+        let ctx =
+            SessionContext::new_with_config(ember_engine::session::planning_config(partitions));
         for statement in &self.ddl {
             run_statement(&ctx, statement).await.ok()?;
         }
@@ -646,7 +676,10 @@ impl SeedData {
     }
 }
 
-async fn run_statement(ctx: &SessionContext, sql: &str) -> Result<(), datafusion::error::DataFusionError> {
+async fn run_statement(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<(), datafusion::error::DataFusionError> {
     ctx.sql(sql).await?.collect().await.map(|_| ())
 }
 
@@ -699,7 +732,10 @@ pub type Progress<'a> = &'a dyn Fn(&Report);
 
 /// Runs a campaign. Differences are findings, in the report; errors are
 /// what kept it from running.
-pub async fn run_campaign(campaign: &Campaign, progress: Progress<'_>) -> Result<Report, FuzzError> {
+pub async fn run_campaign(
+    campaign: &Campaign,
+    progress: Progress<'_>,
+) -> Result<Report, FuzzError> {
     let started = Instant::now();
     let mut report = Report::default();
     for seed in campaign.first_seed..campaign.first_seed.saturating_add(campaign.seeds) {
@@ -749,7 +785,10 @@ async fn run_seed(
                 report.discarded += 1;
                 tracing::debug!(seed, query = k, %why, "discarded: DataFusion cannot plan it");
                 if campaign.verbose {
-                    println!("seed {seed} query {k}: discarded ({})\n  {sql}", first_line(&why));
+                    println!(
+                        "seed {seed} query {k}: discarded ({})\n  {sql}",
+                        first_line(&why)
+                    );
                 }
             }
             Reference::Ran(outcome) => {
@@ -795,13 +834,16 @@ async fn run_seed(
                         .map(|(small, detail)| (Some(small.sql()), Some(detail)))
                         .unwrap_or_default()
                 };
-            let datafusion_alone_differs = match data.datafusion_like_ember(target.shuffle_partitions).await {
-                Some(ctx) => match run_datafusion(&ctx, &sql).await {
-                    Reference::Ran(outcome) => Some(classify(expected, &outcome, query.is_ordered()).is_some()),
-                    Reference::Unplannable(_) => None,
-                },
-                None => None,
-            };
+            let datafusion_alone_differs =
+                match data.datafusion_like_ember(target.shuffle_partitions).await {
+                    Some(ctx) => match run_datafusion(&ctx, &sql).await {
+                        Reference::Ran(outcome) => {
+                            Some(classify(expected, &outcome, query.is_ordered()).is_some())
+                        }
+                        Reference::Unplannable(_) => None,
+                    },
+                    None => None,
+                };
             let difference = Difference {
                 seed,
                 query: *k,

@@ -335,7 +335,10 @@ impl Display for From {
 impl Display for Expr {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         match self {
-            Expr::Column { rel: Some(rel), name } => write!(f, "{rel}.{name}"),
+            Expr::Column {
+                rel: Some(rel),
+                name,
+            } => write!(f, "{rel}.{name}"),
             Expr::Column { rel: None, name } => f.write_str(name),
             Expr::Lit(text) => f.write_str(text),
             Expr::Call { op, args } => write_call(f, op, args),

@@ -206,10 +206,12 @@ impl Generator {
         // pick the same rows everywhere.
         if self.chance(0.45) {
             query.order_by = (0..families.len())
-                .map(|i| self.order_item(Expr::Column {
-                    rel: None,
-                    name: output(i),
-                }))
+                .map(|i| {
+                    self.order_item(Expr::Column {
+                        rel: None,
+                        name: output(i),
+                    })
+                })
                 .collect();
             if self.chance(0.5) {
                 query.limit = Some(self.below(10) as u64);
@@ -239,9 +241,7 @@ impl Generator {
     ) -> (Select, Vec<Family>) {
         let (from, scope) = self.from_clause(depth);
         let visible: Vec<ColRef> = scope.iter().chain(outer).cloned().collect();
-        let filter = self
-            .chance(0.6)
-            .then(|| self.predicate(&visible, depth, 2));
+        let filter = self.chance(0.6).then(|| self.predicate(&visible, depth, 2));
         let mut select = Select {
             distinct: false,
             items: Vec::new(),
@@ -488,7 +488,12 @@ impl Generator {
         let ty = match family {
             Family::Num => *pick(
                 &mut self.rng,
-                &[SqlType::Int, SqlType::Int, SqlType::Double, SqlType::Decimal],
+                &[
+                    SqlType::Int,
+                    SqlType::Int,
+                    SqlType::Double,
+                    SqlType::Decimal,
+                ],
             ),
             Family::Text => SqlType::Text,
             Family::Bool => SqlType::Bool,
@@ -649,18 +654,7 @@ impl Generator {
     fn predicate(&mut self, scope: &[ColRef], depth: usize, budget: usize) -> Expr {
         let subqueries = if depth < MAX_DEPTH { 16 } else { 0 };
         let nesting = if budget > 0 { 1 } else { 0 };
-        match self.weighted(&[
-            35,
-            8,
-            15 * nesting,
-            4 * nesting,
-            5,
-            7,
-            4,
-            4,
-            3,
-            subqueries,
-        ]) {
+        match self.weighted(&[35, 8, 15 * nesting, 4 * nesting, 5, 7, 4, 4, 3, subqueries]) {
             0 => {
                 let family = match self.column(scope, None) {
                     Some(c) if c.family != Family::Bool => c.family,
@@ -892,10 +886,31 @@ impl Generator {
         };
         let num = |g: &mut Self| g.leaf(scope, Family::Num);
         let (func, args, family, sensitive, rows_frame, ordered) = match choice {
-            0 => (Op::Func("row_number"), vec![], Family::Num, true, false, true),
+            0 => (
+                Op::Func("row_number"),
+                vec![],
+                Family::Num,
+                true,
+                false,
+                true,
+            ),
             1 => (Op::Func("rank"), vec![], Family::Num, false, false, true),
-            2 => (Op::Func("dense_rank"), vec![], Family::Num, false, false, true),
-            3 => (Op::Func("cume_dist"), vec![], Family::Num, false, false, true),
+            2 => (
+                Op::Func("dense_rank"),
+                vec![],
+                Family::Num,
+                false,
+                false,
+                true,
+            ),
+            3 => (
+                Op::Func("cume_dist"),
+                vec![],
+                Family::Num,
+                false,
+                false,
+                true,
+            ),
             4 => (
                 Op::Func("ntile"),
                 vec![Expr::Lit("3".into())],
@@ -934,7 +949,14 @@ impl Generator {
                 let ordered = self.chance(0.5);
                 (agg, vec![arg], Family::Num, false, false, ordered)
             }
-            9 => (Op::CountStar, vec![], Family::Num, false, false, self.chance(0.5)),
+            9 => (
+                Op::CountStar,
+                vec![],
+                Family::Num,
+                false,
+                false,
+                self.chance(0.5),
+            ),
             _ => {
                 let arg = num(self);
                 let agg = Op::Agg {
@@ -1038,7 +1060,8 @@ mod tests {
         // A disjunction with a subquery under it: a mark join.
         assert!(
             sql.iter()
-                .any(|s| s.contains(" OR EXISTS (") || s.contains(" OR (") && s.contains(" IN (SELECT")),
+                .any(|s| s.contains(" OR EXISTS (")
+                    || s.contains(" OR (") && s.contains(" IN (SELECT")),
             "no subquery under OR"
         );
     }

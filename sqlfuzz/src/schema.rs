@@ -238,13 +238,16 @@ const TEXTS: &[&str] = &[
 pub(crate) fn random_value(rng: &mut ChaCha8Rng, ty: SqlType) -> Value {
     let extreme = rng.random_bool(0.04);
     match ty {
-        SqlType::Int if extreme => Value::Int(*pick(rng, &[i64::from(i32::MAX), i64::from(i32::MIN)])),
+        SqlType::Int if extreme => {
+            Value::Int(*pick(rng, &[i64::from(i32::MAX), i64::from(i32::MIN)]))
+        }
         SqlType::Int => Value::Int(rng.random_range(-2..9)),
         // Large enough to be extreme, small enough that no sum of a case's
         // rows overflows (which would depend on the order of additions).
-        SqlType::BigInt if extreme => {
-            Value::Int(*pick(rng, &[100_000_000_000_000_000, -100_000_000_000_000_000]))
-        }
+        SqlType::BigInt if extreme => Value::Int(*pick(
+            rng,
+            &[100_000_000_000_000_000, -100_000_000_000_000_000],
+        )),
         SqlType::BigInt => Value::Int(rng.random_range(-2..9)),
         SqlType::Double if extreme => Value::Double(*pick(rng, &[1e15, -1e15, 0.25])),
         SqlType::Double => Value::Double(f64::from(rng.random_range(-12..40_i32)) / 4.0),
@@ -263,9 +266,9 @@ pub(crate) fn random_value(rng: &mut ChaCha8Rng, ty: SqlType) -> Value {
         SqlType::Date if extreme => Value::Date(*pick(rng, &[0, -25_567, 47_481])),
         SqlType::Date => Value::Date(19_723 + rng.random_range(0..12)),
         SqlType::Timestamp if extreme => Value::Timestamp(*pick(rng, &[0, 4_102_444_799])),
-        SqlType::Timestamp => {
-            Value::Timestamp(19_723 * 86_400 + rng.random_range(0..6) * 43_200 + rng.random_range(0..3))
-        }
+        SqlType::Timestamp => Value::Timestamp(
+            19_723 * 86_400 + rng.random_range(0..6) * 43_200 + rng.random_range(0..3),
+        ),
     }
 }
 

@@ -19,7 +19,11 @@ pub fn shrink_candidates(query: &Query) -> Vec<Query> {
 
 /// Shrinks `query` while `still_fails` holds, trying at most `budget`
 /// variants. The result fails too (or is `query` itself).
-pub fn minimize(query: &Query, budget: usize, mut still_fails: impl FnMut(&Query) -> bool) -> Query {
+pub fn minimize(
+    query: &Query,
+    budget: usize,
+    mut still_fails: impl FnMut(&Query) -> bool,
+) -> Query {
     let mut current = query.clone();
     let mut tried = 0;
     'outer: while tried < budget {
@@ -64,8 +68,9 @@ fn query_variants(query: &Query) -> Vec<Query> {
         q.body = body;
         // Keep the order over the outputs that are left.
         let outputs = output_names(&q.body);
-        q.order_by
-            .retain(|o| matches!(&o.expr, Expr::Column { rel: None, name } if outputs.contains(name)));
+        q.order_by.retain(
+            |o| matches!(&o.expr, Expr::Column { rel: None, name } if outputs.contains(name)),
+        );
         if q.order_by.is_empty() {
             q.limit = None;
             q.offset = None;
@@ -252,7 +257,11 @@ fn expr_variants(expr: &Expr) -> Vec<Expr> {
                     args: args[..2].to_vec(),
                 });
             }
-            if let Op::Agg { name, distinct: true } = op {
+            if let Op::Agg {
+                name,
+                distinct: true,
+            } = op
+            {
                 out.push(Expr::Call {
                     op: Op::Agg {
                         name,
