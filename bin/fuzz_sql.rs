@@ -78,13 +78,13 @@ pub enum FuzzError {
     Register {
         seed: u64,
         table: String,
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
     #[error("seed {seed}: cannot start an Ember session on {target}: {source}")]
     Session {
         seed: u64,
-        target: Target,
-        source: SessionError,
+        target: Box<Target>,
+        source: Box<SessionError>,
     },
     #[error(
         "--modes: '{0}' is not a local master; fuzz-sql runs local, local[N] and local[*] sessions in this process"
@@ -641,7 +641,7 @@ impl SeedData {
                                 .map_err(|source| FuzzError::Register {
                                     seed,
                                     table: table.name.clone(),
-                                    source,
+                                    source: Box::new(source),
                                 })?;
                         }
                     }
@@ -653,7 +653,7 @@ impl SeedData {
                 .map_err(|source| FuzzError::Register {
                     seed,
                     table: table.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             ddl.push(statement);
         }
@@ -686,8 +686,8 @@ async fn run_statement(
 async fn start_session(target: &Target, ddl: &[String], seed: u64) -> Result<Session, FuzzError> {
     let failed = |source: SessionError| FuzzError::Session {
         seed,
-        target: target.clone(),
-        source,
+        target: Box::new(target.clone()),
+        source: Box::new(source),
     };
     let master = Master::parse(&target.master, crate::master::available_cores())
         .map_err(|_| FuzzError::Mode(target.master.clone()))?;

@@ -239,7 +239,7 @@ impl Generator {
         want: Option<&[Family]>,
         depth: usize,
     ) -> (Select, Vec<Family>) {
-        let (from, scope) = self.from_clause(depth);
+        let (from, scope) = self.joined_relations(depth);
         let visible: Vec<ColRef> = scope.iter().chain(outer).cloned().collect();
         let filter = self.chance(0.6).then(|| self.predicate(&visible, depth, 2));
         let mut select = Select {
@@ -343,7 +343,7 @@ impl Generator {
     }
 
     /// One to three relations joined, and the columns they make visible.
-    fn from_clause(&mut self, depth: usize) -> (From, Vec<ColRef>) {
+    fn joined_relations(&mut self, depth: usize) -> (From, Vec<ColRef>) {
         let (mut from, mut scope) = self.relation(depth);
         let joins = if depth == 0 {
             self.weighted(&[40, 40, 20])
@@ -456,7 +456,8 @@ impl Generator {
     }
 
     fn comparison(&mut self) -> &'static str {
-        *pick(&mut self.rng, &["=", "<>", "<", "<=", ">", ">="])
+        const COMPARISONS: [&str; 6] = ["=", "<>", "<", "<=", ">", ">="];
+        COMPARISONS[self.below(COMPARISONS.len())]
     }
 
     fn family(&mut self) -> Family {
@@ -778,7 +779,7 @@ impl Generator {
 
     fn subquery_query(&mut self, outer: &[ColRef], depth: usize, item: SubItem) -> Query {
         let inner_depth = depth + 1;
-        let (from, scope) = self.from_clause(inner_depth);
+        let (from, scope) = self.joined_relations(inner_depth);
         let mut conditions = Vec::new();
         if self.chance(0.65) {
             let pairs: Vec<(ColRef, ColRef)> = scope
