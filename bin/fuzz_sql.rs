@@ -214,8 +214,11 @@ pub struct Difference {
     /// partitions, Ember's settings) but in one process, differs too.
     pub datafusion_alone_differs: Option<bool>,
     pub minimized: Option<String>,
-    /// What differs on the minimized query.
+    /// What differs on the minimized query (on the first target it
+    /// differed on).
     pub minimized_detail: Option<String>,
+    /// Ember's error without numbers, when it failed.
+    pub error_shape: Option<String>,
     pub replay: String,
 }
 
@@ -824,16 +827,20 @@ async fn run_seed(
                 let _ = tokio::time::timeout(Duration::from_secs(5), session.stop()).await;
                 session = start_session(target, &data.ddl, seed).await?;
             }
-            let (minimized, minimized_detail) =
-                if kind == DiffKind::TimedOut || campaign.minimize_budget == 0 {
-                    (None, None)
-                } else {
-                    let shape = error_shape(&actual);
-                    minimize(campaign, &data, &mut session, query, kind, shape.as_deref())
-                        .await
-                        .map(|(small, detail)| (Some(small.sql()), Some(detail)))
-                        .unwrap_or_default()
-                };
+            let shape = error_shape(&actual);
+            // A query that differs the same way on several targets is
+            // minimized once, on the first.
+            let earlier = report.differences.iter().find(|d| {
+                d.seed == seed && d.query == *k && d.kind == kind && d.error_shape == shape
+            });
+            let (minimized, minimized_detail) = match earlier {
+                Some(d) => (d.minimized.clone(), d.minimized_detail.clone()),
+                None if kind == DiffKind::TimedOut || campaign.minimize_budget == 0 => (None, None),
+                None => minimize(campaign, &data, &mut session, query, kind, shape.as_deref())
+                    .await
+                    .map(|(small, detail)| (Some(small.sql()), Some(detail)))
+                    .unwrap_or_default(),
+            };
             let datafusion_alone_differs =
                 match data.datafusion_like_ember(target.shuffle_partitions).await {
                     Some(ctx) => match run_datafusion(&ctx, &sql).await {
@@ -854,6 +861,7 @@ async fn run_seed(
                 datafusion_alone_differs,
                 minimized,
                 minimized_detail,
+                error_shape: shape,
                 replay: format!(
                     "ember fuzz-sql --seed {seed} --query {k} --modes '{}' --shuffle-partitions {}",
                     target.master, target.shuffle_partitions
