@@ -168,7 +168,8 @@ fn differences_exit_with_1_and_print_how_to_replay() {
 
 /// Seeds (with the query and the target) that found a bug in Ember: each
 /// must agree with plain DataFusion from now on. The minimized query each
-/// found is in the comment.
+/// found is in the comment. A change to what the generator makes of a seed
+/// changes these queries: find the seeds again (`ember fuzz-sql`) then.
 const REGRESSION_SEEDS: &[(u64, usize, &str, usize)] = &[
     // SELECT a1.c1 FROM t0 AS a1 LEFT JOIN t1 AS a2 ON (a1.k = a2.k):
     // unmatched rows of a collected build side lost.
