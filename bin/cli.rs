@@ -131,6 +131,10 @@ pub enum Command {
     /// Run seeded fault-injection simulations of a whole cluster in this
     /// process and report any broken promise with a seed to replay.
     Simulate(crate::simulate::SimulateArgs),
+    /// Run seeded random SQL on Ember and on plain DataFusion and report
+    /// every query whose answers differ, minimized, with a seed to replay
+    /// (-v prints every query).
+    FuzzSql(crate::fuzz_sql::FuzzSqlArgs),
     /// Run a bare node with a probe actor until standard input closes
     /// (transport checks and benchmarks).
     #[command(hide = true)]
@@ -444,7 +448,15 @@ pub fn main() -> ExitCode {
     // A simulation's injected faults would each log a warning: quiet
     // unless asked.
     let quiet = matches!(cli.command, Some(Command::Simulate(_)));
-    init_logging(cli.verbose, quiet);
+    // The fuzzer's -v prints its queries; Ember's own logs (every failed
+    // task is a warning) need one -v more.
+    let fuzzing = matches!(cli.command, Some(Command::FuzzSql(_)));
+    let log_level = if fuzzing {
+        cli.verbose.saturating_sub(1)
+    } else {
+        cli.verbose
+    };
+    init_logging(log_level, quiet || (fuzzing && cli.verbose == 0));
     if let Some(role) = cli.role {
         return run_role(role, cli.process);
     }
@@ -515,6 +527,7 @@ pub fn main() -> ExitCode {
             }
         }
         Some(Command::Simulate(args)) => crate::simulate::run(args),
+        Some(Command::FuzzSql(args)) => crate::fuzz_sql::run(args, cli.verbose > 0),
         Some(Command::Config { .. }) => {
             print_config();
             ExitCode::SUCCESS

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod datagen;
+pub mod fuzz_sql;
 pub mod local_cluster;
 pub mod loopback;
 pub mod master;

@@ -6,6 +6,7 @@
 mod cli;
 mod cluster;
 mod faults;
+mod fuzz_sql;
 mod local_mode;
 mod netns;
 mod shell;
