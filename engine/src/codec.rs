@@ -14,7 +14,7 @@ use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalSortExpr};
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion_proto::bytes::{
@@ -239,9 +239,19 @@ impl Encoder<'_> {
         });
         let properties = reader.properties();
         let eq_properties = &properties.eq_properties;
+        // A constant column is sorted, and travels as a one-column ordering:
+        // a window partitioned by it needs to know it needs no sort.
+        let constants = eq_properties
+            .constants()
+            .into_iter()
+            .map(|constant| LexOrdering::new([PhysicalSortExpr::new_default(constant.expr)]));
         let sort_information = eq_properties
             .oeq_class()
             .iter()
+            .cloned()
+            .map(Some)
+            .chain(constants)
+            .flatten()
             .map(|ordering| {
                 Ok(protobuf::PhysicalSortExprNodeCollection {
                     physical_sort_expr_nodes: serialize_physical_sort_exprs(
@@ -695,6 +705,15 @@ mod tests {
             let rows = shipped_rows(&ctx, sql).await;
             assert!(rows.contains(&format!("| {expected} ")), "{sql}: {rows}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_window_over_a_column_held_constant_runs_after_a_round_trip() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let sql = "SELECT k, min(5) OVER (PARTITION BY k) AS m \
+                   FROM (SELECT value % 5 AS k FROM generate_series(1, 100)) WHERE k = 3";
+        let rows = shipped_rows(&ctx, sql).await;
+        assert_eq!(rows.matches("| 3 | 5 |").count(), 20, "{rows}");
     }
 
     #[tokio::test]

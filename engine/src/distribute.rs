@@ -326,6 +326,9 @@ mod tests {
         "SELECT v FROM big WHERE v > (SELECT avg(v) FROM big WHERE v < (SELECT max(v) FROM small))",
         "SELECT v FROM big WHERE k = (SELECT k FROM small WHERE v = 100)",
         "SELECT count(*) FROM big",
+        "SELECT k, min(5) OVER (PARTITION BY k) AS m FROM big WHERE k = 3",
+        "SELECT k, v, rank() OVER (PARTITION BY k ORDER BY v DESC) AS r FROM big WHERE k IN (1, 2)",
+        "SELECT lag(k) OVER (ORDER BY k DESC, v) AS l, max(v) OVER (PARTITION BY k) AS m FROM big",
     ];
 
     #[tokio::test]

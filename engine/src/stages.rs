@@ -181,23 +181,33 @@ impl StagePlanner {
         if let Some(exchange) = plan.downcast_ref::<RepartitionExec>() {
             let input = Arc::clone(exchange.input());
             let partitioning = exchange.partitioning().clone();
-            let ordering = exchange
-                .preserve_order()
+            let maps = input.output_partitioning().partition_count();
+            let ordering = (exchange.preserve_order() && maps > 1)
                 .then(|| input.output_ordering().cloned())
                 .flatten();
-            let maps = input.output_partitioning().partition_count();
             let stage = self.map_stage(
                 input,
                 ShuffleOutput::Repartition(partitioning.clone()),
                 stages,
             )?;
-            let schema = plan.schema();
+            // One map task's rows reach each reducer in the order it wrote
+            // them, as the exchange promised; rows from many map tasks keep
+            // no order, but a column the input held constant is still
+            // constant, and operators above (a window partitioned by it)
+            // count on that.
+            let eq_properties = if maps <= 1 {
+                plan.equivalence_properties().clone()
+            } else {
+                let mut eq_properties = EquivalenceProperties::new(plan.schema());
+                eq_properties.add_constants(plan.equivalence_properties().constants())?;
+                eq_properties
+            };
             let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
                 stage,
                 maps,
                 ReadMode::AllMaps,
                 partitioning,
-                EquivalenceProperties::new(schema),
+                eq_properties,
             ));
             // An order-preserving exchange promised sorted partitions; blocks
             // from many map tasks are not, so sort them again.
