@@ -204,6 +204,13 @@ const REGRESSION_SEEDS: &[(u64, usize, &str, usize)] = &[
     // lag(k) OVER (ORDER BY ...), max(-1) OVER (PARTITION BY k), even on an
     // empty table: "All partition by columns should have an ordering"
     (26, 5, "local[2]", 2),
+    // row_number() OVER (PARTITION BY a1.c0 ...), rank() OVER (PARTITION BY
+    // a2.k ...) over a1 JOIN a2 ON a1.k = a2.k: the shuffle reader forgot
+    // that the join made a1.k and a2.k equal, so a sort on one did not
+    // order the other (found by the long campaign)
+    (10, 19, "local[2]", 2),
+    (147, 4, "local", 3),
+    (221, 1, "local[3]", 7),
 ];
 
 #[actix::test]

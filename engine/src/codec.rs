@@ -262,9 +262,37 @@ impl Encoder<'_> {
                 })
             })
             .collect::<DfResult<Vec<_>>>()?;
+        // Columns known equal (a join's keys) travel too: a sort on one
+        // orders the other for the operators above. Each class is a
+        // one-collection scan node in one of the container's byte fields.
+        let equal_columns = eq_properties
+            .eq_group()
+            .iter()
+            .filter(|class| class.len() > 1)
+            .map(|class| {
+                let node = protobuf::PhysicalPlanNode {
+                    physical_plan_type: Some(PhysicalPlanType::MemoryScan(
+                        protobuf::MemoryScanExecNode {
+                            sort_information: vec![protobuf::PhysicalSortExprNodeCollection {
+                                physical_sort_expr_nodes: serialize_physical_sort_exprs(
+                                    class.iter().cloned().map(PhysicalSortExpr::new_default),
+                                    self.codec,
+                                    self.converter,
+                                )?,
+                            }],
+                            ..Default::default()
+                        },
+                    )),
+                };
+                let mut bytes = Vec::new();
+                node.try_encode(&mut bytes)?;
+                Ok(bytes)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
         let rows = protobuf::MemoryScanExecNode {
             schema: Some(eq_properties.schema().as_ref().try_into()?),
             sort_information,
+            partitions: equal_columns,
             ..Default::default()
         };
         self.container(&properties.partitioning, Some(rows))?
@@ -419,7 +447,31 @@ impl Decoder<'_> {
             })
             .collect::<DfResult<Vec<Vec<PhysicalSortExpr>>>>()?;
         let partitioning = self.partitioning(&container, &schema)?;
-        let eq_properties = EquivalenceProperties::new_with_orderings(schema, orderings);
+        let mut eq_properties =
+            EquivalenceProperties::new_with_orderings(Arc::clone(&schema), orderings);
+        for class in &rows.partitions {
+            let Some(PhysicalPlanType::MemoryScan(node)) =
+                protobuf::PhysicalPlanNode::try_decode(class)?.physical_plan_type
+            else {
+                return Err(malformed("a class of equal columns is unreadable".into()).into());
+            };
+            for collection in &node.sort_information {
+                let exprs = parse_physical_sort_exprs(
+                    &collection.physical_sort_expr_nodes,
+                    self.ctx,
+                    &schema,
+                    self.converter,
+                )?;
+                if let Some((first, rest)) = exprs.split_first() {
+                    for other in rest {
+                        eq_properties.add_equal_conditions(
+                            Arc::clone(&first.expr),
+                            Arc::clone(&other.expr),
+                        )?;
+                    }
+                }
+            }
+        }
         Ok(Arc::new(ShuffleReaderExec::new(
             stage,
             map_partitions,
@@ -714,6 +766,18 @@ mod tests {
                    FROM (SELECT value % 5 AS k FROM generate_series(1, 100)) WHERE k = 3";
         let rows = shipped_rows(&ctx, sql).await;
         assert_eq!(rows.matches("| 3 | 5 |").count(), 20, "{rows}");
+    }
+
+    #[tokio::test]
+    async fn a_window_partitioned_by_a_join_key_runs_after_a_round_trip() {
+        let ctx = driver_with_views().await;
+        let sql = "SELECT count(*) AS n FROM (SELECT row_number() OVER \
+                   (PARTITION BY a.country ORDER BY a.video_id, b.user_id) AS r, \
+                   rank() OVER (PARTITION BY b.video_id ORDER BY a.video_id, a.country, b.user_id DESC) AS k \
+                   FROM views a JOIN views b ON a.video_id = b.video_id AND a.user_id = b.user_id)";
+        let shipped = shipped_rows(&ctx, sql).await;
+        let local = pretty(&run(&ctx, &graph(&ctx, sql).await).await);
+        assert_eq!(shipped, local);
     }
 
     #[tokio::test]

@@ -329,6 +329,9 @@ mod tests {
         "SELECT k, min(5) OVER (PARTITION BY k) AS m FROM big WHERE k = 3",
         "SELECT k, v, rank() OVER (PARTITION BY k ORDER BY v DESC) AS r FROM big WHERE k IN (1, 2)",
         "SELECT lag(k) OVER (ORDER BY k DESC, v) AS l, max(v) OVER (PARTITION BY k) AS m FROM big",
+        "SELECT row_number() OVER (PARTITION BY a.v ORDER BY a.k, b.v) AS n, \
+         rank() OVER (PARTITION BY b.k ORDER BY a.k, a.v, b.v DESC) AS r \
+         FROM big a JOIN big b ON a.k = b.k",
     ];
 
     #[tokio::test]

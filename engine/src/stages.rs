@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
-use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -192,16 +191,13 @@ impl StagePlanner {
             )?;
             // One map task's rows reach each reducer in the order it wrote
             // them, as the exchange promised; rows from many map tasks keep
-            // no order, but a column the input held constant is still
-            // constant, and operators above (a window partitioned by it)
-            // count on that.
-            let eq_properties = if maps <= 1 {
-                plan.equivalence_properties().clone()
-            } else {
-                let mut eq_properties = EquivalenceProperties::new(plan.schema());
-                eq_properties.add_constants(plan.equivalence_properties().constants())?;
-                eq_properties
-            };
+            // no order, but columns the input held constant or equal (a
+            // join's keys) still are, and operators above (a window
+            // partitioned by one of them) count on that.
+            let mut eq_properties = plan.equivalence_properties().clone();
+            if maps > 1 {
+                eq_properties.clear_orderings();
+            }
             let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
                 stage,
                 maps,
