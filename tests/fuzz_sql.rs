@@ -211,6 +211,11 @@ const REGRESSION_SEEDS: &[(u64, usize, &str, usize)] = &[
     (10, 19, "local[2]", 2),
     (147, 4, "local", 3),
     (221, 1, "local[3]", 7),
+    // GROUP BY GROUPING SETS ((a1.k), (d3.o1), ()) with d3.o1 a literal: a
+    // reader claiming the column constant (DataFusion's claim, false once a
+    // grouping set nulls it) made the final aggregate stream its groups and
+    // emit one twice
+    (340, 17, "local[2]", 7),
 ];
 
 #[actix::test]

@@ -16,6 +16,9 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, displayable, replace_children_if_necessary,
 };
 
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_optimizer::enforce_sorting::{PlanWithCorrespondingSort, ensure_sorting};
+
 use crate::distribute::{Distribution, distribute, one_partition};
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
 
@@ -126,7 +129,7 @@ impl StagePlanner {
         match distribute(plan)? {
             Distribution::Split(plan) => {
                 let mut stages = Vec::new();
-                let root = self.cut(plan, &mut stages)?;
+                let root = with_required_sorts(self.cut(plan, &mut stages)?)?;
                 let id = self.new_stage_id();
                 stages.push(Stage {
                     id,
@@ -190,14 +193,17 @@ impl StagePlanner {
                 stages,
             )?;
             // One map task's rows reach each reducer in the order it wrote
-            // them, as the exchange promised; rows from many map tasks keep
-            // no order, but columns the input held constant or equal (a
-            // join's keys) still are, and operators above (a window
-            // partitioned by one of them) count on that.
-            let mut eq_properties = plan.equivalence_properties().clone();
-            if maps > 1 {
-                eq_properties.clear_orderings();
-            }
+            // them, as the exchange promised. Rows from many map tasks are
+            // claimed to be nothing in particular: DataFusion's own claims
+            // are not all true once partitions mix (a grouping set nulls a
+            // column its input held constant), and operators above rebuilt
+            // over a false claim give wrong rows. Where they needed an
+            // order the exchange gave for free, `with_required_sorts` sorts.
+            let eq_properties = if maps <= 1 {
+                plan.equivalence_properties().clone()
+            } else {
+                EquivalenceProperties::new(plan.schema())
+            };
             let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
                 stage,
                 maps,
@@ -248,6 +254,7 @@ impl StagePlanner {
     ) -> Result<StageId> {
         let id = self.new_stage_id();
         let parents = parents_of(&input)?;
+        let input = with_required_sorts(input)?;
         let plan: Arc<dyn ExecutionPlan> = Arc::new(ShuffleWriterExec::new(input, id, output));
         stages.push(Stage {
             id,
@@ -257,6 +264,17 @@ impl StagePlanner {
         });
         Ok(id)
     }
+}
+
+/// `plan` with a sort wherever an operator needs an order its input no
+/// longer has: DataFusion planned some operators (a window partitioned by a
+/// column a filter held constant or a join made equal to a sorted one) to
+/// rely on what an exchange kept, which a shuffle reader does not claim.
+fn with_required_sorts(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(PlanWithCorrespondingSort::new_default(plan)
+        .transform_up(ensure_sorting)?
+        .data
+        .plan)
 }
 
 /// The stages whose shuffle output `plan` reads.
