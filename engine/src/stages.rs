@@ -16,8 +16,9 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, displayable, replace_children_if_necessary,
 };
 
+use datafusion::common::tree_node::Transformed;
 use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_optimizer::enforce_sorting::{PlanWithCorrespondingSort, ensure_sorting};
+use datafusion::physical_expr::LexOrdering;
 
 use crate::distribute::{Distribution, distribute, one_partition};
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
@@ -270,11 +271,41 @@ impl StagePlanner {
 /// longer has: DataFusion planned some operators (a window partitioned by a
 /// column a filter held constant or a join made equal to a sorted one) to
 /// rely on what an exchange kept, which a shuffle reader does not claim.
+/// Sorts are only added, never taken away.
 fn with_required_sorts(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    Ok(PlanWithCorrespondingSort::new_default(plan)
-        .transform_up(ensure_sorting)?
-        .data
-        .plan)
+    plan.transform_up(|node| {
+        let mut changed = false;
+        let mut children = Vec::new();
+        for (child, required) in node
+            .children()
+            .into_iter()
+            .zip(node.required_input_ordering())
+        {
+            let child = Arc::clone(child);
+            let Some(required) = required else {
+                children.push(child);
+                continue;
+            };
+            let required = required.into_single();
+            if child
+                .equivalence_properties()
+                .ordering_satisfy_requirement(required.clone())?
+            {
+                children.push(child);
+                continue;
+            }
+            let sort =
+                SortExec::new(LexOrdering::from(required), child).with_preserve_partitioning(true);
+            children.push(Arc::new(sort));
+            changed = true;
+        }
+        Ok(if changed {
+            Transformed::yes(replace_children_if_necessary(node, children)?)
+        } else {
+            Transformed::no(node)
+        })
+    })
+    .map(|t| t.data)
 }
 
 /// The stages whose shuffle output `plan` reads.
