@@ -6,8 +6,9 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
+use datafusion::physical_expr::{EquivalenceProperties, LexOrdering};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -15,10 +16,6 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, displayable, replace_children_if_necessary,
 };
-
-use datafusion::common::tree_node::Transformed;
-use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_expr::LexOrdering;
 
 use crate::distribute::{Distribution, distribute, one_partition};
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};

@@ -79,9 +79,3 @@ pub fn lift_scalar_subqueries(
         .data;
     Ok((plan, lifted))
 }
-
-/// Whether `plan` still holds a scalar subquery to run.
-pub fn has_scalar_subqueries(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.exists(|node| Ok(node.downcast_ref::<ScalarSubqueryExec>().is_some()))
-        .unwrap_or(true)
-}
