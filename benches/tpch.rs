@@ -10,6 +10,8 @@
 //!   two one-core workers (`--total-executor-cores 2`), start to exit; the
 //!   bench waits for every core to be free before each submission.
 //!
+//! The baseline runs on mimalloc, as `ember` does.
+//!
 //! Every Ember answer is checked against DataFusion's (as multisets, floats
 //! within 1e-6). The report has one line per query (medians, ratios to
 //! DataFusion, right or wrong) and the totals, over the queries each mode
@@ -29,6 +31,11 @@ use std::time::{Duration, Instant};
 
 use ember::loopback::LoopbackCluster;
 use ember::tpch::{self, Answer, QUERIES};
+
+// The baseline runs on the allocator the `ember` binary uses, so the ratios
+// compare engines, not allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn ember() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
