@@ -30,6 +30,13 @@ pub fn planning_config(partitions: usize) -> SessionConfig {
         .options_mut()
         .optimizer
         .enable_aggregate_dynamic_filter_pushdown = false;
+    // Spark's autoBroadcastJoinThreshold: a join side estimated under 10 MB
+    // is read whole by every task of the other side instead of shuffling
+    // both; across processes a shuffle costs far more than in one.
+    config
+        .options_mut()
+        .optimizer
+        .hash_join_single_partition_threshold = 10 * 1024 * 1024;
     // Scan partitions otherwise share one queue of files and steal from each
     // other; tasks run apart, so each would read every file.
     config
