@@ -186,9 +186,15 @@ impl ClusterApp {
             .await;
         let _ = self.driver.send(StopDriver).await;
         let _ = self.endpoint.send(CloseEndpoint).await;
-        // Let the stop messages reach the executors before the connections
-        // close (they would notice the close as well, a moment later).
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The driver tells its executors it stopped as it goes; let those
+        // notices leave before the connections close (the executors would
+        // notice the close as well, a moment later, as a lost driver).
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+        while self.driver.connected() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.node.flush(Duration::from_millis(20)).await;
         self.node.close(Duration::from_millis(100)).await;
     }
 }

@@ -201,7 +201,7 @@ impl LocalCluster {
                 all_gone = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.shutdown();
         all_gone

@@ -81,6 +81,11 @@ impl Peer {
             .close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
 
+    /// Bytes queued for the control stream and not yet handed to QUIC.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
     }

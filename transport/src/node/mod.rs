@@ -491,6 +491,24 @@ impl Node {
         }
     }
 
+    /// Waits (up to `limit`) until every message sent so far has left this
+    /// node's queues for QUIC; says whether they all did.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let pending = lock(&self.inner.peers)
+                .values()
+                .any(|p| p.is_open() && p.queued() > 0);
+            if !pending {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Closes every connection and waits (up to `limit`) until peers have
     /// been told, so a process that exits next is seen leaving at once
     /// rather than after the heartbeat timeout; then stops the network.
