@@ -20,7 +20,8 @@
 //!
 //! `cargo bench --bench tpch`; `EMBER_BENCH_SCALE` sets the scale factor
 //! (default 1), `EMBER_BENCH_RUNS` the runs of each query in each way
-//! (default 3, the median is reported).
+//! (default 3, the median is reported), `EMBER_BENCH_QUERIES` which queries
+//! (a comma-separated list of numbers; default all 22).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -195,8 +196,12 @@ fn main() {
         timed(command)
     };
 
+    // EMBER_BENCH_QUERIES=5,9,21 times just those.
+    let only: Vec<u32> = std::env::var("EMBER_BENCH_QUERIES")
+        .map(|v| v.split(',').filter_map(|q| q.trim().parse().ok()).collect())
+        .unwrap_or_default();
     let mut results = Vec::new();
-    for n in QUERIES {
+    for n in QUERIES.into_iter().filter(|n| only.is_empty() || only.contains(n)) {
         // The first DataFusion run is the warm-up (page cache) and the
         // reference answer; the timed runs follow, interleaved.
         let (_, expected) = datafusion(n);
