@@ -226,7 +226,7 @@ pub struct SubmitArgs {
     pub deploy_mode: DeployMode,
 
     /// Cores for a cluster-mode driver.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
     pub driver_cores: u32,
 
     /// Memory for a cluster-mode driver.
@@ -261,7 +261,7 @@ pub struct AppArgs {
     pub master: Master,
 
     /// Cores per executor (cluster masters).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
     pub executor_cores: u32,
 
     /// Memory per executor, as 512m or 2g (cluster masters).
@@ -269,11 +269,16 @@ pub struct AppArgs {
     pub executor_memory: String,
 
     /// Cores for all executors together [default: every free core].
-    #[arg(long, value_name = "N", conflicts_with = "num_executors")]
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "num_executors",
+        value_parser = at_least_one()
+    )]
     pub total_executor_cores: Option<u32>,
 
     /// Executors to ask for (each with --executor-cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
     pub num_executors: Option<u32>,
 
     /// Client mode on a cluster: the host executors reach this driver at
@@ -296,6 +301,12 @@ pub struct AppArgs {
     /// A configuration property (repeatable); see `ember config --list`.
     #[arg(long = "conf", short = 'c', value_name = "KEY=VALUE")]
     pub conf: Vec<String>,
+}
+
+/// Cores and executors are counted from one: a request for none could
+/// never start, so it is refused before anything is sent.
+fn at_least_one() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
 }
 
 impl AppArgs {

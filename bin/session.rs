@@ -15,7 +15,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
-use ember_actors::config::{EXECUTOR_WAIT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
+use ember_actors::config::{
+    EXECUTOR_WAIT, NO_EXECUTOR_TIMEOUT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES,
+};
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
@@ -49,6 +51,16 @@ pub enum SessionError {
     Start(#[from] std::io::Error),
     #[error("{0}")]
     Cluster(String),
+    #[error(
+        "application {app} got no executors within {waited:?}: {why}; ask for fewer cores or \
+         less memory per executor, add workers, or wait longer with \
+         --conf ember.scheduler.noExecutorTimeout=10m"
+    )]
+    NoExecutors {
+        app: String,
+        waited: Duration,
+        why: String,
+    },
 }
 
 /// How to start a session.
@@ -199,8 +211,20 @@ impl Session {
             .get_or_default(EXECUTOR_WAIT)
             .and_then(ember_actors::config::parse_duration)
             .unwrap_or(Duration::from_secs(30));
+        let give_up = options
+            .conf
+            .get_or_default(NO_EXECUTOR_TIMEOUT)
+            .and_then(ember_actors::config::parse_duration)
+            .unwrap_or(Duration::from_secs(60));
         let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
-        let slots = wait_for_slots(&app, wanted, wait).await?;
+        let slots = match wait_for_slots(&app, wanted, wait, give_up).await {
+            Ok(slots) => slots,
+            Err(e) => {
+                // Leave no application behind waiting for executors.
+                app.stop(Some(e.to_string())).await;
+                return Err(e);
+            }
+        };
         let config = session_config(&options.conf, slots.max(1))?;
         Ok(Self {
             ctx: SessionContext::new_with_config(config),
@@ -429,12 +453,13 @@ fn session_config(
 }
 
 /// Waits until the executors hold `wanted` task slots, or `wait` has
-/// passed with at least one; without any, waits on, saying why, unless the
-/// driver stops meanwhile (the application was killed).
+/// passed with at least one; without any, waits on, saying why, until
+/// `give_up` has passed or the driver stops (the application was killed).
 async fn wait_for_slots(
     app: &ClusterApp,
     wanted: usize,
     wait: Duration,
+    give_up: Duration,
 ) -> Result<usize, SessionError> {
     let started = tokio::time::Instant::now();
     let mut next_notice = started + Duration::from_secs(5);
@@ -444,6 +469,17 @@ async fn wait_for_slots(
         })?;
         if slots >= wanted || (slots > 0 && started.elapsed() >= wait) {
             return Ok(slots);
+        }
+        if slots == 0 && started.elapsed() >= give_up {
+            let why = app
+                .waiting_reason()
+                .await
+                .unwrap_or_else(|| "no reason given".into());
+            return Err(SessionError::NoExecutors {
+                app: app.id().to_string(),
+                waited: give_up,
+                why,
+            });
         }
         if tokio::time::Instant::now() >= next_notice {
             let why = app

@@ -452,6 +452,94 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         "a client killed while waiting for executors must exit, failed: {ended:?}"
     );
 
+    // Asking for nothing is refused before anything reaches the cluster.
+    let apps_before = cluster.status()["applications"]
+        .as_array()
+        .map_or(0, Vec::len);
+    for zero in [
+        ["--total-executor-cores", "0"],
+        ["--num-executors", "0"],
+        ["--driver-cores", "0"],
+        ["--executor-cores", "0"],
+    ] {
+        let out = cluster
+            .ember(&["submit"])
+            .args(zero)
+            .arg(&quick)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{zero:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(&format!("invalid value '0' for '{} <N>'", zero[0])),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let apps_after = cluster.status()["applications"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        apps_before, apps_after,
+        "a refused request registered an application"
+    );
+
+    // A request no worker can satisfy fails once its bound has passed,
+    // saying why, and leaves nothing waiting on the cluster.
+    let mut never = cluster
+        .ember(&[
+            "submit",
+            "--executor-cores",
+            "4",
+            "--name",
+            "never-fits",
+            "--conf",
+            "ember.scheduler.noExecutorTimeout=2s",
+        ])
+        .arg(&quick)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut ended = None;
+    while ended.is_none() && start.elapsed() < Duration::from_secs(20) {
+        ended = never.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if ended.is_none() {
+        let _ = never.kill();
+        let _ = never.wait();
+        panic!("a request no worker can satisfy still waits after 20 s");
+    }
+    assert!(!ended.unwrap().success());
+    let mut out = String::new();
+    never
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let out = std::process::Output {
+        status: ended.unwrap(),
+        stdout: Vec::new(),
+        stderr: out.into_bytes(),
+    };
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("got no executors within 2s") && err.contains("needs 4 cores"),
+        "{err}"
+    );
+    cluster.wait_for(
+        "the unsatisfiable application to end",
+        Duration::from_secs(10),
+        |s| loopback::app(s, "never-fits").is_some_and(|a| a["state"] != "WAITING"),
+    );
+
     // A worker holding a client's certificate is refused at once.
     let out = Command::new(ember())
         .args([

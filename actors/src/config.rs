@@ -133,7 +133,7 @@ pub const KEYS: &[ConfigKey] = &[
         name: NO_EXECUTOR_TIMEOUT,
         kind: ValueKind::Duration,
         default: "60s",
-        doc: "How long a running job waits for a replacement once every executor is gone, before it fails.",
+        doc: "How long an application without executors waits for one before it fails: at start (say, when no worker can host the executors asked for) and when every executor is gone mid-job.",
     },
     ConfigKey {
         name: MAX_EXECUTOR_RETRIES,
