@@ -506,29 +506,19 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    let mut ended = None;
-    while ended.is_none() && start.elapsed() < Duration::from_secs(20) {
-        ended = never.try_wait().unwrap();
+    while never.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = never.kill();
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if ended.is_none() {
-        let _ = never.kill();
-        let _ = never.wait();
-        panic!("a request no worker can satisfy still waits after 20 s");
-    }
-    assert!(!ended.unwrap().success());
-    let mut out = String::new();
-    never
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let out = std::process::Output {
-        status: ended.unwrap(),
-        stdout: Vec::new(),
-        stderr: out.into_bytes(),
-    };
+    let out = never.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() <= Duration::from_secs(20),
+        "a request no worker can satisfy still waits after 20 s"
+    );
+    assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
         err.contains("got no executors within 2s") && err.contains("needs 4 cores"),
