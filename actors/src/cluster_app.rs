@@ -97,6 +97,7 @@ impl ClusterApp {
             endpoint: Some(endpoint),
         };
         let me = spec.contact.actor(crate::remote::wire::DRIVER);
+        let cluster_lost_timeout = spec.scheduler.cluster_lost_timeout;
         let driver = Driver::new(me, spec.scheduler, spec.listener, Box::new(launcher)).start();
         let endpoint = started
             .await
@@ -119,6 +120,8 @@ impl ClusterApp {
             registration: None,
             manager_mailbox: None,
             finished: false,
+            lost_since: None,
+            cluster_lost_timeout,
         }
         .start();
         let id = client
@@ -255,6 +258,10 @@ struct AppClient {
     manager_mailbox: Option<Mailbox<FromApp>>,
     /// Set once the application ends: losing the manager then is expected.
     finished: bool,
+    /// When the manager was lost, while it is away.
+    lost_since: Option<std::time::Instant>,
+    /// Cut off from the manager and every executor this long, give up.
+    cluster_lost_timeout: Duration,
 }
 
 impl Actor for AppClient {
@@ -333,7 +340,10 @@ impl Handler<RegisterApp> for AppClient {
                 let id = mailbox
                     .ask(message, MANAGER_TIMEOUT)
                     .await
-                    .map_err(|e| ClusterAppError::Refused(e.to_string()))?
+                    .map_err(|e| ClusterAppError::Unreachable {
+                        addr: manager.addr,
+                        why: e.to_string(),
+                    })?
                     .map_err(ClusterAppError::Refused)?;
                 Ok((id, mailbox))
             }
@@ -413,6 +423,8 @@ impl Handler<PeerDown> for AppClient {
         {
             tracing::warn!(reason = %msg.reason, "lost the cluster manager; executors keep running");
             self.manager_mailbox = None;
+            self.lost_since.get_or_insert_with(std::time::Instant::now);
+            ctx.notify_later(CheckCutOff, self.cluster_lost_timeout);
             ctx.notify_later(Reregister, Duration::from_millis(500));
         }
     }
@@ -422,7 +434,7 @@ impl Handler<Reregister> for AppClient {
     type Result = ();
 
     fn handle(&mut self, _msg: Reregister, ctx: &mut Context<Self>) {
-        if self.manager_mailbox.is_some() {
+        if self.manager_mailbox.is_some() || self.finished {
             return;
         }
         let me = ctx.address();
@@ -430,8 +442,14 @@ impl Handler<Reregister> for AppClient {
             async move {
                 match me.send(RegisterApp).await {
                     Ok(Ok(id)) => {
-                        tracing::info!(app = %id, "registered again with the cluster manager")
+                        tracing::info!(app = %id, "registered again with the cluster manager");
+                        me.do_send(GiveUp(None));
                     }
+                    // The manager answered no: the application ended while
+                    // this driver was away; it must not come back as another.
+                    Ok(Err(ClusterAppError::Refused(why))) => me.do_send(GiveUp(Some(format!(
+                        "the cluster manager no longer runs this application: {why}"
+                    )))),
                     _ => {
                         tracing::debug!("cluster manager still away");
                         me.do_send(RetryLater);
@@ -440,6 +458,89 @@ impl Handler<Reregister> for AppClient {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Is the driver still cut off from the manager, and from every executor?
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckCutOff;
+
+impl Handler<CheckCutOff> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckCutOff, ctx: &mut Context<Self>) {
+        let Some(since) = self.lost_since else {
+            return;
+        };
+        if self.finished {
+            return;
+        }
+        let bound = self.cluster_lost_timeout;
+        // A check left from an earlier loss comes too soon for this one.
+        if since.elapsed() < bound {
+            ctx.notify_later(CheckCutOff, bound - since.elapsed());
+            return;
+        }
+        let me = ctx.address();
+        let driver = self.driver.clone();
+        ctx.spawn(
+            async move {
+                let executors = driver
+                    .send(ListExecutors::ACTIVE)
+                    .await
+                    .map_or(0, |e| e.len());
+                if executors == 0 {
+                    me.do_send(GiveUp(Some(format!(
+                        "cut off from the cluster manager and every executor for {:.1?} \
+                         (ember.app.clusterLostTimeout is {bound:?})",
+                        since.elapsed()
+                    ))));
+                } else {
+                    // Executors keep the job going; look again soon.
+                    let _ = me.send(CheckLater).await;
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckLater;
+
+impl Handler<CheckLater> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckLater, ctx: &mut Context<Self>) {
+        ctx.notify_later(CheckCutOff, Duration::from_millis(500));
+    }
+}
+
+/// Back with the manager (`None`), or the application cannot go on and
+/// its jobs fail with this reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct GiveUp(Option<String>);
+
+impl Handler<GiveUp> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: GiveUp, _ctx: &mut Context<Self>) {
+        let Some(why) = msg.0 else {
+            self.lost_since = None;
+            return;
+        };
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        tracing::error!(%why, "giving the application up");
+        self.driver.do_send(CancelJobs {
+            reason: format!("the application cannot go on: {why}"),
+        });
+        self.driver.do_send(StopDriver);
     }
 }
 

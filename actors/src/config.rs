@@ -45,6 +45,7 @@ pub const RECOVERY_TIMEOUT: &str = "ember.deploy.recoveryTimeout";
 pub const EXECUTOR_WAIT: &str = "ember.scheduler.maxRegisteredResourcesWaitingTime";
 pub const STAGE_MAX_ATTEMPTS: &str = "ember.stage.maxConsecutiveAttempts";
 pub const NO_EXECUTOR_TIMEOUT: &str = "ember.scheduler.noExecutorTimeout";
+pub const CLUSTER_LOST_TIMEOUT: &str = "ember.app.clusterLostTimeout";
 pub const MAX_EXECUTOR_RETRIES: &str = "ember.deploy.maxExecutorRetries";
 pub const SPECULATION: &str = "ember.speculation";
 pub const SPECULATION_MULTIPLIER: &str = "ember.speculation.multiplier";
@@ -134,6 +135,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Duration,
         default: "60s",
         doc: "How long an application without executors waits for one before it fails: at start (say, when no worker can host the executors asked for) and when every executor is gone mid-job.",
+    },
+    ConfigKey {
+        name: CLUSTER_LOST_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "10s",
+        doc: "A client-mode driver cut off from both the cluster manager and every executor for this long fails its jobs and ends; its application never comes back as another one.",
     },
     ConfigKey {
         name: MAX_EXECUTOR_RETRIES,
@@ -383,6 +390,7 @@ impl EmberConf {
             max_stage_attempts: whole(STAGE_MAX_ATTEMPTS),
             shuffle_outlives_executors: false,
             no_executor_timeout: duration(NO_EXECUTOR_TIMEOUT, Duration::from_secs(60)),
+            cluster_lost_timeout: duration(CLUSTER_LOST_TIMEOUT, Duration::from_secs(10)),
             speculation,
         }
     }

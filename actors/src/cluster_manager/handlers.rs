@@ -85,11 +85,30 @@ impl Handler<FromApp> for ClusterManager {
                     .node
                     .mailbox::<ToApp>(&client)
                     .map_err(|e| e.to_string())?;
-                let returning = existing.filter(|id| {
-                    self.apps
-                        .get(id)
-                        .is_some_and(|a| a.record.secret == secret && a.record.ended.is_none())
-                });
+                // A driver that was away comes back as the application it
+                // was, or not at all: once the application has ended (its
+                // executors are gone), it is never started again as another.
+                if let Some(id) = &existing {
+                    match self.apps.get(id) {
+                        Some(a) if a.record.secret != secret => {
+                            return Err(format!("application {id} belongs to another driver"));
+                        }
+                        Some(a) if a.record.ended.is_some() => {
+                            return Err(format!(
+                                "application {id} ended while its driver was away ({}: {})",
+                                a.record.state,
+                                a.record.reason.as_deref().unwrap_or("no reason given")
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            return Err(format!(
+                                "application {id} is unknown to this cluster manager"
+                            ));
+                        }
+                    }
+                }
+                let returning = existing;
                 let id = match returning {
                     Some(id) => {
                         tracing::info!(app = %id, "application's driver is back");

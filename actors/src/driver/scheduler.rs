@@ -48,6 +48,9 @@ pub struct SchedulerConfig {
     pub shuffle_outlives_executors: bool,
     /// How long a job waits for an executor once it has none.
     pub no_executor_timeout: Duration,
+    /// How long a client-mode driver cut off from both its cluster manager
+    /// and every executor waits before it gives up.
+    pub cluster_lost_timeout: Duration,
     /// Speculative execution, when on.
     pub speculation: Option<Speculation>,
 }
@@ -59,6 +62,7 @@ impl Default for SchedulerConfig {
             max_stage_attempts: 4,
             shuffle_outlives_executors: false,
             no_executor_timeout: Duration::from_secs(60),
+            cluster_lost_timeout: Duration::from_secs(10),
             speculation: None,
         }
     }
