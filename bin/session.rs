@@ -24,7 +24,7 @@ use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
 use ember_engine::subquery::lift_scalar_subqueries;
-use ember_engine::{StageGraph, StagePlanner, TaskAttempt, stage_file_output};
+use ember_engine::{Committed, StageGraph, StagePlanner, TaskAttempt, stage_file_output};
 use ember_transport::Node;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -118,6 +118,9 @@ pub struct Session {
     ctx: SessionContext,
     planner: StagePlanner,
     backend: Backend,
+    /// File outputs committed so far: a statement's place among them names
+    /// its output the same way in every attempt of a submission.
+    file_outputs: usize,
 }
 
 impl Session {
@@ -149,6 +152,7 @@ impl Session {
             ctx: SessionContext::new_with_config(config),
             planner: StagePlanner::new(),
             backend: Backend::Local(cluster),
+            file_outputs: 0,
         })
     }
 
@@ -230,7 +234,16 @@ impl Session {
             ctx: SessionContext::new_with_config(config),
             planner: StagePlanner::new(),
             backend: Backend::Cluster(app),
+            file_outputs: 0,
         })
+    }
+
+    /// The cluster-mode submission this session's driver runs, if any.
+    fn submission(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Cluster(app) => app.submission().map(ToString::to_string),
+            Backend::Local(_) => None,
+        }
     }
 
     /// The application's id on its cluster (none in local mode).
@@ -347,7 +360,18 @@ impl Session {
             Ok(output) => {
                 let attempts: Vec<TaskAttempt> =
                     output.committed.iter().map(|&id| id.into()).collect();
-                staged.commit(&attempts)?;
+                self.file_outputs += 1;
+                // A cluster-mode submission may run in more than one driver
+                // attempt; its output is committed by the first only.
+                match self.submission() {
+                    Some(submission) => {
+                        let claim = format!("{submission}.{}", self.file_outputs);
+                        if staged.commit_once(&attempts, &claim)? == Committed::Earlier {
+                            tracing::warn!(%claim, "an earlier attempt of this submission committed this output; it is not written again");
+                        }
+                    }
+                    None => staged.commit(&attempts)?,
+                }
                 Ok(StatementOutcome::Rows(output))
             }
             Err(e) => {

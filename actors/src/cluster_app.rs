@@ -81,6 +81,7 @@ pub struct ClusterApp {
     endpoint: Addr<DriverEndpoint>,
     client: Addr<AppClient>,
     id: AppId,
+    submission: Option<DriverId>,
 }
 
 impl ClusterApp {
@@ -135,7 +136,13 @@ impl ClusterApp {
             endpoint,
             client,
             id,
+            submission: spec.submission,
         })
+    }
+
+    /// The cluster-mode submission this driver runs, if it is one.
+    pub fn submission(&self) -> Option<&DriverId> {
+        self.submission.as_ref()
     }
 
     pub fn id(&self) -> &str {
@@ -484,13 +491,24 @@ impl Handler<CheckCutOff> for AppClient {
         }
         let me = ctx.address();
         let driver = self.driver.clone();
+        // A cluster-mode driver holds its submission only while the manager
+        // hears from it: past the bound the manager may start another
+        // attempt, so this one stops, executors or not.
+        let submission = self.application.submission.is_some();
         ctx.spawn(
             async move {
                 let executors = driver
                     .send(ListExecutors::ACTIVE)
                     .await
                     .map_or(0, |e| e.len());
-                if executors == 0 {
+                if submission {
+                    me.do_send(GiveUp(Some(format!(
+                        "this cluster-mode driver was cut off from the cluster manager for \
+                         {:.1?} (ember.app.clusterLostTimeout is {bound:?}); another attempt \
+                         may run in its place",
+                        since.elapsed()
+                    ))));
+                } else if executors == 0 {
                     me.do_send(GiveUp(Some(format!(
                         "cut off from the cluster manager and every executor for {:.1?} \
                          (ember.app.clusterLostTimeout is {bound:?})",

@@ -23,6 +23,16 @@ const STAGING_MARK: &str = ".ember-staging-";
 /// Written into a directory destination once every file is in place.
 const SUCCESS_MARKER: &str = "_SUCCESS";
 
+/// What [`StagedOutput::commit_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// This attempt's files are the output.
+    Now,
+    /// An earlier attempt of the same submission committed the output;
+    /// this one's files were dropped.
+    Earlier,
+}
+
 /// One attempt at one partition of one stage, as the scheduler numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskAttempt {
@@ -179,6 +189,50 @@ impl StagedOutput {
             staging: self.dir.clone(),
             source,
         }
+    }
+
+    /// [`commit`](Self::commit), at most once for `claim` (a submission and
+    /// the statement's place in it): the first attempt to claim the output
+    /// commits it; any later attempt of the same submission finds it done,
+    /// drops its own files and reports [`Committed::Earlier`]. A claim whose
+    /// commit never finished (its attempt died moving files) is an error
+    /// that names what is left, never a second copy.
+    pub fn commit_once(
+        self,
+        attempts: &[TaskAttempt],
+        claim: &str,
+    ) -> Result<Committed, EngineError> {
+        let parent = self.dir.parent().unwrap_or(Path::new("."));
+        let marker = parent.join(format!(
+            ".{}.ember-committed-{claim}",
+            self.name.to_string_lossy()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let state = std::fs::read_to_string(&marker).unwrap_or_default();
+                let staging = self.dir.clone();
+                self.abort()?;
+                if state.trim() == "committed" {
+                    return Ok(Committed::Earlier);
+                }
+                return Err(EngineError::CommitInDoubt { marker, staging });
+            }
+            Err(e) => return Err(self.commit_error(&marker, e)),
+        }
+        let destination = self.destination.clone();
+        self.commit(attempts)?;
+        std::fs::write(&marker, "committed\n").map_err(|source| EngineError::Commit {
+            destination,
+            path: marker.clone(),
+            staging: marker.clone(),
+            source,
+        })?;
+        Ok(Committed::Now)
     }
 
     /// Drops every attempt's files; the destination is left as it was.
@@ -401,6 +455,49 @@ mod tests {
             vec!["out"],
             "the staging directory is gone"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_claimed_output_is_committed_once_whatever_runs_it_again() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let out = tmp.path().join("out");
+        let ctx = SessionContext::new();
+        let sql = format!("COPY (VALUES (1),(2)) TO '{}' STORED AS CSV", out.display());
+        // Two attempts of one submission, each a whole run of the statement.
+        let (first_plan, first) = stage_file_output(physical(&ctx, &sql).await?)?;
+        let (second_plan, second) = stage_file_output(physical(&ctx, &sql).await?)?;
+        run(&ctx, &first_plan, attempt(0)).await?;
+        run(&ctx, &second_plan, attempt(0)).await?;
+        assert_eq!(
+            first.commit_once(&[attempt(0)], "driver-1.0")?,
+            Committed::Now
+        );
+        assert_eq!(
+            second.commit_once(&[attempt(0)], "driver-1.0")?,
+            Committed::Earlier
+        );
+        assert_eq!(csv_rows(&out), vec!["1", "2"], "one copy of the rows");
+        assert!(
+            names_in(tmp.path()).iter().all(|n| !n.contains("staging")),
+            "{:?}",
+            names_in(tmp.path())
+        );
+        // Another submission (the job run again tomorrow) commits its own.
+        let (plan, again) = stage_file_output(physical(&ctx, &sql).await?)?;
+        run(&ctx, &plan, attempt(0)).await?;
+        assert_eq!(
+            again.commit_once(&[attempt(0)], "driver-2.0")?,
+            Committed::Now
+        );
+        assert_eq!(csv_rows(&out), vec!["1", "1", "2", "2"]);
+        // A claim left by an attempt that died while committing is refused.
+        std::fs::write(tmp.path().join(".out.ember-committed-driver-3.0"), "")?;
+        let (plan, doubt) = stage_file_output(physical(&ctx, &sql).await?)?;
+        run(&ctx, &plan, attempt(0)).await?;
+        let err = doubt.commit_once(&[attempt(0)], "driver-3.0").unwrap_err();
+        assert!(matches!(err, EngineError::CommitInDoubt { .. }), "{err}");
+        assert_eq!(csv_rows(&out).len(), 4);
         Ok(())
     }
 

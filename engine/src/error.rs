@@ -80,6 +80,14 @@ pub enum EngineError {
         staging: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another attempt of this submission claimed this output ({marker}) but never \
+         finished committing it: check the destination, then remove the marker to let \
+         the job commit again (this attempt's files were dropped from {staging})",
+        marker = marker.display(),
+        staging = staging.display()
+    )]
+    CommitInDoubt { marker: PathBuf, staging: PathBuf },
 }
 
 impl EngineError {

@@ -18,7 +18,7 @@ pub mod subquery;
 mod testing;
 
 pub use codec::{EmberCodec, decode_plan, encode_plan};
-pub use commit::{StagedOutput, TaskAttempt, isolate_attempt, stage_file_output};
+pub use commit::{Committed, StagedOutput, TaskAttempt, isolate_attempt, stage_file_output};
 pub use error::EngineError;
 pub use shuffle::{
     BlockFetcher, BlockStore, InMemoryBlockStore, MapOutputLocations, ShuffleBlockId, ShuffleEnv,
