@@ -154,6 +154,11 @@ impl LoopbackCluster {
         }
     }
 
+    /// The cluster manager's process id, while it runs.
+    pub fn manager_pid(&self) -> Option<u32> {
+        self.manager.as_ref().map(Child::id)
+    }
+
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|(_, w)| w.id()).collect()
     }

@@ -626,7 +626,8 @@ fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
     cluster.kill_worker(&first_home);
     assert!(wait_gone(&old_driver, Duration::from_secs(10)).is_some());
     assert!(wait_gone(&executors, Duration::from_secs(10)).is_some());
-    let status = cluster.wait_for("the driver to move", Duration::from_secs(20), |s| {
+    // Its lease runs out first (it might still run, cut off): 20 s.
+    let status = cluster.wait_for("the driver to move", Duration::from_secs(45), |s| {
         driver(s, &id).is_some_and(|d| {
             d["state"] == "RUNNING" && d["worker"] != first_home.as_str() && d["restarts"] == 1
         })
@@ -643,6 +644,67 @@ fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
         1,
         "one copy, on the other worker"
     );
+    let killed = cluster.run(&["kill", &id]);
+    assert!(killed.status.success());
+}
+
+/// Watches a supervised driver for `how_long`: never two processes of it,
+/// never relaunched.
+fn assert_one_driver_throughout(cluster: &Cluster, id: &str, how_long: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < how_long {
+        let running = processes("driver", id);
+        assert!(
+            running.len() <= 1,
+            "two copies of {id} at once: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = cluster.status();
+    let record = driver(&status, id).unwrap();
+    assert_eq!(record["restarts"], 0, "{record:#}");
+}
+
+#[test]
+fn pausing_the_manager_or_a_drivers_worker_never_runs_the_driver_twice() {
+    let cluster = Cluster::start();
+    let long = cluster.job("long.sql", LONG_JOB);
+    let id = cluster.submit_cluster_mode("paused", &long, true);
+    let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
+        driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
+            && loopback::app(s, "paused").is_some_and(|a| a["state"] == "RUNNING")
+    });
+    let home = driver(&status, &id).unwrap()["worker"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = processes("driver", &id);
+    assert_eq!(first.len(), 1);
+
+    // The manager stands still for 3 s (every peer declares it gone), then
+    // resumes: it must not take the workers' silence for their loss.
+    let manager = cluster.manager_pid().unwrap();
+    signal(manager, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(3));
+    signal(manager, libc::SIGCONT);
+    assert_one_driver_throughout(&cluster, &id, Duration::from_secs(5));
+    assert_eq!(processes("driver", &id), first, "the same driver runs on");
+
+    // The worker hosting the driver stands still for 4 s: the manager loses
+    // it, but the driver may still run there, so nothing runs in its place.
+    let worker = loopback::processes("worker", &home)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no worker process named {home}"));
+    signal(worker, libc::SIGSTOP);
+    assert_one_driver_throughout(&cluster, &id, Duration::from_secs(4));
+    signal(worker, libc::SIGCONT);
+    assert_one_driver_throughout(&cluster, &id, Duration::from_secs(4));
+    let status = cluster.wait_for("the worker back", Duration::from_secs(10), |s| {
+        driver(s, &id).is_some_and(|d| d["state"] == "RUNNING" && d["worker"] == home.as_str())
+    });
+    assert_eq!(driver(&status, &id).unwrap()["restarts"], 0);
+    assert_eq!(processes("driver", &id), first, "the same driver runs on");
     let killed = cluster.run(&["kill", &id]);
     assert!(killed.status.success());
 }

@@ -217,10 +217,24 @@ pub async fn reach_manager(
     host: &str,
 ) -> Result<NodeContact, ClusterAppError> {
     let unreachable = |why: String| ClusterAppError::Unreachable { addr, why };
-    let id = tokio::time::timeout(MANAGER_TIMEOUT, node.connect(addr, host))
-        .await
-        .map_err(|_| unreachable(format!("no answer within {MANAGER_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    // A manager restarting, or a lost first packet (QUIC gives a handshake
+    // only its idle timeout), is worth more tries within the bound.
+    let deadline = tokio::time::Instant::now() + MANAGER_TIMEOUT;
+    let id = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let why = match tokio::time::timeout(left, node.connect(addr, host)).await {
+            Ok(Ok(id)) => break id,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {MANAGER_TIMEOUT:?}"),
+        };
+        // A refusal (a certificate, say) is final; silence may not be.
+        let silent = why.contains("timed out") || why.contains("no answer");
+        if !silent || tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+            return Err(unreachable(why));
+        }
+        tracing::info!(%addr, %why, "cluster manager not reached yet; trying again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     Ok(NodeContact {
         node: id,
         addr,

@@ -25,6 +25,7 @@ impl Handler<FromWorker> for ClusterManager {
                 memory_mb,
                 drivers,
                 executors,
+                exited_drivers,
             } => {
                 let mailbox = self
                     .node
@@ -48,6 +49,7 @@ impl Handler<FromWorker> for ClusterManager {
                         memory_mb,
                         drivers,
                         executors,
+                        exited_drivers,
                     },
                     ctx,
                 );
@@ -113,6 +115,7 @@ impl Handler<FromApp> for ClusterManager {
                     Some(id) => {
                         tracing::info!(app = %id, "application's driver is back");
                         self.awaiting_drivers.remove(&id);
+                        self.away.remove(&id);
                         id
                     }
                     None => {
@@ -195,6 +198,7 @@ impl Handler<PeerDown> for ClusterManager {
     type Result = ();
 
     fn handle(&mut self, msg: PeerDown, ctx: &mut Context<Self>) {
+        self.check_own_clock(ctx);
         let worker = self
             .workers
             .iter()
@@ -225,12 +229,45 @@ impl Handler<PeerDown> for ClusterManager {
             if let Some(link) = self.apps.get_mut(&app) {
                 link.client = None;
             }
+            // Lost while this manager stood still: the driver most likely
+            // runs on and registers again in a moment.
+            if msg.reason != ExitReason::Normal && self.revalidating() {
+                tracing::info!(%app, reason = %msg.reason, "application's driver dropped while the manager stood still; waiting for it to register again");
+                self.away.insert(app);
+                return;
+            }
             let why = match &msg.reason {
                 ExitReason::Normal => None,
                 other => Some(format!("its driver is gone: {other}")),
             };
             tracing::info!(%app, reason = %msg.reason, "application's driver ended");
             self.step(Event::AppEnded { app, why }, ctx);
+        }
+    }
+}
+
+impl Handler<super::EndAway> for ClusterManager {
+    type Result = ();
+
+    fn handle(&mut self, _msg: super::EndAway, ctx: &mut Context<Self>) {
+        if self.revalidating() {
+            return;
+        }
+        for app in std::mem::take(&mut self.away) {
+            let back = self.apps.get(&app).is_some_and(|a| a.client.is_some());
+            if !back {
+                tracing::warn!(%app, "its driver did not register again after the manager stood still");
+                self.step(
+                    Event::AppEnded {
+                        app,
+                        why: Some(
+                            "its driver did not come back after the cluster manager stood still"
+                                .into(),
+                        ),
+                    },
+                    ctx,
+                );
+            }
         }
     }
 }

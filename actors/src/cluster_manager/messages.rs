@@ -34,6 +34,10 @@ pub enum FromWorker {
         memory_mb: u64,
         drivers: Vec<DriverId>,
         executors: Vec<RunningExecutor>,
+        /// Drivers that exited since the worker last registered, with their
+        /// exit codes (`None`: a signal): the manager may not have heard.
+        #[serde(default)]
+        exited_drivers: Vec<(DriverId, Option<i32>)>,
     },
     ExecutorExited {
         app: AppId,

@@ -61,8 +61,23 @@ pub struct ClusterManager {
     drivers: BTreeMap<DriverId, DriverRecord>,
     /// Applications loaded from the journal whose driver has not come back.
     awaiting_drivers: BTreeSet<AppId>,
+    /// Applications whose driver dropped while this manager stood still.
+    away: BTreeSet<AppId>,
     registrations: Vec<Registration>,
+    /// When the manager last saw its own clock tick: a long gap means the
+    /// process stood still (SIGSTOP, a suspended VM).
+    last_tick: std::time::Instant,
+    /// After standing still, drivers whose connection dropped meanwhile
+    /// get until then to register again before their applications end.
+    revalidate_until: Option<std::time::Instant>,
 }
+
+/// How often the manager checks that it has not stood still.
+const STALL_TICK: Duration = Duration::from_millis(100);
+/// A gap this long between ticks means the process stood still.
+const STALL: Duration = Duration::from_millis(500);
+/// How long, after standing still, peers get to come back.
+const REVALIDATE: Duration = Duration::from_secs(5);
 
 impl ClusterManager {
     pub fn new(spec: ClusterManagerSpec) -> Self {
@@ -77,7 +92,37 @@ impl ClusterManager {
             apps: BTreeMap::new(),
             drivers: BTreeMap::new(),
             awaiting_drivers: BTreeSet::new(),
+            away: BTreeSet::new(),
             registrations: Vec::new(),
+            last_tick: std::time::Instant::now(),
+            revalidate_until: None,
+        }
+    }
+
+    /// Whether the manager stood still recently and is still giving the
+    /// peers it lost meanwhile time to come back.
+    fn revalidating(&self) -> bool {
+        self.revalidate_until
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn watch_own_clock(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(STALL_TICK, |act, ctx| act.check_own_clock(ctx));
+    }
+
+    /// Notes a stall if the clock has not ticked for a while; called on
+    /// every tick and before acting on a lost peer, whichever comes first
+    /// after the process resumes.
+    pub(crate) fn check_own_clock(&mut self, ctx: &mut Context<Self>) {
+        let gap = self.last_tick.elapsed();
+        self.last_tick = std::time::Instant::now();
+        if gap >= STALL {
+            tracing::warn!(
+                stood_still = ?gap,
+                "the cluster manager stood still; drivers get {REVALIDATE:?} to register again before anything they run is ended"
+            );
+            self.revalidate_until = Some(self.last_tick + REVALIDATE);
+            ctx.notify_later(EndAway, REVALIDATE);
         }
     }
 
@@ -120,9 +165,16 @@ impl Actor for ClusterManager {
                 }
             }
         }
+        self.watch_own_clock(ctx);
         self.recover(ctx);
     }
 }
+
+/// The revalidation window after a stall is over: applications whose
+/// driver did not come back end now.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct EndAway;
 
 /// Now, as `ember status` prints times.
 pub fn timestamp() -> String {
@@ -161,6 +213,12 @@ pub fn driver_state_words(state: &DriverState) -> (&'static str, Option<String>)
         DriverState::Waiting(why) => ("SUBMITTED", Some(why.clone())),
         DriverState::Running { .. } => ("RUNNING", None),
         DriverState::Restarting { .. } => ("RELAUNCHING", None),
+        DriverState::Unreachable { worker, .. } => (
+            "UNKNOWN",
+            Some(format!(
+                "worker {worker} was lost; the driver may still run there"
+            )),
+        ),
         DriverState::Finished => ("FINISHED", None),
         DriverState::Failed(why) => ("FAILED", Some(why.clone())),
         DriverState::Killed => ("KILLED", None),

@@ -66,6 +66,14 @@ pub enum DriverState {
     Restarting {
         at_ms: u64,
     },
+    /// Its worker was lost: the driver may still run (the worker may be
+    /// stopped, or cut off from this manager only). Nothing runs in its
+    /// place before `until_ms`, by when a driver cut off from the manager
+    /// has stopped itself; a worker that comes back before says which.
+    Unreachable {
+        worker: WorkerId,
+        until_ms: u64,
+    },
     Finished,
     Failed(String),
     Killed,
@@ -99,6 +107,8 @@ pub enum Event {
         memory_mb: u64,
         drivers: Vec<DriverId>,
         executors: Vec<RunningExecutor>,
+        /// Drivers it saw exit since it last registered, with exit codes.
+        exited_drivers: Vec<(DriverId, Option<i32>)>,
     },
     WorkerLost {
         worker: WorkerId,
@@ -254,6 +264,10 @@ struct Driver {
 pub const MAX_EXECUTOR_FAILURES: u32 = 10;
 /// Restarts a supervised driver gets.
 pub const MAX_DRIVER_RESTARTS: u32 = 5;
+/// How long a driver whose worker was lost may still be running: twice the
+/// default `ember.app.clusterLostTimeout`, after which a cluster-mode driver
+/// cut off from its manager has stopped itself.
+pub const DRIVER_LEASE: Duration = Duration::from_secs(20);
 /// The first restart's delay; it doubles with each restart.
 pub const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -271,6 +285,8 @@ pub struct ClusterState {
     hold_until_ms: u64,
     /// Executors of an app that may exit in a row before it fails.
     max_executor_failures: u32,
+    /// How long a driver whose worker was lost may still be running.
+    driver_lease: Duration,
 }
 
 /// A worker as `ember status` shows it.
@@ -361,6 +377,7 @@ impl ClusterState {
         Self {
             placement,
             max_executor_failures: MAX_EXECUTOR_FAILURES,
+            driver_lease: DRIVER_LEASE,
             ..Self::default()
         }
     }
@@ -369,6 +386,14 @@ impl ClusterState {
     /// none left, before it fails (`ember.deploy.maxExecutorRetries`).
     pub fn with_max_executor_failures(mut self, max: u32) -> Self {
         self.max_executor_failures = max.max(1);
+        self
+    }
+
+    /// Sets how long a driver whose worker was lost may still be running:
+    /// twice the time a cluster-mode driver cut off from the manager takes
+    /// to stop itself (`ember.app.clusterLostTimeout`).
+    pub fn with_driver_lease(mut self, lease: Duration) -> Self {
+        self.driver_lease = lease;
         self
     }
 
@@ -410,15 +435,37 @@ impl ClusterState {
                 memory_mb,
                 drivers,
                 executors,
-            } => self.worker_registered(
-                now_ms,
-                worker,
-                cores,
-                memory_mb,
-                drivers,
-                executors,
-                &mut actions,
-            ),
+                exited_drivers,
+            } => {
+                // Exits the manager did not hear of settle those drivers
+                // first: an ended driver is never taken for a lost one.
+                for (driver, code) in exited_drivers {
+                    let on_this_worker = self.drivers.get(&driver).is_some_and(|d| {
+                        matches!(
+                            &d.state,
+                            DriverState::Running { worker: w } | DriverState::Unreachable { worker: w, .. }
+                                if *w == worker
+                        )
+                    });
+                    if on_this_worker && !drivers.contains(&driver) {
+                        if let Some(d) = self.drivers.get_mut(&driver) {
+                            d.state = DriverState::Running {
+                                worker: worker.clone(),
+                            };
+                        }
+                        self.driver_exited(now_ms, &driver, code, &mut actions);
+                    }
+                }
+                self.worker_registered(
+                    now_ms,
+                    worker,
+                    cores,
+                    memory_mb,
+                    drivers,
+                    executors,
+                    &mut actions,
+                )
+            }
             Event::WorkerLost { worker, why } => {
                 self.worker_lost(now_ms, &worker, &why, &mut actions)
             }
@@ -518,7 +565,11 @@ impl ClusterState {
             }
         }
         for (driver_id, driver) in &mut self.drivers {
-            let here = matches!(&driver.state, DriverState::Running { worker } if worker == &id);
+            let here = matches!(
+                &driver.state,
+                DriverState::Running { worker } | DriverState::Unreachable { worker, .. }
+                    if worker == &id
+            );
             if here && !running_drivers.contains(driver_id) {
                 driver.state = if driver.request.supervise {
                     DriverState::Restarting { at_ms: now_ms }
@@ -538,7 +589,9 @@ impl ClusterState {
         for driver_id in running_drivers {
             let keep = self.drivers.get_mut(&driver_id).filter(|d| {
                 let ours = match &d.state {
-                    DriverState::Running { worker } => worker == &id,
+                    DriverState::Running { worker } | DriverState::Unreachable { worker, .. } => {
+                        worker == &id
+                    }
                     // Recovered from the journal before its worker returned.
                     DriverState::Waiting(_) => true,
                     _ => false,
@@ -619,16 +672,21 @@ impl ClusterState {
                 }
             }
         }
+        let lease = self.driver_lease;
+        let mut waiting = false;
         for driver in self.drivers.values_mut() {
             if matches!(&driver.state, DriverState::Running { worker } if worker == id) {
-                driver.state = if driver.request.supervise {
-                    // Relaunched elsewhere now; if the worker comes back with
-                    // the old copy still running, that copy is killed.
-                    DriverState::Restarting { at_ms: now_ms }
-                } else {
-                    DriverState::Failed(why.clone())
+                // Never two copies of one driver: it is relaunched (or
+                // given up) only once it cannot be running any more.
+                driver.state = DriverState::Unreachable {
+                    worker: id.to_string(),
+                    until_ms: now_ms + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
                 };
+                waiting = true;
             }
+        }
+        if waiting {
+            actions.push(Action::WakeAfter(lease));
         }
         self.restart_due_drivers(now_ms);
     }
@@ -743,6 +801,16 @@ impl ClusterState {
 
     fn restart_due_drivers(&mut self, now_ms: u64) {
         for driver in self.drivers.values_mut() {
+            if let DriverState::Unreachable { worker, until_ms } = &driver.state
+                && *until_ms <= now_ms
+            {
+                let why = format!("its worker {worker} was lost and did not come back");
+                driver.state = if driver.request.supervise {
+                    DriverState::Restarting { at_ms: now_ms }
+                } else {
+                    DriverState::Failed(why)
+                };
+            }
             if matches!(driver.state, DriverState::Restarting { at_ms } if at_ms <= now_ms) {
                 driver.restarts += 1;
                 driver.state = DriverState::Waiting("waiting to be relaunched".into());
@@ -956,6 +1024,7 @@ mod tests {
             memory_mb,
             drivers: vec![],
             executors: vec![],
+            exited_drivers: vec![],
         }
     }
 
@@ -1120,7 +1189,7 @@ mod tests {
         let mut s = ClusterState::new(Placement::Spread);
         s.on_event(0, worker("w1", 2, 4096));
         s.on_event(0, driver("kept", true));
-        s.on_event(0, worker("w2", 3, 4096));
+        s.on_event(0, worker("w2", 4, 4096));
         s.on_event(0, driver("plain", false));
         s.on_event(0, app("a", 1, Some(2)));
         let on = |s: &ClusterState, d: &str, w: &str| {
@@ -1150,15 +1219,110 @@ mod tests {
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].0, 1);
         assert!(lost[0].1.contains("worker w1 lost"));
-        assert!(actions.contains(&Action::LaunchDriver {
-            worker: "w2".into(),
-            driver: "kept".into(),
-            cores: 1,
-            memory_mb: 1024,
-        }));
+        // The driver may still run on the lost worker: nothing replaces it
+        // before its lease has run out.
+        let launched = |actions: &[Action]| {
+            actions.contains(&Action::LaunchDriver {
+                worker: "w2".into(),
+                driver: "kept".into(),
+                cores: 1,
+                memory_mb: 1024,
+            })
+        };
+        assert!(!launched(&actions), "{actions:?}");
+        assert!(actions.contains(&Action::WakeAfter(DRIVER_LEASE)));
+        assert!(matches!(
+            s.driver_state("kept"),
+            Some(DriverState::Unreachable { .. })
+        ));
+        let lease = DRIVER_LEASE.as_millis() as u64;
+        assert!(!launched(&s.on_event(5 + lease - 1, Event::Tick)));
+        assert!(launched(&s.on_event(5 + lease, Event::Tick)));
         assert_eq!(s.worker_usage("w1"), None);
-        assert_eq!(s.worker_usage("w2"), Some((3, 3)));
+        assert_eq!(s.worker_usage("w2"), Some((4, 4)));
         assert!(on(&s, "plain", "w2"), "a driver elsewhere is untouched");
+    }
+
+    #[test]
+    fn a_driver_whose_worker_returns_within_its_lease_keeps_running_there() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("d", true));
+        s.on_event(0, worker("w2", 2, 4096));
+        s.on_event(
+            10,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "silent".into(),
+            },
+        );
+        let actions = s.on_event(
+            1_000,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec!["d".into()],
+                executors: vec![],
+                exited_drivers: vec![],
+            },
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::LaunchDriver { .. } | Action::KillDriver { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Running {
+                worker: "w1".into()
+            })
+        );
+        assert!(
+            s.on_event(100_000, Event::Tick)
+                .iter()
+                .all(|a| !matches!(a, Action::LaunchDriver { .. }))
+        );
+    }
+
+    #[test]
+    fn a_driver_that_ended_while_its_worker_was_away_is_not_run_again() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("done", true));
+        s.on_event(0, driver("failed", false));
+        s.on_event(
+            10,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "silent".into(),
+            },
+        );
+        // The worker comes back: both drivers exited meanwhile, one with
+        // success; the manager never heard.
+        let actions = s.on_event(
+            1_000,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec![],
+                executors: vec![],
+                exited_drivers: vec![("done".into(), Some(0)), ("failed".into(), Some(3))],
+            },
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::LaunchDriver { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(s.driver_state("done"), Some(&DriverState::Finished));
+        assert_eq!(
+            s.driver_state("failed"),
+            Some(&DriverState::Failed("exited with code 3".into()))
+        );
     }
 
     #[test]
@@ -1176,6 +1340,9 @@ mod tests {
                 why: "partitioned".into(),
             },
         );
+        // Its lease runs out: the driver is relaunched elsewhere.
+        let lease = DRIVER_LEASE.as_millis() as u64;
+        s.on_event(1 + lease, Event::Tick);
         assert_eq!(
             s.driver_state("d"),
             Some(&DriverState::Running {
@@ -1184,7 +1351,7 @@ mod tests {
         );
         // w1 comes back still running the old copies.
         let actions = s.on_event(
-            2,
+            2 + lease,
             Event::WorkerRegistered {
                 worker: "w1".into(),
                 cores: 2,
@@ -1196,6 +1363,7 @@ mod tests {
                     cores: 1,
                     memory_mb: 512,
                 }],
+                exited_drivers: vec![],
             },
         );
         assert!(actions.contains(&Action::KillDriver {
@@ -1234,6 +1402,7 @@ mod tests {
                     cores: 1,
                     memory_mb: 512,
                 }],
+                exited_drivers: vec![],
             },
         );
         assert!(
@@ -1261,6 +1430,7 @@ mod tests {
                     cores: 1,
                     memory_mb: 512,
                 }],
+                exited_drivers: vec![],
             },
         );
         assert!(actions.contains(&Action::ExecutorLost {
@@ -1416,6 +1586,7 @@ mod tests {
                 memory_mb: 4096,
                 drivers: vec!["d".into()],
                 executors: vec![],
+                exited_drivers: vec![],
             },
         );
         assert!(back.is_empty(), "{back:?}");

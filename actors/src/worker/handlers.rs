@@ -102,6 +102,7 @@ impl Handler<Registered> for Worker {
         match msg.0 {
             Ok((id, mailbox)) => {
                 self.spec.manager.node = id;
+                self.exited_drivers.clear();
                 tracing::info!(manager = %self.spec.manager.node, children = self.children.len(), "registered with the cluster manager");
                 self.spec
                     .node
@@ -261,6 +262,9 @@ impl Handler<ChildExited> for Worker {
             }
             ChildKey::Driver(driver) => {
                 tracing::info!(%driver, why = %msg.why, "driver exited");
+                // Said again at the next registration: the manager may be
+                // away now, and must never take an ended driver for lost.
+                self.exited_drivers.push((driver.clone(), msg.code));
                 FromWorker::DriverExited {
                     driver,
                     code: msg.code,
@@ -311,6 +315,7 @@ impl Worker {
             memory_mb: self.spec.memory_mb,
             drivers,
             executors,
+            exited_drivers: self.exited_drivers.clone(),
         }
     }
 

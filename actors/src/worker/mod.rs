@@ -91,6 +91,8 @@ pub struct Worker {
     connecting: bool,
     /// Whether the last attempt failed (to log a lost manager once).
     warned: bool,
+    /// Drivers that exited since the last registration, and their codes.
+    exited_drivers: Vec<(String, Option<i32>)>,
 }
 
 impl Worker {
@@ -102,6 +104,7 @@ impl Worker {
             children: BTreeMap::new(),
             registration: None,
             connecting: false,
+            exited_drivers: Vec::new(),
             warned: false,
         }
     }

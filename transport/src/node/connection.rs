@@ -309,7 +309,11 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
     };
     let mut decoder = FrameDecoder::new(options.max_frame);
     let asks = Arc::new(Semaphore::new(ASKS_IN_FLIGHT));
+    // Set when a wait overran its timeout by far: this process, not the
+    // peer, was stopped (SIGSTOP, a suspended VM, a starved runtime).
+    let mut paused_here = false;
     let (code, why) = 'read: loop {
+        let waiting = tokio::time::Instant::now();
         let chunk =
             match tokio::time::timeout(options.heartbeat_timeout, recv.read_chunk(64 * 1024, true))
                 .await
@@ -322,6 +326,18 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
                     };
                 }
                 Ok(Err(e)) => break (codes::NORMAL, lost(&e)),
+                // The peer's heartbeats may be waiting in the socket, unread
+                // while this process stood still: give it one more period,
+                // counted from now, before declaring it down.
+                Err(_) if !paused_here && waiting.elapsed() >= options.heartbeat_timeout * 2 => {
+                    tracing::info!(
+                        peer = %peer.id,
+                        stalled = ?waiting.elapsed(),
+                        "this process stood still; giving the peer another heartbeat period"
+                    );
+                    paused_here = true;
+                    continue;
+                }
                 Err(_) => {
                     break (
                         codes::HEARTBEAT_TIMEOUT,
@@ -332,6 +348,7 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
                     );
                 }
             };
+        paused_here = false;
         if let Err(e) = decoder.push(&chunk) {
             break (frame_code(&e), e.to_string());
         }
