@@ -15,6 +15,7 @@ use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal,
 use ember_actors::config::{MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
+use ember_actors::owner_only;
 use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
 use ember_actors::supervision::{ExitReason, PeerDown};
 use ember_actors::worker::child::{ChildSpec, read_spec};
@@ -245,6 +246,9 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
     })
 }
 
+/// The lock file a worker holds in its work dir.
+pub const WORK_DIR_LOCK: &str = "worker.lock";
+
 pub struct WorkerArgs {
     pub manager: String,
     pub certs: PathBuf,
@@ -274,7 +278,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(format!("--host: {e}")),
     };
-    let work_dir = match std::fs::create_dir_all(&args.work_dir)
+    let work_dir = match owner_only::create_dir(&args.work_dir)
         .and_then(|()| std::path::absolute(&args.work_dir))
     {
         Ok(d) => d,
@@ -283,6 +287,23 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
                 "cannot use work dir {}: {e}",
                 args.work_dir.display()
             ));
+        }
+    };
+    // One worker per work dir, as one manager per state dir: two would
+    // mix their children's files and serve each other's logs.
+    let _work_dir_lock = match owner_only::lock_dir(&work_dir, WORK_DIR_LOCK) {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(holder)) => {
+            let holder = holder
+                .map(|pid| format!(" (PID {pid})"))
+                .unwrap_or_default();
+            return fail(format!(
+                "work dir {} is in use by another worker{holder}; give each worker its own --work-dir",
+                work_dir.display()
+            ));
+        }
+        Err(e) => {
+            return fail(format!("cannot lock work dir {}: {e}", work_dir.display()));
         }
     };
     let certs = std::path::absolute(&args.certs).unwrap_or(args.certs.clone());

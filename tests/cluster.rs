@@ -142,6 +142,17 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     let logs = cluster.run(&["logs", &id]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));
     assert_eq!(text(&logs.stdout), expected);
+    // A driver's output is its user's alone.
+    let status = cluster.status();
+    let worker = driver(&status, &id).unwrap()["worker"].as_str().unwrap();
+    let driver_dir = cluster.dir.path().join(worker).join(&id);
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&driver_dir), 0o700);
+    assert_eq!(mode(&driver_dir.join("stdout")), 0o600);
+    assert_eq!(mode(&driver_dir.join("stderr")), 0o600);
 
     // A reader that goes away (`| head`) ends the output quietly.
     for args in [&["status", "--json"][..], &["list"], &["logs", &id]] {
@@ -545,4 +556,99 @@ fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
     );
     let killed = cluster.run(&["kill", &id]);
     assert!(killed.status.success());
+}
+
+/// Runs `command` to its end, but no longer than `limit`: a process that
+/// should have refused to start and did not is killed and reported.
+fn run_bounded(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stderr: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Certificates for lone processes: a manager `cm`, a client, a worker `w1`.
+fn lone_certs(dir: &Path) -> PathBuf {
+    use ember_certs::{IssueRequest, Role};
+    let certs = dir.join("certs");
+    ember_certs::init_ca(&certs, "lone", 5, false).unwrap();
+    for (role, name) in [
+        (Role::ClusterManager, "cm"),
+        (Role::Client, loopback::CLIENT),
+        (Role::Worker, "w1"),
+    ] {
+        ember_certs::issue(&certs, &IssueRequest::new(role, name, vec![], 5)).unwrap();
+    }
+    certs
+}
+
+#[test]
+fn a_second_worker_on_the_same_work_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let work = dir.path().join("work");
+    let worker = |work: &Path| {
+        let mut command = Command::new(ember());
+        command
+            .args(["--role", "worker", "--cluster-manager", "127.0.0.1:9"])
+            .args(["--name", "w1", "--cores", "1", "--memory", "1g"])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--work-dir")
+            .arg(work);
+        command
+    };
+    // The first keeps trying to reach a manager that is not there.
+    let mut first = worker(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = work.join("worker.lock");
+    let start = Instant::now();
+    let pid = first.id().to_string();
+    while std::fs::read_to_string(&lock)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some(pid.as_str())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first worker never locked its work dir"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = run_bounded(&mut worker(&work), Duration::from_secs(20));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "work dir {} is in use by another worker (PID {})",
+            work.display(),
+            first.id()
+        )) && err.contains("give each worker its own --work-dir"),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&work).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a new work dir is owner-only");
 }
