@@ -172,6 +172,8 @@ pub struct ManagerArgs {
     pub certs: PathBuf,
     pub name: Option<String>,
     pub state_dir: PathBuf,
+    /// Start empty on purpose (`--discard-journal`).
+    pub discard_journal: bool,
     pub conf: Vec<(String, String)>,
 }
 
@@ -204,6 +206,20 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
+    if args.discard_journal {
+        match Journal::discard(&args.state_dir) {
+            Ok(Some(aside)) => eprintln!(
+                "warning: --discard-journal: starting with an empty journal; every application \
+                 and submission of the old one is forgotten (it is kept at {})",
+                aside.display()
+            ),
+            Ok(None) => eprintln!(
+                "warning: --discard-journal: {} holds no journal; starting empty",
+                args.state_dir.display()
+            ),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
     let journal = match Journal::open(&args.state_dir) {
         Ok(j) => j,
         Err(e) => return fail(e.to_string()),
@@ -226,7 +242,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             Ok(a) => a,
             Err(e) => return fail(e.to_string()),
         };
-        let manager = ClusterManager::new(ClusterManagerSpec {
+        let mut manager = ClusterManager::new(ClusterManagerSpec {
             node: node.clone(),
             journal,
             placement,
@@ -235,14 +251,25 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
                 .get_usize(MAX_EXECUTOR_RETRIES)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(10),
-        })
-        .start();
+        });
+        let ended = manager.ended();
+        let manager = manager.start();
         println!("cluster manager {} listening on ember://{addr}", node.id());
         tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
-        interrupted().await;
+        // A manager that can no longer serve ends the process, so a service
+        // supervisor sees it and nobody is told "gone" by a live process.
+        let code = tokio::select! {
+            () = interrupted() => ExitCode::SUCCESS,
+            why = ended => fail(match why {
+                Ok(why) => format!("the cluster manager stopped: {why}"),
+                Err(_) => "the cluster manager's actor ended unexpectedly (a panic, \
+                           reported above); restart it"
+                    .to_string(),
+            }),
+        };
         drop(manager);
         node.close(Duration::from_millis(200)).await;
-        ExitCode::SUCCESS
+        code
     })
 }
 

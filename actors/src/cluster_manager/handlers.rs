@@ -4,6 +4,7 @@
 use actix::prelude::*;
 use ember_transport::ExitReason;
 
+use super::journal::JournalError;
 use super::journal::{AppRecord, DriverRecord};
 use super::messages::*;
 use super::state::{Action, AppState, DriverRequest, DriverState, Event};
@@ -247,15 +248,9 @@ impl Handler<Wake> for ClusterManager {
 impl ClusterManager {
     /// Loads the journal: unfinished submissions wait to be adopted by
     /// their returning workers, applications for their returning drivers.
-    pub(super) fn recover(&mut self, ctx: &mut Context<Self>) {
-        let drivers = self.journal.drivers().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read submissions from the journal");
-            Vec::new()
-        });
-        let apps = self.journal.apps().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read applications from the journal");
-            Vec::new()
-        });
+    pub(super) fn recover(&mut self, ctx: &mut Context<Self>) -> Result<(), JournalError> {
+        let drivers = self.journal.drivers()?;
+        let apps = self.journal.apps()?;
         let pending = drivers.iter().any(|(_, d)| !d.is_final())
             || apps.iter().any(|(_, a)| a.ended.is_none());
         if pending {
@@ -297,6 +292,7 @@ impl ClusterManager {
                 self.step(Event::AppRegistered { app: id, request }, ctx);
             }
         }
+        Ok(())
     }
 
     fn submit(

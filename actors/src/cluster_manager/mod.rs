@@ -62,6 +62,10 @@ pub struct ClusterManager {
     /// Applications loaded from the journal whose driver has not come back.
     awaiting_drivers: BTreeSet<AppId>,
     registrations: Vec<Registration>,
+    /// Dropped with the actor, however it ends (a panic in a handler
+    /// too), so whoever runs the manager hears of it; carries the reason
+    /// when the manager gives up.
+    end_notice: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 impl ClusterManager {
@@ -78,7 +82,27 @@ impl ClusterManager {
             drivers: BTreeMap::new(),
             awaiting_drivers: BTreeSet::new(),
             registrations: Vec::new(),
+            end_notice: None,
         }
+    }
+
+    /// Resolves when the manager can no longer serve: with the reason if it
+    /// gave up (its journal could not be read), closed if its actor ended
+    /// any other way, a panic included. A process that serves the manager
+    /// waits on this to exit non-zero rather than stay up answering "gone".
+    pub fn ended(&mut self) -> tokio::sync::oneshot::Receiver<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.end_notice = Some(tx);
+        rx
+    }
+
+    /// Stops the manager for good, saying why.
+    fn give_up(&mut self, why: String, ctx: &mut Context<Self>) {
+        tracing::error!(%why, "the cluster manager stops");
+        if let Some(notice) = self.end_notice.take() {
+            let _ = notice.send(why);
+        }
+        ctx.stop();
     }
 
     fn now_ms(&self) -> u64 {
@@ -114,13 +138,15 @@ impl Actor for ClusterManager {
             match registration {
                 Ok(r) => self.registrations.push(r),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot serve");
-                    ctx.stop();
+                    self.give_up(format!("cannot serve: {e}"), ctx);
                     return;
                 }
             }
         }
-        self.recover(ctx);
+        // What cannot be read is never taken for nothing to recover.
+        if let Err(e) = self.recover(ctx) {
+            self.give_up(e.to_string(), ctx);
+        }
     }
 }
 
@@ -173,5 +199,57 @@ pub fn app_state_words(state: &AppState) -> (&'static str, Option<String>) {
         AppState::Running => ("RUNNING", None),
         AppState::Finished => ("FINISHED", None),
         AppState::Failed(why) => ("FAILED", Some(why.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ember_certs::{IssueRequest, Role};
+    use redb::backends::InMemoryBackend;
+
+    use super::*;
+
+    /// A handler that panics, as a bug in any handler would.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Crash;
+
+    impl Handler<Crash> for ClusterManager {
+        type Result = ();
+
+        fn handle(&mut self, _msg: Crash, _ctx: &mut Context<Self>) {
+            panic!("a bug in a handler");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_manager_is_heard_by_whoever_runs_it() {
+        let certs = tempfile::tempdir().unwrap();
+        ember_certs::init_ca(certs.path(), "test", 5, false).unwrap();
+        let request = IssueRequest::new(Role::ClusterManager, "cm", vec![], 5);
+        ember_certs::issue(certs.path(), &request).unwrap();
+        let creds = ember_certs::load_node(certs.path(), "cm").unwrap();
+        let journal = Journal::open_with_backend(InMemoryBackend::new()).unwrap();
+        System::new().block_on(async move {
+            let listen = "127.0.0.1:0".parse().unwrap();
+            let node = Node::start(&creds, listen, Default::default()).unwrap();
+            let mut manager = ClusterManager::new(ClusterManagerSpec {
+                node: node.clone(),
+                journal,
+                placement: Placement::Spread,
+                recovery_grace: Duration::from_secs(1),
+                max_executor_failures: 10,
+            });
+            let mut ended = manager.ended();
+            let manager = manager.start();
+            assert!(manager.send(FromClient::Status).await.unwrap().is_ok());
+            assert!(ended.try_recv().is_err(), "still serving");
+            assert!(manager.send(Crash).await.is_err(), "the handler panicked");
+            let heard = tokio::time::timeout(Duration::from_secs(5), ended)
+                .await
+                .expect("the end is heard at once");
+            assert!(heard.is_err(), "ended without a reason: {heard:?}");
+            node.shutdown();
+        });
     }
 }
