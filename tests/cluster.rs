@@ -693,6 +693,17 @@ impl LoneManager {
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
+
+    /// Submits a cluster-mode job (no worker will run it) and returns its id.
+    fn submit(&self, name: &str) -> String {
+        let out = run_bounded(
+            self.ember(&["submit", "--deploy-mode", "cluster", "--name", name])
+                .arg("examples/watch_time.sql"),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    }
 }
 
 impl Drop for LoneManager {
@@ -866,6 +877,34 @@ fn a_damaged_journal_stops_the_manager_with_the_way_back() {
         warned.contains("--discard-journal: starting with an empty journal")
             && warned.contains("cluster-manager.redb.discarded-"),
         "{warned}"
+    );
+}
+
+#[test]
+fn two_clusters_started_in_the_same_second_give_different_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let one = LoneManager::start(manager_command(&certs, &dir.path().join("one")), &certs);
+    let two = LoneManager::start(manager_command(&certs, &dir.path().join("two")), &certs);
+    let first = one.submit("first");
+    let second = two.submit("second");
+    let later = one.submit("later");
+    assert_ne!(first, second);
+    // driver-YYYYMMDDhhmmss-NNNN-CLUSTER: the same number, not the same id.
+    let parts = |id: &str| id.split('-').map(str::to_string).collect::<Vec<_>>();
+    let (a, b) = (parts(&first), parts(&second));
+    assert_eq!(a.len(), 4, "{first}");
+    assert_eq!(
+        (a[0].as_str(), a[2].as_str()),
+        ("driver", "0000"),
+        "{first}"
+    );
+    assert_eq!(b[2], "0000", "{second}");
+    assert_ne!(a[3], b[3], "each cluster has its own id: {first} {second}");
+    assert_eq!(parts(&later)[3], a[3], "one cluster keeps one id");
+    assert!(
+        first < later,
+        "ids of a cluster sort in order: {first} {later}"
     );
 }
 

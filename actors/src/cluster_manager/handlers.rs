@@ -102,7 +102,7 @@ impl Handler<FromApp> for ClusterManager {
                             .journal
                             .next_number("apps")
                             .map_err(|e| e.to_string())?;
-                        let id = new_id("app", number);
+                        let id = new_id("app", number, self.journal.cluster_id());
                         let record = AppRecord {
                             name: request.name.clone(),
                             request: (*request).clone(),
@@ -305,7 +305,7 @@ impl ClusterManager {
             .journal
             .next_number("drivers")
             .map_err(|e| format!("the submission was not accepted: {e}"))?;
-        let id = new_id("driver", number);
+        let id = new_id("driver", number, self.journal.cluster_id());
         let record = DriverRecord {
             job,
             request: request.clone(),

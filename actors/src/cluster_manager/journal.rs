@@ -27,6 +27,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const JOURNAL_FILE: &str = "cluster-manager.redb";
 /// The copy of the journal taken at the last open that read it in full.
 pub const BACKUP_FILE: &str = "cluster-manager.redb.backup";
+/// The meta key of this cluster's id, made once, when the journal is new.
+const CLUSTER_ID: &str = "cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -105,6 +107,7 @@ impl DriverRecord {
 
 pub struct Journal {
     db: Database,
+    cluster_id: String,
 }
 
 impl std::fmt::Debug for Journal {
@@ -154,6 +157,23 @@ fn unless_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .unwrap_or_else(|| "no message".into());
         format!("reading it panicked: {why}")
     })
+}
+
+/// A short id for a new cluster, told apart from the sequence numbers
+/// beside it in application and submission ids: five consonants, from a
+/// hasher the standard library seeds from the OS for each process.
+fn new_cluster_id() -> String {
+    use std::hash::BuildHasher;
+    const LETTERS: &[u8] = b"bcdfghjklmnpqrstvwxz";
+    let now = std::time::SystemTime::now();
+    let mut bits = std::hash::RandomState::new().hash_one((std::process::id(), now));
+    let mut id = String::new();
+    for _ in 0..5 {
+        let i = usize::try_from(bits % LETTERS.len() as u64).unwrap_or(0);
+        id.push(char::from(LETTERS[i]));
+        bits /= LETTERS.len() as u64;
+    }
+    id
 }
 
 /// Copies the journal to its backup: written aside, synced, then renamed
@@ -216,7 +236,7 @@ impl Journal {
             Ok(db) => Self::verified(db).map_err(OpenFailure::Unreadable),
             Err(e) => Err(OpenFailure::Redb(e)),
         });
-        let journal = match opened {
+        let mut journal = match opened {
             Ok(Ok(journal)) => journal,
             Err(why) | Ok(Err(OpenFailure::Unreadable(why))) => return Err(damaged(why)),
             Ok(Err(OpenFailure::Redb(redb::DatabaseError::DatabaseAlreadyOpen))) => {
@@ -287,7 +307,7 @@ impl Journal {
             Ok(db) => Self::verified(db).map_err(OpenFailure::Unreadable),
             Err(e) => Err(OpenFailure::Redb(e)),
         });
-        let journal = match opened {
+        let mut journal = match opened {
             Ok(Ok(journal)) => journal,
             Err(why) | Ok(Err(OpenFailure::Unreadable(why))) => {
                 return Err(JournalError::Damaged {
@@ -310,7 +330,10 @@ impl Journal {
 
     /// The journal on `db`, once every record in it has been read back.
     fn verified(db: Database) -> Result<Self, String> {
-        let journal = Self { db };
+        let journal = Self {
+            db,
+            cluster_id: String::new(),
+        };
         let why = |e: JournalError| match e {
             JournalError::Read(why) => why,
             other => other.to_string(),
@@ -326,24 +349,48 @@ impl Journal {
     fn check_meta(&self) -> Result<(), String> {
         let rows = self.rows(META).map_err(|e| format!("meta table: {e}"))?;
         for (key, value) in rows {
-            if value.len() != 8 {
+            let fine = match key.as_str() {
+                CLUSTER_ID => std::str::from_utf8(&value).is_ok(),
+                _ => value.len() == 8,
+            };
+            if !fine {
                 return Err(format!("meta table: the value of '{key}' is malformed"));
             }
         }
         Ok(())
     }
 
-    /// Creates the tables and proves a commit reaches the disk.
-    fn ready(&self) -> Result<(), JournalError> {
+    /// Creates the tables, gives a new journal its cluster id, and proves a
+    /// commit reaches the disk.
+    fn ready(&mut self) -> Result<(), JournalError> {
         let opened = time::OffsetDateTime::now_utc().unix_timestamp();
+        let fresh = new_cluster_id();
+        let mut cluster_id = fresh.clone();
         self.write(|txn| {
             txn.open_table(APPS)?;
             txn.open_table(DRIVERS)?;
             let mut meta = txn.open_table(META)?;
             let bytes = opened.to_le_bytes();
             meta.insert("opened", bytes.as_slice())?;
+            let known = meta
+                .get(CLUSTER_ID)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match known {
+                Some(id) => cluster_id = id,
+                None => {
+                    meta.insert(CLUSTER_ID, fresh.as_bytes())?;
+                }
+            }
             Ok(())
-        })
+        })?;
+        self.cluster_id = cluster_id;
+        Ok(())
+    }
+
+    /// This cluster's id, made when its journal was new: part of every
+    /// application and submission id, so two clusters never share one.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     fn write(
@@ -729,6 +776,18 @@ mod tests {
         std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(Journal::open(&dir).unwrap());
         assert_eq!(mode(&journal), 0o600);
+    }
+
+    #[test]
+    fn each_cluster_has_its_own_id_kept_across_restarts() {
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let first = Journal::open(one.path()).unwrap().cluster_id().to_string();
+        let second = Journal::open(two.path()).unwrap().cluster_id().to_string();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 5);
+        assert!(first.chars().all(|c| c.is_ascii_lowercase()), "{first}");
+        assert_eq!(Journal::open(one.path()).unwrap().cluster_id(), first);
     }
 
     /// Storage that fails every write with the given OS error.

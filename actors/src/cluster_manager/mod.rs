@@ -159,11 +159,13 @@ pub fn timestamp() -> String {
     )
 }
 
-/// An id in Spark's style: `app-20261123101500-0003`.
-fn new_id(kind: &str, number: u64) -> String {
+/// An id in Spark's style with the cluster's id after the number:
+/// `app-20261123101500-0003-kqzmt`. Ids of one cluster sort by time then
+/// number; two clusters started in the same second still differ.
+fn new_id(kind: &str, number: u64, cluster: &str) -> String {
     let (date, time) = now_parts();
     format!(
-        "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}",
+        "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}-{cluster}",
         date[0], date[1], date[2], time[0], time[1], time[2]
     )
 }
@@ -251,5 +253,16 @@ mod tests {
             assert!(heard.is_err(), "ended without a reason: {heard:?}");
             node.shutdown();
         });
+    }
+
+    #[test]
+    fn ids_carry_the_cluster_and_sort_by_time_then_number() {
+        let id = new_id("app", 3, "kqzmt");
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 4, "{id}");
+        assert_eq!((parts[0], parts[2], parts[3]), ("app", "0003", "kqzmt"));
+        assert_eq!(parts[1].len(), 14, "YYYYMMDDhhmmss: {id}");
+        let later = new_id("app", 4, "kqzmt");
+        assert!(id < later, "{id} sorts before {later}");
     }
 }
