@@ -131,6 +131,13 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         wait_gone(&processes("executor", id), Duration::from_secs(10)).is_some(),
         "executors of a finished application must exit"
     );
+    // Finished, it still shows what ran where.
+    let had = app["removed_executors"].as_array().unwrap();
+    assert_eq!(had.len(), 2, "{app:#}");
+    for e in had {
+        assert!(e["worker"] == "w1" || e["worker"] == "w2", "{e:#}");
+        assert_eq!(e["state"], "KILLED", "{e:#}");
+    }
 
     let id =
         cluster.submit_cluster_mode("cluster-mode", Path::new("examples/watch_time.sql"), false);
@@ -323,6 +330,13 @@ fn a_cluster_manager_restart_loses_no_submission() {
         driver(&status, &first).unwrap()["state"],
         "FINISHED",
         "history survives: {status:#}"
+    );
+    let had = loopback::app(&status, "before-restart").unwrap()["removed_executors"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !had.is_empty() && had.iter().all(|e| e["state"] == "KILLED"),
+        "what ran where survives too: {status:#}"
     );
     // The journal holds every application's secret: owner-only.
     let journal = cluster.dir.path().join("cm-state/cluster-manager.redb");
@@ -719,7 +733,8 @@ const JOURNALED_APPS: usize = 20;
 /// opened twice so its backup holds them too.
 fn journal_with_history(state_dir: &Path) {
     use ember_actors::cluster_manager::{
-        AppRecord, AppRequest, DriverJob, DriverRecord, DriverRequest, Journal,
+        AppRecord, AppRequest, DriverJob, DriverRecord, DriverRequest, ExecutorState,
+        ExecutorStatus, Journal,
     };
     use ember_actors::remote::NodeContact;
     {
@@ -745,6 +760,14 @@ fn journal_with_history(state_dir: &Path) {
                     host: "127.0.0.1".into(),
                 },
                 secret: "s3cret".into(),
+                executors: vec![ExecutorStatus {
+                    executor: 0,
+                    worker: "w7".into(),
+                    cores: 1,
+                    memory_mb: 512,
+                    state: ExecutorState::Killed,
+                    reason: None,
+                }],
             };
             journal.put_app(&format!("app-{n}"), &app).unwrap();
             let driver = DriverRecord {
@@ -877,6 +900,35 @@ fn a_damaged_journal_stops_the_manager_with_the_way_back() {
         warned.contains("--discard-journal: starting with an empty journal")
             && warned.contains("cluster-manager.redb.discarded-"),
         "{warned}"
+    );
+}
+
+#[test]
+fn a_finished_application_keeps_its_executors_across_a_manager_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let state_dir = dir.path().join("state");
+    journal_with_history(&state_dir);
+    let manager = LoneManager::start(manager_command(&certs, &state_dir), &certs);
+    let status = manager.status();
+    let app = loopback::app(&status, "journaled-app-3").unwrap();
+    assert_eq!(app["executors"].as_array().unwrap().len(), 0);
+    let had = &app["removed_executors"][0];
+    assert_eq!(
+        (&had["worker"], &had["state"]),
+        (&"w7".into(), &"KILLED".into())
+    );
+    let id = app["id"].as_str().unwrap();
+    let shown = run_bounded(&mut manager.ember(&["status", id]), Duration::from_secs(30));
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("w7") && shown.contains("KILLED"), "{shown}");
+    let listed = run_bounded(&mut manager.ember(&["list"]), Duration::from_secs(30));
+    let listed = text(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("journaled-app-3") && l.contains("w7")),
+        "{listed}"
     );
 }
 

@@ -9,7 +9,8 @@ use super::journal::{AppRecord, DriverRecord};
 use super::messages::*;
 use super::state::{Action, AppState, DriverRequest, DriverState, Event};
 use super::{
-    AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, new_id, timestamp,
+    AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, executor_history,
+    new_id, recovered_executor, timestamp,
 };
 use crate::supervision::PeerDown;
 
@@ -113,6 +114,7 @@ impl Handler<FromApp> for ClusterManager {
                             ended: None,
                             driver,
                             secret,
+                            executors: Vec::new(),
                         };
                         self.journal
                             .put_app(&id, &record)
@@ -280,6 +282,7 @@ impl ClusterManager {
             // An application is journaled as ended only once FINISHED or FAILED.
             let live = record.ended.is_none();
             let request = record.request.clone();
+            let past = record.executors.iter().map(recovered_executor).collect();
             self.apps.insert(
                 id.clone(),
                 AppLink {
@@ -289,7 +292,14 @@ impl ClusterManager {
             );
             if live {
                 self.awaiting_drivers.insert(id.clone());
-                self.step(Event::AppRegistered { app: id, request }, ctx);
+                self.step(
+                    Event::AppRecovered {
+                        app: id,
+                        request,
+                        past,
+                    },
+                    ctx,
+                );
             }
         }
         Ok(())
@@ -436,6 +446,11 @@ impl ClusterManager {
                     }
                     None => (record.state.clone(), record.reason.clone()),
                 };
+                let (executors, removed_executors) = view
+                    .map(executor_history)
+                    .unwrap_or_else(|| record.executors.clone())
+                    .into_iter()
+                    .partition(|e| e.state == ExecutorState::Running);
                 AppStatus {
                     id: id.clone(),
                     name: record.name.clone(),
@@ -445,19 +460,8 @@ impl ClusterManager {
                     executor_cores: record.request.executor_cores,
                     executor_memory_mb: record.request.executor_memory_mb,
                     max_cores: record.request.max_cores,
-                    executors: view
-                        .map(|v| {
-                            v.executors
-                                .iter()
-                                .map(|(n, w, c, m)| ExecutorStatus {
-                                    executor: *n,
-                                    worker: w.clone(),
-                                    cores: *c,
-                                    memory_mb: *m,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    executors,
+                    removed_executors,
                     started: record.started.clone(),
                     ended: record.ended.clone(),
                 }
@@ -613,10 +617,12 @@ impl ClusterManager {
                 continue;
             };
             let (state, reason) = app_state_words(&view.state);
+            let executors = executor_history(&view);
             let record = &mut link.record;
-            if record.state != state || record.reason != reason {
+            if record.state != state || record.reason != reason || record.executors != executors {
                 record.state = state.to_string();
                 record.reason = reason;
+                record.executors = executors;
                 if matches!(view.state, AppState::Finished | AppState::Failed(_))
                     && record.ended.is_none()
                 {

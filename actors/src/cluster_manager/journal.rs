@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableErro
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::messages::DriverJob;
+use super::messages::{DriverJob, ExecutorStatus};
 use super::state::{AppId, AppRequest, DriverId, DriverRequest, WorkerId};
 use crate::owner_only;
 use crate::remote::NodeContact;
@@ -83,6 +83,9 @@ pub struct AppRecord {
     pub ended: Option<String>,
     pub driver: NodeContact,
     pub secret: String,
+    /// Every executor it was given, running or ended: what ran where.
+    #[serde(default)]
+    pub executors: Vec<ExecutorStatus>,
 }
 
 /// A cluster-mode submission as journaled.
@@ -599,6 +602,14 @@ mod tests {
                 host: "127.0.0.1".into(),
             },
             secret: "s3cret".into(),
+            executors: vec![ExecutorStatus {
+                executor: 0,
+                worker: "w1".into(),
+                cores: 1,
+                memory_mb: 512,
+                state: super::super::messages::ExecutorState::Killed,
+                reason: None,
+            }],
         }
     }
 

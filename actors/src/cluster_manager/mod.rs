@@ -18,13 +18,14 @@ use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
-    APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus,
+    APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus, ExecutorState,
     ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker, ToApp,
     ToWorker, WORKER, WorkerStatus,
 };
 pub use state::{
-    Action, AppId, AppRequest, AppState, ClusterState, DriverId, DriverRequest, DriverState, Event,
-    ExecutorNo, Placement, RunningExecutor, WorkerId,
+    Action, AppId, AppRequest, AppState, AppView, ClusterState, DriverId, DriverRequest,
+    DriverState, Event, ExecutorEnd, ExecutorNo, PastExecutor, Placement, RunningExecutor,
+    WorkerId,
 };
 
 /// How the manager starts.
@@ -202,6 +203,63 @@ pub fn app_state_words(state: &AppState) -> (&'static str, Option<String>) {
         AppState::Finished => ("FINISHED", None),
         AppState::Failed(why) => ("FAILED", Some(why.clone())),
     }
+}
+
+/// An application's executors as journaled: those it has, then those it
+/// had, each in number order.
+fn executor_history(view: &AppView) -> Vec<ExecutorStatus> {
+    let running = view
+        .executors
+        .iter()
+        .map(|(n, worker, cores, memory_mb)| ExecutorStatus {
+            executor: *n,
+            worker: worker.clone(),
+            cores: *cores,
+            memory_mb: *memory_mb,
+            state: ExecutorState::Running,
+            reason: None,
+        });
+    let past = view.past.iter().map(|(n, p)| {
+        let (state, reason) = match &p.end {
+            ExecutorEnd::Exited(why) => (ExecutorState::Exited, Some(why.clone())),
+            ExecutorEnd::Killed => (ExecutorState::Killed, None),
+            ExecutorEnd::Lost(why) => (ExecutorState::Lost, Some(why.clone())),
+            ExecutorEnd::Unconfirmed => (
+                ExecutorState::Unknown,
+                Some("not reported by its worker since the cluster manager restarted".into()),
+            ),
+        };
+        ExecutorStatus {
+            executor: *n,
+            worker: p.worker.clone(),
+            cores: p.cores,
+            memory_mb: p.memory_mb,
+            state,
+            reason,
+        }
+    });
+    running.chain(past).collect()
+}
+
+/// A journaled executor of an application recovered after a restart: one
+/// journaled as running may still run, until its worker says otherwise.
+fn recovered_executor(status: &ExecutorStatus) -> (ExecutorNo, PastExecutor) {
+    let why = || status.reason.clone().unwrap_or_default();
+    let end = match status.state {
+        ExecutorState::Running | ExecutorState::Unknown => ExecutorEnd::Unconfirmed,
+        ExecutorState::Exited => ExecutorEnd::Exited(why()),
+        ExecutorState::Killed => ExecutorEnd::Killed,
+        ExecutorState::Lost => ExecutorEnd::Lost(why()),
+    };
+    (
+        status.executor,
+        PastExecutor {
+            worker: status.worker.clone(),
+            cores: status.cores,
+            memory_mb: status.memory_mb,
+            end,
+        },
+    )
 }
 
 #[cfg(test)]
