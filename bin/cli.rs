@@ -61,6 +61,10 @@ pub struct ProcessArgs {
     /// cluster-manager: where submissions and applications are journaled.
     #[arg(long, value_name = "DIR", default_value = "cm-state")]
     pub state_dir: PathBuf,
+    /// cluster-manager: start with an empty journal, forgetting every
+    /// application and submission (the old journal is moved aside).
+    #[arg(long)]
+    pub discard_journal: bool,
     /// worker: the cluster manager's HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub cluster_manager: Option<String>,
@@ -608,6 +612,7 @@ fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
             certs: args.certs,
             name: args.name,
             state_dir: args.state_dir,
+            discard_journal: args.discard_journal,
             conf,
         }),
         Role::Worker => {

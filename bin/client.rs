@@ -163,19 +163,34 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 if let Some(ended) = &app.ended {
                     let _ = writeln!(out, "  ended:      {ended}");
                 }
-                let rows = app
-                    .executors
-                    .iter()
+                // What ran where, finished or not.
+                let mut executors: Vec<_> =
+                    app.executors.iter().chain(&app.removed_executors).collect();
+                executors.sort_by_key(|e| e.executor);
+                let rows = executors
+                    .into_iter()
                     .map(|e| {
                         vec![
                             e.executor.to_string(),
                             e.worker.clone(),
                             e.cores.to_string(),
                             e.memory_mb.to_string(),
+                            e.state.to_string(),
+                            e.reason.clone().unwrap_or_default(),
                         ]
                     })
                     .collect();
-                out.push_str(&table(&["EXECUTOR", "WORKER", "CORES", "MEMORY MB"], rows));
+                out.push_str(&table(
+                    &[
+                        "EXECUTOR",
+                        "WORKER",
+                        "CORES",
+                        "MEMORY MB",
+                        "STATE",
+                        "REASON",
+                    ],
+                    rows,
+                ));
                 emit(&out);
                 return ExitCode::SUCCESS;
             }
@@ -309,12 +324,25 @@ fn render_apps_and_drivers(status: &ClusterStatus) -> String {
         .apps
         .iter()
         .map(|a| {
+            // The executors it has, or once it has ended, those it had.
+            let executors = if a.ended.is_some() {
+                &a.removed_executors
+            } else {
+                &a.executors
+            };
+            let workers: std::collections::BTreeSet<&str> =
+                executors.iter().map(|e| e.worker.as_str()).collect();
             vec![
                 a.id.clone(),
                 a.name.clone(),
                 a.state.clone(),
-                a.executors.len().to_string(),
-                a.executors.iter().map(|e| e.cores).sum::<u32>().to_string(),
+                executors.len().to_string(),
+                executors.iter().map(|e| e.cores).sum::<u32>().to_string(),
+                if workers.is_empty() {
+                    "-".to_string()
+                } else {
+                    workers.into_iter().collect::<Vec<_>>().join(",")
+                },
                 a.started.clone(),
                 a.reason.clone().unwrap_or_default(),
             ]
@@ -327,6 +355,7 @@ fn render_apps_and_drivers(status: &ClusterStatus) -> String {
             "STATE",
             "EXECUTORS",
             "CORES",
+            "WORKERS",
             "STARTED",
             "REASON",
         ],

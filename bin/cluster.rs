@@ -15,6 +15,7 @@ use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal,
 use ember_actors::config::{MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
+use ember_actors::owner_only;
 use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
 use ember_actors::supervision::{ExitReason, PeerDown};
 use ember_actors::worker::child::{ChildSpec, read_spec};
@@ -171,6 +172,8 @@ pub struct ManagerArgs {
     pub certs: PathBuf,
     pub name: Option<String>,
     pub state_dir: PathBuf,
+    /// Start empty on purpose (`--discard-journal`).
+    pub discard_journal: bool,
     pub conf: Vec<(String, String)>,
 }
 
@@ -203,6 +206,20 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         Ok(prepared) => prepared,
         Err(e) => return fail(e),
     };
+    if args.discard_journal {
+        match Journal::discard(&args.state_dir) {
+            Ok(Some(aside)) => eprintln!(
+                "warning: --discard-journal: starting with an empty journal; every application \
+                 and submission of the old one is forgotten (it is kept at {})",
+                aside.display()
+            ),
+            Ok(None) => eprintln!(
+                "warning: --discard-journal: {} holds no journal; starting empty",
+                args.state_dir.display()
+            ),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
     let journal = match Journal::open(&args.state_dir) {
         Ok(j) => j,
         Err(e) => return fail(e.to_string()),
@@ -225,7 +242,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             Ok(a) => a,
             Err(e) => return fail(e.to_string()),
         };
-        let manager = ClusterManager::new(ClusterManagerSpec {
+        let mut manager = ClusterManager::new(ClusterManagerSpec {
             node: node.clone(),
             journal,
             placement,
@@ -234,16 +251,30 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
                 .get_usize(MAX_EXECUTOR_RETRIES)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(10),
-        })
-        .start();
+        });
+        let ended = manager.ended();
+        let manager = manager.start();
         println!("cluster manager {} listening on ember://{addr}", node.id());
         tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
-        interrupted().await;
+        // A manager that can no longer serve ends the process, so a service
+        // supervisor sees it and nobody is told "gone" by a live process.
+        let code = tokio::select! {
+            () = interrupted() => ExitCode::SUCCESS,
+            why = ended => fail(match why {
+                Ok(why) => format!("the cluster manager stopped: {why}"),
+                Err(_) => "the cluster manager's actor ended unexpectedly (a panic, \
+                           reported above); restart it"
+                    .to_string(),
+            }),
+        };
         drop(manager);
         node.close(Duration::from_millis(200)).await;
-        ExitCode::SUCCESS
+        code
     })
 }
+
+/// The lock file a worker holds in its work dir.
+pub const WORK_DIR_LOCK: &str = "worker.lock";
 
 pub struct WorkerArgs {
     pub manager: String,
@@ -274,7 +305,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(format!("--host: {e}")),
     };
-    let work_dir = match std::fs::create_dir_all(&args.work_dir)
+    let work_dir = match owner_only::create_dir(&args.work_dir)
         .and_then(|()| std::path::absolute(&args.work_dir))
     {
         Ok(d) => d,
@@ -283,6 +314,23 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
                 "cannot use work dir {}: {e}",
                 args.work_dir.display()
             ));
+        }
+    };
+    // One worker per work dir, as one manager per state dir: two would
+    // mix their children's files and serve each other's logs.
+    let _work_dir_lock = match owner_only::lock_dir(&work_dir, WORK_DIR_LOCK) {
+        Ok(Ok(lock)) => lock,
+        Ok(Err(holder)) => {
+            let holder = holder
+                .map(|pid| format!(" (PID {pid})"))
+                .unwrap_or_default();
+            return fail(format!(
+                "work dir {} is in use by another worker{holder}; give each worker its own --work-dir",
+                work_dir.display()
+            ));
+        }
+        Err(e) => {
+            return fail(format!("cannot lock work dir {}: {e}", work_dir.display()));
         }
     };
     let certs = std::path::absolute(&args.certs).unwrap_or(args.certs.clone());

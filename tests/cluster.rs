@@ -131,6 +131,13 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         wait_gone(&processes("executor", id), Duration::from_secs(10)).is_some(),
         "executors of a finished application must exit"
     );
+    // Finished, it still shows what ran where.
+    let had = app["removed_executors"].as_array().unwrap();
+    assert_eq!(had.len(), 2, "{app:#}");
+    for e in had {
+        assert!(e["worker"] == "w1" || e["worker"] == "w2", "{e:#}");
+        assert_eq!(e["state"], "KILLED", "{e:#}");
+    }
 
     let id =
         cluster.submit_cluster_mode("cluster-mode", Path::new("examples/watch_time.sql"), false);
@@ -142,6 +149,17 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     let logs = cluster.run(&["logs", &id]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));
     assert_eq!(text(&logs.stdout), expected);
+    // A driver's output is its user's alone.
+    let status = cluster.status();
+    let worker = driver(&status, &id).unwrap()["worker"].as_str().unwrap();
+    let driver_dir = cluster.dir.path().join(worker).join(&id);
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&driver_dir), 0o700);
+    assert_eq!(mode(&driver_dir.join("stdout")), 0o600);
+    assert_eq!(mode(&driver_dir.join("stderr")), 0o600);
 
     // A reader that goes away (`| head`) ends the output quietly.
     for args in [&["status", "--json"][..], &["list"], &["logs", &id]] {
@@ -313,6 +331,20 @@ fn a_cluster_manager_restart_loses_no_submission() {
         "FINISHED",
         "history survives: {status:#}"
     );
+    let had = loopback::app(&status, "before-restart").unwrap()["removed_executors"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !had.is_empty() && had.iter().all(|e| e["state"] == "KILLED"),
+        "what ran where survives too: {status:#}"
+    );
+    // The journal holds every application's secret: owner-only.
+    let journal = cluster.dir.path().join("cm-state/cluster-manager.redb");
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode, 0o600);
     assert_eq!(
         processes("driver", &second),
         drivers,
@@ -707,4 +739,441 @@ fn pausing_the_manager_or_a_drivers_worker_never_runs_the_driver_twice() {
     assert_eq!(processes("driver", &id), first, "the same driver runs on");
     let killed = cluster.run(&["kill", &id]);
     assert!(killed.status.success());
+}
+
+/// Runs `command` to its end, but no longer than `limit`: a process that
+/// should have refused to start and did not is killed and reported.
+fn run_bounded(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stderr: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Certificates for lone processes: a manager `cm`, a client, a worker `w1`.
+fn lone_certs(dir: &Path) -> PathBuf {
+    use ember_certs::{IssueRequest, Role};
+    let certs = dir.join("certs");
+    ember_certs::init_ca(&certs, "lone", 5, false).unwrap();
+    for (role, name) in [
+        (Role::ClusterManager, "cm"),
+        (Role::Client, loopback::CLIENT),
+        (Role::Worker, "w1"),
+    ] {
+        ember_certs::issue(&certs, &IssueRequest::new(role, name, vec![], 5)).unwrap();
+    }
+    certs
+}
+
+/// `ember --role cluster-manager` on a free loopback port.
+fn manager_command(certs: &Path, state_dir: &Path) -> Command {
+    let mut command = Command::new(ember());
+    command
+        .args(["--role", "cluster-manager", "--listen", "127.0.0.1:0"])
+        .args(["--name", "cm"])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--state-dir")
+        .arg(state_dir);
+    command
+}
+
+/// A cluster manager without workers, killed by PID when dropped.
+struct LoneManager {
+    child: Child,
+    master: String,
+    certs: PathBuf,
+    /// What it wrote to stderr, as it comes.
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl LoneManager {
+    fn start(mut command: Command, certs: &Path) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&text(&buf[..n]));
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let mut banner = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            banner.push(byte[0]);
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let master = text(&banner)
+            .split_whitespace()
+            .find(|w| w.starts_with("ember://"))
+            .map(str::to_string);
+        let mut manager = LoneManager {
+            child,
+            master: String::new(),
+            certs: certs.to_path_buf(),
+            stderr,
+        };
+        match master {
+            Some(m) => manager.master = m,
+            None => panic!(
+                "no address in the banner '{}'; stderr: {}",
+                text(&banner),
+                manager.stderr.lock().unwrap()
+            ),
+        }
+        manager
+    }
+
+    fn ember(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(ember());
+        command
+            .args(args)
+            .args(["--master", &self.master])
+            .arg("--certs")
+            .arg(&self.certs)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        command
+    }
+
+    fn status(&self) -> Value {
+        let out = run_bounded(
+            &mut self.ember(&["status", "--json"]),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Submits a cluster-mode job (no worker will run it) and returns its id.
+    fn submit(&self, name: &str) -> String {
+        let out = run_bounded(
+            self.ember(&["submit", "--deploy-mode", "cluster", "--name", name])
+                .arg("examples/watch_time.sql"),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for LoneManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const JOURNALED_APPS: usize = 20;
+
+/// A state dir whose journal holds finished applications and submissions,
+/// opened twice so its backup holds them too.
+fn journal_with_history(state_dir: &Path) {
+    use ember_actors::cluster_manager::{
+        AppRecord, AppRequest, DriverJob, DriverRecord, DriverRequest, ExecutorState,
+        ExecutorStatus, Journal,
+    };
+    use ember_actors::remote::NodeContact;
+    {
+        let journal = Journal::open(state_dir).unwrap();
+        for n in 0..JOURNALED_APPS {
+            let app = AppRecord {
+                name: format!("journaled-app-{n}"),
+                request: AppRequest {
+                    name: format!("journaled-app-{n}"),
+                    executor_cores: 1,
+                    executor_memory_mb: 512,
+                    max_cores: Some(1),
+                    conf: vec![],
+                },
+                state: "FINISHED".into(),
+                reason: None,
+                submission: None,
+                started: "2026-11-23 10:00:00".into(),
+                ended: Some("2026-11-23 10:01:00".into()),
+                driver: NodeContact {
+                    node: ember_transport::NodeId("client".into()),
+                    addr: "127.0.0.1:7078".parse().unwrap(),
+                    host: "127.0.0.1".into(),
+                },
+                secret: "s3cret".into(),
+                executors: vec![ExecutorStatus {
+                    executor: 0,
+                    worker: "w7".into(),
+                    cores: 1,
+                    memory_mb: 512,
+                    state: ExecutorState::Killed,
+                    reason: None,
+                }],
+            };
+            journal.put_app(&format!("app-{n}"), &app).unwrap();
+            let driver = DriverRecord {
+                job: DriverJob {
+                    name: format!("journaled-driver-{n}"),
+                    script: "SELECT 1;".into(),
+                    conf: vec![],
+                    executor_cores: 1,
+                    executor_memory_mb: 512,
+                    max_cores: None,
+                    base_dir: None,
+                },
+                request: DriverRequest {
+                    cores: 1,
+                    memory_mb: 512,
+                    supervise: false,
+                },
+                state: "FINISHED".into(),
+                reason: None,
+                worker: Some("w7".into()),
+                restarts: 0,
+                submitted: "2026-11-23 10:00:00".into(),
+                app: None,
+            };
+            journal.put_driver(&format!("driver-{n}"), &driver).unwrap();
+        }
+    }
+    drop(Journal::open(state_dir).unwrap());
+}
+
+/// Applies `damage` at every copy of `mark` in the journal.
+fn damage_journal(state_dir: &Path, mark: &str, damage: fn(&mut [u8], usize)) {
+    let path = state_dir.join("cluster-manager.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at: Vec<usize> = bytes
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, w)| *w == mark.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!at.is_empty(), "{mark} is in the journal");
+    for i in at {
+        damage(&mut bytes, i);
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+fn flip_a_byte(bytes: &mut [u8], at: usize) {
+    bytes[at + 3] ^= 0x01;
+}
+
+/// 512 pseudo-random bytes over the start of the page holding `at`.
+fn noise(bytes: &mut [u8], at: usize) {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ at as u64;
+    for b in bytes.iter_mut().skip(at & !4095).take(512) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+#[test]
+fn a_damaged_journal_stops_the_manager_with_the_way_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "0 bytes",
+            Box::new(|s: &Path| std::fs::write(s.join("cluster-manager.redb"), b"").unwrap()),
+        ),
+        (
+            "a flipped byte in the applications table",
+            Box::new(|s: &Path| damage_journal(s, "journaled-app-", flip_a_byte)),
+        ),
+        (
+            "512 random bytes in the applications table",
+            Box::new(|s: &Path| damage_journal(s, "journaled-app-", noise)),
+        ),
+        (
+            "a flipped byte in the submissions table",
+            Box::new(|s: &Path| damage_journal(s, "journaled-driver-", flip_a_byte)),
+        ),
+    ];
+    for (i, (case, damage)) in cases.iter().enumerate() {
+        let state_dir = dir.path().join(format!("state-{i}"));
+        journal_with_history(&state_dir);
+        damage(&state_dir);
+        let out = run_bounded(
+            &mut manager_command(&certs, &state_dir),
+            Duration::from_secs(20),
+        );
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{case}: it must not start: {err}");
+        let journal = state_dir.join("cluster-manager.redb");
+        let backup = state_dir.join("cluster-manager.redb.backup");
+        for said in [
+            format!("the journal {} cannot be read in full", journal.display()),
+            format!("cp {} {}", backup.display(), journal.display()),
+            "--discard-journal".to_string(),
+        ] {
+            assert!(err.contains(&said), "{case}: no '{said}' in: {err}");
+        }
+    }
+
+    // The backup named brings everything back on a normal start.
+    let state_dir = dir.path().join("state-1");
+    std::fs::copy(
+        state_dir.join("cluster-manager.redb.backup"),
+        state_dir.join("cluster-manager.redb"),
+    )
+    .unwrap();
+    let manager = LoneManager::start(manager_command(&certs, &state_dir), &certs);
+    let status = manager.status();
+    assert_eq!(status["apps"].as_array().unwrap().len(), JOURNALED_APPS);
+    assert_eq!(status["drivers"].as_array().unwrap().len(), JOURNALED_APPS);
+    drop(manager);
+
+    // --discard-journal starts empty on purpose, and says so.
+    let state_dir = dir.path().join("state-2");
+    let mut command = manager_command(&certs, &state_dir);
+    command.arg("--discard-journal");
+    let manager = LoneManager::start(command, &certs);
+    let status = manager.status();
+    assert!(status["apps"].as_array().unwrap().is_empty(), "{status:#}");
+    assert!(status["drivers"].as_array().unwrap().is_empty());
+    let warned = manager.stderr.lock().unwrap().clone();
+    assert!(
+        warned.contains("--discard-journal: starting with an empty journal")
+            && warned.contains("cluster-manager.redb.discarded-"),
+        "{warned}"
+    );
+}
+
+#[test]
+fn a_finished_application_keeps_its_executors_across_a_manager_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let state_dir = dir.path().join("state");
+    journal_with_history(&state_dir);
+    let manager = LoneManager::start(manager_command(&certs, &state_dir), &certs);
+    let status = manager.status();
+    let app = loopback::app(&status, "journaled-app-3").unwrap();
+    assert_eq!(app["executors"].as_array().unwrap().len(), 0);
+    let had = &app["removed_executors"][0];
+    assert_eq!(
+        (&had["worker"], &had["state"]),
+        (&"w7".into(), &"KILLED".into())
+    );
+    let id = app["id"].as_str().unwrap();
+    let shown = run_bounded(&mut manager.ember(&["status", id]), Duration::from_secs(30));
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("w7") && shown.contains("KILLED"), "{shown}");
+    let listed = run_bounded(&mut manager.ember(&["list"]), Duration::from_secs(30));
+    let listed = text(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("journaled-app-3") && l.contains("w7")),
+        "{listed}"
+    );
+}
+
+#[test]
+fn two_clusters_started_in_the_same_second_give_different_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let one = LoneManager::start(manager_command(&certs, &dir.path().join("one")), &certs);
+    let two = LoneManager::start(manager_command(&certs, &dir.path().join("two")), &certs);
+    let first = one.submit("first");
+    let second = two.submit("second");
+    let later = one.submit("later");
+    assert_ne!(first, second);
+    // driver-YYYYMMDDhhmmss-NNNN-CLUSTER: the same number, not the same id.
+    let parts = |id: &str| id.split('-').map(str::to_string).collect::<Vec<_>>();
+    let (a, b) = (parts(&first), parts(&second));
+    assert_eq!(a.len(), 4, "{first}");
+    assert_eq!(
+        (a[0].as_str(), a[2].as_str()),
+        ("driver", "0000"),
+        "{first}"
+    );
+    assert_eq!(b[2], "0000", "{second}");
+    assert_ne!(a[3], b[3], "each cluster has its own id: {first} {second}");
+    assert_eq!(parts(&later)[3], a[3], "one cluster keeps one id");
+    assert!(
+        first < later,
+        "ids of a cluster sort in order: {first} {later}"
+    );
+}
+
+#[test]
+fn a_second_worker_on_the_same_work_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let work = dir.path().join("work");
+    let worker = |work: &Path| {
+        let mut command = Command::new(ember());
+        command
+            .args(["--role", "worker", "--cluster-manager", "127.0.0.1:9"])
+            .args(["--name", "w1", "--cores", "1", "--memory", "1g"])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--work-dir")
+            .arg(work);
+        command
+    };
+    // The first keeps trying to reach a manager that is not there.
+    let mut first = worker(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = work.join("worker.lock");
+    let start = Instant::now();
+    let pid = first.id().to_string();
+    while std::fs::read_to_string(&lock)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some(pid.as_str())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first worker never locked its work dir"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = run_bounded(&mut worker(&work), Duration::from_secs(20));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "work dir {} is in use by another worker (PID {})",
+            work.display(),
+            first.id()
+        )) && err.contains("give each worker its own --work-dir"),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&work).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a new work dir is owner-only");
 }

@@ -9,6 +9,7 @@ pub mod driver;
 pub mod executor;
 pub mod faults;
 pub mod local;
+pub mod owner_only;
 pub mod protocol;
 pub mod remote;
 pub mod supervision;

@@ -4,11 +4,13 @@
 use actix::prelude::*;
 use ember_transport::ExitReason;
 
+use super::journal::JournalError;
 use super::journal::{AppRecord, DriverRecord};
 use super::messages::*;
 use super::state::{Action, AppState, DriverRequest, DriverState, Event};
 use super::{
-    AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, new_id, timestamp,
+    AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, executor_history,
+    new_id, recovered_executor, timestamp,
 };
 use crate::supervision::PeerDown;
 
@@ -123,7 +125,7 @@ impl Handler<FromApp> for ClusterManager {
                             .journal
                             .next_number("apps")
                             .map_err(|e| e.to_string())?;
-                        let id = new_id("app", number);
+                        let id = new_id("app", number, self.journal.cluster_id());
                         let record = AppRecord {
                             name: request.name.clone(),
                             request: (*request).clone(),
@@ -134,6 +136,7 @@ impl Handler<FromApp> for ClusterManager {
                             ended: None,
                             driver,
                             secret,
+                            executors: Vec::new(),
                         };
                         self.journal
                             .put_app(&id, &record)
@@ -303,15 +306,9 @@ impl Handler<Wake> for ClusterManager {
 impl ClusterManager {
     /// Loads the journal: unfinished submissions wait to be adopted by
     /// their returning workers, applications for their returning drivers.
-    pub(super) fn recover(&mut self, ctx: &mut Context<Self>) {
-        let drivers = self.journal.drivers().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read submissions from the journal");
-            Vec::new()
-        });
-        let apps = self.journal.apps().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot read applications from the journal");
-            Vec::new()
-        });
+    pub(super) fn recover(&mut self, ctx: &mut Context<Self>) -> Result<(), JournalError> {
+        let drivers = self.journal.drivers()?;
+        let apps = self.journal.apps()?;
         let pending = drivers.iter().any(|(_, d)| !d.is_final())
             || apps.iter().any(|(_, a)| a.ended.is_none());
         if pending {
@@ -341,6 +338,7 @@ impl ClusterManager {
             // An application is journaled as ended only once FINISHED or FAILED.
             let live = record.ended.is_none();
             let request = record.request.clone();
+            let past = record.executors.iter().map(recovered_executor).collect();
             self.apps.insert(
                 id.clone(),
                 AppLink {
@@ -350,9 +348,17 @@ impl ClusterManager {
             );
             if live {
                 self.awaiting_drivers.insert(id.clone());
-                self.step(Event::AppRegistered { app: id, request }, ctx);
+                self.step(
+                    Event::AppRecovered {
+                        app: id,
+                        request,
+                        past,
+                    },
+                    ctx,
+                );
             }
         }
+        Ok(())
     }
 
     fn submit(
@@ -365,7 +371,7 @@ impl ClusterManager {
             .journal
             .next_number("drivers")
             .map_err(|e| format!("the submission was not accepted: {e}"))?;
-        let id = new_id("driver", number);
+        let id = new_id("driver", number, self.journal.cluster_id());
         let record = DriverRecord {
             job,
             request: request.clone(),
@@ -496,6 +502,11 @@ impl ClusterManager {
                     }
                     None => (record.state.clone(), record.reason.clone()),
                 };
+                let (executors, removed_executors) = view
+                    .map(executor_history)
+                    .unwrap_or_else(|| record.executors.clone())
+                    .into_iter()
+                    .partition(|e| e.state == ExecutorState::Running);
                 AppStatus {
                     id: id.clone(),
                     name: record.name.clone(),
@@ -505,19 +516,8 @@ impl ClusterManager {
                     executor_cores: record.request.executor_cores,
                     executor_memory_mb: record.request.executor_memory_mb,
                     max_cores: record.request.max_cores,
-                    executors: view
-                        .map(|v| {
-                            v.executors
-                                .iter()
-                                .map(|(n, w, c, m)| ExecutorStatus {
-                                    executor: *n,
-                                    worker: w.clone(),
-                                    cores: *c,
-                                    memory_mb: *m,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    executors,
+                    removed_executors,
                     started: record.started.clone(),
                     ended: record.ended.clone(),
                 }
@@ -673,10 +673,12 @@ impl ClusterManager {
                 continue;
             };
             let (state, reason) = app_state_words(&view.state);
+            let executors = executor_history(&view);
             let record = &mut link.record;
-            if record.state != state || record.reason != reason {
+            if record.state != state || record.reason != reason || record.executors != executors {
                 record.state = state.to_string();
                 record.reason = reason;
+                record.executors = executors;
                 if matches!(view.state, AppState::Finished | AppState::Failed(_))
                     && record.ended.is_none()
                 {

@@ -1,16 +1,22 @@
 //! The cluster manager's memory across restarts: submissions, applications
 //! and their states, kept in an embedded transactional database (redb)
 //! under `--state-dir`. Records are msgpack values keyed by id; every
-//! change is committed before the manager acts on it.
+//! change is committed before the manager acts on it. A journal is used
+//! only if it reads back in full: a damaged one stops the manager with the
+//! way back (the backup kept at each good open, or `--discard-journal`),
+//! never an empty start.
 
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::messages::DriverJob;
+use super::messages::{DriverJob, ExecutorStatus};
 use super::state::{AppId, AppRequest, DriverId, DriverRequest, WorkerId};
+use crate::owner_only;
 use crate::remote::NodeContact;
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
@@ -19,15 +25,50 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The database file inside the state directory.
 pub const JOURNAL_FILE: &str = "cluster-manager.redb";
+/// The copy of the journal taken at the last open that read it in full.
+pub const BACKUP_FILE: &str = "cluster-manager.redb.backup";
+/// The meta key of this cluster's id, made once, when the journal is new.
+const CLUSTER_ID: &str = "cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("state dir {dir}: {why}")]
     Open { dir: PathBuf, why: String },
+    #[error(
+        "the journal {} cannot be read in full ({why}); the cluster manager does not start \
+         rather than forget the applications and submissions it holds. {}",
+        path.display(),
+        recovery(path, backup.as_deref())
+    )]
+    Damaged {
+        path: PathBuf,
+        why: String,
+        backup: Option<PathBuf>,
+    },
     #[error("the journal cannot be written ({0}); check the state dir's disk")]
     Write(String),
-    #[error("the journal cannot be read ({0})")]
+    #[error(
+        "the journal cannot be read ({0}); restart the cluster manager: a damaged journal \
+         is then reported with the way to recover"
+    )]
     Read(String),
+}
+
+/// How to get going again after a damaged journal, naming the files.
+fn recovery(path: &Path, backup: Option<&Path>) -> String {
+    let discard = "or start it with --discard-journal to begin empty, forgetting every \
+                   application and submission in it (the damaged file is moved aside)";
+    match backup {
+        Some(backup) => format!(
+            "To recover, restore the copy kept at the last good start (`cp {} {}`), {discard}",
+            backup.display(),
+            path.display()
+        ),
+        None => format!(
+            "No backup copy exists ({BACKUP_FILE} is written at each start that reads the \
+             journal in full): restore one of your own, {discard}"
+        ),
+    }
 }
 
 /// An application as journaled.
@@ -42,6 +83,9 @@ pub struct AppRecord {
     pub ended: Option<String>,
     pub driver: NodeContact,
     pub secret: String,
+    /// Every executor it was given, running or ended: what ran where.
+    #[serde(default)]
+    pub executors: Vec<ExecutorStatus>,
 }
 
 /// A cluster-mode submission as journaled.
@@ -66,6 +110,7 @@ impl DriverRecord {
 
 pub struct Journal {
     db: Database,
+    cluster_id: String,
 }
 
 impl std::fmt::Debug for Journal {
@@ -98,10 +143,67 @@ fn io_of(e: &redb::Error) -> Option<&std::io::Error> {
     }
 }
 
+/// Why an open failed: redb refused the file, or a record in it cannot be
+/// read back.
+enum OpenFailure {
+    Redb(redb::DatabaseError),
+    Unreadable(String),
+}
+
+/// Runs `f`, turning a panic into its message.
+fn unless_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        format!("reading it panicked: {why}")
+    })
+}
+
+/// A short id for a new cluster, told apart from the sequence numbers
+/// beside it in application and submission ids: five consonants, from a
+/// hasher the standard library seeds from the OS for each process.
+fn new_cluster_id() -> String {
+    use std::hash::BuildHasher;
+    const LETTERS: &[u8] = b"bcdfghjklmnpqrstvwxz";
+    let now = std::time::SystemTime::now();
+    let mut bits = std::hash::RandomState::new().hash_one((std::process::id(), now));
+    let mut id = String::new();
+    for _ in 0..5 {
+        let i = usize::try_from(bits % LETTERS.len() as u64).unwrap_or(0);
+        id.push(char::from(LETTERS[i]));
+        bits /= LETTERS.len() as u64;
+    }
+    id
+}
+
+/// Copies the journal to its backup: written aside, synced, then renamed
+/// over the old backup, so a crash leaves the old copy or the new one.
+fn keep_backup(path: &Path, backup: &Path) -> std::io::Result<()> {
+    let partial = backup.with_extension("backup.partial");
+    let mut copy = owner_only::create_file(&partial)?;
+    std::io::copy(&mut std::fs::File::open(path)?, &mut copy)?;
+    copy.flush()?;
+    copy.sync_all()?;
+    std::fs::rename(&partial, backup)
+}
+
+fn redb_builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    // Every page's checksum is verified at open: a damaged file is refused
+    // instead of read back wrong or panicking later.
+    builder.set_check_integrity_on_open(true);
+    builder
+}
+
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, and proves it can be
-    /// written, so a full or read-only disk is reported now rather than at
-    /// the first submission.
+    /// Opens (or creates) the journal in `dir`. An existing journal must
+    /// read back in full, or the open fails with [`JournalError::Damaged`]
+    /// and the way to recover. Then a commit proves the disk takes writes
+    /// (a full or read-only disk is reported now, not at the first
+    /// submission) and the journal is copied to its backup.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
         let fail = |why: String| JournalError::Open {
             dir: dir.to_path_buf(),
@@ -110,45 +212,188 @@ impl Journal {
         if dir.exists() && !dir.is_dir() {
             return Err(fail("it is a file, not a directory".into()));
         }
-        std::fs::create_dir_all(dir)
+        owner_only::create_dir(dir)
             .map_err(|e| fail(format!("cannot create it: {}", explain(&e, Some(&e)))))?;
-        let db = Database::create(dir.join(JOURNAL_FILE)).map_err(|e| {
-            let e = redb::Error::from(e);
-            fail(explain(&e, io_of(&e)))
-        })?;
-        Self::ready(db).map_err(|e| match e {
+        let path = dir.join(JOURNAL_FILE);
+        let backup = dir.join(BACKUP_FILE);
+        let damaged = |why: String| JournalError::Damaged {
+            path: path.clone(),
+            why,
+            backup: backup.is_file().then(|| backup.clone()),
+        };
+        let existed = match std::fs::metadata(&path) {
+            // redb would take an empty file for a new journal.
+            Ok(m) if m.len() == 0 => return Err(damaged("the file is empty, 0 bytes".into())),
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(fail(explain(&e, Some(&e)))),
+        };
+        // Owner-only: the journal holds every application's secret.
+        let private = if existed {
+            owner_only::restrict(&path)
+        } else {
+            owner_only::create_file(&path).map(drop)
+        };
+        private.map_err(|e| fail(explain(&e, Some(&e))))?;
+        let opened = unless_panic(|| match redb_builder().create(&path) {
+            Ok(db) => Self::verified(db).map_err(OpenFailure::Unreadable),
+            Err(e) => Err(OpenFailure::Redb(e)),
+        });
+        let mut journal = match opened {
+            Ok(Ok(journal)) => journal,
+            Err(why) | Ok(Err(OpenFailure::Unreadable(why))) => return Err(damaged(why)),
+            Ok(Err(OpenFailure::Redb(redb::DatabaseError::DatabaseAlreadyOpen))) => {
+                return Err(fail(
+                    "another cluster manager is using it; give each manager its own --state-dir"
+                        .into(),
+                ));
+            }
+            Ok(Err(OpenFailure::Redb(e))) => {
+                let e = redb::Error::from(e);
+                return Err(match io_of(&e) {
+                    Some(io) if io.raw_os_error().is_some() => fail(explain(&e, Some(io))),
+                    _ if existed => damaged(e.to_string()),
+                    _ => fail(e.to_string()),
+                });
+            }
+        };
+        journal.ready().map_err(|e| match e {
             JournalError::Write(why) | JournalError::Read(why) => fail(why),
             other => other,
-        })
+        })?;
+        if let Err(e) = keep_backup(&path, &backup) {
+            tracing::warn!(backup = %backup.display(), error = %e, "cannot keep a backup of the journal");
+        }
+        Ok(journal)
+    }
+
+    /// Moves the journal in `dir` (and its backup) aside, for
+    /// `--discard-journal`: the next open starts empty. Returns where the
+    /// journal went, if there was one. A journal in use is left alone.
+    pub fn discard(dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+        let fail = |why: String| JournalError::Open {
+            dir: dir.to_path_buf(),
+            why,
+        };
+        let path = dir.join(JOURNAL_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        // The same lock redb takes: a running manager holds it.
+        let held = std::fs::File::open(&path)
+            .map_err(|e| fail(explain(&e, Some(&e))))?
+            .try_lock();
+        if let Err(std::fs::TryLockError::WouldBlock) = held {
+            return Err(fail(
+                "another cluster manager is using it; stop it before --discard-journal".into(),
+            ));
+        }
+        let (date, time) = super::now_parts();
+        let stamp = format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
+            date[0], date[1], date[2], time[0], time[1], time[2]
+        );
+        let aside = dir.join(format!("{JOURNAL_FILE}.discarded-{stamp}"));
+        std::fs::rename(&path, &aside).map_err(|e| fail(explain(&e, Some(&e))))?;
+        let backup = dir.join(BACKUP_FILE);
+        if backup.exists() {
+            let kept = dir.join(format!("{BACKUP_FILE}.discarded-{stamp}"));
+            std::fs::rename(&backup, &kept).map_err(|e| fail(explain(&e, Some(&e))))?;
+        }
+        Ok(Some(aside))
     }
 
     /// Opens the journal on any redb storage (tests use failing ones).
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, JournalError> {
-        let db = redb::Builder::new()
-            .create_with_backend(backend)
-            .map_err(|e| {
+        let storage = PathBuf::from("(custom storage)");
+        let opened = unless_panic(|| match redb_builder().create_with_backend(backend) {
+            Ok(db) => Self::verified(db).map_err(OpenFailure::Unreadable),
+            Err(e) => Err(OpenFailure::Redb(e)),
+        });
+        let mut journal = match opened {
+            Ok(Ok(journal)) => journal,
+            Err(why) | Ok(Err(OpenFailure::Unreadable(why))) => {
+                return Err(JournalError::Damaged {
+                    path: storage,
+                    why,
+                    backup: None,
+                });
+            }
+            Ok(Err(OpenFailure::Redb(e))) => {
                 let e = redb::Error::from(e);
-                JournalError::Open {
-                    dir: PathBuf::from("(custom storage)"),
+                return Err(JournalError::Open {
+                    dir: storage,
                     why: explain(&e, io_of(&e)),
-                }
-            })?;
-        Self::ready(db)
+                });
+            }
+        };
+        journal.ready()?;
+        Ok(journal)
     }
 
-    fn ready(db: Database) -> Result<Self, JournalError> {
-        let journal = Self { db };
-        // Creates the tables and proves a commit reaches the disk.
+    /// The journal on `db`, once every record in it has been read back.
+    fn verified(db: Database) -> Result<Self, String> {
+        let journal = Self {
+            db,
+            cluster_id: String::new(),
+        };
+        let why = |e: JournalError| match e {
+            JournalError::Read(why) => why,
+            other => other.to_string(),
+        };
+        journal.apps().map_err(why)?;
+        journal.drivers().map_err(why)?;
+        journal.check_meta()?;
+        Ok(journal)
+    }
+
+    /// Sequence numbers are 8 bytes; a shorter one would restart at 0 and
+    /// hand out ids again.
+    fn check_meta(&self) -> Result<(), String> {
+        let rows = self.rows(META).map_err(|e| format!("meta table: {e}"))?;
+        for (key, value) in rows {
+            let fine = match key.as_str() {
+                CLUSTER_ID => std::str::from_utf8(&value).is_ok(),
+                _ => value.len() == 8,
+            };
+            if !fine {
+                return Err(format!("meta table: the value of '{key}' is malformed"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the tables, gives a new journal its cluster id, and proves a
+    /// commit reaches the disk.
+    fn ready(&mut self) -> Result<(), JournalError> {
         let opened = time::OffsetDateTime::now_utc().unix_timestamp();
-        journal.write(|txn| {
+        let fresh = new_cluster_id();
+        let mut cluster_id = fresh.clone();
+        self.write(|txn| {
             txn.open_table(APPS)?;
             txn.open_table(DRIVERS)?;
             let mut meta = txn.open_table(META)?;
             let bytes = opened.to_le_bytes();
             meta.insert("opened", bytes.as_slice())?;
+            let known = meta
+                .get(CLUSTER_ID)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match known {
+                Some(id) => cluster_id = id,
+                None => {
+                    meta.insert(CLUSTER_ID, fresh.as_bytes())?;
+                }
+            }
             Ok(())
         })?;
-        Ok(journal)
+        self.cluster_id = cluster_id;
+        Ok(())
+    }
+
+    /// This cluster's id, made when its journal was new: part of every
+    /// application and submission id, so two clusters never share one.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     fn write(
@@ -156,7 +401,10 @@ impl Journal {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), JournalError> {
         let run = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
+            // The primary commit slot is then valid after any crash, so a
+            // damaged one is reported instead of silently rolled back.
+            txn.set_two_phase_commit(true);
             f(&txn)?;
             txn.commit()?;
             Ok(())
@@ -178,13 +426,15 @@ impl Journal {
         })
     }
 
-    fn load<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<(String, T)>, JournalError> {
+    /// Every row of `table`; a table not made yet (a new journal) is empty.
+    fn rows(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, String> {
         let read = || -> Result<Vec<(String, Vec<u8>)>, redb::Error> {
             let txn = self.db.begin_read()?;
-            let table = txn.open_table(table)?;
+            let table = match txn.open_table(table) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
             let mut rows = Vec::new();
             for row in table.iter()? {
                 let (key, value) = row?;
@@ -192,12 +442,22 @@ impl Journal {
             }
             Ok(rows)
         };
-        let rows = read().map_err(|e| JournalError::Read(e.to_string()))?;
+        unless_panic(read)?.map_err(|e| e.to_string())
+    }
+
+    fn load<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: &str,
+    ) -> Result<Vec<(String, T)>, JournalError> {
+        let rows = self
+            .rows(table)
+            .map_err(|e| JournalError::Read(format!("{what}: {e}")))?;
         rows.into_iter()
             .map(|(key, bytes)| {
                 rmp_serde::from_slice(&bytes)
                     .map(|value| (key.clone(), value))
-                    .map_err(|e| JournalError::Read(format!("record {key}: {e}")))
+                    .map_err(|e| JournalError::Read(format!("{what}, record {key}: {e}")))
             })
             .collect()
     }
@@ -211,11 +471,11 @@ impl Journal {
     }
 
     pub fn apps(&self) -> Result<Vec<(AppId, AppRecord)>, JournalError> {
-        self.load(APPS)
+        self.load(APPS, "applications table")
     }
 
     pub fn drivers(&self) -> Result<Vec<(DriverId, DriverRecord)>, JournalError> {
-        self.load(DRIVERS)
+        self.load(DRIVERS, "submissions table")
     }
 
     /// The next number of the named sequence, kept across restarts.
@@ -314,7 +574,231 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(JOURNAL_FILE), vec![0x5a; 10_000]).unwrap();
         let e = Journal::open(dir.path()).unwrap_err().to_string();
-        assert!(e.starts_with("state dir"), "{e}");
+        assert!(e.contains("cannot be read in full"), "{e}");
+        assert!(e.contains("No backup copy exists"), "{e}");
+    }
+
+    const APP_MARK: &str = "APPLICATION-RECORD-MARK";
+    const DRIVER_MARK: &str = "SUBMISSION-RECORD-MARK";
+
+    fn app_record(n: usize) -> AppRecord {
+        AppRecord {
+            name: format!("{APP_MARK}-{n}"),
+            request: AppRequest {
+                name: "watch time".into(),
+                executor_cores: 1,
+                executor_memory_mb: 512,
+                max_cores: Some(2),
+                conf: vec![],
+            },
+            state: "FINISHED".into(),
+            reason: None,
+            submission: None,
+            started: "2026-11-23 10:00:00".into(),
+            ended: Some("2026-11-23 10:01:00".into()),
+            driver: NodeContact {
+                node: ember_transport::NodeId("client".into()),
+                addr: "127.0.0.1:7078".parse().unwrap(),
+                host: "127.0.0.1".into(),
+            },
+            secret: "s3cret".into(),
+            executors: vec![ExecutorStatus {
+                executor: 0,
+                worker: "w1".into(),
+                cores: 1,
+                memory_mb: 512,
+                state: super::super::messages::ExecutorState::Killed,
+                reason: None,
+            }],
+        }
+    }
+
+    /// A state dir whose journal holds 20 applications and 20 submissions,
+    /// opened twice so its backup holds them too.
+    fn filled_state_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            for n in 0..20 {
+                journal
+                    .put_app(&format!("app-{n}"), &app_record(n))
+                    .unwrap();
+                let mut driver = driver_record("FINISHED");
+                driver.job.name = format!("{DRIVER_MARK}-{n}");
+                journal.put_driver(&format!("driver-{n}"), &driver).unwrap();
+            }
+        }
+        drop(Journal::open(dir.path()).unwrap());
+        dir
+    }
+
+    /// Applies `damage` at every copy of `mark` in the journal file (old
+    /// copies of a page may linger in freed space).
+    fn damage(dir: &Path, mark: &str, damage: impl Fn(&mut [u8], usize)) {
+        let path = dir.join(JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at: Vec<usize> = bytes
+            .windows(mark.len())
+            .enumerate()
+            .filter(|(_, w)| *w == mark.as_bytes())
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!at.is_empty(), "{mark} is in the file");
+        for i in at {
+            damage(&mut bytes, i);
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    fn flip_a_byte(bytes: &mut [u8], at: usize) {
+        bytes[at + 3] ^= 0x01;
+    }
+
+    /// 512 bytes of noise over the start of the page that holds `at`.
+    fn noise(bytes: &mut [u8], at: usize) {
+        let start = at & !4095;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ at as u64;
+        for b in bytes.iter_mut().skip(start).take(512) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
+    fn assert_refused_with_the_way_back(dir: &Path, what: &str) {
+        let e = Journal::open(dir).unwrap_err();
+        assert!(matches!(e, JournalError::Damaged { .. }), "{what}: {e:?}");
+        let e = e.to_string();
+        let journal = dir.join(JOURNAL_FILE).display().to_string();
+        let backup = dir.join(BACKUP_FILE).display().to_string();
+        assert!(
+            e.contains(&format!("the journal {journal} cannot be read in full")),
+            "{what}: {e}"
+        );
+        assert!(e.contains(&format!("cp {backup} {journal}")), "{what}: {e}");
+        assert!(e.contains("--discard-journal"), "{what}: {e}");
+    }
+
+    fn everything_is_back(dir: &Path) {
+        let journal = Journal::open(dir).unwrap();
+        let apps = journal.apps().unwrap();
+        assert_eq!(apps.len(), 20);
+        assert!(apps.iter().any(|(_, a)| *a == app_record(7)));
+        assert_eq!(journal.drivers().unwrap().len(), 20);
+    }
+
+    fn restore_the_backup(dir: &Path) {
+        std::fs::copy(dir.join(BACKUP_FILE), dir.join(JOURNAL_FILE)).unwrap();
+    }
+
+    #[test]
+    fn an_empty_journal_file_is_refused_and_the_backup_brings_everything_back() {
+        let dir = filled_state_dir();
+        std::fs::write(dir.path().join(JOURNAL_FILE), b"").unwrap();
+        assert_refused_with_the_way_back(dir.path(), "0 bytes");
+        let e = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("the file is empty, 0 bytes"), "{e}");
+        restore_the_backup(dir.path());
+        everything_is_back(dir.path());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_applications_table_is_refused() {
+        let dir = filled_state_dir();
+        damage(dir.path(), APP_MARK, flip_a_byte);
+        assert_refused_with_the_way_back(dir.path(), "flipped byte");
+        restore_the_backup(dir.path());
+        everything_is_back(dir.path());
+    }
+
+    #[test]
+    fn random_bytes_in_the_applications_table_are_refused() {
+        let dir = filled_state_dir();
+        damage(dir.path(), APP_MARK, noise);
+        assert_refused_with_the_way_back(dir.path(), "512 random bytes");
+    }
+
+    #[test]
+    fn damage_in_the_submissions_table_is_refused_not_a_panic() {
+        let dir = filled_state_dir();
+        damage(dir.path(), DRIVER_MARK, flip_a_byte);
+        assert_refused_with_the_way_back(dir.path(), "flipped byte in drivers");
+        restore_the_backup(dir.path());
+        damage(dir.path(), DRIVER_MARK, noise);
+        assert_refused_with_the_way_back(dir.path(), "noise in drivers");
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_refused() {
+        let dir = filled_state_dir();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            journal
+                .write(|txn| {
+                    txn.open_table(APPS)?.insert("app-7", [0xc1u8].as_slice())?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let e = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("applications table, record app-7"), "{e}");
+    }
+
+    #[test]
+    fn discarding_starts_empty_and_keeps_the_old_files_aside() {
+        let dir = filled_state_dir();
+        damage(dir.path(), APP_MARK, flip_a_byte);
+        let aside = Journal::discard(dir.path()).unwrap().unwrap();
+        assert!(aside.is_file());
+        let journal = Journal::open(dir.path()).unwrap();
+        assert!(journal.apps().unwrap().is_empty());
+        assert!(journal.drivers().unwrap().is_empty());
+        let kept: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".discarded-"))
+            .collect();
+        assert_eq!(kept.len(), 2, "the journal and its backup: {kept:?}");
+    }
+
+    #[test]
+    fn a_journal_in_use_is_neither_opened_twice_nor_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let _journal = Journal::open(dir.path()).unwrap();
+        let e = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("another cluster manager is using it"), "{e}");
+        let e = Journal::discard(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("another cluster manager is using it"), "{e}");
+    }
+
+    #[test]
+    fn the_journal_its_backup_and_a_new_state_dir_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("cm-state");
+        drop(Journal::open(&dir).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(JOURNAL_FILE)), 0o600);
+        assert_eq!(mode(&dir.join(BACKUP_FILE)), 0o600);
+        // A journal an older version left readable is made owner-only.
+        let journal = dir.join(JOURNAL_FILE);
+        std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Journal::open(&dir).unwrap());
+        assert_eq!(mode(&journal), 0o600);
+    }
+
+    #[test]
+    fn each_cluster_has_its_own_id_kept_across_restarts() {
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let first = Journal::open(one.path()).unwrap().cluster_id().to_string();
+        let second = Journal::open(two.path()).unwrap().cluster_id().to_string();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 5);
+        assert!(first.chars().all(|c| c.is_ascii_lowercase()), "{first}");
+        assert_eq!(Journal::open(one.path()).unwrap().cluster_id(), first);
     }
 
     /// Storage that fails every write with the given OS error.

@@ -159,17 +159,55 @@ pub struct AppStatus {
     pub executor_cores: u32,
     pub executor_memory_mb: u64,
     pub max_cores: Option<u32>,
+    /// The executors it has now.
     pub executors: Vec<ExecutorStatus>,
+    /// The executors it had, and how each ended (Spark's "removed
+    /// executors"): a finished application keeps what ran where.
+    #[serde(default)]
+    pub removed_executors: Vec<ExecutorStatus>,
     pub started: String,
     pub ended: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutorStatus {
     pub executor: ExecutorNo,
     pub worker: WorkerId,
     pub cores: u32,
     pub memory_mb: u64,
+    #[serde(default)]
+    pub state: ExecutorState,
+    /// How it ended, where that is known.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An executor's state as `ember status` shows it (Spark's words).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ExecutorState {
+    #[default]
+    Running,
+    /// Its process exited on its own.
+    Exited,
+    /// Taken back when its application ended.
+    Killed,
+    /// Its worker was lost, or came back without it.
+    Lost,
+    /// Running before the cluster manager restarted; not reported since.
+    Unknown,
+}
+
+impl std::fmt::Display for ExecutorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExecutorState::Running => "RUNNING",
+            ExecutorState::Exited => "EXITED",
+            ExecutorState::Killed => "KILLED",
+            ExecutorState::Lost => "LOST",
+            ExecutorState::Unknown => "UNKNOWN",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,13 +18,14 @@ use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
-    APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus,
+    APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus, ExecutorState,
     ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker, ToApp,
     ToWorker, WORKER, WorkerStatus,
 };
 pub use state::{
-    Action, AppId, AppRequest, AppState, ClusterState, DriverId, DriverRequest, DriverState, Event,
-    ExecutorNo, Placement, RunningExecutor, WorkerId,
+    Action, AppId, AppRequest, AppState, AppView, ClusterState, DriverId, DriverRequest,
+    DriverState, Event, ExecutorEnd, ExecutorNo, PastExecutor, Placement, RunningExecutor,
+    WorkerId,
 };
 
 /// How the manager starts.
@@ -70,6 +71,10 @@ pub struct ClusterManager {
     /// After standing still, drivers whose connection dropped meanwhile
     /// get until then to register again before their applications end.
     revalidate_until: Option<std::time::Instant>,
+    /// Dropped with the actor, however it ends (a panic in a handler
+    /// too), so whoever runs the manager hears of it; carries the reason
+    /// when the manager gives up.
+    end_notice: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 /// How often the manager checks that it has not stood still.
@@ -96,6 +101,7 @@ impl ClusterManager {
             registrations: Vec::new(),
             last_tick: std::time::Instant::now(),
             revalidate_until: None,
+            end_notice: None,
         }
     }
 
@@ -124,6 +130,25 @@ impl ClusterManager {
             self.revalidate_until = Some(self.last_tick + REVALIDATE);
             ctx.notify_later(EndAway, REVALIDATE);
         }
+    }
+
+    /// Resolves when the manager can no longer serve: with the reason if it
+    /// gave up (its journal could not be read), closed if its actor ended
+    /// any other way, a panic included. A process that serves the manager
+    /// waits on this to exit non-zero rather than stay up answering "gone".
+    pub fn ended(&mut self) -> tokio::sync::oneshot::Receiver<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.end_notice = Some(tx);
+        rx
+    }
+
+    /// Stops the manager for good, saying why.
+    fn give_up(&mut self, why: String, ctx: &mut Context<Self>) {
+        tracing::error!(%why, "the cluster manager stops");
+        if let Some(notice) = self.end_notice.take() {
+            let _ = notice.send(why);
+        }
+        ctx.stop();
     }
 
     fn now_ms(&self) -> u64 {
@@ -159,14 +184,16 @@ impl Actor for ClusterManager {
             match registration {
                 Ok(r) => self.registrations.push(r),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot serve");
-                    ctx.stop();
+                    self.give_up(format!("cannot serve: {e}"), ctx);
                     return;
                 }
             }
         }
         self.watch_own_clock(ctx);
-        self.recover(ctx);
+        // What cannot be read is never taken for nothing to recover.
+        if let Err(e) = self.recover(ctx) {
+            self.give_up(e.to_string(), ctx);
+        }
     }
 }
 
@@ -185,11 +212,13 @@ pub fn timestamp() -> String {
     )
 }
 
-/// An id in Spark's style: `app-20261123101500-0003`.
-fn new_id(kind: &str, number: u64) -> String {
+/// An id in Spark's style with the cluster's id after the number:
+/// `app-20261123101500-0003-kqzmt`. Ids of one cluster sort by time then
+/// number; two clusters started in the same second still differ.
+fn new_id(kind: &str, number: u64, cluster: &str) -> String {
     let (date, time) = now_parts();
     format!(
-        "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}",
+        "{kind}-{:04}{:02}{:02}{:02}{:02}{:02}-{number:04}-{cluster}",
         date[0], date[1], date[2], time[0], time[1], time[2]
     )
 }
@@ -231,5 +260,125 @@ pub fn app_state_words(state: &AppState) -> (&'static str, Option<String>) {
         AppState::Running => ("RUNNING", None),
         AppState::Finished => ("FINISHED", None),
         AppState::Failed(why) => ("FAILED", Some(why.clone())),
+    }
+}
+
+/// An application's executors as journaled: those it has, then those it
+/// had, each in number order.
+fn executor_history(view: &AppView) -> Vec<ExecutorStatus> {
+    let running = view
+        .executors
+        .iter()
+        .map(|(n, worker, cores, memory_mb)| ExecutorStatus {
+            executor: *n,
+            worker: worker.clone(),
+            cores: *cores,
+            memory_mb: *memory_mb,
+            state: ExecutorState::Running,
+            reason: None,
+        });
+    let past = view.past.iter().map(|(n, p)| {
+        let (state, reason) = match &p.end {
+            ExecutorEnd::Exited(why) => (ExecutorState::Exited, Some(why.clone())),
+            ExecutorEnd::Killed => (ExecutorState::Killed, None),
+            ExecutorEnd::Lost(why) => (ExecutorState::Lost, Some(why.clone())),
+            ExecutorEnd::Unconfirmed => (
+                ExecutorState::Unknown,
+                Some("not reported by its worker since the cluster manager restarted".into()),
+            ),
+        };
+        ExecutorStatus {
+            executor: *n,
+            worker: p.worker.clone(),
+            cores: p.cores,
+            memory_mb: p.memory_mb,
+            state,
+            reason,
+        }
+    });
+    running.chain(past).collect()
+}
+
+/// A journaled executor of an application recovered after a restart: one
+/// journaled as running may still run, until its worker says otherwise.
+fn recovered_executor(status: &ExecutorStatus) -> (ExecutorNo, PastExecutor) {
+    let why = || status.reason.clone().unwrap_or_default();
+    let end = match status.state {
+        ExecutorState::Running | ExecutorState::Unknown => ExecutorEnd::Unconfirmed,
+        ExecutorState::Exited => ExecutorEnd::Exited(why()),
+        ExecutorState::Killed => ExecutorEnd::Killed,
+        ExecutorState::Lost => ExecutorEnd::Lost(why()),
+    };
+    (
+        status.executor,
+        PastExecutor {
+            worker: status.worker.clone(),
+            cores: status.cores,
+            memory_mb: status.memory_mb,
+            end,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use ember_certs::{IssueRequest, Role};
+    use redb::backends::InMemoryBackend;
+
+    use super::*;
+
+    /// A handler that panics, as a bug in any handler would.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Crash;
+
+    impl Handler<Crash> for ClusterManager {
+        type Result = ();
+
+        fn handle(&mut self, _msg: Crash, _ctx: &mut Context<Self>) {
+            panic!("a bug in a handler");
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_manager_is_heard_by_whoever_runs_it() {
+        let certs = tempfile::tempdir().unwrap();
+        ember_certs::init_ca(certs.path(), "test", 5, false).unwrap();
+        let request = IssueRequest::new(Role::ClusterManager, "cm", vec![], 5);
+        ember_certs::issue(certs.path(), &request).unwrap();
+        let creds = ember_certs::load_node(certs.path(), "cm").unwrap();
+        let journal = Journal::open_with_backend(InMemoryBackend::new()).unwrap();
+        System::new().block_on(async move {
+            let listen = "127.0.0.1:0".parse().unwrap();
+            let node = Node::start(&creds, listen, Default::default()).unwrap();
+            let mut manager = ClusterManager::new(ClusterManagerSpec {
+                node: node.clone(),
+                journal,
+                placement: Placement::Spread,
+                recovery_grace: Duration::from_secs(1),
+                max_executor_failures: 10,
+            });
+            let mut ended = manager.ended();
+            let manager = manager.start();
+            assert!(manager.send(FromClient::Status).await.unwrap().is_ok());
+            assert!(ended.try_recv().is_err(), "still serving");
+            assert!(manager.send(Crash).await.is_err(), "the handler panicked");
+            let heard = tokio::time::timeout(Duration::from_secs(5), ended)
+                .await
+                .expect("the end is heard at once");
+            assert!(heard.is_err(), "ended without a reason: {heard:?}");
+            node.shutdown();
+        });
+    }
+
+    #[test]
+    fn ids_carry_the_cluster_and_sort_by_time_then_number() {
+        let id = new_id("app", 3, "kqzmt");
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 4, "{id}");
+        assert_eq!((parts[0], parts[2], parts[3]), ("app", "0003", "kqzmt"));
+        assert_eq!(parts[1].len(), 14, "YYYYMMDDhhmmss: {id}");
+        let later = new_id("app", 4, "kqzmt");
+        assert!(id < later, "{id} sorts before {later}");
     }
 }

@@ -88,6 +88,30 @@ impl DriverState {
     }
 }
 
+/// How an executor an application had ended, kept so a finished
+/// application still shows what ran where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorEnd {
+    /// Its process exited on its own.
+    Exited(String),
+    /// Taken back when its application ended.
+    Killed,
+    /// Its worker was lost, or came back without it.
+    Lost(String),
+    /// Running when the manager last journaled it, before a restart; not
+    /// reported by its worker since.
+    Unconfirmed,
+}
+
+/// An executor an application no longer has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastExecutor {
+    pub worker: WorkerId,
+    pub cores: u32,
+    pub memory_mb: u64,
+    pub end: ExecutorEnd,
+}
+
 /// An executor a worker says it runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunningExecutor {
@@ -117,6 +141,14 @@ pub enum Event {
     AppRegistered {
         app: AppId,
         request: AppRequest,
+    },
+    /// An unfinished application loaded from the journal after a restart,
+    /// with the executors it had (those journaled as running are
+    /// [`ExecutorEnd::Unconfirmed`] until their worker reports them).
+    AppRecovered {
+        app: AppId,
+        request: AppRequest,
+        past: Vec<(ExecutorNo, PastExecutor)>,
     },
     /// Its driver ended or went away.
     AppEnded {
@@ -230,12 +262,40 @@ struct App {
     request: AppRequest,
     state: AppState,
     executors: BTreeMap<ExecutorNo, Executor>,
+    /// Executors it had, and how each ended.
+    past: BTreeMap<ExecutorNo, PastExecutor>,
     next_executor: ExecutorNo,
     /// Executors that exited on their own, in a row.
     executor_failures: u32,
 }
 
 impl App {
+    fn new(request: AppRequest) -> Self {
+        Self {
+            request,
+            state: AppState::Waiting("waiting for a worker".into()),
+            executors: BTreeMap::new(),
+            past: BTreeMap::new(),
+            next_executor: 0,
+            executor_failures: 0,
+        }
+    }
+
+    /// Takes executor `n` back, remembering how it ended.
+    fn retire(&mut self, n: ExecutorNo, end: ExecutorEnd) -> Option<Executor> {
+        let e = self.executors.remove(&n)?;
+        self.past.insert(
+            n,
+            PastExecutor {
+                worker: e.worker.clone(),
+                cores: e.cores,
+                memory_mb: e.memory_mb,
+                end,
+            },
+        );
+        Some(e)
+    }
+
     fn cores_granted(&self) -> u32 {
         self.executors.values().map(|e| e.cores).sum()
     }
@@ -308,6 +368,8 @@ pub struct AppView {
     pub state: AppState,
     /// (executor number, worker, cores, memory MB)
     pub executors: Vec<(ExecutorNo, WorkerId, u32, u64)>,
+    /// The executors it no longer has, by number.
+    pub past: Vec<(ExecutorNo, PastExecutor)>,
 }
 
 /// A cluster-mode driver as `ember status` shows it.
@@ -348,6 +410,7 @@ impl ClusterState {
                     .iter()
                     .map(|(n, e)| (*n, e.worker.clone(), e.cores, e.memory_mb))
                     .collect(),
+                past: a.past.iter().map(|(n, p)| (*n, p.clone())).collect(),
             })
             .collect()
     }
@@ -472,16 +535,18 @@ impl ClusterState {
             Event::AppRegistered { app, request } => {
                 if !self.apps.contains_key(&app) {
                     self.app_order.push(app.clone());
-                    self.apps.insert(
-                        app,
-                        App {
-                            request,
-                            state: AppState::Waiting("waiting for a worker".into()),
-                            executors: BTreeMap::new(),
-                            next_executor: 0,
-                            executor_failures: 0,
-                        },
-                    );
+                    self.apps.insert(app, App::new(request));
+                }
+            }
+            Event::AppRecovered { app, request, past } => {
+                if !self.apps.contains_key(&app) {
+                    let mut recovered = App::new(request);
+                    // Numbers are never handed out twice: a driver would
+                    // take a new executor for an old one.
+                    recovered.next_executor = past.iter().map(|(n, _)| n + 1).max().unwrap_or(0);
+                    recovered.past = past.into_iter().collect();
+                    self.app_order.push(app.clone());
+                    self.apps.insert(app, recovered);
                 }
             }
             Event::AppEnded { app, why } => {
@@ -554,7 +619,7 @@ impl ClusterState {
                 .map(|(n, _)| *n)
                 .collect();
             for executor in ended {
-                app.executors.remove(&executor);
+                app.retire(executor, ExecutorEnd::Lost(gone.clone()));
                 if app.is_active() {
                     actions.push(Action::ExecutorLost {
                         app: app_id.clone(),
@@ -614,15 +679,24 @@ impl ClusterState {
             let fits = r.cores <= worker.free_cores() && r.memory_mb <= worker.free_memory();
             let app = self.apps.get_mut(&r.app).filter(|a| a.is_active());
             // Keep what is recorded here, or what this manager never heard
-            // of (it restarted); a number it handed out and then lost was
-            // already reported lost to the driver.
+            // of or last saw before it restarted; a number it handed out
+            // and then lost was already reported lost to the driver.
             let keep = app.filter(|a| match a.executors.get(&r.executor) {
                 Some(e) => e.worker == id && fits,
-                None => r.executor >= a.next_executor && a.cores_wanted() >= r.cores && fits,
+                None => {
+                    let unconfirmed = a
+                        .past
+                        .get(&r.executor)
+                        .is_some_and(|p| p.end == ExecutorEnd::Unconfirmed);
+                    (r.executor >= a.next_executor || unconfirmed)
+                        && a.cores_wanted() >= r.cores
+                        && fits
+                }
             });
             match keep {
                 Some(app) => {
                     worker.take(r.cores, r.memory_mb);
+                    app.past.remove(&r.executor);
                     app.next_executor = app.next_executor.max(r.executor + 1);
                     app.state = AppState::Running;
                     app.executors.insert(
@@ -662,7 +736,7 @@ impl ClusterState {
                 .map(|(n, _)| *n)
                 .collect();
             for executor in lost {
-                app.executors.remove(&executor);
+                app.retire(executor, ExecutorEnd::Lost(why.clone()));
                 if app.is_active() {
                     actions.push(Action::ExecutorLost {
                         app: app_id.clone(),
@@ -699,7 +773,11 @@ impl ClusterState {
             return;
         }
         app.state = state;
-        for (executor, e) in std::mem::take(&mut app.executors) {
+        let executors: Vec<ExecutorNo> = app.executors.keys().copied().collect();
+        for executor in executors {
+            let Some(e) = app.retire(executor, ExecutorEnd::Killed) else {
+                continue;
+            };
             if let Some(worker) = self.workers.get_mut(&e.worker) {
                 worker.give_back(e.cores, e.memory_mb);
                 if worker.alive {
@@ -723,7 +801,7 @@ impl ClusterState {
         let Some(app) = self.apps.get_mut(app_id) else {
             return;
         };
-        let Some(e) = app.executors.remove(&executor) else {
+        let Some(e) = app.retire(executor, ExecutorEnd::Exited(why.clone())) else {
             return;
         };
         if let Some(worker) = self.workers.get_mut(&e.worker) {
@@ -1380,6 +1458,124 @@ mod tests {
             Some(&DriverState::Running {
                 worker: "w2".into()
             })
+        );
+    }
+
+    fn past(s: &ClusterState, app: &str) -> Vec<(ExecutorNo, String, ExecutorEnd)> {
+        s.apps()
+            .into_iter()
+            .find(|a| a.id == app)
+            .map(|a| {
+                a.past
+                    .into_iter()
+                    .map(|(n, p)| (n, p.worker, p.end))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_finished_app_keeps_what_ran_where() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, app("a", 1, Some(1)));
+        s.on_event(
+            1,
+            Event::ExecutorExited {
+                app: "a".into(),
+                executor: 0,
+                why: "exit code 1".into(),
+            },
+        );
+        s.on_event(2, worker("w2", 2, 4096));
+        s.on_event(
+            3,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "nothing heard".into(),
+            },
+        );
+        assert_eq!(s.executors_of("a"), vec![(2, "w2".to_string())]);
+        s.on_event(
+            4,
+            Event::AppEnded {
+                app: "a".into(),
+                why: None,
+            },
+        );
+        let view = s.apps().into_iter().find(|a| a.id == "a").unwrap();
+        assert!(view.executors.is_empty(), "nothing is held any more");
+        assert_eq!(
+            past(&s, "a"),
+            vec![
+                (0, "w1".into(), ExecutorEnd::Exited("exit code 1".into())),
+                (
+                    1,
+                    "w1".into(),
+                    ExecutorEnd::Lost("worker w1 lost: nothing heard".into())
+                ),
+                (2, "w2".into(), ExecutorEnd::Killed),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recovered_app_keeps_its_history_and_never_reuses_a_number() {
+        let mut s = ClusterState::new(Placement::Spread);
+        let request = AppRequest {
+            name: "a".into(),
+            executor_cores: 1,
+            executor_memory_mb: 512,
+            max_cores: Some(2),
+            conf: vec![],
+        };
+        let had = |worker: &str, end| PastExecutor {
+            worker: worker.into(),
+            cores: 1,
+            memory_mb: 512,
+            end,
+        };
+        s.on_event(
+            0,
+            Event::AppRecovered {
+                app: "a".into(),
+                request,
+                past: vec![
+                    (0, had("w1", ExecutorEnd::Exited("exit code 1".into()))),
+                    (1, had("w2", ExecutorEnd::Unconfirmed)),
+                ],
+            },
+        );
+        // Its worker still runs executor 1: kept, and no longer history.
+        let actions = s.on_event(
+            1,
+            Event::WorkerRegistered {
+                worker: "w2".into(),
+                cores: 1,
+                memory_mb: 4096,
+                drivers: vec![],
+                executors: vec![RunningExecutor {
+                    app: "a".into(),
+                    executor: 1,
+                    cores: 1,
+                    memory_mb: 512,
+                }],
+                exited_drivers: vec![],
+            },
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::KillExecutor { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(s.executors_of("a"), vec![(1, "w2".to_string())]);
+        // The next executor takes a number never used before.
+        let actions = s.on_event(2, worker("w1", 1, 4096));
+        assert_eq!(launches(&actions), vec![("w1".into(), "a".into(), 2)]);
+        assert_eq!(
+            past(&s, "a"),
+            vec![(0, "w1".into(), ExecutorEnd::Exited("exit code 1".into()))]
         );
     }
 

@@ -165,9 +165,10 @@ pub fn launch(
     dir: &Path,
     spec: &ChildSpec,
 ) -> std::io::Result<Started> {
-    std::fs::create_dir_all(dir)?;
-    let stdout = std::fs::File::create(dir.join("stdout"))?;
-    let stderr = std::fs::File::create(dir.join("stderr"))?;
+    // Owner-only: a job's output and logs are its user's.
+    crate::owner_only::create_dir(dir)?;
+    let stdout = crate::owner_only::create_file(&dir.join("stdout"))?;
+    let stderr = crate::owner_only::create_file(&dir.join("stderr"))?;
     let mut command = Command::new(program);
     command
         .args(args)
@@ -299,6 +300,45 @@ mod tests {
             read_spec(&mut junk.as_slice()),
             Err(SpecError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn a_childs_directory_and_logs_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("app-1").join("0");
+        let spec = ChildSpec::Driver {
+            node: NodeSpec {
+                certs: "/c".into(),
+                cert_name: "w1".into(),
+                instance: "driver-1".into(),
+                host: "127.0.0.1".into(),
+                conf: vec![],
+            },
+            driver: "driver-1".into(),
+            job: DriverJob {
+                name: "j".into(),
+                script: "SELECT 1;".into(),
+                conf: vec![],
+                executor_cores: 1,
+                executor_memory_mb: 512,
+                max_cores: None,
+                base_dir: None,
+            },
+            manager: NodeContact {
+                node: ember_transport::NodeId("cm".into()),
+                addr: "127.0.0.1:7077".parse().unwrap(),
+                host: "127.0.0.1".into(),
+            },
+        };
+        let args = ["-c".to_string(), "cat >/dev/null".to_string()];
+        let mut started = launch(Path::new("/bin/sh"), &args, &dir, &spec).unwrap();
+        drop(started.stdin);
+        started.child.wait().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("stdout")), 0o600);
+        assert_eq!(mode(&dir.join("stderr")), 0o600);
     }
 
     #[test]
