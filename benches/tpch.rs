@@ -201,7 +201,7 @@ fn main() {
         .map(|v| v.split(',').filter_map(|q| q.trim().parse().ok()).collect())
         .unwrap_or_default();
     let mut results = Vec::new();
-    for n in QUERIES.into_iter().filter(|n| only.is_empty() || only.contains(n)) {
+    for n in QUERIES.filter(|n| only.is_empty() || only.contains(n)) {
         // The first DataFusion run is the warm-up (page cache) and the
         // reference answer; the timed runs follow, interleaved.
         let (_, expected) = datafusion(n);
