@@ -488,7 +488,7 @@ pub fn main() -> ExitCode {
             };
             match generate_views(&spec) {
                 Ok(paths) => {
-                    eprintln!(
+                    errln!(
                         "wrote {rows} rows in {} files to {}",
                         paths.len(),
                         spec.out.display()
@@ -517,7 +517,7 @@ pub fn main() -> ExitCode {
             let options = match node_options(&args.conf) {
                 Ok(options) => options,
                 Err(e) => {
-                    eprintln!("ember: {e}");
+                    errln!("ember: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -533,7 +533,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!(
+            errln!(
                 "error: give a command (submit, shell, status, list, kill, logs, local-cluster, simulate, gen, certs, config) or --role; see `ember --help`"
             );
             ExitCode::from(2)
@@ -559,7 +559,7 @@ fn gen_tpch(spec: &TpchSpec) -> ExitCode {
     bar.finish_and_clear();
     match generated {
         Ok(done) => {
-            eprintln!(
+            errln!(
                 "wrote TPC-H scale factor {} ({} rows in {} Parquet files) to {}\n\
                  tables: {}\n\
                  run a query: ember submit {}",
@@ -684,7 +684,7 @@ fn run_cluster_driver() -> ExitCode {
             submission: Some(driver.clone()),
         }),
     };
-    eprintln!("driver {driver} running {}", job.name);
+    errln!("driver {driver} running {}", job.name);
     run_job(
         options,
         &job.name,
@@ -720,7 +720,7 @@ fn run_job(
             tokio::select! {
                 code = &mut run => code,
                 _ = interrupted(&mut interrupt) => {
-                    eprintln!("interrupted; cancelling the running job");
+                    errln!("interrupted; cancelling the running job");
                     // The running job's tasks are killed and its statement
                     // ends its own way, so half-written output is cleaned up.
                     cancel("interrupted (Ctrl-C)");
@@ -747,7 +747,7 @@ pub(crate) async fn start_session(
     let started = tokio::select! {
         started = Session::start(options) => started,
         _ = interrupted(&mut interrupt) => {
-            eprintln!("interrupted while starting");
+            errln!("interrupted while starting");
             return Err(ExitCode::from(130));
         }
     };
@@ -777,7 +777,7 @@ fn node_options(pairs: &[String]) -> Result<ember_transport::NodeOptions, Config
 }
 
 pub(crate) fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     ExitCode::FAILURE
 }
 
@@ -795,6 +795,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never in files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (standard error closed) is
+        // dropped; reporting that on standard error would panic.
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -807,7 +810,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
             force,
         } => {
             let cert = ember_certs::init_ca(&dir, &name, days, force)?;
-            eprintln!(
+            errln!(
                 "made the cluster CA {} (key {}, readable by you only); keep the key off worker nodes",
                 cert.display(),
                 dir.join(ember_certs::CA_KEY).display()
@@ -822,7 +825,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
         } => {
             let request = ember_certs::IssueRequest::new(role, &name, hosts, days);
             let issued = ember_certs::issue(&dir, &request)?;
-            eprintln!(
+            errln!(
                 "issued {role} certificate {} (key {})",
                 issued.cert.display(),
                 issued.key.display()
@@ -830,7 +833,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
         }
         CertsCommand::Show { file } => {
             let der = ember_certs::read_cert(&file)?;
-            println!(
+            outln!(
                 "{}",
                 ember_certs::inspect(&der, &file.display().to_string())?
             );
@@ -840,21 +843,21 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
 }
 
 fn print_config() {
-    println!("Configuration keys (set with --conf KEY=VALUE or the environment variable shown):\n");
+    outln!("Configuration keys (set with --conf KEY=VALUE or the environment variable shown):\n");
     for key in KEYS {
         let default = if key.default.is_empty() {
             "(depends on the master)"
         } else {
             key.default
         };
-        println!(
+        outln!(
             "{}\n    default: {default}\n    env:     {}\n    {}\n",
             key.name,
             env_name(key.name),
             key.doc
         );
     }
-    println!("Keys starting with `datafusion.` are passed to DataFusion unchanged.");
+    outln!("Keys starting with `datafusion.` are passed to DataFusion unchanged.");
 }
 
 fn submit(args: SubmitArgs) -> ExitCode {

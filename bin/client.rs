@@ -62,9 +62,10 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
     match ask(args, FromClient::Submit { job, request }) {
         Ok(ClientReply::Submitted(id)) => {
             emit(&format!("{id}\n"));
-            eprintln!(
+            errln!(
                 "submitted {id}; follow it with `ember status {id} --master {}` and read its output with `ember logs {id} --master {}`",
-                args.master, args.master
+                args.master,
+                args.master
             );
             ExitCode::SUCCESS
         }
@@ -88,7 +89,7 @@ fn emit(text: &str) {
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("error: cannot write the output: {e}");
+        errln!("error: cannot write the output: {e}");
     }
 }
 
@@ -209,7 +210,7 @@ pub fn list(args: ClusterArgs) -> ExitCode {
 pub fn kill(args: IdArgs) -> ExitCode {
     match ask(&args.cluster, FromClient::Kill { id: args.id }) {
         Ok(ClientReply::Killed(what)) => {
-            eprintln!("{what}");
+            errln!("{what}");
             ExitCode::SUCCESS
         }
         Ok(other) => fail(&format!("unexpected answer: {other:?}")),
@@ -225,7 +226,7 @@ pub fn logs(args: LogsArgs) -> ExitCode {
     match ask(&args.cluster, request) {
         Ok(ClientReply::Logs(logs)) => {
             if logs.truncated {
-                eprintln!("(only the last {} bytes)", args.max_bytes);
+                errln!("(only the last {} bytes)", args.max_bytes);
             }
             if args.stderr {
                 emit(&logs.stderr);

@@ -189,7 +189,7 @@ fn prepare(
 }
 
 fn fail(e: String) -> ExitCode {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     ExitCode::FAILURE
 }
 
@@ -236,7 +236,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
                 .unwrap_or(10),
         })
         .start();
-        println!("cluster manager {} listening on ember://{addr}", node.id());
+        outln!("cluster manager {} listening on ember://{addr}", node.id());
         tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
         interrupted().await;
         drop(manager);
@@ -316,7 +316,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
             stops_system: true,
         })
         .start();
-        eprintln!(
+        errln!(
             "worker {} ({} cores, {} MB) registering with {}",
             node.id(),
             args.cores,
@@ -477,7 +477,7 @@ pub fn run_executor() -> ExitCode {
     match code {
         Ok(ExitReason::Normal) => ExitCode::SUCCESS,
         Ok(reason) => {
-            eprintln!("executor {executor} of {app} exiting: {reason}");
+            errln!("executor {executor} of {app} exiting: {reason}");
             ExitCode::from(3)
         }
         Err(e) => fail(e),

@@ -365,3 +365,51 @@ fn json_rows_name_every_column_and_count_star_counts() {
         "{\"id\":1,\"kind\":null}\n{\"id\":2,\"kind\":\"even\"}\n{\"n\":3000}\n"
     );
 }
+
+/// Runs `ember args` with standard output and error going into a pipe
+/// nobody reads any more, as `| head` leaves it; its exit code.
+fn ember_into_a_closed_pipe(args: &[&str], dir: &Path) -> Option<i32> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn a_closed_pipe_ends_commands_quietly_not_with_a_panic() {
+    let work = tempfile::tempdir().unwrap();
+    // Output nobody reads: the command still succeeds.
+    assert_eq!(
+        ember_into_a_closed_pipe(&["config", "--list"], work.path()),
+        Some(0)
+    );
+    let job = work.path().join("rows.sql");
+    std::fs::write(&job, "SELECT v FROM generate_series(1, 100) AS t(v);\n").unwrap();
+    let submit = [
+        "submit",
+        "-v",
+        "--master",
+        "local[2]",
+        job.to_str().unwrap(),
+    ];
+    assert_eq!(ember_into_a_closed_pipe(&submit, work.path()), Some(0));
+    // An error nobody reads: the command still fails with its own code.
+    let logs = [
+        "logs",
+        "driver-20261101000000-0000",
+        "--master",
+        "ember://127.0.0.1:9",
+        "--certs",
+        "no-such-dir",
+    ];
+    assert_eq!(ember_into_a_closed_pipe(&logs, work.path()), Some(1));
+    std::fs::write(&job, "SELECT nope;\n").unwrap();
+    assert_eq!(ember_into_a_closed_pipe(&submit, work.path()), Some(1));
+}

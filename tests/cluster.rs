@@ -156,6 +156,17 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
     }
+    // So does one that closes standard error too, while a note goes there
+    // ("only the last 10 bytes").
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = cluster
+        .ember(&["logs", &id, "--max-bytes", "10"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 
     let list = cluster.run(&["list"]);
     let listed = text(&list.stdout);

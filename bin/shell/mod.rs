@@ -263,7 +263,7 @@ impl Shell {
                 }
                 Read::End => {
                     if input.in_statement() {
-                        eprintln!("(the unfinished statement was not run)");
+                        errln!("(the unfinished statement was not run)");
                     }
                     return ExitCode::SUCCESS;
                 }
@@ -277,8 +277,8 @@ impl Shell {
                 match self.run_item(&item).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) | Err(Failure::Closed) => return ExitCode::SUCCESS,
-                    Err(Failure::Interrupted) => eprintln!("query cancelled"),
-                    Err(Failure::Error(e)) => eprintln!("error: {e}"),
+                    Err(Failure::Interrupted) => errln!("query cancelled"),
+                    Err(Failure::Error(e)) => errln!("error: {e}"),
                     Err(Failure::Ended(e)) => {
                         return fail(&format!("{e}; the application has ended"));
                     }
@@ -306,7 +306,7 @@ impl Shell {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) | Err(Failure::Closed) => return ExitCode::SUCCESS,
                     Err(Failure::Interrupted) => {
-                        eprintln!("interrupted; the running job was cancelled");
+                        errln!("interrupted; the running job was cancelled");
                         return ExitCode::from(130);
                     }
                     Err(Failure::Error(e) | Failure::Ended(e)) => {
@@ -328,7 +328,7 @@ impl Shell {
             None => master.to_string(),
         };
         let plural = if executors.len() == 1 { "" } else { "s" };
-        println!(
+        outln!(
             "Ember shell: {on}, {slots} task slots on {} executor{plural}.\n\
              End statements with ';'. \\help for help, \\quit or Ctrl-D to leave.",
             executors.len()
@@ -408,7 +408,7 @@ impl Shell {
             if self.settings.on_terminal {
                 writeln!(std::io::stdout(), "{took}")?;
             } else {
-                eprintln!("{took}");
+                errln!("{took}");
             }
         }
         Ok(())
@@ -519,7 +519,7 @@ impl Terminal {
             && path.exists()
             && let Err(e) = editor.load_history(path)
         {
-            eprintln!(
+            errln!(
                 "warning: cannot read the history in {}: {e}",
                 path.display()
             );
@@ -566,7 +566,7 @@ impl Terminal {
             && !self.history_failed
         {
             self.history_failed = true;
-            eprintln!(
+            errln!(
                 "warning: cannot keep the history in {}: {e}",
                 path.display()
             );
