@@ -53,7 +53,7 @@ pub struct ProcessArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
     pub listen: std::net::SocketAddr,
     /// Directory with the cluster CA and this node's certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
     /// The certificate to use (default: the only one of the role in --certs).
     #[arg(long, value_name = "NAME")]
@@ -141,6 +141,9 @@ pub enum Command {
     ProbeNode(ProbeNodeArgs),
 }
 
+/// Where certificates are looked for unless `--certs` says.
+pub const DEFAULT_CERTS: &str = "certs";
+
 /// How a command reaches a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
@@ -148,7 +151,7 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "MASTER_URL", env = "EMBER_MASTER")]
     pub master: Master,
     /// Directory with the cluster CA and a client certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
     /// The client certificate to use (default: the only one in --certs).
     #[arg(long = "cert-name", value_name = "NAME")]
@@ -156,6 +159,37 @@ pub struct ClusterArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClusterArgs {
+    /// The options that reach this cluster again, for a command a person
+    /// can paste: `--master`, and `--certs` and `--cert-name` unless they
+    /// are the defaults.
+    pub fn reach_again(&self) -> String {
+        let mut options = format!("--master {}", shell_word(&self.master.to_string()));
+        if self.certs != std::path::Path::new(DEFAULT_CERTS) {
+            options.push_str(" --certs ");
+            options.push_str(&shell_word(&self.certs.display().to_string()));
+        }
+        if let Some(name) = &self.name {
+            options.push_str(" --cert-name ");
+            options.push_str(&shell_word(name));
+        }
+        options
+    }
+}
+
+/// `word` as one word of a shell command: quoted unless it is plain.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +316,7 @@ pub struct AppArgs {
     pub driver_host: String,
 
     /// Directory with the cluster CA and a client certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
 
     /// The client certificate to use (default: the only one in --certs).
@@ -1018,4 +1052,34 @@ async fn run_statements(
     }
     let _ = stdout.flush();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(certs: &str, name: Option<&str>) -> ClusterArgs {
+        ClusterArgs {
+            master: "ember://10.0.0.5:7077".parse().unwrap(),
+            certs: PathBuf::from(certs),
+            name: name.map(str::to_string),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn a_pasted_command_reaches_the_same_cluster_with_the_same_certificates() {
+        assert_eq!(
+            cluster(DEFAULT_CERTS, None).reach_again(),
+            "--master ember://10.0.0.5:7077"
+        );
+        assert_eq!(
+            cluster("/etc/ember/pki", Some("ops")).reach_again(),
+            "--master ember://10.0.0.5:7077 --certs /etc/ember/pki --cert-name ops"
+        );
+        assert_eq!(
+            cluster("my certs/it's", None).reach_again(),
+            r"--master ember://10.0.0.5:7077 --certs 'my certs/it'\''s'"
+        );
+    }
 }

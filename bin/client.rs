@@ -62,10 +62,9 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
     match ask(args, FromClient::Submit { job, request }) {
         Ok(ClientReply::Submitted(id)) => {
             emit(&format!("{id}\n"));
+            let reach = args.reach_again();
             errln!(
-                "submitted {id}; follow it with `ember status {id} --master {}` and read its output with `ember logs {id} --master {}`",
-                args.master,
-                args.master
+                "submitted {id}; follow it with `ember status {id} {reach}` and read its output with `ember logs {id} {reach}`"
             );
             ExitCode::SUCCESS
         }

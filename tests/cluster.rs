@@ -132,16 +132,45 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         "executors of a finished application must exit"
     );
 
-    let id =
-        cluster.submit_cluster_mode("cluster-mode", Path::new("examples/watch_time.sql"), false);
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "cluster-mode",
+        "examples/watch_time.sql",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
     cluster.wait_for(
         "the cluster-mode driver to finish",
         Duration::from_secs(30),
         |s| driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
     );
-    let logs = cluster.run(&["logs", &id]);
-    assert!(logs.status.success(), "{}", text(&logs.stderr));
-    assert_eq!(text(&logs.stdout), expected);
+    // The commands printed to follow the submission work as pasted: they
+    // name the master and the certificates.
+    let hint = text(&out.stderr);
+    let pasted: Vec<Vec<&str>> = hint
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|command| command.split_whitespace().collect())
+        .collect();
+    assert_eq!(pasted.len(), 2, "{hint}");
+    let run_pasted = |words: &[&str]| {
+        assert_eq!(words[0], "ember", "{hint}");
+        let out = Command::new(ember())
+            .args(&words[1..])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("EMBER_MASTER")
+            .env_remove("EMBER_CERTS")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{words:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(run_pasted(&pasted[0]).contains("FINISHED"), "{hint}");
+    assert_eq!(run_pasted(&pasted[1]), expected);
 
     // A reader that goes away (`| head`) ends the output quietly.
     for args in [&["status", "--json"][..], &["list"], &["logs", &id]] {
