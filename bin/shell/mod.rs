@@ -109,7 +109,9 @@ pub fn run(args: ShellArgs) -> ExitCode {
         } else {
             OutputFormat::Csv
         }),
-        timing: false,
+        // A person at a terminal sees how long each statement took, as a
+        // table's footer always said; scripts' output stays as submit's.
+        timing: on_terminal,
         max_rows: Some(DEFAULT_MAX_ROWS),
         on_terminal,
         interactive,
@@ -384,14 +386,17 @@ impl Shell {
         Ok(Flow::Continue)
     }
 
-    /// Runs one statement and prints what it gave.
+    /// Runs one statement and prints what it gave and, with `\timing` on,
+    /// how long it took: in a table's footer, or on a line of its own.
     async fn statement(&mut self, sql: &str, mode: Mode) -> Result<(), Failure> {
         let started = Instant::now();
-        match self.cancellable(sql, mode).await? {
-            StatementOutcome::Rows(rows) => {
-                self.print(&rows.schema, &rows.batches, Some(started))?
+        let timed = self.settings.timing.then_some(started);
+        let footed = match self.cancellable(sql, mode).await? {
+            StatementOutcome::Rows(rows) => self.print(&rows.schema, &rows.batches, timed)?,
+            StatementOutcome::Explain(text) => {
+                writeln!(std::io::stdout(), "{text}")?;
+                false
             }
-            StatementOutcome::Explain(text) => writeln!(std::io::stdout(), "{text}")?,
             StatementOutcome::Done if self.settings.interactive => {
                 writeln!(std::io::stdout(), "OK")?;
                 // A table may have come or gone: completion should know.
@@ -400,10 +405,11 @@ impl Shell {
                     .vocabulary
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = vocabulary;
+                false
             }
-            StatementOutcome::Done => {}
-        }
-        if self.settings.timing {
+            StatementOutcome::Done => false,
+        };
+        if let Some(started) = timed.filter(|_| !footed) {
             let took = format!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1e3);
             if self.settings.on_terminal {
                 writeln!(std::io::stdout(), "{took}")?;
@@ -445,17 +451,19 @@ impl Shell {
 
     fn print_listing(&self, listing: &Listing) -> Result<(), Failure> {
         self.print(&listing.schema, std::slice::from_ref(&listing.batch), None)
+            .map(|_| ())
     }
 
     /// Prints rows in the chosen format; on a terminal, a table is cut to
-    /// its width and `\maxrows`, and followed by the row count (and how
-    /// long a query took).
+    /// its width and `\maxrows`, and followed by the row count (and, given
+    /// `started`, how long the query took). Returns whether that footer was
+    /// printed.
     fn print(
         &self,
         schema: &Schema,
         batches: &[RecordBatch],
         started: Option<Instant>,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
         let limits = if table {
             Limits::terminal(self.settings.max_rows)
@@ -475,7 +483,7 @@ impl Shell {
             writeln!(out, "{footer}\n")?;
         }
         out.flush()?;
-        Ok(())
+        Ok(table)
     }
 }
 
