@@ -366,6 +366,69 @@ fn json_rows_name_every_column_and_count_star_counts() {
     );
 }
 
+#[test]
+fn nulls_empty_strings_and_nested_values_print_in_every_format() {
+    let work = tempfile::tempdir().unwrap();
+    let job = work.path().join("values.sql");
+    std::fs::write(
+        &job,
+        "SELECT v AS id, CASE WHEN v = 1 THEN 'a' WHEN v = 2 THEN '' WHEN v = 4 THEN 'NULL' END AS word \
+         FROM generate_series(1, 4) AS t(v) ORDER BY id;\n\
+         SELECT max(v) AS top FROM generate_series(1, 3) AS t(v) WHERE v > 5;\n\
+         SELECT named_struct('a', 1, 'b', 'x') AS s, make_array(1, 2) AS l;\n",
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let out = ember(
+            &[
+                "submit",
+                "--master",
+                "local[2]",
+                "--format",
+                format,
+                job.to_str().unwrap(),
+            ],
+            work.path(),
+        );
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // NULL as NULL; an empty string, and a string that reads NULL, quoted.
+    assert_eq!(
+        run("csv"),
+        "id,word\n1,a\n2,\"\"\n3,NULL\n4,\"NULL\"\n\
+         top\nNULL\n\
+         s,l\n\"{\"\"a\"\":1,\"\"b\"\":\"\"x\"\"}\",\"[1,2]\"\n"
+    );
+    let table = run("table");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["id", "word"],
+            vec!["1", "a"],
+            vec!["2", ""],
+            vec!["3", "NULL"],
+            vec!["4", "NULL"],
+            vec!["top"],
+            vec!["NULL"],
+            vec!["s", "l"],
+            vec!["{a: 1, b: x}", "[1, 2]"],
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        run("json"),
+        "{\"id\":1,\"word\":\"a\"}\n{\"id\":2,\"word\":\"\"}\n{\"id\":3,\"word\":null}\n\
+         {\"id\":4,\"word\":\"NULL\"}\n{\"top\":null}\n\
+         {\"s\":{\"a\":1,\"b\":\"x\"},\"l\":[1,2]}\n"
+    );
+}
+
 /// Runs `ember args` with standard output and error going into a pipe
 /// nobody reads any more, as `| head` leaves it; its exit code.
 fn ember_into_a_closed_pipe(args: &[&str], dir: &Path) -> Option<i32> {
