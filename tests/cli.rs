@@ -195,6 +195,10 @@ fn a_bad_csv_row_fails_the_job_and_copy_writes_nothing() {
     assert!(stderr.contains("statement 3 (COPY"), "{stderr}");
     assert!(files_under(&data.path("out")).is_empty());
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The error names the file, once: no warning repeats it.
+    let named = format!("{}: ", bad.display());
+    assert_eq!(stderr.matches(&named).count(), 1, "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
 #[test]
