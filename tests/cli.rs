@@ -480,3 +480,46 @@ fn a_closed_pipe_ends_commands_quietly_not_with_a_panic() {
     std::fs::write(&job, "SELECT nope;\n").unwrap();
     assert_eq!(ember_into_a_closed_pipe(&submit, work.path()), Some(1));
 }
+
+/// A child process stopped (SIGTERM, then reaped) when dropped, so a
+/// failing test leaves nothing running.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        ember::loopback::signal(self.0.id(), libc::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn log_files_carry_no_colour_codes() {
+    use std::io::BufRead;
+    let _turn = crate::cluster::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("cluster");
+    let mut cluster = StopOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["local-cluster", "--workers", "1", "--port", "0", "--dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // "master URL" comes once the worker has registered.
+    let mut line = String::new();
+    std::io::BufReader::new(cluster.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("master ember://"), "{line:?}");
+    drop(cluster);
+    for log in ["cluster-manager.log", "worker-1.log"] {
+        let written = std::fs::read_to_string(dir.join("logs").join(log)).unwrap();
+        assert!(written.contains(" INFO "), "{log}: {written}");
+        assert!(!written.contains("\u{1b}["), "{log}: {written:?}");
+    }
+}
