@@ -53,7 +53,7 @@ pub struct ProcessArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
     pub listen: std::net::SocketAddr,
     /// Directory with the cluster CA and this node's certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
     /// The certificate to use (default: the only one of the role in --certs).
     #[arg(long, value_name = "NAME")]
@@ -145,6 +145,9 @@ pub enum Command {
     ProbeNode(ProbeNodeArgs),
 }
 
+/// Where certificates are looked for unless `--certs` says.
+pub const DEFAULT_CERTS: &str = "certs";
+
 /// How a command reaches a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
@@ -152,7 +155,7 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "MASTER_URL", env = "EMBER_MASTER")]
     pub master: Master,
     /// Directory with the cluster CA and a client certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
     /// The client certificate to use (default: the only one in --certs).
     #[arg(long = "cert-name", value_name = "NAME")]
@@ -160,6 +163,37 @@ pub struct ClusterArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ClusterArgs {
+    /// The options that reach this cluster again, for a command a person
+    /// can paste: `--master`, and `--certs` and `--cert-name` unless they
+    /// are the defaults.
+    pub fn reach_again(&self) -> String {
+        let mut options = format!("--master {}", shell_word(&self.master.to_string()));
+        if self.certs != std::path::Path::new(DEFAULT_CERTS) {
+            options.push_str(" --certs ");
+            options.push_str(&shell_word(&self.certs.display().to_string()));
+        }
+        if let Some(name) = &self.name {
+            options.push_str(" --cert-name ");
+            options.push_str(&shell_word(name));
+        }
+        options
+    }
+}
+
+/// `word` as one word of a shell command: quoted unless it is plain.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -291,7 +325,7 @@ pub struct AppArgs {
     pub driver_host: String,
 
     /// Directory with the cluster CA and a client certificate.
-    #[arg(long, value_name = "DIR", default_value = "certs", env = "EMBER_CERTS")]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERTS, env = "EMBER_CERTS")]
     pub certs: PathBuf,
 
     /// The client certificate to use (default: the only one in --certs).
@@ -503,7 +537,7 @@ pub fn main() -> ExitCode {
             };
             match generate_views(&spec) {
                 Ok(paths) => {
-                    eprintln!(
+                    errln!(
                         "wrote {rows} rows in {} files to {}",
                         paths.len(),
                         spec.out.display()
@@ -532,7 +566,7 @@ pub fn main() -> ExitCode {
             let options = match node_options(&args.conf) {
                 Ok(options) => options,
                 Err(e) => {
-                    eprintln!("ember: {e}");
+                    errln!("ember: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -548,7 +582,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!(
+            errln!(
                 "error: give a command (submit, shell, status, list, kill, logs, local-cluster, simulate, gen, certs, config) or --role; see `ember --help`"
             );
             ExitCode::from(2)
@@ -574,7 +608,7 @@ fn gen_tpch(spec: &TpchSpec) -> ExitCode {
     bar.finish_and_clear();
     match generated {
         Ok(done) => {
-            eprintln!(
+            errln!(
                 "wrote TPC-H scale factor {} ({} rows in {} Parquet files) to {}\n\
                  tables: {}\n\
                  run a query: ember submit {}",
@@ -700,7 +734,7 @@ fn run_cluster_driver() -> ExitCode {
             submission: Some(driver.clone()),
         }),
     };
-    eprintln!("driver {driver} running {}", job.name);
+    errln!("driver {driver} running {}", job.name);
     run_job(
         options,
         &job.name,
@@ -736,7 +770,7 @@ fn run_job(
             tokio::select! {
                 code = &mut run => code,
                 _ = interrupted(&mut interrupt) => {
-                    eprintln!("interrupted; cancelling the running job");
+                    errln!("interrupted; cancelling the running job");
                     // The running job's tasks are killed and its statement
                     // ends its own way, so half-written output is cleaned up.
                     cancel("interrupted (Ctrl-C)");
@@ -763,7 +797,7 @@ pub(crate) async fn start_session(
     let started = tokio::select! {
         started = Session::start(options) => started,
         _ = interrupted(&mut interrupt) => {
-            eprintln!("interrupted while starting");
+            errln!("interrupted while starting");
             return Err(ExitCode::from(130));
         }
     };
@@ -793,7 +827,7 @@ fn node_options(pairs: &[String]) -> Result<ember_transport::NodeOptions, Config
 }
 
 pub(crate) fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     ExitCode::FAILURE
 }
 
@@ -811,6 +845,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never in files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (standard error closed) is
+        // dropped; reporting that on standard error would panic.
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -823,7 +860,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
             force,
         } => {
             let cert = ember_certs::init_ca(&dir, &name, days, force)?;
-            eprintln!(
+            errln!(
                 "made the cluster CA {} (key {}, readable by you only); keep the key off worker nodes",
                 cert.display(),
                 dir.join(ember_certs::CA_KEY).display()
@@ -838,7 +875,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
         } => {
             let request = ember_certs::IssueRequest::new(role, &name, hosts, days);
             let issued = ember_certs::issue(&dir, &request)?;
-            eprintln!(
+            errln!(
                 "issued {role} certificate {} (key {})",
                 issued.cert.display(),
                 issued.key.display()
@@ -846,7 +883,7 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
         }
         CertsCommand::Show { file } => {
             let der = ember_certs::read_cert(&file)?;
-            println!(
+            outln!(
                 "{}",
                 ember_certs::inspect(&der, &file.display().to_string())?
             );
@@ -856,21 +893,21 @@ fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {
 }
 
 fn print_config() {
-    println!("Configuration keys (set with --conf KEY=VALUE or the environment variable shown):\n");
+    outln!("Configuration keys (set with --conf KEY=VALUE or the environment variable shown):\n");
     for key in KEYS {
         let default = if key.default.is_empty() {
             "(depends on the master)"
         } else {
             key.default
         };
-        println!(
+        outln!(
             "{}\n    default: {default}\n    env:     {}\n    {}\n",
             key.name,
             env_name(key.name),
             key.doc
         );
     }
-    println!("Keys starting with `datafusion.` are passed to DataFusion unchanged.");
+    outln!("Keys starting with `datafusion.` are passed to DataFusion unchanged.");
 }
 
 fn submit(args: SubmitArgs) -> ExitCode {
@@ -1031,4 +1068,34 @@ async fn run_statements(
     }
     let _ = stdout.flush();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(certs: &str, name: Option<&str>) -> ClusterArgs {
+        ClusterArgs {
+            master: "ember://10.0.0.5:7077".parse().unwrap(),
+            certs: PathBuf::from(certs),
+            name: name.map(str::to_string),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn a_pasted_command_reaches_the_same_cluster_with_the_same_certificates() {
+        assert_eq!(
+            cluster(DEFAULT_CERTS, None).reach_again(),
+            "--master ember://10.0.0.5:7077"
+        );
+        assert_eq!(
+            cluster("/etc/ember/pki", Some("ops")).reach_again(),
+            "--master ember://10.0.0.5:7077 --certs /etc/ember/pki --cert-name ops"
+        );
+        assert_eq!(
+            cluster("my certs/it's", None).reach_again(),
+            r"--master ember://10.0.0.5:7077 --certs 'my certs/it'\''s'"
+        );
+    }
 }

@@ -62,9 +62,9 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
     match ask(args, FromClient::Submit { job, request }) {
         Ok(ClientReply::Submitted(id)) => {
             emit(&format!("{id}\n"));
-            eprintln!(
-                "submitted {id}; follow it with `ember status {id} --master {}` and read its output with `ember logs {id} --master {}`",
-                args.master, args.master
+            let reach = args.reach_again();
+            errln!(
+                "submitted {id}; follow it with `ember status {id} {reach}` and read its output with `ember logs {id} {reach}`"
             );
             ExitCode::SUCCESS
         }
@@ -88,7 +88,7 @@ fn emit(text: &str) {
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("error: cannot write the output: {e}");
+        errln!("error: cannot write the output: {e}");
     }
 }
 
@@ -224,7 +224,7 @@ pub fn list(args: ClusterArgs) -> ExitCode {
 pub fn kill(args: IdArgs) -> ExitCode {
     match ask(&args.cluster, FromClient::Kill { id: args.id }) {
         Ok(ClientReply::Killed(what)) => {
-            eprintln!("{what}");
+            errln!("{what}");
             ExitCode::SUCCESS
         }
         Ok(other) => fail(&format!("unexpected answer: {other:?}")),
@@ -240,7 +240,7 @@ pub fn logs(args: LogsArgs) -> ExitCode {
     match ask(&args.cluster, request) {
         Ok(ClientReply::Logs(logs)) => {
             if logs.truncated {
-                eprintln!("(only the last {} bytes)", args.max_bytes);
+                errln!("(only the last {} bytes)", args.max_bytes);
             }
             if args.stderr {
                 emit(&logs.stderr);

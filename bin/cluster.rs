@@ -192,7 +192,7 @@ fn prepare(
 }
 
 fn fail(e: String) -> ExitCode {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     ExitCode::FAILURE
 }
 
@@ -208,12 +208,12 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
     };
     if args.discard_journal {
         match Journal::discard(&args.state_dir) {
-            Ok(Some(aside)) => eprintln!(
+            Ok(Some(aside)) => errln!(
                 "warning: --discard-journal: starting with an empty journal; every application \
                  and submission of the old one is forgotten (it is kept at {})",
                 aside.display()
             ),
-            Ok(None) => eprintln!(
+            Ok(None) => errln!(
                 "warning: --discard-journal: {} holds no journal; starting empty",
                 args.state_dir.display()
             ),
@@ -254,7 +254,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         });
         let ended = manager.ended();
         let manager = manager.start();
-        println!("cluster manager {} listening on ember://{addr}", node.id());
+        outln!("cluster manager {} listening on ember://{addr}", node.id());
         tracing::info!(%addr, state_dir = %args.state_dir.display(), "cluster manager started");
         // A manager that can no longer serve ends the process, so a service
         // supervisor sees it and nobody is told "gone" by a live process.
@@ -364,7 +364,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
             stops_system: true,
         })
         .start();
-        eprintln!(
+        errln!(
             "worker {} ({} cores, {} MB) registering with {}",
             node.id(),
             args.cores,
@@ -525,7 +525,7 @@ pub fn run_executor() -> ExitCode {
     match code {
         Ok(ExitReason::Normal) => ExitCode::SUCCESS,
         Ok(reason) => {
-            eprintln!("executor {executor} of {app} exiting: {reason}");
+            errln!("executor {executor} of {app} exiting: {reason}");
             ExitCode::from(3)
         }
         Err(e) => fail(e),

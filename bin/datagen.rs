@@ -164,7 +164,7 @@ pub fn cached_views(root: &Path, rows: u64, files: usize) -> Result<PathBuf, Gen
     let dir = root.join(format!("views-{rows}-{files}"));
     let done = dir.join("_COMPLETE");
     if !done.exists() {
-        eprintln!(
+        errln!(
             "generating {rows} rows in {files} files under {} ...",
             dir.display()
         );

@@ -787,7 +787,7 @@ async fn run_seed(
     let data = SeedData::write(seed, &tables).await?;
     if campaign.verbose {
         for table in &tables {
-            println!(
+            outln!(
                 "seed {seed}: table {} ({}), {:?}, {} rows in {} files",
                 table.name,
                 table.column_list(),
@@ -806,7 +806,7 @@ async fn run_seed(
                 report.discarded += 1;
                 tracing::debug!(seed, query = k, %why, "discarded: DataFusion cannot plan it");
                 if campaign.verbose {
-                    println!(
+                    outln!(
                         "seed {seed} query {k}: discarded ({})\n  {sql}",
                         first_line(&why)
                     );
@@ -819,7 +819,7 @@ async fn run_seed(
                         Outcome::Failed(e) => format!("failed: {}", first_line(e)),
                         Outcome::TimedOut => "timed out".to_string(),
                     };
-                    println!("seed {seed} query {k}: DataFusion {answer}\n  {sql}");
+                    outln!("seed {seed} query {k}: DataFusion {answer}\n  {sql}");
                 }
                 planned.push((k, query, outcome));
             }
@@ -885,7 +885,7 @@ async fn run_seed(
                     target.master, target.shuffle_partitions
                 ),
             };
-            println!("{difference}");
+            outln!("{difference}");
             report.differences.push(difference);
             progress(report);
         }

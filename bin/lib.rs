@@ -2,6 +2,25 @@
 //! This crate is the facade (sessions, master URLs, output) and the `ember`
 //! command line.
 
+/// `println!` that never panics: when nobody reads standard output any
+/// more (`| head`, a closed pipe) the line is dropped, as any Unix tool
+/// drops it, instead of the process ending in a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for the same reason: a closed standard
+/// error loses the message, not the process.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -201,8 +201,8 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
     }
 
     wait_for_workers(&url, &certs, args.workers)?;
-    println!("master {url}");
-    eprintln!(
+    outln!("master {url}");
+    errln!(
         "local cluster up: {} workers × {} cores at {url}\n\
          submit with:  ember submit --master {url} --certs {} examples/watch_time.sql\n\
          status with:  ember status --master {url} --certs {}\n\
@@ -228,7 +228,7 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
             }
         }
     });
-    eprintln!("stopping the local cluster");
+    errln!("stopping the local cluster");
     drop(children);
     Ok(())
 }

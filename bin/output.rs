@@ -1,13 +1,18 @@
 //! Printing a job's rows: an aligned table for people, CSV or JSON lines for
-//! programs.
+//! programs. Every format tells a NULL from an empty string.
 
 use std::io::Write;
 
 use comfy_table::{ColumnConstraint, ContentArrangement, Row, Table, Width};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+
+/// How a table and CSV show a NULL.
+const NULL: &str = "NULL";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -131,19 +136,7 @@ fn write_to(
             writeln!(out, "{table}")?;
             return Ok(shown);
         }
-        OutputFormat::Csv => {
-            if total == 0 {
-                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                writeln!(out, "{}", names.join(","))?;
-                return Ok(0);
-            }
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-        }
+        OutputFormat::Csv => write_csv(out, schema, batches)?,
         OutputFormat::Json => {
             // Every row names every column, a NULL as null, so readers see
             // one shape of object.
@@ -159,6 +152,129 @@ fn write_to(
     Ok(total)
 }
 
+/// CSV in which a NULL reads `NULL`, as in a table (and in Spark's and
+/// Hive's shells), while a string that reads NULL is quoted (`"NULL"`) and
+/// an empty string is `""`: a reader tells the three apart, and no row is
+/// an empty line that readers would skip. A struct, list or map is its
+/// JSON text. A column that cannot be written is refused before the header.
+fn write_csv(
+    out: &mut dyn Write,
+    schema: &Schema,
+    batches: &[RecordBatch],
+) -> Result<(), ArrowError> {
+    // One write per line would be one system call per line on a terminal.
+    let mut out = std::io::BufWriter::new(out);
+    let text = FormatOptions::default();
+    let json = EncoderOptions::default().with_explicit_nulls(true);
+    let mut header = Some(
+        schema
+            .fields()
+            .iter()
+            .map(|f| csv_field(f.name()))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let mut line = String::new();
+    for batch in batches {
+        let batch_schema = batch.schema();
+        let mut cells = batch_schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, column)| CsvColumn::new(field, column.as_ref(), &text, &json))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(header) = header.take() {
+            writeln!(out, "{header}")?;
+        }
+        for row in 0..batch.num_rows() {
+            line.clear();
+            for (i, cell) in cells.iter_mut().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                cell.write(row, &mut line)?;
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
+        }
+    }
+    if let Some(header) = header {
+        writeln!(out, "{header}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One column's values as CSV fields.
+struct CsvColumn<'a> {
+    nulls: Option<NullBuffer>,
+    values: CsvValues<'a>,
+    text: String,
+    json: Vec<u8>,
+}
+
+enum CsvValues<'a> {
+    Text(ArrayFormatter<'a>),
+    Json(NullableEncoder<'a>),
+}
+
+impl<'a> CsvColumn<'a> {
+    fn new(
+        field: &'a datafusion::arrow::datatypes::FieldRef,
+        column: &'a dyn Array,
+        text: &FormatOptions<'a>,
+        json: &'a EncoderOptions,
+    ) -> Result<Self, ArrowError> {
+        let values = if field.data_type().is_nested() {
+            let encoder = make_encoder(field, column, json).map_err(|e| {
+                ArrowError::CsvError(format!(
+                    "column {} ({}) cannot be written as CSV: {e}",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            CsvValues::Json(encoder)
+        } else {
+            CsvValues::Text(ArrayFormatter::try_new(column, text)?)
+        };
+        Ok(Self {
+            nulls: column.logical_nulls(),
+            values,
+            text: String::new(),
+            json: Vec::new(),
+        })
+    }
+
+    /// Appends row `row`'s field to `line`.
+    fn write(&mut self, row: usize, line: &mut String) -> Result<(), ArrowError> {
+        if self.nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+            line.push_str(NULL);
+            return Ok(());
+        }
+        self.text.clear();
+        match &mut self.values {
+            CsvValues::Text(formatter) => formatter.value(row).write(&mut self.text)?,
+            CsvValues::Json(encoder) => {
+                self.json.clear();
+                encoder.encode(row, &mut self.json);
+                self.text.push_str(&String::from_utf8_lossy(&self.json));
+            }
+        }
+        line.push_str(&csv_field(&self.text));
+        Ok(())
+    }
+}
+
+/// `value` as a CSV field: quoted when it could be read as something else
+/// (empty, `NULL`) or holds a comma, a quote or a line break.
+fn csv_field(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.is_empty() || value == NULL || value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\"")).into()
+    } else {
+        value.into()
+    }
+}
+
 /// An aligned table of at most `limits.max_rows` rows; with a width, each
 /// row takes one line and, when the table is wider, the widest columns are
 /// cut first.
@@ -168,7 +284,9 @@ fn table(
     limits: Limits,
 ) -> Result<(Table, usize), ArrowError> {
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let options = FormatOptions::default().with_display_error(true);
+    let options = FormatOptions::default()
+        .with_display_error(true)
+        .with_null(NULL);
     let mut rows: Vec<Vec<String>> = Vec::new();
     'batches: for batch in batches {
         let formatters = batch
@@ -254,8 +372,8 @@ fn fit(natural: &[usize], total: usize) -> Vec<usize> {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, StringArray, StructArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
 
     use super::*;
 
@@ -386,6 +504,115 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"id\":1,\"title\":\"a\"}\n{\"id\":2,\"title\":null}\n"
+        );
+    }
+
+    fn print(format: OutputFormat, schema: &Schema, batch: RecordBatch) -> String {
+        let mut out = Vec::new();
+        write_batches(&mut out, format, schema, &[batch], Limits::default()).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A table's lines of cells, header first, trimmed.
+    fn cells(table: &str) -> Vec<Vec<&str>> {
+        table
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_null_and_an_empty_string_print_differently_in_every_format() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("word", DataType::Utf8, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(4)])),
+                Arc::new(StringArray::from(vec![
+                    Some("a,b"),
+                    Some(""),
+                    None,
+                    Some("NULL"),
+                ])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            print(OutputFormat::Csv, &schema, batch.clone()),
+            "id,word\n1,\"a,b\"\n2,\"\"\nNULL,NULL\n4,\"NULL\"\n"
+        );
+        let table = print(OutputFormat::Table, &schema, batch.clone());
+        assert_eq!(
+            cells(&table),
+            vec![
+                vec!["id", "word"],
+                vec!["1", "a,b"],
+                vec!["2", ""],
+                vec!["NULL", "NULL"],
+                vec!["4", "NULL"]
+            ],
+            "{table}"
+        );
+        assert_eq!(
+            print(OutputFormat::Json, &schema, batch),
+            "{\"id\":1,\"word\":\"a,b\"}\n{\"id\":2,\"word\":\"\"}\n\
+             {\"id\":null,\"word\":null}\n{\"id\":4,\"word\":\"NULL\"}\n"
+        );
+    }
+
+    #[test]
+    fn no_csv_row_is_an_empty_line_that_readers_would_skip() {
+        let schema = Schema::new(vec![Field::new("top", DataType::Int64, true)]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![Arc::new(Int64Array::from(vec![None]))],
+        )
+        .unwrap();
+        assert_eq!(print(OutputFormat::Csv, &schema, batch), "top\nNULL\n");
+    }
+
+    #[test]
+    fn nested_values_are_json_text_in_csv() {
+        let point = StructArray::from(vec![
+            (
+                Arc::new(Field::new("a", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("b", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef,
+            ),
+        ]);
+        let list = ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+            None,
+        ]);
+        let schema = Schema::new(vec![
+            Field::new("s", point.data_type().clone(), true),
+            Field::new("l", list.data_type().clone(), true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![Arc::new(point), Arc::new(list)],
+        )
+        .unwrap();
+        assert_eq!(
+            print(OutputFormat::Csv, &schema, batch.clone()),
+            "s,l\n\"{\"\"a\"\":1,\"\"b\"\":\"\"x\"\"}\",\"[1,2]\"\n\"{\"\"a\"\":null,\"\"b\"\":\"\"y\"\"}\",NULL\n"
+        );
+        let table = print(OutputFormat::Table, &schema, batch);
+        assert_eq!(
+            cells(&table),
+            vec![
+                vec!["s", "l"],
+                vec!["{a: 1, b: x}", "[1, 2]"],
+                vec!["{a: NULL, b: y}", "NULL"]
+            ],
+            "{table}"
         );
     }
 

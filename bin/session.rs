@@ -511,7 +511,7 @@ async fn wait_for_slots(
                 .await
                 .unwrap_or_else(|| "no reason given".into());
             tracing::warn!(app = %app.id(), "no executors yet: {why}");
-            eprintln!(
+            errln!(
                 "ember: application {} has no executors yet: {why}",
                 app.id()
             );

@@ -72,9 +72,9 @@ pub fn run(args: SimulateArgs) -> ExitCode {
         return match campaign.replay(seed) {
             Ok(report) => {
                 for line in &report.trace {
-                    println!("{line}");
+                    outln!("{line}");
                 }
-                println!(
+                outln!(
                     "seed {seed}: {} jobs succeeded, {} failed, {:.1} s of virtual time, trace hash {:016x}",
                     report.jobs_succeeded,
                     report.jobs_failed,
@@ -82,17 +82,17 @@ pub fn run(args: SimulateArgs) -> ExitCode {
                     report.trace_hash
                 );
                 if report.violations.is_empty() {
-                    println!("no violations");
+                    outln!("no violations");
                     ExitCode::SUCCESS
                 } else {
                     for v in &report.violations {
-                        println!("violation: {v}");
+                        outln!("violation: {v}");
                     }
                     ExitCode::FAILURE
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -116,7 +116,7 @@ pub fn run(args: SimulateArgs) -> ExitCode {
     match campaign.run(&progress) {
         Ok(report) => {
             if terminal {
-                eprintln!();
+                errln!();
             }
             print!("{report}");
             if report.violations.is_empty() {
@@ -126,7 +126,7 @@ pub fn run(args: SimulateArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -195,6 +195,10 @@ fn a_bad_csv_row_fails_the_job_and_copy_writes_nothing() {
     assert!(stderr.contains("statement 3 (COPY"), "{stderr}");
     assert!(files_under(&data.path("out")).is_empty());
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The error names the file, once: no warning repeats it.
+    let named = format!("{}: ", bad.display());
+    assert_eq!(stderr.matches(&named).count(), 1, "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
 #[test]
@@ -364,4 +368,158 @@ fn json_rows_name_every_column_and_count_star_counts() {
         text(&out.stdout),
         "{\"id\":1,\"kind\":null}\n{\"id\":2,\"kind\":\"even\"}\n{\"n\":3000}\n"
     );
+}
+
+#[test]
+fn nulls_empty_strings_and_nested_values_print_in_every_format() {
+    let work = tempfile::tempdir().unwrap();
+    let job = work.path().join("values.sql");
+    std::fs::write(
+        &job,
+        "SELECT v AS id, CASE WHEN v = 1 THEN 'a' WHEN v = 2 THEN '' WHEN v = 4 THEN 'NULL' END AS word \
+         FROM generate_series(1, 4) AS t(v) ORDER BY id;\n\
+         SELECT max(v) AS top FROM generate_series(1, 3) AS t(v) WHERE v > 5;\n\
+         SELECT named_struct('a', 1, 'b', 'x') AS s, make_array(1, 2) AS l;\n",
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let out = ember(
+            &[
+                "submit",
+                "--master",
+                "local[2]",
+                "--format",
+                format,
+                job.to_str().unwrap(),
+            ],
+            work.path(),
+        );
+        assert!(out.status.success(), "{format}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // NULL as NULL; an empty string, and a string that reads NULL, quoted.
+    assert_eq!(
+        run("csv"),
+        "id,word\n1,a\n2,\"\"\n3,NULL\n4,\"NULL\"\n\
+         top\nNULL\n\
+         s,l\n\"{\"\"a\"\":1,\"\"b\"\":\"\"x\"\"}\",\"[1,2]\"\n"
+    );
+    let table = run("table");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["id", "word"],
+            vec!["1", "a"],
+            vec!["2", ""],
+            vec!["3", "NULL"],
+            vec!["4", "NULL"],
+            vec!["top"],
+            vec!["NULL"],
+            vec!["s", "l"],
+            vec!["{a: 1, b: x}", "[1, 2]"],
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        run("json"),
+        "{\"id\":1,\"word\":\"a\"}\n{\"id\":2,\"word\":\"\"}\n{\"id\":3,\"word\":null}\n\
+         {\"id\":4,\"word\":\"NULL\"}\n{\"top\":null}\n\
+         {\"s\":{\"a\":1,\"b\":\"x\"},\"l\":[1,2]}\n"
+    );
+}
+
+/// Runs `ember args` with standard output and error going into a pipe
+/// nobody reads any more, as `| head` leaves it; its exit code.
+fn ember_into_a_closed_pipe(args: &[&str], dir: &Path) -> Option<i32> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[test]
+fn a_closed_pipe_ends_commands_quietly_not_with_a_panic() {
+    let work = tempfile::tempdir().unwrap();
+    // Output nobody reads: the command still succeeds.
+    assert_eq!(
+        ember_into_a_closed_pipe(&["config", "--list"], work.path()),
+        Some(0)
+    );
+    let job = work.path().join("rows.sql");
+    std::fs::write(&job, "SELECT v FROM generate_series(1, 100) AS t(v);\n").unwrap();
+    let submit = [
+        "submit",
+        "-v",
+        "--master",
+        "local[2]",
+        job.to_str().unwrap(),
+    ];
+    assert_eq!(ember_into_a_closed_pipe(&submit, work.path()), Some(0));
+    // An error nobody reads: the command still fails with its own code.
+    let logs = [
+        "logs",
+        "driver-20261101000000-0000",
+        "--master",
+        "ember://127.0.0.1:9",
+        "--certs",
+        "no-such-dir",
+    ];
+    assert_eq!(ember_into_a_closed_pipe(&logs, work.path()), Some(1));
+    std::fs::write(&job, "SELECT nope;\n").unwrap();
+    assert_eq!(ember_into_a_closed_pipe(&submit, work.path()), Some(1));
+}
+
+/// A child process stopped (SIGTERM, then reaped) when dropped, so a
+/// failing test leaves nothing running.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        ember::loopback::signal(self.0.id(), libc::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn log_files_carry_no_colour_codes() {
+    use std::io::BufRead;
+    let _turn = crate::cluster::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("cluster");
+    let mut cluster = StopOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["local-cluster", "--workers", "1", "--port", "0", "--dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // "master URL" comes once the worker has registered.
+    let mut line = String::new();
+    std::io::BufReader::new(cluster.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("master ember://"), "{line:?}");
+    drop(cluster);
+    for log in ["cluster-manager.log", "worker-1.log"] {
+        let written = std::fs::read_to_string(dir.join("logs").join(log)).unwrap();
+        assert!(written.contains(" INFO "), "{log}: {written}");
+        assert!(!written.contains("\u{1b}["), "{log}: {written:?}");
+    }
 }

@@ -139,8 +139,16 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         assert_eq!(e["state"], "KILLED", "{e:#}");
     }
 
-    let id =
-        cluster.submit_cluster_mode("cluster-mode", Path::new("examples/watch_time.sql"), false);
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "cluster-mode",
+        "examples/watch_time.sql",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
     cluster.wait_for(
         "the cluster-mode driver to finish",
         Duration::from_secs(30),
@@ -160,6 +168,30 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
     assert_eq!(mode(&driver_dir), 0o700);
     assert_eq!(mode(&driver_dir.join("stdout")), 0o600);
     assert_eq!(mode(&driver_dir.join("stderr")), 0o600);
+    // The commands printed to follow the submission work as pasted: they
+    // name the master and the certificates.
+    let hint = text(&out.stderr);
+    let pasted: Vec<Vec<&str>> = hint
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|command| command.split_whitespace().collect())
+        .collect();
+    assert_eq!(pasted.len(), 2, "{hint}");
+    let run_pasted = |words: &[&str]| {
+        assert_eq!(words[0], "ember", "{hint}");
+        let out = Command::new(ember())
+            .args(&words[1..])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("EMBER_MASTER")
+            .env_remove("EMBER_CERTS")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{words:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(run_pasted(&pasted[0]).contains("FINISHED"), "{hint}");
+    assert_eq!(run_pasted(&pasted[1]), expected);
 
     // A reader that goes away (`| head`) ends the output quietly.
     for args in [&["status", "--json"][..], &["list"], &["logs", &id]] {
@@ -174,6 +206,17 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
     }
+    // So does one that closes standard error too, while a note goes there
+    // ("only the last 10 bytes").
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = cluster
+        .ember(&["logs", &id, "--max-bytes", "10"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 
     let list = cluster.run(&["list"]);
     let listed = text(&list.stdout);

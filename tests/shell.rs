@@ -314,6 +314,40 @@ fn ctrl_c_cancels_the_running_query_and_the_shell_goes_on() {
 }
 
 #[test]
+fn timing_off_hides_how_long_statements_took_and_on_brings_it_back() {
+    let home = tempfile::tempdir().unwrap();
+    let mut shell = Pty::local(&home.path().join("history"));
+    // On a terminal, timing is on: a table's footer says how long.
+    shell.line("SELECT 1 AS one;");
+    shell.expect_regex(r"1 row in [0-9.]+ s");
+
+    shell.line("\\timing off");
+    shell.expect("timing is off");
+    shell.line("SELECT 2 AS two;");
+    let (_, footer) = shell.expect_regex(r"1 row[^\r\n]*\r\n");
+    assert_eq!(footer, "1 row\r\n", "no time in the footer");
+    shell.line("\\format csv");
+    shell.line("CREATE VIEW three AS SELECT 3 AS three;");
+    shell.expect("OK");
+    shell.line("SELECT * FROM three;");
+    shell.line("SELECT 'end' AS marker;");
+    let before = shell.expect("marker\r\nend\r\n");
+    assert!(before.contains("three\n3\n"), "{before}");
+    assert!(!before.contains("Time:"), "no timing lines: {before}");
+
+    shell.line("\\timing on");
+    shell.expect("timing is on");
+    shell.line("SELECT 4 AS four;");
+    shell.expect("four\r\n4\r\n");
+    shell.expect_regex(r"Time: [0-9.]+ ms");
+    shell.line("\\format table");
+    shell.line("SELECT 5 AS five;");
+    shell.expect_regex(r"1 row in [0-9.]+ s");
+    shell.line("\\quit");
+    assert_eq!(shell.exit_code(), 0);
+}
+
+#[test]
 fn a_shell_on_a_cluster_holds_executors_until_it_quits() {
     let cluster = Cluster::start();
     let home = tempfile::tempdir().unwrap();

@@ -47,7 +47,7 @@ pub const COMMANDS: &[(&[&str], &str, &str)] = &[
     (
         &["\\timing"],
         "[on|off]",
-        "print how long each statement took",
+        "print how long each statement took (on at a terminal)",
     ),
     (&["\\format"], "[table|csv|json]", "how results are printed"),
     (

@@ -109,7 +109,9 @@ pub fn run(args: ShellArgs) -> ExitCode {
         } else {
             OutputFormat::Csv
         }),
-        timing: false,
+        // A person at a terminal sees how long each statement took, as a
+        // table's footer always said; scripts' output stays as submit's.
+        timing: on_terminal,
         max_rows: Some(DEFAULT_MAX_ROWS),
         on_terminal,
         interactive,
@@ -263,7 +265,7 @@ impl Shell {
                 }
                 Read::End => {
                     if input.in_statement() {
-                        eprintln!("(the unfinished statement was not run)");
+                        errln!("(the unfinished statement was not run)");
                     }
                     return ExitCode::SUCCESS;
                 }
@@ -277,8 +279,8 @@ impl Shell {
                 match self.run_item(&item).await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) | Err(Failure::Closed) => return ExitCode::SUCCESS,
-                    Err(Failure::Interrupted) => eprintln!("query cancelled"),
-                    Err(Failure::Error(e)) => eprintln!("error: {e}"),
+                    Err(Failure::Interrupted) => errln!("query cancelled"),
+                    Err(Failure::Error(e)) => errln!("error: {e}"),
                     Err(Failure::Ended(e)) => {
                         return fail(&format!("{e}; the application has ended"));
                     }
@@ -306,7 +308,7 @@ impl Shell {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Quit) | Err(Failure::Closed) => return ExitCode::SUCCESS,
                     Err(Failure::Interrupted) => {
-                        eprintln!("interrupted; the running job was cancelled");
+                        errln!("interrupted; the running job was cancelled");
                         return ExitCode::from(130);
                     }
                     Err(Failure::Error(e) | Failure::Ended(e)) => {
@@ -328,7 +330,7 @@ impl Shell {
             None => master.to_string(),
         };
         let plural = if executors.len() == 1 { "" } else { "s" };
-        println!(
+        outln!(
             "Ember shell: {on}, {slots} task slots on {} executor{plural}.\n\
              End statements with ';'. \\help for help, \\quit or Ctrl-D to leave.",
             executors.len()
@@ -384,14 +386,17 @@ impl Shell {
         Ok(Flow::Continue)
     }
 
-    /// Runs one statement and prints what it gave.
+    /// Runs one statement and prints what it gave and, with `\timing` on,
+    /// how long it took: in a table's footer, or on a line of its own.
     async fn statement(&mut self, sql: &str, mode: Mode) -> Result<(), Failure> {
         let started = Instant::now();
-        match self.cancellable(sql, mode).await? {
-            StatementOutcome::Rows(rows) => {
-                self.print(&rows.schema, &rows.batches, Some(started))?
+        let timed = self.settings.timing.then_some(started);
+        let footed = match self.cancellable(sql, mode).await? {
+            StatementOutcome::Rows(rows) => self.print(&rows.schema, &rows.batches, timed)?,
+            StatementOutcome::Explain(text) => {
+                writeln!(std::io::stdout(), "{text}")?;
+                false
             }
-            StatementOutcome::Explain(text) => writeln!(std::io::stdout(), "{text}")?,
             StatementOutcome::Done if self.settings.interactive => {
                 writeln!(std::io::stdout(), "OK")?;
                 // A table may have come or gone: completion should know.
@@ -400,15 +405,16 @@ impl Shell {
                     .vocabulary
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = vocabulary;
+                false
             }
-            StatementOutcome::Done => {}
-        }
-        if self.settings.timing {
+            StatementOutcome::Done => false,
+        };
+        if let Some(started) = timed.filter(|_| !footed) {
             let took = format!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1e3);
             if self.settings.on_terminal {
                 writeln!(std::io::stdout(), "{took}")?;
             } else {
-                eprintln!("{took}");
+                errln!("{took}");
             }
         }
         Ok(())
@@ -445,17 +451,19 @@ impl Shell {
 
     fn print_listing(&self, listing: &Listing) -> Result<(), Failure> {
         self.print(&listing.schema, std::slice::from_ref(&listing.batch), None)
+            .map(|_| ())
     }
 
     /// Prints rows in the chosen format; on a terminal, a table is cut to
-    /// its width and `\maxrows`, and followed by the row count (and how
-    /// long a query took).
+    /// its width and `\maxrows`, and followed by the row count (and, given
+    /// `started`, how long the query took). Returns whether that footer was
+    /// printed.
     fn print(
         &self,
         schema: &Schema,
         batches: &[RecordBatch],
         started: Option<Instant>,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
         let limits = if table {
             Limits::terminal(self.settings.max_rows)
@@ -475,7 +483,7 @@ impl Shell {
             writeln!(out, "{footer}\n")?;
         }
         out.flush()?;
-        Ok(())
+        Ok(table)
     }
 }
 
@@ -519,7 +527,7 @@ impl Terminal {
             && path.exists()
             && let Err(e) = editor.load_history(path)
         {
-            eprintln!(
+            errln!(
                 "warning: cannot read the history in {}: {e}",
                 path.display()
             );
@@ -566,7 +574,7 @@ impl Terminal {
             && !self.history_failed
         {
             self.history_failed = true;
-            eprintln!(
+            errln!(
                 "warning: cannot keep the history in {}: {e}",
                 path.display()
             );

@@ -131,8 +131,12 @@ impl Answer {
         let mut answer = Answer::from_batches(&text_schema, &batches)?;
         for row in &mut answer.rows {
             for (value, &float) in row.iter_mut().zip(&self.floats) {
-                if let Cell::Text(text) = value {
-                    *value = cell(std::mem::take(text), float);
+                match value {
+                    // Ember prints a NULL as NULL (a string that reads NULL
+                    // is quoted, which this reader does not tell apart).
+                    Cell::Text(text) if text == "NULL" => *value = Cell::Null,
+                    Cell::Text(text) => *value = cell(std::mem::take(text), float),
+                    _ => {}
                 }
             }
         }
@@ -257,7 +261,7 @@ mod tests {
     #[test]
     fn csv_rows_in_any_order_with_floats_within_tolerance_match() {
         let expected = answer(&["k", "f", "d"], &[Some(1.0), None], &[1234, -5]);
-        let csv = "k,f,d\n\"k,1\",,-0.05\n\"k,0\",1.0000000001,12.34\n";
+        let csv = "k,f,d\n\"k,1\",NULL,-0.05\n\"k,0\",1.0000000001,12.34\n";
         let actual = expected.read_csv(csv).unwrap();
         assert_eq!(expected.difference(&actual), None);
     }

@@ -262,7 +262,7 @@ pub fn cached_tpch(root: &Path, scale: f64, files: usize) -> Result<PathBuf, Tpc
     let dir = root.join(format!("tpch-sf{scale}-{files}"));
     let done = dir.join("_COMPLETE");
     if !done.exists() {
-        eprintln!(
+        errln!(
             "generating TPC-H scale factor {scale} in {files} files a table under {} ...",
             dir.display()
         );

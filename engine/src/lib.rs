@@ -8,6 +8,7 @@ pub mod codec;
 pub mod commit;
 pub mod distribute;
 pub mod error;
+pub mod scan_errors;
 pub mod script;
 pub mod session;
 pub mod shuffle;
@@ -20,6 +21,7 @@ mod testing;
 pub use codec::{EmberCodec, decode_plan, encode_plan};
 pub use commit::{Committed, StagedOutput, TaskAttempt, isolate_attempt, stage_file_output};
 pub use error::EngineError;
+pub use scan_errors::name_files_in_errors;
 pub use shuffle::{
     BlockFetcher, BlockStore, InMemoryBlockStore, MapOutputLocations, ShuffleBlockId, ShuffleEnv,
 };

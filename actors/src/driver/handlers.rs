@@ -171,25 +171,37 @@ impl Driver {
         task: TaskId,
         result: Result<TaskOutput, TaskError>,
     ) {
-        match &result {
+        let failure = match &result {
             // Killed on purpose: a cancelled job, a losing speculative copy.
             Err(error) if error.kind == crate::protocol::TaskFailureKind::Killed => {
-                tracing::debug!(%task, %executor, %error, "task killed")
+                tracing::debug!(%task, %executor, %error, "task killed");
+                None
             }
-            Err(error) => tracing::warn!(%task, %executor, %error, "task failed"),
-            Ok(_) => {}
-        }
+            Err(error) => Some(error.to_string()),
+            Ok(_) => None,
+        };
         if let Some(entry) = self.roster.get_mut(&executor) {
             match result {
                 Ok(_) => entry.tasks_succeeded += 1,
                 Err(_) => entry.tasks_failed += 1,
             }
         }
+        let job_was_running = self.jobs.contains_key(&task.job);
         self.step(Event::TaskEnded {
-            executor,
+            executor: executor.clone(),
             task,
             result,
         });
+        let Some(error) = failure else {
+            return;
+        };
+        if job_was_running && !self.jobs.contains_key(&task.job) {
+            // The failure ended its job, whose error carries it to the
+            // user: a warning as well would print it twice.
+            tracing::info!(%task, %executor, %error, "task failed; its job failed with it");
+        } else {
+            tracing::warn!(%task, %executor, %error, "task failed");
+        }
     }
 
     /// Feeds one event to the scheduler and carries out every action that

@@ -122,6 +122,8 @@ async fn execute(
     // Operators keep per-execution state (a join's build side, say): every
     // attempt gets its own copy, as it would in another process.
     let plan = reset_plan_states(plan).map_err(failed)?;
+    // A bad row is found here, on an executor: its error says which file.
+    let plan = ember_engine::name_files_in_errors(plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
     let batches = collect(stream).await.map_err(failed)?;
     if faults.fails(&id) {
