@@ -673,19 +673,27 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
     );
 }
 
-#[test]
-fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
-    let mut cluster = Cluster::start();
+/// Submits the long job in cluster mode with `--supervise` and waits until
+/// its driver and application run; returns the submission, the driver's
+/// worker and the status that showed it.
+fn run_supervised_long_job(cluster: &Cluster, name: &str) -> (String, String, Value) {
     let long = cluster.job("long.sql", LONG_JOB);
-    let id = cluster.submit_cluster_mode("moving", &long, true);
+    let id = cluster.submit_cluster_mode(name, &long, true);
     let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
         driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
-            && loopback::app(s, "moving").is_some_and(|a| a["state"] == "RUNNING")
+            && loopback::app(s, name).is_some_and(|a| a["state"] == "RUNNING")
     });
-    let first_home = driver(&status, &id).unwrap()["worker"]
+    let home = driver(&status, &id).unwrap()["worker"]
         .as_str()
         .unwrap()
         .to_string();
+    (id, home, status)
+}
+
+#[test]
+fn a_lost_worker_takes_its_executors_and_its_supervised_driver_moves() {
+    let mut cluster = Cluster::start();
+    let (id, first_home, status) = run_supervised_long_job(&cluster, "moving");
     let old_driver = processes("driver", &id);
     assert_eq!(old_driver.len(), 1);
     let app = loopback::app(&status, "moving").unwrap()["id"]
@@ -743,16 +751,7 @@ fn assert_one_driver_throughout(cluster: &Cluster, id: &str, how_long: Duration)
 #[test]
 fn pausing_the_manager_or_a_drivers_worker_never_runs_the_driver_twice() {
     let cluster = Cluster::start();
-    let long = cluster.job("long.sql", LONG_JOB);
-    let id = cluster.submit_cluster_mode("paused", &long, true);
-    let status = cluster.wait_for("the driver to run", Duration::from_secs(20), |s| {
-        driver(s, &id).is_some_and(|d| d["state"] == "RUNNING")
-            && loopback::app(s, "paused").is_some_and(|a| a["state"] == "RUNNING")
-    });
-    let home = driver(&status, &id).unwrap()["worker"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (id, home, _) = run_supervised_long_job(&cluster, "paused");
     let first = processes("driver", &id);
     assert_eq!(first.len(), 1);
 
@@ -1003,37 +1002,9 @@ fn journal_with_history(state_dir: &Path) {
     drop(Journal::open(state_dir).unwrap());
 }
 
-/// Applies `damage` at every copy of `mark` in the journal.
-fn damage_journal(state_dir: &Path, mark: &str, damage: fn(&mut [u8], usize)) {
-    let path = state_dir.join("cluster-manager.redb");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at: Vec<usize> = bytes
-        .windows(mark.len())
-        .enumerate()
-        .filter(|(_, w)| *w == mark.as_bytes())
-        .map(|(i, _)| i)
-        .collect();
-    assert!(!at.is_empty(), "{mark} is in the journal");
-    for i in at {
-        damage(&mut bytes, i);
-    }
-    std::fs::write(&path, bytes).unwrap();
-}
-
-fn flip_a_byte(bytes: &mut [u8], at: usize) {
-    bytes[at + 3] ^= 0x01;
-}
-
-/// 512 pseudo-random bytes over the start of the page holding `at`.
-fn noise(bytes: &mut [u8], at: usize) {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ at as u64;
-    for b in bytes.iter_mut().skip(at & !4095).take(512) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-}
+use ember_actors::cluster_manager::journal::damage::{
+    damage as damage_journal, flip_a_byte, noise,
+};
 
 #[test]
 fn a_damaged_journal_stops_the_manager_with_the_way_back() {
@@ -1047,15 +1018,19 @@ fn a_damaged_journal_stops_the_manager_with_the_way_back() {
         ),
         (
             "a flipped byte in the applications table",
-            Box::new(|s: &Path| damage_journal(s, "journaled-app-", flip_a_byte)),
+            Box::new(|s: &Path| {
+                assert!(damage_journal(s, "journaled-app-", flip_a_byte).unwrap() > 0)
+            }),
         ),
         (
             "512 random bytes in the applications table",
-            Box::new(|s: &Path| damage_journal(s, "journaled-app-", noise)),
+            Box::new(|s: &Path| assert!(damage_journal(s, "journaled-app-", noise).unwrap() > 0)),
         ),
         (
             "a flipped byte in the submissions table",
-            Box::new(|s: &Path| damage_journal(s, "journaled-driver-", flip_a_byte)),
+            Box::new(|s: &Path| {
+                assert!(damage_journal(s, "journaled-driver-", flip_a_byte).unwrap() > 0)
+            }),
         ),
     ];
     for (i, (case, damage)) in cases.iter().enumerate() {

@@ -497,6 +497,56 @@ impl Journal {
     }
 }
 
+/// Damages a journal the ways a disk or a hand can, for the tests that
+/// prove a damaged journal is refused (and for trying it by hand).
+pub mod damage {
+    use std::path::Path;
+
+    use super::JOURNAL_FILE;
+
+    /// Applies `damage` at every copy of `mark` in the journal in
+    /// `state_dir` (old copies of a page may linger in freed space); says
+    /// how many places it damaged.
+    pub fn damage(
+        state_dir: &Path,
+        mark: &str,
+        damage: impl Fn(&mut [u8], usize),
+    ) -> std::io::Result<usize> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let mut bytes = std::fs::read(&path)?;
+        let at: Vec<usize> = bytes
+            .windows(mark.len())
+            .enumerate()
+            .filter(|(_, w)| *w == mark.as_bytes())
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &at {
+            damage(&mut bytes, i);
+        }
+        std::fs::write(&path, bytes)?;
+        Ok(at.len())
+    }
+
+    /// Flips one bit a little after `at`.
+    pub fn flip_a_byte(bytes: &mut [u8], at: usize) {
+        if let Some(b) = bytes.get_mut(at + 3) {
+            *b ^= 0x01;
+        }
+    }
+
+    /// 512 bytes of noise over the start of the 4 KiB page that holds `at`.
+    pub fn noise(bytes: &mut [u8], at: usize) {
+        let start = at & !4095;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ at as u64;
+        for b in bytes.iter_mut().skip(start).take(512) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -632,39 +682,7 @@ mod tests {
         dir
     }
 
-    /// Applies `damage` at every copy of `mark` in the journal file (old
-    /// copies of a page may linger in freed space).
-    fn damage(dir: &Path, mark: &str, damage: impl Fn(&mut [u8], usize)) {
-        let path = dir.join(JOURNAL_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at: Vec<usize> = bytes
-            .windows(mark.len())
-            .enumerate()
-            .filter(|(_, w)| *w == mark.as_bytes())
-            .map(|(i, _)| i)
-            .collect();
-        assert!(!at.is_empty(), "{mark} is in the file");
-        for i in at {
-            damage(&mut bytes, i);
-        }
-        std::fs::write(&path, bytes).unwrap();
-    }
-
-    fn flip_a_byte(bytes: &mut [u8], at: usize) {
-        bytes[at + 3] ^= 0x01;
-    }
-
-    /// 512 bytes of noise over the start of the page that holds `at`.
-    fn noise(bytes: &mut [u8], at: usize) {
-        let start = at & !4095;
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ at as u64;
-        for b in bytes.iter_mut().skip(start).take(512) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
+    use super::damage::{damage, flip_a_byte, noise};
 
     fn assert_refused_with_the_way_back(dir: &Path, what: &str) {
         let e = Journal::open(dir).unwrap_err();
@@ -706,7 +724,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_in_the_applications_table_is_refused() {
         let dir = filled_state_dir();
-        damage(dir.path(), APP_MARK, flip_a_byte);
+        assert!(damage(dir.path(), APP_MARK, flip_a_byte).unwrap() > 0);
         assert_refused_with_the_way_back(dir.path(), "flipped byte");
         restore_the_backup(dir.path());
         everything_is_back(dir.path());
@@ -715,17 +733,17 @@ mod tests {
     #[test]
     fn random_bytes_in_the_applications_table_are_refused() {
         let dir = filled_state_dir();
-        damage(dir.path(), APP_MARK, noise);
+        assert!(damage(dir.path(), APP_MARK, noise).unwrap() > 0);
         assert_refused_with_the_way_back(dir.path(), "512 random bytes");
     }
 
     #[test]
     fn damage_in_the_submissions_table_is_refused_not_a_panic() {
         let dir = filled_state_dir();
-        damage(dir.path(), DRIVER_MARK, flip_a_byte);
+        assert!(damage(dir.path(), DRIVER_MARK, flip_a_byte).unwrap() > 0);
         assert_refused_with_the_way_back(dir.path(), "flipped byte in drivers");
         restore_the_backup(dir.path());
-        damage(dir.path(), DRIVER_MARK, noise);
+        assert!(damage(dir.path(), DRIVER_MARK, noise).unwrap() > 0);
         assert_refused_with_the_way_back(dir.path(), "noise in drivers");
     }
 
@@ -748,7 +766,7 @@ mod tests {
     #[test]
     fn discarding_starts_empty_and_keeps_the_old_files_aside() {
         let dir = filled_state_dir();
-        damage(dir.path(), APP_MARK, flip_a_byte);
+        assert!(damage(dir.path(), APP_MARK, flip_a_byte).unwrap() > 0);
         let aside = Journal::discard(dir.path()).unwrap().unwrap();
         assert!(aside.is_file());
         let journal = Journal::open(dir.path()).unwrap();
