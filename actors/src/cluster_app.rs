@@ -375,6 +375,7 @@ impl Handler<RegisterApp> for AppClient {
                     .monitor(mailbox.address(), ctx.address().recipient::<PeerDown>());
                 act.manager_mailbox = Some(mailbox);
                 act.app = Some(id.clone());
+                act.lost_since = None;
                 Ok(id)
             }),
         )
@@ -460,24 +461,22 @@ impl Handler<Reregister> for AppClient {
         }
         let me = ctx.address();
         ctx.spawn(
-            async move {
-                match me.send(RegisterApp).await {
+            async move { me.send(RegisterApp).await }
+                .into_actor(self)
+                .map(|outcome, act, ctx| match outcome {
                     Ok(Ok(id)) => {
                         tracing::info!(app = %id, "registered again with the cluster manager");
-                        me.do_send(GiveUp(None));
                     }
-                    // The manager answered no: the application ended while
-                    // this driver was away; it must not come back as another.
-                    Ok(Err(ClusterAppError::Refused(why))) => me.do_send(GiveUp(Some(format!(
+                    // The manager answered no: the application ended while this
+                    // driver was away; it must not come back as another.
+                    Ok(Err(ClusterAppError::Refused(why))) => act.give_up(format!(
                         "the cluster manager no longer runs this application: {why}"
-                    )))),
+                    )),
                     _ => {
                         tracing::debug!("cluster manager still away");
-                        me.do_send(RetryLater);
+                        ctx.notify_later(Reregister, Duration::from_millis(500));
                     }
-                }
-            }
-            .into_actor(self),
+                }),
         );
     }
 }
@@ -503,67 +502,46 @@ impl Handler<CheckCutOff> for AppClient {
             ctx.notify_later(CheckCutOff, bound - since.elapsed());
             return;
         }
-        let me = ctx.address();
-        let driver = self.driver.clone();
         // A cluster-mode driver holds its submission only while the manager
         // hears from it: past the bound the manager may start another
         // attempt, so this one stops, executors or not.
-        let submission = self.application.submission.is_some();
+        if self.application.submission.is_some() {
+            self.give_up(format!(
+                "this cluster-mode driver was cut off from the cluster manager for {:.1?} \
+                 (ember.app.clusterLostTimeout is {bound:?}); another attempt may run in its place",
+                since.elapsed()
+            ));
+            return;
+        }
+        let driver = self.driver.clone();
         ctx.spawn(
             async move {
-                let executors = driver
+                driver
                     .send(ListExecutors::ACTIVE)
                     .await
-                    .map_or(0, |e| e.len());
-                if submission {
-                    me.do_send(GiveUp(Some(format!(
-                        "this cluster-mode driver was cut off from the cluster manager for \
-                         {:.1?} (ember.app.clusterLostTimeout is {bound:?}); another attempt \
-                         may run in its place",
-                        since.elapsed()
-                    ))));
-                } else if executors == 0 {
-                    me.do_send(GiveUp(Some(format!(
+                    .map_or(0, |e| e.len())
+            }
+            .into_actor(self)
+            .map(move |executors, act, ctx| {
+                if executors == 0 {
+                    act.give_up(format!(
                         "cut off from the cluster manager and every executor for {:.1?} \
-                         (ember.app.clusterLostTimeout is {bound:?})",
+                             (ember.app.clusterLostTimeout is {bound:?})",
                         since.elapsed()
-                    ))));
+                    ));
                 } else {
                     // Executors keep the job going; look again soon.
-                    let _ = me.send(CheckLater).await;
+                    ctx.notify_later(CheckCutOff, Duration::from_millis(500));
                 }
-            }
-            .into_actor(self),
+            }),
         );
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct CheckLater;
-
-impl Handler<CheckLater> for AppClient {
-    type Result = ();
-
-    fn handle(&mut self, _msg: CheckLater, ctx: &mut Context<Self>) {
-        ctx.notify_later(CheckCutOff, Duration::from_millis(500));
-    }
-}
-
-/// Back with the manager (`None`), or the application cannot go on and
-/// its jobs fail with this reason.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct GiveUp(Option<String>);
-
-impl Handler<GiveUp> for AppClient {
-    type Result = ();
-
-    fn handle(&mut self, msg: GiveUp, _ctx: &mut Context<Self>) {
-        let Some(why) = msg.0 else {
-            self.lost_since = None;
-            return;
-        };
+impl AppClient {
+    /// The application cannot go on: its jobs fail with `why` and the
+    /// driver stops.
+    fn give_up(&mut self, why: String) {
         if self.finished {
             return;
         }
@@ -573,17 +551,5 @@ impl Handler<GiveUp> for AppClient {
             reason: format!("the application cannot go on: {why}"),
         });
         self.driver.do_send(StopDriver);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RetryLater;
-
-impl Handler<RetryLater> for AppClient {
-    type Result = ();
-
-    fn handle(&mut self, _msg: RetryLater, ctx: &mut Context<Self>) {
-        ctx.notify_later(Reregister, Duration::from_millis(500));
     }
 }
