@@ -257,9 +257,8 @@ pub fn tail(path: &Path, max_bytes: u64) -> (String, bool) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_spec_survives_the_pipe_and_garbage_is_an_error() {
-        let spec = ChildSpec::Driver {
+    fn driver_spec() -> ChildSpec {
+        ChildSpec::Driver {
             node: NodeSpec {
                 certs: "/c".into(),
                 cert_name: "w1".into(),
@@ -282,7 +281,12 @@ mod tests {
                 addr: "127.0.0.1:7077".parse().unwrap(),
                 host: "127.0.0.1".into(),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn a_spec_survives_the_pipe_and_garbage_is_an_error() {
+        let spec = driver_spec();
         let mut bytes = Vec::new();
         write_spec(&mut bytes, &spec).unwrap();
         let back = read_spec(&mut bytes.as_slice()).unwrap();
@@ -307,30 +311,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let work = tempfile::tempdir().unwrap();
         let dir = work.path().join("app-1").join("0");
-        let spec = ChildSpec::Driver {
-            node: NodeSpec {
-                certs: "/c".into(),
-                cert_name: "w1".into(),
-                instance: "driver-1".into(),
-                host: "127.0.0.1".into(),
-                conf: vec![],
-            },
-            driver: "driver-1".into(),
-            job: DriverJob {
-                name: "j".into(),
-                script: "SELECT 1;".into(),
-                conf: vec![],
-                executor_cores: 1,
-                executor_memory_mb: 512,
-                max_cores: None,
-                base_dir: None,
-            },
-            manager: NodeContact {
-                node: ember_transport::NodeId("cm".into()),
-                addr: "127.0.0.1:7077".parse().unwrap(),
-                host: "127.0.0.1".into(),
-            },
-        };
+        let spec = driver_spec();
         let args = ["-c".to_string(), "cat >/dev/null".to_string()];
         let mut started = launch(Path::new("/bin/sh"), &args, &dir, &spec).unwrap();
         drop(started.stdin);
