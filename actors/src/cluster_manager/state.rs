@@ -511,11 +511,6 @@ impl ClusterState {
                         )
                     });
                     if on_this_worker && !drivers.contains(&driver) {
-                        if let Some(d) = self.drivers.get_mut(&driver) {
-                            d.state = DriverState::Running {
-                                worker: worker.clone(),
-                            };
-                        }
                         self.driver_exited(now_ms, &driver, code, &mut actions);
                     }
                 }
@@ -839,7 +834,10 @@ impl ClusterState {
         let Some(driver) = self.drivers.get_mut(id) else {
             return;
         };
-        let DriverState::Running { worker } = &driver.state else {
+        // Its exit may be heard late, from a worker the manager had lost.
+        let (DriverState::Running { worker } | DriverState::Unreachable { worker, .. }) =
+            &driver.state
+        else {
             return;
         };
         if let Some(w) = self.workers.get_mut(worker) {
