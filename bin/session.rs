@@ -15,9 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
-use ember_actors::config::{
-    EXECUTOR_WAIT, NO_EXECUTOR_TIMEOUT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES,
-};
+use ember_actors::config::{EXECUTOR_WAIT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
@@ -188,6 +186,15 @@ impl Session {
         let mut request = settings.request.clone();
         // Executors run with the application's settings.
         request.conf = options.conf.pairs();
+        let scheduler = options.conf.scheduler(
+            options
+                .conf
+                .get_or_default(TASK_MAX_FAILURES)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4),
+        );
+        // The bound a job waits with no executor bounds the first wait too.
+        let give_up = scheduler.no_executor_timeout;
         let app = ClusterApp::start(ClusterAppSpec {
             contact: NodeContact {
                 node: node.id().clone(),
@@ -198,13 +205,7 @@ impl Session {
             manager,
             request: request.clone(),
             submission: settings.submission.clone(),
-            scheduler: options.conf.scheduler(
-                options
-                    .conf
-                    .get_or_default(TASK_MAX_FAILURES)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(4),
-            ),
+            scheduler,
             listener: options.listener,
         })
         .await
@@ -215,11 +216,6 @@ impl Session {
             .get_or_default(EXECUTOR_WAIT)
             .and_then(ember_actors::config::parse_duration)
             .unwrap_or(Duration::from_secs(30));
-        let give_up = options
-            .conf
-            .get_or_default(NO_EXECUTOR_TIMEOUT)
-            .and_then(ember_actors::config::parse_duration)
-            .unwrap_or(Duration::from_secs(60));
         let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
         let slots = match wait_for_slots(&app, wanted, wait, give_up).await {
             Ok(slots) => slots,

@@ -112,8 +112,7 @@ impl Handler<FromApp> for ClusterManager {
                         }
                     }
                 }
-                let returning = existing;
-                let id = match returning {
+                let id = match existing {
                     Some(id) => {
                         tracing::info!(app = %id, "application's driver is back");
                         self.awaiting_drivers.remove(&id);
