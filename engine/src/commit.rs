@@ -224,14 +224,9 @@ impl StagedOutput {
             }
             Err(e) => return Err(self.commit_error(&marker, e)),
         }
-        let destination = self.destination.clone();
         self.commit(attempts)?;
-        std::fs::write(&marker, "committed\n").map_err(|source| EngineError::Commit {
-            destination,
-            path: marker.clone(),
-            staging: marker.clone(),
-            source,
-        })?;
+        std::fs::write(&marker, "committed\n")
+            .map_err(staging_error("mark as committed the output claim", &marker))?;
         Ok(Committed::Now)
     }
 
