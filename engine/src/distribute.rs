@@ -13,6 +13,7 @@ use datafusion::error::Result;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
@@ -72,11 +73,43 @@ pub enum Distribution {
 /// Rewrites the joins that cannot run split across tasks and decides whether
 /// what is left can be split.
 pub fn distribute(plan: Arc<dyn ExecutionPlan>) -> Result<Distribution> {
+    let plan = complete_topk_orderings(plan)?;
     let plan = make_joins_splittable(plan)?;
     Ok(match first_unsafe(&plan)? {
         None => Distribution::Split(plan),
         Some(reason) => Distribution::OneTask { plan, reason },
     })
+}
+
+/// Gives every per-partition TopK under a merge the merge's whole ordering.
+///
+/// DataFusion drops from a partition-preserving TopK's ordering the keys that
+/// are constant within each partition (`SELECT 'a' AS k, ... UNION ALL
+/// SELECT 'b' AS k, ... ORDER BY k, v LIMIT n` sorts each branch by `v`
+/// only), yet its partitions' heaps share one threshold: a threshold on `v`
+/// found in branch `b` then throws away branch `a`'s rows, and the merge
+/// returns `b`'s rows first. Sorted by the merge's full ordering (the extra
+/// keys cost nothing within a partition), the shared threshold is right for
+/// every partition. Plain DataFusion needs the same fix; the SQL fuzzer's
+/// reference applies it too.
+pub fn complete_topk_orderings(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_down(|node| {
+        let Some(merge) = node.downcast_ref::<SortPreservingMergeExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(sort) = merge.input().downcast_ref::<SortExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if sort.fetch().is_none() || !sort.preserve_partitioning() || sort.expr() == merge.expr() {
+            return Ok(Transformed::no(node));
+        }
+        let complete = SortExec::new(merge.expr().clone(), Arc::clone(sort.input()))
+            .with_fetch(sort.fetch())
+            .with_preserve_partitioning(true);
+        let merge = replace_children_if_necessary(node, vec![Arc::new(complete)])?;
+        Ok(Transformed::yes(merge))
+    })
+    .map(|t| t.data)
 }
 
 /// Whether a join of this type emits build-side rows (unmatched, matched or
@@ -379,5 +412,36 @@ mod tests {
             }
             Distribution::Split(plan) => panic!("{}", displayable(plan.as_ref()).indent(false)),
         }
+    }
+
+    #[tokio::test]
+    async fn a_top_k_over_branches_with_constant_keys_keeps_every_branch() {
+        let ctx = context();
+        // Branch 'b' holds only NULLs in `o1`, the largest value DESC: its
+        // heap fills first, and with the threshold shared on `o1` alone,
+        // branch 'c' (which sorts first) would lose every row.
+        let sql = "SELECT 'c' AS o0, v AS o1 FROM big \
+                   UNION ALL SELECT 'b' AS o0, CAST(NULL AS BIGINT) AS o1 FROM big \
+                   ORDER BY o0 DESC, o1 DESC LIMIT 3";
+        let plan = physical(&ctx, sql).await;
+        let before = displayable(plan.as_ref()).indent(false).to_string();
+        assert!(
+            before.contains("TopK(fetch=3), expr=[o1@1 DESC]"),
+            "{before}"
+        );
+        let Distribution::Split(plan) = distribute(plan).unwrap() else {
+            panic!("a TopK can be split");
+        };
+        let after = displayable(plan.as_ref()).indent(false).to_string();
+        assert!(
+            after.contains("TopK(fetch=3), expr=[o0@0 DESC, o1@1 DESC]"),
+            "{after}"
+        );
+        let rows = pretty_format_batches(&run_sql(&ctx, sql).await)
+            .unwrap()
+            .to_string();
+        let firsts: Vec<&str> = rows.lines().filter(|l| l.starts_with("| c")).collect();
+        assert_eq!(firsts.len(), 3, "{rows}");
+        assert!(rows.contains("| c  | 59 |"), "{rows}");
     }
 }
