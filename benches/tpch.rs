@@ -10,7 +10,7 @@
 //!   two one-core workers (`--total-executor-cores 2`), start to exit; the
 //!   bench waits for every core to be free before each submission.
 //!
-//! The baseline runs on mimalloc, as `ember` does.
+//! The baseline runs on mimalloc with the settings `ember` uses.
 //!
 //! Every Ember answer is checked against DataFusion's (as multisets, floats
 //! within 1e-6). The report has one line per query (medians, ratios to
@@ -156,6 +156,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // The allocator settings `ember` runs with, for the baseline too.
+    ember::allocator::keep_freed_memory();
     let scale: f64 = env_or("EMBER_BENCH_SCALE", 1.0);
     let runs: usize = env_or("EMBER_BENCH_RUNS", 3usize).max(1);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");

@@ -21,6 +21,7 @@ macro_rules! errln {
     }};
 }
 
+pub mod allocator;
 pub mod cli;
 pub mod client;
 pub mod cluster;
