@@ -159,10 +159,12 @@ impl Handler<FromApp> for ClusterManager {
                 if let Some(app) = self.apps.get_mut(&id) {
                     app.client = Some((client, client_mailbox));
                 }
+                let driver = self.apps.get(&id).and_then(|a| a.record.submission.clone());
                 self.step(
                     Event::AppRegistered {
                         app: id.clone(),
                         request: *request,
+                        driver,
                     },
                     ctx,
                 );
@@ -337,6 +339,7 @@ impl ClusterManager {
             // An application is journaled as ended only once FINISHED or FAILED.
             let live = record.ended.is_none();
             let request = record.request.clone();
+            let driver = record.submission.clone();
             let past = record.executors.iter().map(recovered_executor).collect();
             self.apps.insert(
                 id.clone(),
@@ -351,6 +354,7 @@ impl ClusterManager {
                     Event::AppRecovered {
                         app: id,
                         request,
+                        driver,
                         past,
                     },
                     ctx,

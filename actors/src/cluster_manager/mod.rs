@@ -38,6 +38,8 @@ pub struct ClusterManagerSpec {
     pub recovery_grace: Duration,
     /// `ember.deploy.maxExecutorRetries`.
     pub max_executor_failures: u32,
+    /// `ember.deploy.maxDriverCoreShare`.
+    pub max_driver_core_share: f64,
 }
 
 struct WorkerLink {
@@ -89,7 +91,8 @@ impl ClusterManager {
         Self {
             node: spec.node,
             state: ClusterState::new(spec.placement)
-                .with_max_executor_failures(spec.max_executor_failures),
+                .with_max_executor_failures(spec.max_executor_failures)
+                .with_max_driver_core_share(spec.max_driver_core_share),
             journal: spec.journal,
             recovery_grace: spec.recovery_grace,
             started: tokio::time::Instant::now(),
@@ -240,6 +243,7 @@ fn now_parts() -> ([i32; 3], [u8; 3]) {
 pub fn driver_state_words(state: &DriverState) -> (&'static str, Option<String>) {
     match state {
         DriverState::Waiting(why) => ("SUBMITTED", Some(why.clone())),
+        DriverState::Queued(why) => ("QUEUED", Some(why.clone())),
         DriverState::Running { .. } => ("RUNNING", None),
         DriverState::Restarting { .. } => ("RELAUNCHING", None),
         DriverState::Unreachable { worker, .. } => (
@@ -357,6 +361,7 @@ mod tests {
                 placement: Placement::Spread,
                 recovery_grace: Duration::from_secs(1),
                 max_executor_failures: 10,
+                max_driver_core_share: 0.5,
             });
             let mut ended = manager.ended();
             let manager = manager.start();
