@@ -8,6 +8,7 @@ mod handlers;
 pub mod journal;
 pub mod messages;
 pub mod state;
+pub mod upload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -19,8 +20,8 @@ pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
     APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus, ExecutorState,
-    ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker, ToApp,
-    ToWorker, WORKER, WorkerStatus,
+    ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker,
+    ScriptUpload, ToApp, ToWorker, WORKER, WorkerStatus,
 };
 pub use state::{
     Action, AppId, AppRequest, AppState, AppView, ClusterState, DriverId, DriverRequest,
@@ -66,6 +67,14 @@ pub struct ClusterManager {
     awaiting_drivers: BTreeSet<AppId>,
     /// Applications whose driver dropped while this manager stood still.
     away: BTreeSet<AppId>,
+    /// Scripts arriving in parts from `ember submit`.
+    uploads: upload::ScriptAssembly,
+    /// Names the next upload.
+    next_upload: u64,
+    /// The latest launch of each driver whose script goes to its worker in
+    /// parts: a launch superseded meanwhile is not carried out.
+    launches: BTreeMap<DriverId, u64>,
+    next_launch: u64,
     registrations: Vec<Registration>,
     /// When the manager last saw its own clock tick: a long gap means the
     /// process stood still (SIGSTOP, a suspended VM).
@@ -101,6 +110,10 @@ impl ClusterManager {
             drivers: BTreeMap::new(),
             awaiting_drivers: BTreeSet::new(),
             away: BTreeSet::new(),
+            uploads: upload::ScriptAssembly::default(),
+            next_upload: 0,
+            launches: BTreeMap::new(),
+            next_launch: 0,
             registrations: Vec::new(),
             last_tick: std::time::Instant::now(),
             revalidate_until: None,
