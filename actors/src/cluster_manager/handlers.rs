@@ -475,7 +475,7 @@ impl ClusterManager {
         // Journaled before it is acknowledged: an accepted submission is
         // never lost.
         self.journal
-            .put_driver(&id, &record)
+            .submit_driver(&id, &record)
             .map_err(|e| format!("the submission was not accepted: {e}"))?;
         tracing::info!(driver = %id, name = %record.job.name, "driver submitted");
         self.drivers.insert(id.clone(), record);
@@ -840,6 +840,14 @@ impl ClusterManager {
                 record.restarts = view.restarts;
                 if let Err(e) = self.journal.put_driver(&view.id, record) {
                     tracing::error!(driver = %view.id, error = %e, "cannot journal a driver's state");
+                }
+                // A submission that is over never runs again: its script,
+                // up to 64 MiB, is not kept.
+                if view.state.is_final() && !record.job.script.is_empty() {
+                    record.job.script = String::new();
+                    if let Err(e) = self.journal.forget_script(&view.id) {
+                        tracing::warn!(driver = %view.id, error = %e, "cannot drop a finished submission's script from the journal");
+                    }
                 }
             }
         }

@@ -1005,9 +1005,11 @@ impl ClusterState {
         if held == 0 || held.saturating_add(cores) <= cap {
             return None;
         }
+        // Worded without the count held now, which changes at every
+        // driver's start and end, so queued records are not rewritten then.
         Some(format!(
-            "queued: running drivers hold {held} of the {cap} cores drivers may hold \
-             ({share} of the cluster's {total}, ember.deploy.maxDriverCoreShare), so that \
+            "queued: running drivers already hold their share of the cores, at most {cap} \
+             of the cluster's {total} (ember.deploy.maxDriverCoreShare = {share}), so that \
              their applications get executors; it starts when a driver ends",
             share = self.max_driver_core_share
         ))
