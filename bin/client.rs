@@ -7,16 +7,37 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ember_actors::cluster_manager::{
-    ClientReply, ClusterStatus, DriverJob, DriverRequest, FOR_CLIENTS, FromClient,
+use ember_actors::cluster_manager::upload::{
+    MAX_SCRIPT_BYTES, SCRIPT_PART_BYTES, UploadError, split_script,
 };
-use ember_transport::Node;
+use ember_actors::cluster_manager::{
+    ClientReply, ClusterStatus, DriverJob, DriverRequest, FOR_CLIENTS, FromClient, ScriptUpload,
+};
+use ember_transport::{Mailbox, Node};
 
 use crate::cli::{ClusterArgs, IdArgs, LogsArgs, StatusArgs, fail};
 use crate::master::Master;
 
+/// How long the manager gets to answer one request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Asks the cluster manager named by `args`.
 pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, String> {
+    with_manager(args, |manager| async move {
+        manager
+            .ask(request, ASK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?
+    })
+}
+
+/// Runs `talk` against the cluster manager named by `args`, over one
+/// connection.
+fn with_manager<T, F, Fut>(args: &ClusterArgs, talk: F) -> Result<T, String>
+where
+    F: FnOnce(Mailbox<FromClient>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let Master::Cluster { host, port } = &args.master else {
         return Err(format!(
             "--master {} is a local master; cluster commands need ember://HOST:PORT",
@@ -47,10 +68,7 @@ pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, Strin
             let mailbox = node
                 .mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
                 .map_err(|e| e.to_string())?;
-            mailbox
-                .ask(request, Duration::from_secs(30))
-                .await
-                .map_err(|e| e.to_string())?
+            talk(mailbox).await
         }
         .await;
         node.close(Duration::from_millis(100)).await;
@@ -58,8 +76,72 @@ pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, Strin
     })
 }
 
-pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
-    match ask(args, FromClient::Submit { job, request }) {
+/// Sends a script too large for one message ahead of its submission, a
+/// part at a time, each acknowledged before the next.
+async fn upload_script(
+    manager: &Mailbox<FromClient>,
+    script: &str,
+) -> Result<ScriptUpload, String> {
+    let mut upload = None;
+    let mut offset = 0u64;
+    for part in split_script(script, SCRIPT_PART_BYTES) {
+        let request = FromClient::UploadScript {
+            upload: upload.clone(),
+            offset,
+            part: part.to_string(),
+        };
+        match manager
+            .ask(request, ASK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())??
+        {
+            ClientReply::Uploaded {
+                upload: name,
+                bytes,
+            } => {
+                offset += part.len() as u64;
+                if bytes != offset {
+                    return Err(format!(
+                        "the cluster manager holds {bytes} bytes of the script, but {offset} were sent"
+                    ));
+                }
+                upload = Some(name);
+            }
+            other => return Err(format!("unexpected answer: {other:?}")),
+        }
+    }
+    Ok(ScriptUpload {
+        name: upload.unwrap_or_default(),
+        bytes: offset,
+    })
+}
+
+pub fn submit_cluster(args: &ClusterArgs, mut job: DriverJob, request: DriverRequest) -> ExitCode {
+    if job.script.len() > MAX_SCRIPT_BYTES {
+        let too_large = UploadError::TooLarge {
+            bytes: job.script.len() as u64,
+            max: MAX_SCRIPT_BYTES,
+        };
+        return fail(&format!("{}: {too_large}", job.name));
+    }
+    let submitted = with_manager(args, |manager| async move {
+        let upload = if job.script.len() > SCRIPT_PART_BYTES {
+            let script = std::mem::take(&mut job.script);
+            Some(upload_script(&manager, &script).await?)
+        } else {
+            None
+        };
+        let request = FromClient::Submit {
+            job,
+            request,
+            upload,
+        };
+        manager
+            .ask(request, ASK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?
+    });
+    match submitted {
         Ok(ClientReply::Submitted(id)) => {
             emit(&format!("{id}\n"));
             let reach = args.reach_again();

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal, Placement};
-use ember_actors::config::{MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT};
+use ember_actors::config::{
+    MAX_DRIVER_CORE_SHARE, MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT,
+};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
 use ember_actors::owner_only;
@@ -251,6 +253,9 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
                 .get_usize(MAX_EXECUTOR_RETRIES)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(10),
+            max_driver_core_share: conf
+                .get_f64(MAX_DRIVER_CORE_SHARE)
+                .unwrap_or(ember_actors::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE),
         });
         let ended = manager.ended();
         let manager = manager.start();

@@ -27,12 +27,19 @@ pub struct LoopbackCluster {
     manager: Option<Child>,
     manager_port: u16,
     workers: Vec<(String, Child)>,
+    /// Cores each worker offers.
+    worker_cores: u32,
 }
 
 impl LoopbackCluster {
     /// A manager (with `manager_conf` as `--conf` pairs) and `workers`
     /// one-core workers named w1, w2, ...; returns once all registered.
     pub fn start(program: &Path, workers: usize, manager_conf: &[&str]) -> Self {
+        Self::start_sized(program, workers, 1, manager_conf)
+    }
+
+    /// Like [`LoopbackCluster::start`], with `cores` cores on each worker.
+    pub fn start_sized(program: &Path, workers: usize, cores: u32, manager_conf: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         init_ca(&certs, "loopback", 5, false).unwrap();
@@ -51,6 +58,7 @@ impl LoopbackCluster {
             manager: None,
             manager_port: 0,
             workers: Vec::new(),
+            worker_cores: cores,
         };
         cluster.start_manager();
         for name in &names {
@@ -126,7 +134,7 @@ impl LoopbackCluster {
                 "--name",
                 name,
             ])
-            .args(["--cores", "1", "--memory", "2g"])
+            .args(["--cores", &self.worker_cores.to_string(), "--memory", "2g"])
             .arg("--certs")
             .arg(self.certs())
             .arg("--work-dir")

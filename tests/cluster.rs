@@ -49,8 +49,14 @@ impl DerefMut for Cluster {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_sized(1)
+    }
+
+    /// Two workers of `cores` cores each.
+    pub fn start_sized(cores: u32) -> Self {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = LoopbackCluster::start(ember(), 2, &["ember.deploy.recoveryTimeout=2s"]);
+        let inner =
+            LoopbackCluster::start_sized(ember(), 2, cores, &["ember.deploy.recoveryTimeout=2s"]);
         Cluster { inner, _turn: turn }
     }
 
@@ -1194,4 +1200,125 @@ fn a_second_worker_on_the_same_work_dir_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&work).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "a new work dir is owner-only");
+}
+
+#[test]
+fn more_cluster_mode_submissions_than_cores_all_finish() {
+    // Two workers of two cores: drivers may hold two of the four, so the
+    // applications always have two for executors.
+    let cluster = Cluster::start_sized(2);
+    let job = cluster.job(
+        "count.sql",
+        "SELECT count(*) AS n FROM generate_series(1, 30000000);\n",
+    );
+    let queued = |status: &Value, ids: &[String]| {
+        ids.iter().filter_map(|id| driver(status, id)).any(|d| {
+            d["state"] == "QUEUED"
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("ember.deploy.maxDriverCoreShare"))
+        })
+    };
+    let mut ids = Vec::new();
+    let mut saw_queued = false;
+    for i in 0..8 {
+        // Each job's task waits 2 s first, so the drivers overlap.
+        let out = cluster
+            .ember(&["submit", "--deploy-mode", "cluster"])
+            .args(["--name", &format!("crowd-{i}")])
+            .args(["--conf", "ember.faults.delayTask=0.*:2s"])
+            .arg(&job)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ids.push(text(&out.stdout).trim().to_string());
+        saw_queued |= queued(&cluster.status(), &ids);
+    }
+    let start = Instant::now();
+    loop {
+        let status = cluster.status();
+        let drivers: Vec<&Value> = ids.iter().map(|id| driver(&status, id).unwrap()).collect();
+        let running = drivers.iter().filter(|d| d["state"] == "RUNNING").count();
+        assert!(running <= 2, "at most two drivers at once: {status:#}");
+        saw_queued |= queued(&status, &ids);
+        if drivers.iter().all(|d| d["state"] == "FINISHED") {
+            break;
+        }
+        assert!(
+            drivers
+                .iter()
+                .all(|d| !matches!(d["state"].as_str(), Some("FAILED" | "KILLED"))),
+            "{status:#}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the submissions did not all finish: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        saw_queued,
+        "submissions beyond the drivers' share wait, QUEUED"
+    );
+    for id in &ids {
+        let logs = cluster.run(&["logs", id]);
+        assert!(logs.status.success(), "{}", text(&logs.stderr));
+        assert!(
+            text(&logs.stdout).contains("30000000"),
+            "{id}: {}",
+            text(&logs.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_script_of_several_megabytes_runs_in_cluster_mode() {
+    let cluster = Cluster::start();
+    // 5,000,000 bytes of numbered pieces in two literals: a part lost,
+    // doubled or out of order changes the length of the first or where a
+    // piece sits in the second. Functions of literals only, so the driver
+    // folds them and no task carries megabytes.
+    let numbered =
+        |from: u32, to: u32| -> String { (from..to).map(|i| format!("{i:07}.")).collect() };
+    let sql = format!(
+        "SELECT length('{}') AS n, strpos('{}', '0600000.') AS at;\n",
+        numbered(0, 312_500),
+        numbered(312_500, 625_000)
+    );
+    assert!(sql.len() > 5_000_000);
+    let job = cluster.job("large.sql", &sql);
+    let id = cluster.submit_cluster_mode("large-script", &job, false);
+    cluster.wait_for(
+        "the large script's driver to finish",
+        Duration::from_secs(120),
+        |s| driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
+    );
+    let logs = cluster.run(&["logs", &id]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    assert_eq!(text(&logs.stdout), "n,at\n2500000,2300001\n");
+
+    // Past the limit, the submission is refused at once, with both sizes.
+    let huge = cluster.dir.path().join("huge.sql");
+    let mut file = std::fs::File::create(&huge).unwrap();
+    use std::io::Write;
+    write!(file, "SELECT '").unwrap();
+    let block = "x".repeat(1 << 20);
+    for _ in 0..65 {
+        file.write_all(block.as_bytes()).unwrap();
+    }
+    writeln!(file, "' AS s;").unwrap();
+    drop(file);
+    let out = cluster
+        .ember(&["submit", "--deploy-mode", "cluster"])
+        .arg(&huge)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let size = std::fs::metadata(&huge).unwrap().len();
+    assert!(
+        err.contains(&format!("{size} bytes")) && err.contains("67108864 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("not speaking the Ember protocol"), "{err}");
 }

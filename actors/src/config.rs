@@ -47,6 +47,7 @@ pub const STAGE_MAX_ATTEMPTS: &str = "ember.stage.maxConsecutiveAttempts";
 pub const NO_EXECUTOR_TIMEOUT: &str = "ember.scheduler.noExecutorTimeout";
 pub const CLUSTER_LOST_TIMEOUT: &str = "ember.app.clusterLostTimeout";
 pub const MAX_EXECUTOR_RETRIES: &str = "ember.deploy.maxExecutorRetries";
+pub const MAX_DRIVER_CORE_SHARE: &str = "ember.deploy.maxDriverCoreShare";
 pub const SPECULATION: &str = "ember.speculation";
 pub const SPECULATION_MULTIPLIER: &str = "ember.speculation.multiplier";
 pub const SPECULATION_QUANTILE: &str = "ember.speculation.quantile";
@@ -147,6 +148,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveInt,
         default: "10",
         doc: "Cluster manager: an exited executor is replaced, but once this many of an application's executors exited in a row and none is left, the application fails.",
+    },
+    ConfigKey {
+        name: MAX_DRIVER_CORE_SHARE,
+        kind: ValueKind::PositiveNumber,
+        default: "0.5",
+        doc: "Cluster manager: the share of the alive workers' cores that cluster-mode drivers may hold together (1 or more: no limit). Submissions beyond it stay QUEUED until a driver ends, so applications always have cores for executors. One driver may always run, so a one-core cluster still runs jobs: there its driver lends its core to its application's executor.",
     },
     ConfigKey {
         name: SPECULATION,
@@ -340,6 +347,11 @@ impl EmberConf {
 
     /// A positive integer key, if set (values were checked when set).
     pub fn get_usize(&self, key: &str) -> Option<usize> {
+        self.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// A number key, if set (values were checked when set).
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
         self.get(key).and_then(|v| v.parse().ok())
     }
 

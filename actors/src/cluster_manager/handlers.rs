@@ -8,6 +8,7 @@ use super::journal::JournalError;
 use super::journal::{AppRecord, DriverRecord};
 use super::messages::*;
 use super::state::{Action, AppState, DriverRequest, DriverState, Event};
+use super::upload::{MAX_SCRIPT_BYTES, SCRIPT_PART_BYTES, UploadError, split_script};
 use super::{
     AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, executor_history,
     new_id, recovered_executor, timestamp,
@@ -159,10 +160,12 @@ impl Handler<FromApp> for ClusterManager {
                 if let Some(app) = self.apps.get_mut(&id) {
                     app.client = Some((client, client_mailbox));
                 }
+                let driver = self.apps.get(&id).and_then(|a| a.record.submission.clone());
                 self.step(
                     Event::AppRegistered {
                         app: id.clone(),
                         request: *request,
+                        driver,
                     },
                     ctx,
                 );
@@ -187,7 +190,16 @@ impl Handler<FromClient> for ClusterManager {
 
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) -> Self::Result {
         let reply = match msg {
-            FromClient::Submit { job, request } => self.submit(job, request, ctx),
+            FromClient::Submit {
+                job,
+                request,
+                upload,
+            } => self.submit(job, request, upload, ctx),
+            FromClient::UploadScript {
+                upload,
+                offset,
+                part,
+            } => self.upload_part(upload, offset, &part, ctx),
             FromClient::Kill { id } => self.kill(&id, ctx),
             FromClient::Status => Ok(ClientReply::Status(self.status())),
             FromClient::Logs { driver, max_bytes } => return self.logs(driver, max_bytes),
@@ -274,6 +286,31 @@ impl Handler<super::EndAway> for ClusterManager {
     }
 }
 
+/// How long an upload may stand still before it is dropped.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a worker gets to take one part of a driver's script.
+const SCRIPT_PART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A self-addressed check on an upload: dropped if it still holds `bytes`,
+/// its client having sent nothing since.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ForgetUpload {
+    name: String,
+    bytes: u64,
+}
+
+impl Handler<ForgetUpload> for ClusterManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetUpload, _ctx: &mut Context<Self>) {
+        if self.uploads.bytes_of(&msg.name) == Some(msg.bytes) {
+            tracing::info!(upload = %msg.name, bytes = msg.bytes, "dropping an upload its client stopped sending");
+            self.uploads.forget(&msg.name);
+        }
+    }
+}
+
 /// A self-addressed wake-up (restart backoff, end of recovery).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -337,6 +374,7 @@ impl ClusterManager {
             // An application is journaled as ended only once FINISHED or FAILED.
             let live = record.ended.is_none();
             let request = record.request.clone();
+            let driver = record.submission.clone();
             let past = record.executors.iter().map(recovered_executor).collect();
             self.apps.insert(
                 id.clone(),
@@ -351,6 +389,7 @@ impl ClusterManager {
                     Event::AppRecovered {
                         app: id,
                         request,
+                        driver,
                         past,
                     },
                     ctx,
@@ -360,12 +399,64 @@ impl ClusterManager {
         Ok(())
     }
 
-    fn submit(
+    /// Takes one part of a script `ember submit` sends ahead of its
+    /// submission.
+    fn upload_part(
         &mut self,
-        job: DriverJob,
-        request: DriverRequest,
+        upload: Option<String>,
+        offset: u64,
+        part: &str,
         ctx: &mut Context<Self>,
     ) -> Result<ClientReply, String> {
+        let name = match (upload, offset) {
+            (Some(name), _) => name,
+            (None, 0) => {
+                self.next_upload += 1;
+                format!("upload-{}", self.next_upload)
+            }
+            (None, _) => return Err("a script's later parts name their upload".into()),
+        };
+        let bytes = self
+            .uploads
+            .append(&name, offset, part)
+            .map_err(|e| e.to_string())?;
+        // An upload its client gave up on is not held for ever.
+        ctx.notify_later(
+            ForgetUpload {
+                name: name.clone(),
+                bytes,
+            },
+            UPLOAD_IDLE,
+        );
+        Ok(ClientReply::Uploaded {
+            upload: name,
+            bytes,
+        })
+    }
+
+    fn submit(
+        &mut self,
+        mut job: DriverJob,
+        request: DriverRequest,
+        upload: Option<ScriptUpload>,
+        ctx: &mut Context<Self>,
+    ) -> Result<ClientReply, String> {
+        if let Some(upload) = upload {
+            if !job.script.is_empty() {
+                return Err("a submission carries its script or names an upload, not both".into());
+            }
+            job.script = self
+                .uploads
+                .take(&upload.name, upload.bytes)
+                .map_err(|e| format!("the submission was not accepted: {e}"))?;
+        }
+        if job.script.len() > MAX_SCRIPT_BYTES {
+            return Err(UploadError::TooLarge {
+                bytes: job.script.len() as u64,
+                max: MAX_SCRIPT_BYTES,
+            }
+            .to_string());
+        }
         let number = self
             .journal
             .next_number("drivers")
@@ -384,7 +475,7 @@ impl ClusterManager {
         // Journaled before it is acknowledged: an accepted submission is
         // never lost.
         self.journal
-            .put_driver(&id, &record)
+            .submit_driver(&id, &record)
             .map_err(|e| format!("the submission was not accepted: {e}"))?;
         tracing::info!(driver = %id, name = %record.job.name, "driver submitted");
         self.drivers.insert(id.clone(), record);
@@ -604,13 +695,18 @@ impl ClusterManager {
                 let Some(record) = self.drivers.get(&driver) else {
                     return;
                 };
+                tracing::info!(%driver, %worker, "launching driver");
+                if record.job.script.len() > SCRIPT_PART_BYTES {
+                    self.launch_in_parts(worker, driver, cores, memory_mb, ctx);
+                    return;
+                }
                 let message = ToWorker::LaunchDriver {
                     driver: driver.clone(),
                     job: record.job.clone(),
                     cores,
                     memory_mb,
+                    script_bytes: None,
                 };
-                tracing::info!(%driver, %worker, "launching driver");
                 self.tell_worker(&worker, message);
             }
             Action::KillDriver { worker, driver } => {
@@ -620,6 +716,86 @@ impl ClusterManager {
                 ctx.notify_later(Wake, delay);
             }
         }
+    }
+
+    /// Launches a driver whose script is too large for one message: the
+    /// script goes to the worker a part at a time, each acknowledged before
+    /// the next (the queue towards a worker stays small), then the launch.
+    /// A launch superseded meanwhile (the driver was killed, or relaunched)
+    /// is dropped; a worker that cannot take the script fails the launch
+    /// as a driver that could not start.
+    fn launch_in_parts(
+        &mut self,
+        worker: String,
+        driver: String,
+        cores: u32,
+        memory_mb: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let (Some(record), Some(link)) = (self.drivers.get(&driver), self.workers.get(&worker))
+        else {
+            tracing::warn!(%worker, %driver, "no link to worker");
+            return;
+        };
+        self.next_launch += 1;
+        let launch = self.next_launch;
+        self.launches.insert(driver.clone(), launch);
+        let mailbox = link.mailbox.clone();
+        let mut job = record.job.clone();
+        let script = std::mem::take(&mut job.script);
+        let script_bytes = script.len() as u64;
+        let to = driver.clone();
+        let send = async move {
+            let mut offset = 0u64;
+            for part in split_script(&script, SCRIPT_PART_BYTES) {
+                let message = ToWorker::ScriptPart {
+                    driver: to.clone(),
+                    offset,
+                    part: part.to_string(),
+                };
+                mailbox
+                    .ask(message, SCRIPT_PART_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())??;
+                offset += part.len() as u64;
+            }
+            Ok::<_, String>(mailbox)
+        };
+        ctx.spawn(send.into_actor(self).map(move |sent, act, ctx| {
+            if act.launches.get(&driver) != Some(&launch) {
+                return;
+            }
+            act.launches.remove(&driver);
+            let still_ours = matches!(
+                act.state.driver_state(&driver),
+                Some(DriverState::Running { worker: w }) if *w == worker
+            );
+            match sent {
+                Ok(mailbox) if still_ours => {
+                    let message = ToWorker::LaunchDriver {
+                        driver: driver.clone(),
+                        job,
+                        cores,
+                        memory_mb,
+                        script_bytes: Some(script_bytes),
+                    };
+                    if let Err(e) = mailbox.tell(message) {
+                        // Its loss arrives through the monitor.
+                        tracing::warn!(%worker, error = %e, "cannot reach worker");
+                    }
+                }
+                Ok(_) => {}
+                Err(why) if still_ours => {
+                    let why = format!("its script could not be handed to worker {worker}: {why}");
+                    tracing::warn!(%driver, %why, "driver not launched");
+                    if let Some(record) = act.drivers.get_mut(&driver) {
+                        record.reason = Some(why);
+                    }
+                    act.step(Event::DriverExited { driver, code: None }, ctx);
+                }
+                Err(_) => {}
+            }
+        }));
     }
 
     fn tell_worker(&mut self, worker: &str, message: ToWorker) {
@@ -664,6 +840,14 @@ impl ClusterManager {
                 record.restarts = view.restarts;
                 if let Err(e) = self.journal.put_driver(&view.id, record) {
                     tracing::error!(driver = %view.id, error = %e, "cannot journal a driver's state");
+                }
+                // A submission that is over never runs again: its script,
+                // up to 64 MiB, is not kept.
+                if view.state.is_final() && !record.job.script.is_empty() {
+                    record.job.script = String::new();
+                    if let Err(e) = self.journal.forget_script(&view.id) {
+                        tracing::warn!(driver = %view.id, error = %e, "cannot drop a finished submission's script from the journal");
+                    }
                 }
             }
         }

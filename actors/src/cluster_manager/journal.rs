@@ -21,6 +21,9 @@ use crate::remote::NodeContact;
 
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const DRIVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("drivers");
+/// Unfinished submissions' scripts, apart from their records: a record is
+/// written at each change of state, a script (up to 64 MiB) once.
+const SCRIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("scripts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// The database file inside the state directory.
@@ -372,6 +375,7 @@ impl Journal {
         self.write(|txn| {
             txn.open_table(APPS)?;
             txn.open_table(DRIVERS)?;
+            txn.open_table(SCRIPTS)?;
             let mut meta = txn.open_table(META)?;
             let bytes = opened.to_le_bytes();
             meta.insert("opened", bytes.as_slice())?;
@@ -466,16 +470,53 @@ impl Journal {
         self.put(APPS, id, record)
     }
 
+    /// Journals a submission's state; its script is journaled once, by
+    /// [`Journal::submit_driver`].
     pub fn put_driver(&self, id: &str, record: &DriverRecord) -> Result<(), JournalError> {
-        self.put(DRIVERS, id, record)
+        self.put(DRIVERS, id, &without_script(record))
+    }
+
+    /// Journals a new submission with its script, in one commit.
+    pub fn submit_driver(&self, id: &str, record: &DriverRecord) -> Result<(), JournalError> {
+        let bytes = rmp_serde::to_vec_named(&without_script(record))
+            .map_err(|e| JournalError::Write(e.to_string()))?;
+        self.write(|txn| {
+            txn.open_table(DRIVERS)?.insert(id, bytes.as_slice())?;
+            txn.open_table(SCRIPTS)?
+                .insert(id, record.job.script.as_bytes())?;
+            Ok(())
+        })
+    }
+
+    /// Drops the script of a submission that is over.
+    pub fn forget_script(&self, id: &str) -> Result<(), JournalError> {
+        self.write(|txn| {
+            txn.open_table(SCRIPTS)?.remove(id)?;
+            Ok(())
+        })
     }
 
     pub fn apps(&self) -> Result<Vec<(AppId, AppRecord)>, JournalError> {
         self.load(APPS, "applications table")
     }
 
+    /// Every submission, with its script while it is not over (journals
+    /// written before scripts had a table of their own hold it inline).
     pub fn drivers(&self) -> Result<Vec<(DriverId, DriverRecord)>, JournalError> {
-        self.load(DRIVERS, "submissions table")
+        let mut drivers: Vec<(DriverId, DriverRecord)> = self.load(DRIVERS, "submissions table")?;
+        let scripts = self
+            .rows(SCRIPTS)
+            .map_err(|e| JournalError::Read(format!("scripts table: {e}")))?;
+        let mut scripts: std::collections::BTreeMap<String, Vec<u8>> =
+            scripts.into_iter().collect();
+        for (id, record) in &mut drivers {
+            if let Some(bytes) = scripts.remove(id) {
+                record.job.script = String::from_utf8(bytes).map_err(|e| {
+                    JournalError::Read(format!("scripts table, script of {id}: {e}"))
+                })?;
+            }
+        }
+        Ok(drivers)
     }
 
     /// The next number of the named sequence, kept across restarts.
@@ -494,6 +535,29 @@ impl Journal {
             Ok(())
         })?;
         Ok(next)
+    }
+}
+
+/// `record` without its script, as the submissions table holds it.
+fn without_script(record: &DriverRecord) -> DriverRecord {
+    let job = &record.job;
+    DriverRecord {
+        job: DriverJob {
+            name: job.name.clone(),
+            script: String::new(),
+            conf: job.conf.clone(),
+            executor_cores: job.executor_cores,
+            executor_memory_mb: job.executor_memory_mb,
+            max_cores: job.max_cores,
+            base_dir: job.base_dir.clone(),
+        },
+        request: record.request.clone(),
+        state: record.state.clone(),
+        reason: record.reason.clone(),
+        worker: record.worker.clone(),
+        restarts: record.restarts,
+        submitted: record.submitted.clone(),
+        app: record.app.clone(),
     }
 }
 
@@ -587,24 +651,33 @@ mod tests {
         {
             let journal = Journal::open(dir.path()).unwrap();
             journal
-                .put_driver("driver-1", &driver_record("RUNNING"))
+                .submit_driver("driver-1", &driver_record("RUNNING"))
                 .unwrap();
             journal
-                .put_driver("driver-2", &driver_record("SUBMITTED"))
+                .submit_driver("driver-2", &driver_record("SUBMITTED"))
                 .unwrap();
             journal
                 .put_driver("driver-1", &driver_record("FINISHED"))
+                .unwrap();
+            journal.forget_script("driver-1").unwrap();
+            // Written before scripts had a table of their own.
+            journal
+                .put(DRIVERS, "driver-3", &driver_record("SUBMITTED"))
                 .unwrap();
             assert_eq!(journal.next_number("drivers").unwrap(), 0);
             assert_eq!(journal.next_number("drivers").unwrap(), 1);
         }
         let journal = Journal::open(dir.path()).unwrap();
         let drivers = journal.drivers().unwrap();
-        assert_eq!(drivers.len(), 2);
+        assert_eq!(drivers.len(), 3);
         assert_eq!(drivers[0].0, "driver-1");
-        assert_eq!(drivers[0].1, driver_record("FINISHED"));
+        let mut finished = driver_record("FINISHED");
+        finished.job.script = String::new();
+        assert_eq!(drivers[0].1, finished, "a finished one's script is gone");
         assert!(drivers[0].1.is_final());
+        assert_eq!(drivers[1].1, driver_record("SUBMITTED"));
         assert!(!drivers[1].1.is_final());
+        assert_eq!(drivers[2].1, driver_record("SUBMITTED"));
         assert_eq!(
             journal.next_number("drivers").unwrap(),
             2,

@@ -97,6 +97,18 @@ pub enum FromClient {
     Submit {
         job: DriverJob,
         request: DriverRequest,
+        /// Set when the script came ahead in parts (`job.script` is then
+        /// empty): the upload that holds it.
+        #[serde(default)]
+        upload: Option<ScriptUpload>,
+    },
+    /// A part of a script too large for one message, starting at byte
+    /// `offset`; the first part (offset 0, no name) starts an upload and
+    /// the answer names it.
+    UploadScript {
+        upload: Option<String>,
+        offset: u64,
+        part: String,
     },
     /// Kills a submission's driver, or an application.
     Kill {
@@ -110,9 +122,21 @@ pub enum FromClient {
     },
 }
 
+/// A script uploaded in parts: where it is and how long it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptUpload {
+    pub name: String,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientReply {
     Submitted(DriverId),
+    /// The upload holds this many bytes so far.
+    Uploaded {
+        upload: String,
+        bytes: u64,
+    },
     Killed(String),
     Status(ClusterStatus),
     Logs(DriverLogs),
@@ -247,6 +271,17 @@ pub enum ToWorker {
         job: DriverJob,
         cores: u32,
         memory_mb: u64,
+        /// Set when the script came ahead in [`ToWorker::ScriptPart`]s
+        /// (`job.script` is then empty): its length in bytes.
+        #[serde(default)]
+        script_bytes: Option<u64>,
+    },
+    /// A part of a driver's script too large for one message, starting at
+    /// byte `offset`; its `LaunchDriver` follows the last part.
+    ScriptPart {
+        driver: DriverId,
+        offset: u64,
+        part: String,
     },
     KillDriver {
         driver: DriverId,

@@ -8,6 +8,7 @@ mod handlers;
 pub mod journal;
 pub mod messages;
 pub mod state;
+pub mod upload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -19,8 +20,8 @@ pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
     APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus, ExecutorState,
-    ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker, ToApp,
-    ToWorker, WORKER, WorkerStatus,
+    ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker,
+    ScriptUpload, ToApp, ToWorker, WORKER, WorkerStatus,
 };
 pub use state::{
     Action, AppId, AppRequest, AppState, AppView, ClusterState, DriverId, DriverRequest,
@@ -38,6 +39,8 @@ pub struct ClusterManagerSpec {
     pub recovery_grace: Duration,
     /// `ember.deploy.maxExecutorRetries`.
     pub max_executor_failures: u32,
+    /// `ember.deploy.maxDriverCoreShare`.
+    pub max_driver_core_share: f64,
 }
 
 struct WorkerLink {
@@ -64,6 +67,14 @@ pub struct ClusterManager {
     awaiting_drivers: BTreeSet<AppId>,
     /// Applications whose driver dropped while this manager stood still.
     away: BTreeSet<AppId>,
+    /// Scripts arriving in parts from `ember submit`.
+    uploads: upload::ScriptAssembly,
+    /// Names the next upload.
+    next_upload: u64,
+    /// The latest launch of each driver whose script goes to its worker in
+    /// parts: a launch superseded meanwhile is not carried out.
+    launches: BTreeMap<DriverId, u64>,
+    next_launch: u64,
     registrations: Vec<Registration>,
     /// When the manager last saw its own clock tick: a long gap means the
     /// process stood still (SIGSTOP, a suspended VM).
@@ -89,7 +100,8 @@ impl ClusterManager {
         Self {
             node: spec.node,
             state: ClusterState::new(spec.placement)
-                .with_max_executor_failures(spec.max_executor_failures),
+                .with_max_executor_failures(spec.max_executor_failures)
+                .with_max_driver_core_share(spec.max_driver_core_share),
             journal: spec.journal,
             recovery_grace: spec.recovery_grace,
             started: tokio::time::Instant::now(),
@@ -98,6 +110,10 @@ impl ClusterManager {
             drivers: BTreeMap::new(),
             awaiting_drivers: BTreeSet::new(),
             away: BTreeSet::new(),
+            uploads: upload::ScriptAssembly::default(),
+            next_upload: 0,
+            launches: BTreeMap::new(),
+            next_launch: 0,
             registrations: Vec::new(),
             last_tick: std::time::Instant::now(),
             revalidate_until: None,
@@ -240,6 +256,7 @@ fn now_parts() -> ([i32; 3], [u8; 3]) {
 pub fn driver_state_words(state: &DriverState) -> (&'static str, Option<String>) {
     match state {
         DriverState::Waiting(why) => ("SUBMITTED", Some(why.clone())),
+        DriverState::Queued(why) => ("QUEUED", Some(why.clone())),
         DriverState::Running { .. } => ("RUNNING", None),
         DriverState::Restarting { .. } => ("RELAUNCHING", None),
         DriverState::Unreachable { worker, .. } => (
@@ -357,6 +374,7 @@ mod tests {
                 placement: Placement::Spread,
                 recovery_grace: Duration::from_secs(1),
                 max_executor_failures: 10,
+                max_driver_core_share: 0.5,
             });
             let mut ended = manager.ended();
             let manager = manager.start();

@@ -5,6 +5,9 @@
 //! supervised driver). Placement follows Spark's standalone master: waiting
 //! drivers first, then applications in submission order, executors spread
 //! over workers one executor's cores at a time unless told to pack.
+//! Drivers together hold at most a share of the cluster's cores
+//! (`ember.deploy.maxDriverCoreShare`), so applications always have cores
+//! left for executors; submissions beyond it wait, queued, for a driver to end.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,7 +61,11 @@ pub enum AppState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverState {
+    /// Not placed: no worker has the cores and memory it needs.
     Waiting(String),
+    /// Not placed: drivers already hold their share of the cluster's
+    /// cores; it starts when one ends.
+    Queued(String),
     Running {
         worker: WorkerId,
     },
@@ -85,6 +92,11 @@ impl DriverState {
             self,
             DriverState::Finished | DriverState::Failed(_) | DriverState::Killed
         )
+    }
+
+    /// Whether it waits to be placed.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, DriverState::Waiting(_) | DriverState::Queued(_))
     }
 }
 
@@ -141,6 +153,8 @@ pub enum Event {
     AppRegistered {
         app: AppId,
         request: AppRequest,
+        /// The cluster-mode submission whose driver runs it.
+        driver: Option<DriverId>,
     },
     /// An unfinished application loaded from the journal after a restart,
     /// with the executors it had (those journaled as running are
@@ -148,6 +162,7 @@ pub enum Event {
     AppRecovered {
         app: AppId,
         request: AppRequest,
+        driver: Option<DriverId>,
         past: Vec<(ExecutorNo, PastExecutor)>,
     },
     /// Its driver ended or went away.
@@ -255,11 +270,23 @@ struct Executor {
     worker: WorkerId,
     cores: u32,
     memory_mb: u64,
+    /// Of its cores, those its application's driver holds and lends it:
+    /// not taken from the worker a second time.
+    borrowed: u32,
+}
+
+impl Executor {
+    /// Cores it takes from its worker.
+    fn own_cores(&self) -> u32 {
+        self.cores.saturating_sub(self.borrowed)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct App {
     request: AppRequest,
+    /// The cluster-mode submission whose driver runs it.
+    driver: Option<DriverId>,
     state: AppState,
     executors: BTreeMap<ExecutorNo, Executor>,
     /// Executors it had, and how each ended.
@@ -270,9 +297,10 @@ struct App {
 }
 
 impl App {
-    fn new(request: AppRequest) -> Self {
+    fn new(request: AppRequest, driver: Option<DriverId>) -> Self {
         Self {
             request,
+            driver,
             state: AppState::Waiting("waiting for a worker".into()),
             executors: BTreeMap::new(),
             past: BTreeMap::new(),
@@ -328,6 +356,9 @@ pub const MAX_DRIVER_RESTARTS: u32 = 5;
 /// default `ember.app.clusterLostTimeout`, after which a cluster-mode driver
 /// cut off from its manager has stopped itself.
 pub const DRIVER_LEASE: Duration = Duration::from_secs(20);
+/// The share of the cluster's cores drivers may hold, as
+/// `ember.deploy.maxDriverCoreShare` defaults.
+pub const DEFAULT_MAX_DRIVER_CORE_SHARE: f64 = 0.5;
 /// The first restart's delay; it doubles with each restart.
 pub const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -347,6 +378,8 @@ pub struct ClusterState {
     max_executor_failures: u32,
     /// How long a driver whose worker was lost may still be running.
     driver_lease: Duration,
+    /// The share of alive workers' cores running drivers may hold.
+    max_driver_core_share: f64,
 }
 
 /// A worker as `ember status` shows it.
@@ -441,8 +474,20 @@ impl ClusterState {
             placement,
             max_executor_failures: MAX_EXECUTOR_FAILURES,
             driver_lease: DRIVER_LEASE,
+            max_driver_core_share: DEFAULT_MAX_DRIVER_CORE_SHARE,
             ..Self::default()
         }
+    }
+
+    /// Sets the share of the cluster's cores running drivers may hold
+    /// together (`ember.deploy.maxDriverCoreShare`), between 0 and 1.
+    pub fn with_max_driver_core_share(mut self, share: f64) -> Self {
+        self.max_driver_core_share = if share.is_finite() {
+            share.clamp(0.0, 1.0)
+        } else {
+            DEFAULT_MAX_DRIVER_CORE_SHARE
+        };
+        self
     }
 
     /// Sets how many executors of an application may exit in a row, with
@@ -527,15 +572,24 @@ impl ClusterState {
             Event::WorkerLost { worker, why } => {
                 self.worker_lost(now_ms, &worker, &why, &mut actions)
             }
-            Event::AppRegistered { app, request } => {
+            Event::AppRegistered {
+                app,
+                request,
+                driver,
+            } => {
                 if !self.apps.contains_key(&app) {
                     self.app_order.push(app.clone());
-                    self.apps.insert(app, App::new(request));
+                    self.apps.insert(app, App::new(request, driver));
                 }
             }
-            Event::AppRecovered { app, request, past } => {
+            Event::AppRecovered {
+                app,
+                request,
+                driver,
+                past,
+            } => {
                 if !self.apps.contains_key(&app) {
-                    let mut recovered = App::new(request);
+                    let mut recovered = App::new(request, driver);
                     // Numbers are never handed out twice: a driver would
                     // take a new executor for an old one.
                     recovered.next_executor = past.iter().map(|(n, _)| n + 1).max().unwrap_or(0);
@@ -653,7 +707,7 @@ impl ClusterState {
                         worker == &id
                     }
                     // Recovered from the journal before its worker returned.
-                    DriverState::Waiting(_) => true,
+                    DriverState::Waiting(_) | DriverState::Queued(_) => true,
                     _ => false,
                 };
                 ours && d.request.cores <= worker.free_cores()
@@ -700,6 +754,7 @@ impl ClusterState {
                             worker: id.clone(),
                             cores: r.cores,
                             memory_mb: r.memory_mb,
+                            borrowed: 0,
                         },
                     );
                 }
@@ -774,7 +829,7 @@ impl ClusterState {
                 continue;
             };
             if let Some(worker) = self.workers.get_mut(&e.worker) {
-                worker.give_back(e.cores, e.memory_mb);
+                worker.give_back(e.own_cores(), e.memory_mb);
                 if worker.alive {
                     actions.push(Action::KillExecutor {
                         worker: e.worker.clone(),
@@ -800,7 +855,7 @@ impl ClusterState {
             return;
         };
         if let Some(worker) = self.workers.get_mut(&e.worker) {
-            worker.give_back(e.cores, e.memory_mb);
+            worker.give_back(e.own_cores(), e.memory_mb);
         }
         if !app.is_active() {
             return;
@@ -912,14 +967,68 @@ impl ClusterState {
         }
     }
 
+    /// Cores of alive workers: (all of them, those running drivers hold,
+    /// the most drivers may hold).
+    fn driver_cores(&self) -> (u32, u32, u32) {
+        let total: u32 = self
+            .workers
+            .values()
+            .filter(|w| w.alive)
+            .map(|w| w.cores)
+            .sum();
+        let held: u32 = self
+            .drivers
+            .values()
+            .filter_map(|d| match &d.state {
+                DriverState::Running { worker }
+                    if self.workers.get(worker).is_some_and(|w| w.alive) =>
+                {
+                    Some(d.request.cores)
+                }
+                _ => None,
+            })
+            .sum();
+        // Truncated: a share of 0.5 of 3 cores lets drivers hold 1.
+        let cap = (f64::from(total) * self.max_driver_core_share).floor() as u32;
+        (total, held, cap)
+    }
+
+    /// Why a driver needing `cores` may not start now although a worker may
+    /// have room: drivers hold their share of the cores already. The first
+    /// driver always may, whatever its size, so that a cluster too small for
+    /// the share (one core) still runs cluster-mode jobs.
+    fn driver_share_exceeded(&self, cores: u32) -> Option<String> {
+        if self.max_driver_core_share >= 1.0 {
+            return None;
+        }
+        let (total, held, cap) = self.driver_cores();
+        if held == 0 || held.saturating_add(cores) <= cap {
+            return None;
+        }
+        // Worded without the count held now, which changes at every
+        // driver's start and end, so queued records are not rewritten then.
+        Some(format!(
+            "queued: running drivers already hold their share of the cores, at most {cap} \
+             of the cluster's {total} (ember.deploy.maxDriverCoreShare = {share}), so that \
+             their applications get executors; it starts when a driver ends",
+            share = self.max_driver_core_share
+        ))
+    }
+
     fn place_driver(&mut self, id: &str, actions: &mut Vec<Action>) {
         let Some(driver) = self.drivers.get(id) else {
             return;
         };
-        if !matches!(driver.state, DriverState::Waiting(_)) {
+        if !driver.state.is_pending() {
             return;
         }
         let (cores, memory_mb) = (driver.request.cores, driver.request.memory_mb);
+        if let Some(why) = self.driver_share_exceeded(cores) {
+            if let Some(driver) = self.drivers.get_mut(id) {
+                driver.state = DriverState::Queued(why);
+            }
+            return;
+        }
         let chosen = self.usable_workers().into_iter().find(|w| {
             self.workers
                 .get(w)
@@ -1006,6 +1115,7 @@ impl ClusterState {
                         worker: worker.clone(),
                         cores: per_cores,
                         memory_mb: per_memory,
+                        borrowed: 0,
                     },
                 );
                 actions.push(Action::LaunchExecutor {
@@ -1017,14 +1127,92 @@ impl ClusterState {
                 });
             }
         }
-        if app.executors.is_empty() {
+        if app.executors.is_empty() && !self.borrow_driver_cores(id, actions) {
             let why = self.shortage(per_cores, per_memory, "each executor");
             if let Some(app) = self.apps.get_mut(id) {
                 app.state = AppState::Waiting(why);
             }
-        } else {
+        } else if let Some(app) = self.apps.get_mut(id) {
             app.state = AppState::Running;
         }
+    }
+
+    /// On a cluster where no executor can ever run beside the drivers (one
+    /// core, held by the one driver the share still lets in), an
+    /// application would wait for ever: its own driver lends it the cores
+    /// it holds for one executor instead. Whether an executor was placed.
+    fn borrow_driver_cores(&mut self, id: &str, actions: &mut Vec<Action>) -> bool {
+        let Some(app) = self.apps.get(id) else {
+            return false;
+        };
+        let per_cores = app.request.executor_cores.max(1);
+        let per_memory = app.request.executor_memory_mb;
+        if app.cores_wanted() < per_cores {
+            return false;
+        }
+        let Some((home, lent)) = app
+            .driver
+            .as_ref()
+            .and_then(|d| self.drivers.get(d))
+            .and_then(|d| match &d.state {
+                DriverState::Running { worker } => Some((worker.clone(), d.request.cores)),
+                _ => None,
+            })
+        else {
+            return false;
+        };
+        let mut driver_cores: BTreeMap<&str, u32> = BTreeMap::new();
+        for d in self.drivers.values() {
+            if let DriverState::Running { worker } = &d.state {
+                *driver_cores.entry(worker.as_str()).or_default() += d.request.cores;
+            }
+        }
+        // Only where waiting cannot help: no worker could host one executor
+        // even once every application's executors are gone.
+        let never_fits = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive)
+            .all(|(wid, w)| {
+                let beside = w
+                    .cores
+                    .saturating_sub(driver_cores.get(wid.as_str()).copied().unwrap_or(0));
+                beside < per_cores || w.memory_mb < per_memory
+            });
+        let borrowed = lent.min(per_cores);
+        let own = per_cores - borrowed;
+        let fits = self
+            .workers
+            .get(&home)
+            .is_some_and(|w| w.alive && w.free_cores() >= own && w.free_memory() >= per_memory);
+        if !never_fits || !fits {
+            return false;
+        }
+        let Some(app) = self.apps.get_mut(id) else {
+            return false;
+        };
+        let executor = app.next_executor;
+        app.next_executor += 1;
+        app.executors.insert(
+            executor,
+            Executor {
+                worker: home.clone(),
+                cores: per_cores,
+                memory_mb: per_memory,
+                borrowed,
+            },
+        );
+        if let Some(w) = self.workers.get_mut(&home) {
+            w.take(own, per_memory);
+        }
+        actions.push(Action::LaunchExecutor {
+            worker: home,
+            app: id.to_string(),
+            executor,
+            cores: per_cores,
+            memory_mb: per_memory,
+        });
+        true
     }
 
     /// Why something needing `cores` and `memory_mb` cannot be placed.
@@ -1056,7 +1244,7 @@ impl ClusterState {
             for app in self.apps.values() {
                 for e in app.executors.values() {
                     let u = used.entry(e.worker.as_str()).or_default();
-                    u.0 += e.cores;
+                    u.0 += e.own_cores();
                     u.1 += e.memory_mb;
                 }
             }
@@ -1114,7 +1302,206 @@ mod tests {
                 max_cores,
                 conf: vec![],
             },
+            driver: None,
         }
+    }
+
+    /// The application a cluster-mode driver registers.
+    fn app_of(driver: &str, max_cores: Option<u32>) -> Event {
+        let Event::AppRegistered { request, .. } = app(&format!("app-{driver}"), 1, max_cores)
+        else {
+            unreachable!()
+        };
+        Event::AppRegistered {
+            app: format!("app-{driver}"),
+            request,
+            driver: Some(driver.into()),
+        }
+    }
+
+    fn running_driver_cores(s: &ClusterState) -> u32 {
+        s.drivers()
+            .iter()
+            .filter(|d| matches!(d.state, DriverState::Running { .. }))
+            .map(|d| d.request.cores)
+            .sum()
+    }
+
+    #[test]
+    fn drivers_hold_at_most_their_share_and_later_submissions_queue() {
+        let mut s = two_workers(Placement::Spread);
+        for n in 0..30 {
+            s.on_event(0, driver(&format!("d{n:02}"), false));
+        }
+        // Half of 4 cores: two drivers run, the rest wait in order.
+        assert_eq!(running_driver_cores(&s), 2);
+        let queued = s
+            .drivers()
+            .into_iter()
+            .filter(|d| matches!(&d.state, DriverState::Queued(why) if why.contains("ember.deploy.maxDriverCoreShare")))
+            .count();
+        assert_eq!(queued, 28);
+        assert!(matches!(
+            s.driver_state("d00"),
+            Some(DriverState::Running { .. })
+        ));
+        assert!(matches!(
+            s.driver_state("d01"),
+            Some(DriverState::Running { .. })
+        ));
+
+        // Every driver that runs gets executors for its application, and
+        // each one that ends lets the next in.
+        let mut now = 0;
+        let mut finished = 0;
+        while finished < 30 {
+            now += 1;
+            let running: Vec<String> = s
+                .drivers()
+                .into_iter()
+                .filter(|d| matches!(d.state, DriverState::Running { .. }))
+                .map(|d| d.id)
+                .collect();
+            assert!(!running.is_empty(), "nothing runs at step {now}");
+            let d = &running[0];
+            s.on_event(now, app_of(d, Some(1)));
+            assert_eq!(
+                s.app_state(&format!("app-{d}")),
+                Some(&AppState::Running),
+                "{d}'s application got an executor"
+            );
+            assert!(running_driver_cores(&s) <= 2);
+            s.on_event(
+                now,
+                Event::AppEnded {
+                    app: format!("app-{d}"),
+                    why: None,
+                },
+            );
+            s.on_event(
+                now,
+                Event::DriverExited {
+                    driver: d.clone(),
+                    code: Some(0),
+                },
+            );
+            finished += 1;
+        }
+        assert!(s.drivers().iter().all(|d| d.state == DriverState::Finished));
+        assert_eq!(s.worker_usage("w1"), Some((0, 2)));
+        assert_eq!(s.worker_usage("w2"), Some((0, 2)));
+    }
+
+    #[test]
+    fn a_share_of_one_lets_drivers_take_every_core() {
+        let mut s = two_workers(Placement::Spread).with_max_driver_core_share(1.0);
+        for n in 0..6 {
+            s.on_event(0, driver(&format!("d{n}"), false));
+        }
+        assert_eq!(running_driver_cores(&s), 4);
+        assert!(
+            matches!(s.driver_state("d5"), Some(DriverState::Waiting(why)) if why.contains("busy")),
+            "{:?}",
+            s.driver_state("d5")
+        );
+    }
+
+    #[test]
+    fn a_driver_needing_more_than_the_share_runs_when_no_other_does() {
+        let mut s = two_workers(Placement::Spread);
+        let big = |id: &str| Event::DriverSubmitted {
+            driver: id.into(),
+            request: DriverRequest {
+                cores: 2,
+                memory_mb: 1024,
+                supervise: false,
+            },
+        };
+        s.on_event(0, driver("small", false));
+        s.on_event(0, big("big"));
+        // One core held, two more would pass the share of 2.
+        assert!(matches!(
+            s.driver_state("big"),
+            Some(DriverState::Queued(_))
+        ));
+        s.on_event(
+            1,
+            Event::DriverExited {
+                driver: "small".into(),
+                code: Some(0),
+            },
+        );
+        assert!(matches!(
+            s.driver_state("big"),
+            Some(DriverState::Running { .. })
+        ));
+    }
+
+    #[test]
+    fn on_a_one_core_cluster_the_driver_lends_its_core_to_its_application() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 1, 4096));
+        s.on_event(0, driver("d1", false));
+        s.on_event(0, driver("d2", false));
+        assert!(matches!(
+            s.driver_state("d1"),
+            Some(DriverState::Running { .. })
+        ));
+        assert!(matches!(s.driver_state("d2"), Some(DriverState::Queued(_))));
+        // Another application is not lent anything.
+        assert!(launches(&s.on_event(1, app("stranger", 1, None))).is_empty());
+        let actions = s.on_event(2, app_of("d1", None));
+        assert_eq!(launches(&actions), vec![("w1".into(), "app-d1".into(), 0)]);
+        assert_eq!(s.app_state("app-d1"), Some(&AppState::Running));
+        assert_eq!(
+            s.worker_usage("w1"),
+            Some((1, 1)),
+            "the core is counted once"
+        );
+        s.on_event(
+            3,
+            Event::AppEnded {
+                app: "app-d1".into(),
+                why: None,
+            },
+        );
+        let actions = s.on_event(
+            3,
+            Event::DriverExited {
+                driver: "d1".into(),
+                code: Some(0),
+            },
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::LaunchDriver { driver, .. } if driver == "d2")),
+            "{actions:?}"
+        );
+        assert_eq!(
+            launches(&s.on_event(4, app_of("d2", None))),
+            vec![("w1".into(), "app-d2".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_driver_lends_nothing_where_waiting_frees_a_core() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("d1", false));
+        s.on_event(0, app("other", 1, None));
+        assert!(launches(&s.on_event(1, app_of("d1", None))).is_empty());
+        assert!(
+            matches!(s.app_state("app-d1"), Some(AppState::Waiting(why)) if why.contains("busy"))
+        );
+        let actions = s.on_event(
+            2,
+            Event::AppEnded {
+                app: "other".into(),
+                why: None,
+            },
+        );
+        assert_eq!(launches(&actions), vec![("w1".into(), "app-d1".into(), 0)]);
     }
 
     fn launches(actions: &[Action]) -> Vec<(String, String, ExecutorNo)> {
@@ -1364,7 +1751,8 @@ mod tests {
 
     #[test]
     fn a_driver_that_ended_while_its_worker_was_away_is_not_run_again() {
-        let mut s = ClusterState::new(Placement::Spread);
+        // Two drivers on one worker: no share held back for executors.
+        let mut s = ClusterState::new(Placement::Spread).with_max_driver_core_share(1.0);
         s.on_event(0, worker("w1", 2, 4096));
         s.on_event(0, driver("done", true));
         s.on_event(0, driver("failed", false));
@@ -1538,6 +1926,7 @@ mod tests {
             Event::AppRecovered {
                 app: "a".into(),
                 request,
+                driver: None,
                 past: vec![
                     (0, had("w1", ExecutorEnd::Exited("exit code 1".into()))),
                     (1, had("w2", ExecutorEnd::Unconfirmed)),
@@ -1676,7 +2065,8 @@ mod tests {
 
     #[test]
     fn a_driver_that_succeeds_or_is_killed_is_not_restarted() {
-        let mut s = ClusterState::new(Placement::Spread);
+        // Two drivers on one worker: no share held back for executors.
+        let mut s = ClusterState::new(Placement::Spread).with_max_driver_core_share(1.0);
         s.on_event(0, worker("w1", 2, 4096));
         s.on_event(0, driver("ok", true));
         s.on_event(0, driver("killed", true));

@@ -114,8 +114,9 @@ pub struct NodeSpec {
     pub conf: Vec<(String, String)>,
 }
 
-/// Largest spec a child accepts.
-const MAX_SPEC: u32 = 64 * 1024 * 1024;
+/// Largest spec a child accepts: a driver's spec carries its script, of
+/// up to 64 MiB, and some settings.
+const MAX_SPEC: u32 = 80 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {

@@ -190,16 +190,48 @@ impl Handler<ToWorker> for Worker {
                 }
                 Ok(DriverLogs::default())
             }
+            ToWorker::ScriptPart {
+                driver,
+                offset,
+                part,
+            } => {
+                let bytes = self
+                    .scripts
+                    .append(&driver, offset, &part)
+                    .map_err(|e| e.to_string())?;
+                // A launch that never follows does not hold the script for ever.
+                ctx.notify_later(ForgetScript { driver, bytes }, SCRIPT_KEPT);
+                Ok(DriverLogs::default())
+            }
             ToWorker::LaunchDriver {
                 driver,
-                job,
+                mut job,
                 cores,
                 memory_mb,
+                script_bytes,
             } => {
                 let key = ChildKey::Driver(driver.clone());
                 if self.children.contains_key(&key) {
                     // Never two copies of one driver.
+                    self.scripts.forget(&driver);
                     return Ok(DriverLogs::default());
+                }
+                if let Some(bytes) = script_bytes {
+                    match self.scripts.take(&driver, bytes) {
+                        Ok(script) => job.script = script,
+                        Err(e) => {
+                            let why =
+                                format!("could not start: its script did not arrive whole: {e}");
+                            tracing::error!(%driver, %why, "driver did not start");
+                            ctx.notify(ChildExited {
+                                key,
+                                pid: 0,
+                                code: None,
+                                why,
+                            });
+                            return Ok(DriverLogs::default());
+                        }
+                    }
                 }
                 let dir = self.driver_dir(&driver);
                 let spec = ChildSpec::Driver {
@@ -236,6 +268,29 @@ impl Handler<ToWorker> for Worker {
                     truncated: cut_out || cut_err,
                 })
             }
+        }
+    }
+}
+
+/// How long a driver's script, sent ahead in parts, waits for its launch.
+const SCRIPT_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A self-addressed clean-up: a script still holding `bytes`, nothing
+/// having arrived since and its launch never having come, is dropped.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct ForgetScript {
+    driver: String,
+    bytes: u64,
+}
+
+impl Handler<ForgetScript> for Worker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetScript, _ctx: &mut Context<Self>) {
+        if self.scripts.bytes_of(&msg.driver) == Some(msg.bytes) {
+            tracing::warn!(driver = %msg.driver, "dropping a script whose launch never came");
+            self.scripts.forget(&msg.driver);
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct Worker {
     warned: bool,
     /// Drivers that exited since the last registration, and their codes.
     exited_drivers: Vec<(String, Option<i32>)>,
+    /// Drivers' scripts arriving in parts ahead of their launch.
+    scripts: crate::cluster_manager::upload::ScriptAssembly,
 }
 
 impl Worker {
@@ -105,6 +107,7 @@ impl Worker {
             registration: None,
             connecting: false,
             exited_drivers: Vec::new(),
+            scripts: Default::default(),
             warned: false,
         }
     }
