@@ -1322,3 +1322,35 @@ fn a_script_of_several_megabytes_runs_in_cluster_mode() {
     );
     assert!(!err.contains("not speaking the Ember protocol"), "{err}");
 }
+
+/// A task whose plan cannot fit in one message (a 5 MB literal in a
+/// filter) fails its job with the reason, instead of waiting forever for
+/// an answer from an executor that never got it.
+#[test]
+fn a_task_too_large_to_send_fails_its_job_with_the_reason() {
+    let cluster = Cluster::start();
+    let big = "x".repeat(5 * 1024 * 1024);
+    let job = cluster.job(
+        "big-literal.sql",
+        &format!(
+            "SELECT count(*) FROM generate_series(1, 100) AS t(v) \
+             WHERE CAST(v AS VARCHAR) = '{big}';\n"
+        ),
+    );
+    let out = run_bounded(
+        cluster.ember(&["submit"]).arg(&job),
+        Duration::from_secs(60),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot be sent to an executor"), "{stderr}");
+    assert!(stderr.contains("ember.transport.maxFrameBytes"), "{stderr}");
+    assert!(
+        stderr.contains("keep large values in files or tables"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not speaking the Ember protocol"),
+        "{stderr}"
+    );
+}

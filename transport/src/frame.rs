@@ -29,6 +29,11 @@ pub enum FrameError {
     )]
     TooLarge { len: usize, max: usize },
     #[error(
+        "a message of {len} bytes exceeds the frame limit of {max} bytes: raise \
+         `ember.transport.maxFrameBytes` on every node if messages this large are expected"
+    )]
+    TooLargeToSend { len: usize, max: usize },
+    #[error(
         "received a frame announcing 0 bytes, which Ember never sends: the peer is not \
          speaking the Ember protocol or the stream is corrupted; closing it"
     )]
@@ -71,9 +76,9 @@ pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Bytes, FrameError> {
         return Err(FrameError::Empty);
     }
     if len > max {
-        return Err(FrameError::TooLarge { len, max });
+        return Err(FrameError::TooLargeToSend { len, max });
     }
-    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLargeToSend { len, max })?;
     buf[..HEADER_LEN].copy_from_slice(&prefix.to_be_bytes());
     Ok(buf.freeze())
 }
@@ -416,7 +421,7 @@ mod tests {
         });
         assert!(matches!(
             encode(&big, 1000),
-            Err(FrameError::TooLarge { max: 1000, .. })
+            Err(FrameError::TooLargeToSend { max: 1000, .. })
         ));
         assert!(encode(&big, 10_000).is_ok());
     }

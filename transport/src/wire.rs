@@ -91,9 +91,9 @@ pub(crate) fn envelope<B: Serialize>(
     let len = buf.len() - HEADER_LEN;
     let max = max.min(u32::MAX as usize);
     if len > max {
-        return Err(FrameError::TooLarge { len, max });
+        return Err(FrameError::TooLargeToSend { len, max });
     }
-    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLargeToSend { len, max })?;
     buf[..HEADER_LEN].copy_from_slice(&prefix.to_be_bytes());
     Ok(buf.freeze())
 }
@@ -155,7 +155,10 @@ mod tests {
     fn a_body_above_the_limit_is_not_sent() {
         let body = "x".repeat(100);
         let err = envelope(&Header::Tell { to: "a".into() }, Some(&body), 50).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { max: 50, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooLargeToSend { max: 50, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -288,6 +288,10 @@ impl Handler<ExecutorMessage> for ExecutorProxy {
     type Result = ();
 
     fn handle(&mut self, msg: ExecutorMessage, _ctx: &mut Context<Self>) {
+        let launched = match &msg {
+            ExecutorMessage::LaunchTask(task) => Some(task.id),
+            _ => None,
+        };
         let wire = match msg {
             ExecutorMessage::LaunchTask(task) => match self.wire_task(&task) {
                 Ok(wire) => ToExecutor::LaunchTask(wire),
@@ -307,9 +311,28 @@ impl Handler<ExecutorMessage> for ExecutorProxy {
             }
             ExecutorMessage::Stop => ToExecutor::Stop,
         };
-        if let Err(e) = self.mailbox.tell(wire) {
+        match self.mailbox.tell(wire) {
+            Ok(()) => {}
+            // A task no message can carry fails (and fails its job once
+            // every attempt has): the executor is fine, and nothing would
+            // ever answer for the task.
+            Err(ember_transport::SendError::Encode(_, why)) if launched.is_some() => {
+                if let Some(task) = launched {
+                    let why = format!(
+                        "the task cannot be sent to an executor: {why}; a task carries its \
+                         query's literal values, so keep large values in files or tables"
+                    );
+                    let _ = self.driver.mailbox.tell(DriverMessage::StatusUpdate {
+                        executor: self.executor.clone(),
+                        task,
+                        result: Err(TaskError::new(TaskFailureKind::Error, why)),
+                    });
+                }
+            }
             // Its loss reaches the driver through the monitor.
-            tracing::debug!(executor = %self.executor, error = %e, "cannot reach executor");
+            Err(e) => {
+                tracing::debug!(executor = %self.executor, error = %e, "cannot reach executor")
+            }
         }
     }
 }
