@@ -1195,3 +1195,159 @@ fn a_second_worker_on_the_same_work_dir_is_refused() {
     let mode = std::fs::metadata(&work).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "a new work dir is owner-only");
 }
+
+/// `ember --role worker` named `name` in `certs`, for a manager that is
+/// not there.
+fn lone_worker(certs: &Path, name: &str, work: &Path) -> Command {
+    let mut command = Command::new(ember());
+    command
+        .args(["--role", "worker", "--cluster-manager", "127.0.0.1:9"])
+        .args(["--name", name, "--cores", "1", "--memory", "1g"])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--work-dir")
+        .arg(work);
+    command
+}
+
+#[test]
+fn a_worker_whose_certificate_does_not_name_its_host_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let out = run_bounded(
+        lone_worker(&certs, "w1", &dir.path().join("work")).args(["--host", "127.0.0.2"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the certificate {} does not name --host 127.0.0.2: it names localhost, 127.0.0.1, ::1",
+            certs.join("w1.pem").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "`ember certs issue --dir {} --role worker --name w1 --host localhost --host 127.0.0.1 --host ::1 --host 127.0.0.2`",
+            certs.display()
+        )),
+        "{err}"
+    );
+    // A host it does name is fine: the worker starts (and looks for its
+    // manager, which is not there).
+    let mut named = lone_worker(&certs, "w1", &dir.path().join("work2"))
+        .args(["--host", "localhost"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut stderr = named.stderr.take().unwrap();
+    while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        banner.push(byte[0]);
+    }
+    let _ = named.kill();
+    let _ = named.wait();
+    assert!(
+        text(&banner).contains("registering with 127.0.0.1:9"),
+        "{}",
+        text(&banner)
+    );
+}
+
+#[test]
+fn processes_refuse_a_certificate_out_of_its_validity_and_say_how_to_reissue() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let now = time::OffsetDateTime::now_utc();
+    let expired = |role, name: &str| {
+        let mut request = IssueRequest::new(role, name, vec![], 1);
+        request.not_before = now - time::Duration::days(3);
+        request.not_after = now - time::Duration::days(1);
+        ember_certs::issue(&certs, &request).unwrap();
+        request.not_after
+    };
+    let refused = |out: Output, role: &str, name: &str, not_after| {
+        assert!(!out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "the certificate {} expired at {}",
+                certs.join(format!("{name}.pem")).display(),
+                ember_certs::utc(not_after)
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "issue a new one with `ember certs issue --dir {} --role {role} --name {name} --host localhost",
+                certs.display()
+            )),
+            "{err}"
+        );
+    };
+
+    let ended = expired(Role::ClusterManager, "old-cm");
+    let mut manager = Command::new(ember());
+    manager
+        .args(["--role", "cluster-manager", "--listen", "127.0.0.1:0"])
+        .args(["--name", "old-cm"])
+        .arg("--certs")
+        .arg(&certs)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let out = run_bounded(&mut manager, Duration::from_secs(20));
+    refused(out, "cluster-manager", "old-cm", ended);
+
+    let ended = expired(Role::Worker, "old-w");
+    let out = run_bounded(
+        &mut lone_worker(&certs, "old-w", &dir.path().join("work")),
+        Duration::from_secs(20),
+    );
+    refused(out, "worker", "old-w", ended);
+
+    // Clients refuse before they dial: nothing listens at port 9.
+    let ended = expired(Role::Client, "old-client");
+    let client = |args: &[&str], name: &str| {
+        let mut command = Command::new(ember());
+        command
+            .args(args)
+            .args(["--master", "ember://127.0.0.1:9", "--cert-name", name])
+            .arg("--certs")
+            .arg(&certs)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        run_bounded(&mut command, Duration::from_secs(30))
+    };
+    refused(
+        client(&["status"], "old-client"),
+        "client",
+        "old-client",
+        ended,
+    );
+    refused(
+        client(&["submit", "examples/watch_time.sql"], "old-client"),
+        "client",
+        "old-client",
+        ended,
+    );
+
+    let mut early = IssueRequest::new(Role::Client, "early", vec![], 1);
+    early.not_before = now + time::Duration::days(2);
+    early.not_after = now + time::Duration::days(9);
+    ember_certs::issue(&certs, &early).unwrap();
+    let out = client(&["status"], "early");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the certificate {} is not valid until {}",
+            certs.join("early.pem").display(),
+            ember_certs::utc(early.not_before)
+        )) && err.contains("check this machine's clock"),
+        "{err}"
+    );
+}
