@@ -1351,3 +1351,103 @@ fn processes_refuse_a_certificate_out_of_its_validity_and_say_how_to_reissue() {
         "{err}"
     );
 }
+
+#[test]
+fn a_client_certificate_of_another_ca_is_named_on_both_sides() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let manager = LoneManager::start(manager_command(&certs, &dir.path().join("state")), &certs);
+    // A client certificate from another CA, beside this cluster's ca.pem:
+    // the client trusts the manager, the manager does not trust it.
+    let other = dir.path().join("other");
+    ember_certs::init_ca(&other, "other", 5, false).unwrap();
+    ember_certs::issue(
+        &other,
+        &IssueRequest::new(Role::Client, "stranger", vec![], 5),
+    )
+    .unwrap();
+    std::fs::copy(certs.join("ca.pem"), other.join("ca.pem")).unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args([
+            "status",
+            "--master",
+            &manager.master,
+            "--cert-name",
+            "stranger",
+        ])
+        .arg("--certs")
+        .arg(&other);
+    let out = run_bounded(&mut status, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "the peer refused this node's certificate: it is not signed by the cluster's CA"
+        ) && err.contains("TLS alert 48 unknown_ca"),
+        "{err}"
+    );
+    // The manager says who presented what.
+    let start = Instant::now();
+    let logged = loop {
+        let seen = manager.stderr.lock().unwrap().clone();
+        if let Some(line) = seen.lines().find(|l| l.contains("refused the certificate")) {
+            break line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the manager logged no refusal: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        logged.contains("refused the certificate 127.0.0.1:")
+            && logged.contains("'stranger' (client), issued by 'CN=other CA")
+            && logged.contains("it is not signed by this node's CA")
+            && logged.contains("TLS alert 48 unknown_ca"),
+        "{logged}"
+    );
+
+    // Two clusters made with the same name have CAs of the same name:
+    // the check fails on the signature instead.
+    let twin = dir.path().join("twin");
+    ember_certs::init_ca(&twin, "lone", 5, false).unwrap();
+    ember_certs::issue(&twin, &IssueRequest::new(Role::Client, "twin", vec![], 5)).unwrap();
+    std::fs::copy(certs.join("ca.pem"), twin.join("ca.pem")).unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args(["status", "--master", &manager.master, "--cert-name", "twin"])
+        .arg("--certs")
+        .arg(&twin);
+    let err = text(&run_bounded(&mut status, Duration::from_secs(30)).stderr);
+    assert!(
+        err.contains(
+            "the peer refused this node's certificate: it is not signed by the cluster's CA \
+             (another CA of the same name signed it)"
+        ),
+        "{err}"
+    );
+
+    // A whole other cluster's directory: the client refuses the manager.
+    let elsewhere = dir.path().join("elsewhere");
+    ember_certs::init_ca(&elsewhere, "elsewhere", 5, false).unwrap();
+    ember_certs::issue(
+        &elsewhere,
+        &IssueRequest::new(Role::Client, "me", vec![], 5),
+    )
+    .unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args(["status", "--master", &manager.master])
+        .arg("--certs")
+        .arg(&elsewhere);
+    let err = text(&run_bounded(&mut status, Duration::from_secs(30)).stderr);
+    assert!(
+        err.contains(
+            "this node refused the peer's certificate: it is not signed by this node's CA \
+             (the ca.pem in its --certs directory)"
+        ),
+        "{err}"
+    );
+}
