@@ -1353,6 +1353,41 @@ fn processes_refuse_a_certificate_out_of_its_validity_and_say_how_to_reissue() {
 }
 
 #[test]
+fn a_certificate_near_its_end_starts_with_a_warning() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    ember_certs::issue(
+        &certs,
+        &IssueRequest::new(Role::ClusterManager, "cm", vec![], 2),
+    )
+    .unwrap();
+    let manager = LoneManager::start(manager_command(&certs, &dir.path().join("state")), &certs);
+    let start = Instant::now();
+    let warned = format!(
+        "warning: the certificate {} expires at",
+        certs.join("cm.pem").display()
+    );
+    while !manager.stderr.lock().unwrap().contains(&warned) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no warning: {}",
+            manager.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        manager
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("issue a new one before then with `ember certs issue --dir"),
+        "{}",
+        manager.stderr.lock().unwrap()
+    );
+}
+
+#[test]
 fn a_client_certificate_of_another_ca_is_named_on_both_sides() {
     use ember_certs::{IssueRequest, Role};
     let dir = tempfile::tempdir().unwrap();
