@@ -1,7 +1,8 @@
 //! The QUIC endpoint every node runs: quinn over rustls (ring provider,
 //! TLS 1.3 only), mutual TLS against the cluster CA, and the peer's role and
 //! name read from its verified certificate. A peer with a certificate from
-//! another CA, an expired one, or none is refused during the handshake.
+//! another CA, an expired one, or none is refused during the handshake, and
+//! both sides say why ([`CertificateRefusal`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -72,6 +73,12 @@ pub struct CertificateRefusal {
 pub const ALERT_BAD_CERTIFICATE: u8 = 42;
 pub const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 pub const ALERT_UNKNOWN_CA: u8 = 48;
+/// TLS's decrypt_error: here, a certificate whose issuer has the name of
+/// the trusted CA but another key (two clusters made with the same
+/// `--name`), or a key that does not match its certificate.
+pub const ALERT_DECRYPT_ERROR: u8 = 51;
+/// TLS 1.3's certificate_required: no certificate at all.
+pub const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
 
 /// The RFC 8446 name of the TLS alerts a certificate check sends.
 fn alert_name(alert: u8) -> &'static str {
@@ -91,13 +98,6 @@ fn alert_name(alert: u8) -> &'static str {
         _ => "alert",
     }
 }
-
-/// TLS's decrypt_error: here, a certificate whose issuer has the name of
-/// the trusted CA but another key (two clusters made with the same
-/// `--name`), or a key that does not match its certificate.
-pub const ALERT_DECRYPT_ERROR: u8 = 51;
-/// TLS 1.3's certificate_required: no certificate at all.
-pub const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
 
 impl CertificateRefusal {
     /// What is wrong with the refused certificate, in a phrase.
