@@ -11,6 +11,7 @@ use datafusion::arrow::error::ArrowError;
 use ember_actors::cluster_manager::AppRequest;
 use ember_actors::config::{ConfigError, KEYS, env_name};
 use ember_actors::{EmberConf, JobListener};
+use ember_certs::shell_word;
 use ember_engine::script::{ScriptStatement, split_statements};
 
 use crate::datagen::{ViewsSpec, generate_views};
@@ -180,19 +181,6 @@ impl ClusterArgs {
             options.push_str(&shell_word(name));
         }
         options
-    }
-}
-
-/// `word` as one word of a shell command: quoted unless it is plain.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -414,7 +402,7 @@ pub enum CertsCommand {
         #[arg(long, default_value = "ember")]
         name: String,
         /// Days the CA is valid.
-        #[arg(long, default_value_t = ember_certs::DEFAULT_CA_DAYS)]
+        #[arg(long, default_value_t = ember_certs::DEFAULT_CA_DAYS, value_parser = parse_days)]
         days: u32,
         /// Replace an existing CA (every certificate it issued stops working).
         #[arg(long)]
@@ -436,7 +424,7 @@ pub enum CertsCommand {
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
         /// Days the certificate is valid.
-        #[arg(long, default_value_t = ember_certs::DEFAULT_NODE_DAYS)]
+        #[arg(long, default_value_t = ember_certs::DEFAULT_NODE_DAYS, value_parser = parse_days)]
         days: u32,
     },
     /// Print a certificate's subject, role, hosts and validity.
@@ -444,6 +432,24 @@ pub enum CertsCommand {
         /// A PEM certificate file.
         file: PathBuf,
     },
+}
+
+/// The longest validity `--days` takes: a hundred years.
+const MAX_DAYS: u32 = 36_500;
+
+/// `--days`: a certificate valid for no day would be expired when issued.
+fn parse_days(value: &str) -> Result<u32, String> {
+    let days: u32 = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number of days"))?;
+    match days {
+        0 => Err(
+            "a certificate must be valid for at least 1 day; one of 0 days would be expired as soon as it is issued"
+                .to_string(),
+        ),
+        1..=MAX_DAYS => Ok(days),
+        _ => Err(format!("at most {MAX_DAYS} days (100 years)")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

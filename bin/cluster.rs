@@ -27,68 +27,84 @@ use ember_certs::{NodeCredentials, Role};
 use ember_transport::Node;
 
 /// Loads the certificate this process runs with: `name`'s if given, or
-/// else the only certificate of `role` in `dir`.
+/// else the only certificate of `role` in `dir`. One that is not valid now
+/// is refused here, before any peer refuses it with less to say.
 pub fn pick_credentials(
     dir: &Path,
     name: Option<&str>,
     role: Role,
 ) -> Result<NodeCredentials, String> {
-    let creds = match name {
-        Some(name) => ember_certs::load_node(dir, name).map_err(|e| e.to_string())?,
-        None => {
-            let entries = std::fs::read_dir(dir).map_err(|e| {
-                format!(
-                    "cannot read the certificate directory {}: {e}; pass --certs DIR (made with `ember certs init`)",
-                    dir.display()
-                )
-            })?;
-            let mut found = Vec::new();
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Some(stem) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".pem"))
-                else {
-                    continue;
-                };
-                if stem == "ca" {
-                    continue;
-                }
-                let Ok(der) = ember_certs::read_cert(&path) else {
-                    continue;
-                };
-                if ember_certs::identity_of(&der).is_ok_and(|id| id.role == role) {
-                    found.push(stem.to_string());
-                }
-            }
-            found.sort();
-            match found.as_slice() {
-                [one] => ember_certs::load_node(dir, one).map_err(|e| e.to_string())?,
-                [] => {
-                    return Err(format!(
-                        "no {role} certificate in {}; issue one with `ember certs issue --dir {} --role {role} --name NAME`",
-                        dir.display(),
-                        dir.display()
-                    ));
-                }
-                many => {
-                    return Err(format!(
-                        "{} holds several {role} certificates ({}); pick one with --name",
-                        dir.display(),
-                        many.join(", ")
-                    ));
-                }
-            }
-        }
+    let name = match name {
+        Some(name) => name.to_string(),
+        None => only_certificate_of(dir, role)?,
     };
+    let creds = ember_certs::load_node(dir, &name).map_err(|e| e.to_string())?;
     if creds.identity.role != role {
         return Err(format!(
             "certificate '{}' is for a {}, but this process is a {role}; issue one with --role {role}",
             creds.identity.name, creds.identity.role
         ));
     }
+    in_force(dir, &name, &creds)?;
     Ok(creds)
+}
+
+/// Refuses this process's own certificate outside its validity, and warns
+/// when it ends within days.
+pub fn in_force(dir: &Path, name: &str, creds: &NodeCredentials) -> Result<(), String> {
+    let now = time::OffsetDateTime::now_utc();
+    match ember_certs::check_in_force(dir, name, creds, now) {
+        Ok(None) => Ok(()),
+        Ok(Some(soon)) => {
+            errln!("warning: {soon}");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The name of the only certificate of `role` in `dir`.
+fn only_certificate_of(dir: &Path, role: Role) -> Result<String, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        format!(
+            "cannot read the certificate directory {}: {e}; pass --certs DIR (made with `ember certs init`)",
+            dir.display()
+        )
+    })?;
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pem"))
+        else {
+            continue;
+        };
+        if stem == "ca" {
+            continue;
+        }
+        let Ok(der) = ember_certs::read_cert(&path) else {
+            continue;
+        };
+        if ember_certs::identity_of(&der).is_ok_and(|id| id.role == role) {
+            found.push(stem.to_string());
+        }
+    }
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no {role} certificate in {}; issue one with `ember certs issue --dir {} --role {role} --name NAME`",
+            dir.display(),
+            dir.display()
+        )),
+        many => Err(format!(
+            "{} holds several {role} certificates ({}); pick one with --name",
+            dir.display(),
+            many.join(", ")
+        )),
+    }
 }
 
 /// `host:port` to a socket address.
@@ -298,6 +314,13 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
             Ok(prepared) => prepared,
             Err(e) => return fail(e),
         };
+    // Peers dial this worker's executors and drivers at --host and check
+    // that its certificate names it: better refused now than every fetch.
+    if let Err(e) =
+        ember_certs::check_names_host(&args.certs, &creds.identity.name, &creds, &args.host)
+    {
+        return fail(e.to_string());
+    }
     let (manager_host, manager_port) = match split_host_port(&args.manager) {
         Ok(hp) => hp,
         Err(e) => return fail(format!("--cluster-manager: {e}")),
@@ -448,6 +471,9 @@ pub fn run_executor() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
+    if let Err(e) = in_force(&ns.certs, &ns.cert_name, &creds) {
+        return fail(e);
+    }
     let options = match conf.node_options() {
         Ok(o) => o,
         Err(e) => return fail(e.to_string()),

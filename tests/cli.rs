@@ -321,6 +321,51 @@ fn certs_init_issue_and_show() {
 }
 
 #[test]
+fn certificates_valid_for_no_days_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = ember(
+        &["certs", "init", "--dir", "pki", "--days", "0"],
+        dir.path(),
+    );
+    assert_eq!(init.status.code(), Some(2));
+    assert!(
+        text(&init.stderr).contains("a certificate must be valid for at least 1 day"),
+        "{}",
+        text(&init.stderr)
+    );
+    assert!(!dir.path().join("pki").exists(), "no CA was made");
+    let out = ember(&["certs", "init", "--dir", "pki"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for days in ["0", "36501"] {
+        let issue = ember(
+            &[
+                "certs", "issue", "--dir", "pki", "--role", "worker", "--name", "w1", "--days",
+                days,
+            ],
+            dir.path(),
+        );
+        assert_eq!(issue.status.code(), Some(2), "--days {days}");
+        assert!(
+            text(&issue.stderr).contains(&format!("invalid value '{days}' for '--days <DAYS>'")),
+            "{}",
+            text(&issue.stderr)
+        );
+        assert!(!dir.path().join("pki/w1.pem").exists(), "--days {days}");
+    }
+    let zero = ember(
+        &[
+            "certs", "issue", "--dir", "pki", "--role", "worker", "--name", "w1", "--days", "0",
+        ],
+        dir.path(),
+    );
+    assert!(
+        text(&zero.stderr).contains("would be expired as soon as it is issued"),
+        "{}",
+        text(&zero.stderr)
+    );
+}
+
+#[test]
 fn logs_piped_to_a_file_carry_no_colour_codes() {
     let work = tempfile::tempdir().unwrap();
     let job = work.path().join("one.sql");

@@ -1354,3 +1354,294 @@ fn a_task_too_large_to_send_fails_its_job_with_the_reason() {
         "{stderr}"
     );
 }
+
+/// `ember --role worker` named `name` in `certs`, for a manager that is
+/// not there.
+fn lone_worker(certs: &Path, name: &str, work: &Path) -> Command {
+    let mut command = Command::new(ember());
+    command
+        .args(["--role", "worker", "--cluster-manager", "127.0.0.1:9"])
+        .args(["--name", name, "--cores", "1", "--memory", "1g"])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--work-dir")
+        .arg(work);
+    command
+}
+
+#[test]
+fn a_worker_whose_certificate_does_not_name_its_host_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let out = run_bounded(
+        lone_worker(&certs, "w1", &dir.path().join("work")).args(["--host", "127.0.0.2"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the certificate {} does not name --host 127.0.0.2: it names localhost, 127.0.0.1, ::1",
+            certs.join("w1.pem").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "`ember certs issue --dir {} --role worker --name w1 --host localhost --host 127.0.0.1 --host ::1 --host 127.0.0.2`",
+            certs.display()
+        )),
+        "{err}"
+    );
+    // A host it does name is fine: the worker starts (and looks for its
+    // manager, which is not there).
+    let mut named = lone_worker(&certs, "w1", &dir.path().join("work2"))
+        .args(["--host", "localhost"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut stderr = named.stderr.take().unwrap();
+    while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        banner.push(byte[0]);
+    }
+    let _ = named.kill();
+    let _ = named.wait();
+    assert!(
+        text(&banner).contains("registering with 127.0.0.1:9"),
+        "{}",
+        text(&banner)
+    );
+}
+
+#[test]
+fn processes_refuse_a_certificate_out_of_its_validity_and_say_how_to_reissue() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let now = time::OffsetDateTime::now_utc();
+    let expired = |role, name: &str| {
+        let mut request = IssueRequest::new(role, name, vec![], 1);
+        request.not_before = now - time::Duration::days(3);
+        request.not_after = now - time::Duration::days(1);
+        ember_certs::issue(&certs, &request).unwrap();
+        request.not_after
+    };
+    let refused = |out: Output, role: &str, name: &str, not_after| {
+        assert!(!out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "the certificate {} expired at {}",
+                certs.join(format!("{name}.pem")).display(),
+                ember_certs::utc(not_after)
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "issue a new one with `ember certs issue --dir {} --role {role} --name {name} --host localhost",
+                certs.display()
+            )),
+            "{err}"
+        );
+    };
+
+    let ended = expired(Role::ClusterManager, "old-cm");
+    let mut manager = Command::new(ember());
+    manager
+        .args(["--role", "cluster-manager", "--listen", "127.0.0.1:0"])
+        .args(["--name", "old-cm"])
+        .arg("--certs")
+        .arg(&certs)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let out = run_bounded(&mut manager, Duration::from_secs(20));
+    refused(out, "cluster-manager", "old-cm", ended);
+
+    let ended = expired(Role::Worker, "old-w");
+    let out = run_bounded(
+        &mut lone_worker(&certs, "old-w", &dir.path().join("work")),
+        Duration::from_secs(20),
+    );
+    refused(out, "worker", "old-w", ended);
+
+    // Clients refuse before they dial: nothing listens at port 9.
+    let ended = expired(Role::Client, "old-client");
+    let client = |args: &[&str], name: &str| {
+        let mut command = Command::new(ember());
+        command
+            .args(args)
+            .args(["--master", "ember://127.0.0.1:9", "--cert-name", name])
+            .arg("--certs")
+            .arg(&certs)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        run_bounded(&mut command, Duration::from_secs(30))
+    };
+    refused(
+        client(&["status"], "old-client"),
+        "client",
+        "old-client",
+        ended,
+    );
+    refused(
+        client(&["submit", "examples/watch_time.sql"], "old-client"),
+        "client",
+        "old-client",
+        ended,
+    );
+
+    let mut early = IssueRequest::new(Role::Client, "early", vec![], 1);
+    early.not_before = now + time::Duration::days(2);
+    early.not_after = now + time::Duration::days(9);
+    ember_certs::issue(&certs, &early).unwrap();
+    let out = client(&["status"], "early");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the certificate {} is not valid until {}",
+            certs.join("early.pem").display(),
+            ember_certs::utc(early.not_before)
+        )) && err.contains("check this machine's clock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_certificate_near_its_end_starts_with_a_warning() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    ember_certs::issue(
+        &certs,
+        &IssueRequest::new(Role::ClusterManager, "cm", vec![], 2),
+    )
+    .unwrap();
+    let manager = LoneManager::start(manager_command(&certs, &dir.path().join("state")), &certs);
+    let start = Instant::now();
+    let warned = format!(
+        "warning: the certificate {} expires at",
+        certs.join("cm.pem").display()
+    );
+    while !manager.stderr.lock().unwrap().contains(&warned) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no warning: {}",
+            manager.stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        manager
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("issue a new one before then with `ember certs issue --dir"),
+        "{}",
+        manager.stderr.lock().unwrap()
+    );
+}
+
+#[test]
+fn a_client_certificate_of_another_ca_is_named_on_both_sides() {
+    use ember_certs::{IssueRequest, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let manager = LoneManager::start(manager_command(&certs, &dir.path().join("state")), &certs);
+    // A client certificate from another CA, beside this cluster's ca.pem:
+    // the client trusts the manager, the manager does not trust it.
+    let other = dir.path().join("other");
+    ember_certs::init_ca(&other, "other", 5, false).unwrap();
+    ember_certs::issue(
+        &other,
+        &IssueRequest::new(Role::Client, "stranger", vec![], 5),
+    )
+    .unwrap();
+    std::fs::copy(certs.join("ca.pem"), other.join("ca.pem")).unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args([
+            "status",
+            "--master",
+            &manager.master,
+            "--cert-name",
+            "stranger",
+        ])
+        .arg("--certs")
+        .arg(&other);
+    let out = run_bounded(&mut status, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "the peer refused this node's certificate: it is not signed by the cluster's CA"
+        ) && err.contains("TLS alert 48 unknown_ca"),
+        "{err}"
+    );
+    // The manager says who presented what.
+    let start = Instant::now();
+    let logged = loop {
+        let seen = manager.stderr.lock().unwrap().clone();
+        if let Some(line) = seen.lines().find(|l| l.contains("refused the certificate")) {
+            break line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the manager logged no refusal: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        logged.contains("refused the certificate 127.0.0.1:")
+            && logged.contains("'stranger' (client), issued by 'CN=other CA")
+            && logged.contains("it is not signed by this node's CA")
+            && logged.contains("TLS alert 48 unknown_ca"),
+        "{logged}"
+    );
+
+    // Two clusters made with the same name have CAs of the same name:
+    // the check fails on the signature instead.
+    let twin = dir.path().join("twin");
+    ember_certs::init_ca(&twin, "lone", 5, false).unwrap();
+    ember_certs::issue(&twin, &IssueRequest::new(Role::Client, "twin", vec![], 5)).unwrap();
+    std::fs::copy(certs.join("ca.pem"), twin.join("ca.pem")).unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args(["status", "--master", &manager.master, "--cert-name", "twin"])
+        .arg("--certs")
+        .arg(&twin);
+    let err = text(&run_bounded(&mut status, Duration::from_secs(30)).stderr);
+    assert!(
+        err.contains(
+            "the peer refused this node's certificate: it is not signed by the cluster's CA \
+             (another CA of the same name signed it)"
+        ),
+        "{err}"
+    );
+
+    // A whole other cluster's directory: the client refuses the manager.
+    let elsewhere = dir.path().join("elsewhere");
+    ember_certs::init_ca(&elsewhere, "elsewhere", 5, false).unwrap();
+    ember_certs::issue(
+        &elsewhere,
+        &IssueRequest::new(Role::Client, "me", vec![], 5),
+    )
+    .unwrap();
+    let mut status = Command::new(ember());
+    status
+        .args(["status", "--master", &manager.master])
+        .arg("--certs")
+        .arg(&elsewhere);
+    let err = text(&run_bounded(&mut status, Duration::from_secs(30)).stderr);
+    assert!(
+        err.contains(
+            "this node refused the peer's certificate: it is not signed by this node's CA \
+             (the ca.pem in its --certs directory)"
+        ),
+        "{err}"
+    );
+}

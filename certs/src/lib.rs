@@ -24,6 +24,8 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 pub const DEFAULT_CA_DAYS: u32 = 3650;
 pub const DEFAULT_NODE_DAYS: u32 = 365;
+/// A node warns about its own certificate when it ends within this long.
+pub const EXPIRY_WARNING: Duration = Duration::days(3);
 
 /// What a node is, and so what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,6 +81,40 @@ pub enum CertError {
     #[error("{path}: {why}")]
     BadCertificate { path: String, why: String },
     #[error(
+        "the certificate {path} expired at {} (it was valid from {} to {}); issue a new one with `{reissue}`",
+        utc(*not_after), utc(*not_before), utc(*not_after)
+    )]
+    Expired {
+        path: PathBuf,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        reissue: String,
+    },
+    #[error(
+        "the certificate {path} is not valid until {} (it is valid from {} to {}); check this machine's clock, or issue a new one with `{reissue}`",
+        utc(*not_before), utc(*not_before), utc(*not_after)
+    )]
+    NotYetValid {
+        path: PathBuf,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        reissue: String,
+    },
+    #[error(
+        "the certificate {path} does not name --host {host}: it names {}; peers reach this \
+         node's executors and drivers at {host} and would refuse them (\"certificate not valid \
+         for name\"). Issue one that names it with `{reissue}`, or pass a --host the certificate names",
+        listed(names)
+    )]
+    HostNotNamed {
+        path: PathBuf,
+        host: String,
+        names: Vec<String>,
+        reissue: String,
+    },
+    #[error("--host '{0}' is not a host name or IP address a certificate can name")]
+    BadHost(String),
+    #[error(
         "the certificate of '{0}' carries no Ember role (no {ROLE_URI_PREFIX}... SAN); issue it with `ember certs issue`"
     )]
     NoRole(String),
@@ -89,6 +125,56 @@ pub enum CertError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A time as people read it in messages: `2026-11-29 09:55:26 UTC`.
+pub fn utc(time: OffsetDateTime) -> String {
+    let t = time.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "no host".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Quotes `word` for a POSIX shell, so a command in a message can be pasted.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The `ember certs issue` command that makes `name`'s certificate in `dir`
+/// (again), naming `hosts`.
+pub fn issue_command(dir: &Path, role: Role, name: &str, hosts: &[String]) -> String {
+    let mut command = format!(
+        "ember certs issue --dir {} --role {role} --name {}",
+        shell_word(&dir.display().to_string()),
+        shell_word(name)
+    );
+    for host in hosts {
+        command.push_str(" --host ");
+        command.push_str(&shell_word(host));
+    }
+    command
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
@@ -134,7 +220,7 @@ pub fn init_ca(dir: &Path, name: &str, days: u32, force: bool) -> Result<PathBuf
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(i64::from(days));
+    params.not_after = now.saturating_add(Duration::days(i64::from(days)));
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     // The key first: a CA certificate without its key is useless.
@@ -156,15 +242,22 @@ pub struct IssueRequest {
 }
 
 impl IssueRequest {
-    /// Valid from now for `days` days.
+    /// Valid from now for `days` days; 0 days is an empty window, which
+    /// [`issue`] refuses.
     pub fn new(role: Role, name: &str, hosts: Vec<String>, days: u32) -> Self {
         let now = OffsetDateTime::now_utc();
+        let not_before = now - Duration::minutes(5);
+        let not_after = if days == 0 {
+            not_before
+        } else {
+            now.saturating_add(Duration::days(i64::from(days)))
+        };
         Self {
             role,
             name: name.to_string(),
             hosts,
-            not_before: now - Duration::minutes(5),
-            not_after: now + Duration::days(i64::from(days)),
+            not_before,
+            not_after,
         }
     }
 }
@@ -288,6 +381,13 @@ impl CertInfo {
     pub fn is_expired(&self, now: OffsetDateTime) -> bool {
         now > self.not_after || now < self.not_before
     }
+
+    /// The host names and IP addresses the certificate names.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts = self.dns_names.clone();
+        hosts.extend(self.ip_addresses.iter().map(IpAddr::to_string));
+        hosts
+    }
 }
 
 impl fmt::Display for CertInfo {
@@ -300,8 +400,7 @@ impl fmt::Display for CertInfo {
             (false, None) => "none (not an Ember node certificate)".to_string(),
         };
         writeln!(f, "role:       {role}")?;
-        let mut sans: Vec<String> = self.dns_names.clone();
-        sans.extend(self.ip_addresses.iter().map(|ip| ip.to_string()));
+        let sans = self.hosts();
         if !sans.is_empty() {
             writeln!(f, "hosts:      {}", sans.join(", "))?;
         }
@@ -423,6 +522,96 @@ pub fn load_node(dir: &Path, name: &str) -> Result<NodeCredentials, CertError> {
     })
 }
 
+/// A node's own certificate that ends soon: worth a warning at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiresSoon {
+    pub path: PathBuf,
+    pub not_after: OffsetDateTime,
+    pub reissue: String,
+}
+
+impl fmt::Display for ExpiresSoon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the certificate {} expires at {}; issue a new one before then with `{}`",
+            self.path.display(),
+            utc(self.not_after),
+            self.reissue
+        )
+    }
+}
+
+/// Refuses node `name`'s own certificate (`creds`, read from `dir`) when it
+/// is not valid at `now`, so a process fails at start with the reason
+/// instead of every peer refusing it later; one that ends within
+/// [`EXPIRY_WARNING`] comes back as a warning.
+pub fn check_in_force(
+    dir: &Path,
+    name: &str,
+    creds: &NodeCredentials,
+    now: OffsetDateTime,
+) -> Result<Option<ExpiresSoon>, CertError> {
+    let path = dir.join(format!("{name}.pem"));
+    let info = inspect(&creds.cert, &path.display().to_string())?;
+    let reissue = issue_command(dir, creds.identity.role, name, &info.hosts());
+    if now > info.not_after {
+        return Err(CertError::Expired {
+            path,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            reissue,
+        });
+    }
+    if now < info.not_before {
+        return Err(CertError::NotYetValid {
+            path,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            reissue,
+        });
+    }
+    Ok(
+        (info.not_after - now <= EXPIRY_WARNING).then_some(ExpiresSoon {
+            path,
+            not_after: info.not_after,
+            reissue,
+        }),
+    )
+}
+
+/// Refuses node `name`'s certificate (`creds`, read from `dir`) unless it
+/// names `host` the way peers check it when they connect there.
+pub fn check_names_host(
+    dir: &Path,
+    name: &str,
+    creds: &NodeCredentials,
+    host: &str,
+) -> Result<(), CertError> {
+    let path = dir.join(format!("{name}.pem"));
+    let server_name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|_| CertError::BadHost(host.to_string()))?;
+    let parsed = rustls::server::ParsedCertificate::try_from(&creds.cert).map_err(|e| {
+        CertError::BadCertificate {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        }
+    })?;
+    if rustls::client::verify_server_name(&parsed, &server_name).is_ok() {
+        return Ok(());
+    }
+    let info = inspect(&creds.cert, &path.display().to_string())?;
+    let names = info.hosts();
+    let mut wanted = names.clone();
+    wanted.push(host.to_string());
+    Err(CertError::HostNotNamed {
+        reissue: issue_command(dir, creds.identity.role, name, &wanted),
+        path,
+        host: host.to_string(),
+        names,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +725,117 @@ mod tests {
         let info = inspect(&read_cert(&issued.cert).unwrap(), "old").unwrap();
         assert!(info.is_expired(now));
         assert!(info.to_string().contains("NOT VALID NOW"));
+    }
+
+    #[test]
+    fn issuing_for_zero_days_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        let err = issue(dir.path(), &IssueRequest::new(Role::Worker, "w", vec![], 0)).unwrap_err();
+        assert!(matches!(err, CertError::NoValidity), "{err}");
+        assert!(!dir.path().join("w.pem").exists());
+        assert!(matches!(
+            init_ca(dir.path(), "c", 0, true),
+            Err(CertError::NoValidity)
+        ));
+    }
+
+    #[test]
+    fn a_certificate_out_of_its_window_is_refused_with_its_dates_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let mut old = IssueRequest::new(Role::Worker, "old", vec!["n1.lan".into()], 1);
+        old.not_before = now - Duration::days(3);
+        old.not_after = now - Duration::days(1);
+        issue(dir.path(), &old).unwrap();
+        let creds = load_node(dir.path(), "old").unwrap();
+        let err = check_in_force(dir.path(), "old", &creds, now).unwrap_err();
+        assert!(matches!(err, CertError::Expired { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("old.pem expired at"), "{message}");
+        assert!(message.contains(&utc(old.not_after)), "{message}");
+        assert!(
+            message.contains("ember certs issue --dir")
+                && message.contains("--role worker --name old --host n1.lan`"),
+            "{message}"
+        );
+
+        let mut early = IssueRequest::new(Role::Client, "early", vec![], 1);
+        early.not_before = now + Duration::days(2);
+        early.not_after = now + Duration::days(9);
+        issue(dir.path(), &early).unwrap();
+        let creds = load_node(dir.path(), "early").unwrap();
+        let err = check_in_force(dir.path(), "early", &creds, now).unwrap_err();
+        assert!(matches!(err, CertError::NotYetValid { .. }), "{err}");
+        assert!(err.to_string().contains("clock"), "{err}");
+
+        let soon = issue(
+            dir.path(),
+            &IssueRequest::new(Role::ClusterManager, "soon", vec![], 2),
+        )
+        .unwrap();
+        let creds = load_node(dir.path(), "soon").unwrap();
+        let warning = check_in_force(dir.path(), "soon", &creds, now)
+            .unwrap()
+            .expect("a warning two days before the end");
+        assert_eq!(warning.path, soon.cert);
+        assert!(warning.to_string().contains("expires at"), "{warning}");
+
+        issue(
+            dir.path(),
+            &IssueRequest::new(Role::ClusterManager, "fine", vec![], 30),
+        )
+        .unwrap();
+        let creds = load_node(dir.path(), "fine").unwrap();
+        assert_eq!(
+            check_in_force(dir.path(), "fine", &creds, now).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_host_the_certificate_does_not_name_is_refused_with_the_names_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "c", 30, false).unwrap();
+        issue(
+            dir.path(),
+            &IssueRequest::new(Role::Worker, "w1", vec![], 5),
+        )
+        .unwrap();
+        let creds = load_node(dir.path(), "w1").unwrap();
+        for named in ["127.0.0.1", "localhost", "LOCALHOST", "::1"] {
+            check_names_host(dir.path(), "w1", &creds, named).unwrap();
+        }
+        let err = check_names_host(dir.path(), "w1", &creds, "10.0.0.7").unwrap_err();
+        assert!(matches!(err, CertError::HostNotNamed { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("does not name --host 10.0.0.7"),
+            "{message}"
+        );
+        assert!(
+            message.contains("it names localhost, 127.0.0.1, ::1"),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "--role worker --name w1 --host localhost --host 127.0.0.1 --host ::1 --host 10.0.0.7`"
+            ),
+            "{message}"
+        );
+        assert!(matches!(
+            check_names_host(dir.path(), "w1", &creds, "not a host"),
+            Err(CertError::BadHost(_))
+        ));
+    }
+
+    #[test]
+    fn suggested_commands_paste_into_a_shell() {
+        assert_eq!(
+            issue_command(Path::new("my pki"), Role::Client, "me", &[]),
+            "ember certs issue --dir 'my pki' --role client --name me"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
 }

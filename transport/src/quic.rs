@@ -1,17 +1,22 @@
 //! The QUIC endpoint every node runs: quinn over rustls (ring provider,
 //! TLS 1.3 only), mutual TLS against the cluster CA, and the peer's role and
 //! name read from its verified certificate. A peer with a certificate from
-//! another CA, an expired one, or none is refused during the handshake.
+//! another CA, an expired one, or none is refused during the handshake, and
+//! both sides say why ([`CertificateRefusal`]).
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_certs::{NodeCredentials, NodeIdentity};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 /// The ALPN protocol name Ember speaks.
 pub const ALPN: &[u8] = b"ember/1";
@@ -35,8 +40,158 @@ pub enum QuicError {
     Connect { addr: SocketAddr, why: String },
     #[error("{addr} refused or dropped the handshake: {why}")]
     Handshake { addr: SocketAddr, why: String },
+    #[error("{addr}: {refusal}")]
+    CertificateRefused {
+        addr: SocketAddr,
+        refusal: CertificateRefusal,
+    },
     #[error("{addr} presented no usable certificate: {why}")]
     PeerIdentity { addr: SocketAddr, why: String },
+}
+
+/// Which side of a connection refused a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// This node refused the peer's certificate.
+    Us,
+    /// The peer refused this node's certificate.
+    Peer,
+}
+
+/// A TLS handshake that ended on a certificate: QUIC carries the TLS alert
+/// as a crypto error (0x100 + alert) and the refusing side's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRefusal {
+    pub by: RefusedBy,
+    /// The TLS alert (RFC 8446 section 6): 42 bad_certificate,
+    /// 45 certificate_expired, 48 unknown_ca, ...
+    pub alert: u8,
+    /// The refusing side's words, as it sent them.
+    pub reason: String,
+}
+
+pub const ALERT_BAD_CERTIFICATE: u8 = 42;
+pub const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
+pub const ALERT_UNKNOWN_CA: u8 = 48;
+/// TLS's decrypt_error: here, a certificate whose issuer has the name of
+/// the trusted CA but another key (two clusters made with the same
+/// `--name`), or a key that does not match its certificate.
+pub const ALERT_DECRYPT_ERROR: u8 = 51;
+/// TLS 1.3's certificate_required: no certificate at all.
+pub const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+
+/// The RFC 8446 name of the TLS alerts a certificate check sends.
+fn alert_name(alert: u8) -> &'static str {
+    match alert {
+        40 => "handshake_failure",
+        ALERT_BAD_CERTIFICATE => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        ALERT_CERTIFICATE_EXPIRED => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        ALERT_UNKNOWN_CA => "unknown_ca",
+        49 => "access_denied",
+        ALERT_DECRYPT_ERROR => "decrypt_error",
+        ALERT_CERTIFICATE_REQUIRED => "certificate_required",
+        120 => "no_application_protocol",
+        _ => "alert",
+    }
+}
+
+impl CertificateRefusal {
+    /// What is wrong with the refused certificate, in a phrase.
+    pub fn problem(&self) -> &'static str {
+        match (self.alert, self.by) {
+            (ALERT_UNKNOWN_CA, RefusedBy::Peer) => "it is not signed by the cluster's CA",
+            (ALERT_UNKNOWN_CA, RefusedBy::Us) => {
+                "it is not signed by this node's CA (the ca.pem in its --certs directory)"
+            }
+            (ALERT_DECRYPT_ERROR, RefusedBy::Peer) => {
+                "it is not signed by the cluster's CA (another CA of the same name signed it), \
+                 or its key does not match it"
+            }
+            (ALERT_DECRYPT_ERROR, RefusedBy::Us) => {
+                "it is not signed by this node's CA (another CA of the same name signed it), \
+                 or its key does not match it"
+            }
+            (ALERT_CERTIFICATE_EXPIRED, _) => "it is expired or not yet valid",
+            (ALERT_BAD_CERTIFICATE, _) => {
+                "it does not name the host it was reached at, or is malformed"
+            }
+            (ALERT_CERTIFICATE_REQUIRED, _) => "there is none",
+            _ => "it is not acceptable",
+        }
+    }
+
+    /// What to do about it.
+    fn remedy(&self) -> Option<&'static str> {
+        match self.alert {
+            ALERT_UNKNOWN_CA | ALERT_DECRYPT_ERROR => Some(
+                "use certificates issued (`ember certs issue`) with the CA the cluster runs \
+                 with, beside that CA's ca.pem",
+            ),
+            ALERT_CERTIFICATE_EXPIRED => Some(
+                "see its dates with `ember certs show FILE`, issue a new one with `ember certs \
+                 issue`, and check both machines' clocks",
+            ),
+            ALERT_BAD_CERTIFICATE => Some(
+                "see its hosts with `ember certs show FILE`, and issue one with the --host \
+                 peers dial",
+            ),
+            _ => None,
+        }
+    }
+
+    /// The alert and the refusing side's words, for the record.
+    pub fn alert_text(&self) -> String {
+        let mut text = format!("TLS alert {} {}", self.alert, alert_name(self.alert));
+        if !self.reason.is_empty() {
+            text.push_str(": ");
+            text.push_str(&self.reason);
+        }
+        text
+    }
+}
+
+impl fmt::Display for CertificateRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (who, whose) = match self.by {
+            RefusedBy::Peer => ("the peer refused", "this node's"),
+            RefusedBy::Us => ("this node refused", "the peer's"),
+        };
+        write!(f, "{who} {whose} certificate: {}", self.problem())?;
+        if let Some(remedy) = self.remedy() {
+            write!(f, "; {remedy}")?;
+        }
+        write!(f, " ({})", self.alert_text())
+    }
+}
+
+/// The certificate refusal a connection ended with, if that is how it
+/// ended: alerts this node sent come back as a local transport error,
+/// alerts from the peer as its connection close.
+pub fn certificate_refusal(error: &quinn::ConnectionError) -> Option<CertificateRefusal> {
+    let (by, code, reason) = match error {
+        quinn::ConnectionError::TransportError(e) => (RefusedBy::Us, e.code, e.reason.clone()),
+        quinn::ConnectionError::ConnectionClosed(close) => (
+            RefusedBy::Peer,
+            close.error_code,
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        _ => return None,
+    };
+    let code = u64::from(code);
+    // QUIC's crypto errors are 0x100 + the TLS alert (RFC 9001 section 4.8).
+    if !(0x100..=0x1ff).contains(&code) {
+        return None;
+    }
+    let alert = u8::try_from(code - 0x100).ok()?;
+    let certificate_alert = matches!(
+        alert,
+        40..=49 | ALERT_DECRYPT_ERROR | ALERT_CERTIFICATE_REQUIRED
+    );
+    certificate_alert.then_some(CertificateRefusal { by, alert, reason })
 }
 
 /// Liveness settings of every connection.
@@ -99,18 +254,160 @@ pub fn server_config(
     creds: &NodeCredentials,
     options: &QuicOptions,
 ) -> Result<quinn::ServerConfig, QuicError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(creds)?, provider())
-        .build()
-        .map_err(|e| QuicError::Verifier(e.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![creds.cert.clone()], creds.key.clone_key())?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config(options)?);
-    Ok(config)
+    Ok(ServerTls::new(creds, options)?.config)
+}
+
+/// What the server side of every connection is made of; each accepted
+/// connection gets its own verifier, which remembers the certificate it
+/// refuses so the refusal can be logged with the address that sent it.
+#[derive(Debug, Clone)]
+struct ServerTls {
+    verifier: Arc<dyn ClientCertVerifier>,
+    certified: Arc<CertifiedKey>,
+    /// The endpoint's default configuration.
+    config: quinn::ServerConfig,
+}
+
+impl ServerTls {
+    fn new(creds: &NodeCredentials, options: &QuicOptions) -> Result<Self, QuicError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(creds)?, provider())
+            .build()
+            .map_err(|e| QuicError::Verifier(e.to_string()))?;
+        let certified = Arc::new(CertifiedKey::from_der(
+            vec![creds.cert.clone()],
+            creds.key.clone_key(),
+            &provider(),
+        )?);
+        let crypto = Self::crypto(Arc::clone(&verifier), &certified)?;
+        let mut config = quinn::ServerConfig::with_crypto(crypto);
+        config.transport_config(transport_config(options)?);
+        Ok(Self {
+            verifier,
+            certified,
+            config,
+        })
+    }
+
+    fn crypto(
+        verifier: Arc<dyn ClientCertVerifier>,
+        certified: &Arc<CertifiedKey>,
+    ) -> Result<Arc<QuicServerConfig>, QuicError> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(certified))));
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto =
+            QuicServerConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
+        Ok(Arc::new(crypto))
+    }
+
+    /// The endpoint's configuration with a verifier of its own, and where
+    /// that verifier describes a certificate it refused.
+    fn for_one_peer(&self) -> Result<(Arc<quinn::ServerConfig>, Refused), QuicError> {
+        let refused = Refused::default();
+        let verifier = Arc::new(RecordingVerifier {
+            inner: Arc::clone(&self.verifier),
+            refused: refused.clone(),
+        });
+        let mut config = self.config.clone();
+        config.crypto = Self::crypto(verifier, &self.certified)?;
+        Ok((Arc::new(config), refused))
+    }
+}
+
+/// A description of the certificate a peer presented and was refused.
+#[derive(Debug, Clone, Default)]
+struct Refused(Arc<Mutex<Option<String>>>);
+
+impl Refused {
+    fn take(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|mut seen| seen.take())
+    }
+}
+
+/// What a refused certificate says about itself, for the log.
+fn describe_certificate(der: &CertificateDer<'_>) -> String {
+    match ember_certs::inspect(der, "the peer's certificate") {
+        Ok(info) => {
+            let role = info
+                .role
+                .map_or_else(|| "no Ember role".to_string(), |r| r.to_string());
+            format!(
+                "'{}' ({role}), issued by '{}', valid from {} to {}",
+                info.common_name.as_deref().unwrap_or(&info.subject),
+                info.issuer,
+                ember_certs::utc(info.not_before),
+                ember_certs::utc(info.not_after)
+            )
+        }
+        Err(e) => format!("an unreadable certificate ({e})"),
+    }
+}
+
+/// Checks client certificates as `inner` does, and keeps a description of
+/// one it refuses.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    refused: Refused,
+}
+
+impl ClientCertVerifier for RecordingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        if verdict.is_err()
+            && let Ok(mut seen) = self.refused.0.lock()
+        {
+            *seen = Some(describe_certificate(end_entity));
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
 }
 
 /// The client side: trusts only the cluster CA and presents this node's
@@ -162,6 +459,7 @@ fn peer_identity(connection: &quinn::Connection) -> Result<NodeIdentity, QuicErr
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
     identity: NodeIdentity,
+    server: Arc<ServerTls>,
 }
 
 impl QuicEndpoint {
@@ -171,12 +469,14 @@ impl QuicEndpoint {
         creds: &NodeCredentials,
         options: &QuicOptions,
     ) -> Result<Self, QuicError> {
-        let mut endpoint = quinn::Endpoint::server(server_config(creds, options)?, addr)
+        let server = ServerTls::new(creds, options)?;
+        let mut endpoint = quinn::Endpoint::server(server.config.clone(), addr)
             .map_err(|source| QuicError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config(creds, options)?);
         Ok(Self {
             endpoint,
             identity: creds.identity.clone(),
+            server: Arc::new(server),
         })
     }
 
@@ -194,9 +494,10 @@ impl QuicEndpoint {
             .map_err(|e| QuicError::Config(e.to_string()))?;
         let mut config = quinn::EndpointConfig::default();
         config.rng_seed(Some(seed));
+        let server = ServerTls::new(creds, options)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             config,
-            Some(server_config(creds, options)?),
+            Some(server.config.clone()),
             socket,
             Arc::new(quinn::TokioRuntime),
         )
@@ -205,6 +506,7 @@ impl QuicEndpoint {
         Ok(Self {
             endpoint,
             identity: creds.identity.clone(),
+            server: Arc::new(server),
         })
     }
 
@@ -230,10 +532,15 @@ impl QuicEndpoint {
                     addr,
                     why: e.to_string(),
                 })?;
-        let connection = connecting.await.map_err(|e| QuicError::Handshake {
-            addr,
-            why: e.to_string(),
-        })?;
+        let connection = connecting
+            .await
+            .map_err(|e| match certificate_refusal(&e) {
+                Some(refusal) => QuicError::CertificateRefused { addr, refusal },
+                None => QuicError::Handshake {
+                    addr,
+                    why: e.to_string(),
+                },
+            })?;
         let peer = peer_identity(&connection)?;
         Ok(PeerConnection { connection, peer })
     }
@@ -243,7 +550,18 @@ impl QuicEndpoint {
     pub async fn accept(&self) -> Option<PeerConnection> {
         while let Some(incoming) = self.endpoint.accept().await {
             let addr = incoming.remote_address();
-            match incoming.await {
+            let (connecting, refused) = match self.server.for_one_peer() {
+                Ok((config, refused)) => (incoming.accept_with(config), refused),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot record refused certificates");
+                    (incoming.accept(), Refused::default())
+                }
+            };
+            let connected = match connecting {
+                Ok(connecting) => connecting.await,
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(connection) => match peer_identity(&connection) {
                     Ok(peer) => return Some(PeerConnection { connection, peer }),
                     Err(e) => {
@@ -251,9 +569,21 @@ impl QuicEndpoint {
                         connection.close(quinn::VarInt::from_u32(1), b"no Ember role");
                     }
                 },
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "refused a connection during the TLS handshake")
-                }
+                Err(e) => match (certificate_refusal(&e), refused.take()) {
+                    (Some(refusal), Some(certificate)) => tracing::warn!(
+                        "refused the certificate {addr} presented, {certificate}: {} ({})",
+                        refusal.problem(),
+                        refusal.alert_text()
+                    ),
+                    (Some(refusal), None) => {
+                        tracing::warn!("the TLS handshake with {addr} failed: {refusal}")
+                    }
+                    _ => tracing::warn!(
+                        %addr,
+                        error = %e,
+                        "refused a connection during the TLS handshake"
+                    ),
+                },
             }
         }
         None
@@ -384,13 +714,126 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("UnknownIssuer") || err.to_string().contains("certificate"),
+            matches!(
+                &err,
+                QuicError::CertificateRefused {
+                    refusal: CertificateRefusal {
+                        by: RefusedBy::Us,
+                        alert: ALERT_UNKNOWN_CA,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(
+                "this node refused the peer's certificate: it is not signed by this node's CA"
+            ),
             "{err}"
         );
         assert!(
             accepted.await.unwrap().is_none(),
             "the server accepted nobody"
         );
+    }
+
+    /// How the server ended a client's connection, waiting up to 3 s.
+    async fn refusal_seen_by(
+        client: &QuicEndpoint,
+        addr: SocketAddr,
+    ) -> Option<CertificateRefusal> {
+        let conn = match client.connect(addr, "localhost").await {
+            Err(QuicError::CertificateRefused { refusal, .. }) => return Some(refusal),
+            Err(_) => return None,
+            Ok(conn) => conn,
+        };
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(3), conn.connection.closed())
+                .await
+                .ok()?;
+        certificate_refusal(&closed)
+    }
+
+    #[tokio::test]
+    async fn a_client_learns_why_the_server_refused_its_certificate() {
+        let ours = tempfile::tempdir().unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        init_ca(ours.path(), "ours", 5, false).unwrap();
+        init_ca(theirs.path(), "theirs", 5, false).unwrap();
+        let cm = node(ours.path(), Role::ClusterManager, "cm");
+        // Trusts our CA, so only the server has something to refuse.
+        let foreign = NodeCredentials {
+            ca: cm.ca.clone(),
+            ..node(theirs.path(), Role::Client, "stranger")
+        };
+        let (server, accepted) = serve(&cm);
+        let client = QuicEndpoint::bind(loopback(), &foreign, &QuicOptions::default()).unwrap();
+        let refusal = refusal_seen_by(&client, server.local_addr().unwrap())
+            .await
+            .expect("the server's refusal reaches the client");
+        assert_eq!(
+            (refusal.by, refusal.alert),
+            (RefusedBy::Peer, ALERT_UNKNOWN_CA)
+        );
+        assert!(
+            refusal.to_string().starts_with(
+                "the peer refused this node's certificate: it is not signed by the cluster's CA"
+            ),
+            "{refusal}"
+        );
+        assert!(accepted.await.unwrap().is_none());
+
+        let now = OffsetDateTime::now_utc();
+        let mut old = IssueRequest::new(Role::Client, "old", vec![], 1);
+        old.not_before = now - Days::days(3);
+        old.not_after = now - Days::days(1);
+        issue(ours.path(), &old).unwrap();
+        let expired = load_node(ours.path(), "old").unwrap();
+        let (server, accepted) = serve(&cm);
+        let client = QuicEndpoint::bind(loopback(), &expired, &QuicOptions::default()).unwrap();
+        let refusal = refusal_seen_by(&client, server.local_addr().unwrap())
+            .await
+            .expect("the server's refusal reaches the client");
+        assert_eq!(
+            (refusal.by, refusal.alert),
+            (RefusedBy::Peer, ALERT_CERTIFICATE_EXPIRED)
+        );
+        assert!(
+            refusal
+                .to_string()
+                .contains("it is expired or not yet valid"),
+            "{refusal}"
+        );
+        assert!(accepted.await.unwrap().is_none());
+    }
+
+    #[test]
+    fn only_crypto_errors_read_as_certificate_refusals() {
+        let closed = |code: quinn::TransportErrorCode| {
+            quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: code,
+                frame_type: None,
+                reason: bytes::Bytes::from_static(b"invalid peer certificate: UnknownIssuer"),
+            })
+        };
+        let refusal = certificate_refusal(&closed(quinn::TransportErrorCode::crypto(48))).unwrap();
+        assert_eq!(
+            refusal.to_string(),
+            "the peer refused this node's certificate: it is not signed by the cluster's CA; \
+             use certificates issued (`ember certs issue`) with the CA the cluster runs with, \
+             beside that CA's ca.pem (TLS alert 48 unknown_ca: invalid peer certificate: UnknownIssuer)"
+        );
+        assert_eq!(
+            certificate_refusal(&closed(quinn::TransportErrorCode::crypto(42))).map(|r| r.alert),
+            Some(ALERT_BAD_CERTIFICATE)
+        );
+        assert_eq!(
+            certificate_refusal(&closed(quinn::TransportErrorCode::PROTOCOL_VIOLATION)),
+            None
+        );
+        assert_eq!(certificate_refusal(&quinn::ConnectionError::TimedOut), None);
     }
 
     #[tokio::test]

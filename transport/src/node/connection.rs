@@ -15,7 +15,7 @@ use super::{Inner, NodeError, lock};
 use crate::NodeId;
 use crate::frame::{FrameDecoder, FrameError};
 use crate::handshake::{HandshakeError, Hello, exchange_hello};
-use crate::quic::PeerConnection;
+use crate::quic::{PeerConnection, QuicError};
 use crate::wire::{self, Header, Refusal, codes};
 
 /// How an ask ended on the wire.
@@ -177,7 +177,22 @@ pub(crate) async fn establish(
     };
     let (send, recv, theirs) = match tokio::time::timeout(options.handshake_timeout, hello).await {
         Ok(Ok(done)) => done,
-        Ok(Err((code, why))) => return Err(refuse(code, why)),
+        Ok(Err((code, why))) => {
+            // In TLS 1.3 a client finishes its handshake before the server
+            // checks its certificate, so a refusal shows up here, as the
+            // connection's end, and not as a failed connect.
+            let refusal = connection
+                .close_reason()
+                .as_ref()
+                .and_then(crate::quic::certificate_refusal);
+            if let Some(refusal) = refusal {
+                return Err(NodeError::Quic(QuicError::CertificateRefused {
+                    addr,
+                    refusal,
+                }));
+            }
+            return Err(refuse(code, why));
+        }
         Err(_) => {
             return Err(refuse(
                 codes::HANDSHAKE,
