@@ -316,9 +316,13 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
         };
     // Peers dial this worker's executors and drivers at --host and check
     // that its certificate names it: better refused now than every fetch.
-    if let Err(e) =
-        ember_certs::check_names_host(&args.certs, &creds.identity.name, &creds, &args.host)
-    {
+    if let Err(e) = ember_certs::check_names_host(
+        &args.certs,
+        &creds.identity.name,
+        &creds,
+        "--host",
+        &args.host,
+    ) {
         return fail(e.to_string());
     }
     let (manager_host, manager_port) = match split_host_port(&args.manager) {

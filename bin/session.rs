@@ -168,6 +168,16 @@ impl Session {
             settings.role,
         )
         .map_err(SessionError::Cluster)?;
+        // Executors dial this driver at --driver-host and check that its
+        // certificate names it: better refused now than every task.
+        ember_certs::check_names_host(
+            &settings.certs,
+            &creds.identity.name,
+            &creds,
+            "--driver-host",
+            &settings.driver_host,
+        )
+        .map_err(|e| SessionError::Cluster(e.to_string()))?;
         let node_options = options
             .conf
             .node_options()

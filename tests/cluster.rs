@@ -1355,6 +1355,39 @@ fn a_task_too_large_to_send_fails_its_job_with_the_reason() {
     );
 }
 
+/// A client-mode driver whose certificate does not name its
+/// `--driver-host` is refused before it registers: its executors would
+/// refuse it on every task.
+#[test]
+fn a_driver_whose_certificate_does_not_name_its_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = lone_certs(dir.path());
+    let job = dir.path().join("one.sql");
+    std::fs::write(&job, "SELECT 1;\n").unwrap();
+    let out = run_bounded(
+        Command::new(ember())
+            .args(["submit", "--master", "ember://127.0.0.1:9", "--certs"])
+            .arg(&certs)
+            .args(["--driver-host", "127.0.0.2"])
+            .arg(&job),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the certificate {} does not name --driver-host 127.0.0.2",
+            certs.join(format!("{}.pem", loopback::CLIENT)).display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--role client"), "{err}");
+    assert!(
+        err.contains("or pass a --driver-host the certificate names"),
+        "{err}"
+    );
+}
+
 /// `ember --role worker` named `name` in `certs`, for a manager that is
 /// not there.
 fn lone_worker(certs: &Path, name: &str, work: &Path) -> Command {

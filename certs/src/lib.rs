@@ -101,19 +101,20 @@ pub enum CertError {
         reissue: String,
     },
     #[error(
-        "the certificate {path} does not name --host {host}: it names {}; peers reach this \
+        "the certificate {path} does not name {flag} {host}: it names {}; peers reach this \
          node's executors and drivers at {host} and would refuse them (\"certificate not valid \
-         for name\"). Issue one that names it with `{reissue}`, or pass a --host the certificate names",
+         for name\"). Issue one that names it with `{reissue}`, or pass a {flag} the certificate names",
         listed(names)
     )]
     HostNotNamed {
         path: PathBuf,
+        flag: String,
         host: String,
         names: Vec<String>,
         reissue: String,
     },
-    #[error("--host '{0}' is not a host name or IP address a certificate can name")]
-    BadHost(String),
+    #[error("{flag} '{host}' is not a host name or IP address a certificate can name")]
+    BadHost { flag: String, host: String },
     #[error(
         "the certificate of '{0}' carries no Ember role (no {ROLE_URI_PREFIX}... SAN); issue it with `ember certs issue`"
     )]
@@ -586,11 +587,15 @@ pub fn check_names_host(
     dir: &Path,
     name: &str,
     creds: &NodeCredentials,
+    flag: &str,
     host: &str,
 ) -> Result<(), CertError> {
     let path = dir.join(format!("{name}.pem"));
-    let server_name = rustls::pki_types::ServerName::try_from(host)
-        .map_err(|_| CertError::BadHost(host.to_string()))?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|_| CertError::BadHost {
+            flag: flag.to_string(),
+            host: host.to_string(),
+        })?;
     let parsed = rustls::server::ParsedCertificate::try_from(&creds.cert).map_err(|e| {
         CertError::BadCertificate {
             path: path.display().to_string(),
@@ -607,6 +612,7 @@ pub fn check_names_host(
     Err(CertError::HostNotNamed {
         reissue: issue_command(dir, creds.identity.role, name, &wanted),
         path,
+        flag: flag.to_string(),
         host: host.to_string(),
         names,
     })
@@ -805,9 +811,9 @@ mod tests {
         .unwrap();
         let creds = load_node(dir.path(), "w1").unwrap();
         for named in ["127.0.0.1", "localhost", "LOCALHOST", "::1"] {
-            check_names_host(dir.path(), "w1", &creds, named).unwrap();
+            check_names_host(dir.path(), "w1", &creds, "--host", named).unwrap();
         }
-        let err = check_names_host(dir.path(), "w1", &creds, "10.0.0.7").unwrap_err();
+        let err = check_names_host(dir.path(), "w1", &creds, "--host", "10.0.0.7").unwrap_err();
         assert!(matches!(err, CertError::HostNotNamed { .. }), "{err}");
         let message = err.to_string();
         assert!(
@@ -825,8 +831,8 @@ mod tests {
             "{message}"
         );
         assert!(matches!(
-            check_names_host(dir.path(), "w1", &creds, "not a host"),
-            Err(CertError::BadHost(_))
+            check_names_host(dir.path(), "w1", &creds, "--host", "not a host"),
+            Err(CertError::BadHost { .. })
         ));
     }
 
