@@ -64,9 +64,9 @@ impl Handler<FromWorker> for ClusterManager {
             FromWorker::DriverExited { driver, code, why } => {
                 tracing::info!(%driver, ?code, %why, "driver exited");
                 if let Some(record) = self.drivers.get_mut(&driver) {
-                    record.reason = Some(why);
+                    record.reason = Some(why.clone());
                 }
-                self.step(Event::DriverExited { driver, code }, ctx);
+                self.step(Event::DriverExited { driver, code, why }, ctx);
             }
         }
         Ok(())
@@ -789,9 +789,16 @@ impl ClusterManager {
                     let why = format!("its script could not be handed to worker {worker}: {why}");
                     tracing::warn!(%driver, %why, "driver not launched");
                     if let Some(record) = act.drivers.get_mut(&driver) {
-                        record.reason = Some(why);
+                        record.reason = Some(why.clone());
                     }
-                    act.step(Event::DriverExited { driver, code: None }, ctx);
+                    act.step(
+                        Event::DriverExited {
+                            driver,
+                            code: None,
+                            why,
+                        },
+                        ctx,
+                    );
                 }
                 Err(_) => {}
             }

@@ -182,6 +182,9 @@ pub enum Event {
     DriverExited {
         driver: DriverId,
         code: Option<i32>,
+        /// How it ended, in the worker's words ("killed by signal 9",
+        /// "could not start: ...").
+        why: String,
     },
     KillDriver {
         driver: DriverId,
@@ -556,7 +559,7 @@ impl ClusterState {
                         )
                     });
                     if on_this_worker && !drivers.contains(&driver) {
-                        self.driver_exited(now_ms, &driver, code, &mut actions);
+                        self.driver_exited(now_ms, &driver, code, "", &mut actions);
                     }
                 }
                 self.worker_registered(
@@ -621,8 +624,8 @@ impl ClusterState {
                     );
                 }
             }
-            Event::DriverExited { driver, code } => {
-                self.driver_exited(now_ms, &driver, code, &mut actions)
+            Event::DriverExited { driver, code, why } => {
+                self.driver_exited(now_ms, &driver, code, &why, &mut actions)
             }
             Event::KillDriver { driver } => self.kill_driver(&driver, &mut actions),
             Event::Tick => self.restart_due_drivers(now_ms),
@@ -884,6 +887,7 @@ impl ClusterState {
         now_ms: u64,
         id: &str,
         code: Option<i32>,
+        why: &str,
         actions: &mut Vec<Action>,
     ) {
         let Some(driver) = self.drivers.get_mut(id) else {
@@ -908,7 +912,8 @@ impl ClusterState {
                 }
             }
             Some(code) => DriverState::Failed(format!("exited with code {code}")),
-            None => DriverState::Failed("killed by a signal".into()),
+            None if why.is_empty() => DriverState::Failed("killed by a signal".into()),
+            None => DriverState::Failed(why.to_string()),
         };
     }
 
@@ -1383,6 +1388,7 @@ mod tests {
                 Event::DriverExited {
                     driver: d.clone(),
                     code: Some(0),
+                    why: String::new(),
                 },
             );
             finished += 1;
@@ -1429,6 +1435,7 @@ mod tests {
             Event::DriverExited {
                 driver: "small".into(),
                 code: Some(0),
+                why: String::new(),
             },
         );
         assert!(matches!(
@@ -1470,6 +1477,7 @@ mod tests {
             Event::DriverExited {
                 driver: "d1".into(),
                 code: Some(0),
+                why: String::new(),
             },
         );
         assert!(
@@ -2035,6 +2043,7 @@ mod tests {
                 Event::DriverExited {
                     driver: "d".into(),
                     code: Some(1),
+                    why: String::new(),
                 },
             );
             let delay = FIRST_RESTART_DELAY * 2u32.pow(restart);
@@ -2054,6 +2063,7 @@ mod tests {
             Event::DriverExited {
                 driver: "d".into(),
                 code: Some(1),
+                why: String::new(),
             },
         );
         assert_eq!(
@@ -2061,6 +2071,24 @@ mod tests {
             Some(&DriverState::Failed("exited with code 1".into()))
         );
         assert_eq!(s.worker_usage("w1"), Some((0, 2)));
+    }
+
+    #[test]
+    fn a_driver_that_could_not_start_fails_with_the_workers_reason() {
+        let mut s = two_workers(Placement::Spread);
+        s.on_event(0, driver("d", false));
+        s.on_event(
+            0,
+            Event::DriverExited {
+                driver: "d".into(),
+                code: None,
+                why: "could not start: no such file".into(),
+            },
+        );
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Failed("could not start: no such file".into()))
+        );
     }
 
     #[test]
@@ -2075,7 +2103,8 @@ mod tests {
                 0,
                 Event::DriverExited {
                     driver: "ok".into(),
-                    code: Some(0)
+                    code: Some(0),
+                    why: String::new(),
                 }
             )
             .is_empty()
@@ -2100,7 +2129,8 @@ mod tests {
                 1,
                 Event::DriverExited {
                     driver: "killed".into(),
-                    code: None
+                    code: None,
+                    why: String::new(),
                 }
             )
             .is_empty()
