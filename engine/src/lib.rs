@@ -23,6 +23,7 @@ pub use commit::{Committed, StagedOutput, TaskAttempt, isolate_attempt, stage_fi
 pub use error::EngineError;
 pub use scan_errors::name_files_in_errors;
 pub use shuffle::{
-    BlockFetcher, BlockStore, InMemoryBlockStore, MapOutputLocations, ShuffleBlockId, ShuffleEnv,
+    BlockFetcher, BlockStore, FetchedBatches, InMemoryBlockStore, MapOutputLocations,
+    ShuffleBlockId, ShuffleEnv,
 };
 pub use stages::{Stage, StageGraph, StageId, StageKind, StagePlanner};

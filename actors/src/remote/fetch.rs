@@ -10,12 +10,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
-use ember_engine::{BlockFetcher, BlockStore, EngineError, ShuffleBlockId};
-use ember_transport::{ActorAddress, Node, Registration};
-use futures::FutureExt;
+use ember_engine::{BlockFetcher, BlockStore, EngineError, FetchedBatches, ShuffleBlockId};
+use ember_transport::{ActorAddress, Node, Registration, SendError};
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::task::JoinHandle;
 
-use super::hub::BulkHub;
+use super::hub::{Batches, BulkHub};
 use super::wire::{BLOCKS, BLOCKS_INBOX, FetchBlocks, NodeContact};
 
 /// Serves this executor's shuffle blocks to other executors.
@@ -138,14 +139,15 @@ impl RemoteFetcher {
             .cloned()
     }
 
-    /// Fetches, trying again when the connection (not the block) failed:
-    /// two executors that dial each other at once lose one connection, and
-    /// what was in flight on it.
+    /// Opens a fetch, trying again when the connection (not the block)
+    /// failed before any batch came: two executors that dial each other at
+    /// once lose one connection, and what was in flight on it. Once batches
+    /// flow, a failure ends the stream instead: they were handed on.
     async fn fetch_from(
         self,
         contact: NodeContact,
         blocks: Vec<ShuffleBlockId>,
-    ) -> Result<Vec<RecordBatch>, String> {
+    ) -> Result<FetchedBatches, String> {
         let mut attempt = 0;
         loop {
             match self.fetch_once(&contact, &blocks).await {
@@ -155,7 +157,7 @@ impl RemoteFetcher {
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                 }
                 Err(FetchFailure::Connection(why) | FetchFailure::Refused(why)) => return Err(why),
-                Ok(rows) => return Ok(rows),
+                Ok(batches) => return Ok(batches),
             }
         }
     }
@@ -164,7 +166,7 @@ impl RemoteFetcher {
         &self,
         contact: &NodeContact,
         blocks: &[ShuffleBlockId],
-    ) -> Result<Vec<RecordBatch>, FetchFailure> {
+    ) -> Result<FetchedBatches, FetchFailure> {
         use FetchFailure::{Connection, Refused};
         if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
             let _dialing = self.dialing.lock().await;
@@ -190,23 +192,127 @@ impl RemoteFetcher {
             },
             tag: tag.clone(),
         };
-        match server.ask(request, self.timeout).await {
-            Ok(Ok(_rows)) => self.hub.take(&tag, self.timeout).await.map_err(Connection),
-            Ok(Err(why)) => {
-                self.hub.forget(&tag);
-                Err(Refused(why))
+        // Expected before it is asked for, so the batches stream to this
+        // reader as they come rather than being gathered first.
+        let arrival = self.hub.expect(&tag);
+        let timeout = self.timeout;
+        // The executor answers once every batch has been received (or at
+        // once, to say no): the stream's end waits for that answer.
+        let mut answer: JoinHandle<Answered> =
+            tokio::spawn(async move { server.ask(request, WHOLE_FETCH_BOUND).await });
+        let refused = |answered: Answered| match answered {
+            Ok(Ok(_)) => None,
+            Ok(Err(why)) => Some(Refused(why)),
+            Err(e @ (SendError::Unreachable(..) | SendError::Closed(_))) => {
+                Some(Connection(e.to_string()))
             }
-            Err(e) => {
-                self.hub.forget(&tag);
-                Err(match e {
-                    ember_transport::SendError::Unreachable(..)
-                    | ember_transport::SendError::Closed(_) => Connection(e.to_string()),
-                    other => Refused(other.to_string()),
-                })
+            Err(e) => Some(Refused(e.to_string())),
+        };
+        let started = tokio::time::timeout(timeout, async {
+            tokio::pin!(arrival);
+            tokio::select! {
+                batches = &mut arrival => batches.map(|b| (b, None)).map_err(|_| Connection("the bulk inbox closed".into())),
+                answered = &mut answer => {
+                    let answered = answered.unwrap_or_else(|e| Ok(Err(e.to_string())));
+                    if let Some(failure) = refused(answered.clone()) {
+                        return Err(failure);
+                    }
+                    // Every batch went out before the answer: they are here.
+                    arrival.await.map(|b| (b, Some(answered))).map_err(|_| Connection("the bulk inbox closed".into()))
+                }
             }
-        }
+        })
+        .await;
+        let (batches, answered) = match started {
+            Ok(Ok(started)) => started,
+            Ok(Err(failure)) => {
+                self.hub.forget(&tag);
+                answer.abort();
+                return Err(failure);
+            }
+            Err(_) => {
+                self.hub.forget(&tag);
+                answer.abort();
+                return Err(Connection(format!(
+                    "the blocks did not start to arrive within {timeout:?}"
+                )));
+            }
+        };
+        let answer = match answered {
+            Some(answered) => Answer::Given(answered),
+            None => Answer::Awaited(answer),
+        };
+        Ok(confirmed(batches, answer, timeout))
     }
 }
+
+type Answered = Result<Result<usize, String>, SendError>;
+
+/// The executor's answer to a fetch: given already, or still to come.
+enum Answer {
+    Given(Answered),
+    Awaited(JoinHandle<Answered>),
+}
+
+/// The batches as they come; at their end, the executor's answer says it
+/// sent them all and how many rows they held, so a stream cut short is
+/// never taken for a whole one.
+fn confirmed(batches: Batches, answer: Answer, timeout: Duration) -> FetchedBatches {
+    struct State {
+        batches: Batches,
+        answer: Option<Answer>,
+        rows: usize,
+    }
+    let state = State {
+        batches,
+        answer: Some(answer),
+        rows: 0,
+    };
+    futures::stream::unfold(state, move |mut state| async move {
+        let answer = state.answer.take()?;
+        match state.batches.next().await {
+            Some(Ok(batch)) => {
+                state.rows += batch.num_rows();
+                state.answer = Some(answer);
+                Some((Ok(batch), state))
+            }
+            Some(Err(e)) => Some((Err(EngineError::Fetch(e.to_string())), state)),
+            None => {
+                let answered = match answer {
+                    Answer::Given(answered) => Ok(answered),
+                    Answer::Awaited(handle) => tokio::time::timeout(timeout, handle)
+                        .await
+                        .map(|joined| joined.unwrap_or_else(|e| Ok(Err(e.to_string())))),
+                };
+                match answered {
+                    Ok(Ok(Ok(sent))) if sent == state.rows => None,
+                    Ok(Ok(Ok(sent))) => Some((
+                        Err(EngineError::Fetch(format!(
+                            "{} rows arrived of the {sent} the executor sent",
+                            state.rows
+                        ))),
+                        state,
+                    )),
+                    Ok(Ok(Err(why))) => Some((Err(EngineError::Fetch(why)), state)),
+                    Ok(Err(e)) => Some((Err(EngineError::Fetch(e.to_string())), state)),
+                    Err(_) => Some((
+                        Err(EngineError::Fetch(format!(
+                            "the executor did not confirm the blocks within {timeout:?}"
+                        ))),
+                        state,
+                    )),
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// How long the executor's answer may take: it comes once the reader has
+/// taken every batch, which takes as long as the reading task does. A
+/// lost executor or connection fails it long before (the transport's
+/// heartbeats), and the start and end of a fetch have `timeout` each.
+const WHOLE_FETCH_BOUND: Duration = Duration::from_secs(24 * 3600);
 
 /// Attempts at a fetch whose connection failed.
 const CONNECTION_RETRIES: u32 = 3;
@@ -223,7 +329,7 @@ impl BlockFetcher for RemoteFetcher {
         &self,
         location: &str,
         blocks: Vec<ShuffleBlockId>,
-    ) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
+    ) -> BoxFuture<'static, Result<FetchedBatches, EngineError>> {
         let location = location.to_string();
         let Some(contact) = self.contact(&location) else {
             return futures::future::ready(Err(EngineError::Fetch(format!(

@@ -7,13 +7,18 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use ember_transport::{BulkError, IncomingBulk, Node};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot};
 
 type Rows = Result<Vec<RecordBatch>, String>;
 
+/// The batches of one stream as they arrive: an `Err` item ends it.
+pub type Batches = BoxStream<'static, Result<RecordBatch, BulkError>>;
+
 enum Slot {
-    Waiting(oneshot::Sender<Rows>),
-    Arrived(Rows),
+    Waiting(oneshot::Sender<Batches>),
+    Arrived(Batches),
 }
 
 /// Streams that arrived, or are awaited, by tag.
@@ -40,63 +45,103 @@ impl BulkHub {
     }
 
     async fn sort(self, mut incoming: mpsc::Receiver<IncomingBulk>) {
-        while let Some(mut stream) = incoming.recv().await {
-            let hub = self.clone();
-            tokio::spawn(async move {
-                let mut batches = Vec::new();
-                let mut outcome = Ok(());
-                while let Some(batch) = stream.batches.recv().await {
-                    match batch {
-                        Ok(batch) => batches.push(batch),
-                        Err(e) => {
-                            outcome = Err(e.to_string());
-                            break;
-                        }
-                    }
+        while let Some(stream) = incoming.recv().await {
+            let tag = stream.tag;
+            let batches = futures::stream::unfold(stream.batches, |mut rx| async move {
+                rx.recv().await.map(|batch| (batch, rx))
+            })
+            .boxed();
+            let waiter = {
+                let mut slots = self.lock();
+                match slots.get(&tag) {
+                    Some(Slot::Waiting(_)) => match slots.remove(&tag) {
+                        Some(Slot::Waiting(waiter)) => Some(waiter),
+                        _ => None,
+                    },
+                    _ => None,
                 }
-                hub.deliver(stream.tag, outcome.map(|()| batches));
-            });
+            };
+            match waiter {
+                // Someone expects it: the batches stream to them as they
+                // come, a few in memory at a time.
+                Some(waiter) => {
+                    let _ = waiter.send(batches);
+                }
+                // Nobody yet (a task's rows arrive before its status): it
+                // is read in full now, so that its sender can finish.
+                None => {
+                    let hub = self.clone();
+                    tokio::spawn(async move {
+                        let all: Vec<_> = batches.collect().await;
+                        hub.deliver(tag, futures::stream::iter(all).boxed());
+                    });
+                }
+            }
         }
     }
 
-    fn deliver(&self, tag: String, rows: Rows) {
+    fn deliver(&self, tag: String, batches: Batches) {
         let mut slots = self.lock();
         match slots.remove(&tag) {
             Some(Slot::Waiting(waiter)) => {
-                let _ = waiter.send(rows);
+                let _ = waiter.send(batches);
             }
             _ => {
                 if slots.len() >= MAX_UNCLAIMED {
                     tracing::warn!(%tag, "too many unclaimed bulk streams; dropping one");
                     return;
                 }
-                slots.insert(tag, Slot::Arrived(rows));
+                slots.insert(tag, Slot::Arrived(batches));
             }
         }
     }
 
-    /// The rows of the stream tagged `tag`, once it has arrived in full.
-    pub async fn take(&self, tag: &str, timeout: Duration) -> Rows {
-        let receiver = {
-            let mut slots = self.lock();
-            match slots.remove(tag) {
-                Some(Slot::Arrived(rows)) => return rows,
-                _ => {
-                    let (tx, rx) = oneshot::channel();
-                    slots.insert(tag.to_string(), Slot::Waiting(tx));
-                    rx
-                }
+    /// Expects the stream tagged `tag`: registered before the request that
+    /// makes it is sent, its batches stream to the receiver as they come.
+    pub fn expect(&self, tag: &str) -> oneshot::Receiver<Batches> {
+        let (tx, rx) = oneshot::channel();
+        let mut slots = self.lock();
+        match slots.remove(tag) {
+            Some(Slot::Arrived(batches)) => {
+                let _ = tx.send(batches);
             }
-        };
+            _ => {
+                slots.insert(tag.to_string(), Slot::Waiting(tx));
+            }
+        }
+        rx
+    }
+
+    /// The stream tagged `tag`, once it has started to arrive.
+    pub async fn take_stream(&self, tag: &str, timeout: Duration) -> Result<Batches, String> {
+        let receiver = self.expect(tag);
         let outcome = match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(rows)) => rows,
+            Ok(Ok(batches)) => Ok(batches),
             Ok(Err(_)) => Err("the bulk inbox closed".to_string()),
-            Err(_) => Err(format!("the rows did not arrive within {timeout:?}")),
+            Err(_) => Err(format!(
+                "the rows did not start to arrive within {timeout:?}"
+            )),
         };
         if outcome.is_err() {
             self.forget(tag);
         }
         outcome
+    }
+
+    /// The rows of the stream tagged `tag`, once it has arrived in full,
+    /// all within `timeout`.
+    pub async fn take(&self, tag: &str, timeout: Duration) -> Rows {
+        let all = async {
+            let mut batches = self.take_stream(tag, timeout).await?;
+            let mut rows = Vec::new();
+            while let Some(batch) = batches.next().await {
+                rows.push(batch.map_err(|e| e.to_string())?);
+            }
+            Ok(rows)
+        };
+        tokio::time::timeout(timeout, all)
+            .await
+            .unwrap_or_else(|_| Err(format!("the rows did not arrive within {timeout:?}")))
     }
 
     /// Stops waiting for `tag`.

@@ -7,20 +7,27 @@ use std::fmt;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use super::store::ShuffleBlockId;
 use crate::error::EngineError;
 use crate::stages::StageId;
 
+/// Batches as they arrive; an error item ends the stream, and the stream
+/// ends without one only once every batch asked for has arrived.
+pub type FetchedBatches = BoxStream<'static, Result<RecordBatch, EngineError>>;
+
 /// Fetches blocks from the executor at a location key.
 pub trait BlockFetcher: Send + Sync + fmt::Debug {
     /// The batches of `blocks`, concatenated in the order of `blocks`, from
-    /// the executor known as `location` (an executor id).
+    /// the executor known as `location` (an executor id): the future ends
+    /// once the executor has started sending, and the stream yields the
+    /// batches as they come, never holding more than a few in memory.
     fn fetch(
         &self,
         location: &str,
         blocks: Vec<ShuffleBlockId>,
-    ) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>>;
+    ) -> BoxFuture<'static, Result<FetchedBatches, EngineError>>;
 }
 
 /// For each stage, the location key of the executor holding the output of

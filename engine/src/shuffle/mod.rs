@@ -7,7 +7,7 @@ mod reader;
 mod store;
 mod writer;
 
-pub use fetch::{BlockFetcher, MapOutputLocations};
+pub use fetch::{BlockFetcher, FetchedBatches, MapOutputLocations};
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use store::{BlockStore, InMemoryBlockStore, ShuffleBlockId, ShuffleEnv};
 pub use writer::{MapStatus, ShuffleOutput, ShuffleWriterExec};

@@ -20,9 +20,9 @@ use datafusion::physical_plan::{
 
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::fetch::{BlockFetcher, BlockRead, MapOutputLocations, plan_block_reads};
+use super::fetch::{BlockFetcher, BlockRead, FetchedBatches, MapOutputLocations, plan_block_reads};
 use super::store::{BlockStore, ShuffleBlockId, ShuffleEnv};
 use crate::error::EngineError;
 use crate::stages::StageId;
@@ -185,7 +185,6 @@ impl ExecutionPlan for ShuffleReaderExec {
         let batches = futures::stream::iter(reads)
             .map(move |read| start_read(read, &store, fetcher.as_ref(), &local))
             .buffered(READS_IN_FLIGHT)
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)))
             .try_flatten()
             .map_err(datafusion::error::DataFusionError::from);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -233,30 +232,42 @@ fn read_from_store(
     Ok(batches)
 }
 
+/// Starts one read: the future ends when its batches can be streamed (a
+/// remote executor has started sending), so the next reads start while
+/// this one is consumed.
 fn start_read(
     read: BlockRead,
     store: &Arc<dyn BlockStore>,
     fetcher: &dyn BlockFetcher,
     local: &str,
-) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
+) -> BoxFuture<'static, Result<FetchedBatches, EngineError>> {
     match read {
         BlockRead::Local(blocks) => {
-            futures::future::ready(read_from_store(store.as_ref(), blocks, local)).boxed()
+            let read = read_from_store(store.as_ref(), blocks, local).map(|batches| {
+                futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)).boxed()
+            });
+            futures::future::ready(read).boxed()
         }
         BlockRead::Remote { location, blocks } => {
             let stage = blocks.first().map(|b| b.stage).unwrap_or_default();
             let maps: Vec<usize> = blocks.iter().map(|b| b.map).collect();
             // Whatever broke (the executor is gone, a block is missing or
-            // damaged), the output of these map tasks cannot be read.
-            fetcher
-                .fetch(&location, blocks)
-                .map_err(move |e| EngineError::FetchFailed {
-                    stage,
-                    maps,
-                    location,
-                    why: e.to_string(),
-                })
-                .boxed()
+            // damaged, the stream was cut short), the output of these map
+            // tasks cannot be read.
+            let opened = fetcher.fetch(&location, blocks);
+            let failed = move |e: EngineError| EngineError::FetchFailed {
+                stage,
+                maps: maps.clone(),
+                location: location.clone(),
+                why: e.to_string(),
+            };
+            async move {
+                match opened.await {
+                    Ok(batches) => Ok(batches.map_err(failed).boxed()),
+                    Err(e) => Err(failed(e)),
+                }
+            }
+            .boxed()
         }
     }
 }
@@ -282,6 +293,7 @@ mod tests {
         remote: InMemoryBlockStore,
         calls: Mutex<Vec<(String, Vec<ShuffleBlockId>)>>,
         fail: bool,
+        cut_short: bool,
     }
 
     impl BlockFetcher for FakeFetcher {
@@ -289,7 +301,7 @@ mod tests {
             &self,
             location: &str,
             blocks: Vec<ShuffleBlockId>,
-        ) -> BoxFuture<'static, Result<Vec<RecordBatch>, EngineError>> {
+        ) -> BoxFuture<'static, Result<FetchedBatches, EngineError>> {
             self.calls
                 .lock()
                 .unwrap()
@@ -301,9 +313,18 @@ mod tests {
             } else {
                 read_from_store(&self.remote, blocks, location)
             };
+            let cut_short = self.cut_short;
             async move {
                 tokio::task::yield_now().await;
-                result
+                let batches = result?;
+                let mut items: Vec<Result<RecordBatch, EngineError>> =
+                    batches.into_iter().map(Ok).collect();
+                if cut_short {
+                    // The first batch arrives, then the connection breaks.
+                    items.truncate(1);
+                    items.push(Err(EngineError::Fetch("the stream was cut short".into())));
+                }
+                Ok(futures::stream::iter(items).boxed())
             }
             .boxed()
         }
@@ -427,6 +448,34 @@ mod tests {
         assert!(
             !maps.is_empty() && maps.iter().all(|m| [1, 2].contains(m)),
             "{maps:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fetch_cut_short_fails_the_task_after_the_rows_that_came() {
+        let (local, _, locations) = cluster(false);
+        let fetcher = Arc::new(FakeFetcher {
+            cut_short: true,
+            ..Default::default()
+        });
+        for (map, at) in locations.iter().enumerate() {
+            if at == "exec-b" {
+                for reduce in 0..2 {
+                    let (id, batches) = block(map, reduce);
+                    fetcher.remote.put(id, batches);
+                }
+            }
+        }
+        let env = ShuffleEnv::remote(local, "exec-a", fetcher);
+        let task = task(env, MapOutputLocations::new().with_stage(STAGE, locations));
+        let err = values(reader().execute(1, task).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cut short"), "{err}");
+        let (stage, maps, location) = EngineError::find_fetch_failure(&err).unwrap();
+        assert_eq!(
+            (stage, maps, location.as_str()),
+            (STAGE, vec![1, 2], "exec-b")
         );
     }
 
