@@ -24,9 +24,3 @@ pub fn keep_freed_memory() {
     // SAFETY: no other thread runs yet; the option is a plain integer.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS as _) };
 }
-
-/// The purge delay mimalloc works with now, in milliseconds.
-pub fn purge_delay_ms() -> i64 {
-    // SAFETY: reading an option is a plain load.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) })
-}
