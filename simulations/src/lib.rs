@@ -6,11 +6,13 @@
 //! forgotten across manager restarts, no worker over capacity.
 
 pub mod campaign;
+pub mod failures;
 pub mod run;
 pub mod scenario;
 pub mod workload;
 pub mod world;
 
 pub use campaign::{Campaign, CampaignReport};
+pub use failures::{Cause, JobFailure};
 pub use run::{Bugs, SeedReport, run_seed};
 pub use scenario::{FaultKind, Scenario, Shape};
