@@ -35,10 +35,16 @@ pub struct SimulateArgs {
     /// orphan-executors (executors ignore their driver's loss),
     /// forget-damaged-journal (the manager starts empty on a damaged
     /// journal; use with --faults restart-damaged), commit-every-attempt
-    /// (file output commits every staged attempt; use with --file-output).
+    /// (file output commits every staged attempt; use with --file-output),
+    /// impatient-clients (a client tries the manager once, then gives up).
     #[arg(
         long,
-        value_parser = ["orphan-executors", "forget-damaged-journal", "commit-every-attempt"]
+        value_parser = [
+            "orphan-executors",
+            "forget-damaged-journal",
+            "commit-every-attempt",
+            "impatient-clients"
+        ]
     )]
     pub bug: Option<String>,
     /// Jobs write their rows to files (COPY ... TO) through the output
@@ -70,6 +76,7 @@ impl SimulateArgs {
                 orphan_executors: self.bug.as_deref() == Some("orphan-executors"),
                 forget_damaged_journal: self.bug.as_deref() == Some("forget-damaged-journal"),
                 commit_every_attempt: self.bug.as_deref() == Some("commit-every-attempt"),
+                impatient_clients: self.bug.as_deref() == Some("impatient-clients"),
             },
             threads: self.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism()

@@ -110,6 +110,9 @@ impl Campaign {
         if self.bugs.commit_every_attempt {
             command.push_str(" --bug commit-every-attempt");
         }
+        if self.bugs.impatient_clients {
+            command.push_str(" --bug impatient-clients");
+        }
         if self.bugs.forget_damaged_journal {
             command.push_str(" --bug forget-damaged-journal");
         }

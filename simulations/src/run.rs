@@ -83,6 +83,9 @@ pub struct Bugs {
     /// File output committed from every staged attempt, not the one per
     /// partition the job used (a deliberate bug).
     pub commit_every_attempt: bool,
+    /// Clients that try the manager once when they start, and give up if
+    /// it is away (a deliberate bug).
+    pub impatient_clients: bool,
 }
 
 #[derive(Default)]
@@ -313,9 +316,25 @@ async fn run_app(
             options,
         )?;
         let manager_addr = SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT);
-        let manager = reach_manager(&node, manager_addr, "localhost")
+        let manager = if bugs.impatient_clients {
+            // The bug: one try, as if a manager that is away were gone.
+            let id = tokio::time::timeout(
+                Duration::from_secs(1),
+                node.connect(manager_addr, "localhost"),
+            )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| format!("cannot reach the cluster manager at {manager_addr}: no answer"))?
+            .map_err(|e| format!("cannot reach the cluster manager at {manager_addr}: {e}"))?;
+            NodeContact {
+                node: id,
+                addr: manager_addr,
+                host: "localhost".to_string(),
+            }
+        } else {
+            reach_manager(&node, manager_addr, "localhost")
+                .await
+                .map_err(|e| e.to_string())?
+        };
         let mut conf = EmberConf::new();
         let delays: Vec<String> = (0..6)
             .map(|stage| format!("{stage}.*:{}ms", plan.task_time.as_millis()))
