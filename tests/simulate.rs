@@ -198,6 +198,29 @@ fn a_seed_replays_to_the_same_trace() {
     let a = sim.replay(7).unwrap();
     let b = sim.replay(8).unwrap();
     assert_ne!(a.trace_hash, b.trace_hash);
+    // Journal damage and file output replay too: the damage lands where it
+    // did, and the manager refuses or reads the journal as it did.
+    let damaged = only(&[FaultKind::RestartDamaged], 0, 1, Bugs::default());
+    let files = Campaign {
+        shape: Shape {
+            file_output: true,
+            ..Shape::default()
+        },
+        ..campaign(0, 1, Bugs::default())
+    };
+    for (sim, seed) in [(&damaged, 12), (&files, 7)] {
+        let first = sim.replay(seed).unwrap();
+        let second = sim.replay(seed).unwrap();
+        assert_eq!(first.trace, second.trace, "seed {seed}");
+    }
+    assert!(
+        damaged
+            .replay(12)
+            .unwrap()
+            .trace
+            .iter()
+            .any(|l| l.contains("journal damaged")),
+    );
 }
 
 #[test]

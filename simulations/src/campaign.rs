@@ -43,6 +43,8 @@ pub struct CampaignReport {
     pub violations: Vec<(u64, String)>,
     /// How to replay a seed: the command without `--seed`.
     pub replay: String,
+    /// Whether jobs wrote files (and their output was checked).
+    pub file_output: bool,
 }
 
 /// The failed jobs of one cause: by the kinds of fault that explain them
@@ -164,6 +166,7 @@ impl Campaign {
             seeds: reports.len() as u64,
             wall_time: started.elapsed(),
             replay: self.replay_command(0).replace(" --seed 0", " --seed SEED"),
+            file_output: self.shape.file_output,
             ..CampaignReport::default()
         };
         for report in reports {
@@ -260,12 +263,22 @@ impl fmt::Display for CampaignReport {
                 )?;
             }
         }
-        writeln!(
-            f,
-            "  invariants checked:   no orphan executors, jobs right or failed with a reason, \
-             rows exactly once, no job pending after faults stop, no failure the faults do \
-             not explain, no submission forgotten, no worker over capacity"
-        )?;
+        let mut checked = vec![
+            "no orphan executors",
+            "jobs right or failed with a reason",
+            "rows exactly once",
+            "no job pending after faults stop",
+            "no failure the faults do not explain",
+            "no submission forgotten",
+        ];
+        if self.faults.contains_key(&FaultKind::RestartDamaged) {
+            checked.push("a damaged journal refused or read back in full");
+        }
+        if self.file_output {
+            checked.push("file output exactly once, none from failed jobs");
+        }
+        checked.push("no worker over capacity");
+        writeln!(f, "  invariants checked:   {}", checked.join(", "))?;
         if self.violations.is_empty() {
             writeln!(f, "  violations:           none")?;
         } else {
