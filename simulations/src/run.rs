@@ -13,7 +13,9 @@ use actix::prelude::*;
 use ember_actors::EmberConf;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec, reach_manager};
 use ember_actors::cluster_manager::journal::{BACKUP_FILE, JOURNAL_FILE};
-use ember_actors::cluster_manager::{AppRequest, ClientReply, FromClient, Journal, JournalError};
+use ember_actors::cluster_manager::{
+    AppRequest, ClientReply, ClusterManager, FromClient, Journal, JournalError,
+};
 use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
 use ember_actors::driver::{Driver, StopDriver, SubmitJob};
 use ember_actors::remote::NodeContact;
@@ -145,6 +147,12 @@ struct Sim<'a> {
     options: NodeOptions,
     bugs: Bugs,
     manager: Option<ManagerHost>,
+    /// The manager last crashed, until its actor (and its hold on the
+    /// journal) is gone.
+    crashed_manager: Option<Addr<ClusterManager>>,
+    /// A restart waiting for the crashed manager to be gone: with the
+    /// damage to do to the journal first.
+    manager_due: Option<Option<u64>>,
     manager_since: Duration,
     /// When the manager last read its journal in full: what its backup holds.
     last_good_start: Duration,
@@ -200,6 +208,8 @@ async fn simulate(
         options,
         bugs,
         manager: None,
+        crashed_manager: None,
+        manager_due: None,
         manager_since: Duration::ZERO,
         last_good_start: Duration::ZERO,
         restores: Vec::new(),
@@ -248,6 +258,9 @@ async fn simulate(
     let mut next_status = Duration::ZERO;
     loop {
         let now = sim.shared.now();
+        if let Some(damage) = sim.manager_due.take() {
+            sim.restart_manager(damage);
+        }
         while let Some((_, step)) = steps.next_if(|(at, _)| *at <= now) {
             sim.apply(step);
         }
@@ -640,6 +653,17 @@ impl Sim<'_> {
     /// first. A damaged journal must be refused, saying how to recover,
     /// or read back in full; refused, the operator restores the backup.
     fn restart_manager(&mut self, damage: Option<u64>) {
+        // A dead process holds no lock, but the crashed manager's actor
+        // may not have stopped yet: come back at the next check.
+        if self
+            .crashed_manager
+            .as_ref()
+            .is_some_and(|manager| manager.connected())
+        {
+            self.manager_due = Some(damage);
+            return;
+        }
+        self.crashed_manager = None;
         self.net.restart(ip(MANAGER_HOST));
         let state_dir = self.dir.state_dir();
         let damaged = match damage {
@@ -816,7 +840,10 @@ impl Sim<'_> {
     fn crash(&mut self, host: u8) {
         self.net.crash(ip(host));
         if host == MANAGER_HOST {
+            // Down again before it came back: the fault's end restarts it.
+            self.manager_due = None;
             if let Some(manager) = self.manager.take() {
+                self.crashed_manager = Some(manager.manager.clone());
                 manager.crash();
             }
         } else if let Some(slot) = self.workers.get_mut(&host) {
