@@ -128,10 +128,11 @@ fn failures_the_faults_do_not_explain_are_violations() {
 
 /// A damaged journal is refused (and the backup restored) or read back in
 /// full, never taken for less than it holds; a manager that starts empty
-/// on one is caught forgetting submissions.
+/// on one is caught forgetting submissions. Seed 12 once found an id
+/// handed out again after the backup was put back.
 #[test]
 fn a_damaged_journal_is_refused_or_read_whole_never_forgotten() {
-    let damaged = only(&[FaultKind::RestartDamaged], 0, 12, Bugs::default());
+    let damaged = only(&[FaultKind::RestartDamaged], 0, 20, Bugs::default());
     let report = damaged.run(&|_| {}).unwrap();
     assert!(report.violations.is_empty(), "{report}");
     assert!(report.journals_refused > 0, "{report}");
