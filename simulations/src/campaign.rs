@@ -221,7 +221,7 @@ impl fmt::Display for CampaignReport {
         if self.journals_refused + self.journals_read_whole > 0 {
             writeln!(
                 f,
-                "  damaged journals:     {} refused (the backup restored), {} read back in full",
+                "  damaged journals:     {} refused by the manager, {} read back in full",
                 self.journals_refused, self.journals_read_whole
             )?;
         }
