@@ -573,6 +573,27 @@ async fn write_job(
     }
 }
 
+/// What the claim markers of job `job` of application `app` say, one
+/// entry per marker (`.app-A-job-J.ember-committed-<claim>`).
+fn output_claims(dir: &Path, app: usize, job: usize) -> Vec<String> {
+    let prefix = format!(".app-{app}-job-{job}.ember-committed-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut claims: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    claims.sort();
+    claims
+}
+
 /// Every attempt with a directory in `staging` (`attempt-S-P-A`).
 fn staged_attempts(staging: &Path) -> Vec<TaskAttempt> {
     let mut attempts = Vec::new();
@@ -989,6 +1010,18 @@ impl Sim<'_> {
                     self.violations.push(format!(
                         "partial file output: app {i} job {j} failed, yet its destination exists"
                     ));
+                }
+                // A committed output is claimed once, and the claim says so.
+                if let JobOutcome::Succeeded(_) = job
+                    && self.scenario.file_output
+                    && !self.bugs.commit_every_attempt
+                {
+                    let claims = output_claims(&self.dir.output_dir(), i, j);
+                    if claims != ["committed"] {
+                        self.violations.push(format!(
+                            "file output claims: app {i} job {j} succeeded with claim markers {claims:?}, not one marked committed"
+                        ));
+                    }
                 }
             }
             if !app.done {
