@@ -21,7 +21,8 @@ pub struct SimulateArgs {
     #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
     pub seed: Option<u64>,
     /// The faults to inject, separated by commas: kill, kill-actor,
-    /// restart, partition, one-way, network, pause (all by default).
+    /// restart, partition, one-way, network, pause (by default all of
+    /// these), and restart-damaged (the journal damaged at a restart).
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     pub faults: Option<Vec<FaultKind>>,
     /// Jobs per seed (spread over up to three applications).
@@ -31,9 +32,25 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Run with a deliberate bug, to see the checkers catch it:
-    /// orphan-executors (executors ignore their driver's loss).
-    #[arg(long, value_parser = ["orphan-executors"])]
+    /// orphan-executors (executors ignore their driver's loss),
+    /// forget-damaged-journal (the manager starts empty on a damaged
+    /// journal; use with --faults restart-damaged), commit-every-attempt
+    /// (file output commits every staged attempt; use with --file-output),
+    /// impatient-clients (a client tries the manager once, then gives up).
+    #[arg(
+        long,
+        value_parser = [
+            "orphan-executors",
+            "forget-damaged-journal",
+            "commit-every-attempt",
+            "impatient-clients"
+        ]
+    )]
     pub bug: Option<String>,
+    /// Jobs write their rows to files (COPY ... TO) through the output
+    /// commit protocol, and the files are checked to hold them exactly once.
+    #[arg(long)]
+    pub file_output: bool,
 }
 
 fn parse_kind(s: &str) -> Result<FaultKind, String> {
@@ -47,7 +64,8 @@ impl SimulateArgs {
             kinds: self
                 .faults
                 .clone()
-                .unwrap_or_else(|| FaultKind::ALL.to_vec()),
+                .unwrap_or_else(|| FaultKind::DEFAULT.to_vec()),
+            file_output: self.file_output,
             ..Shape::default()
         };
         Campaign {
@@ -55,7 +73,10 @@ impl SimulateArgs {
             seeds: self.seeds,
             shape,
             bugs: Bugs {
-                orphan_executors: self.bug.is_some(),
+                orphan_executors: self.bug.as_deref() == Some("orphan-executors"),
+                forget_damaged_journal: self.bug.as_deref() == Some("forget-damaged-journal"),
+                commit_every_attempt: self.bug.as_deref() == Some("commit-every-attempt"),
+                impatient_clients: self.bug.as_deref() == Some("impatient-clients"),
             },
             threads: self.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism()
@@ -81,6 +102,21 @@ pub fn run(args: SimulateArgs) -> ExitCode {
                     report.virtual_time.as_secs_f64(),
                     report.trace_hash
                 );
+                for failure in &report.failures {
+                    let verdict = if failure.allowed() {
+                        let kinds: Vec<_> = failure.explained_by.iter().map(|k| k.name()).collect();
+                        format!("allowed by {}", kinds.join(", "))
+                    } else {
+                        "NOT ALLOWED".to_string()
+                    };
+                    outln!(
+                        "app {} job {} failed: {} ({verdict}): {}",
+                        failure.app,
+                        failure.job,
+                        failure.cause,
+                        failure.error
+                    );
+                }
                 if report.violations.is_empty() {
                     outln!("no violations");
                     ExitCode::SUCCESS

@@ -26,6 +26,15 @@ use crate::supervision::PeerDown;
 
 /// How long the manager may take to answer.
 const MANAGER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between tries to reach the manager.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long an application or a command waits for a manager that is down
+/// or restarting before it gives up: a restart and its recovery fit.
+const MANAGER_AWAY_LIMIT: Duration = Duration::from_secs(30);
+/// One try at a handshake with the manager. A handshake begun while the
+/// manager was down retries ever more slowly; a fresh one each second
+/// reaches a manager that came back within a second.
+const CONNECT_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// How an application starts on a cluster.
 pub struct ClusterAppSpec {
@@ -125,10 +134,25 @@ impl ClusterApp {
             cluster_lost_timeout,
         }
         .start();
-        let id = client
-            .send(RegisterApp)
-            .await
-            .map_err(|e| ClusterAppError::Start(e.to_string()))??;
+        // A manager that goes down while it registers the application is
+        // waited for, as one that was down before it was reached.
+        let deadline = tokio::time::Instant::now() + MANAGER_AWAY_LIMIT;
+        let id = loop {
+            let registered = client
+                .send(RegisterApp)
+                .await
+                .map_err(|e| ClusterAppError::Start(e.to_string()))?;
+            match registered {
+                Ok(id) => break id,
+                Err(ClusterAppError::Unreachable { addr, why })
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::info!(%addr, %why, "the cluster manager went away while it registered the application; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self {
             node: spec.node,
             manager,
@@ -217,23 +241,38 @@ pub async fn reach_manager(
     host: &str,
 ) -> Result<NodeContact, ClusterAppError> {
     let unreachable = |why: String| ClusterAppError::Unreachable { addr, why };
-    // A manager restarting, or a lost first packet (QUIC gives a handshake
-    // only its idle timeout), is worth more tries within the bound.
-    let deadline = tokio::time::Instant::now() + MANAGER_TIMEOUT;
+    // A manager restarting, or a lost first packet, is worth more tries
+    // within the bound.
+    let deadline = tokio::time::Instant::now() + MANAGER_AWAY_LIMIT;
     let id = loop {
+        // A try cut short goes on in the background: if it got through
+        // since (a handshake slower than a second), use that connection.
+        if let Some((id, _)) = node
+            .peers()
+            .into_iter()
+            .find(|(_, who)| who.role == ember_certs::Role::ClusterManager)
+        {
+            break id;
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let why = match tokio::time::timeout(left, node.connect(addr, host)).await {
-            Ok(Ok(id)) => break id,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {MANAGER_TIMEOUT:?}"),
-        };
+        let why =
+            match tokio::time::timeout(left.min(CONNECT_ATTEMPT), node.connect(addr, host)).await {
+                Ok(Ok(id)) => break id,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {CONNECT_ATTEMPT:?}"),
+            };
         // A refusal (a certificate, say) is final; silence may not be.
         let silent = why.contains("timed out") || why.contains("no answer");
-        if !silent || tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+        if !silent || tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            let why = if silent {
+                format!("no answer within {MANAGER_AWAY_LIMIT:?}: {why}")
+            } else {
+                why
+            };
             return Err(unreachable(why));
         }
         tracing::info!(%addr, %why, "cluster manager not reached yet; trying again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     };
     Ok(NodeContact {
         node: id,
@@ -280,7 +319,7 @@ struct AppClient {
     /// Set once the application ends: losing the manager then is expected.
     finished: bool,
     /// When the manager was lost, while it is away.
-    lost_since: Option<std::time::Instant>,
+    lost_since: Option<tokio::time::Instant>,
     /// Cut off from the manager and every executor this long, give up.
     cluster_lost_timeout: Duration,
 }
@@ -445,7 +484,8 @@ impl Handler<PeerDown> for AppClient {
         {
             tracing::warn!(reason = %msg.reason, "lost the cluster manager; executors keep running");
             self.manager_mailbox = None;
-            self.lost_since.get_or_insert_with(std::time::Instant::now);
+            self.lost_since
+                .get_or_insert_with(tokio::time::Instant::now);
             ctx.notify_later(CheckCutOff, self.cluster_lost_timeout);
             ctx.notify_later(Reregister, Duration::from_millis(500));
         }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::failures::Cause;
 use crate::run::{Bugs, SeedReport, run_seed};
 use crate::scenario::{FaultKind, Scenario, Shape};
 use crate::workload::Answers;
@@ -31,15 +32,59 @@ pub struct CampaignReport {
     pub virtual_time: Duration,
     pub wall_time: Duration,
     pub faults: BTreeMap<FaultKind, usize>,
+    /// Damaged journals the manager refused, and read back in full.
+    pub journals_refused: usize,
+    pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Failed jobs by cause.
+    pub failures: BTreeMap<Cause, CauseTally>,
     /// (seed, violation), by seed.
     pub violations: Vec<(u64, String)>,
     /// How to replay a seed: the command without `--seed`.
     pub replay: String,
+    /// Whether jobs wrote files (and their output was checked).
+    pub file_output: bool,
+}
+
+/// The failed jobs of one cause: by the kinds of fault that explain them
+/// (`allowed`), or, when none does, by the kinds of fault their seed had.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CauseTally {
+    pub allowed: BTreeMap<String, usize>,
+    pub not_allowed: BTreeMap<String, usize>,
+}
+
+impl CauseTally {
+    pub fn total(&self) -> usize {
+        self.allowed.values().sum::<usize>() + self.not_allowed.values().sum::<usize>()
+    }
+
+    pub fn not_allowed_total(&self) -> usize {
+        self.not_allowed.values().sum()
+    }
+}
+
+fn kinds_label(kinds: impl IntoIterator<Item = FaultKind>) -> String {
+    let mut names: Vec<&str> = kinds.into_iter().map(FaultKind::name).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        "no faults".to_string()
+    } else {
+        names.join("+")
+    }
 }
 
 impl CampaignReport {
+    /// Failed jobs the guarantees do not allow.
+    pub fn unexplained_failures(&self) -> usize {
+        self.failures
+            .values()
+            .map(CauseTally::not_allowed_total)
+            .sum()
+    }
+
     pub fn failing_seeds(&self) -> Vec<u64> {
         let mut seeds: Vec<u64> = self.violations.iter().map(|(s, _)| *s).collect();
         seeds.dedup();
@@ -58,8 +103,20 @@ impl Campaign {
             let kinds: Vec<_> = self.shape.kinds.iter().map(|k| k.name()).collect();
             command.push_str(&format!(" --faults {}", kinds.join(",")));
         }
+        if self.shape.file_output {
+            command.push_str(" --file-output");
+        }
         if self.bugs.orphan_executors {
             command.push_str(" --bug orphan-executors");
+        }
+        if self.bugs.commit_every_attempt {
+            command.push_str(" --bug commit-every-attempt");
+        }
+        if self.bugs.impatient_clients {
+            command.push_str(" --bug impatient-clients");
+        }
+        if self.bugs.forget_damaged_journal {
+            command.push_str(" --bug forget-damaged-journal");
         }
         command
     }
@@ -109,6 +166,7 @@ impl Campaign {
             seeds: reports.len() as u64,
             wall_time: started.elapsed(),
             replay: self.replay_command(0).replace(" --seed 0", " --seed SEED"),
+            file_output: self.shape.file_output,
             ..CampaignReport::default()
         };
         for report in reports {
@@ -116,8 +174,20 @@ impl Campaign {
             for (kind, n) in &report.faults {
                 *total.faults.entry(*kind).or_default() += n;
             }
+            total.journals_refused += report.journals_refused;
+            total.journals_read_whole += report.journals_read_whole;
             total.jobs_succeeded += report.jobs_succeeded;
             total.jobs_failed += report.jobs_failed;
+            for failure in &report.failures {
+                let tally = total.failures.entry(failure.cause).or_default();
+                if failure.allowed() {
+                    let label = kinds_label(failure.explained_by.iter().copied());
+                    *tally.allowed.entry(label).or_default() += 1;
+                } else {
+                    let label = kinds_label(report.faults.keys().copied());
+                    *tally.not_allowed.entry(label).or_default() += 1;
+                }
+            }
             for v in report.violations {
                 total.violations.push((report.seed, v));
             }
@@ -146,19 +216,69 @@ impl fmt::Display for CampaignReport {
         let faults: usize = self.faults.values().sum();
         writeln!(f, "  faults injected:      {faults}")?;
         for (kind, n) in &self.faults {
-            writeln!(f, "    {:<12} {n}", kind.name())?;
+            writeln!(f, "    {:<16} {n}", kind.name())?;
+        }
+        if self.journals_refused + self.journals_read_whole > 0 {
+            writeln!(
+                f,
+                "  damaged journals:     {} refused by the manager, {} read back in full",
+                self.journals_refused, self.journals_read_whole
+            )?;
         }
         writeln!(
             f,
             "  jobs:                 {} succeeded with the right rows, {} failed with a reason",
             self.jobs_succeeded, self.jobs_failed
         )?;
-        writeln!(
-            f,
-            "  invariants checked:   no orphan executors, jobs right or failed with a reason, \
-             rows exactly once, no job pending after faults stop, no submission forgotten, \
-             no worker over capacity"
-        )?;
+        if !self.failures.is_empty() {
+            writeln!(
+                f,
+                "  failed jobs by cause (allowed: a fault of the seed explains it; \
+                 NOT ALLOWED: none does, a violation):"
+            )?;
+            for (cause, tally) in &self.failures {
+                let mut parts: Vec<String> = Vec::new();
+                if !tally.allowed.is_empty() {
+                    let kinds: Vec<String> = tally
+                        .allowed
+                        .iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect();
+                    parts.push(format!("allowed: {}", kinds.join(", ")));
+                }
+                if !tally.not_allowed.is_empty() {
+                    let kinds: Vec<String> = tally
+                        .not_allowed
+                        .iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect();
+                    parts.push(format!("NOT ALLOWED: {}", kinds.join(", ")));
+                }
+                writeln!(
+                    f,
+                    "    {:<48} {:>4}  {}",
+                    cause.describe(),
+                    tally.total(),
+                    parts.join("; ")
+                )?;
+            }
+        }
+        let mut checked = vec![
+            "no orphan executors",
+            "jobs right or failed with a reason",
+            "rows exactly once",
+            "no job pending after faults stop",
+            "no failure the faults do not explain",
+            "no submission forgotten",
+        ];
+        if self.faults.contains_key(&FaultKind::RestartDamaged) {
+            checked.push("a damaged journal refused or read back in full");
+        }
+        if self.file_output {
+            checked.push("file output exactly once, none from failed jobs");
+        }
+        checked.push("no worker over capacity");
+        writeln!(f, "  invariants checked:   {}", checked.join(", "))?;
         if self.violations.is_empty() {
             writeln!(f, "  violations:           none")?;
         } else {

@@ -5,27 +5,33 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::EmberConf;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec, reach_manager};
-use ember_actors::cluster_manager::{AppRequest, ClientReply, FromClient};
+use ember_actors::cluster_manager::journal::{BACKUP_FILE, JOURNAL_FILE};
+use ember_actors::cluster_manager::{
+    AppRequest, ClientReply, ClusterManager, FromClient, Journal, JournalError,
+};
 use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
 use ember_actors::driver::{Driver, StopDriver, SubmitJob};
 use ember_actors::remote::NodeContact;
-use ember_engine::StagePlanner;
+use ember_engine::{Committed, StagePlanner, TaskAttempt, stage_file_output};
 use ember_transport::sim::{LinkFaults, SimNet};
 use ember_transport::{Node, NodeOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::failures::{Cause, JobFailure};
 use crate::scenario::{FaultKind, Scenario};
 use crate::workload::{Answers, PARTITIONS, QUERIES, lines};
 use crate::world::{
-    Certs, FIRST_APP_HOST, FIRST_WORKER_HOST, MANAGER_HOST, MANAGER_PORT, ManagerHost, Shared,
-    SharedDisk, WorkerHost, ip, start_manager, start_node, start_worker,
+    Certs, FIRST_APP_HOST, FIRST_WORKER_HOST, JournalDamage, MANAGER_HOST, MANAGER_PORT,
+    ManagerHost, ManagerStartError, SeedDir, Shared, WorkerHost, ip, start_manager, start_node,
+    start_worker,
 };
 
 /// How long an executor may outlive its driver: the heartbeat timeout
@@ -33,6 +39,9 @@ use crate::world::{
 pub const LIVENESS: Duration = Duration::from_secs(3);
 /// How long after the last fault every job must have ended.
 pub const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+/// How long a client may take to start its application: reaching the
+/// manager and registering, each waiting out a manager that is away.
+const START_LIMIT: Duration = Duration::from_secs(70);
 /// How often the invariants are checked while a simulation runs.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -51,8 +60,15 @@ pub struct SeedReport {
     pub trace_hash: u64,
     pub virtual_time: Duration,
     pub faults: BTreeMap<FaultKind, usize>,
+    /// Damaged journals the manager refused (then started on the backup).
+    pub journals_refused: usize,
+    /// Damaged journals the manager read back in full (the damage missed
+    /// everything it holds).
+    pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Every failed job, classified by cause.
+    pub failures: Vec<JobFailure>,
     pub violations: Vec<String>,
     pub trace: Vec<String>,
 }
@@ -63,12 +79,23 @@ pub struct Bugs {
     /// Executors that ignore their driver's loss (a deliberate bug, to
     /// show the checkers catch it).
     pub orphan_executors: bool,
+    /// A manager that starts empty on a journal it cannot read, instead
+    /// of refusing it (a deliberate bug).
+    pub forget_damaged_journal: bool,
+    /// File output committed from every staged attempt, not the one per
+    /// partition the job used (a deliberate bug).
+    pub commit_every_attempt: bool,
+    /// Clients that try the manager once when they start, and give up if
+    /// it is away (a deliberate bug).
+    pub impatient_clients: bool,
 }
 
 #[derive(Default)]
 struct AppState {
     jobs: Vec<JobOutcome>,
     accepted: Option<String>,
+    /// When the manager accepted it.
+    accepted_at: Option<Duration>,
     driver: Option<(Addr<Driver>, Node)>,
     /// When its driver ended (stopped, or its host crashed).
     driver_end: Option<Duration>,
@@ -116,10 +143,25 @@ struct Sim<'a> {
     certs: &'a Certs,
     net: SimNet,
     shared: Shared,
-    disk: SharedDisk,
+    dir: SeedDir,
     options: NodeOptions,
+    bugs: Bugs,
     manager: Option<ManagerHost>,
+    /// The manager last crashed, until its actor (and its hold on the
+    /// journal) is gone.
+    crashed_manager: Option<Addr<ClusterManager>>,
+    /// A restart waiting for the crashed manager to be gone: with the
+    /// damage to do to the journal first.
+    manager_due: Option<Option<u64>>,
     manager_since: Duration,
+    /// When the manager last read its journal in full: what its backup holds.
+    last_good_start: Duration,
+    /// (what the backup held, when it was restored): an application
+    /// accepted in between is forgotten by the operator's choice.
+    restores: Vec<(Duration, Duration)>,
+    /// Damaged journals the manager refused, and read back in full.
+    journals_refused: usize,
+    journals_read_whole: usize,
     workers: BTreeMap<u8, Option<WorkerHost>>,
     apps: Apps,
     rng: ChaCha8Rng,
@@ -147,15 +189,32 @@ async fn simulate(
             };
         }
     };
+    let dir = match SeedDir::new() {
+        Ok(d) => d,
+        Err(e) => {
+            return SeedReport {
+                seed: scenario.seed,
+                violations: vec![format!("cannot make the seed's directory: {e}")],
+                ..SeedReport::default()
+            };
+        }
+    };
     let mut sim = Sim {
         scenario,
         certs,
         net: SimNet::new(scenario.seed),
         shared: Shared::new(),
-        disk: SharedDisk::default(),
+        dir,
         options,
+        bugs,
         manager: None,
+        crashed_manager: None,
+        manager_due: None,
         manager_since: Duration::ZERO,
+        last_good_start: Duration::ZERO,
+        restores: Vec::new(),
+        journals_refused: 0,
+        journals_read_whole: 0,
         workers: BTreeMap::new(),
         apps: Arc::new(Mutex::new(
             (0..scenario.apps.len())
@@ -174,9 +233,11 @@ async fn simulate(
         return sim.report(reference);
     }
     for (i, plan) in scenario.apps.iter().enumerate() {
+        let output = scenario.file_output.then(|| sim.dir.output_dir());
         actix::spawn(run_app(
             i,
             plan.clone(),
+            output,
             sim.net.clone(),
             certs.load("client"),
             options,
@@ -197,6 +258,9 @@ async fn simulate(
     let mut next_status = Duration::ZERO;
     loop {
         let now = sim.shared.now();
+        if let Some(damage) = sim.manager_due.take() {
+            sim.restart_manager(damage);
+        }
         while let Some((_, step)) = steps.next_if(|(at, _)| *at <= now) {
             sim.apply(step);
         }
@@ -226,6 +290,7 @@ async fn simulate(
 async fn run_app(
     index: usize,
     plan: crate::scenario::AppPlan,
+    output: Option<PathBuf>,
     net: SimNet,
     creds: Result<ember_certs::NodeCredentials, String>,
     options: NodeOptions,
@@ -264,9 +329,25 @@ async fn run_app(
             options,
         )?;
         let manager_addr = SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT);
-        let manager = reach_manager(&node, manager_addr, "localhost")
+        let manager = if bugs.impatient_clients {
+            // The bug: one try, as if a manager that is away were gone.
+            let id = tokio::time::timeout(
+                Duration::from_secs(1),
+                node.connect(manager_addr, "localhost"),
+            )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| format!("cannot reach the cluster manager at {manager_addr}: no answer"))?
+            .map_err(|e| format!("cannot reach the cluster manager at {manager_addr}: {e}"))?;
+            NodeContact {
+                node: id,
+                addr: manager_addr,
+                host: "localhost".to_string(),
+            }
+        } else {
+            reach_manager(&node, manager_addr, "localhost")
+                .await
+                .map_err(|e| e.to_string())?
+        };
         let mut conf = EmberConf::new();
         let delays: Vec<String> = (0..6)
             .map(|stage| format!("{stage}.*:{}ms", plan.task_time.as_millis()))
@@ -301,7 +382,7 @@ async fn run_app(
         .map_err(|e| e.to_string())?;
         Ok::<_, String>((app, node))
     };
-    let (app, node) = match tokio::time::timeout(Duration::from_secs(30), started).await {
+    let (app, node) = match tokio::time::timeout(START_LIMIT, started).await {
         Ok(Ok(started)) => started,
         Ok(Err(why)) => {
             // The client exits with this error; its process is gone.
@@ -313,7 +394,10 @@ async fn run_app(
         Err(_) => {
             net.crash(ip(host));
             shared.trace(format!("app {index} did not start in time"));
-            fail_all("the application did not start within 30 s".into());
+            fail_all(format!(
+                "the application did not start within {} s",
+                START_LIMIT.as_secs()
+            ));
             return;
         }
     };
@@ -327,6 +411,7 @@ async fn run_app(
             return;
         }
         state.accepted = Some(app.id().to_string());
+        state.accepted_at = Some(shared.now());
         state.driver = Some((app.driver().clone(), node));
     }
     shared.trace(format!("app {index} registered"));
@@ -338,7 +423,17 @@ async fn run_app(
         if lock(&apps)[index].crashed {
             break;
         }
-        let outcome = run_job(&ctx, &mut planner, app.driver(), QUERIES[query]).await;
+        let outcome = match &output {
+            None => run_job(&ctx, &mut planner, app.driver(), QUERIES[query]).await,
+            Some(dir) => {
+                let write = FileJob {
+                    destination: file_destination(dir, index, j),
+                    claim: format!("{}.{j}", app.id()),
+                    commit_every_attempt: bugs.commit_every_attempt,
+                };
+                write_job(&ctx, &mut planner, app.driver(), QUERIES[query], &write).await
+            }
+        };
         let word = match &outcome {
             JobOutcome::Succeeded(rows) => format!("succeeded with {} rows", rows.len()),
             JobOutcome::Failed(_) => "failed".to_string(),
@@ -395,9 +490,167 @@ async fn run_job(
     }
 }
 
+/// Where job `job` of application `app` writes its rows.
+pub fn file_destination(dir: &Path, app: usize, job: usize) -> PathBuf {
+    dir.join(format!("app-{app}-job-{job}"))
+}
+
+/// A job that writes its rows to files through the commit protocol.
+struct FileJob {
+    destination: PathBuf,
+    /// The output's claim: one application runs each job once.
+    claim: String,
+    /// The deliberate bug: commit every attempt staged, not the ones the
+    /// job used.
+    commit_every_attempt: bool,
+}
+
+/// Runs `sql` as `COPY (sql) TO` a directory, commits its output once, and
+/// returns the rows the destination then holds.
+async fn write_job(
+    ctx: &datafusion::prelude::SessionContext,
+    planner: &mut StagePlanner,
+    driver: &Addr<Driver>,
+    sql: &str,
+    job: &FileJob,
+) -> JobOutcome {
+    let copy = format!(
+        "COPY ({sql}) TO '{}/' STORED AS CSV OPTIONS ('format.has_header' 'false')",
+        job.destination.display()
+    );
+    let planned = async {
+        let plan = ctx
+            .sql(&copy)
+            .await
+            .map_err(|e| e.to_string())?
+            .create_physical_plan()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (plan, staged) = stage_file_output(plan).map_err(|e| e.to_string())?;
+        let graph = planner.plan(plan).map_err(|e| e.to_string())?;
+        Ok::<_, String>((graph, staged))
+    };
+    let (graph, staged) = match planned.await {
+        Ok(planned) => planned,
+        Err(e) => return JobOutcome::Failed(format!("planning: {e}")),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let output = if driver.send(SubmitJob { graph, reply }).await.is_err() {
+        Err("the driver is gone".to_string())
+    } else {
+        match answer.await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(e)) => Err(e.0),
+            Err(_) => Err("the driver stopped before answering".to_string()),
+        }
+    };
+    let output = match output {
+        Ok(output) => output,
+        Err(why) => {
+            if let Err(e) = staged.abort() {
+                tracing::warn!(error = %e, "could not remove a failed job's staged output");
+            }
+            return JobOutcome::Failed(why);
+        }
+    };
+    let committed = if job.commit_every_attempt {
+        let attempts = staged_attempts(staged.staging_dir());
+        staged.commit(&attempts).map(|()| Committed::Now)
+    } else {
+        let attempts: Vec<TaskAttempt> = output.committed.iter().map(|&id| id.into()).collect();
+        staged.commit_once(&attempts, &job.claim)
+    };
+    match committed {
+        Ok(Committed::Now) => match committed_rows(&job.destination) {
+            Ok(rows) => JobOutcome::Succeeded(rows),
+            Err(e) => JobOutcome::Failed(format!("the committed output cannot be read: {e}")),
+        },
+        Ok(Committed::Earlier) => JobOutcome::Failed(
+            "the output was claimed by an earlier attempt, though this application ran the job once"
+                .to_string(),
+        ),
+        Err(e) => JobOutcome::Failed(format!("commit: {e}")),
+    }
+}
+
+/// What the claim markers of job `job` of application `app` say, one
+/// entry per marker (`.app-A-job-J.ember-committed-<claim>`).
+fn output_claims(dir: &Path, app: usize, job: usize) -> Vec<String> {
+    let prefix = format!(".app-{app}-job-{job}.ember-committed-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut claims: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    claims.sort();
+    claims
+}
+
+/// Every attempt with a directory in `staging` (`attempt-S-P-A`).
+fn staged_attempts(staging: &Path) -> Vec<TaskAttempt> {
+    let mut attempts = Vec::new();
+    let Ok(entries) = std::fs::read_dir(staging) else {
+        return attempts;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let numbers: Vec<u64> = name
+            .strip_prefix("attempt-")
+            .unwrap_or_default()
+            .split('-')
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if let [stage, partition, attempt] = numbers[..] {
+            attempts.push(TaskAttempt {
+                stage: stage as usize,
+                partition: partition as usize,
+                attempt: attempt as u32,
+            });
+        }
+    }
+    attempts.sort_by_key(|a| (a.stage, a.partition, a.attempt));
+    attempts
+}
+
+/// The rows of every data file under `destination` (not hidden ones, not
+/// `_SUCCESS`), as sorted `|`-separated lines.
+pub fn committed_rows(destination: &Path) -> std::io::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut dirs = vec![destination.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path())?;
+            rows.extend(
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.replace(',', "|")),
+            );
+        }
+    }
+    rows.sort();
+    Ok(rows)
+}
+
 impl Sim<'_> {
     fn start_cluster(&mut self) -> Result<(), String> {
-        self.start_manager()?;
+        self.start_manager().map_err(|e| e.to_string())?;
         for w in 0..self.scenario.workers {
             self.start_worker(FIRST_WORKER_HOST + w)?;
         }
@@ -405,15 +658,106 @@ impl Sim<'_> {
     }
 
     /// Starts the manager on its host, on the journal of any before it.
-    fn start_manager(&mut self) -> Result<(), String> {
+    fn start_manager(&mut self) -> Result<(), ManagerStartError> {
         self.manager = Some(start_manager(
             &self.net,
             self.certs,
-            &self.disk,
+            &self.dir.state_dir(),
             self.options,
         )?);
         self.manager_since = self.shared.now();
+        self.last_good_start = self.manager_since;
         Ok(())
+    }
+
+    /// The manager's host comes back; `damage` is done to its journal
+    /// first. A damaged journal must be refused, saying how to recover,
+    /// or read back in full; refused, the operator restores the backup.
+    fn restart_manager(&mut self, damage: Option<u64>) {
+        // A dead process holds no lock, but the crashed manager's actor
+        // may not have stopped yet: come back at the next check.
+        if self
+            .crashed_manager
+            .as_ref()
+            .is_some_and(|manager| manager.connected())
+        {
+            self.manager_due = Some(damage);
+            return;
+        }
+        self.crashed_manager = None;
+        self.net.restart(ip(MANAGER_HOST));
+        let state_dir = self.dir.state_dir();
+        let damaged = match damage {
+            None => false,
+            Some(detail) => match JournalDamage::from_detail(detail).apply(&state_dir, detail) {
+                Ok(what) => {
+                    self.shared.trace(format!("journal damaged: {what}"));
+                    true
+                }
+                Err(e) => {
+                    self.violations
+                        .push(format!("the journal could not be damaged: {e}"));
+                    false
+                }
+            },
+        };
+        let refusal = match self.start_manager() {
+            Ok(()) => {
+                if damaged {
+                    self.journals_read_whole += 1;
+                    self.shared
+                        .trace("the manager read its damaged journal back in full");
+                }
+                return;
+            }
+            Err(ManagerStartError::Journal(e @ JournalError::Damaged { .. })) if damaged => {
+                e.to_string()
+            }
+            Err(e) => {
+                self.violations
+                    .push(format!("the cluster manager did not restart: {e}"));
+                return;
+            }
+        };
+        self.journals_refused += 1;
+        self.shared.trace("the manager refused its damaged journal");
+        if !(refusal.contains(BACKUP_FILE) && refusal.contains("--discard-journal")) {
+            self.violations.push(format!(
+                "the manager refused its damaged journal without the way back: {refusal}"
+            ));
+        }
+        let recovered = if self.bugs.forget_damaged_journal {
+            // The bug: start empty, as if nothing had been journaled.
+            Journal::discard(&state_dir)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        } else {
+            self.shared
+                .trace("the operator restores the journal's backup");
+            self.restores
+                .push((self.last_good_start, self.shared.now()));
+            std::fs::copy(state_dir.join(BACKUP_FILE), state_dir.join(JOURNAL_FILE))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = recovered {
+            self.violations
+                .push(format!("the journal could not be put back: {e}"));
+            return;
+        }
+        if let Err(e) = self.start_manager() {
+            self.violations.push(format!(
+                "the cluster manager did not start on its journal's backup: {e}"
+            ));
+        }
+    }
+
+    /// Whether the operator's restore of an older journal forgot the
+    /// application accepted at `accepted_at`.
+    fn forgotten_by_restore(&self, accepted_at: Duration) -> bool {
+        self.restores
+            .iter()
+            .any(|(held, at)| *held <= accepted_at && accepted_at < *at)
     }
 
     /// Starts a new worker on `host`.
@@ -462,16 +806,11 @@ impl Sim<'_> {
                 }
             }
             (FaultKind::KillActor, false) => {}
-            (FaultKind::Restart, true) => self.crash(MANAGER_HOST),
+            (FaultKind::Restart | FaultKind::RestartDamaged, true) => self.crash(MANAGER_HOST),
             // Overlapping restarts: the manager is already back.
-            (FaultKind::Restart, false) if self.manager.is_some() => {}
-            (FaultKind::Restart, false) => {
-                self.net.restart(ip(MANAGER_HOST));
-                if let Err(e) = self.start_manager() {
-                    self.violations
-                        .push(format!("the cluster manager did not restart: {e}"));
-                }
-            }
+            (FaultKind::Restart | FaultKind::RestartDamaged, false) if self.manager.is_some() => {}
+            (FaultKind::Restart, false) => self.restart_manager(None),
+            (FaultKind::RestartDamaged, false) => self.restart_manager(Some(fault.detail)),
             (FaultKind::Partition | FaultKind::OneWay, true) => {
                 let side: Vec<_> = fault.hosts.iter().map(|&h| ip(h)).collect();
                 let rest: Vec<_> =
@@ -522,7 +861,10 @@ impl Sim<'_> {
     fn crash(&mut self, host: u8) {
         self.net.crash(ip(host));
         if host == MANAGER_HOST {
+            // Down again before it came back: the fault's end restarts it.
+            self.manager_due = None;
             if let Some(manager) = self.manager.take() {
+                self.crashed_manager = Some(manager.manager.clone());
                 manager.crash();
             }
         } else if let Some(slot) = self.workers.get_mut(&host) {
@@ -621,6 +963,7 @@ impl Sim<'_> {
         let accepted: Vec<(usize, String)> = lock(&self.apps)
             .iter()
             .enumerate()
+            .filter(|(_, a)| !a.accepted_at.is_some_and(|t| self.forgotten_by_restore(t)))
             .filter_map(|(i, a)| a.accepted.clone().map(|id| (i, id)))
             .collect();
         if accepted.is_empty() {
@@ -659,6 +1002,27 @@ impl Sim<'_> {
                     self.violations
                         .push(format!("app {i} job {j} failed without a reason"));
                 }
+                // A failed job leaves the destination as it was: absent.
+                if let JobOutcome::Failed(_) = job
+                    && self.scenario.file_output
+                    && file_destination(&self.dir.output_dir(), i, j).exists()
+                {
+                    self.violations.push(format!(
+                        "partial file output: app {i} job {j} failed, yet its destination exists"
+                    ));
+                }
+                // A committed output is claimed once, and the claim says so.
+                if let JobOutcome::Succeeded(_) = job
+                    && self.scenario.file_output
+                    && !self.bugs.commit_every_attempt
+                {
+                    let claims = output_claims(&self.dir.output_dir(), i, j);
+                    if claims != ["committed"] {
+                        self.violations.push(format!(
+                            "file output claims: app {i} job {j} succeeded with claim markers {claims:?}, not one marked committed"
+                        ));
+                    }
+                }
             }
             if !app.done {
                 self.violations
@@ -681,13 +1045,20 @@ impl Sim<'_> {
     fn report(self, reference: &Answers) -> SeedReport {
         let mut violations = self.violations;
         let (mut succeeded, mut failed) = (0, 0);
+        let mut failures = Vec::new();
         for (i, app) in lock(&self.apps).iter().enumerate() {
             for (j, job) in app.jobs.iter().enumerate() {
                 match job {
                     JobOutcome::Succeeded(rows) => {
                         succeeded += 1;
                         let query = self.scenario.apps[i].jobs[j];
-                        if reference.get(query) != Some(rows) {
+                        if reference.get(query) != Some(rows) && self.scenario.file_output {
+                            violations.push(format!(
+                                "file output not exactly once: app {i} job {j} (query {query}) committed {} rows, not the {} expected, or other rows",
+                                rows.len(),
+                                reference.get(query).map(Vec::len).unwrap_or_default()
+                            ));
+                        } else if reference.get(query) != Some(rows) {
                             violations.push(format!(
                                 "wrong result: app {i} job {j} (query {query}) returned {} rows, not the {} expected, or other rows",
                                 rows.len(),
@@ -695,7 +1066,25 @@ impl Sim<'_> {
                             ));
                         }
                     }
-                    JobOutcome::Failed(_) => failed += 1,
+                    JobOutcome::Failed(why) => {
+                        failed += 1;
+                        let mut failure =
+                            JobFailure::classify(self.scenario, i, j, why, app.crashed);
+                        // Once the application gave up, its later jobs find
+                        // the driver gone: the same cause.
+                        if failure.cause == Cause::DriverStopped
+                            && let Some(first) = failures.iter().rev().find(|f: &&JobFailure| {
+                                f.app == i && f.cause != Cause::DriverStopped
+                            })
+                        {
+                            failure.cause = first.cause;
+                            failure.explained_by = first.explained_by.clone();
+                        }
+                        if !failure.allowed() {
+                            violations.push(failure.violation(self.scenario));
+                        }
+                        failures.push(failure);
+                    }
                     JobOutcome::Pending => {}
                 }
             }
@@ -713,8 +1102,11 @@ impl Sim<'_> {
             trace_hash: hasher.finish(),
             virtual_time: self.shared.now(),
             faults: self.injected,
+            journals_refused: self.journals_refused,
+            journals_read_whole: self.journals_read_whole,
             jobs_succeeded: succeeded,
             jobs_failed: failed,
+            failures,
             violations,
             trace,
         }

@@ -21,6 +21,10 @@ pub enum FaultKind {
     KillActor,
     /// The cluster manager's host crashes and comes back on its journal.
     Restart,
+    /// As `Restart`, and the journal is damaged while the manager is down:
+    /// the manager must refuse it (the operator then restores its backup)
+    /// or read it back in full, never start forgetting.
+    RestartDamaged,
     /// Hosts are cut off from the others, both ways, then healed.
     Partition,
     /// As `Partition`, one way only.
@@ -32,7 +36,22 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Kill,
+        FaultKind::KillActor,
+        FaultKind::Restart,
+        FaultKind::RestartDamaged,
+        FaultKind::Partition,
+        FaultKind::OneWay,
+        FaultKind::Network,
+        FaultKind::Pause,
+    ];
+
+    /// What a campaign injects unless told: every kind but a damaged
+    /// journal, whose recovery (restoring a backup) is an operator's
+    /// choice that forgets what came after the backup. Kept apart so a
+    /// seed's schedule stays what it was before that kind existed.
+    pub const DEFAULT: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::KillActor,
         FaultKind::Restart,
@@ -47,6 +66,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::KillActor => "kill-actor",
             FaultKind::Restart => "restart",
+            FaultKind::RestartDamaged => "restart-damaged",
             FaultKind::Partition => "partition",
             FaultKind::OneWay => "one-way",
             FaultKind::Network => "network",
@@ -105,6 +125,9 @@ pub struct Scenario {
     pub worker_cores: u32,
     pub apps: Vec<AppPlan>,
     pub faults: Vec<Fault>,
+    /// Jobs write their rows to files (`COPY ... TO`) through the output
+    /// commit protocol instead of collecting them.
+    pub file_output: bool,
 }
 
 /// What a campaign varies over.
@@ -114,6 +137,8 @@ pub struct Shape {
     pub jobs: usize,
     pub kinds: Vec<FaultKind>,
     pub max_faults: usize,
+    /// Jobs write files instead of collecting rows.
+    pub file_output: bool,
 }
 
 impl Default for Shape {
@@ -121,8 +146,9 @@ impl Default for Shape {
         Self {
             workers: 3,
             jobs: 4,
-            kinds: FaultKind::ALL.to_vec(),
+            kinds: FaultKind::DEFAULT.to_vec(),
             max_faults: 4,
+            file_output: false,
         }
     }
 }
@@ -168,7 +194,7 @@ impl Scenario {
                         };
                         vec![pool[rng.random_range(0..pool.len())]]
                     }
-                    FaultKind::Restart => vec![MANAGER_HOST],
+                    FaultKind::Restart | FaultKind::RestartDamaged => vec![MANAGER_HOST],
                     FaultKind::Partition | FaultKind::OneWay => {
                         let side: Vec<u8> = everyone
                             .iter()
@@ -200,6 +226,7 @@ impl Scenario {
             worker_cores: 2,
             apps,
             faults,
+            file_output: shape.file_output,
         }
     }
 

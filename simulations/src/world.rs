@@ -14,7 +14,7 @@ use actix::prelude::*;
 use ember_actors::EmberConf;
 use ember_actors::ExecutorId;
 use ember_actors::cluster_manager::{
-    ClusterManager, ClusterManagerSpec, Journal, Placement, StopManager,
+    ClusterManager, ClusterManagerSpec, Journal, JournalError, Placement, StopManager,
 };
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
@@ -25,8 +25,6 @@ use ember_actors::worker::{
 use ember_certs::{IssueRequest, NodeCredentials, Role};
 use ember_transport::sim::{SimNet, SimSocket};
 use ember_transport::{ExitReason, Node, NodeId, NodeOptions, PeerDown};
-use redb::StorageBackend;
-use redb::backends::InMemoryBackend;
 
 /// The port the cluster manager listens on.
 pub const MANAGER_PORT: u16 = 7077;
@@ -81,25 +79,89 @@ pub fn worker_name(host: u8) -> String {
     format!("worker-{host}")
 }
 
-/// A journal disk that outlives the manager using it, as a file would.
-#[derive(Debug, Clone, Default)]
-pub struct SharedDisk(Arc<InMemoryBackend>);
+/// A seed's own directory on the real file system (in memory where the
+/// machine has a tmpfs): the manager's state dir, with its journal and the
+/// backup kept at each good start, and the destination of file output.
+pub struct SeedDir {
+    dir: tempfile::TempDir,
+}
 
-impl StorageBackend for SharedDisk {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
+impl SeedDir {
+    pub fn new() -> Result<Self, String> {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("ember-sim-")
+                .tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("ember-sim-").tempdir()
+        };
+        dir.map(|dir| Self { dir }).map_err(|e| e.to_string())
     }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
+
+    /// The manager's `--state-dir`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("manager")
     }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
+
+    /// Where jobs write their file output.
+    pub fn output_dir(&self) -> PathBuf {
+        self.dir.path().join("output")
     }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
+}
+
+/// How the journal is damaged while the manager is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalDamage {
+    /// One bit flipped in every stored copy of an application's record.
+    FlipInRecord,
+    /// 512 bytes of noise over one page.
+    NoisyPage,
+    /// The file cut to half its length, as a torn copy leaves it.
+    Truncated,
+}
+
+impl JournalDamage {
+    pub fn from_detail(detail: u64) -> Self {
+        match detail % 3 {
+            0 => JournalDamage::FlipInRecord,
+            1 => JournalDamage::NoisyPage,
+            _ => JournalDamage::Truncated,
+        }
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
+
+    /// Damages the journal in `state_dir`; says what it did.
+    pub fn apply(self, state_dir: &Path, detail: u64) -> std::io::Result<String> {
+        use ember_actors::cluster_manager::journal::{JOURNAL_FILE, damage};
+        let path = state_dir.join(JOURNAL_FILE);
+        let len = std::fs::metadata(&path)?.len() as usize;
+        let noisy_page = |at: usize| -> std::io::Result<String> {
+            let mut bytes = std::fs::read(&path)?;
+            damage::noise(&mut bytes, at);
+            std::fs::write(&path, bytes)?;
+            Ok(format!("noise over the page at byte {}", at & !4095))
+        };
+        match self {
+            JournalDamage::FlipInRecord => {
+                // Application records name the application: "sim-N".
+                let places = damage::damage(state_dir, "sim-", damage::flip_a_byte)?;
+                if places == 0 {
+                    // No application yet: a page of the tables instead.
+                    noisy_page((detail >> 8) as usize % len.max(1))
+                } else {
+                    Ok(format!(
+                        "a bit flipped in {places} copies of application records"
+                    ))
+                }
+            }
+            JournalDamage::NoisyPage => noisy_page((detail >> 8) as usize % len.max(1)),
+            JournalDamage::Truncated => {
+                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                file.set_len((len / 2) as u64)?;
+                file.sync_all()?;
+                Ok(format!("cut from {len} to {} bytes", len / 2))
+            }
+        }
     }
 }
 
@@ -498,15 +560,26 @@ pub struct ManagerHost {
     pub node: Node,
 }
 
+/// Why the manager did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerStartError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Host(String),
+}
+
 pub fn start_manager(
     net: &SimNet,
     certs: &Certs,
-    disk: &SharedDisk,
+    state_dir: &Path,
     options: NodeOptions,
-) -> Result<ManagerHost, String> {
-    let creds = certs.load("manager")?;
-    let (node, _) = start_node(net, MANAGER_HOST, MANAGER_PORT, &creds, None, options)?;
-    let journal = Journal::open_with_backend(disk.clone()).map_err(|e| e.to_string())?;
+) -> Result<ManagerHost, ManagerStartError> {
+    // The journal first: a manager that refuses it never listens.
+    let journal = Journal::open(state_dir)?;
+    let creds = certs.load("manager").map_err(ManagerStartError::Host)?;
+    let (node, _) = start_node(net, MANAGER_HOST, MANAGER_PORT, &creds, None, options)
+        .map_err(ManagerStartError::Host)?;
     let manager = ClusterManager::new(ClusterManagerSpec {
         node: node.clone(),
         journal,

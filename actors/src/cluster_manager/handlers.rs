@@ -90,6 +90,15 @@ impl Handler<FromApp> for ClusterManager {
                     .node
                     .mailbox::<ToApp>(&client)
                     .map_err(|e| e.to_string())?;
+                // A driver whose first registration was journaled but never
+                // answered (this manager went down meanwhile) asks again: it
+                // is the application it was, not a second one.
+                let existing = existing.or_else(|| {
+                    self.apps
+                        .iter()
+                        .find(|(_, a)| a.record.secret == secret && a.record.ended.is_none())
+                        .map(|(id, _)| id.clone())
+                });
                 // A driver that was away comes back as the application it
                 // was, or not at all: once the application has ended (its
                 // executors are gone), it is never started again as another.

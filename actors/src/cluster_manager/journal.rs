@@ -30,6 +30,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const JOURNAL_FILE: &str = "cluster-manager.redb";
 /// The copy of the journal taken at the last open that read it in full.
 pub const BACKUP_FILE: &str = "cluster-manager.redb.backup";
+/// Beside the journal: the next number of each id sequence, outside what a
+/// restored backup puts back.
+pub const NUMBERS_FILE: &str = "cluster-manager.numbers";
 /// The meta key of this cluster's id, made once, when the journal is new.
 const CLUSTER_ID: &str = "cluster";
 
@@ -114,6 +117,10 @@ impl DriverRecord {
 pub struct Journal {
     db: Database,
     cluster_id: String,
+    /// Beside the journal, the next number of each sequence: a backup put
+    /// back holds older numbers, and ids it would hand out again may still
+    /// name applications the cluster runs.
+    numbers: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -267,6 +274,7 @@ impl Journal {
         if let Err(e) = keep_backup(&path, &backup) {
             tracing::warn!(backup = %backup.display(), error = %e, "cannot keep a backup of the journal");
         }
+        journal.numbers = Some(dir.join(NUMBERS_FILE));
         Ok(journal)
     }
 
@@ -339,6 +347,7 @@ impl Journal {
         let journal = Self {
             db,
             cluster_id: String::new(),
+            numbers: None,
         };
         let why = |e: JournalError| match e {
             JournalError::Read(why) => why,
@@ -519,8 +528,10 @@ impl Journal {
         Ok(drivers)
     }
 
-    /// The next number of the named sequence, kept across restarts.
+    /// The next number of the named sequence, kept across restarts, and
+    /// never one handed out before, even after a backup was put back.
     pub fn next_number(&self, sequence: &str) -> Result<u64, JournalError> {
+        let floor = self.numbers_kept().get(sequence).copied().unwrap_or(0);
         let mut next = 0;
         self.write(|txn| {
             let mut meta = txn.open_table(META)?;
@@ -528,13 +539,51 @@ impl Journal {
                 .get(sequence)?
                 .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
                 .map(u64::from_le_bytes)
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .max(floor);
             next = current;
             let bytes = (current + 1).to_le_bytes();
             meta.insert(sequence, bytes.as_slice())?;
             Ok(())
         })?;
+        self.keep_number(sequence, next + 1);
         Ok(next)
+    }
+
+    /// The numbers kept beside the journal: `sequence next` lines.
+    fn numbers_kept(&self) -> std::collections::BTreeMap<String, u64> {
+        let Some(path) = &self.numbers else {
+            return Default::default();
+        };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (sequence, number) = line.split_once(' ')?;
+                Some((sequence.to_string(), number.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Keeps `next` as the next number of `sequence` beside the journal;
+    /// written aside, synced, then renamed, so a crash leaves one whole.
+    fn keep_number(&self, sequence: &str, next: u64) {
+        let Some(path) = &self.numbers else {
+            return;
+        };
+        let mut numbers = self.numbers_kept();
+        numbers.insert(sequence.to_string(), next);
+        let text: String = numbers.iter().map(|(s, n)| format!("{s} {n}\n")).collect();
+        let partial = path.with_extension("numbers.partial");
+        let kept = std::fs::File::create(&partial)
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&partial, path));
+        if let Err(e) = kept {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the journal's id numbers beside it; a restored backup may hand out an id again");
+        }
     }
 }
 
@@ -781,6 +830,21 @@ mod tests {
 
     fn restore_the_backup(dir: &Path) {
         std::fs::copy(dir.join(BACKUP_FILE), dir.join(JOURNAL_FILE)).unwrap();
+    }
+
+    #[test]
+    fn a_restored_backup_never_hands_out_a_number_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        // The backup is taken at this open, before any number is handed out.
+        assert_eq!(journal.next_number("apps").unwrap(), 0);
+        assert_eq!(journal.next_number("apps").unwrap(), 1);
+        assert_eq!(journal.next_number("drivers").unwrap(), 0);
+        drop(journal);
+        restore_the_backup(dir.path());
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.next_number("apps").unwrap(), 2);
+        assert_eq!(journal.next_number("drivers").unwrap(), 1);
     }
 
     #[test]
