@@ -511,15 +511,17 @@ pub fn run_executor() -> ExitCode {
         let node = Node::start_instance(&creds, Some(&ns.instance), bind, options)
             .map_err(|e| format!("cannot start the executor's node: {e}"))?;
         let addr = node.local_addr().map_err(|e| e.to_string())?;
-        let connected = tokio::time::timeout(
-            Duration::from_secs(10),
-            node.connect(driver.addr, &driver.host),
-        )
-        .await;
+        let bound = ember_actors::remote::DRIVER_HANDSHAKE_BOUND;
+        let connected = tokio::time::timeout(bound, node.connect(driver.addr, &driver.host)).await;
         match connected {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("cannot reach the driver at {}: {e}", driver.addr)),
-            Err(_) => return Err(format!("the driver at {} did not answer", driver.addr)),
+            Err(_) => {
+                return Err(format!(
+                    "the driver at {} did not answer within {bound:?}",
+                    driver.addr
+                ));
+            }
         }
         let (done, exited) = tokio::sync::oneshot::channel();
         let on_exit = ExitWatcher { done: Some(done) }.start().recipient();

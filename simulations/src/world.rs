@@ -455,7 +455,7 @@ async fn start_executor(
     .map_err(|e| e.to_string())?;
     lock(&process.state).node = Some(node.clone());
     match tokio::time::timeout(
-        Duration::from_secs(10),
+        ember_actors::remote::DRIVER_HANDSHAKE_BOUND,
         node.connect(driver.addr, &driver.host),
     )
     .await
