@@ -259,8 +259,11 @@ fn seeds_that_found_bugs_stay_fixed() {
     let sim = campaign(0, 1, Bugs::default());
     // 1443, 1873: an executor launched just as its driver ended, on a
     // worker cut off from the manager, waited out a 10 s handshake with
-    // the gone driver (an orphan past the 3 s bound).
-    for seed in [60, 104, 131, 267, 1443, 1873] {
+    // the gone driver (an orphan past the 3 s bound). 1038, 1696, 8799: a
+    // restarted manager took one handshake at a time, so workers cut off
+    // on the way back held up a driver's return past the recovery grace
+    // and its application was ended.
+    for seed in [60, 104, 131, 267, 1038, 1443, 1696, 1873, 8799] {
         let report = sim.replay(seed).unwrap();
         assert!(
             report.violations.is_empty(),

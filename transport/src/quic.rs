@@ -545,45 +545,24 @@ impl QuicEndpoint {
         Ok(PeerConnection { connection, peer })
     }
 
-    /// The next peer to complete its handshake. Refused handshakes are
-    /// logged and skipped; `None` once the endpoint is closed.
+    /// The next peer to begin a handshake. Finish each apart
+    /// ([`Handshake::finish`]): a peer that stalls halfway (cut off, or
+    /// never answering) must not hold up the handshakes behind it.
+    pub async fn incoming(&self) -> Option<Handshake> {
+        let incoming = self.endpoint.accept().await?;
+        Some(Handshake {
+            incoming,
+            server: Arc::clone(&self.server),
+        })
+    }
+
+    /// The next peer to complete its handshake, one handshake at a time.
+    /// Refused handshakes are logged and skipped; `None` once the endpoint
+    /// is closed.
     pub async fn accept(&self) -> Option<PeerConnection> {
-        while let Some(incoming) = self.endpoint.accept().await {
-            let addr = incoming.remote_address();
-            let (connecting, refused) = match self.server.for_one_peer() {
-                Ok((config, refused)) => (incoming.accept_with(config), refused),
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "cannot record refused certificates");
-                    (incoming.accept(), Refused::default())
-                }
-            };
-            let connected = match connecting {
-                Ok(connecting) => connecting.await,
-                Err(e) => Err(e),
-            };
-            match connected {
-                Ok(connection) => match peer_identity(&connection) {
-                    Ok(peer) => return Some(PeerConnection { connection, peer }),
-                    Err(e) => {
-                        tracing::warn!(%addr, error = %e, "refused a peer");
-                        connection.close(quinn::VarInt::from_u32(1), b"no Ember role");
-                    }
-                },
-                Err(e) => match (certificate_refusal(&e), refused.take()) {
-                    (Some(refusal), Some(certificate)) => tracing::warn!(
-                        "refused the certificate {addr} presented, {certificate}: {} ({})",
-                        refusal.problem(),
-                        refusal.alert_text()
-                    ),
-                    (Some(refusal), None) => {
-                        tracing::warn!("the TLS handshake with {addr} failed: {refusal}")
-                    }
-                    _ => tracing::warn!(
-                        %addr,
-                        error = %e,
-                        "refused a connection during the TLS handshake"
-                    ),
-                },
+        while let Some(handshake) = self.incoming().await {
+            if let Some(peer) = handshake.finish().await {
+                return Some(peer);
             }
         }
         None
@@ -593,6 +572,61 @@ impl QuicEndpoint {
     pub fn close(&self) {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"endpoint closed");
+    }
+}
+
+/// A peer's handshake under way, taken from [`QuicEndpoint::incoming`].
+pub struct Handshake {
+    incoming: quinn::Incoming,
+    server: Arc<ServerTls>,
+}
+
+impl Handshake {
+    /// Where the peer dials from.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.incoming.remote_address()
+    }
+
+    /// Completes the handshake: the peer, or `None` (logged) if it was
+    /// refused or dropped.
+    pub async fn finish(self) -> Option<PeerConnection> {
+        let addr = self.incoming.remote_address();
+        let (connecting, refused) = match self.server.for_one_peer() {
+            Ok((config, refused)) => (self.incoming.accept_with(config), refused),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot record refused certificates");
+                (self.incoming.accept(), Refused::default())
+            }
+        };
+        let connected = match connecting {
+            Ok(connecting) => connecting.await,
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok(connection) => match peer_identity(&connection) {
+                Ok(peer) => return Some(PeerConnection { connection, peer }),
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "refused a peer");
+                    connection.close(quinn::VarInt::from_u32(1), b"no Ember role");
+                }
+            },
+            Err(e) => match (certificate_refusal(&e), refused.take()) {
+                (Some(refusal), Some(certificate)) => tracing::warn!(
+                    "refused the certificate {addr} presented, {certificate}: {} ({})",
+                    refusal.problem(),
+                    refusal.alert_text()
+                ),
+                (Some(refusal), None) => {
+                    tracing::warn!("the TLS handshake with {addr} failed: {refusal}")
+                }
+                _ => tracing::warn!(
+                    %addr,
+                    error = %e,
+                    "refused a connection during the TLS handshake"
+                ),
+            },
+        }
+        None
     }
 }
 

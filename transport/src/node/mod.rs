@@ -362,12 +362,21 @@ impl Node {
         let endpoint = net.endpoint.clone();
         let weak = Arc::downgrade(&self.inner);
         net.handle.spawn(async move {
-            while let Some(conn) = endpoint.accept().await {
-                let Some(inner) = weak.upgrade() else {
+            // Each handshake goes on by itself: one peer that stalls
+            // halfway (cut off on the way back, say) holds up nobody else.
+            while let Some(handshake) = endpoint.incoming().await {
+                if weak.strong_count() == 0 {
                     break;
-                };
-                let addr = conn.connection.remote_address();
+                }
+                let weak = weak.clone();
                 tokio::spawn(async move {
+                    let Some(conn) = handshake.finish().await else {
+                        return;
+                    };
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    let addr = conn.connection.remote_address();
                     if let Err(e) = connection::establish(inner, conn, false).await {
                         tracing::warn!(%addr, error = %e, "refused a peer");
                     }

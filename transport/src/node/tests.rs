@@ -520,6 +520,41 @@ mod between_nodes {
     }
 
     #[test]
+    fn a_peer_stalled_in_its_handshake_holds_up_no_other() {
+        crate::testing::in_virtual_time(async {
+            let cluster = Cluster::new();
+            let net = crate::sim::SimNet::new(3);
+            let server = cluster.simulated_node(&net, 1, Role::ClusterManager, "cm");
+            let stalled = cluster.simulated_node(&net, 2, Role::Worker, "stalled");
+            let prompt = cluster.simulated_node(&net, 3, Role::Worker, "prompt");
+            let addr = server.local_addr().unwrap();
+            // The server hears the stalled peer but cannot answer it.
+            let ip = |h: u8| std::net::IpAddr::from([10, 0, 0, h]);
+            net.partition(&[ip(1)], &[ip(2)], true);
+            let dialing = stalled.clone();
+            let stuck = actix::spawn(async move { dialing.connect(addr, "localhost").await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let reached = tokio::time::timeout(
+                Duration::from_millis(500),
+                prompt.connect(addr, "localhost"),
+            )
+            .await;
+            assert!(
+                matches!(&reached, Ok(Ok(id)) if id == server.id()),
+                "a second peer waited on the first one's handshake: {reached:?}"
+            );
+            assert!(
+                !stuck.is_finished(),
+                "the stalled handshake should still be stalled"
+            );
+            stuck.abort();
+            for node in [server, stalled, prompt] {
+                node.shutdown();
+            }
+        });
+    }
+
+    #[test]
     fn a_node_without_network_says_so() {
         let node = Node::local(NodeId("solo".into()));
         assert!(matches!(
