@@ -511,7 +511,7 @@ pub fn main() -> ExitCode {
     } else {
         cli.verbose
     };
-    init_logging(log_level, quiet || (fuzzing && cli.verbose == 0));
+    init_logging(log_level, quiet || (fuzzing && cli.verbose == 0), quiet);
     if let Some(role) = cli.role {
         return run_role(role, cli.process);
     }
@@ -837,7 +837,19 @@ pub(crate) fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Log lines of a simulation carry its virtual time, as its trace does.
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match ember_simulations::world::virtual_time() {
+            Some(at) => write!(w, "{:>7}ms", at.as_millis()),
+            None => write!(w, "      -  "),
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool, simulating: bool) {
     let default = match verbose {
         0 if quiet => "off",
         0 => "warn",
@@ -846,15 +858,19 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never in files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A log line that cannot be written (standard error closed) is
         // dropped; reporting that on standard error would panic.
-        .log_internal_errors(false)
-        .try_init();
+        .log_internal_errors(false);
+    let _ = if simulating {
+        logs.with_timer(VirtualTime).try_init()
+    } else {
+        logs.try_init()
+    };
 }
 
 fn certs(command: CertsCommand) -> Result<(), ember_certs::CertError> {

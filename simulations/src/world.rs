@@ -193,11 +193,25 @@ pub struct Shared {
     pub start: tokio::time::Instant,
 }
 
+thread_local! {
+    /// When the seed running on this thread began, for log lines.
+    static SEED_START: std::cell::Cell<Option<tokio::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// How far the seed running on this thread is in virtual time: log lines
+/// carry it, to be read beside the trace.
+pub fn virtual_time() -> Option<Duration> {
+    SEED_START.with(|start| start.get().map(|s| s.elapsed()))
+}
+
 impl Shared {
     pub fn new() -> Self {
+        let start = tokio::time::Instant::now();
+        SEED_START.with(|s| s.set(Some(start)));
         Self {
             record: Arc::default(),
-            start: tokio::time::Instant::now(),
+            start,
         }
     }
 
