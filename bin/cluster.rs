@@ -13,7 +13,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal, Placement};
 use ember_actors::config::{
-    MAX_DRIVER_CORE_SHARE, MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT, SPREAD_OUT,
+    EXECUTOR_CONNECT_TIMEOUT, MAX_DRIVER_CORE_SHARE, MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT,
+    SPREAD_OUT, WORKER_RETRY_INTERVAL,
 };
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
@@ -242,14 +243,12 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         Ok(j) => j,
         Err(e) => return fail(e.to_string()),
     };
-    let placement = if conf.get_or_default(SPREAD_OUT) == Some("false") {
-        Placement::Pack
-    } else {
+    let placement = if conf.flag(SPREAD_OUT) {
         Placement::Spread
+    } else {
+        Placement::Pack
     };
-    let recovery_grace = conf
-        .get_duration(RECOVERY_TIMEOUT)
-        .unwrap_or(Duration::from_secs(5));
+    let recovery_grace = conf.duration(RECOVERY_TIMEOUT);
     let system = System::new();
     system.block_on(async move {
         let node = match Node::start(&creds, args.listen, options) {
@@ -265,13 +264,9 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             journal,
             placement,
             recovery_grace,
-            max_executor_failures: conf
-                .get_usize(MAX_EXECUTOR_RETRIES)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(10),
-            max_driver_core_share: conf
-                .get_f64(MAX_DRIVER_CORE_SHARE)
-                .unwrap_or(ember_actors::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE),
+            max_executor_failures: u32::try_from(conf.whole(MAX_EXECUTOR_RETRIES))
+                .unwrap_or(u32::MAX),
+            max_driver_core_share: conf.number(MAX_DRIVER_CORE_SHARE),
         });
         let ended = manager.ended();
         let manager = manager.start();
@@ -392,7 +387,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
             certs,
             cert_name,
             conf: conf.pairs(),
-            retry: Duration::from_millis(500),
+            retry: conf.duration(WORKER_RETRY_INTERVAL),
             stops_system: true,
         })
         .start();
@@ -511,7 +506,7 @@ pub fn run_executor() -> ExitCode {
         let node = Node::start_instance(&creds, Some(&ns.instance), bind, options)
             .map_err(|e| format!("cannot start the executor's node: {e}"))?;
         let addr = node.local_addr().map_err(|e| e.to_string())?;
-        let bound = ember_actors::remote::DRIVER_HANDSHAKE_BOUND;
+        let bound = conf.duration(EXECUTOR_CONNECT_TIMEOUT);
         let connected = tokio::time::timeout(bound, node.connect(driver.addr, &driver.host)).await;
         match connected {
             Ok(Ok(_)) => {}

@@ -15,7 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
-use ember_actors::config::{EXECUTOR_WAIT, SHUFFLE_PARTITIONS, TASK_MAX_FAILURES};
+use ember_actors::config::{EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS};
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
@@ -141,10 +141,11 @@ impl Session {
             listener: options.listener,
             session_config: config.clone(),
         })?;
-        if !cluster.wait_for_executors(Duration::from_secs(10)).await {
-            return Err(SessionError::DriverGone(
-                "its executors did not register within 10 s".to_string(),
-            ));
+        let wait = options.conf.duration(LOCAL_EXECUTOR_WAIT);
+        if !cluster.wait_for_executors(wait).await {
+            return Err(SessionError::DriverGone(format!(
+                "its executors did not register within {wait:?} ({LOCAL_EXECUTOR_WAIT})"
+            )));
         }
         Ok(Self {
             ctx: SessionContext::new_with_config(config),
@@ -196,13 +197,7 @@ impl Session {
         let mut request = settings.request.clone();
         // Executors run with the application's settings.
         request.conf = options.conf.pairs();
-        let scheduler = options.conf.scheduler(
-            options
-                .conf
-                .get_or_default(TASK_MAX_FAILURES)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(4),
-        );
+        let scheduler = options.conf.scheduler(options.conf.task_max_failures());
         // The bound a job waits with no executor bounds the first wait too.
         let give_up = scheduler.no_executor_timeout;
         let app = ClusterApp::start(ClusterAppSpec {
@@ -221,11 +216,7 @@ impl Session {
         .await
         .map_err(|e| SessionError::Cluster(e.to_string()))?;
         tracing::info!(app = %app.id(), "application registered");
-        let wait = options
-            .conf
-            .get_or_default(EXECUTOR_WAIT)
-            .and_then(ember_actors::config::parse_duration)
-            .unwrap_or(Duration::from_secs(30));
+        let wait = options.conf.duration(EXECUTOR_WAIT);
         let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
         let slots = match wait_for_slots(&app, wanted, wait, give_up).await {
             Ok(slots) => slots,

@@ -56,6 +56,9 @@ pub const FAULT_FAIL_TASK: &str = "ember.faults.failTask";
 pub const FAULT_DELAY_TASK: &str = "ember.faults.delayTask";
 pub const FAULT_LOSE_MAP_OUTPUT: &str = "ember.faults.loseMapOutput";
 pub const FAULT_IGNORE_DRIVER_LOSS: &str = "ember.faults.executorIgnoresDriverLoss";
+pub const WORKER_RETRY_INTERVAL: &str = "ember.worker.registrationRetryInterval";
+pub const EXECUTOR_CONNECT_TIMEOUT: &str = "ember.executor.driverConnectTimeout";
+pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -154,6 +157,24 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveNumber,
         default: "0.5",
         doc: "Cluster manager: the share of the alive workers' cores that cluster-mode drivers may hold together (1 or more: no limit). Submissions beyond it stay QUEUED until a driver ends, so applications always have cores for executors. One driver may always run, so a one-core cluster still runs jobs: there its driver lends its core to its application's executor.",
+    },
+    ConfigKey {
+        name: WORKER_RETRY_INTERVAL,
+        kind: ValueKind::Duration,
+        default: "500ms",
+        doc: "Worker: how long it waits between tries to register with a cluster manager it cannot reach (down, restarting or cut off).",
+    },
+    ConfigKey {
+        name: EXECUTOR_CONNECT_TIMEOUT,
+        kind: ValueKind::Duration,
+        default: "2500ms",
+        doc: "Executor: how long a new executor gives its driver to answer its first handshake before it exits; a driver that ended as the executor was launched must not leave it running.",
+    },
+    ConfigKey {
+        name: LOCAL_EXECUTOR_WAIT,
+        kind: ValueKind::Duration,
+        default: "10s",
+        doc: "local-cluster mode: how long the driver waits for the executor processes it started to register before it gives up.",
     },
     ConfigKey {
         name: SPECULATION,
@@ -345,6 +366,34 @@ impl EmberConf {
         self.values.get(key).map(String::as_str)
     }
 
+    /// A whole-number key: its value, or the table's default. A key
+    /// without a default (such as one that depends on the master) reads
+    /// as 0; the table test checks every default parses as its kind.
+    pub fn whole(&self, key: &str) -> u64 {
+        self.get_or_default(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// A number key: its value, or the table's default.
+    pub fn number(&self, key: &str) -> f64 {
+        self.get_or_default(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// A duration key: its value, or the table's default.
+    pub fn duration(&self, key: &str) -> Duration {
+        self.get_or_default(key)
+            .and_then(parse_duration)
+            .unwrap_or_default()
+    }
+
+    /// A true/false key: its value, or the table's default.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get_or_default(key) == Some("true")
+    }
+
     /// A positive integer key, if set (values were checked when set).
     pub fn get_usize(&self, key: &str) -> Option<usize> {
         self.get(key).and_then(|v| v.parse().ok())
@@ -375,60 +424,37 @@ impl EmberConf {
     /// How a driver's scheduler handles faults; `max_failures` is the
     /// master's (local masters have their own) when not set here.
     pub fn scheduler(&self, max_failures: u32) -> crate::driver::SchedulerConfig {
-        let number = |key| {
-            self.get_or_default(key)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(1.0)
-        };
-        let whole = |key| {
-            self.get_or_default(key)
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(4)
-        };
-        let duration = |key, default| {
-            self.get_or_default(key)
-                .and_then(parse_duration)
-                .unwrap_or(default)
-        };
-        let speculation = (self.get_or_default(SPECULATION) == Some("true")).then(|| {
-            crate::driver::Speculation {
-                multiplier: number(SPECULATION_MULTIPLIER),
-                quantile: number(SPECULATION_QUANTILE).min(1.0),
-                min_runtime: duration(SPECULATION_MIN_RUNTIME, Duration::from_millis(100)),
-            }
+        let speculation = self.flag(SPECULATION).then(|| crate::driver::Speculation {
+            multiplier: self.number(SPECULATION_MULTIPLIER),
+            quantile: self.number(SPECULATION_QUANTILE).min(1.0),
+            min_runtime: self.duration(SPECULATION_MIN_RUNTIME),
         });
         crate::driver::SchedulerConfig {
             max_failures,
-            max_stage_attempts: whole(STAGE_MAX_ATTEMPTS),
+            max_stage_attempts: u32::try_from(self.whole(STAGE_MAX_ATTEMPTS)).unwrap_or(u32::MAX),
             shuffle_outlives_executors: false,
-            no_executor_timeout: duration(NO_EXECUTOR_TIMEOUT, Duration::from_secs(60)),
-            cluster_lost_timeout: duration(CLUSTER_LOST_TIMEOUT, Duration::from_secs(10)),
+            no_executor_timeout: self.duration(NO_EXECUTOR_TIMEOUT),
+            cluster_lost_timeout: self.duration(CLUSTER_LOST_TIMEOUT),
             speculation,
         }
     }
 
-    /// The transport settings: defaults, overridden by any key that is set.
+    /// `ember.task.maxFailures` as a cluster master uses it.
+    pub fn task_max_failures(&self) -> u32 {
+        u32::try_from(self.whole(TASK_MAX_FAILURES)).unwrap_or(u32::MAX)
+    }
+
+    /// The transport settings, from the table's keys.
     /// Timeouts that could not work together are an error.
     pub fn node_options(&self) -> Result<NodeOptions, ConfigError> {
         let mut options = NodeOptions::default();
-        if let Some(max) = self.get_usize(MAX_FRAME_BYTES) {
-            options.max_frame = max;
-        }
-        if let Some(max) = self.get_usize(MAX_QUEUED_BYTES) {
-            options.max_queued_bytes = max;
-        }
-        if let Some(d) = self.get_duration(HEARTBEAT_INTERVAL) {
-            options.heartbeat_interval = d;
-        }
-        if let Some(d) = self.get_duration(HEARTBEAT_TIMEOUT) {
-            options.heartbeat_timeout = d;
-        }
-        if let Some(d) = self.get_duration(IDLE_TIMEOUT) {
-            options.quic.idle_timeout = d;
-        }
-        if let Some(d) = self.get_duration(KEEP_ALIVE) {
-            options.quic.keep_alive = d;
-        }
+        let bytes = |key| usize::try_from(self.whole(key)).unwrap_or(usize::MAX);
+        options.max_frame = bytes(MAX_FRAME_BYTES);
+        options.max_queued_bytes = bytes(MAX_QUEUED_BYTES);
+        options.heartbeat_interval = self.duration(HEARTBEAT_INTERVAL);
+        options.heartbeat_timeout = self.duration(HEARTBEAT_TIMEOUT);
+        options.quic.idle_timeout = self.duration(IDLE_TIMEOUT);
+        options.quic.keep_alive = self.duration(KEEP_ALIVE);
         if options.heartbeat_timeout <= options.heartbeat_interval {
             return Err(ConfigError::Inconsistent(format!(
                 "{HEARTBEAT_TIMEOUT} ({:?}) must be longer than {HEARTBEAT_INTERVAL} ({:?}), \
@@ -470,6 +496,69 @@ pub fn env_name(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table is the one place defaults live: each parses as its kind,
+    /// and the defaults other crates keep for their own tests agree.
+    #[test]
+    fn every_default_comes_from_the_table() {
+        for key in KEYS {
+            if !key.default.is_empty() {
+                EmberConf::new()
+                    .set(key.name, key.default)
+                    .unwrap_or_else(|e| panic!("{}: default {}: {e}", key.name, key.default));
+            }
+        }
+        let conf = EmberConf::new();
+        let options = conf.node_options().unwrap();
+        let transport = NodeOptions::default();
+        assert_eq!(options.max_frame, transport.max_frame);
+        assert_eq!(options.max_queued_bytes, transport.max_queued_bytes);
+        assert_eq!(options.heartbeat_interval, transport.heartbeat_interval);
+        assert_eq!(options.heartbeat_timeout, transport.heartbeat_timeout);
+        assert_eq!(options.quic.idle_timeout, transport.quic.idle_timeout);
+        assert_eq!(options.quic.keep_alive, transport.quic.keep_alive);
+        let scheduler = conf.scheduler(conf.task_max_failures());
+        assert_eq!(scheduler, crate::driver::SchedulerConfig::default());
+        assert_eq!(
+            conf.number(MAX_DRIVER_CORE_SHARE),
+            crate::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE
+        );
+        assert_eq!(
+            u32::try_from(conf.whole(MAX_EXECUTOR_RETRIES)).unwrap(),
+            crate::cluster_manager::state::MAX_EXECUTOR_FAILURES
+        );
+        assert!(!conf.flag(SPECULATION) && conf.flag(SPREAD_OUT));
+    }
+
+    /// The guides (docs/operations.md, and docs/fault-tolerance.md for
+    /// the keys of fault handling) list every key with the table's default.
+    #[test]
+    fn the_guides_agree_with_the_table() {
+        let guide = [
+            include_str!("../../docs/operations.md"),
+            include_str!("../../docs/fault-tolerance.md"),
+        ]
+        .concat();
+        for key in KEYS {
+            let default = if key.default.is_empty() {
+                String::new()
+            } else {
+                format!(" {} ", key.default)
+            };
+            let row = guide
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", key.name)));
+            let Some(row) = row else {
+                panic!("no guide has a row for {}", key.name);
+            };
+            assert!(
+                default.is_empty() || row.contains(&format!("|{default}|")),
+                "a guide gives {} another default than {}: {row}",
+                key.name,
+                key.default
+            );
+        }
+    }
 
     #[test]
     fn pairs_env_and_errors() {

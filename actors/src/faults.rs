@@ -59,7 +59,7 @@ impl Faults {
                 number(FAULT_LOSE_MAP_OUTPUT, map)?,
             ));
         }
-        faults.ignore_driver_loss = conf.get_or_default(FAULT_IGNORE_DRIVER_LOSS) == Some("true");
+        faults.ignore_driver_loss = conf.flag(FAULT_IGNORE_DRIVER_LOSS);
         Ok(faults)
     }
 

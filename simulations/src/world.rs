@@ -469,7 +469,7 @@ async fn start_executor(
     .map_err(|e| e.to_string())?;
     lock(&process.state).node = Some(node.clone());
     match tokio::time::timeout(
-        ember_actors::remote::DRIVER_HANDSHAKE_BOUND,
+        conf.duration(ember_actors::config::EXECUTOR_CONNECT_TIMEOUT),
         node.connect(driver.addr, &driver.host),
     )
     .await
