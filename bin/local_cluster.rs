@@ -100,6 +100,19 @@ fn spawn(program: &Path, args: &[String], log: &Path, stdout: Stdio) -> Result<C
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
+/// The `ember://ADDR` a cluster manager started as a child prints on its
+/// first line once it listens (`None` if it ended first). The rest of its
+/// output is drained, so it never blocks on a full pipe.
+pub fn manager_url(out: std::process::ChildStdout) -> Option<String> {
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line.split_whitespace()
+        .find(|w| w.starts_with("ember://"))
+        .map(str::to_string)
+}
+
 pub fn run(args: LocalClusterArgs) -> ExitCode {
     match start(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,29 +160,12 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
     )?;
     let banner = manager.stdout.take();
     children.0.push(("cluster-manager".into(), manager));
-    // The manager prints "... listening on ember://ADDR" once it is up.
-    let mut line = String::new();
-    if let Some(out) = banner {
-        let mut reader = BufReader::new(out);
-        let _ = reader.read_line(&mut line);
-        // Keep draining so the manager never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while matches!(reader.read_line(&mut sink), Ok(n) if n > 0) {
-                sink.clear();
-            }
-        });
-    }
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ember://"))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            format!(
-                "the cluster manager did not start; see {}",
-                logs.join("cluster-manager.log").display()
-            )
-        })?;
+    let url = banner.and_then(manager_url).ok_or_else(|| {
+        format!(
+            "the cluster manager did not start; see {}",
+            logs.join("cluster-manager.log").display()
+        )
+    })?;
     let manager_addr = url.trim_start_matches("ember://").to_string();
 
     for i in 1..=args.workers {

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,24 +102,13 @@ impl LoopbackCluster {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut out = child.stdout.take().unwrap();
+        let out = child.stdout.take().unwrap();
         // Kept from here on, so a failing start still stops it on drop.
         self.manager = Some(child);
-        let mut banner = Vec::new();
-        let mut byte = [0u8; 1];
-        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
-            banner.push(byte[0]);
-        }
-        let banner = String::from_utf8_lossy(&banner).into_owned();
-        let url = banner
-            .split_whitespace()
-            .find(|w| w.starts_with("ember://"))
-            .unwrap_or_else(|| panic!("no address in the manager's banner '{banner}'"))
-            .to_string();
+        let url = crate::local_cluster::manager_url(out)
+            .unwrap_or_else(|| panic!("the cluster manager printed no ember:// address"));
         self.manager_port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.master = url;
-        // Drain the rest so the manager never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     }
 
     fn start_worker(&mut self, name: &str) {
