@@ -5,39 +5,19 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use ember_actors::cluster_manager::upload::{
-    MAX_SCRIPT_BYTES, SCRIPT_PART_BYTES, UploadError, split_script,
-};
-use ember_actors::cluster_manager::{
-    ClientReply, ClusterStatus, DriverJob, DriverRequest, FOR_CLIENTS, FromClient, ScriptUpload,
-};
-use ember_transport::{Mailbox, Node};
+use ember_actors::cluster_manager::{ClusterStatus, DriverJob, DriverRequest};
+use ember_client::{ClientError, ClusterClient};
 
 use crate::cli::{ClusterArgs, IdArgs, LogsArgs, StatusArgs, fail};
 use crate::master::Master;
 
-/// How long the manager gets to answer one request.
-const ASK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Asks the cluster manager named by `args`.
-pub fn ask(args: &ClusterArgs, request: FromClient) -> Result<ClientReply, String> {
-    with_manager(args, |manager| async move {
-        manager
-            .ask(request, ASK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?
-    })
-}
-
-/// Runs `talk` against the cluster manager named by `args`, over one
-/// connection.
-fn with_manager<T, F, Fut>(args: &ClusterArgs, talk: F) -> Result<T, String>
-where
-    F: FnOnce(Mailbox<FromClient>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
+/// Runs `talk` with a client of the cluster manager named by `args`, over
+/// one connection.
+fn with_manager<T>(
+    args: &ClusterArgs,
+    talk: impl AsyncFnOnce(&ClusterClient) -> Result<T, ClientError>,
+) -> Result<T, String> {
     let Master::Cluster { host, port } = &args.master else {
         return Err(format!(
             "--master {} is a local master; cluster commands need ember://HOST:PORT",
@@ -50,99 +30,24 @@ where
         ember_certs::Role::Client,
     )?;
     let addr = crate::cluster::resolve(host, *port)?;
-    let bind = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let bind = bind.parse().map_err(|e| format!("{e}"))?;
     let system = actix::System::new();
     system.block_on(async move {
         let instance = format!("cli-{}", std::process::id());
-        let node = Node::start_instance(&creds, Some(&instance), bind, Default::default())
+        let client = ClusterClient::connect(&creds, &instance, addr, host)
+            .await
             .map_err(|e| e.to_string())?;
-        let outcome = async {
-            let manager = ember_actors::cluster_app::reach_manager(&node, addr, host)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mailbox = node
-                .mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
-                .map_err(|e| e.to_string())?;
-            talk(mailbox).await
-        }
-        .await;
-        node.close(Duration::from_millis(100)).await;
-        outcome
+        let outcome = talk(&client).await;
+        client.close().await;
+        outcome.map_err(|e| e.to_string())
     })
 }
 
-/// Sends a script too large for one message ahead of its submission, a
-/// part at a time, each acknowledged before the next.
-async fn upload_script(
-    manager: &Mailbox<FromClient>,
-    script: &str,
-) -> Result<ScriptUpload, String> {
-    let mut upload = None;
-    let mut offset = 0u64;
-    for part in split_script(script, SCRIPT_PART_BYTES) {
-        let request = FromClient::UploadScript {
-            upload: upload.clone(),
-            offset,
-            part: part.to_string(),
-        };
-        match manager
-            .ask(request, ASK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())??
-        {
-            ClientReply::Uploaded {
-                upload: name,
-                bytes,
-            } => {
-                offset += part.len() as u64;
-                if bytes != offset {
-                    return Err(format!(
-                        "the cluster manager holds {bytes} bytes of the script, but {offset} were sent"
-                    ));
-                }
-                upload = Some(name);
-            }
-            other => return Err(format!("unexpected answer: {other:?}")),
-        }
+pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
+    if let Err(e) = ember_client::check_job(&job) {
+        return fail(&e.to_string());
     }
-    Ok(ScriptUpload {
-        name: upload.unwrap_or_default(),
-        bytes: offset,
-    })
-}
-
-pub fn submit_cluster(args: &ClusterArgs, mut job: DriverJob, request: DriverRequest) -> ExitCode {
-    if job.script.len() > MAX_SCRIPT_BYTES {
-        let too_large = UploadError::TooLarge {
-            bytes: job.script.len() as u64,
-            max: MAX_SCRIPT_BYTES,
-        };
-        return fail(&format!("{}: {too_large}", job.name));
-    }
-    let submitted = with_manager(args, |manager| async move {
-        let upload = if job.script.len() > SCRIPT_PART_BYTES {
-            let script = std::mem::take(&mut job.script);
-            Some(upload_script(&manager, &script).await?)
-        } else {
-            None
-        };
-        let request = FromClient::Submit {
-            job,
-            request,
-            upload,
-        };
-        manager
-            .ask(request, ASK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?
-    });
-    match submitted {
-        Ok(ClientReply::Submitted(id)) => {
+    match with_manager(args, async |client| client.submit(job, request).await) {
+        Ok(id) => {
             emit(&format!("{id}\n"));
             let reach = args.reach_again();
             errln!(
@@ -150,16 +55,12 @@ pub fn submit_cluster(args: &ClusterArgs, mut job: DriverJob, request: DriverReq
             );
             ExitCode::SUCCESS
         }
-        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
         Err(e) => fail(&e),
     }
 }
 
-fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {
-    match ask(args, FromClient::Status)? {
-        ClientReply::Status(status) => Ok(status),
-        other => Err(format!("unexpected answer: {other:?}")),
-    }
+pub(crate) fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {
+    with_manager(args, async |client| client.status().await)
 }
 
 /// Writes to standard output; a reader gone away (`| head`) ends the
@@ -304,23 +205,20 @@ pub fn list(args: ClusterArgs) -> ExitCode {
 }
 
 pub fn kill(args: IdArgs) -> ExitCode {
-    match ask(&args.cluster, FromClient::Kill { id: args.id }) {
-        Ok(ClientReply::Killed(what)) => {
+    match with_manager(&args.cluster, async |client| client.kill(&args.id).await) {
+        Ok(what) => {
             errln!("{what}");
             ExitCode::SUCCESS
         }
-        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
         Err(e) => fail(&e),
     }
 }
 
 pub fn logs(args: LogsArgs) -> ExitCode {
-    let request = FromClient::Logs {
-        driver: args.id.clone(),
-        max_bytes: args.max_bytes,
-    };
-    match ask(&args.cluster, request) {
-        Ok(ClientReply::Logs(logs)) => {
+    match with_manager(&args.cluster, async |client| {
+        client.logs(&args.id, args.max_bytes).await
+    }) {
+        Ok(logs) => {
             if logs.truncated {
                 errln!("(only the last {} bytes)", args.max_bytes);
             }
@@ -331,7 +229,6 @@ pub fn logs(args: LogsArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok(other) => fail(&format!("unexpected answer: {other:?}")),
         Err(e) => fail(&e),
     }
 }

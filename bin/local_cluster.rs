@@ -239,9 +239,7 @@ fn wait_for_workers(url: &str, certs: &Path, workers: u32) -> Result<(), String>
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(ember_actors::cluster_manager::ClientReply::Status(status)) =
-            crate::client::ask(&args, ember_actors::cluster_manager::FromClient::Status)
-        {
+        if let Ok(status) = crate::client::fetch_status(&args) {
             let alive = status.workers.iter().filter(|w| w.state == "ALIVE").count();
             if alive >= workers as usize {
                 return Ok(());

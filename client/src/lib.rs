@@ -1,0 +1,222 @@
+//! A client of an Ember cluster manager: submit a cluster-mode driver,
+//! read the cluster's status, kill an application or a driver, read a
+//! driver's output. It knows nothing of a command line: the `ember` CLI,
+//! a REST server or a test drive it the same way.
+//!
+//! ```no_run
+//! # async fn run(creds: ember_certs::NodeCredentials) -> Result<(), ember_client::ClientError> {
+//! let addr = "10.0.0.1:7077".parse().unwrap();
+//! let client = ember_client::ClusterClient::connect(&creds, "report", addr, "cm").await?;
+//! let status = client.status().await?;
+//! println!("{} workers", status.workers.len());
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ember_actors::cluster_app::reach_manager;
+use ember_actors::cluster_manager::upload::{
+    MAX_SCRIPT_BYTES, SCRIPT_PART_BYTES, UploadError, split_script,
+};
+use ember_actors::cluster_manager::{
+    ClientReply, ClusterStatus, DriverId, DriverJob, DriverLogs, DriverRequest, FOR_CLIENTS,
+    FromClient, ScriptUpload,
+};
+use ember_certs::NodeCredentials;
+use ember_transport::{Mailbox, Node, NodeOptions};
+
+/// How long the manager gets to answer one request.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong talking to a cluster manager; each kind is a
+/// different thing to the caller (a REST server maps them to codes).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// This process could not start its own node.
+    #[error("cannot start the client's node: {0}")]
+    Node(String),
+    /// The manager could not be reached (down, cut off, wrong address,
+    /// or it refused this client's certificate).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The manager did not answer in time, or the connection dropped.
+    #[error("the cluster manager did not answer: {0}")]
+    NoAnswer(String),
+    /// The manager answered no, with its reason (an unknown id, a
+    /// request it cannot take).
+    #[error("{0}")]
+    Refused(String),
+    /// The request itself is wrong before anything is sent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An answer of another kind than the request calls for.
+    #[error("unexpected answer from the cluster manager: {0}")]
+    Unexpected(String),
+}
+
+/// Whether the manager could take `job` at all, before anything is sent.
+pub fn check_job(job: &DriverJob) -> Result<(), ClientError> {
+    if job.script.len() > MAX_SCRIPT_BYTES {
+        let too_large = UploadError::TooLarge {
+            bytes: job.script.len() as u64,
+            max: MAX_SCRIPT_BYTES,
+        };
+        return Err(ClientError::BadRequest(format!(
+            "{}: {too_large}",
+            job.name
+        )));
+    }
+    Ok(())
+}
+
+/// One connection to a cluster manager, for as many requests as needed.
+pub struct ClusterClient {
+    node: Node,
+    manager: Mailbox<FromClient>,
+}
+
+impl ClusterClient {
+    /// Opens a node with the client certificate `creds` (`instance` names
+    /// it among others with the same certificate) and reaches the manager
+    /// at `addr`, whose certificate names `host`. Waits out a manager that
+    /// is restarting, within the bound `reach_manager` keeps.
+    pub async fn connect(
+        creds: &NodeCredentials,
+        instance: &str,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<Self, ClientError> {
+        let bind = if addr.is_ipv6() {
+            SocketAddr::from(([0u16; 8], 0))
+        } else {
+            SocketAddr::from(([0u8; 4], 0))
+        };
+        let node = Node::start_instance(creds, Some(instance), bind, NodeOptions::default())
+            .map_err(|e| ClientError::Node(e.to_string()))?;
+        Self::over(node, addr, host).await
+    }
+
+    /// Reaches the manager from a node the caller started (a simulated
+    /// one, say); [`close`](Self::close) closes that node.
+    pub async fn over(node: Node, addr: SocketAddr, host: &str) -> Result<Self, ClientError> {
+        let reached = async {
+            let manager = reach_manager(&node, addr, host)
+                .await
+                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            node.mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
+                .map_err(|e| ClientError::Unreachable(e.to_string()))
+        }
+        .await;
+        match reached {
+            Ok(manager) => Ok(Self { node, manager }),
+            Err(e) => {
+                node.close(Duration::from_millis(100)).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn ask(&self, request: FromClient) -> Result<ClientReply, ClientError> {
+        self.manager
+            .ask(request, ASK_TIMEOUT)
+            .await
+            .map_err(|e| ClientError::NoAnswer(e.to_string()))?
+            .map_err(ClientError::Refused)
+    }
+
+    /// Submits a cluster-mode driver; a script larger than one message
+    /// goes ahead in acknowledged parts. Returns the driver's id.
+    pub async fn submit(
+        &self,
+        mut job: DriverJob,
+        request: DriverRequest,
+    ) -> Result<DriverId, ClientError> {
+        check_job(&job)?;
+        let upload = if job.script.len() > SCRIPT_PART_BYTES {
+            let script = std::mem::take(&mut job.script);
+            Some(self.upload_script(&script).await?)
+        } else {
+            None
+        };
+        let request = FromClient::Submit {
+            job,
+            request,
+            upload,
+        };
+        match self.ask(request).await? {
+            ClientReply::Submitted(id) => Ok(id),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a script too large for one message ahead of its submission,
+    /// a part at a time, each acknowledged before the next.
+    async fn upload_script(&self, script: &str) -> Result<ScriptUpload, ClientError> {
+        let mut upload = None;
+        let mut offset = 0u64;
+        for part in split_script(script, SCRIPT_PART_BYTES) {
+            let request = FromClient::UploadScript {
+                upload: upload.clone(),
+                offset,
+                part: part.to_string(),
+            };
+            match self.ask(request).await? {
+                ClientReply::Uploaded {
+                    upload: name,
+                    bytes,
+                } => {
+                    offset += part.len() as u64;
+                    if bytes != offset {
+                        return Err(ClientError::Unexpected(format!(
+                            "the cluster manager holds {bytes} bytes of the script, but {offset} were sent"
+                        )));
+                    }
+                    upload = Some(name);
+                }
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(ScriptUpload {
+            name: upload.unwrap_or_default(),
+            bytes: offset,
+        })
+    }
+
+    /// The cluster: workers, applications, drivers.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.ask(FromClient::Status).await? {
+            ClientReply::Status(status) => Ok(status),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Kills an application or a driver by id; returns what the manager
+    /// did, in words.
+    pub async fn kill(&self, id: &str) -> Result<String, ClientError> {
+        match self.ask(FromClient::Kill { id: id.to_string() }).await? {
+            ClientReply::Killed(what) => Ok(what),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The last `max_bytes` of a driver's standard output and error.
+    pub async fn logs(&self, driver: &str, max_bytes: u64) -> Result<DriverLogs, ClientError> {
+        let request = FromClient::Logs {
+            driver: driver.to_string(),
+            max_bytes,
+        };
+        match self.ask(request).await? {
+            ClientReply::Logs(logs) => Ok(logs),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Closes the connection (and this client's node).
+    pub async fn close(self) {
+        self.node.close(Duration::from_millis(100)).await;
+    }
+}
