@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember::datagen::{cached_views, one_row_views, views_ddl};
-use ember::loopback::{LoopbackCluster, alive, app, command_line, signal, wait_gone};
+use ember_testkit::{LoopbackCluster, alive, app, command_line, signal, wait_gone};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
                      FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";

@@ -24,7 +24,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ember::loopback::{LoopbackCluster, processes, wait_gone};
+use ember_testkit::{LoopbackCluster, processes, wait_gone};
 use rexpect::process::PtyProcess;
 
 const CREATE: &str = "CREATE EXTERNAL TABLE views STORED AS CSV LOCATION 'examples/data/views/' OPTIONS ('format.has_header' 'true');";

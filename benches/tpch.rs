@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember::loopback::LoopbackCluster;
 use ember::tpch::{self, Answer, QUERIES};
+use ember_testkit::LoopbackCluster;
 
 // The baseline runs on the allocator the `ember` binary uses, so the ratios
 // compare engines, not allocators.

@@ -28,7 +28,6 @@ pub mod cluster;
 pub mod datagen;
 pub mod fuzz_sql;
 pub mod local_cluster;
-pub mod loopback;
 pub mod master;
 pub mod output;
 pub mod probe;

@@ -2,7 +2,6 @@
 //! cluster manager and N workers as child processes with certificates made
 //! for them — for trying cluster modes without setting up hosts.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -100,19 +99,6 @@ fn spawn(program: &Path, args: &[String], log: &Path, stdout: Stdio) -> Result<C
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
-/// The `ember://ADDR` a cluster manager started as a child prints on its
-/// first line once it listens (`None` if it ended first). The rest of its
-/// output is drained, so it never blocks on a full pipe.
-pub fn manager_url(out: std::process::ChildStdout) -> Option<String> {
-    let mut reader = BufReader::new(out);
-    let mut line = String::new();
-    let _ = reader.read_line(&mut line);
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    line.split_whitespace()
-        .find(|w| w.starts_with("ember://"))
-        .map(str::to_string)
-}
-
 pub fn run(args: LocalClusterArgs) -> ExitCode {
     match start(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,7 +146,7 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
     )?;
     let banner = manager.stdout.take();
     children.0.push(("cluster-manager".into(), manager));
-    let url = banner.and_then(manager_url).ok_or_else(|| {
+    let url = banner.and_then(ember_client::manager_url).ok_or_else(|| {
         format!(
             "the cluster manager did not start; see {}",
             logs.join("cluster-manager.log").display()

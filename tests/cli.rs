@@ -532,7 +532,7 @@ struct StopOnDrop(std::process::Child);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        ember::loopback::signal(self.0.id(), libc::SIGTERM);
+        ember_testkit::signal(self.0.id(), libc::SIGTERM);
         let _ = self.0.wait();
     }
 }

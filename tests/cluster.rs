@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ember::loopback::{self, LoopbackCluster, driver, processes, signal, wait_gone};
+use ember_testkit::{self as loopback, LoopbackCluster, driver, processes, signal, wait_gone};
 use serde_json::Value;
 
 use crate::support::text;
@@ -641,7 +641,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
             "--cluster-manager",
             cluster.master.trim_start_matches("ember://"),
         ])
-        .args(["--name", ember::loopback::CLIENT])
+        .args(["--name", ember_testkit::CLIENT])
         .arg("--certs")
         .arg(cluster.certs())
         .output()

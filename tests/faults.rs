@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use ember::loopback::{self, processes, signal, wait_gone};
+use ember_testkit::{self as loopback, processes, signal, wait_gone};
 
 use crate::cluster::Cluster;
 use crate::support::{local_rows, plain, text};

@@ -23,7 +23,7 @@ use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ember::loopback::{self, alive, processes, signal, wait_gone};
+use ember_testkit::{self as loopback, alive, processes, signal, wait_gone};
 use serde_json::Value;
 
 use crate::support::{local_rows, plain, text};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember::loopback::{self, processes, wait_gone};
+use ember_testkit::{self as loopback, processes, wait_gone};
 use rexpect::reader::Options;
 use rexpect::session::{PtySession, spawn_with_options};
 

@@ -128,8 +128,8 @@ fn run_cluster_mode(cluster: &Cluster, n: u32, job: &Path) -> Result<String, Str
     let id = printed(&out)?.trim().to_string();
     let started = Instant::now();
     let state = loop {
-        let state = ember::loopback::LoopbackCluster::status(cluster)
-            .and_then(|s| ember::loopback::driver(&s, &id).map(|d| d["state"].clone()));
+        let state = ember_testkit::LoopbackCluster::status(cluster)
+            .and_then(|s| ember_testkit::driver(&s, &id).map(|d| d["state"].clone()));
         if let Some(state) = state
             .as_ref()
             .and_then(|s| s.as_str())

@@ -220,3 +220,16 @@ impl ClusterClient {
         self.node.close(Duration::from_millis(100)).await;
     }
 }
+
+/// The `ember://ADDR` a cluster manager started as a child prints on its
+/// first line once it listens (`None` if it ended first). The rest of its
+/// output is drained, so it never blocks on a full pipe.
+pub fn manager_url(out: std::process::ChildStdout) -> Option<String> {
+    let mut reader = std::io::BufReader::new(out);
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line.split_whitespace()
+        .find(|w| w.starts_with("ember://"))
+        .map(str::to_string)
+}

@@ -2,7 +2,7 @@
 //! started from the `ember` binary, with certificates made for them — for
 //! the end-to-end tests and the cluster benchmark. Processes are found and
 //! checked through /proc, so "nothing left behind" is the OS's word. This
-//! is test support: a fixture that cannot start panics.
+//! is test support, never shipped: a fixture that cannot start panics.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -105,7 +105,7 @@ impl LoopbackCluster {
         let out = child.stdout.take().unwrap();
         // Kept from here on, so a failing start still stops it on drop.
         self.manager = Some(child);
-        let url = crate::local_cluster::manager_url(out)
+        let url = ember_client::manager_url(out)
             .unwrap_or_else(|| panic!("the cluster manager printed no ember:// address"));
         self.manager_port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.master = url;
