@@ -272,6 +272,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             max_driver_core_share: conf
                 .get_f64(MAX_DRIVER_CORE_SHARE)
                 .unwrap_or(ember_actors::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE),
+            driver_lease: ember_actors::cluster_manager::state::DRIVER_LEASE,
         });
         let ended = manager.ended();
         let manager = manager.start();

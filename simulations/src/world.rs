@@ -587,6 +587,7 @@ pub fn start_manager(
         recovery_grace: Duration::from_secs(2),
         max_executor_failures: 10,
         max_driver_core_share: ember_actors::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE,
+        driver_lease: ember_actors::cluster_manager::state::DRIVER_LEASE,
     })
     .start();
     Ok(ManagerHost { manager, node })

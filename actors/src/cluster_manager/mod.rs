@@ -41,6 +41,9 @@ pub struct ClusterManagerSpec {
     pub max_executor_failures: u32,
     /// `ember.deploy.maxDriverCoreShare`.
     pub max_driver_core_share: f64,
+    /// How long a driver whose worker was lost may still be running
+    /// ([`state::DRIVER_LEASE`]); nothing replaces it before.
+    pub driver_lease: Duration,
 }
 
 struct WorkerLink {
@@ -101,7 +104,8 @@ impl ClusterManager {
             node: spec.node,
             state: ClusterState::new(spec.placement)
                 .with_max_executor_failures(spec.max_executor_failures)
-                .with_max_driver_core_share(spec.max_driver_core_share),
+                .with_max_driver_core_share(spec.max_driver_core_share)
+                .with_driver_lease(spec.driver_lease),
             journal: spec.journal,
             recovery_grace: spec.recovery_grace,
             started: tokio::time::Instant::now(),
@@ -375,6 +379,7 @@ mod tests {
                 recovery_grace: Duration::from_secs(1),
                 max_executor_failures: 10,
                 max_driver_core_share: 0.5,
+                driver_lease: state::DRIVER_LEASE,
             });
             let mut ended = manager.ended();
             let manager = manager.start();
