@@ -116,7 +116,12 @@ async fn upload_script(
     })
 }
 
-pub fn submit_cluster(args: &ClusterArgs, mut job: DriverJob, request: DriverRequest) -> ExitCode {
+/// How long `ember submit --deploy-mode cluster` keeps sending a
+/// submission whose answer was lost (the manager restarting, say): a
+/// restart and its recovery fit.
+const SUBMIT_RETRY_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
     if job.script.len() > MAX_SCRIPT_BYTES {
         let too_large = UploadError::TooLarge {
             bytes: job.script.len() as u64,
@@ -124,23 +129,42 @@ pub fn submit_cluster(args: &ClusterArgs, mut job: DriverJob, request: DriverReq
         };
         return fail(&format!("{}: {too_large}", job.name));
     }
-    let submitted = with_manager(args, |manager| async move {
-        let upload = if job.script.len() > SCRIPT_PART_BYTES {
-            let script = std::mem::take(&mut job.script);
-            Some(upload_script(&manager, &script).await?)
-        } else {
-            None
-        };
-        let request = FromClient::Submit {
-            job,
-            request,
-            upload,
-        };
-        manager
-            .ask(request, ASK_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?
-    });
+    // One token for every send: the manager takes the submission once.
+    let token = match ember_actors::cluster_app::new_secret() {
+        Ok(token) => token,
+        Err(e) => return fail(&format!("cannot make the submission's token: {e}")),
+    };
+    let deadline = std::time::Instant::now() + SUBMIT_RETRY_LIMIT;
+    let submitted = loop {
+        let (mut job, request, token) = (job.clone(), request.clone(), token.clone());
+        // Ok: the manager's answer, a refusal included; Err: none came.
+        let sent = with_manager(args, |manager| async move {
+            let upload = if job.script.len() > SCRIPT_PART_BYTES {
+                let script = std::mem::take(&mut job.script);
+                Some(upload_script(&manager, &script).await?)
+            } else {
+                None
+            };
+            let request = FromClient::Submit {
+                job,
+                request,
+                upload,
+                token: Some(token),
+            };
+            manager
+                .ask(request, ASK_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        match sent {
+            Ok(answer) => break answer,
+            Err(lost) if std::time::Instant::now() < deadline => {
+                errln!("no answer to the submission ({lost}); sending it again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(lost) => break Err(lost),
+        }
+    };
     match submitted {
         Ok(ClientReply::Submitted(id)) => {
             emit(&format!("{id}\n"));

@@ -203,7 +203,8 @@ impl Handler<FromClient> for ClusterManager {
                 job,
                 request,
                 upload,
-            } => self.submit(job, request, upload, ctx),
+                token,
+            } => self.submit(job, request, upload, token, ctx),
             FromClient::UploadScript {
                 upload,
                 offset,
@@ -448,8 +449,19 @@ impl ClusterManager {
         mut job: DriverJob,
         request: DriverRequest,
         upload: Option<ScriptUpload>,
+        token: Option<String>,
         ctx: &mut Context<Self>,
     ) -> Result<ClientReply, String> {
+        // Sent again, its first answer lost: the submission it made.
+        if let Some(token) = &token
+            && let Some((id, _)) = self
+                .drivers
+                .iter()
+                .find(|(_, d)| d.token.as_ref() == Some(token))
+        {
+            tracing::info!(driver = %id, "a submission sent again; answering with the one it made");
+            return Ok(ClientReply::Submitted(id.clone()));
+        }
         if let Some(upload) = upload {
             if !job.script.is_empty() {
                 return Err("a submission carries its script or names an upload, not both".into());
@@ -480,6 +492,7 @@ impl ClusterManager {
             restarts: 0,
             submitted: timestamp(),
             app: None,
+            token,
         };
         // Journaled before it is acknowledged: an accepted submission is
         // never lost.
