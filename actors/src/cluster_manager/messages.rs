@@ -49,6 +49,10 @@ pub enum FromWorker {
         /// The exit code; `None` when a signal ended it.
         code: Option<i32>,
         why: String,
+        /// The worker it ran on: an attempt given away and then killed
+        /// there is not the one running now elsewhere.
+        #[serde(default)]
+        worker: Option<WorkerId>,
     },
 }
 

@@ -9,6 +9,7 @@ use super::child::{self, ChildSpec, NodeSpec};
 use super::{ChildExited, ChildKey, RunningChild, Worker};
 use crate::cluster_manager::{
     AppId, DriverId, DriverLogs, ExecutorNo, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker,
+    WorkerId,
 };
 use crate::supervision::PeerDown;
 
@@ -72,6 +73,7 @@ impl Told {
 /// all, because they ended while the registration was on its way: driver
 /// exits it did not carry, and executors it listed that no longer run.
 pub(super) fn untold_ends(
+    worker: &WorkerId,
     told: &Told,
     exited_drivers: &[(DriverId, Option<i32>)],
     running: impl Fn(&ChildKey) -> bool,
@@ -86,6 +88,7 @@ pub(super) fn untold_ends(
                 Some(code) => format!("exited with code {code}"),
                 None => "killed by a signal".to_string(),
             },
+            worker: Some(worker.clone()),
         });
     let executors = told
         .executors
@@ -171,7 +174,7 @@ impl Handler<Registered> for Worker {
                 // one carries it (the manager must never take an ended
                 // driver for a running one, nor for lost).
                 let told = msg.1;
-                for report in untold_ends(&told, &self.exited_drivers, |key| {
+                for report in untold_ends(&self.id, &told, &self.exited_drivers, |key| {
                     self.children.contains_key(key)
                 }) {
                     let _ = mailbox.tell(report);
@@ -399,6 +402,7 @@ impl Handler<ChildExited> for Worker {
                     driver,
                     code: msg.code,
                     why: msg.why,
+                    worker: Some(self.id.clone()),
                 }
             }
         };
@@ -507,12 +511,12 @@ mod tests {
         // was built: the manager heard of both as running.
         let exited = vec![("driver-1".into(), Some(1)), ("driver-2".into(), Some(0))];
         let running = |key: &ChildKey| *key == ChildKey::Executor("app-1".into(), 1);
-        let reports = untold_ends(&told(), &exited, running);
+        let reports = untold_ends(&"w1".into(), &told(), &exited, running);
         assert_eq!(reports.len(), 2, "{reports:?}");
         assert!(matches!(
             &reports[0],
-            FromWorker::DriverExited { driver, code: Some(0), why }
-                if driver == "driver-2" && why == "exited with code 0"
+            FromWorker::DriverExited { driver, code: Some(0), why, worker: Some(w) }
+                if driver == "driver-2" && why == "exited with code 0" && w == "w1"
         ));
         assert!(matches!(
             &reports[1],
@@ -523,7 +527,7 @@ mod tests {
     #[test]
     fn a_registration_that_said_it_all_leaves_nothing_to_tell() {
         let exited = vec![("driver-1".into(), Some(1))];
-        let reports = untold_ends(&told(), &exited, |_| true);
+        let reports = untold_ends(&"w1".into(), &told(), &exited, |_| true);
         assert!(reports.is_empty(), "{reports:?}");
     }
 }
