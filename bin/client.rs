@@ -17,36 +17,58 @@ use crate::master::Master;
 fn with_manager<T>(
     args: &ClusterArgs,
     talk: impl AsyncFnOnce(&ClusterClient) -> Result<T, ClientError>,
-) -> Result<T, String> {
+) -> Result<T, ClientError> {
     let Master::Cluster { host, port } = &args.master else {
-        return Err(format!(
+        return Err(ClientError::BadRequest(format!(
             "--master {} is a local master; cluster commands need ember://HOST:PORT",
             args.master
-        ));
+        )));
     };
     let creds = crate::cluster::pick_credentials(
         &args.certs,
         args.name.as_deref(),
         ember_certs::Role::Client,
-    )?;
-    let addr = crate::cluster::resolve(host, *port)?;
+    )
+    .map_err(ClientError::BadRequest)?;
+    let addr = crate::cluster::resolve(host, *port).map_err(ClientError::BadRequest)?;
     let system = actix::System::new();
     system.block_on(async move {
         let instance = format!("cli-{}", std::process::id());
-        let client = ClusterClient::connect(&creds, &instance, addr, host)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = ClusterClient::connect(&creds, &instance, addr, host).await?;
         let outcome = talk(&client).await;
         client.close().await;
-        outcome.map_err(|e| e.to_string())
+        outcome
     })
 }
+
+/// How long `ember submit --deploy-mode cluster` keeps sending a
+/// submission whose answer was lost (the manager restarting, say): a
+/// restart and its recovery fit.
+const SUBMIT_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
     if let Err(e) = ember_client::check_job(&job) {
         return fail(&e.to_string());
     }
-    match with_manager(args, async |client| client.submit(job, request).await) {
+    // One token for every send: the manager takes the submission once.
+    let token = match ember_client::new_token() {
+        Ok(token) => token,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let deadline = std::time::Instant::now() + SUBMIT_RETRY_LIMIT;
+    let submitted = loop {
+        let (job, request, token) = (job.clone(), request.clone(), Some(token.clone()));
+        match with_manager(args, async |client| {
+            client.submit(job, request, token).await
+        }) {
+            Err(lost) if lost.is_lost() && std::time::Instant::now() < deadline => {
+                errln!("no answer to the submission ({lost}); sending it again");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            outcome => break outcome.map_err(|e| e.to_string()),
+        }
+    };
+    match submitted {
         Ok(id) => {
             emit(&format!("{id}\n"));
             let reach = args.reach_again();
@@ -60,7 +82,7 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
 }
 
 pub(crate) fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {
-    with_manager(args, async |client| client.status().await)
+    with_manager(args, async |client| client.status().await).map_err(|e| e.to_string())
 }
 
 /// Writes to standard output; a reader gone away (`| head`) ends the
@@ -210,7 +232,7 @@ pub fn kill(args: IdArgs) -> ExitCode {
             errln!("{what}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 
@@ -229,7 +251,7 @@ pub fn logs(args: LogsArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -267,6 +267,7 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
             max_executor_failures: u32::try_from(conf.whole(MAX_EXECUTOR_RETRIES))
                 .unwrap_or(u32::MAX),
             max_driver_core_share: conf.number(MAX_DRIVER_CORE_SHARE),
+            driver_lease: ember_actors::cluster_manager::state::DRIVER_LEASE,
         });
         let ended = manager.ended();
         let manager = manager.start();

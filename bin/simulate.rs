@@ -36,14 +36,19 @@ pub struct SimulateArgs {
     /// forget-damaged-journal (the manager starts empty on a damaged
     /// journal; use with --faults restart-damaged), commit-every-attempt
     /// (file output commits every staged attempt; use with --file-output),
-    /// impatient-clients (a client tries the manager once, then gives up).
+    /// impatient-clients (a client tries the manager once, then gives up),
+    /// no-driver-lease (the manager relaunches a supervised driver as soon
+    /// as it loses the driver's worker), claim-per-attempt (each attempt of
+    /// a cluster-mode driver claims its output under its own name).
     #[arg(
         long,
         value_parser = [
             "orphan-executors",
             "forget-damaged-journal",
             "commit-every-attempt",
-            "impatient-clients"
+            "impatient-clients",
+            "no-driver-lease",
+            "claim-per-attempt"
         ]
     )]
     pub bug: Option<String>,
@@ -51,6 +56,10 @@ pub struct SimulateArgs {
     /// commit protocol, and the files are checked to hold them exactly once.
     #[arg(long)]
     pub file_output: bool,
+    /// Run every application in client mode: none is submitted in cluster
+    /// mode with --supervise.
+    #[arg(long)]
+    pub client_mode_only: bool,
 }
 
 fn parse_kind(s: &str) -> Result<FaultKind, String> {
@@ -66,6 +75,7 @@ impl SimulateArgs {
                 .clone()
                 .unwrap_or_else(|| FaultKind::DEFAULT.to_vec()),
             file_output: self.file_output,
+            cluster_mode: !self.client_mode_only,
             ..Shape::default()
         };
         Campaign {
@@ -77,6 +87,8 @@ impl SimulateArgs {
                 forget_damaged_journal: self.bug.as_deref() == Some("forget-damaged-journal"),
                 commit_every_attempt: self.bug.as_deref() == Some("commit-every-attempt"),
                 impatient_clients: self.bug.as_deref() == Some("impatient-clients"),
+                no_driver_lease: self.bug.as_deref() == Some("no-driver-lease"),
+                claim_per_attempt: self.bug.as_deref() == Some("claim-per-attempt"),
             },
             threads: self.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism()
@@ -102,6 +114,18 @@ pub fn run(args: SimulateArgs) -> ExitCode {
                     report.virtual_time.as_secs_f64(),
                     report.trace_hash
                 );
+                for (a, driver) in report.drivers.iter().enumerate() {
+                    let app = driver.app.map_or("?".to_string(), |i| i.to_string());
+                    let ended = driver.ended.map_or("still runs".to_string(), |t| {
+                        format!("ended at {} ms", t.as_millis())
+                    });
+                    outln!(
+                        "driver attempt {a} of app {app} on host {}: started at {} ms, {ended}: {}",
+                        driver.host,
+                        driver.started.as_millis(),
+                        driver.why.as_deref().unwrap_or("running")
+                    );
+                }
                 for failure in &report.failures {
                     let verdict = if failure.allowed() {
                         let kinds: Vec<_> = failure.explained_by.iter().map(|k| k.name()).collect();

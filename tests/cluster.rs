@@ -1001,6 +1001,7 @@ fn journal_with_history(state_dir: &Path) {
                 restarts: 0,
                 submitted: "2026-11-23 10:00:00".into(),
                 app: None,
+                token: None,
             };
             journal.put_driver(&format!("driver-{n}"), &driver).unwrap();
         }

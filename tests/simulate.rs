@@ -4,8 +4,11 @@
 //! once found bugs stay fixed.
 
 use std::process::Command;
+use std::time::Duration;
 
-use ember::simulations::{Bugs, Campaign, FaultKind, Shape};
+use ember::simulations::scenario::{AppPlan, Fault};
+use ember::simulations::world::{FIRST_WORKER_HOST, MANAGER_HOST};
+use ember::simulations::{Bugs, Campaign, DeployMode, FaultKind, Scenario, SeedReport, Shape};
 
 fn campaign(first_seed: u64, seeds: u64, bugs: Bugs) -> Campaign {
     Campaign {
@@ -78,6 +81,16 @@ fn a_quick_campaign_keeps_every_promise() {
         report.to_string().contains("client host killed"),
         "{report}"
     );
+    // Some applications are supervised cluster-mode submissions, and some
+    // of their drivers ran more than once.
+    assert!(report.submissions > 30, "{report}");
+    assert!(report.driver_attempts > report.submissions, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("never two driver attempts of a submission at once"),
+        "{report}"
+    );
 }
 
 /// Applications arriving while the manager is down or recovering wait and
@@ -85,17 +98,235 @@ fn a_quick_campaign_keeps_every_promise() {
 /// failed one each (a handshake begun during the outage, a registration
 /// cut short, a driver back after the recovery grace); seed 372 restarted
 /// the manager before the crashed one had let go of its journal.
+///
+/// Cluster-mode submissions too: seed 24 once failed a submission whose
+/// answer a restart cut short (now sent again with its token, taken once);
+/// seed 10 ran two drivers again that had finished while the manager was
+/// down (their exits, heard after the restart, now settle them).
 #[test]
 fn restarts_alone_fail_no_job() {
     let restarts = only(&[FaultKind::Restart], 0, 40, Bugs::default());
     let report = restarts.run(&|_| {}).unwrap();
     assert!(report.violations.is_empty(), "{report}");
     assert_eq!(report.jobs_failed, 0, "{report}");
-    for seed in [28, 31, 33, 51, 372] {
+    assert!(report.submissions > 5, "{report}");
+    for seed in [10, 24, 28, 31, 33, 51, 372] {
         let replayed = restarts.replay(seed).unwrap();
         assert!(replayed.violations.is_empty(), "seed {seed}: {replayed:?}");
         assert_eq!(replayed.jobs_succeeded, 4, "seed {seed}: {replayed:?}");
     }
+    let finished_while_away = restarts.replay(10).unwrap();
+    assert_eq!(finished_while_away.submissions, 2);
+    assert_eq!(
+        finished_while_away.driver_attempts, 2,
+        "{:?}",
+        finished_while_away.drivers
+    );
+}
+
+/// A paused host makes a supervised submission's driver attempt give up
+/// at worst; another attempt finishes the job and commits it once.
+#[test]
+fn pauses_alone_fail_no_cluster_mode_job() {
+    let pauses = only(&[FaultKind::Pause], 0, 40, Bugs::default());
+    let report = pauses.run(&|_| {}).unwrap();
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.submissions > 5, "{report}");
+    assert_eq!(report.cluster_jobs_failed, 0, "{report}");
+}
+
+/// One supervised cluster-mode submission of two jobs, alone on the
+/// cluster, and one fault pinned where no seed puts it.
+fn pinned(fault: Fault, task_time: Duration) -> Scenario {
+    let quiet = Shape {
+        kinds: Vec::new(),
+        ..Shape::default()
+    };
+    let mut scenario = Scenario::generate(0, &quiet);
+    scenario.apps = vec![AppPlan {
+        starts: Duration::from_millis(500),
+        jobs: vec![0, 1],
+        task_time,
+        mode: DeployMode::Cluster,
+    }];
+    scenario.faults = vec![fault];
+    scenario
+}
+
+fn pause(host: u8, at_ms: u64, secs: u64) -> Fault {
+    Fault {
+        kind: FaultKind::Pause,
+        at: Duration::from_millis(at_ms),
+        lasts: Duration::from_secs(secs),
+        hosts: vec![host],
+        detail: 0,
+    }
+}
+
+/// The submission's driver ran first on the first worker, and every
+/// attempt it took has ended.
+fn ran_and_ended(report: &SeedReport) {
+    assert_eq!(report.drivers[0].host, FIRST_WORKER_HOST, "{report:?}");
+    assert!(
+        report.drivers.iter().all(|d| d.ended.is_some()),
+        "{:?}",
+        report.drivers
+    );
+}
+
+/// The manager stands still for seconds while a supervised driver runs:
+/// the driver, cut off, gives up at `ember.app.clusterLostTimeout`; the
+/// manager relaunches it only once its lease is out or its worker says it
+/// exited; the output is committed once whichever attempt commits it.
+#[test]
+fn a_long_manager_pause_under_a_supervised_driver_commits_once() {
+    let sim = campaign(0, 1, Bugs::default());
+    for secs in [5, 15, 25] {
+        let report = sim
+            .run_scenario(&pinned(
+                pause(MANAGER_HOST, 2000, secs),
+                Duration::from_secs(2),
+            ))
+            .unwrap();
+        assert!(
+            report.violations.is_empty(),
+            "{secs} s: {:?}",
+            report.violations
+        );
+        assert_eq!(
+            (report.jobs_succeeded, report.jobs_failed),
+            (2, 0),
+            "{secs} s: {report:?}"
+        );
+        ran_and_ended(&report);
+        // The first attempt committed job 0 and gave up in job 1; the
+        // second found job 0 committed and did not write it again.
+        assert_eq!(report.drivers.len(), 2, "{secs} s: {:?}", report.drivers);
+        assert_eq!(report.drivers[0].code, Some(1), "{:?}", report.drivers);
+        assert_eq!(report.drivers[1].code, Some(0), "{:?}", report.drivers);
+        for line in [
+            "driver attempt 0 committed app 0 job 0",
+            "driver attempt 1 found app 0 job 0 committed by an earlier attempt",
+            "driver attempt 1 committed app 0 job 1",
+            "app 0 submission ended FINISHED",
+        ] {
+            assert!(
+                report.trace.iter().any(|l| l.contains(line)),
+                "{secs} s: no '{line}' in {:?}",
+                report.trace
+            );
+        }
+    }
+}
+
+/// A relaunched attempt that claims its output under its own name, not its
+/// submission's, commits again what the attempt before committed: the
+/// rows twice, and two claims.
+#[test]
+fn a_relaunched_driver_committing_again_is_caught() {
+    let buggy = Campaign {
+        bugs: Bugs {
+            claim_per_attempt: true,
+            ..Bugs::default()
+        },
+        ..campaign(0, 1, Bugs::default())
+    };
+    let scenario = pinned(pause(MANAGER_HOST, 2000, 25), Duration::from_secs(2));
+    let report = buggy.run_scenario(&scenario).unwrap();
+    let caught = |what: &str| report.violations.iter().any(|v| v.contains(what));
+    assert!(
+        caught("file output not exactly once: app 0 job 0"),
+        "{:?}",
+        report.violations
+    );
+    assert!(
+        caught("file output claims: app 0 job 0"),
+        "{:?}",
+        report.violations
+    );
+    assert!(
+        buggy.replay_command(7).contains("--bug claim-per-attempt"),
+        "{}",
+        buggy.replay_command(7)
+    );
+}
+
+/// The worker running a supervised driver stands still for ten seconds:
+/// never a second attempt beside the first, and the output lands once.
+#[test]
+fn a_paused_worker_under_a_supervised_driver_commits_once() {
+    let sim = campaign(0, 1, Bugs::default());
+    let report = sim
+        .run_scenario(&pinned(
+            pause(FIRST_WORKER_HOST, 2000, 10),
+            Duration::from_secs(1),
+        ))
+        .unwrap();
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+    assert_eq!(
+        (report.jobs_succeeded, report.jobs_failed),
+        (2, 0),
+        "{report:?}"
+    );
+    ran_and_ended(&report);
+    // Cut off for ten seconds, the first attempt stopped itself; the next
+    // started after it had.
+    let [first, second] = &report.drivers[..] else {
+        panic!("{:?}", report.drivers);
+    };
+    assert!(
+        first
+            .why
+            .as_deref()
+            .is_some_and(|w| w.contains("cut off from the cluster manager")),
+        "{first:?}"
+    );
+    assert!(
+        first.ended.is_some_and(|end| end <= second.started),
+        "{first:?} {second:?}"
+    );
+    assert_eq!(second.code, Some(0));
+}
+
+/// A manager that relaunches a supervised driver the moment it loses its
+/// worker runs two attempts at once while the first is cut off: caught,
+/// with a seed that replays it, and with a partition pinned on the
+/// driver's worker.
+#[test]
+fn two_driver_attempts_at_once_are_caught() {
+    let buggy = campaign(
+        185,
+        10,
+        Bugs {
+            no_driver_lease: true,
+            ..Bugs::default()
+        },
+    );
+    caught_and_replayed(&buggy, "two driver attempts", "no-driver-lease");
+    let cut = Fault {
+        kind: FaultKind::Partition,
+        at: Duration::from_millis(2000),
+        lasts: Duration::from_secs(8),
+        hosts: vec![FIRST_WORKER_HOST],
+        detail: 0,
+    };
+    let report = buggy
+        .run_scenario(&pinned(cut.clone(), Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("two driver attempts")),
+        "{:?}\n{:?}",
+        report.violations,
+        report.drivers
+    );
+    let fixed = campaign(0, 1, Bugs::default())
+        .run_scenario(&pinned(cut, Duration::from_secs(1)))
+        .unwrap();
+    assert!(fixed.violations.is_empty(), "{:?}", fixed.violations);
+    ran_and_ended(&fixed);
 }
 
 /// A client that gives up on a manager that is away fails jobs no fault
@@ -196,6 +427,13 @@ fn a_seed_replays_to_the_same_trace() {
             "{:?}",
             first.trace
         );
+        // Both seeds have a cluster-mode submission, with ids that carry
+        // the wall clock: none reaches the trace.
+        assert!(
+            first.trace.iter().any(|l| l.contains("driver attempt 0")),
+            "{:?}",
+            first.trace
+        );
     }
     let a = sim.replay(7).unwrap();
     let b = sim.replay(8).unwrap();
@@ -263,7 +501,11 @@ fn seeds_that_found_bugs_stay_fixed() {
     // restarted manager took one handshake at a time, so workers cut off
     // on the way back held up a driver's return past the recovery grace
     // and its application was ended.
-    for seed in [60, 104, 131, 267, 1038, 1443, 1696, 1873, 8799] {
+    // 73: a driver that exited while its worker registered again was
+    // never reported, and its submission never ended. 1102: a driver
+    // relaunched after a manager restart, and the exit of the attempt
+    // given away taken for the new one's: two attempts at once.
+    for seed in [60, 73, 104, 131, 267, 1038, 1102, 1443, 1696, 1873, 8799] {
         let report = sim.replay(seed).unwrap();
         assert!(
             report.violations.is_empty(),

@@ -57,6 +57,20 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// A fresh submission token: 128 random bits, in hex.
+pub fn new_token() -> Result<String, ClientError> {
+    ember_actors::cluster_app::new_secret()
+        .map_err(|e| ClientError::Node(format!("cannot make a submission token: {e}")))
+}
+
+impl ClientError {
+    /// Whether sending the same request again may get an answer: nothing
+    /// came back, as opposed to a refusal.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, ClientError::Unreachable(_) | ClientError::NoAnswer(_))
+    }
+}
+
 /// Whether the manager could take `job` at all, before anything is sent.
 pub fn check_job(job: &DriverJob) -> Result<(), ClientError> {
     if job.script.len() > MAX_SCRIPT_BYTES {
@@ -129,11 +143,14 @@ impl ClusterClient {
     }
 
     /// Submits a cluster-mode driver; a script larger than one message
-    /// goes ahead in acknowledged parts. Returns the driver's id.
+    /// goes ahead in acknowledged parts. Returns the driver's id. Sent
+    /// again with the same `token` (see [`new_token`]) after an answer was
+    /// lost, the submission is taken once.
     pub async fn submit(
         &self,
         mut job: DriverJob,
         request: DriverRequest,
+        token: Option<String>,
     ) -> Result<DriverId, ClientError> {
         check_job(&job)?;
         let upload = if job.script.len() > SCRIPT_PART_BYTES {
@@ -146,6 +163,7 @@ impl ClusterClient {
             job,
             request,
             upload,
+            token,
         };
         match self.ask(request).await? {
             ClientReply::Submitted(id) => Ok(id),

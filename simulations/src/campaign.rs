@@ -37,6 +37,11 @@ pub struct CampaignReport {
     pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Cluster-mode submissions accepted, and the driver attempts they ran.
+    pub submissions: usize,
+    pub driver_attempts: usize,
+    /// Failed jobs of cluster-mode applications.
+    pub cluster_jobs_failed: usize,
     /// Failed jobs by cause.
     pub failures: BTreeMap<Cause, CauseTally>,
     /// (seed, violation), by seed.
@@ -118,6 +123,15 @@ impl Campaign {
         if self.bugs.forget_damaged_journal {
             command.push_str(" --bug forget-damaged-journal");
         }
+        if self.bugs.no_driver_lease {
+            command.push_str(" --bug no-driver-lease");
+        }
+        if self.bugs.claim_per_attempt {
+            command.push_str(" --bug claim-per-attempt");
+        }
+        if !self.shape.cluster_mode {
+            command.push_str(" --client-mode-only");
+        }
         command
     }
 
@@ -178,6 +192,9 @@ impl Campaign {
             total.journals_read_whole += report.journals_read_whole;
             total.jobs_succeeded += report.jobs_succeeded;
             total.jobs_failed += report.jobs_failed;
+            total.submissions += report.submissions;
+            total.driver_attempts += report.driver_attempts;
+            total.cluster_jobs_failed += report.cluster_jobs_failed;
             for failure in &report.failures {
                 let tally = total.failures.entry(failure.cause).or_default();
                 if failure.allowed() {
@@ -197,9 +214,14 @@ impl Campaign {
 
     /// Runs one seed alone, keeping its trace.
     pub fn replay(&self, seed: u64) -> Result<SeedReport, String> {
+        self.run_scenario(&Scenario::generate(seed, &self.shape))
+    }
+
+    /// Runs one scenario alone, keeping its trace: a seed's, or one made
+    /// by hand to pin a fault where no seed puts it.
+    pub fn run_scenario(&self, scenario: &Scenario) -> Result<SeedReport, String> {
         let (certs, reference) = self.prepare()?;
-        let scenario = Scenario::generate(seed, &self.shape);
-        Ok(run_seed(&scenario, &certs, &reference, self.bugs))
+        Ok(run_seed(scenario, &certs, &reference, self.bugs))
     }
 }
 
@@ -230,6 +252,13 @@ impl fmt::Display for CampaignReport {
             "  jobs:                 {} succeeded with the right rows, {} failed with a reason",
             self.jobs_succeeded, self.jobs_failed
         )?;
+        if self.submissions > 0 {
+            writeln!(
+                f,
+                "  cluster mode:         {} submissions with --supervise, {} driver attempts, {} of their jobs failed",
+                self.submissions, self.driver_attempts, self.cluster_jobs_failed
+            )?;
+        }
         if !self.failures.is_empty() {
             writeln!(
                 f,
@@ -276,6 +305,10 @@ impl fmt::Display for CampaignReport {
         }
         if self.file_output {
             checked.push("file output exactly once, none from failed jobs");
+        }
+        if self.submissions > 0 {
+            checked.push("never two driver attempts of a submission at once");
+            checked.push("each submission's output committed exactly once");
         }
         checked.push("no worker over capacity");
         writeln!(f, "  invariants checked:   {}", checked.join(", "))?;

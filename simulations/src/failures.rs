@@ -31,6 +31,9 @@ pub enum Cause {
     TaskFailed,
     /// A stage could not read its input too many times in a row.
     FetchFailed,
+    /// A supervised cluster-mode submission ended without committing the
+    /// job: its driver attempts ran out of restarts, or it was killed.
+    SubmissionGaveUp,
     /// The driver stopped though its host lives.
     DriverStopped,
     /// An error no class above covers.
@@ -38,7 +41,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 11] = [
+    pub const ALL: [Cause; 12] = [
         Cause::ClientHostKilled,
         Cause::ManagerUnreachableAtRegistration,
         Cause::EndedWhileAway,
@@ -48,6 +51,7 @@ impl Cause {
         Cause::ExecutorsLost,
         Cause::TaskFailed,
         Cause::FetchFailed,
+        Cause::SubmissionGaveUp,
         Cause::DriverStopped,
         Cause::Unclassified,
     ];
@@ -63,6 +67,7 @@ impl Cause {
             Cause::ExecutorsLost => "executors lost, none back in time",
             Cause::TaskFailed => "a task failed ember.task.maxFailures times",
             Cause::FetchFailed => "a stage failed to read its input too often",
+            Cause::SubmissionGaveUp => "supervised submission gave up",
             Cause::DriverStopped => "driver stopped on a live host",
             Cause::Unclassified => "unclassified",
         }
@@ -72,6 +77,11 @@ impl Cause {
     /// the client's host crashed.
     pub fn of(error: &str, crashed: bool) -> Cause {
         let has = |needle: &str| error.contains(needle);
+        // A supervised submission that gave up is judged as a whole, not
+        // by what its last attempt met.
+        if has("supervised submission gave up") {
+            return Cause::SubmissionGaveUp;
+        }
         // Errors the driver reached on its own come first: a job may have
         // failed so before its host crashed.
         if has("no executor for") {
@@ -129,7 +139,9 @@ impl Cause {
                 | Cause::ExecutorsLost
                 | Cause::TaskFailed
                 | Cause::FetchFailed => !matches!(f.kind, FaultKind::Restart),
-                Cause::DriverStopped | Cause::Unclassified => false,
+                // Restarts with backoff outlast what a seed's few faults
+                // do to its driver attempts.
+                Cause::SubmissionGaveUp | Cause::DriverStopped | Cause::Unclassified => false,
             })
             .map(|f| f.kind)
             .collect();
@@ -259,5 +271,27 @@ mod tests {
                     the last lost: executor 2: killed";
         assert_eq!(Cause::of(lost, false), Cause::ExecutorsLost);
         assert!(JobFailure::classify(&kill, 0, 0, lost, false).allowed());
+    }
+
+    #[test]
+    fn a_supervised_submission_is_judged_as_a_whole() {
+        let faults = scenario(vec![
+            (FaultKind::Kill, vec![FIRST_APP_HOST]),
+            (FaultKind::Partition, vec![FIRST_APP_HOST]),
+        ]);
+        // Whatever its last attempt met, a submission that gave up is not
+        // explained by a seed's few faults.
+        let gave_up = "supervised submission gave up: it ended FAILED (exited with code 1) \
+                       after 6 driver attempts; the last failed at job 0: Job 0 aborted: \
+                       no executor for 20 s";
+        let failure = JobFailure::classify(&faults, 0, 0, gave_up, false);
+        assert_eq!(failure.cause, Cause::SubmissionGaveUp);
+        assert!(!failure.allowed());
+        // Never accepted, it is judged as an application that did not start.
+        let unsent = "the submission did not start: cannot reach the cluster manager at \
+                      10.0.0.1:7077: no answer within 30s";
+        let failure = JobFailure::classify(&faults, 0, 0, unsent, false);
+        assert_eq!(failure.cause, Cause::ManagerUnreachableAtRegistration);
+        assert_eq!(failure.explained_by, vec![FaultKind::Partition]);
     }
 }

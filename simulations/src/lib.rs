@@ -7,13 +7,16 @@
 //! restarts or damaged journals, no worker over capacity.
 
 pub mod campaign;
+pub mod cluster_driver;
 pub mod failures;
+pub mod jobs;
 pub mod run;
 pub mod scenario;
+pub mod submission;
 pub mod workload;
 pub mod world;
 
 pub use campaign::{Campaign, CampaignReport};
 pub use failures::{Cause, JobFailure};
 pub use run::{Bugs, SeedReport, run_seed};
-pub use scenario::{FaultKind, Scenario, Shape};
+pub use scenario::{DeployMode, FaultKind, Scenario, Shape};

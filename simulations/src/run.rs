@@ -5,33 +5,41 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::EmberConf;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec, reach_manager};
+use ember_actors::cluster_manager::DriverJob;
 use ember_actors::cluster_manager::journal::{BACKUP_FILE, JOURNAL_FILE};
+use ember_actors::cluster_manager::state::DRIVER_LEASE;
 use ember_actors::cluster_manager::{
     AppRequest, ClientReply, ClusterManager, FromClient, Journal, JournalError,
 };
 use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
-use ember_actors::driver::{Driver, StopDriver, SubmitJob};
+use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::remote::NodeContact;
-use ember_engine::{Committed, StagePlanner, TaskAttempt, stage_file_output};
+use ember_engine::{Committed, StagePlanner};
 use ember_transport::sim::{LinkFaults, SimNet};
 use ember_transport::{Node, NodeOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::cluster_driver::{DriverPrograms, script_for};
 use crate::failures::{Cause, JobFailure};
-use crate::scenario::{FaultKind, Scenario};
-use crate::workload::{Answers, PARTITIONS, QUERIES, lines};
+pub use crate::jobs::JobOutcome;
+use crate::jobs::{
+    ClaimMarker, FileJob, committed_rows, file_destination, output_claims, run_job, write_job,
+};
+use crate::scenario::{AppPlan, DeployMode, FaultKind, Scenario};
+use crate::submission::{self, SubmissionEnd};
+use crate::workload::{Answers, PARTITIONS, QUERIES};
 use crate::world::{
-    Certs, FIRST_APP_HOST, FIRST_WORKER_HOST, JournalDamage, MANAGER_HOST, MANAGER_PORT,
-    ManagerHost, ManagerStartError, SeedDir, Shared, WorkerHost, ip, start_manager, start_node,
-    start_worker,
+    Certs, DriverLife, FIRST_APP_HOST, FIRST_WORKER_HOST, JournalDamage, MANAGER_HOST,
+    MANAGER_PORT, ManagerHost, ManagerStartError, SeedDir, Shared, WorkerHost, ip, start_manager,
+    start_node, start_worker,
 };
 
 /// How long an executor may outlive its driver: the heartbeat timeout
@@ -44,14 +52,6 @@ pub const SETTLE_LIMIT: Duration = Duration::from_secs(90);
 const START_LIMIT: Duration = Duration::from_secs(70);
 /// How often the invariants are checked while a simulation runs.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// How one job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobOutcome {
-    Pending,
-    Succeeded(Vec<String>),
-    Failed(String),
-}
 
 /// What one seed found.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +67,14 @@ pub struct SeedReport {
     pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Cluster-mode submissions the manager accepted, and the driver
+    /// attempts workers started for them.
+    pub submissions: usize,
+    pub driver_attempts: usize,
+    /// Failed jobs of cluster-mode applications.
+    pub cluster_jobs_failed: usize,
+    /// Every driver attempt, with how it ended.
+    pub drivers: Vec<DriverLife>,
     /// Every failed job, classified by cause.
     pub failures: Vec<JobFailure>,
     pub violations: Vec<String>,
@@ -88,12 +96,24 @@ pub struct Bugs {
     /// Clients that try the manager once when they start, and give up if
     /// it is away (a deliberate bug).
     pub impatient_clients: bool,
+    /// A manager that relaunches a supervised driver as soon as it loses
+    /// the driver's worker, instead of waiting out the driver's lease (a
+    /// deliberate bug).
+    pub no_driver_lease: bool,
+    /// Cluster-mode driver attempts that claim their output each under a
+    /// name of their own, not their submission's (a deliberate bug).
+    pub claim_per_attempt: bool,
 }
 
 #[derive(Default)]
 struct AppState {
     jobs: Vec<JobOutcome>,
+    /// The id the manager gave it: its application's, or its submission's
+    /// in cluster mode.
     accepted: Option<String>,
+    /// How a cluster-mode submission ended, once its client (or, its
+    /// client's host gone, the simulation) saw it end.
+    ended: Option<SubmissionEnd>,
     /// When the manager accepted it.
     accepted_at: Option<Duration>,
     driver: Option<(Addr<Driver>, Node)>,
@@ -171,6 +191,10 @@ struct Sim<'a> {
     violations: Vec<String>,
     /// Executors already reported, so each is reported once.
     reported: std::collections::BTreeSet<usize>,
+    /// Pairs of driver attempts already reported running at once.
+    reported_pairs: std::collections::BTreeSet<(usize, usize)>,
+    /// What the workers' simulated drivers run.
+    programs: Arc<DriverPrograms>,
 }
 
 async fn simulate(
@@ -199,6 +223,12 @@ async fn simulate(
             };
         }
     };
+    let programs = Arc::new(DriverPrograms {
+        plans: scenario.apps.clone(),
+        output: dir.output_dir(),
+        commit_every_attempt: bugs.commit_every_attempt,
+        claim_per_attempt: bugs.claim_per_attempt,
+    });
     let mut sim = Sim {
         scenario,
         certs,
@@ -226,25 +256,46 @@ async fn simulate(
         injected: BTreeMap::new(),
         violations: Vec::new(),
         reported: Default::default(),
+        reported_pairs: Default::default(),
+        programs,
     };
     if let Err(e) = sim.start_cluster() {
         sim.violations
             .push(format!("the cluster did not start: {e}"));
         return sim.report(reference);
     }
+    let quiet = scenario.faults_end();
     for (i, plan) in scenario.apps.iter().enumerate() {
-        let output = scenario.file_output.then(|| sim.dir.output_dir());
-        actix::spawn(run_app(
-            i,
-            plan.clone(),
-            output,
-            sim.net.clone(),
-            certs.load("client"),
-            options,
-            sim.apps.clone(),
-            sim.shared.clone(),
-            bugs,
-        ));
+        match plan.mode {
+            DeployMode::Client => {
+                let output = scenario.file_output.then(|| sim.dir.output_dir());
+                actix::spawn(run_app(
+                    i,
+                    plan.clone(),
+                    output,
+                    sim.net.clone(),
+                    certs.load("client"),
+                    options,
+                    sim.apps.clone(),
+                    sim.shared.clone(),
+                    bugs,
+                ));
+            }
+            DeployMode::Cluster => {
+                let deadline = tokio::time::Instant::now() + quiet + SETTLE_LIMIT;
+                actix::spawn(run_submission(
+                    i,
+                    plan.clone(),
+                    sim.net.clone(),
+                    certs.load("client"),
+                    options,
+                    sim.apps.clone(),
+                    sim.shared.clone(),
+                    bugs,
+                    deadline,
+                ));
+            }
+        }
     }
     let mut steps: Vec<(Duration, Step)> = Vec::new();
     for (i, fault) in scenario.faults.iter().enumerate() {
@@ -253,7 +304,6 @@ async fn simulate(
     }
     steps.sort_by_key(|(at, _)| *at);
     let mut steps = steps.into_iter().peekable();
-    let quiet = scenario.faults_end();
     let mut all_done_at: Option<Duration> = None;
     let mut next_status = Duration::ZERO;
     loop {
@@ -265,6 +315,7 @@ async fn simulate(
             sim.apply(step);
         }
         sim.check_executors(now);
+        sim.check_drivers(now);
         if now >= next_status {
             sim.check_submissions(now).await;
             next_status = now + Duration::from_secs(1);
@@ -272,7 +323,7 @@ async fn simulate(
         let done = lock(&sim.apps).iter().all(|a| a.done);
         if done && now >= quiet {
             let since = *all_done_at.get_or_insert(now);
-            // Past the liveness bound every executor must be gone.
+            // Past the liveness bound every executor and driver must be gone.
             if now >= since + LIVENESS + CHECK_EVERY {
                 break;
             }
@@ -328,37 +379,8 @@ async fn run_app(
             Some(&format!("app-{index}")),
             options,
         )?;
-        let manager_addr = SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT);
-        let manager = if bugs.impatient_clients {
-            // The bug: one try, as if a manager that is away were gone.
-            let id = tokio::time::timeout(
-                Duration::from_secs(1),
-                node.connect(manager_addr, "localhost"),
-            )
-            .await
-            .map_err(|_| format!("cannot reach the cluster manager at {manager_addr}: no answer"))?
-            .map_err(|e| format!("cannot reach the cluster manager at {manager_addr}: {e}"))?;
-            NodeContact {
-                node: id,
-                addr: manager_addr,
-                host: "localhost".to_string(),
-            }
-        } else {
-            reach_manager(&node, manager_addr, "localhost")
-                .await
-                .map_err(|e| e.to_string())?
-        };
-        let mut conf = EmberConf::new();
-        let delays: Vec<String> = (0..6)
-            .map(|stage| format!("{stage}.*:{}ms", plan.task_time.as_millis()))
-            .collect();
-        let set =
-            |conf: &mut EmberConf, k: &str, v: &str| conf.set(k, v).map_err(|e| e.to_string());
-        set(&mut conf, FAULT_DELAY_TASK, &delays.join(","))?;
-        set(&mut conf, NO_EXECUTOR_TIMEOUT, "20s")?;
-        if bugs.orphan_executors {
-            set(&mut conf, FAULT_IGNORE_DRIVER_LOSS, "true")?;
-        }
+        let manager = reach(&node, bugs).await?;
+        let conf = app_conf(&plan, bugs)?;
         let app = ClusterApp::start(ClusterAppSpec {
             contact: NodeContact {
                 node: node.id().clone(),
@@ -431,7 +453,19 @@ async fn run_app(
                     claim: format!("{}.{j}", app.id()),
                     commit_every_attempt: bugs.commit_every_attempt,
                 };
-                write_job(&ctx, &mut planner, app.driver(), QUERIES[query], &write).await
+                match write_job(&ctx, &mut planner, app.driver(), QUERIES[query], &write).await {
+                    Ok(Committed::Now) => match committed_rows(&write.destination) {
+                        Ok(rows) => JobOutcome::Succeeded(rows),
+                        Err(e) => {
+                            JobOutcome::Failed(format!("the committed output cannot be read: {e}"))
+                        }
+                    },
+                    Ok(Committed::Earlier) => JobOutcome::Failed(
+                        "the output was claimed by an earlier attempt, though this application ran the job once"
+                            .to_string(),
+                    ),
+                    Err(why) => JobOutcome::Failed(why),
+                }
             }
         };
         let word = match &outcome {
@@ -459,193 +493,168 @@ async fn run_app(
     lock(&apps)[index].done = true;
 }
 
-async fn run_job(
-    ctx: &datafusion::prelude::SessionContext,
-    planner: &mut StagePlanner,
-    driver: &Addr<Driver>,
-    sql: &str,
-) -> JobOutcome {
-    let planned = async {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .map_err(|e| e.to_string())?
-            .create_physical_plan()
-            .await
-            .map_err(|e| e.to_string())?;
-        planner.plan(plan).map_err(|e| e.to_string())
-    };
-    let graph = match planned.await {
-        Ok(g) => g,
-        Err(e) => return JobOutcome::Failed(format!("planning: {e}")),
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if driver.send(SubmitJob { graph, reply }).await.is_err() {
-        return JobOutcome::Failed("the driver is gone".into());
+/// Reaches the cluster manager from a client's node, waiting out one
+/// that is away (or, with the deliberate bug, trying once).
+async fn reach(node: &Node, bugs: Bugs) -> Result<NodeContact, String> {
+    let manager_addr = SocketAddr::new(ip(MANAGER_HOST), MANAGER_PORT);
+    if bugs.impatient_clients {
+        // The bug: one try, as if a manager that is away were gone.
+        let id = tokio::time::timeout(
+            Duration::from_secs(1),
+            node.connect(manager_addr, "localhost"),
+        )
+        .await
+        .map_err(|_| format!("cannot reach the cluster manager at {manager_addr}: no answer"))?
+        .map_err(|e| format!("cannot reach the cluster manager at {manager_addr}: {e}"))?;
+        return Ok(NodeContact {
+            node: id,
+            addr: manager_addr,
+            host: "localhost".to_string(),
+        });
     }
-    match answer.await {
-        Ok(Ok(output)) => JobOutcome::Succeeded(lines(&output.batches)),
-        Ok(Err(e)) => JobOutcome::Failed(e.0),
-        Err(_) => JobOutcome::Failed("the driver stopped before answering".into()),
-    }
+    reach_manager(node, manager_addr, "localhost")
+        .await
+        .map_err(|e| e.to_string())
 }
 
-/// Where job `job` of application `app` writes its rows.
-pub fn file_destination(dir: &Path, app: usize, job: usize) -> PathBuf {
-    dir.join(format!("app-{app}-job-{job}"))
-}
-
-/// A job that writes its rows to files through the commit protocol.
-struct FileJob {
-    destination: PathBuf,
-    /// The output's claim: one application runs each job once.
-    claim: String,
-    /// The deliberate bug: commit every attempt staged, not the ones the
-    /// job used.
-    commit_every_attempt: bool,
-}
-
-/// Runs `sql` as `COPY (sql) TO` a directory, commits its output once, and
-/// returns the rows the destination then holds.
-async fn write_job(
-    ctx: &datafusion::prelude::SessionContext,
-    planner: &mut StagePlanner,
-    driver: &Addr<Driver>,
-    sql: &str,
-    job: &FileJob,
-) -> JobOutcome {
-    let copy = format!(
-        "COPY ({sql}) TO '{}/' STORED AS CSV OPTIONS ('format.has_header' 'false')",
-        job.destination.display()
-    );
-    let planned = async {
-        let plan = ctx
-            .sql(&copy)
-            .await
-            .map_err(|e| e.to_string())?
-            .create_physical_plan()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (plan, staged) = stage_file_output(plan).map_err(|e| e.to_string())?;
-        let graph = planner.plan(plan).map_err(|e| e.to_string())?;
-        Ok::<_, String>((graph, staged))
-    };
-    let (graph, staged) = match planned.await {
-        Ok(planned) => planned,
-        Err(e) => return JobOutcome::Failed(format!("planning: {e}")),
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let output = if driver.send(SubmitJob { graph, reply }).await.is_err() {
-        Err("the driver is gone".to_string())
-    } else {
-        match answer.await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(e)) => Err(e.0),
-            Err(_) => Err("the driver stopped before answering".to_string()),
-        }
-    };
-    let output = match output {
-        Ok(output) => output,
-        Err(why) => {
-            if let Err(e) = staged.abort() {
-                tracing::warn!(error = %e, "could not remove a failed job's staged output");
-            }
-            return JobOutcome::Failed(why);
-        }
-    };
-    let committed = if job.commit_every_attempt {
-        let attempts = staged_attempts(staged.staging_dir());
-        staged.commit(&attempts).map(|()| Committed::Now)
-    } else {
-        let attempts: Vec<TaskAttempt> = output.committed.iter().map(|&id| id.into()).collect();
-        staged.commit_once(&attempts, &job.claim)
-    };
-    match committed {
-        Ok(Committed::Now) => match committed_rows(&job.destination) {
-            Ok(rows) => JobOutcome::Succeeded(rows),
-            Err(e) => JobOutcome::Failed(format!("the committed output cannot be read: {e}")),
-        },
-        Ok(Committed::Earlier) => JobOutcome::Failed(
-            "the output was claimed by an earlier attempt, though this application ran the job once"
-                .to_string(),
-        ),
-        Err(e) => JobOutcome::Failed(format!("commit: {e}")),
-    }
-}
-
-/// What the claim markers of job `job` of application `app` say, one
-/// entry per marker (`.app-A-job-J.ember-committed-<claim>`).
-fn output_claims(dir: &Path, app: usize, job: usize) -> Vec<String> {
-    let prefix = format!(".app-{app}-job-{job}.ember-committed-");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut claims: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
+/// An application's settings: its tasks' injected time, and how long it
+/// waits with no executor.
+fn app_conf(plan: &AppPlan, bugs: Bugs) -> Result<EmberConf, String> {
+    let mut conf = EmberConf::new();
+    let delays: Vec<String> = (0..6)
+        .map(|stage| format!("{stage}.*:{}ms", plan.task_time.as_millis()))
         .collect();
-    claims.sort();
-    claims
+    let set = |conf: &mut EmberConf, k: &str, v: &str| conf.set(k, v).map_err(|e| e.to_string());
+    set(&mut conf, FAULT_DELAY_TASK, &delays.join(","))?;
+    set(&mut conf, NO_EXECUTOR_TIMEOUT, "20s")?;
+    if bugs.orphan_executors {
+        set(&mut conf, FAULT_IGNORE_DRIVER_LOSS, "true")?;
+    }
+    Ok(conf)
 }
 
-/// Every attempt with a directory in `staging` (`attempt-S-P-A`).
-fn staged_attempts(staging: &Path) -> Vec<TaskAttempt> {
-    let mut attempts = Vec::new();
-    let Ok(entries) = std::fs::read_dir(staging) else {
-        return attempts;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let numbers: Vec<u64> = name
-            .strip_prefix("attempt-")
-            .unwrap_or_default()
-            .split('-')
-            .filter_map(|n| n.parse().ok())
+/// A cluster-mode application: its client submits it with `--supervise`
+/// and watches it until it ends; a worker runs its driver. Its jobs'
+/// outcomes are read from their destinations once it has ended.
+#[allow(clippy::too_many_arguments)]
+async fn run_submission(
+    index: usize,
+    plan: AppPlan,
+    net: SimNet,
+    creds: Result<ember_certs::NodeCredentials, String>,
+    options: NodeOptions,
+    apps: Apps,
+    shared: Shared,
+    bugs: Bugs,
+    deadline: tokio::time::Instant,
+) {
+    tokio::time::sleep(plan.starts).await;
+    let host = FIRST_APP_HOST + index as u8;
+    let fail_all = |why: String| {
+        let mut apps = lock(&apps);
+        let app = &mut apps[index];
+        app.jobs = plan
+            .jobs
+            .iter()
+            .map(|_| JobOutcome::Failed(why.clone()))
             .collect();
-        if let [stage, partition, attempt] = numbers[..] {
-            attempts.push(TaskAttempt {
-                stage: stage as usize,
-                partition: partition as usize,
-                attempt: attempt as u32,
-            });
-        }
+        app.done = true;
+    };
+    if lock(&apps)[index].crashed {
+        fail_all("its host crashed before it started".into());
+        return;
     }
-    attempts.sort_by_key(|a| (a.stage, a.partition, a.attempt));
-    attempts
+    lock(&apps)[index].jobs = plan.jobs.iter().map(|_| JobOutcome::Pending).collect();
+    let submitted = async {
+        let creds = creds?;
+        let (node, _) = start_node(
+            &net,
+            host,
+            0,
+            &creds,
+            Some(&format!("submit-{index}")),
+            options,
+        )?;
+        let manager = reach(&node, bugs).await?;
+        let conf = app_conf(&plan, bugs)?;
+        let job = DriverJob {
+            name: format!("sim-{index}"),
+            script: script_for(index),
+            conf: conf.pairs(),
+            executor_cores: 1,
+            executor_memory_mb: 512,
+            max_cores: Some(2),
+            base_dir: None,
+        };
+        let id = submission::submit(&node, &manager, job).await?;
+        Ok::<_, String>((id, node, manager))
+    };
+    let (id, node, manager) = match tokio::time::timeout(START_LIMIT, submitted).await {
+        Ok(Ok(submitted)) => submitted,
+        Ok(Err(why)) => {
+            // The client exits with this error; its process is gone.
+            net.crash(ip(host));
+            shared.trace(format!("app {index} was not submitted"));
+            fail_all(format!("the submission did not start: {why}"));
+            return;
+        }
+        Err(_) => {
+            net.crash(ip(host));
+            shared.trace(format!("app {index} was not submitted in time"));
+            fail_all(format!(
+                "the submission did not start within {} s",
+                START_LIMIT.as_secs()
+            ));
+            return;
+        }
+    };
+    {
+        let mut apps = lock(&apps);
+        let state = &mut apps[index];
+        state.accepted = Some(id.clone());
+        state.accepted_at = Some(shared.now());
+    }
+    shared.trace(format!("app {index} submitted"));
+    // Its host gone, the client watches no more; the submission runs on.
+    let gone = || lock(&apps)[index].crashed;
+    if let Some(end) = submission::watch(&node, &manager, &id, deadline, gone).await {
+        submission_ended(&apps, index, end, &shared);
+    }
+    node.close(Duration::from_millis(100)).await;
 }
 
-/// The rows of every data file under `destination` (not hidden ones, not
-/// `_SUCCESS`), as sorted `|`-separated lines.
-pub fn committed_rows(destination: &Path) -> std::io::Result<Vec<String>> {
-    let mut rows = Vec::new();
-    let mut dirs = vec![destination.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.starts_with('_') {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
-                dirs.push(entry.path());
-                continue;
-            }
-            let text = std::fs::read_to_string(entry.path())?;
-            rows.extend(
-                text.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(|l| l.replace(',', "|")),
-            );
-        }
+/// Why a job of a submission that ended as `end` was never committed.
+fn given_up(end: &SubmissionEnd, attempts: &[&DriverLife]) -> String {
+    if *end == SubmissionEnd::Forgotten {
+        return format!("the submission is {end}: the restored journal backup is older than it");
     }
-    rows.sort();
-    Ok(rows)
+    if *end == SubmissionEnd::Finished {
+        return "its submission FINISHED without committing it".to_string();
+    }
+    let last = attempts
+        .last()
+        .map_or("none ran".to_string(), |a| match (&a.failed_job, &a.why) {
+            (Some((job, why)), _) => format!("the last failed at job {job}: {why}"),
+            (None, Some(why)) => format!("the last {why}"),
+            (None, None) => "the last did not end".to_string(),
+        });
+    format!(
+        "supervised submission gave up: it ended {end} after {} driver attempts; {last}",
+        attempts.len()
+    )
+}
+
+/// Notes how a cluster-mode application's submission ended, once.
+fn submission_ended(apps: &Apps, index: usize, end: SubmissionEnd, shared: &Shared) {
+    let mut apps = lock(apps);
+    let Some(app) = apps.get_mut(index) else {
+        return;
+    };
+    if app.ended.is_none() {
+        shared.trace(format!("app {index} submission ended {}", end.word()));
+        app.ended = Some(end);
+        app.done = true;
+    }
 }
 
 impl Sim<'_> {
@@ -659,11 +668,17 @@ impl Sim<'_> {
 
     /// Starts the manager on its host, on the journal of any before it.
     fn start_manager(&mut self) -> Result<(), ManagerStartError> {
+        let lease = if self.bugs.no_driver_lease {
+            Duration::ZERO
+        } else {
+            DRIVER_LEASE
+        };
         self.manager = Some(start_manager(
             &self.net,
             self.certs,
             &self.dir.state_dir(),
             self.options,
+            lease,
         )?);
         self.manager_since = self.shared.now();
         self.last_good_start = self.manager_since;
@@ -766,6 +781,7 @@ impl Sim<'_> {
             &self.net,
             self.certs,
             &self.shared,
+            &self.programs,
             host,
             self.scenario.worker_cores,
             self.options,
@@ -918,14 +934,26 @@ impl Sim<'_> {
     fn check_executors(&mut self, now: Duration) {
         let driver_ends: Vec<Option<Duration>> =
             lock(&self.apps).iter().map(|a| a.driver_end).collect();
-        let executors = self.shared.record().executors.clone();
+        let (executors, drivers) = {
+            let record = self.shared.record();
+            (record.executors.clone(), record.drivers.clone())
+        };
+        // Executors only: one may run on the cores its own driver lends it
+        // when no worker could ever host it beside the drivers.
         let mut used: BTreeMap<u8, u32> = BTreeMap::new();
         for (i, life) in executors.iter().enumerate() {
             if life.ended.is_some() {
                 continue;
             }
             *used.entry(life.host).or_default() += life.cores;
-            let Some(Some(end)) = life.app.map(|a| driver_ends.get(a).copied().flatten()) else {
+            let (app, end) = match (life.app, life.attempt) {
+                (Some(app), _) => (Some(app), driver_ends.get(app).copied().flatten()),
+                (None, Some(attempt)) => drivers
+                    .get(attempt)
+                    .map_or((None, None), |d| (d.app, d.ended)),
+                (None, None) => (None, None),
+            };
+            let Some(end) = end else {
                 continue;
             };
             let bound = end + LIVENESS + self.paused_since(life.host, end, now);
@@ -933,7 +961,7 @@ impl Sim<'_> {
                 self.violations.push(format!(
                     "orphan executor: executor {} of app {} on host {} still runs {} ms after its driver ended",
                     life.number,
-                    life.app.unwrap_or_default(),
+                    app.map_or("?".to_string(), |a| a.to_string()),
                     life.host,
                     (now - end).as_millis()
                 ));
@@ -952,6 +980,59 @@ impl Sim<'_> {
         }
     }
 
+    /// Never two driver attempts of one submission at once: two attempts
+    /// may both be alive, on hosts neither crashed nor paused, for at most
+    /// the liveness bound (a superseded attempt on a host that comes back
+    /// is killed when its worker registers again).
+    fn check_drivers(&mut self, now: Duration) {
+        let drivers = self.shared.record().drivers.clone();
+        for (b, later) in drivers.iter().enumerate() {
+            for (a, earlier) in drivers[..b].iter().enumerate() {
+                if earlier.submission != later.submission || self.reported_pairs.contains(&(a, b)) {
+                    continue;
+                }
+                let from = earlier.started.max(later.started);
+                let to = earlier.ended.unwrap_or(now).min(later.ended.unwrap_or(now));
+                if to <= from {
+                    continue;
+                }
+                let together = self.unpaused(&[earlier.host, later.host], from, to);
+                if together > LIVENESS {
+                    self.reported_pairs.insert((a, b));
+                    self.violations.push(format!(
+                        "two driver attempts: attempts {a} (host {}) and {b} (host {}) of app {}'s submission both ran for {} ms, neither host paused nor crashed",
+                        earlier.host,
+                        later.host,
+                        later.app.map_or("?".to_string(), |i| i.to_string()),
+                        together.as_millis()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// How much of `from..to` none of `hosts` spent paused.
+    fn unpaused(&self, hosts: &[u8], from: Duration, to: Duration) -> Duration {
+        let mut paused: Vec<(Duration, Duration)> = self
+            .pauses
+            .iter()
+            .filter(|(h, _, _)| hosts.contains(h))
+            .map(|(_, start, end)| ((*start).max(from), end.unwrap_or(to).min(to)))
+            .filter(|(start, end)| start < end)
+            .collect();
+        paused.sort();
+        let mut covered = Duration::ZERO;
+        let mut reach = from;
+        for (start, end) in paused {
+            let start = start.max(reach);
+            if end > start {
+                covered += end - start;
+                reach = end;
+            }
+        }
+        (to - from).saturating_sub(covered)
+    }
+
     /// The manager still knows every application it accepted.
     async fn check_submissions(&mut self, now: Duration) {
         let Some(manager) = &self.manager else {
@@ -960,11 +1041,16 @@ impl Sim<'_> {
         if now < self.manager_since + Duration::from_millis(500) {
             return;
         }
-        let accepted: Vec<(usize, String)> = lock(&self.apps)
+        // (app, id, whether a restored backup may have forgotten it,
+        // whether nobody else watches how it ends).
+        let accepted: Vec<(usize, String, bool, bool)> = lock(&self.apps)
             .iter()
             .enumerate()
-            .filter(|(_, a)| !a.accepted_at.is_some_and(|t| self.forgotten_by_restore(t)))
-            .filter_map(|(i, a)| a.accepted.clone().map(|id| (i, id)))
+            .filter_map(|(i, a)| {
+                let forgiven = a.accepted_at.is_some_and(|t| self.forgotten_by_restore(t));
+                let unwatched = self.is_cluster_mode(i) && a.crashed && a.ended.is_none();
+                a.accepted.clone().map(|id| (i, id, forgiven, unwatched))
+            })
             .collect();
         if accepted.is_empty() {
             return;
@@ -973,22 +1059,42 @@ impl Sim<'_> {
         let Ok(Ok(ClientReply::Status(status))) = status else {
             return;
         };
-        for (i, id) in accepted {
-            if !status.apps.iter().any(|a| a.id == id) {
+        for (i, id, forgiven, unwatched) in accepted {
+            let known = if self.is_cluster_mode(i) {
+                status.drivers.iter().any(|d| d.id == id)
+            } else {
+                status.apps.iter().any(|a| a.id == id)
+            };
+            if !known && !forgiven {
                 let line = format!("lost submission: the cluster manager forgot app {i} ({id})");
                 if !self.violations.contains(&line) {
                     self.violations.push(line);
                 }
             }
+            // Its client's host is gone: the operator watches it instead.
+            if unwatched && let Some(end) = SubmissionEnd::in_status(&status, &id) {
+                submission_ended(&self.apps, i, end, &self.shared);
+            }
         }
+    }
+
+    fn is_cluster_mode(&self, app: usize) -> bool {
+        self.scenario
+            .apps
+            .get(app)
+            .is_some_and(|a| a.mode == DeployMode::Cluster)
     }
 
     async fn finish(&mut self) {
         let now = self.shared.now();
         self.check_executors(now);
+        self.check_drivers(now);
         self.check_submissions(now).await;
+        self.settle_submissions();
+        self.trace_unended_submissions().await;
         let apps = lock(&self.apps);
         for (i, app) in apps.iter().enumerate() {
+            let writes_files = self.scenario.file_output || self.is_cluster_mode(i);
             for (j, job) in app.jobs.iter().enumerate() {
                 if *job == JobOutcome::Pending {
                     self.violations.push(format!(
@@ -1004,7 +1110,7 @@ impl Sim<'_> {
                 }
                 // A failed job leaves the destination as it was: absent.
                 if let JobOutcome::Failed(_) = job
-                    && self.scenario.file_output
+                    && writes_files
                     && file_destination(&self.dir.output_dir(), i, j).exists()
                 {
                     self.violations.push(format!(
@@ -1014,9 +1120,13 @@ impl Sim<'_> {
                 // A committed output is claimed once, and the claim says so.
                 if let JobOutcome::Succeeded(_) = job
                     && self.scenario.file_output
+                    && !self.is_cluster_mode(i)
                     && !self.bugs.commit_every_attempt
                 {
-                    let claims = output_claims(&self.dir.output_dir(), i, j);
+                    let claims: Vec<String> = output_claims(&self.dir.output_dir(), i, j)
+                        .into_iter()
+                        .map(|c| c.says)
+                        .collect();
                     if claims != ["committed"] {
                         self.violations.push(format!(
                             "file output claims: app {i} job {j} succeeded with claim markers {claims:?}, not one marked committed"
@@ -1030,7 +1140,10 @@ impl Sim<'_> {
             }
         }
         drop(apps);
-        let executors = self.shared.record().executors.clone();
+        let (executors, drivers) = {
+            let record = self.shared.record();
+            (record.executors.clone(), record.drivers.clone())
+        };
         for life in executors.iter().filter(|l| l.ended.is_none()) {
             let line = format!(
                 "executor {} of app {:?} on host {} still runs at the end",
@@ -1040,6 +1153,113 @@ impl Sim<'_> {
                 self.violations.push(line);
             }
         }
+        for (a, life) in drivers.iter().enumerate() {
+            if life.ended.is_none() {
+                self.violations.push(format!(
+                    "driver attempt {a} of app {:?} on host {} still runs at the end",
+                    life.app, life.host
+                ));
+            }
+        }
+    }
+
+    /// Says in the trace how the manager sees each submission that has
+    /// not ended, to tell a hung driver from an end nobody heard of.
+    async fn trace_unended_submissions(&self) {
+        let unended: Vec<(usize, String)> = lock(&self.apps)
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| self.is_cluster_mode(*i) && a.ended.is_none())
+            .filter_map(|(i, a)| a.accepted.clone().map(|id| (i, id)))
+            .collect();
+        let Some(manager) = self.manager.as_ref().filter(|_| !unended.is_empty()) else {
+            return;
+        };
+        let Ok(Ok(ClientReply::Status(status))) = manager.manager.send(FromClient::Status).await
+        else {
+            return;
+        };
+        for (i, id) in unended {
+            if let Some(d) = status.drivers.iter().find(|d| d.id == id) {
+                self.shared.trace(format!(
+                    "app {i}'s submission has not ended: the manager has it {} ({}), {} restarts",
+                    d.state,
+                    d.reason.as_deref().unwrap_or("no reason"),
+                    d.restarts
+                ));
+            }
+        }
+    }
+
+    /// The jobs of each cluster-mode application whose submission ended:
+    /// each committed under the submission's claim, or failed with why the
+    /// submission gave it up. A submission commits each output exactly
+    /// once whatever number of driver attempts it took, never ends
+    /// FINISHED with an output missing, nor otherwise once an attempt
+    /// committed everything and exited 0.
+    fn settle_submissions(&mut self) {
+        let drivers = self.shared.record().drivers.clone();
+        let output = self.dir.output_dir();
+        let mut violations = Vec::new();
+        let mut apps = lock(&self.apps);
+        for (i, app) in apps.iter_mut().enumerate() {
+            if !self.is_cluster_mode(i) {
+                continue;
+            }
+            let (Some(id), Some(end)) = (app.accepted.clone(), app.ended.clone()) else {
+                continue;
+            };
+            let attempts: Vec<&DriverLife> =
+                drivers.iter().filter(|d| d.submission == id).collect();
+            let mut missing = Vec::new();
+            for (j, job) in app.jobs.iter_mut().enumerate() {
+                let claim = format!("{id}.{j}");
+                let markers = output_claims(&output, i, j);
+                let destination = file_destination(&output, i, j);
+                // Committed, by whichever claim: its rows are checked
+                // against the reference, its claims here.
+                let committed = destination.exists();
+                let expected: Vec<ClaimMarker> = if committed {
+                    vec![ClaimMarker {
+                        claim,
+                        says: "committed".to_string(),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                if markers != expected && !self.bugs.commit_every_attempt {
+                    violations.push(format!(
+                        "file output claims: app {i} job {j} (submission {end}) has claim markers {markers:?}, not {expected:?}"
+                    ));
+                }
+                *job = if committed {
+                    match committed_rows(&destination) {
+                        Ok(rows) => JobOutcome::Succeeded(rows),
+                        Err(e) => {
+                            JobOutcome::Failed(format!("the committed output cannot be read: {e}"))
+                        }
+                    }
+                } else {
+                    missing.push(j);
+                    JobOutcome::Failed(given_up(&end, &attempts))
+                };
+            }
+            if end == SubmissionEnd::Finished && !missing.is_empty() {
+                violations.push(format!(
+                    "submission output missing: app {i}'s submission FINISHED without committing jobs {missing:?}"
+                ));
+            }
+            // (A restored backup that forgot it is the operator's choice.)
+            let ended_otherwise =
+                !matches!(end, SubmissionEnd::Finished | SubmissionEnd::Forgotten);
+            if ended_otherwise && attempts.iter().any(|a| a.code == Some(0)) {
+                violations.push(format!(
+                    "submission ended otherwise: app {i}'s submission ended {end} though a driver attempt of it committed everything and exited 0"
+                ));
+            }
+        }
+        drop(apps);
+        self.violations.extend(violations);
     }
 
     fn report(self, reference: &Answers) -> SeedReport {
@@ -1052,7 +1272,9 @@ impl Sim<'_> {
                     JobOutcome::Succeeded(rows) => {
                         succeeded += 1;
                         let query = self.scenario.apps[i].jobs[j];
-                        if reference.get(query) != Some(rows) && self.scenario.file_output {
+                        let from_files = self.scenario.file_output
+                            || self.scenario.apps[i].mode == DeployMode::Cluster;
+                        if reference.get(query) != Some(rows) && from_files {
                             violations.push(format!(
                                 "file output not exactly once: app {i} job {j} (query {query}) committed {} rows, not the {} expected, or other rows",
                                 rows.len(),
@@ -1068,8 +1290,11 @@ impl Sim<'_> {
                     }
                     JobOutcome::Failed(why) => {
                         failed += 1;
-                        let mut failure =
-                            JobFailure::classify(self.scenario, i, j, why, app.crashed);
+                        // A submission outlives its client's host.
+                        let crashed = app.crashed
+                            && (self.scenario.apps[i].mode == DeployMode::Client
+                                || app.accepted.is_none());
+                        let mut failure = JobFailure::classify(self.scenario, i, j, why, crashed);
                         // Once the application gave up, its later jobs find
                         // the driver gone: the same cause.
                         if failure.cause == Cause::DriverStopped
@@ -1089,6 +1314,14 @@ impl Sim<'_> {
                 }
             }
         }
+        let submissions = lock(&self.apps)
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                self.scenario.apps[*i].mode == DeployMode::Cluster && a.accepted.is_some()
+            })
+            .count();
+        let drivers = self.shared.record().drivers.clone();
         let mut trace = self.shared.record().trace.clone();
         let mut hasher = DefaultHasher::new();
         trace.hash(&mut hasher);
@@ -1106,6 +1339,13 @@ impl Sim<'_> {
             journals_read_whole: self.journals_read_whole,
             jobs_succeeded: succeeded,
             jobs_failed: failed,
+            submissions,
+            driver_attempts: drivers.len(),
+            cluster_jobs_failed: failures
+                .iter()
+                .filter(|f: &&JobFailure| self.scenario.apps[f.app].mode == DeployMode::Cluster)
+                .count(),
+            drivers,
             failures,
             violations,
             trace,

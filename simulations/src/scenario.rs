@@ -107,6 +107,18 @@ pub struct Fault {
     pub detail: u64,
 }
 
+/// How an application is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeployMode {
+    /// Its driver runs in the client (`ember submit`).
+    #[default]
+    Client,
+    /// Submitted with `ember submit --deploy-mode cluster --supervise`: a
+    /// worker runs its driver, relaunched if it fails or its worker is
+    /// lost; its jobs always write files.
+    Cluster,
+}
+
 /// One application: its jobs (query indexes) and when it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppPlan {
@@ -115,6 +127,7 @@ pub struct AppPlan {
     /// How long each task takes (an injected delay: tasks otherwise take
     /// no virtual time at all).
     pub task_time: Duration,
+    pub mode: DeployMode,
 }
 
 /// Everything a seed decides.
@@ -139,6 +152,8 @@ pub struct Shape {
     pub max_faults: usize,
     /// Jobs write files instead of collecting rows.
     pub file_output: bool,
+    /// Some applications are cluster-mode supervised submissions.
+    pub cluster_mode: bool,
 }
 
 impl Default for Shape {
@@ -149,9 +164,17 @@ impl Default for Shape {
             kinds: FaultKind::DEFAULT.to_vec(),
             max_faults: 4,
             file_output: false,
+            cluster_mode: true,
         }
     }
 }
+
+/// The stream that picks cluster-mode applications: apart from the one
+/// that draws the workload and the faults, so a seed keeps both.
+const DEPLOY_MODE_STREAM: u64 = 0xc105_7e2d;
+
+/// The chance that an application is a cluster-mode submission.
+const CLUSTER_MODE_SHARE: f64 = 1.0 / 3.0;
 
 fn ms(rng: &mut ChaCha8Rng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.random_range(lo..hi))
@@ -166,6 +189,7 @@ impl Scenario {
                 starts: ms(&mut rng, 0, 3000),
                 jobs: Vec::new(),
                 task_time: ms(&mut rng, 100, 1200),
+                mode: DeployMode::Client,
             })
             .collect();
         for j in 0..shape.jobs {
@@ -220,6 +244,14 @@ impl Scenario {
             }
             faults.sort_by_key(|f| f.at);
         }
+        if shape.cluster_mode {
+            let mut modes = ChaCha8Rng::seed_from_u64(seed ^ DEPLOY_MODE_STREAM);
+            for app in &mut apps {
+                if modes.random_bool(CLUSTER_MODE_SHARE) {
+                    app.mode = DeployMode::Cluster;
+                }
+            }
+        }
         Self {
             seed,
             workers: shape.workers,
@@ -259,6 +291,31 @@ mod tests {
             assert!(s.faults.iter().all(|f| f.kind == FaultKind::Pause));
             assert_eq!(s.apps.iter().map(|a| a.jobs.len()).sum::<usize>(), 4);
         }
+        // Cluster-mode applications come from a stream of their own: a
+        // seed's workload and faults are what they are without them.
+        let client_only = Shape {
+            cluster_mode: false,
+            ..Shape::default()
+        };
+        let mut clustered = 0;
+        for seed in 0..60 {
+            let with = Scenario::generate(seed, &shape);
+            let without = Scenario::generate(seed, &client_only);
+            assert_eq!(with.faults, without.faults);
+            for (a, b) in with.apps.iter().zip(&without.apps) {
+                assert_eq!(
+                    (a.starts, &a.jobs, a.task_time),
+                    (b.starts, &b.jobs, b.task_time)
+                );
+                assert_eq!(b.mode, DeployMode::Client);
+            }
+            clustered += with
+                .apps
+                .iter()
+                .filter(|a| a.mode == DeployMode::Cluster)
+                .count();
+        }
+        assert!((30..=90).contains(&clustered), "{clustered} of 180");
         assert_eq!("one-way".parse::<FaultKind>(), Ok(FaultKind::OneWay));
         assert!(
             "flood"

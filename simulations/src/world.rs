@@ -1,8 +1,8 @@
 //! One simulated cluster: a cluster manager, workers and client
 //! applications, each on a host of its own on the simulated network, all
-//! real actors on one thread in virtual time. Workers start executors as
-//! actors on their own host instead of processes; everything else is the
-//! code a real cluster runs.
+//! real actors on one thread in virtual time. Workers start executors and
+//! cluster-mode drivers as actors on their own host instead of processes;
+//! everything else is the code a real cluster runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +16,7 @@ use ember_actors::ExecutorId;
 use ember_actors::cluster_manager::{
     ClusterManager, ClusterManagerSpec, Journal, JournalError, Placement, StopManager,
 };
+use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
 use ember_actors::remote::{NodeContact, RemoteExecutor, RemoteExecutorSpec};
@@ -25,6 +26,8 @@ use ember_actors::worker::{
 use ember_certs::{IssueRequest, NodeCredentials, Role};
 use ember_transport::sim::{SimNet, SimSocket};
 use ember_transport::{ExitReason, Node, NodeId, NodeOptions, PeerDown};
+
+use crate::cluster_driver::{self, DriverPrograms};
 
 /// The port the cluster manager listens on.
 pub const MANAGER_PORT: u16 = 7077;
@@ -168,8 +171,11 @@ impl JournalDamage {
 /// An executor's life, as the checkers see it.
 #[derive(Debug, Clone)]
 pub struct ExecutorLife {
-    /// The application (its index), from its driver's node name.
+    /// The client-mode application (its index), from its driver's node name.
     pub app: Option<usize>,
+    /// The cluster-mode driver attempt (its index in `Record::drivers`)
+    /// whose node its driver contact names.
+    pub attempt: Option<usize>,
     pub number: u32,
     pub host: u8,
     pub cores: u32,
@@ -178,13 +184,42 @@ pub struct ExecutorLife {
     pub why: Option<String>,
 }
 
+/// One attempt of a cluster-mode submission's driver, as the checkers see
+/// it: a process a worker started, from its start to its exit.
+#[derive(Debug, Clone)]
+pub struct DriverLife {
+    pub submission: String,
+    /// The simulated application its script names.
+    pub app: Option<usize>,
+    /// Its node: its application's executors dial it.
+    pub node: NodeId,
+    pub host: u8,
+    pub started: Duration,
+    pub ended: Option<Duration>,
+    /// Its exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub why: Option<String>,
+    /// The job it failed at, and the job's error.
+    pub failed_job: Option<(usize, String)>,
+}
+
+/// A simulated process, as the record keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProcessId {
+    /// An executor, by its index in `Record::executors`.
+    Executor(usize),
+    /// A cluster-mode driver attempt, by its index in `Record::drivers`.
+    Driver(usize),
+}
+
 /// What happened, shared by everything in one simulation.
 #[derive(Default)]
 pub struct Record {
     pub trace: Vec<String>,
     pub executors: Vec<ExecutorLife>,
-    /// Running executors, by their index in `executors`, to kill one.
-    pub processes: BTreeMap<usize, Arc<SimProcess>>,
+    pub drivers: Vec<DriverLife>,
+    /// Running processes, executors first, to kill one.
+    pub processes: BTreeMap<ProcessId, Arc<SimProcess>>,
 }
 
 #[derive(Clone)]
@@ -260,9 +295,10 @@ pub fn start_node(
     Ok((node, socket))
 }
 
-/// An executor "process": its socket, node and actors.
+/// An executor or cluster-mode driver "process": its socket, node and
+/// actors.
 pub struct SimProcess {
-    index: usize,
+    id: ProcessId,
     key: ChildKey,
     socket: Arc<SimSocket>,
     exited: Recipient<ChildExited>,
@@ -274,19 +310,86 @@ pub struct SimProcess {
 struct ProcessState {
     node: Option<Node>,
     remote: Option<RemoteExecutor>,
+    /// A driver process's driver actor, and the task running its jobs.
+    driver: Option<Addr<Driver>>,
+    program: Option<tokio::task::JoinHandle<()>>,
     ended: bool,
 }
 
 impl SimProcess {
+    /// The pid the worker knows it by: executors and drivers apart.
+    fn pid(&self) -> u32 {
+        match self.id {
+            ProcessId::Executor(i) => i as u32,
+            ProcessId::Driver(i) => DRIVER_PIDS + i as u32,
+        }
+    }
+
+    pub fn socket(&self) -> &Arc<SimSocket> {
+        &self.socket
+    }
+
+    /// Keeps the node the process runs, to close it when it ends.
+    pub fn set_node(&self, node: Node) {
+        lock(&self.state).node = Some(node);
+    }
+
+    /// Traces `what` as this driver attempt's doing.
+    pub fn note(&self, what: impl AsRef<str>) {
+        if let ProcessId::Driver(i) = self.id {
+            self.shared
+                .trace(format!("driver attempt {i} {}", what.as_ref()));
+        }
+    }
+
+    /// How many attempts of this driver's submission were launched before it.
+    pub fn earlier_attempts(&self) -> usize {
+        let ProcessId::Driver(i) = self.id else {
+            return 0;
+        };
+        let record = self.shared.record();
+        let Some(me) = record.drivers.get(i) else {
+            return 0;
+        };
+        record.drivers[..i]
+            .iter()
+            .filter(|d| d.submission == me.submission)
+            .count()
+    }
+
+    /// Records the job a driver attempt failed at, and why.
+    pub fn failed_job(&self, job: usize, why: &str) {
+        if let ProcessId::Driver(i) = self.id
+            && let Some(life) = self.shared.record().drivers.get_mut(i)
+        {
+            life.failed_job = Some((job, why.to_string()));
+        }
+    }
+
+    /// Keeps a driver process's driver actor, to stop it when it is killed.
+    pub fn set_driver(&self, driver: Addr<Driver>) {
+        let mut state = lock(&self.state);
+        if state.ended {
+            driver.do_send(StopDriver);
+        } else {
+            state.driver = Some(driver);
+        }
+    }
+
     /// Ends the process: records it, tells the worker, closes the node.
-    fn end(&self, code: Option<i32>, why: String, graceful: bool) {
-        let (node, remote) = {
+    pub fn end(&self, code: Option<i32>, why: String, graceful: bool) {
+        let (node, remote, driver, program) = {
             let mut state = lock(&self.state);
             if state.ended {
                 return;
             }
             state.ended = true;
-            (state.node.take(), state.remote.take())
+            (
+                state.node.take(),
+                state.remote.take(),
+                state.driver.take(),
+                state.program.take(),
+            )
         };
         if !graceful {
             self.socket.close();
@@ -294,18 +397,46 @@ impl SimProcess {
         let now = self.shared.now();
         {
             let mut record = self.shared.record();
-            if let Some(life) = record.executors.get_mut(self.index) {
-                life.ended = Some(now);
-                life.why = Some(why.clone());
+            match self.id {
+                ProcessId::Executor(i) => {
+                    if let Some(life) = record.executors.get_mut(i) {
+                        life.ended = Some(now);
+                        life.why = Some(why.clone());
+                    }
+                }
+                ProcessId::Driver(i) => {
+                    if let Some(life) = record.drivers.get_mut(i) {
+                        life.ended = Some(now);
+                        life.code = code;
+                        life.why = Some(why.clone());
+                    }
+                }
             }
-            record.processes.remove(&self.index);
+            record.processes.remove(&self.id);
+        }
+        if let ProcessId::Driver(i) = self.id {
+            // Reasons name ids, which carry the wall clock: the trace
+            // keeps the exit alone, so a seed replays to the same trace.
+            let exit = why.split(':').next().unwrap_or_default();
+            self.shared.trace(format!("driver attempt {i} {exit}"));
         }
         if let Some(remote) = &remote {
             remote.executor.do_send(ExecutorMessage::Stop);
         }
+        // Killed, a driver's jobs stop where they are, and so does it.
+        if let Some(program) = program
+            && !graceful
+        {
+            program.abort();
+        }
+        if let Some(driver) = driver
+            && !graceful
+        {
+            driver.do_send(StopDriver);
+        }
         let exited = self.exited.clone();
         let key = self.key.clone();
-        let pid = self.index as u32;
+        let pid = self.pid();
         actix::spawn(async move {
             if let Some(node) = node {
                 if graceful {
@@ -325,7 +456,10 @@ impl SimProcess {
     }
 }
 
-/// Kills an executor process, as SIGKILL does.
+/// Drivers' pids start here, apart from executors'.
+const DRIVER_PIDS: u32 = 1 << 20;
+
+/// Kills a process, as SIGKILL does.
 pub fn kill(process: &Arc<SimProcess>) {
     process.end(None, "killed by signal 9".to_string(), false);
 }
@@ -334,7 +468,7 @@ struct Handle(Arc<SimProcess>);
 
 impl RunningProcess for Handle {
     fn pid(&self) -> u32 {
-        self.0.index as u32
+        self.0.pid()
     }
 
     fn kill(&self) {
@@ -362,12 +496,14 @@ impl Handler<PeerDown> for ProcessEnd {
     }
 }
 
-/// Starts a worker's executors as actors on the worker's host.
+/// Starts a worker's executors and cluster-mode drivers as actors on the
+/// worker's host.
 pub struct SimLauncher {
     pub net: SimNet,
     pub host: u8,
     pub creds: Arc<NodeCredentials>,
     pub shared: Shared,
+    pub programs: Arc<DriverPrograms>,
 }
 
 fn copy(creds: &NodeCredentials) -> NodeCredentials {
@@ -388,38 +524,56 @@ impl Launcher for SimLauncher {
         spec: &ChildSpec,
         exited: Recipient<ChildExited>,
     ) -> std::io::Result<Box<dyn RunningProcess>> {
-        let ChildSpec::Executor {
-            node: ns,
-            executor,
-            cores,
-            driver,
-            secret,
-            ..
-        } = spec.clone()
-        else {
-            return Err(std::io::Error::other(
-                "cluster-mode drivers are not simulated",
-            ));
-        };
         let socket = self
             .net
             .bind(SocketAddr::new(ip(self.host), 0))
             .map_err(std::io::Error::other)?;
-        let index = {
+        let now = self.shared.now();
+        let id = {
             let mut record = self.shared.record();
-            record.executors.push(ExecutorLife {
-                app: app_of(&driver.node),
-                number: executor,
-                host: self.host,
-                cores,
-                started: self.shared.now(),
-                ended: None,
-                why: None,
-            });
-            record.executors.len() - 1
+            match spec {
+                ChildSpec::Executor {
+                    executor,
+                    cores,
+                    driver,
+                    ..
+                } => {
+                    // Attempts of one submission on one worker share a node
+                    // name: the latest is the one its executors serve.
+                    let attempt = record.drivers.iter().rposition(|d| d.node == driver.node);
+                    record.executors.push(ExecutorLife {
+                        app: app_of(&driver.node),
+                        attempt,
+                        number: *executor,
+                        host: self.host,
+                        cores: *cores,
+                        started: now,
+                        ended: None,
+                        why: None,
+                    });
+                    ProcessId::Executor(record.executors.len() - 1)
+                }
+                ChildSpec::Driver {
+                    node, driver, job, ..
+                } => {
+                    let creds = &self.creds.identity.name;
+                    record.drivers.push(DriverLife {
+                        submission: driver.clone(),
+                        app: cluster_driver::app_named(&job.script),
+                        node: NodeId(format!("{creds}/{}", node.instance)),
+                        host: self.host,
+                        started: now,
+                        ended: None,
+                        code: None,
+                        why: None,
+                        failed_job: None,
+                    });
+                    ProcessId::Driver(record.drivers.len() - 1)
+                }
+            }
         };
         let process = Arc::new(SimProcess {
-            index,
+            id,
             key: key.clone(),
             socket: Arc::clone(&socket),
             exited,
@@ -429,16 +583,55 @@ impl Launcher for SimLauncher {
         self.shared
             .record()
             .processes
-            .insert(index, Arc::clone(&process));
+            .insert(id, Arc::clone(&process));
         let creds = copy(&self.creds);
         let started = Arc::clone(&process);
-        actix::spawn(async move {
-            if let Err(why) =
-                start_executor(&started, creds, ns, executor, cores, driver, secret).await
-            {
-                started.end(Some(1), format!("exited with code 1: {why}"), true);
+        match spec.clone() {
+            ChildSpec::Executor {
+                node: ns,
+                executor,
+                cores,
+                driver,
+                secret,
+                ..
+            } => {
+                actix::spawn(async move {
+                    if let Err(why) =
+                        start_executor(&started, creds, ns, executor, cores, driver, secret).await
+                    {
+                        started.end(Some(1), format!("exited with code 1: {why}"), true);
+                    }
+                });
             }
-        });
+            ChildSpec::Driver {
+                node,
+                driver,
+                job,
+                manager,
+            } => {
+                if let ProcessId::Driver(i) = id {
+                    let app = cluster_driver::app_named(&job.script)
+                        .map_or("?".to_string(), |a| a.to_string());
+                    self.shared.trace(format!(
+                        "driver attempt {i} of app {app} started on host {}",
+                        self.host
+                    ));
+                }
+                let programs = Arc::clone(&self.programs);
+                let program = actix::spawn(async move {
+                    let (code, why) =
+                        cluster_driver::run(&started, creds, node, driver, job, manager, &programs)
+                            .await;
+                    started.end(Some(code), why, true);
+                });
+                let mut state = lock(&process.state);
+                if state.ended {
+                    program.abort();
+                } else {
+                    state.program = Some(program);
+                }
+            }
+        }
         Ok(Box::new(Handle(process)))
     }
 }
@@ -467,7 +660,7 @@ async fn start_executor(
         seed,
     )
     .map_err(|e| e.to_string())?;
-    lock(&process.state).node = Some(node.clone());
+    process.set_node(node.clone());
     match tokio::time::timeout(
         conf.duration(ember_actors::config::EXECUTOR_CONNECT_TIMEOUT),
         node.connect(driver.addr, &driver.host),
@@ -523,6 +716,7 @@ pub fn start_worker(
     net: &SimNet,
     certs: &Certs,
     shared: &Shared,
+    programs: &Arc<DriverPrograms>,
     host: u8,
     cores: u32,
     options: NodeOptions,
@@ -545,6 +739,7 @@ pub fn start_worker(
             host,
             creds: Arc::new(creds),
             shared: shared.clone(),
+            programs: Arc::clone(programs),
         }),
         certs: certs.path().to_path_buf(),
         cert_name: worker_name(host),
@@ -583,11 +778,14 @@ pub enum ManagerStartError {
     Host(String),
 }
 
+/// Starts the manager on its host; `driver_lease` is how long it waits
+/// before replacing a driver whose worker it lost.
 pub fn start_manager(
     net: &SimNet,
     certs: &Certs,
     state_dir: &Path,
     options: NodeOptions,
+    driver_lease: Duration,
 ) -> Result<ManagerHost, ManagerStartError> {
     // The journal first: a manager that refuses it never listens.
     let journal = Journal::open(state_dir)?;
@@ -601,6 +799,7 @@ pub fn start_manager(
         recovery_grace: Duration::from_secs(2),
         max_executor_failures: 10,
         max_driver_core_share: ember_actors::cluster_manager::state::DEFAULT_MAX_DRIVER_CORE_SHARE,
+        driver_lease,
     })
     .start();
     Ok(ManagerHost { manager, node })

@@ -61,12 +61,34 @@ impl Handler<FromWorker> for ClusterManager {
                 tracing::info!(%app, executor, %why, "executor exited");
                 self.step(Event::ExecutorExited { app, executor, why }, ctx);
             }
-            FromWorker::DriverExited { driver, code, why } => {
-                tracing::info!(%driver, ?code, %why, "driver exited");
-                if let Some(record) = self.drivers.get_mut(&driver) {
+            FromWorker::DriverExited {
+                driver,
+                code,
+                why,
+                worker,
+            } => {
+                tracing::info!(%driver, ?code, %why, ?worker, "driver exited");
+                let current = match self.state.driver_state(&driver) {
+                    Some(
+                        DriverState::Running { worker: w }
+                        | DriverState::Unreachable { worker: w, .. },
+                    ) => worker.as_ref().is_none_or(|from| from == w),
+                    _ => false,
+                };
+                if let Some(record) = self.drivers.get_mut(&driver)
+                    && current
+                {
                     record.reason = Some(why.clone());
                 }
-                self.step(Event::DriverExited { driver, code, why }, ctx);
+                self.step(
+                    Event::DriverExited {
+                        driver,
+                        code,
+                        why,
+                        worker,
+                    },
+                    ctx,
+                );
             }
         }
         Ok(())
@@ -203,7 +225,8 @@ impl Handler<FromClient> for ClusterManager {
                 job,
                 request,
                 upload,
-            } => self.submit(job, request, upload, ctx),
+                token,
+            } => self.submit(job, request, upload, token, ctx),
             FromClient::UploadScript {
                 upload,
                 offset,
@@ -368,12 +391,21 @@ impl ClusterManager {
         for (id, record) in drivers {
             let live = !record.is_final();
             let request = record.request.clone();
+            let restarts = record.restarts;
+            // Journaled running (or unknown, its worker lost): it may still
+            // run there.
+            let running_on = match record.state.as_str() {
+                "RUNNING" | "UNKNOWN" => record.worker.clone(),
+                _ => None,
+            };
             self.drivers.insert(id.clone(), record);
             if live {
                 self.step(
-                    Event::DriverSubmitted {
+                    Event::DriverRecovered {
                         driver: id,
                         request,
+                        restarts,
+                        running_on,
                     },
                     ctx,
                 );
@@ -448,8 +480,19 @@ impl ClusterManager {
         mut job: DriverJob,
         request: DriverRequest,
         upload: Option<ScriptUpload>,
+        token: Option<String>,
         ctx: &mut Context<Self>,
     ) -> Result<ClientReply, String> {
+        // Sent again, its first answer lost: the submission it made.
+        if let Some(token) = &token
+            && let Some((id, _)) = self
+                .drivers
+                .iter()
+                .find(|(_, d)| d.token.as_ref() == Some(token))
+        {
+            tracing::info!(driver = %id, "a submission sent again; answering with the one it made");
+            return Ok(ClientReply::Submitted(id.clone()));
+        }
         if let Some(upload) = upload {
             if !job.script.is_empty() {
                 return Err("a submission carries its script or names an upload, not both".into());
@@ -480,6 +523,7 @@ impl ClusterManager {
             restarts: 0,
             submitted: timestamp(),
             app: None,
+            token,
         };
         // Journaled before it is acknowledged: an accepted submission is
         // never lost.
@@ -805,6 +849,7 @@ impl ClusterManager {
                             driver,
                             code: None,
                             why,
+                            worker: Some(worker),
                         },
                         ctx,
                     );

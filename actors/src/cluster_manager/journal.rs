@@ -105,6 +105,10 @@ pub struct DriverRecord {
     pub restarts: u32,
     pub submitted: String,
     pub app: Option<AppId>,
+    /// The token its client chose (see `FromClient::Submit`), so a submit
+    /// sent again is known across restarts too.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl DriverRecord {
@@ -607,6 +611,7 @@ fn without_script(record: &DriverRecord) -> DriverRecord {
         restarts: record.restarts,
         submitted: record.submitted.clone(),
         app: record.app.clone(),
+        token: record.token.clone(),
     }
 }
 
@@ -691,6 +696,7 @@ mod tests {
             restarts: 1,
             submitted: "2026-11-23 10:00:00".into(),
             app: None,
+            token: None,
         }
     }
 

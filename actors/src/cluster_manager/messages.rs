@@ -49,6 +49,10 @@ pub enum FromWorker {
         /// The exit code; `None` when a signal ended it.
         code: Option<i32>,
         why: String,
+        /// The worker it ran on: an attempt given away and then killed
+        /// there is not the one running now elsewhere.
+        #[serde(default)]
+        worker: Option<WorkerId>,
     },
 }
 
@@ -101,6 +105,12 @@ pub enum FromClient {
         /// empty): the upload that holds it.
         #[serde(default)]
         upload: Option<ScriptUpload>,
+        /// Chosen by the client for this submission: a `Submit` sent again
+        /// with the same token (the answer to the first was lost, the
+        /// manager restarting, say) is answered with the submission the
+        /// first made, never taken as a second.
+        #[serde(default)]
+        token: Option<String>,
     },
     /// A part of a script too large for one message, starting at byte
     /// `offset`; the first part (offset 0, no name) starts an upload and

@@ -41,6 +41,9 @@ pub struct ClusterManagerSpec {
     pub max_executor_failures: u32,
     /// `ember.deploy.maxDriverCoreShare`.
     pub max_driver_core_share: f64,
+    /// How long a driver whose worker was lost may still be running
+    /// ([`state::DRIVER_LEASE`]); nothing replaces it before.
+    pub driver_lease: Duration,
 }
 
 struct WorkerLink {
@@ -101,7 +104,8 @@ impl ClusterManager {
             node: spec.node,
             state: ClusterState::new(spec.placement)
                 .with_max_executor_failures(spec.max_executor_failures)
-                .with_max_driver_core_share(spec.max_driver_core_share),
+                .with_max_driver_core_share(spec.max_driver_core_share)
+                .with_driver_lease(spec.driver_lease),
             journal: spec.journal,
             recovery_grace: spec.recovery_grace,
             started: tokio::time::Instant::now(),
@@ -375,6 +379,7 @@ mod tests {
                 recovery_grace: Duration::from_secs(1),
                 max_executor_failures: 10,
                 max_driver_core_share: 0.5,
+                driver_lease: state::DRIVER_LEASE,
             });
             let mut ended = manager.ended();
             let manager = manager.start();
@@ -385,6 +390,75 @@ mod tests {
                 .await
                 .expect("the end is heard at once");
             assert!(heard.is_err(), "ended without a reason: {heard:?}");
+            node.shutdown();
+        });
+    }
+
+    #[test]
+    fn a_submission_sent_again_with_its_token_is_taken_once_across_a_restart() {
+        let certs = tempfile::tempdir().unwrap();
+        ember_certs::init_ca(certs.path(), "test", 5, false).unwrap();
+        let request = IssueRequest::new(Role::ClusterManager, "cm", vec![], 5);
+        ember_certs::issue(certs.path(), &request).unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        let start = || {
+            let creds = ember_certs::load_node(certs.path(), "cm").unwrap();
+            let node =
+                Node::start(&creds, "127.0.0.1:0".parse().unwrap(), Default::default()).unwrap();
+            let manager = ClusterManager::new(ClusterManagerSpec {
+                node: node.clone(),
+                journal: Journal::open(state_dir.path()).unwrap(),
+                placement: Placement::Spread,
+                recovery_grace: Duration::from_secs(1),
+                max_executor_failures: 10,
+                max_driver_core_share: 0.5,
+                driver_lease: state::DRIVER_LEASE,
+            })
+            .start();
+            (manager, node)
+        };
+        let submit = |token: &str| FromClient::Submit {
+            job: DriverJob {
+                name: "nightly".into(),
+                script: "SELECT 1;".into(),
+                conf: vec![],
+                executor_cores: 1,
+                executor_memory_mb: 512,
+                max_cores: None,
+                base_dir: None,
+            },
+            request: DriverRequest {
+                cores: 1,
+                memory_mb: 512,
+                supervise: true,
+            },
+            upload: None,
+            token: Some(token.into()),
+        };
+        let id = |reply: Result<Result<ClientReply, String>, MailboxError>| match reply {
+            Ok(Ok(ClientReply::Submitted(id))) => id,
+            other => panic!("not submitted: {other:?}"),
+        };
+        System::new().block_on(async move {
+            let (manager, node) = start();
+            let first = id(manager.send(submit("t1")).await);
+            // Its answer lost, the client sends it again: the same one.
+            assert_eq!(id(manager.send(submit("t1")).await), first);
+            let other = id(manager.send(submit("t2")).await);
+            assert_ne!(other, first);
+            manager.send(StopManager).await.unwrap();
+            while manager.connected() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            node.shutdown();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The manager restarted meanwhile: it still knows the token.
+            let (manager, node) = start();
+            assert_eq!(id(manager.send(submit("t1")).await), first);
+            let Ok(Ok(ClientReply::Status(status))) = manager.send(FromClient::Status).await else {
+                panic!("no status");
+            };
+            assert_eq!(status.drivers.len(), 2, "{:?}", status.drivers);
             node.shutdown();
         });
     }

@@ -179,12 +179,24 @@ pub enum Event {
         driver: DriverId,
         request: DriverRequest,
     },
+    /// An unfinished submission loaded from the journal after a restart,
+    /// with the restarts it had; `running_on` is the worker it was running
+    /// on (or last known on) when journaled, where it may still run.
+    DriverRecovered {
+        driver: DriverId,
+        request: DriverRequest,
+        restarts: u32,
+        running_on: Option<WorkerId>,
+    },
     DriverExited {
         driver: DriverId,
         code: Option<i32>,
         /// How it ended, in the worker's words ("killed by signal 9",
         /// "could not start: ...").
         why: String,
+        /// The worker it ran on, when the worker says (`None`: taken for
+        /// the attempt the manager knows of).
+        worker: Option<WorkerId>,
     },
     KillDriver {
         driver: DriverId,
@@ -624,8 +636,57 @@ impl ClusterState {
                     );
                 }
             }
-            Event::DriverExited { driver, code, why } => {
-                self.driver_exited(now_ms, &driver, code, &why, &mut actions)
+            Event::DriverRecovered {
+                driver,
+                request,
+                restarts,
+                running_on,
+            } => {
+                if !self.drivers.contains_key(&driver) {
+                    let state = match running_on {
+                        // Never two copies of one driver: as for a worker
+                        // lost, nothing replaces it before its lease runs
+                        // out, unless its worker says first how it stands.
+                        Some(worker) => {
+                            let lease = self.driver_lease;
+                            actions.push(Action::WakeAfter(lease));
+                            DriverState::Unreachable {
+                                worker,
+                                until_ms: now_ms
+                                    + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                            }
+                        }
+                        None => DriverState::Waiting("waiting for a worker".into()),
+                    };
+                    self.driver_order.push(driver.clone());
+                    self.drivers.insert(
+                        driver,
+                        Driver {
+                            request,
+                            state,
+                            restarts,
+                        },
+                    );
+                }
+            }
+            Event::DriverExited {
+                driver,
+                code,
+                why,
+                worker,
+            } => {
+                // The exit of an attempt given away, killed on the worker
+                // that ran it, is not the exit of the one running now.
+                let elsewhere = worker.is_some_and(|from| {
+                    self.drivers.get(&driver).is_some_and(|d| match &d.state {
+                        DriverState::Running { worker: w }
+                        | DriverState::Unreachable { worker: w, .. } => *w != from,
+                        _ => false,
+                    })
+                });
+                if !elsewhere {
+                    self.driver_exited(now_ms, &driver, code, &why, &mut actions)
+                }
             }
             Event::KillDriver { driver } => self.kill_driver(&driver, &mut actions),
             Event::Tick => self.restart_due_drivers(now_ms),
@@ -1389,6 +1450,7 @@ mod tests {
                     driver: d.clone(),
                     code: Some(0),
                     why: String::new(),
+                    worker: None,
                 },
             );
             finished += 1;
@@ -1436,6 +1498,7 @@ mod tests {
                 driver: "small".into(),
                 code: Some(0),
                 why: String::new(),
+                worker: None,
             },
         );
         assert!(matches!(
@@ -1478,6 +1541,7 @@ mod tests {
                 driver: "d1".into(),
                 code: Some(0),
                 why: String::new(),
+                worker: None,
             },
         );
         assert!(
@@ -2044,6 +2108,7 @@ mod tests {
                     driver: "d".into(),
                     code: Some(1),
                     why: String::new(),
+                    worker: None,
                 },
             );
             let delay = FIRST_RESTART_DELAY * 2u32.pow(restart);
@@ -2064,6 +2129,7 @@ mod tests {
                 driver: "d".into(),
                 code: Some(1),
                 why: String::new(),
+                worker: None,
             },
         );
         assert_eq!(
@@ -2083,6 +2149,7 @@ mod tests {
                 driver: "d".into(),
                 code: None,
                 why: "could not start: no such file".into(),
+                worker: None,
             },
         );
         assert_eq!(
@@ -2105,6 +2172,7 @@ mod tests {
                     driver: "ok".into(),
                     code: Some(0),
                     why: String::new(),
+                    worker: None,
                 }
             )
             .is_empty()
@@ -2131,6 +2199,7 @@ mod tests {
                     driver: "killed".into(),
                     code: None,
                     why: String::new(),
+                    worker: None,
                 }
             )
             .is_empty()
@@ -2216,6 +2285,165 @@ mod tests {
                 worker: "home".into()
             })
         );
+    }
+
+    fn recovered(id: &str, running_on: Option<&str>) -> Event {
+        Event::DriverRecovered {
+            driver: id.into(),
+            request: DriverRequest {
+                cores: 1,
+                memory_mb: 1024,
+                supervise: true,
+            },
+            restarts: 2,
+            running_on: running_on.map(Into::into),
+        }
+    }
+
+    fn launched_driver(actions: &[Action]) -> Option<WorkerId> {
+        actions.iter().find_map(|a| match a {
+            Action::LaunchDriver { worker, .. } => Some(worker.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_driver_recovered_running_is_not_replaced_before_its_lease_runs_out() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(
+            0,
+            Event::Recovering {
+                grace: Duration::from_secs(2),
+            },
+        );
+        let wake = s.on_event(0, recovered("d", Some("home")));
+        assert!(wake.contains(&Action::WakeAfter(DRIVER_LEASE)), "{wake:?}");
+        s.on_event(10, worker("other", 2, 4096));
+        // Its worker has not said how it stands, and may be cut off from
+        // this manager only: the driver may still run there.
+        assert_eq!(launched_driver(&s.on_event(2000, Event::Tick)), None);
+        assert!(matches!(
+            s.driver_state("d"),
+            Some(DriverState::Unreachable { worker, .. }) if worker == "home"
+        ));
+        let lease = DRIVER_LEASE.as_millis() as u64;
+        assert_eq!(launched_driver(&s.on_event(lease - 1, Event::Tick)), None);
+        assert_eq!(
+            launched_driver(&s.on_event(lease, Event::Tick)),
+            Some("other".into())
+        );
+        assert_eq!(s.drivers()[0].restarts, 3, "its restarts are carried over");
+        // A driver journaled between attempts waits for a worker only.
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, recovered("between", None));
+        assert_eq!(
+            launched_driver(&s.on_event(10, worker("w1", 2, 4096))),
+            Some("w1".into())
+        );
+    }
+
+    #[test]
+    fn an_exit_heard_after_a_restart_settles_the_recovered_driver() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(
+            0,
+            Event::Recovering {
+                grace: Duration::from_secs(2),
+            },
+        );
+        s.on_event(0, recovered("done", Some("home")));
+        s.on_event(0, recovered("failed", Some("home")));
+        // It exited 0 while the manager was down, and the other failed:
+        // the first is over, the second restarts; neither runs twice.
+        let back = s.on_event(
+            100,
+            Event::WorkerRegistered {
+                worker: "home".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec![],
+                executors: vec![],
+                exited_drivers: vec![("done".into(), Some(0)), ("failed".into(), Some(1))],
+            },
+        );
+        assert_eq!(launched_driver(&back), None, "{back:?}");
+        assert_eq!(s.driver_state("done"), Some(&DriverState::Finished));
+        assert!(matches!(
+            s.driver_state("failed"),
+            Some(DriverState::Restarting { .. })
+        ));
+        let later = s.on_event(2000 + 8000, Event::Tick);
+        assert_eq!(launched_driver(&later), Some("home".into()));
+        assert_eq!(s.driver_state("done"), Some(&DriverState::Finished));
+    }
+
+    #[test]
+    fn the_exit_of_an_attempt_given_away_is_not_the_exit_of_the_one_running_now() {
+        let mut s = ClusterState::new(Placement::Spread);
+        s.on_event(0, worker("w1", 2, 4096));
+        s.on_event(0, driver("d", true));
+        s.on_event(0, worker("w2", 2, 4096));
+        s.on_event(
+            5,
+            Event::WorkerLost {
+                worker: "w1".into(),
+                why: "silent".into(),
+            },
+        );
+        let lease = DRIVER_LEASE.as_millis() as u64;
+        assert_eq!(
+            launched_driver(&s.on_event(5 + lease, Event::Tick)),
+            Some("w2".into())
+        );
+        // w1 comes back still running the first attempt: it is told to
+        // kill it, and says so once it has.
+        let back = s.on_event(
+            6 + lease,
+            Event::WorkerRegistered {
+                worker: "w1".into(),
+                cores: 2,
+                memory_mb: 4096,
+                drivers: vec!["d".into()],
+                executors: vec![],
+                exited_drivers: vec![],
+            },
+        );
+        assert!(back.contains(&Action::KillDriver {
+            worker: "w1".into(),
+            driver: "d".into(),
+        }));
+        let killed = s.on_event(
+            7 + lease,
+            Event::DriverExited {
+                driver: "d".into(),
+                code: None,
+                why: "killed by signal 9".into(),
+                worker: Some("w1".into()),
+            },
+        );
+        assert!(killed.is_empty(), "{killed:?}");
+        assert_eq!(
+            s.driver_state("d"),
+            Some(&DriverState::Running {
+                worker: "w2".into()
+            })
+        );
+        assert_eq!(
+            launched_driver(&s.on_event(10 + lease + 5000, Event::Tick)),
+            None
+        );
+        // The attempt on w2 ends the submission.
+        s.on_event(
+            11 + lease + 5000,
+            Event::DriverExited {
+                driver: "d".into(),
+                code: Some(0),
+                why: String::new(),
+                worker: Some("w2".into()),
+            },
+        );
+        assert_eq!(s.driver_state("d"), Some(&DriverState::Finished));
+        assert_eq!(s.worker_usage("w2"), Some((0, 2)));
     }
 
     #[test]

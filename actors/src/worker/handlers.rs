@@ -7,7 +7,10 @@ use actix::prelude::*;
 
 use super::child::{self, ChildSpec, NodeSpec};
 use super::{ChildExited, ChildKey, RunningChild, Worker};
-use crate::cluster_manager::{DriverLogs, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker};
+use crate::cluster_manager::{
+    AppId, DriverId, DriverLogs, ExecutorNo, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker,
+    WorkerId,
+};
 use crate::supervision::PeerDown;
 
 /// How long registering with the manager may take.
@@ -23,7 +26,7 @@ pub(super) struct Connect;
 #[rtype(result = "()")]
 pub struct StopWorker;
 
-/// The outcome of a registration attempt.
+/// The outcome of a registration attempt, and what it told the manager.
 #[derive(Message)]
 #[rtype(result = "()")]
 #[allow(clippy::type_complexity)]
@@ -35,7 +38,69 @@ struct Registered(
         ),
         (String, bool),
     >,
+    Told,
 );
+
+/// What a registration told the manager: the driver exits it carried and
+/// the executors it said run. Built when the attempt starts; children may
+/// end before it is through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Told {
+    exits: Vec<(DriverId, Option<i32>)>,
+    executors: Vec<(AppId, ExecutorNo)>,
+}
+
+impl Told {
+    fn of(register: &FromWorker) -> Self {
+        match register {
+            FromWorker::Register {
+                executors,
+                exited_drivers,
+                ..
+            } => Told {
+                exits: exited_drivers.clone(),
+                executors: executors
+                    .iter()
+                    .map(|e| (e.app.clone(), e.executor))
+                    .collect(),
+            },
+            _ => Told::default(),
+        }
+    }
+}
+
+/// The ends of children the manager was told of as running, or not at
+/// all, because they ended while the registration was on its way: driver
+/// exits it did not carry, and executors it listed that no longer run.
+pub(super) fn untold_ends(
+    worker: &WorkerId,
+    told: &Told,
+    exited_drivers: &[(DriverId, Option<i32>)],
+    running: impl Fn(&ChildKey) -> bool,
+) -> Vec<FromWorker> {
+    let drivers = exited_drivers
+        .iter()
+        .filter(|exit| !told.exits.contains(exit))
+        .map(|(driver, code)| FromWorker::DriverExited {
+            driver: driver.clone(),
+            code: *code,
+            why: match code {
+                Some(code) => format!("exited with code {code}"),
+                None => "killed by a signal".to_string(),
+            },
+            worker: Some(worker.clone()),
+        });
+    let executors = told
+        .executors
+        .iter()
+        .filter(|(app, executor)| !running(&ChildKey::Executor(app.clone(), *executor)))
+        .map(|(app, executor)| FromWorker::ExecutorExited {
+            app: app.clone(),
+            executor: *executor,
+            why: "exited while its worker registered again".to_string(),
+        });
+    drivers.chain(executors).collect()
+}
 
 impl Handler<StopWorker> for Worker {
     type Result = ();
@@ -56,6 +121,7 @@ impl Handler<Connect> for Worker {
         let node = self.spec.node.clone();
         let manager = self.spec.manager.clone();
         let register = self.registration_message();
+        let told = Told::of(&register);
         let me = ctx.address();
         ctx.spawn(
             async move {
@@ -87,7 +153,7 @@ impl Handler<Connect> for Worker {
                     }
                 }
                 .await;
-                me.do_send(Registered(outcome));
+                me.do_send(Registered(outcome, told));
             }
             .into_actor(self),
         );
@@ -102,7 +168,19 @@ impl Handler<Registered> for Worker {
         match msg.0 {
             Ok((id, mailbox)) => {
                 self.spec.manager.node = id;
-                self.exited_drivers.clear();
+                // Children that ended while the registration was on its
+                // way were registered as running: their ends are told now,
+                // and a driver's exit stays for the next registration until
+                // one carries it (the manager must never take an ended
+                // driver for a running one, nor for lost).
+                let told = msg.1;
+                for report in untold_ends(&self.id, &told, &self.exited_drivers, |key| {
+                    self.children.contains_key(key)
+                }) {
+                    let _ = mailbox.tell(report);
+                }
+                self.exited_drivers
+                    .retain(|exit| !told.exits.contains(exit));
                 tracing::info!(manager = %self.spec.manager.node, children = self.children.len(), "registered with the cluster manager");
                 self.spec
                     .node
@@ -324,6 +402,7 @@ impl Handler<ChildExited> for Worker {
                     driver,
                     code: msg.code,
                     why: msg.why,
+                    worker: Some(self.id.clone()),
                 }
             }
         };
@@ -412,5 +491,43 @@ impl Worker {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn told() -> Told {
+        Told {
+            exits: vec![("driver-1".into(), Some(1))],
+            executors: vec![("app-1".into(), 0), ("app-1".into(), 1)],
+        }
+    }
+
+    #[test]
+    fn ends_during_a_registration_are_told_once_it_is_through() {
+        // driver-2 exited 0 and executor 0 ended after the registration
+        // was built: the manager heard of both as running.
+        let exited = vec![("driver-1".into(), Some(1)), ("driver-2".into(), Some(0))];
+        let running = |key: &ChildKey| *key == ChildKey::Executor("app-1".into(), 1);
+        let reports = untold_ends(&"w1".into(), &told(), &exited, running);
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(matches!(
+            &reports[0],
+            FromWorker::DriverExited { driver, code: Some(0), why, worker: Some(w) }
+                if driver == "driver-2" && why == "exited with code 0" && w == "w1"
+        ));
+        assert!(matches!(
+            &reports[1],
+            FromWorker::ExecutorExited { app, executor: 0, .. } if app == "app-1"
+        ));
+    }
+
+    #[test]
+    fn a_registration_that_said_it_all_leaves_nothing_to_tell() {
+        let exited = vec![("driver-1".into(), Some(1))];
+        let reports = untold_ends(&"w1".into(), &told(), &exited, |_| true);
+        assert!(reports.is_empty(), "{reports:?}");
     }
 }
