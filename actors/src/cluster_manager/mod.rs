@@ -80,11 +80,13 @@ pub struct ClusterManager {
     next_launch: u64,
     registrations: Vec<Registration>,
     /// When the manager last saw its own clock tick: a long gap means the
-    /// process stood still (SIGSTOP, a suspended VM).
-    last_tick: std::time::Instant,
+    /// process stood still (SIGSTOP, a suspended VM). On the clock timers
+    /// use: real, or virtual in a simulation, where a slow machine is no
+    /// stall.
+    last_tick: tokio::time::Instant,
     /// After standing still, drivers whose connection dropped meanwhile
     /// get until then to register again before their applications end.
-    revalidate_until: Option<std::time::Instant>,
+    revalidate_until: Option<tokio::time::Instant>,
     /// Dropped with the actor, however it ends (a panic in a handler
     /// too), so whoever runs the manager hears of it; carries the reason
     /// when the manager gives up.
@@ -119,7 +121,7 @@ impl ClusterManager {
             launches: BTreeMap::new(),
             next_launch: 0,
             registrations: Vec::new(),
-            last_tick: std::time::Instant::now(),
+            last_tick: tokio::time::Instant::now(),
             revalidate_until: None,
             end_notice: None,
         }
@@ -129,7 +131,7 @@ impl ClusterManager {
     /// peers it lost meanwhile time to come back.
     fn revalidating(&self) -> bool {
         self.revalidate_until
-            .is_some_and(|until| std::time::Instant::now() < until)
+            .is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     fn watch_own_clock(&mut self, ctx: &mut Context<Self>) {
@@ -141,7 +143,7 @@ impl ClusterManager {
     /// after the process resumes.
     pub(crate) fn check_own_clock(&mut self, ctx: &mut Context<Self>) {
         let gap = self.last_tick.elapsed();
-        self.last_tick = std::time::Instant::now();
+        self.last_tick = tokio::time::Instant::now();
         if gap >= STALL {
             tracing::warn!(
                 stood_still = ?gap,
