@@ -15,11 +15,13 @@ use ember_certs::shell_word;
 use ember_engine::script::{ScriptStatement, split_statements};
 
 use crate::datagen::{ViewsSpec, generate_views};
-use crate::master::Master;
 use crate::output::{OutputFormat, footer, reader_gone, write_rows};
 use crate::progress::ConsoleProgress;
-use crate::session::{ClusterSettings, Mode, Session, SessionOptions, StatementOutcome};
 use crate::tpch::TpchSpec;
+use ember_session::master::Master;
+use ember_session::{
+    ClusterSettings, Flow, Mode, ScriptError, Session, SessionOptions, StatementOutcome, run_script,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -239,9 +241,14 @@ pub struct ProbeNodeArgs {
 A failing statement stops the job with a non-zero exit code."
 )]
 pub struct SubmitArgs {
-    /// The SQL script to run (DataFusion SQL: CREATE EXTERNAL TABLE, SELECT, COPY ... TO, EXPLAIN).
+    /// The SQL script to run (DataFusion SQL: CREATE EXTERNAL TABLE, SELECT, COPY ... TO, EXPLAIN),
+    /// or an application's binary (a Rust program built on the `ember` library).
     #[arg(value_name = "JOB_FILE")]
     pub job: PathBuf,
+
+    /// An application binary's own arguments, after `--`.
+    #[arg(last = true, value_name = "APP_ARGS")]
+    pub app_args: Vec<String>,
 
     #[command(flatten)]
     pub app: AppArgs,
@@ -349,7 +356,7 @@ impl AppArgs {
 
     /// What to ask a cluster for; `name` unless `--name` is given.
     pub fn request(&self, name: &str) -> Result<AppRequest, String> {
-        let executor_memory_mb = crate::cluster::parse_memory_mb(&self.executor_memory)
+        let executor_memory_mb = ember_session::setup::parse_memory_mb(&self.executor_memory)
             .map_err(|e| format!("--executor-memory: {e}"))?;
         if self.executor_cores == 0 {
             return Err("--executor-cores must be at least 1".into());
@@ -364,6 +371,34 @@ impl AppArgs {
             max_cores,
             conf: vec![],
         })
+    }
+
+    /// These options as `ember submit` flags, for an application binary
+    /// that reads them back (`EMBER_APP_ARGS`).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--master={}", self.master),
+            format!("--executor-cores={}", self.executor_cores),
+            format!("--executor-memory={}", self.executor_memory),
+            format!("--driver-host={}", self.driver_host),
+            format!("--certs={}", self.certs.display()),
+        ];
+        let optional = [
+            (
+                "total-executor-cores",
+                self.total_executor_cores.map(|n| n.to_string()),
+            ),
+            ("num-executors", self.num_executors.map(|n| n.to_string())),
+            ("cert-name", self.cert_name.clone()),
+            ("name", self.name.clone()),
+        ];
+        for (flag, value) in optional {
+            if let Some(value) = value {
+                args.push(format!("--{flag}={value}"));
+            }
+        }
+        args.extend(self.conf.iter().map(|pair| format!("--conf={pair}")));
+        args
     }
 
     /// How a client-mode driver in this process joins a cluster master;
@@ -647,7 +682,7 @@ fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     match role {
-        Role::ClusterManager => crate::cluster::run_cluster_manager(crate::cluster::ManagerArgs {
+        Role::ClusterManager => ember_runtime::run_cluster_manager(ember_runtime::ManagerArgs {
             listen: args.listen,
             certs: args.certs,
             name: args.name,
@@ -659,18 +694,22 @@ fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
             let Some(manager) = args.cluster_manager else {
                 return fail("a worker needs --cluster-manager HOST:PORT");
             };
-            let memory_mb = match args.memory.as_deref().map(crate::cluster::parse_memory_mb) {
-                None => crate::cluster::default_worker_memory_mb(),
+            let memory_mb = match args
+                .memory
+                .as_deref()
+                .map(ember_session::setup::parse_memory_mb)
+            {
+                None => ember_runtime::default_worker_memory_mb(),
                 Some(Ok(mb)) => mb,
                 Some(Err(e)) => return fail(&format!("--memory: {e}")),
             };
-            let cores = args
-                .cores
-                .unwrap_or_else(|| u32::try_from(crate::master::available_cores()).unwrap_or(1));
+            let cores = args.cores.unwrap_or_else(|| {
+                u32::try_from(ember_session::master::available_cores()).unwrap_or(1)
+            });
             if cores == 0 {
                 return fail("--cores must be at least 1");
             }
-            crate::cluster::run_worker(crate::cluster::WorkerArgs {
+            ember_runtime::run_worker(ember_runtime::WorkerArgs {
                 manager,
                 certs: args.certs,
                 name: args.name,
@@ -681,7 +720,7 @@ fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
                 conf,
             })
         }
-        Role::Executor => crate::cluster::run_executor(),
+        Role::Executor => ember_runtime::run_executor(&ember_engine::Functions::new()),
         Role::Driver => run_cluster_driver(),
     }
 }
@@ -689,61 +728,15 @@ fn run_role(role: Role, args: ProcessArgs) -> ExitCode {
 /// `ember --role driver`: a cluster-mode driver a worker started, with its
 /// job on stdin; its output goes to the worker's log files.
 fn run_cluster_driver() -> ExitCode {
-    use ember_actors::worker::child::{ChildSpec, read_spec};
-    let spec = match read_spec(&mut std::io::stdin().lock()) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
+    let launch = match ember_runtime::launched() {
+        Ok(launch) => launch,
+        Err(e) => return fail(&e),
     };
-    let ChildSpec::Driver {
-        node,
-        driver,
-        job,
-        manager,
-    } = spec
-    else {
-        return fail("the launch spec is not a driver's");
-    };
-    if let Some(Err(e)) = job.base_dir.as_ref().map(std::env::set_current_dir) {
-        tracing::warn!(error = %e, "cannot enter the submitting directory; relative paths resolve in the work dir");
-    }
-    let mut conf = match EmberConf::new().with_env(std::env::vars()) {
-        Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
-    };
-    for (k, v) in node.conf.iter().chain(job.conf.iter()) {
-        if let Err(e) = conf.set(k, v) {
-            return fail(&e.to_string());
-        }
-    }
-    let statements = split_statements(&job.script);
-    let master = Master::Cluster {
-        host: manager.host.clone(),
-        port: manager.addr.port(),
-    };
-    let options = SessionOptions {
-        master,
-        conf,
-        listener: None,
-        cluster: Some(ClusterSettings {
-            certs: node.certs.clone(),
-            cert_name: Some(node.cert_name.clone()),
-            role: ember_certs::Role::Worker,
-            instance: node.instance.clone(),
-            driver_host: node.host.clone(),
-            request: ember_actors::cluster_manager::AppRequest {
-                name: job.name.clone(),
-                executor_cores: job.executor_cores,
-                executor_memory_mb: job.executor_memory_mb,
-                max_cores: job.max_cores,
-                conf: vec![],
-            },
-            submission: Some(driver.clone()),
-        }),
-    };
-    errln!("driver {driver} running {}", job.name);
+    let statements = split_statements(&launch.job.script);
+    errln!("driver {} running {}", launch.driver, launch.job.name);
     run_job(
-        options,
-        &job.name,
+        launch.options,
+        &launch.job.name,
         &statements,
         Mode::Run,
         OutputFormat::Csv,
@@ -939,6 +932,15 @@ fn submit(args: SubmitArgs) -> ExitCode {
             "--deploy-mode cluster needs a cluster master (--master ember://HOST:PORT); local masters run the driver in this process (client mode)",
         );
     }
+    if crate::app::is_binary(&args.job) {
+        return crate::app::submit(args);
+    }
+    if !args.app_args.is_empty() {
+        return fail(&format!(
+            "{} is a SQL script; arguments after -- are for an application binary",
+            args.job.display()
+        ));
+    }
     let script = match std::fs::read_to_string(&args.job) {
         Ok(s) => s,
         Err(e) => return fail(&format!("cannot read job file {}: {e}", args.job.display())),
@@ -957,7 +959,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
     };
     let app = request.name.clone();
     if on_cluster {
-        let missing = crate::session::missing_locations(&script);
+        let missing = ember_session::missing_locations(&script);
         if let Some((table, location)) = missing.first() {
             return fail(&format!(
                 "{}: table {table}: LOCATION '{location}' does not exist; fix the path or create it first",
@@ -966,7 +968,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         }
     }
     if args.deploy_mode == DeployMode::Cluster {
-        let driver_memory_mb = match crate::cluster::parse_memory_mb(&args.driver_memory) {
+        let driver_memory_mb = match ember_session::setup::parse_memory_mb(&args.driver_memory) {
             Ok(mb) => mb,
             Err(e) => return fail(&format!("--driver-memory: {e}")),
         };
@@ -977,6 +979,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
             executor_cores: request.executor_cores,
             executor_memory_mb: request.executor_memory_mb,
             max_cores: request.max_cores,
+            args: vec![],
             base_dir: std::env::current_dir()
                 .ok()
                 .map(|d| d.display().to_string()),
@@ -1003,6 +1006,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
     let options = SessionOptions {
         master: args.app.master.clone(),
         conf,
+        functions: ember_engine::Functions::new(),
         listener: console_progress(),
         cluster: args
             .app
@@ -1024,36 +1028,6 @@ pub(crate) fn console_progress() -> Option<Arc<dyn JobListener>> {
         .then(|| Arc::new(ConsoleProgress::new()) as Arc<dyn JobListener>)
 }
 
-enum PrintError {
-    Closed,
-    Other(ArrowError),
-}
-
-impl From<ArrowError> for PrintError {
-    fn from(e: ArrowError) -> Self {
-        if reader_gone(&e) {
-            PrintError::Closed
-        } else {
-            PrintError::Other(e)
-        }
-    }
-}
-
-/// A script's failing statement, worded the same wherever scripts run:
-/// where it is, which one, and why.
-pub(crate) fn statement_failed(
-    source: &str,
-    statement: &ScriptStatement,
-    error: &dyn std::fmt::Display,
-) -> String {
-    format!(
-        "{source}:{}: statement {} ({}) failed:\n  {error}",
-        statement.line,
-        statement.index,
-        statement.summary()
-    )
-}
-
 async fn run_statements(
     session: &mut Session,
     job: &str,
@@ -1063,33 +1037,32 @@ async fn run_statements(
     on_terminal: bool,
 ) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    for statement in statements {
-        let started = std::time::Instant::now();
-        let printed = match session.execute_in(&statement.text, mode).await {
-            Ok(StatementOutcome::Rows(rows)) => write_rows(&mut stdout, format, &rows)
-                .map(|()| Some(rows.num_rows()))
-                .map_err(PrintError::from),
-            Ok(StatementOutcome::Explain(text)) => writeln!(stdout, "{text}")
-                .map(|()| None)
-                .map_err(|e| PrintError::from(ArrowError::from(e))),
-            Ok(StatementOutcome::Done) => Ok(None),
-            Err(e) => {
-                let _ = stdout.flush();
-                return fail(&statement_failed(job, statement, &e));
+    let ran = run_script(session, job, statements, mode, |_, outcome, took| {
+        let rows = match outcome {
+            StatementOutcome::Rows(rows) => {
+                write_rows(&mut stdout, format, &rows)?;
+                rows.num_rows()
             }
+            StatementOutcome::Explain(text) => {
+                writeln!(stdout, "{text}").map_err(ArrowError::from)?;
+                return Ok(Flow::Continue);
+            }
+            StatementOutcome::Done => return Ok(Flow::Continue),
         };
-        match printed {
-            Ok(Some(rows)) if on_terminal && format == OutputFormat::Table => {
-                let _ = writeln!(stdout, "{}\n", footer(rows, Some(started.elapsed())));
-            }
-            Ok(_) => {}
-            // The reader went away (`| head`): nothing more to print.
-            Err(PrintError::Closed) => return ExitCode::SUCCESS,
-            Err(PrintError::Other(e)) => return fail(&format!("cannot print results: {e}")),
+        if on_terminal && format == OutputFormat::Table {
+            writeln!(stdout, "{}\n", footer(rows, Some(took))).map_err(ArrowError::from)?;
         }
-    }
+        Ok(Flow::Continue)
+    })
+    .await;
     let _ = stdout.flush();
-    ExitCode::SUCCESS
+    match ran {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(ScriptError::Statement(failed)) => fail(&failed.to_string()),
+        // The reader went away (`| head`): nothing more to print.
+        Err(ScriptError::Sink(e)) if reader_gone(&e) => ExitCode::SUCCESS,
+        Err(ScriptError::Sink(e)) => fail(&format!("cannot print results: {e}")),
+    }
 }
 
 #[cfg(test)]

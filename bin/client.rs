@@ -10,7 +10,7 @@ use ember_actors::cluster_manager::{ClusterStatus, DriverJob, DriverRequest};
 use ember_client::{ClientError, ClusterClient};
 
 use crate::cli::{ClusterArgs, IdArgs, LogsArgs, StatusArgs, fail};
-use crate::master::Master;
+use ember_session::master::Master;
 
 /// Runs `talk` with a client of the cluster manager named by `args`, over
 /// one connection.
@@ -24,13 +24,13 @@ fn with_manager<T>(
             args.master
         )));
     };
-    let creds = crate::cluster::pick_credentials(
+    let creds = ember_session::setup::pick_credentials(
         &args.certs,
         args.name.as_deref(),
         ember_certs::Role::Client,
     )
     .map_err(ClientError::BadRequest)?;
-    let addr = crate::cluster::resolve(host, *port).map_err(ClientError::BadRequest)?;
+    let addr = ember_session::setup::resolve(host, *port).map_err(ClientError::BadRequest)?;
     let system = actix::System::new();
     system.block_on(async move {
         let instance = format!("cli-{}", std::process::id());

@@ -93,7 +93,9 @@ pub fn generate_views(spec: &ViewsSpec) -> Result<Vec<PathBuf>, GenError> {
         .collect();
     let per_file = spec.rows / spec.files as u64;
     let extra = spec.rows % spec.files as u64;
-    let threads = crate::master::available_cores().min(spec.files).max(1);
+    let threads = ember_session::master::available_cores()
+        .min(spec.files)
+        .max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {

@@ -26,8 +26,8 @@ use ember_sqlfuzz::{FileFormat, Query, Table, generate_query, shrink_candidates}
 use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::master::Master;
-use crate::session::{Session, SessionError, SessionOptions, StatementOutcome};
+use ember_session::master::Master;
+use ember_session::{Session, SessionError, SessionOptions, StatementOutcome};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:\n  ember fuzz-sql --seeds 100\n  \
@@ -147,7 +147,7 @@ impl Campaign {
         let mut targets = Vec::new();
         for mode in &args.modes {
             let mode = mode.trim();
-            match Master::parse(mode, crate::master::available_cores()) {
+            match Master::parse(mode, ember_session::master::available_cores()) {
                 Ok(Master::Local { .. }) => {}
                 _ => return Err(FuzzError::Mode(mode.to_string())),
             }
@@ -848,7 +848,7 @@ async fn start_session(target: &Target, ddl: &[String], seed: u64) -> Result<Ses
         target: Box::new(target.clone()),
         source: Box::new(source),
     };
-    let master = Master::parse(&target.master, crate::master::available_cores())
+    let master = Master::parse(&target.master, ember_session::master::available_cores())
         .map_err(|_| FuzzError::Mode(target.master.clone()))?;
     let mut conf = EmberConf::new();
     conf.set(SHUFFLE_PARTITIONS, &target.shuffle_partitions.to_string())
@@ -856,6 +856,7 @@ async fn start_session(target: &Target, ddl: &[String], seed: u64) -> Result<Ses
     let mut session = Session::start(SessionOptions {
         master,
         conf,
+        functions: ember_engine::Functions::new(),
         listener: None,
         cluster: None,
     })

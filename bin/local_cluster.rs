@@ -110,7 +110,7 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
     if args.workers == 0 || args.cores_per_worker == 0 {
         return Err("--workers and --cores-per-worker must be at least 1".into());
     }
-    crate::cluster::parse_memory_mb(&args.memory_per_worker)
+    ember_session::setup::parse_memory_mb(&args.memory_per_worker)
         .map_err(|e| format!("--memory-per-worker: {e}"))?;
     let dir = std::path::absolute(&args.dir).map_err(|e| e.to_string())?;
     let logs = dir.join("logs");
@@ -216,7 +216,7 @@ fn start(args: &LocalClusterArgs) -> Result<(), String> {
 }
 
 fn wait_for_workers(url: &str, certs: &Path, workers: u32) -> Result<(), String> {
-    let master: crate::master::Master = url.parse().map_err(|e| format!("{e}"))?;
+    let master: ember_session::master::Master = url.parse().map_err(|e| format!("{e}"))?;
     let args = crate::cli::ClusterArgs {
         master,
         certs: certs.to_path_buf(),

@@ -988,6 +988,7 @@ fn journal_with_history(state_dir: &Path) {
                     executor_cores: 1,
                     executor_memory_mb: 512,
                     max_cores: None,
+                    args: vec![],
                     base_dir: None,
                 },
                 request: DriverRequest {

@@ -72,6 +72,7 @@ pub async fn session(url: &str, data: &Data) -> Session {
     let mut session = Session::start(SessionOptions {
         master: master(url),
         conf: EmberConf::new(),
+        functions: ember_engine::Functions::new(),
         listener: None,
         cluster: None,
     })

@@ -2,6 +2,27 @@
 //! executors that run them, the links that make them share fate, and the
 //! launcher that gives a driver its executors in local mode.
 
+/// `println!` that never panics: when nobody reads standard output any
+/// more (`| head`, a closed pipe) the line is dropped, as any Unix tool
+/// drops it, instead of the process ending in a panic.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics, for the same reason: a closed standard
+/// error loses the message, not the process.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cluster_app;
 pub mod cluster_manager;
 pub mod config;

@@ -25,15 +25,15 @@ use rustyline::{CompletionType, Config, Editor};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
-use crate::cli::{
-    AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session, statement_failed,
-};
-use crate::master::Master;
+use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session};
 use crate::output::{Limits, OutputFormat, footer, reader_gone, write_batches};
-use crate::session::{Mode, Session, SessionError, SessionOptions, StatementOutcome};
 use catalog::Listing;
 use commands::Command;
 use complete::{ShellHelper, Vocabulary};
+use ember_session::master::Master;
+use ember_session::{
+    Mode, Session, SessionError, SessionOptions, StatementOutcome, statement_failed,
+};
 use input::{Assembler, Item};
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +120,7 @@ pub fn run(args: ShellArgs) -> ExitCode {
     let options = SessionOptions {
         master: master.clone(),
         conf,
+        functions: ember_engine::Functions::new(),
         listener: console_progress(),
         cluster: args
             .app

@@ -87,7 +87,9 @@ pub fn generate(spec: &TpchSpec, on_rows: &(dyn Fn(u64) + Sync)) -> Result<Gener
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let threads = crate::master::available_cores().min(work.len()).max(1);
+    let threads = ember_session::master::available_cores()
+        .min(work.len())
+        .max(1);
     let written: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {

@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::ColumnarValue;
+use datafusion::logical_expr::{AggregateUDF, ColumnarValue, ScalarUDF, WindowUDF};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
@@ -186,6 +186,21 @@ impl PhysicalExtensionCodec for EmberCodec {
             READER => decoder.reader(payload, inputs),
             other => Err(malformed(format!("unknown node kind {other}")).into()),
         }
+    }
+
+    // Reached when the executor's registry lacks a function the plan
+    // names: the application registers it, and this process is not running
+    // the application's binary (or a different build of it).
+    fn try_decode_udf(&self, name: &str, _buf: &[u8]) -> DfResult<Arc<ScalarUDF>> {
+        Err(unknown_function("scalar", name))
+    }
+
+    fn try_decode_udaf(&self, name: &str, _buf: &[u8]) -> DfResult<Arc<AggregateUDF>> {
+        Err(unknown_function("aggregate", name))
+    }
+
+    fn try_decode_udwf(&self, name: &str, _buf: &[u8]) -> DfResult<Arc<WindowUDF>> {
+        Err(unknown_function("window", name))
     }
 
     fn try_encode(
@@ -504,6 +519,15 @@ fn container(bytes: &[u8]) -> DfResult<protobuf::RepartitionExecNode> {
     }
 }
 
+/// A plan names a function this process does not know.
+fn unknown_function(kind: &str, name: &str) -> DataFusionError {
+    DataFusionError::Plan(format!(
+        "this executor has no {kind} function named '{name}': functions an application \
+         registers travel with its binary, so submit the application's binary \
+         (`ember submit APP-BINARY`), built from the same sources as its driver"
+    ))
+}
+
 fn malformed(why: String) -> EngineError {
     EngineError::MalformedShuffleNode(why)
 }
@@ -619,13 +643,17 @@ mod tests {
 
     /// Every stage sent through bytes, as the driver sends it to an executor.
     fn round_trip(graph: &StageGraph) -> StageGraph {
-        let executor = executor();
+        round_trip_with(graph, &executor())
+    }
+
+    /// Every stage sent through bytes to an executor with context `executor`.
+    fn round_trip_with(graph: &StageGraph, executor: &Arc<TaskContext>) -> StageGraph {
         let stages = graph
             .stages
             .iter()
             .map(|stage| {
                 let bytes = encode_plan(Arc::clone(&stage.plan)).unwrap();
-                let plan = decode_plan(&bytes, &executor).unwrap();
+                let plan = decode_plan(&bytes, executor).unwrap();
                 assert_eq!(text(&plan), text(&stage.plan), "stage {}", stage.id);
                 Stage {
                     plan,
@@ -778,6 +806,55 @@ mod tests {
         let shipped = shipped_rows(&ctx, sql).await;
         let local = pretty(&run(&ctx, &graph(&ctx, sql).await).await);
         assert_eq!(shipped, local);
+    }
+
+    /// An application's functions: the scalar `twice` and the aggregate
+    /// `total`, the second as a plain sum under its own name.
+    fn app_functions() -> crate::Functions {
+        use datafusion::arrow::array::{ArrayRef, AsArray};
+        use datafusion::arrow::datatypes::{DataType, Int64Type};
+        use datafusion::logical_expr::{Volatility, create_udf};
+        let twice = create_udf(
+            "twice",
+            vec![DataType::Int64],
+            DataType::Int64,
+            Volatility::Immutable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let values = ColumnarValue::values_to_arrays(args)?;
+                let doubled: datafusion::arrow::array::Int64Array =
+                    values[0].as_primitive::<Int64Type>().unary(|v| v * 2);
+                Ok(ColumnarValue::Array(Arc::new(doubled) as ArrayRef))
+            }),
+        );
+        let total = datafusion::functions_aggregate::sum::sum_udaf()
+            .as_ref()
+            .clone()
+            .with_aliases(["total"]);
+        crate::Functions::new().scalar(twice).aggregate(total)
+    }
+
+    #[tokio::test]
+    async fn an_applications_functions_resolve_by_name_where_registered() {
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        app_functions().register(&ctx);
+        let sql = "SELECT value % 3 AS k, total(twice(value)) AS t FROM generate_series(1, 9) GROUP BY value % 3 ORDER BY k";
+        let graph = graph(&ctx, sql).await;
+        // An executor running the application's binary knows them.
+        let knowing = SessionContext::new_with_config(planning_config(2));
+        app_functions().register(&knowing);
+        for stage in &graph.stages {
+            let bytes = encode_plan(Arc::clone(&stage.plan)).unwrap();
+            decode_plan(&bytes, &knowing.task_ctx()).unwrap();
+        }
+        assert_eq!(
+            pretty(&run(&ctx, &round_trip_with(&graph, &knowing.task_ctx())).await),
+            pretty(&run(&ctx, &graph).await)
+        );
+        // One that does not fails, naming the function.
+        let first = encode_plan(Arc::clone(&graph.stages[0].plan)).unwrap();
+        let e = decode_plan(&first, &executor()).unwrap_err().to_string();
+        assert!(e.contains("no scalar function named 'twice'"), "{e}");
+        assert!(e.contains("application's binary"), "{e}");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod commit;
 pub mod distribute;
 pub mod error;
+pub mod functions;
 pub mod scan_errors;
 pub mod script;
 pub mod session;
@@ -21,6 +22,7 @@ mod testing;
 pub use codec::{EmberCodec, decode_plan, encode_plan};
 pub use commit::{Committed, StagedOutput, TaskAttempt, isolate_attempt, stage_file_output};
 pub use error::EngineError;
+pub use functions::Functions;
 pub use scan_errors::name_files_in_errors;
 pub use shuffle::{
     BlockFetcher, BlockStore, FetchedBatches, InMemoryBlockStore, MapOutputLocations,

@@ -584,6 +584,7 @@ async fn run_submission(
             executor_cores: 1,
             executor_memory_mb: 512,
             max_cores: Some(2),
+            args: vec![],
             base_dir: None,
         };
         let id = submission::submit(&node, &manager, job).await?;

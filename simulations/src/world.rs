@@ -693,6 +693,7 @@ async fn start_executor(
         secret,
         pool: TaskPool::ActorThread,
         session_config,
+        functions: ember_engine::Functions::new(),
         faults,
         on_exit,
     })?;

@@ -602,6 +602,7 @@ fn without_script(record: &DriverRecord) -> DriverRecord {
             executor_cores: job.executor_cores,
             executor_memory_mb: job.executor_memory_mb,
             max_cores: job.max_cores,
+            args: vec![],
             base_dir: job.base_dir.clone(),
         },
         request: record.request.clone(),
@@ -683,6 +684,7 @@ mod tests {
                 executor_cores: 1,
                 executor_memory_mb: 512,
                 max_cores: Some(2),
+                args: vec![],
                 base_dir: None,
             },
             request: DriverRequest {

@@ -92,6 +92,10 @@ pub struct DriverJob {
     /// Where `ember submit` ran: relative paths in the script resolve
     /// there, when it exists on the worker.
     pub base_dir: Option<String>,
+    /// A packaged application's arguments (those after `--`); a SQL
+    /// script has none.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// From people, through `ember` commands (client certificates only).

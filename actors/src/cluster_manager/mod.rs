@@ -427,6 +427,7 @@ mod tests {
                 executor_cores: 1,
                 executor_memory_mb: 512,
                 max_cores: None,
+                args: vec![],
                 base_dir: None,
             },
             request: DriverRequest {

@@ -41,6 +41,8 @@ pub struct RemoteExecutorSpec {
     pub secret: String,
     pub pool: TaskPool,
     pub session_config: SessionConfig,
+    /// The application's own functions, which its plans name.
+    pub functions: ember_engine::Functions,
     /// Faults to inject (`ember.faults.*`).
     pub faults: Arc<crate::faults::Faults>,
     /// Hears `PeerDown` when the executor ends (the process exits then).
@@ -89,7 +91,11 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         proxy: proxy.clone(),
         id: spec.executor.clone(),
         fetcher,
-        session: SessionContext::new_with_config(spec.session_config.clone()),
+        session: {
+            let session = SessionContext::new_with_config(spec.session_config.clone());
+            spec.functions.register(&session);
+            session
+        },
         plans: BTreeMap::new(),
         registration: None,
     }

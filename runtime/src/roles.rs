@@ -1,10 +1,8 @@
-//! The cluster's processes: `ember --role cluster-manager`, `--role worker`,
-//! and the `--role executor` / `--role driver` children a worker starts,
-//! plus what they share: picking a certificate, resolving hosts, memory
-//! sizes.
+//! The cluster's long-lived processes, `ember --role cluster-manager` and
+//! `--role worker`, and the `--role executor` children a worker starts.
 
 use std::io::Read;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,126 +23,9 @@ use ember_actors::worker::child::{ChildSpec, read_spec};
 use ember_actors::worker::{ProcessLauncher, StopWorker, Worker, WorkerSpec};
 use ember_actors::{EmberConf, ExecutorId};
 use ember_certs::{NodeCredentials, Role};
+use ember_engine::Functions;
+use ember_session::setup::{in_force, pick_credentials, resolve};
 use ember_transport::Node;
-
-/// Loads the certificate this process runs with: `name`'s if given, or
-/// else the only certificate of `role` in `dir`. One that is not valid now
-/// is refused here, before any peer refuses it with less to say.
-pub fn pick_credentials(
-    dir: &Path,
-    name: Option<&str>,
-    role: Role,
-) -> Result<NodeCredentials, String> {
-    let name = match name {
-        Some(name) => name.to_string(),
-        None => only_certificate_of(dir, role)?,
-    };
-    let creds = ember_certs::load_node(dir, &name).map_err(|e| e.to_string())?;
-    if creds.identity.role != role {
-        return Err(format!(
-            "certificate '{}' is for a {}, but this process is a {role}; issue one with --role {role}",
-            creds.identity.name, creds.identity.role
-        ));
-    }
-    in_force(dir, &name, &creds)?;
-    Ok(creds)
-}
-
-/// Refuses this process's own certificate outside its validity, and warns
-/// when it ends within days.
-pub fn in_force(dir: &Path, name: &str, creds: &NodeCredentials) -> Result<(), String> {
-    let now = time::OffsetDateTime::now_utc();
-    match ember_certs::check_in_force(dir, name, creds, now) {
-        Ok(None) => Ok(()),
-        Ok(Some(soon)) => {
-            errln!("warning: {soon}");
-            Ok(())
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The name of the only certificate of `role` in `dir`.
-fn only_certificate_of(dir: &Path, role: Role) -> Result<String, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        format!(
-            "cannot read the certificate directory {}: {e}; pass --certs DIR (made with `ember certs init`)",
-            dir.display()
-        )
-    })?;
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".pem"))
-        else {
-            continue;
-        };
-        if stem == "ca" {
-            continue;
-        }
-        let Ok(der) = ember_certs::read_cert(&path) else {
-            continue;
-        };
-        if ember_certs::identity_of(&der).is_ok_and(|id| id.role == role) {
-            found.push(stem.to_string());
-        }
-    }
-    found.sort();
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "no {role} certificate in {}; issue one with `ember certs issue --dir {} --role {role} --name NAME`",
-            dir.display(),
-            dir.display()
-        )),
-        many => Err(format!(
-            "{} holds several {role} certificates ({}); pick one with --name",
-            dir.display(),
-            many.join(", ")
-        )),
-    }
-}
-
-/// `host:port` to a socket address.
-pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve host '{host}': {e}"))?
-        .next()
-        .ok_or_else(|| format!("host '{host}' has no address"))
-}
-
-/// `HOST:PORT` (as `--cluster-manager` takes it) to its parts.
-pub fn split_host_port(value: &str) -> Result<(String, u16), String> {
-    let value = value.strip_prefix("ember://").unwrap_or(value);
-    crate::master::parse_host_port(value).map_err(|why| format!("'{value}' {why}"))
-}
-
-/// A memory size as Spark writes it: `512m`, `4g`, `1024` (MB).
-pub fn parse_memory_mb(value: &str) -> Result<u64, String> {
-    let v = value.trim().to_ascii_lowercase();
-    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => v.split_at(i),
-        None => (v.as_str(), "m"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{value}' is not a memory size such as 512m or 4g"))?;
-    let mb = match unit.trim_end_matches('b') {
-        "k" => n / 1024,
-        "m" | "" => n,
-        "g" => n * 1024,
-        "t" => n * 1024 * 1024,
-        _ => return Err(format!("'{value}' is not a memory size such as 512m or 4g")),
-    };
-    if mb == 0 {
-        return Err(format!("'{value}' is less than a megabyte"));
-    }
-    Ok(mb)
-}
 
 /// This machine's memory less 1 GB (Spark's default for a worker).
 pub fn default_worker_memory_mb() -> u64 {
@@ -160,7 +41,7 @@ pub fn default_worker_memory_mb() -> u64 {
     (total_kb / 1024).saturating_sub(1024).max(1024)
 }
 
-fn conf_from(pairs: &[(String, String)]) -> Result<EmberConf, String> {
+pub(crate) fn conf_from(pairs: &[(String, String)]) -> Result<EmberConf, String> {
     let mut conf = EmberConf::new()
         .with_env(std::env::vars())
         .map_err(|e| e.to_string())?;
@@ -171,7 +52,7 @@ fn conf_from(pairs: &[(String, String)]) -> Result<EmberConf, String> {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -210,7 +91,7 @@ fn prepare(
     Ok((conf, creds, options))
 }
 
-fn fail(e: String) -> ExitCode {
+pub(crate) fn fail(e: String) -> ExitCode {
     errln!("error: {e}");
     ExitCode::FAILURE
 }
@@ -321,7 +202,7 @@ pub fn run_worker(args: WorkerArgs) -> ExitCode {
     ) {
         return fail(e.to_string());
     }
-    let (manager_host, manager_port) = match split_host_port(&args.manager) {
+    let (manager_host, manager_port) = match ember_session::setup::split_host_port(&args.manager) {
         Ok(hp) => hp,
         Err(e) => return fail(format!("--cluster-manager: {e}")),
     };
@@ -446,8 +327,9 @@ impl Handler<PeerDown> for ExitWatcher {
     }
 }
 
-/// `ember --role executor`: started by a worker, with its spec on stdin.
-pub fn run_executor() -> ExitCode {
+/// `--role executor`: started by a worker, with its spec on stdin; plans
+/// resolve the application's `functions` by name.
+pub fn run_executor(functions: &Functions) -> ExitCode {
     let spec = match read_spec(&mut std::io::stdin().lock()) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
@@ -534,6 +416,7 @@ pub fn run_executor() -> ExitCode {
             secret,
             pool,
             session_config,
+            functions: functions.clone(),
             faults,
             on_exit,
         })?;

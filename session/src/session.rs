@@ -22,7 +22,9 @@ use ember_actors::remote::NodeContact;
 use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
 use ember_engine::session::planning_config;
 use ember_engine::subquery::lift_scalar_subqueries;
-use ember_engine::{Committed, StageGraph, StagePlanner, TaskAttempt, stage_file_output};
+use ember_engine::{
+    Committed, Functions, StageGraph, StagePlanner, TaskAttempt, stage_file_output,
+};
 use ember_transport::Node;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -67,6 +69,9 @@ pub struct SessionOptions {
     pub master: Master,
     pub conf: EmberConf,
     pub listener: Option<Arc<dyn JobListener>>,
+    /// The application's own functions, registered with the session's
+    /// planner (and, through the application's binary, on its executors).
+    pub functions: Functions,
     /// How to join a cluster master (ignored by local masters).
     pub cluster: Option<ClusterSettings>,
 }
@@ -147,8 +152,10 @@ impl Session {
                 "its executors did not register within {wait:?} ({LOCAL_EXECUTOR_WAIT})"
             )));
         }
+        let ctx = SessionContext::new_with_config(config);
+        options.functions.register(&ctx);
         Ok(Self {
-            ctx: SessionContext::new_with_config(config),
+            ctx,
             planner: StagePlanner::new(),
             backend: Backend::Local(cluster),
             file_outputs: 0,
@@ -163,7 +170,7 @@ impl Session {
         let settings = options.cluster.ok_or_else(|| {
             SessionError::Cluster("a cluster master needs certificates (--certs DIR)".into())
         })?;
-        let creds = crate::cluster::pick_credentials(
+        let creds = crate::setup::pick_credentials(
             &settings.certs,
             settings.cert_name.as_deref(),
             settings.role,
@@ -184,8 +191,8 @@ impl Session {
             .node_options()
             .map_err(|e| SessionError::Cluster(e.to_string()))?;
         let bind =
-            crate::cluster::resolve(&settings.driver_host, 0).map_err(SessionError::Cluster)?;
-        let manager_addr = crate::cluster::resolve(host, port).map_err(SessionError::Cluster)?;
+            crate::setup::resolve(&settings.driver_host, 0).map_err(SessionError::Cluster)?;
+        let manager_addr = crate::setup::resolve(host, port).map_err(SessionError::Cluster)?;
         let node = Node::start_instance(&creds, Some(&settings.instance), bind, node_options)
             .map_err(|e| SessionError::Cluster(format!("cannot start the driver's node: {e}")))?;
         let manager = ember_actors::cluster_app::reach_manager(&node, manager_addr, host)
@@ -227,8 +234,10 @@ impl Session {
             }
         };
         let config = session_config(&options.conf, slots.max(1))?;
+        let ctx = SessionContext::new_with_config(config);
+        options.functions.register(&ctx);
         Ok(Self {
-            ctx: SessionContext::new_with_config(config),
+            ctx,
             planner: StagePlanner::new(),
             backend: Backend::Cluster(app),
             file_outputs: 0,

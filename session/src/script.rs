@@ -1,0 +1,97 @@
+//! Running a script statement by statement, as `ember submit` does and a
+//! cluster-mode driver does: each statement's outcome goes to the caller as
+//! it comes, and the first failing statement ends the script with where it
+//! is, which one, and why.
+
+use std::time::{Duration, Instant};
+
+use ember_engine::script::ScriptStatement;
+
+use crate::session::{Mode, Session, SessionError, StatementOutcome};
+
+/// A script's failing statement, worded the same wherever scripts run.
+#[derive(Debug, thiserror::Error)]
+#[error("{script}:{line}: statement {index} ({summary}) failed:\n  {error}")]
+pub struct ScriptFailure {
+    /// The script's name (its file, or what the caller calls it).
+    pub script: String,
+    /// 1-based line the statement starts on.
+    pub line: usize,
+    /// 1-based position of the statement in the script.
+    pub index: usize,
+    /// The statement's first line, shortened.
+    pub summary: String,
+    #[source]
+    pub error: SessionError,
+}
+
+/// Whether the script goes on after a statement's outcome was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop here, successfully (the reader of the output went away).
+    Stop,
+}
+
+/// How a script ended when none of its statements failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptEnd {
+    /// Every statement ran.
+    Finished,
+    /// The caller stopped the script after this many statements.
+    Stopped { after: usize },
+}
+
+/// Why a script did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Statement(#[from] ScriptFailure),
+    /// The caller could not take a statement's outcome.
+    #[error(transparent)]
+    Sink(E),
+}
+
+/// Runs `statements` of the script named `script` in order. `sink` gets
+/// each statement with its outcome and how long it took.
+pub async fn run_script<E: std::error::Error + 'static>(
+    session: &mut Session,
+    script: &str,
+    statements: &[ScriptStatement],
+    mode: Mode,
+    mut sink: impl FnMut(&ScriptStatement, StatementOutcome, Duration) -> Result<Flow, E>,
+) -> Result<ScriptEnd, ScriptError<E>> {
+    for (done, statement) in statements.iter().enumerate() {
+        let started = Instant::now();
+        let outcome = session
+            .execute_in(&statement.text, mode)
+            .await
+            .map_err(|error| ScriptFailure {
+                script: script.to_string(),
+                line: statement.line,
+                index: statement.index,
+                summary: statement.summary(),
+                error,
+            })?;
+        match sink(statement, outcome, started.elapsed()).map_err(ScriptError::Sink)? {
+            Flow::Continue => {}
+            Flow::Stop => return Ok(ScriptEnd::Stopped { after: done + 1 }),
+        }
+    }
+    Ok(ScriptEnd::Finished)
+}
+
+/// A failing statement's message, for callers that run statements their
+/// own way (the shell): the same words as [`ScriptFailure`]'s.
+pub fn statement_failed(
+    script: &str,
+    statement: &ScriptStatement,
+    error: &dyn std::fmt::Display,
+) -> String {
+    format!(
+        "{script}:{}: statement {} ({}) failed:\n  {error}",
+        statement.line,
+        statement.index,
+        statement.summary()
+    )
+}
