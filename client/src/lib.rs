@@ -23,10 +23,10 @@ use ember_actors::cluster_manager::upload::{
 };
 use ember_actors::cluster_manager::{
     ClientReply, ClusterStatus, DriverId, DriverJob, DriverLogs, DriverRequest, FOR_CLIENTS,
-    FromClient, ScriptUpload,
+    FromClient, ManagerError, ScriptUpload,
 };
 use ember_certs::NodeCredentials;
-use ember_transport::{Mailbox, Node, NodeOptions};
+use ember_transport::{Mailbox, Node, NodeOptions, SendError};
 
 /// How long the manager gets to answer one request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,13 +42,14 @@ pub enum ClientError {
     /// or it refused this client's certificate).
     #[error("{0}")]
     Unreachable(String),
-    /// The manager did not answer in time, or the connection dropped.
+    /// The manager did not answer in time, the connection dropped, or
+    /// the manager stopped.
     #[error("the cluster manager did not answer: {0}")]
-    NoAnswer(String),
-    /// The manager answered no, with its reason (an unknown id, a
-    /// request it cannot take).
+    NoAnswer(SendError),
+    /// The manager answered no, saying why (an unknown id, a request it
+    /// cannot take); [`ManagerError::code`] tells the kinds apart.
     #[error("{0}")]
-    Refused(String),
+    Refused(ManagerError),
     /// The request itself is wrong before anything is sent.
     #[error("{0}")]
     BadRequest(String),
@@ -68,6 +69,21 @@ impl ClientError {
     /// came back, as opposed to a refusal.
     pub fn is_lost(&self) -> bool {
         matches!(self, ClientError::Unreachable(_) | ClientError::NoAnswer(_))
+    }
+
+    /// A stable word for the kind of error, for a REST API or a script to
+    /// map; a refusal has the manager's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Node(_) => "client_node",
+            ClientError::Unreachable(_) => "unreachable",
+            ClientError::NoAnswer(SendError::Closed(_)) => "manager_gone",
+            ClientError::NoAnswer(SendError::Timeout(..)) => "timeout",
+            ClientError::NoAnswer(_) => "no_answer",
+            ClientError::Refused(e) => e.code(),
+            ClientError::BadRequest(_) => "bad_request",
+            ClientError::Unexpected(_) => "unexpected",
+        }
     }
 }
 
@@ -138,7 +154,7 @@ impl ClusterClient {
         self.manager
             .ask(request, ASK_TIMEOUT)
             .await
-            .map_err(|e| ClientError::NoAnswer(e.to_string()))?
+            .map_err(ClientError::NoAnswer)?
             .map_err(ClientError::Refused)
     }
 

@@ -104,7 +104,7 @@ async fn status(node: &Node, manager: &NodeContact) -> Result<ClusterStatus, Str
     match mailbox.ask(FromClient::Status, ASK_TIMEOUT).await {
         Ok(Ok(ClientReply::Status(status))) => Ok(status),
         Ok(Ok(other)) => Err(format!("unexpected answer: {other:?}")),
-        Ok(Err(refused)) => Err(refused),
+        Ok(Err(refused)) => Err(refused.to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
