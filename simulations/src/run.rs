@@ -21,6 +21,7 @@ use ember_actors::cluster_manager::{
 use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
 use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::remote::NodeContact;
+use ember_client::ClusterClient;
 use ember_engine::{Committed, StagePlanner};
 use ember_transport::sim::{LinkFaults, SimNet};
 use ember_transport::{Node, NodeOptions};
@@ -586,10 +587,15 @@ async fn run_submission(
             max_cores: Some(2),
             base_dir: None,
         };
-        let id = submission::submit(&node, &manager, job).await?;
-        Ok::<_, String>((id, node, manager))
+        let client = ClusterClient::over(node.clone(), manager.addr, &manager.host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = submission::submit(&client, job)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((id, node, client))
     };
-    let (id, node, manager) = match tokio::time::timeout(START_LIMIT, submitted).await {
+    let (id, node, client) = match tokio::time::timeout(START_LIMIT, submitted).await {
         Ok(Ok(submitted)) => submitted,
         Ok(Err(why)) => {
             // The client exits with this error; its process is gone.
@@ -617,9 +623,10 @@ async fn run_submission(
     shared.trace(format!("app {index} submitted"));
     // Its host gone, the client watches no more; the submission runs on.
     let gone = || lock(&apps)[index].crashed;
-    if let Some(end) = submission::watch(&node, &manager, &id, deadline, gone).await {
+    if let Some(end) = submission::watch(&client, &id, deadline, gone).await {
         submission_ended(&apps, index, end, &shared);
     }
+    client.close().await;
     node.close(Duration::from_millis(100)).await;
 }
 
