@@ -41,33 +41,17 @@ fn with_manager<T>(
     })
 }
 
-/// How long `ember submit --deploy-mode cluster` keeps sending a
-/// submission whose answer was lost (the manager restarting, say): a
-/// restart and its recovery fit.
-const SUBMIT_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
     if let Err(e) = ember_client::check_job(&job) {
         return fail(&e.to_string());
     }
-    // One token for every send: the manager takes the submission once.
-    let token = match ember_client::new_token() {
-        Ok(token) => token,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let deadline = std::time::Instant::now() + SUBMIT_RETRY_LIMIT;
-    let submitted = loop {
-        let (job, request, token) = (job.clone(), request.clone(), Some(token.clone()));
-        match with_manager(args, async |client| {
-            client.submit(job, request, token).await
-        }) {
-            Err(lost) if lost.is_lost() && std::time::Instant::now() < deadline => {
-                errln!("no answer to the submission ({lost}); sending it again");
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-            outcome => break outcome.map_err(|e| e.to_string()),
-        }
-    };
+    let submitted = with_manager(args, async |client| {
+        client
+            .submit_until_answered(job, request, ember_client::SUBMIT_RESEND_LIMIT, |lost| {
+                errln!("no answer to the submission ({lost}); sending it again")
+            })
+            .await
+    });
     match submitted {
         Ok(id) => {
             emit(&format!("{id}\n"));
@@ -77,7 +61,7 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster_manager::{
     APP, AppId, AppRequest, ClientReply, DriverId, FOR_APPS, FOR_CLIENTS, FromApp, FromClient,
-    ToApp,
+    ManagerError, ToApp,
 };
 use crate::driver::{
     CancelJobs, Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors,
@@ -58,7 +58,7 @@ pub enum ClusterAppError {
         why: String,
     },
     #[error("the cluster manager did not accept the application: {0}")]
-    Refused(String),
+    Refused(ManagerError),
     #[error("{0}")]
     Start(String),
 }
@@ -394,16 +394,17 @@ impl Handler<RegisterApp> for AppClient {
         Box::pin(
             async move {
                 connect(&node, &manager).await?;
+                let unreachable = |e: ember_transport::SendError| ClusterAppError::Unreachable {
+                    addr: manager.addr,
+                    why: e.to_string(),
+                };
                 let mailbox = node
                     .mailbox::<FromApp>(&manager.actor(FOR_APPS))
-                    .map_err(|e| ClusterAppError::Refused(e.to_string()))?;
+                    .map_err(unreachable)?;
                 let id = mailbox
                     .ask(message, MANAGER_TIMEOUT)
                     .await
-                    .map_err(|e| ClusterAppError::Unreachable {
-                        addr: manager.addr,
-                        why: e.to_string(),
-                    })?
+                    .map_err(unreachable)?
                     .map_err(ClusterAppError::Refused)?;
                 Ok((id, mailbox))
             }

@@ -23,13 +23,18 @@ use ember_actors::cluster_manager::upload::{
 };
 use ember_actors::cluster_manager::{
     ClientReply, ClusterStatus, DriverId, DriverJob, DriverLogs, DriverRequest, FOR_CLIENTS,
-    FromClient, ScriptUpload,
+    FromClient, ManagerError, ScriptUpload,
 };
 use ember_certs::NodeCredentials;
-use ember_transport::{Mailbox, Node, NodeOptions};
+use ember_transport::{Mailbox, Node, NodeOptions, SendError};
 
 /// How long the manager gets to answer one request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `ember submit` keeps sending a submission whose answer was
+/// lost (the manager restarting, say): a restart and its recovery fit.
+pub const SUBMIT_RESEND_LIMIT: Duration = Duration::from_secs(30);
+/// Between sends of a submission whose answer was lost.
+const RESEND_PAUSE: Duration = Duration::from_secs(1);
 
 /// What can go wrong talking to a cluster manager; each kind is a
 /// different thing to the caller (a REST server maps them to codes).
@@ -42,13 +47,14 @@ pub enum ClientError {
     /// or it refused this client's certificate).
     #[error("{0}")]
     Unreachable(String),
-    /// The manager did not answer in time, or the connection dropped.
+    /// The manager did not answer in time, the connection dropped, or
+    /// the manager stopped.
     #[error("the cluster manager did not answer: {0}")]
-    NoAnswer(String),
-    /// The manager answered no, with its reason (an unknown id, a
-    /// request it cannot take).
+    NoAnswer(SendError),
+    /// The manager answered no, saying why (an unknown id, a request it
+    /// cannot take); [`ManagerError::code`] tells the kinds apart.
     #[error("{0}")]
-    Refused(String),
+    Refused(ManagerError),
     /// The request itself is wrong before anything is sent.
     #[error("{0}")]
     BadRequest(String),
@@ -69,6 +75,21 @@ impl ClientError {
     pub fn is_lost(&self) -> bool {
         matches!(self, ClientError::Unreachable(_) | ClientError::NoAnswer(_))
     }
+
+    /// A stable word for the kind of error, for a REST API or a script to
+    /// map; a refusal has the manager's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Node(_) => "client_node",
+            ClientError::Unreachable(_) => "unreachable",
+            ClientError::NoAnswer(SendError::Closed(_)) => "manager_gone",
+            ClientError::NoAnswer(SendError::Timeout(..)) => "timeout",
+            ClientError::NoAnswer(_) => "no_answer",
+            ClientError::Refused(e) => e.code(),
+            ClientError::BadRequest(_) => "bad_request",
+            ClientError::Unexpected(_) => "unexpected",
+        }
+    }
 }
 
 /// Whether the manager could take `job` at all, before anything is sent.
@@ -86,10 +107,16 @@ pub fn check_job(job: &DriverJob) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// One connection to a cluster manager, for as many requests as needed.
+/// A client of one cluster manager, for as many requests as needed. Each
+/// request goes over the node's connection to the manager, dialled again
+/// if it dropped (the manager restarted, say).
 pub struct ClusterClient {
     node: Node,
-    manager: Mailbox<FromClient>,
+    addr: SocketAddr,
+    host: String,
+    /// Whether the node is this client's own, closed with it; a caller's
+    /// node stays open.
+    owns_node: bool,
 }
 
 impl ClusterClient {
@@ -110,35 +137,53 @@ impl ClusterClient {
         };
         let node = Node::start_instance(creds, Some(instance), bind, NodeOptions::default())
             .map_err(|e| ClientError::Node(e.to_string()))?;
-        Self::over(node, addr, host).await
-    }
-
-    /// Reaches the manager from a node the caller started (a simulated
-    /// one, say); [`close`](Self::close) closes that node.
-    pub async fn over(node: Node, addr: SocketAddr, host: &str) -> Result<Self, ClientError> {
-        let reached = async {
-            let manager = reach_manager(&node, addr, host)
-                .await
-                .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-            node.mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
-                .map_err(|e| ClientError::Unreachable(e.to_string()))
-        }
-        .await;
-        match reached {
-            Ok(manager) => Ok(Self { node, manager }),
+        let client = Self {
+            node,
+            addr,
+            host: host.to_string(),
+            owns_node: true,
+        };
+        match client.manager().await {
+            Ok(_) => Ok(client),
             Err(e) => {
-                node.close(Duration::from_millis(100)).await;
+                client.close().await;
                 Err(e)
             }
         }
     }
 
+    /// Reaches the manager from a node the caller started (a simulated
+    /// one, or one that serves other actors too); the node stays the
+    /// caller's: [`close`](Self::close) leaves it open.
+    pub async fn over(node: Node, addr: SocketAddr, host: &str) -> Result<Self, ClientError> {
+        let client = Self {
+            node,
+            addr,
+            host: host.to_string(),
+            owns_node: false,
+        };
+        client.manager().await?;
+        Ok(client)
+    }
+
+    /// The manager's mailbox for people's requests, over the connection
+    /// the node has to it, or a new one.
+    async fn manager(&self) -> Result<Mailbox<FromClient>, ClientError> {
+        let manager = reach_manager(&self.node, self.addr, &self.host)
+            .await
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        self.node
+            .mailbox::<FromClient>(&manager.actor(FOR_CLIENTS))
+            .map_err(|e| ClientError::Unreachable(e.to_string()))
+    }
+
     /// Sends one request and waits for its answer.
     pub async fn ask(&self, request: FromClient) -> Result<ClientReply, ClientError> {
-        self.manager
+        self.manager()
+            .await?
             .ask(request, ASK_TIMEOUT)
             .await
-            .map_err(|e| ClientError::NoAnswer(e.to_string()))?
+            .map_err(ClientError::NoAnswer)?
             .map_err(ClientError::Refused)
     }
 
@@ -168,6 +213,35 @@ impl ClusterClient {
         match self.ask(request).await? {
             ClientReply::Submitted(id) => Ok(id),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Submits a cluster-mode driver as [`submit`](Self::submit) does, and
+    /// while no answer comes (the manager restarting, the link dropping),
+    /// sends it again each second for up to `limit` (see
+    /// [`SUBMIT_RESEND_LIMIT`]), under one token: the manager takes it
+    /// once. `resending` hears why before each resend.
+    pub async fn submit_until_answered(
+        &self,
+        job: DriverJob,
+        request: DriverRequest,
+        limit: Duration,
+        mut resending: impl FnMut(&ClientError),
+    ) -> Result<DriverId, ClientError> {
+        check_job(&job)?;
+        let token = new_token()?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let sent = self
+                .submit(job.clone(), request.clone(), Some(token.clone()))
+                .await;
+            match sent {
+                Err(lost) if lost.is_lost() && tokio::time::Instant::now() < deadline => {
+                    resending(&lost);
+                    tokio::time::sleep(RESEND_PAUSE).await;
+                }
+                answered => return answered,
+            }
         }
     }
 
@@ -233,9 +307,11 @@ impl ClusterClient {
         }
     }
 
-    /// Closes the connection (and this client's node).
+    /// Closes this client's own node; a caller's node stays open.
     pub async fn close(self) {
-        self.node.close(Duration::from_millis(100)).await;
+        if self.owns_node {
+            self.node.close(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -51,17 +51,23 @@ pub fn app_named(script: &str) -> Option<usize> {
         .ok()
 }
 
+/// One driver attempt as its worker launches it: the certificate it runs
+/// with, its node, the submission it runs and the manager to reach.
+pub struct DriverLaunch {
+    pub creds: NodeCredentials,
+    pub node: NodeSpec,
+    pub driver: DriverId,
+    pub job: DriverJob,
+    pub manager: NodeContact,
+}
+
 /// Runs the driver to its end: its exit code, and how it exited.
 pub async fn run(
     process: &Arc<SimProcess>,
-    creds: NodeCredentials,
-    ns: NodeSpec,
-    driver: DriverId,
-    job: DriverJob,
-    manager: NodeContact,
+    launch: DriverLaunch,
     programs: &DriverPrograms,
 ) -> (i32, String) {
-    match drive(process, creds, ns, driver, job, manager, programs).await {
+    match drive(process, launch, programs).await {
         Ok(()) => (0, "exited with code 0".to_string()),
         Err(why) => (1, format!("exited with code 1: {why}")),
     }
@@ -69,13 +75,16 @@ pub async fn run(
 
 async fn drive(
     process: &Arc<SimProcess>,
-    creds: NodeCredentials,
-    ns: NodeSpec,
-    driver: DriverId,
-    job: DriverJob,
-    manager: NodeContact,
+    launch: DriverLaunch,
     programs: &DriverPrograms,
 ) -> Result<(), String> {
+    let DriverLaunch {
+        creds,
+        node: ns,
+        driver,
+        job,
+        manager,
+    } = launch;
     let index = app_named(&job.script)
         .ok_or_else(|| format!("the script names no simulated application: {}", job.script))?;
     let plan = programs

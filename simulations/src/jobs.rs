@@ -45,7 +45,7 @@ pub async fn run_job(
     }
     match answer.await {
         Ok(Ok(output)) => JobOutcome::Succeeded(lines(&output.batches)),
-        Ok(Err(e)) => JobOutcome::Failed(e.0),
+        Ok(Err(e)) => JobOutcome::Failed(e.to_string()),
         Err(_) => JobOutcome::Failed("the driver stopped before answering".into()),
     }
 }
@@ -102,7 +102,7 @@ pub async fn write_job(
     } else {
         match answer.await {
             Ok(Ok(output)) => Ok(output),
-            Ok(Err(e)) => Err(e.0),
+            Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("the driver stopped before answering".to_string()),
         }
     };

@@ -21,6 +21,7 @@ use ember_actors::cluster_manager::{
 use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
 use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::remote::NodeContact;
+use ember_client::ClusterClient;
 use ember_engine::{Committed, StagePlanner};
 use ember_transport::sim::{LinkFaults, SimNet};
 use ember_transport::{Node, NodeOptions};
@@ -404,24 +405,9 @@ async fn run_app(
         .map_err(|e| e.to_string())?;
         Ok::<_, String>((app, node))
     };
-    let (app, node) = match tokio::time::timeout(START_LIMIT, started).await {
-        Ok(Ok(started)) => started,
-        Ok(Err(why)) => {
-            // The client exits with this error; its process is gone.
-            net.crash(ip(host));
-            shared.trace(format!("app {index} did not start"));
-            fail_all(format!("the application did not start: {why}"));
-            return;
-        }
-        Err(_) => {
-            net.crash(ip(host));
-            shared.trace(format!("app {index} did not start in time"));
-            fail_all(format!(
-                "the application did not start within {} s",
-                START_LIMIT.as_secs()
-            ));
-            return;
-        }
+    let client = ClientStart::App { index, host };
+    let Some((app, node)) = client.wait(started, &net, &shared, &fail_all).await else {
+        return;
     };
     {
         let mut apps = lock(&apps);
@@ -587,27 +573,17 @@ async fn run_submission(
             args: vec![],
             base_dir: None,
         };
-        let id = submission::submit(&node, &manager, job).await?;
-        Ok::<_, String>((id, node, manager))
+        let client = ClusterClient::over(node.clone(), manager.addr, &manager.host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = submission::submit(&client, job)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((id, node, client))
     };
-    let (id, node, manager) = match tokio::time::timeout(START_LIMIT, submitted).await {
-        Ok(Ok(submitted)) => submitted,
-        Ok(Err(why)) => {
-            // The client exits with this error; its process is gone.
-            net.crash(ip(host));
-            shared.trace(format!("app {index} was not submitted"));
-            fail_all(format!("the submission did not start: {why}"));
-            return;
-        }
-        Err(_) => {
-            net.crash(ip(host));
-            shared.trace(format!("app {index} was not submitted in time"));
-            fail_all(format!(
-                "the submission did not start within {} s",
-                START_LIMIT.as_secs()
-            ));
-            return;
-        }
+    let client = ClientStart::Submission { index, host };
+    let Some((id, node, client)) = client.wait(submitted, &net, &shared, &fail_all).await else {
+        return;
     };
     {
         let mut apps = lock(&apps);
@@ -618,10 +594,58 @@ async fn run_submission(
     shared.trace(format!("app {index} submitted"));
     // Its host gone, the client watches no more; the submission runs on.
     let gone = || lock(&apps)[index].crashed;
-    if let Some(end) = submission::watch(&node, &manager, &id, deadline, gone).await {
+    if let Some(end) = submission::watch(&client, &id, deadline, gone).await {
         submission_ended(&apps, index, end, &shared);
     }
+    client.close().await;
     node.close(Duration::from_millis(100)).await;
+}
+
+/// The client of application `index` on host `host`, starting it: as an
+/// application it drives itself, or as a cluster-mode submission.
+#[derive(Debug, Clone, Copy)]
+enum ClientStart {
+    App { index: usize, host: u8 },
+    Submission { index: usize, host: u8 },
+}
+
+impl ClientStart {
+    /// What `start` gives, once it has; if it fails, or takes longer than
+    /// [`START_LIMIT`], the client exits with the error (its host is gone)
+    /// and every job of its application fails with it.
+    async fn wait<T>(
+        self,
+        start: impl Future<Output = Result<T, String>>,
+        net: &SimNet,
+        shared: &Shared,
+        fail_all: impl FnOnce(String),
+    ) -> Option<T> {
+        let (index, host, what, not_done) = match self {
+            ClientStart::App { index, host } => (index, host, "application", "did not start"),
+            ClientStart::Submission { index, host } => {
+                (index, host, "submission", "was not submitted")
+            }
+        };
+        let (trace, why) = match tokio::time::timeout(START_LIMIT, start).await {
+            Ok(Ok(started)) => return Some(started),
+            Ok(Err(why)) => (
+                format!("app {index} {not_done}"),
+                format!("the {what} did not start: {why}"),
+            ),
+            Err(_) => (
+                format!("app {index} {not_done} in time"),
+                format!(
+                    "the {what} did not start within {} s",
+                    START_LIMIT.as_secs()
+                ),
+            ),
+        };
+        // The client exits with this error; its process is gone.
+        net.crash(ip(host));
+        shared.trace(trace);
+        fail_all(why);
+        None
+    }
 }
 
 /// Why a job of a submission that ended as `end` was never committed.

@@ -6,20 +6,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use ember_actors::cluster_app::reach_manager;
 use ember_actors::cluster_manager::{
-    ClientReply, ClusterStatus, DriverId, DriverJob, DriverRequest, DriverStatus, FOR_CLIENTS,
-    FromClient,
+    ClusterStatus, DriverId, DriverJob, DriverRequest, DriverStatus,
 };
-use ember_actors::remote::NodeContact;
-use ember_transport::Node;
+use ember_client::{ClientError, ClusterClient, SUBMIT_RESEND_LIMIT};
 
-/// How long the manager gets to answer one request, as `ember submit`
-/// gives it.
-const ASK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a submission whose answer was lost is sent again, as
-/// `ember submit` does.
-const SUBMIT_RETRY_LIMIT: Duration = Duration::from_secs(30);
 /// How often the client asks how its submission is doing.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -93,75 +84,28 @@ impl fmt::Display for SubmissionEnd {
     }
 }
 
-/// Asks the manager for the cluster's status, over this node.
-async fn status(node: &Node, manager: &NodeContact) -> Result<ClusterStatus, String> {
-    let reached = reach_manager(node, manager.addr, &manager.host)
+/// Submits `job` over the client's node and returns its id. A submit
+/// whose answer was lost (the manager went down, the link dropped) is sent
+/// again for up to 30 s with the same token, as `ember submit` does: the
+/// manager takes it once.
+pub async fn submit(client: &ClusterClient, job: DriverJob) -> Result<DriverId, ClientError> {
+    client
+        .submit_until_answered(job, driver_request(), SUBMIT_RESEND_LIMIT, |lost| {
+            tracing::info!(%lost, "no answer to the submission; sending it again");
+        })
         .await
-        .map_err(|e| e.to_string())?;
-    let mailbox = node
-        .mailbox::<FromClient>(&reached.actor(FOR_CLIENTS))
-        .map_err(|e| e.to_string())?;
-    match mailbox.ask(FromClient::Status, ASK_TIMEOUT).await {
-        Ok(Ok(ClientReply::Status(status))) => Ok(status),
-        Ok(Ok(other)) => Err(format!("unexpected answer: {other:?}")),
-        Ok(Err(refused)) => Err(refused),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Submits `job` and returns its id. A submit whose answer was lost (the
-/// manager went down, the link dropped) is sent again for up to 30 s with
-/// the same token, as `ember submit` does: the manager takes it once.
-pub async fn submit(
-    node: &Node,
-    manager: &NodeContact,
-    job: DriverJob,
-) -> Result<DriverId, String> {
-    let token = ember_actors::cluster_app::new_secret().map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + SUBMIT_RETRY_LIMIT;
-    loop {
-        let sent = async {
-            let reached = reach_manager(node, manager.addr, &manager.host)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mailbox = node
-                .mailbox::<FromClient>(&reached.actor(FOR_CLIENTS))
-                .map_err(|e| e.to_string())?;
-            let submit = FromClient::Submit {
-                job: job.clone(),
-                request: driver_request(),
-                upload: None,
-                token: Some(token.clone()),
-            };
-            mailbox
-                .ask(submit, ASK_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match sent.await {
-            Ok(Ok(ClientReply::Submitted(id))) => return Ok(id),
-            Ok(Ok(other)) => return Err(format!("unexpected answer: {other:?}")),
-            Ok(Err(refused)) => return Err(format!("the submission was refused: {refused}")),
-            Err(lost) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(%lost, "no answer to the submission; sending it again");
-                tokio::time::sleep(WATCH_EVERY).await;
-            }
-            Err(lost) => return Err(lost),
-        }
-    }
 }
 
 /// Asks how submission `id` stands each second until it has ended, until
 /// `deadline`, or until `gone` says the client's host is.
 pub async fn watch(
-    node: &Node,
-    manager: &NodeContact,
+    client: &ClusterClient,
     id: &str,
     deadline: tokio::time::Instant,
     gone: impl Fn() -> bool,
 ) -> Option<SubmissionEnd> {
     while tokio::time::Instant::now() < deadline && !gone() {
-        if let Ok(status) = status(node, manager).await
+        if let Ok(status) = client.status().await
             && let Some(end) = SubmissionEnd::in_status(&status, id)
         {
             return Some(end);

@@ -27,7 +27,7 @@ use ember_certs::{IssueRequest, NodeCredentials, Role};
 use ember_transport::sim::{SimNet, SimSocket};
 use ember_transport::{ExitReason, Node, NodeId, NodeOptions, PeerDown};
 
-use crate::cluster_driver::{self, DriverPrograms};
+use crate::cluster_driver::{self, DriverLaunch, DriverPrograms};
 
 /// The port the cluster manager listens on.
 pub const MANAGER_PORT: u16 = 7077;
@@ -618,10 +618,15 @@ impl Launcher for SimLauncher {
                     ));
                 }
                 let programs = Arc::clone(&self.programs);
+                let launch = DriverLaunch {
+                    creds,
+                    node,
+                    driver,
+                    job,
+                    manager,
+                };
                 let program = actix::spawn(async move {
-                    let (code, why) =
-                        cluster_driver::run(&started, creds, node, driver, job, manager, &programs)
-                            .await;
+                    let (code, why) = cluster_driver::run(&started, launch, &programs).await;
                     started.end(Some(code), why, true);
                 });
                 let mut state = lock(&process.state);

@@ -4,10 +4,11 @@
 use actix::prelude::*;
 use ember_transport::ExitReason;
 
+use super::errors::{ManagerError, WorkerError};
 use super::journal::JournalError;
 use super::journal::{AppRecord, DriverRecord};
 use super::messages::*;
-use super::state::{Action, AppState, DriverRequest, DriverState, Event};
+use super::state::{Action, AppId, AppState, DriverRequest, DriverState, Event};
 use super::upload::{MAX_SCRIPT_BYTES, SCRIPT_PART_BYTES, UploadError, split_script};
 use super::{
     AppLink, ClusterManager, WorkerLink, app_state_words, driver_state_words, executor_history,
@@ -16,7 +17,7 @@ use super::{
 use crate::supervision::PeerDown;
 
 impl Handler<FromWorker> for ClusterManager {
-    type Result = Result<(), String>;
+    type Result = Result<(), ManagerError>;
 
     fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) -> Self::Result {
         match msg {
@@ -33,7 +34,7 @@ impl Handler<FromWorker> for ClusterManager {
                 let mailbox = self
                     .node
                     .mailbox::<ToWorker>(&address)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(unreachable)?;
                 self.node
                     .monitor(&address, ctx.address().recipient::<PeerDown>());
                 tracing::info!(%worker, %host, cores, memory_mb, "worker registered");
@@ -96,7 +97,7 @@ impl Handler<FromWorker> for ClusterManager {
 }
 
 impl Handler<FromApp> for ClusterManager {
-    type Result = Result<String, String>;
+    type Result = Result<AppId, ManagerError>;
 
     fn handle(&mut self, msg: FromApp, ctx: &mut Context<Self>) -> Self::Result {
         match msg {
@@ -108,10 +109,7 @@ impl Handler<FromApp> for ClusterManager {
                 submission,
                 existing,
             } => {
-                let client_mailbox = self
-                    .node
-                    .mailbox::<ToApp>(&client)
-                    .map_err(|e| e.to_string())?;
+                let client_mailbox = self.node.mailbox::<ToApp>(&client).map_err(unreachable)?;
                 // A driver whose first registration was journaled but never
                 // answered (this manager went down meanwhile) asks again: it
                 // is the application it was, not a second one.
@@ -127,21 +125,21 @@ impl Handler<FromApp> for ClusterManager {
                 if let Some(id) = &existing {
                     match self.apps.get(id) {
                         Some(a) if a.record.secret != secret => {
-                            return Err(format!("application {id} belongs to another driver"));
+                            return Err(ManagerError::NotYourApp { app: id.clone() });
                         }
                         Some(a) if a.record.ended.is_some() => {
-                            return Err(format!(
-                                "application {id} ended while its driver was away ({}: {})",
-                                a.record.state,
-                                a.record.reason.as_deref().unwrap_or("no reason given")
-                            ));
+                            return Err(ManagerError::AppEnded {
+                                app: id.clone(),
+                                state: a.record.state.clone(),
+                                reason: a
+                                    .record
+                                    .reason
+                                    .clone()
+                                    .unwrap_or_else(|| "no reason given".into()),
+                            });
                         }
                         Some(_) => {}
-                        None => {
-                            return Err(format!(
-                                "application {id} is unknown to this cluster manager"
-                            ));
-                        }
+                        None => return Err(ManagerError::UnknownApp { app: id.clone() }),
                     }
                 }
                 let id = match existing {
@@ -152,10 +150,7 @@ impl Handler<FromApp> for ClusterManager {
                         id
                     }
                     None => {
-                        let number = self
-                            .journal
-                            .next_number("apps")
-                            .map_err(|e| e.to_string())?;
+                        let number = self.journal.next_number("apps").map_err(journal)?;
                         let id = new_id("app", number, self.journal.cluster_id());
                         let record = AppRecord {
                             name: request.name.clone(),
@@ -169,9 +164,7 @@ impl Handler<FromApp> for ClusterManager {
                             secret,
                             executors: Vec::new(),
                         };
-                        self.journal
-                            .put_app(&id, &record)
-                            .map_err(|e| e.to_string())?;
+                        self.journal.put_app(&id, &record).map_err(journal)?;
                         self.apps.insert(
                             id.clone(),
                             AppLink {
@@ -217,7 +210,7 @@ impl Handler<FromApp> for ClusterManager {
 }
 
 impl Handler<FromClient> for ClusterManager {
-    type Result = ResponseFuture<Result<ClientReply, String>>;
+    type Result = ResponseFuture<Result<ClientReply, ManagerError>>;
 
     fn handle(&mut self, msg: FromClient, ctx: &mut Context<Self>) -> Self::Result {
         let reply = match msg {
@@ -448,19 +441,19 @@ impl ClusterManager {
         offset: u64,
         part: &str,
         ctx: &mut Context<Self>,
-    ) -> Result<ClientReply, String> {
+    ) -> Result<ClientReply, ManagerError> {
         let name = match (upload, offset) {
             (Some(name), _) => name,
             (None, 0) => {
                 self.next_upload += 1;
                 format!("upload-{}", self.next_upload)
             }
-            (None, _) => return Err("a script's later parts name their upload".into()),
+            (None, _) => return Err(ManagerError::UploadUnnamed),
         };
         let bytes = self
             .uploads
             .append(&name, offset, part)
-            .map_err(|e| e.to_string())?;
+            .map_err(ManagerError::Upload)?;
         // An upload its client gave up on is not held for ever.
         ctx.notify_later(
             ForgetUpload {
@@ -482,7 +475,7 @@ impl ClusterManager {
         upload: Option<ScriptUpload>,
         token: Option<String>,
         ctx: &mut Context<Self>,
-    ) -> Result<ClientReply, String> {
+    ) -> Result<ClientReply, ManagerError> {
         // Sent again, its first answer lost: the submission it made.
         if let Some(token) = &token
             && let Some((id, _)) = self
@@ -495,24 +488,20 @@ impl ClusterManager {
         }
         if let Some(upload) = upload {
             if !job.script.is_empty() {
-                return Err("a submission carries its script or names an upload, not both".into());
+                return Err(ManagerError::ScriptTwice);
             }
             job.script = self
                 .uploads
                 .take(&upload.name, upload.bytes)
-                .map_err(|e| format!("the submission was not accepted: {e}"))?;
+                .map_err(ManagerError::Script)?;
         }
         if job.script.len() > MAX_SCRIPT_BYTES {
-            return Err(UploadError::TooLarge {
+            return Err(ManagerError::Script(UploadError::TooLarge {
                 bytes: job.script.len() as u64,
                 max: MAX_SCRIPT_BYTES,
-            }
-            .to_string());
+            }));
         }
-        let number = self
-            .journal
-            .next_number("drivers")
-            .map_err(|e| format!("the submission was not accepted: {e}"))?;
+        let number = self.journal.next_number("drivers").map_err(journal)?;
         let id = new_id("driver", number, self.journal.cluster_id());
         let record = DriverRecord {
             job,
@@ -527,9 +516,7 @@ impl ClusterManager {
         };
         // Journaled before it is acknowledged: an accepted submission is
         // never lost.
-        self.journal
-            .submit_driver(&id, &record)
-            .map_err(|e| format!("the submission was not accepted: {e}"))?;
+        self.journal.submit_driver(&id, &record).map_err(journal)?;
         tracing::info!(driver = %id, name = %record.job.name, "driver submitted");
         self.drivers.insert(id.clone(), record);
         self.step(
@@ -542,7 +529,7 @@ impl ClusterManager {
         Ok(ClientReply::Submitted(id))
     }
 
-    fn kill(&mut self, id: &str, ctx: &mut Context<Self>) -> Result<ClientReply, String> {
+    fn kill(&mut self, id: &str, ctx: &mut Context<Self>) -> Result<ClientReply, ManagerError> {
         if self.drivers.contains_key(id) {
             let app = self.drivers.get(id).and_then(|d| d.app.clone());
             self.step(Event::KillDriver { driver: id.into() }, ctx);
@@ -555,9 +542,7 @@ impl ClusterManager {
             self.kill_app(id, ctx);
             return Ok(ClientReply::Killed(format!("killed application {id}")));
         }
-        Err(format!(
-            "no submission or application named '{id}'; `ember list` shows them"
-        ))
+        Err(ManagerError::UnknownId { id: id.into() })
     }
 
     fn kill_app(&mut self, app: &str, ctx: &mut Context<Self>) {
@@ -577,32 +562,40 @@ impl ClusterManager {
         &mut self,
         driver: String,
         max_bytes: u64,
-    ) -> ResponseFuture<Result<ClientReply, String>> {
+    ) -> ResponseFuture<Result<ClientReply, ManagerError>> {
         let found = match self.drivers.get(&driver) {
-            None => Err(format!(
-                "no submission named '{driver}'; `ember list` shows them (client-mode \
-                 applications print their output where they were submitted)"
-            )),
+            None => Err(ManagerError::UnknownDriver {
+                driver: driver.clone(),
+            }),
             Some(record) => match &record.worker {
-                None => Err(format!("driver {driver} has not run yet: {}", record.state)),
+                None => Err(ManagerError::NotStarted {
+                    driver: driver.clone(),
+                    state: record.state.clone(),
+                }),
                 Some(worker) => self
                     .workers
                     .get(worker)
-                    .map(|w| w.mailbox.clone())
-                    .ok_or_else(|| {
-                        format!("worker {worker}, which ran driver {driver}, is not connected")
+                    .map(|w| (worker.clone(), w.mailbox.clone()))
+                    .ok_or_else(|| ManagerError::WorkerAway {
+                        worker: worker.clone(),
+                        driver: driver.clone(),
                     }),
             },
         };
         Box::pin(async move {
-            let mailbox = found?;
+            let (worker, mailbox) = found?;
+            let request = ToWorker::ReadLogs {
+                driver: driver.clone(),
+                max_bytes,
+            };
             let logs = mailbox
-                .ask(
-                    ToWorker::ReadLogs { driver, max_bytes },
-                    std::time::Duration::from_secs(10),
-                )
+                .ask(request, std::time::Duration::from_secs(10))
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| ManagerError::WorkerSilent {
+                    worker,
+                    driver,
+                    why: e.to_string(),
+                })??;
             Ok(ClientReply::Logs(logs))
         })
     }
@@ -809,7 +802,8 @@ impl ClusterManager {
                 mailbox
                     .ask(message, SCRIPT_PART_TIMEOUT)
                     .await
-                    .map_err(|e| e.to_string())??;
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e: WorkerError| e.to_string())?;
                 offset += part.len() as u64;
             }
             Ok::<_, String>(mailbox)
@@ -948,4 +942,15 @@ impl Handler<StopManager> for ClusterManager {
     fn handle(&mut self, _msg: StopManager, ctx: &mut Context<Self>) {
         ctx.stop();
     }
+}
+
+/// A request the manager cannot do because its journal failed.
+fn journal(e: JournalError) -> ManagerError {
+    ManagerError::Journal(e.to_string())
+}
+
+/// A registration the manager cannot answer: the registering actor's node
+/// is no longer connected.
+fn unreachable(e: ember_transport::SendError) -> ManagerError {
+    ManagerError::Unreachable(e.to_string())
 }

@@ -7,6 +7,7 @@ use actix::prelude::*;
 use ember_transport::ActorAddress;
 use serde::{Deserialize, Serialize};
 
+use super::errors::{ManagerError, WorkerError};
 use super::state::{
     AppId, AppRequest, DriverId, DriverRequest, ExecutorNo, RunningExecutor, WorkerId,
 };
@@ -23,7 +24,7 @@ pub const APP: &str = "app";
 
 /// From a worker (worker certificates only).
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), ManagerError>")]
 pub enum FromWorker {
     /// Joins, or joins again, saying what it still runs.
     Register {
@@ -59,7 +60,7 @@ pub enum FromWorker {
 /// From a driver (client or worker certificates: client-mode drivers run in
 /// `ember submit`, cluster-mode ones on a worker).
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<AppId, String>")]
+#[rtype(result = "Result<AppId, ManagerError>")]
 pub enum FromApp {
     Register {
         request: Box<AppRequest>,
@@ -100,7 +101,7 @@ pub struct DriverJob {
 
 /// From people, through `ember` commands (client certificates only).
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<ClientReply, String>")]
+#[rtype(result = "Result<ClientReply, ManagerError>")]
 pub enum FromClient {
     Submit {
         job: DriverJob,
@@ -263,7 +264,7 @@ pub struct DriverStatus {
 
 /// From the manager to a worker (cluster-manager certificates only).
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<DriverLogs, String>")]
+#[rtype(result = "Result<DriverLogs, WorkerError>")]
 pub enum ToWorker {
     LaunchExecutor {
         app: AppId,

@@ -4,6 +4,7 @@
 //! actor here receives, calls it, carries out the actions and journals
 //! what must survive a restart.
 
+mod errors;
 mod handlers;
 pub mod journal;
 pub mod messages;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 
+pub use errors::{ManagerError, WorkerError};
 pub use handlers::StopManager;
 pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
@@ -438,7 +440,7 @@ mod tests {
             upload: None,
             token: Some(token.into()),
         };
-        let id = |reply: Result<Result<ClientReply, String>, MailboxError>| match reply {
+        let id = |reply: Result<Result<ClientReply, ManagerError>, MailboxError>| match reply {
             Ok(Ok(ClientReply::Submitted(id))) => id,
             other => panic!("not submitted: {other:?}"),
         };

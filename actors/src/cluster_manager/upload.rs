@@ -14,7 +14,7 @@ pub const SCRIPT_PART_BYTES: usize = 1024 * 1024;
 /// Bytes of unfinished scripts one process holds at once.
 pub const MAX_STAGED_BYTES: usize = 4 * MAX_SCRIPT_BYTES;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum UploadError {
     #[error(
         "the script is {bytes} bytes, more than the {max} bytes (64 MiB) a cluster-mode \
@@ -45,6 +45,18 @@ pub enum UploadError {
         got: u64,
         expected: u64,
     },
+}
+
+impl UploadError {
+    /// A stable word for the kind of refusal (see `ManagerError::code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            UploadError::TooLarge { .. } => "too_large",
+            UploadError::Busy { .. } => "busy",
+            UploadError::Unknown(_) => "unknown_upload",
+            UploadError::OutOfOrder { .. } | UploadError::Incomplete { .. } => "bad_request",
+        }
+    }
 }
 
 /// `script` cut into parts of at most `part_bytes` bytes (at least one

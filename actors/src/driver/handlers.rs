@@ -37,9 +37,7 @@ impl Handler<SubmitJob> for Driver {
 
     fn handle(&mut self, msg: SubmitJob, _ctx: &mut Context<Self>) {
         let Some(schema) = msg.graph.schema() else {
-            let _ = msg
-                .reply
-                .send(Err(JobError("the job has no stages".to_string())));
+            let _ = msg.reply.send(Err(JobError::NoStages));
             return;
         };
         let job = self.next_job;
@@ -90,7 +88,7 @@ impl Handler<CancelJobs> for Driver {
             tracing::warn!(job, reason = %msg.reason, "job cancelled");
             self.step(Event::JobCancelled {
                 job,
-                reason: format!("Job {job} cancelled: {}", msg.reason),
+                reason: msg.reason.clone(),
             });
         }
     }
@@ -288,7 +286,7 @@ impl Driver {
                     succeeded: false,
                 });
                 if let Some(pending) = self.jobs.remove(&job) {
-                    let _ = pending.reply.send(Err(JobError(error)));
+                    let _ = pending.reply.send(Err(error));
                 }
             }
             Action::RemoveShuffle { stages } => {

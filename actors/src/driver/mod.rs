@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use ember_engine::StageId;
 use ember_transport::{ActorAddress, Mailbox};
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use messages::{
@@ -24,7 +25,7 @@ use scheduler::{Event, Scheduler};
 pub use scheduler::{SchedulerConfig, Speculation};
 
 use crate::executor::ExecutorMessage;
-use crate::protocol::{ExecutorId, JobId, TaskId};
+use crate::protocol::{ExecutorId, JobId, TaskError, TaskId};
 use crate::supervision::{ExitReason, PeerDown, Watchers};
 
 /// A finished job's rows.
@@ -43,10 +44,78 @@ impl JobOutput {
     }
 }
 
-/// Why a job did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct JobError(pub String);
+/// Why a job did not succeed: each kind is a different thing to whoever
+/// submitted it (a REST API or a Spark client maps [`JobError::code`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum JobError {
+    /// The plan gave nothing to run (a bug in the planner, not the query).
+    #[error("the job has no stages")]
+    NoStages,
+    /// One task failed `ember.task.maxFailures` times.
+    #[error(
+        "Job {} aborted: task {} in stage {} failed {failures} time{}; most recent failure: \
+         {task} on executor {executor}: {error}",
+        .task.job, .task.partition, .task.stage, if *.failures == 1 { "" } else { "s" }
+    )]
+    TaskFailed {
+        /// The last attempt that failed.
+        task: TaskId,
+        failures: u32,
+        executor: ExecutorId,
+        /// Boxed, so a `Result` that carries a job's error stays small.
+        error: Box<TaskError>,
+    },
+    /// A stage could not read its parent's output
+    /// `ember.stage.maxConsecutiveAttempts` times in a row.
+    #[error(
+        "Job {} aborted: stage {} failed to read its input {failures} times in a row; most \
+         recent failure: {task} on executor {executor}: {error}",
+        .task.job, .task.stage
+    )]
+    FetchFailed {
+        /// The last reduce attempt that could not read it.
+        task: TaskId,
+        failures: u32,
+        executor: ExecutorId,
+        /// Boxed, so a `Result` that carries a job's error stays small.
+        error: Box<TaskError>,
+    },
+    /// No executor served the application for
+    /// `ember.scheduler.noExecutorTimeout`.
+    #[error(
+        "Job {job} aborted: no executor for {} s (ember.scheduler.noExecutorTimeout); the last \
+         lost: {}",
+        .waited.as_secs(), .last_lost.as_deref().unwrap_or("none had registered")
+    )]
+    NoExecutors {
+        job: JobId,
+        waited: std::time::Duration,
+        /// The last executor lost, and why.
+        last_lost: Option<String>,
+    },
+    /// Cancelled from outside: Ctrl-C, `ember kill`, the cluster manager
+    /// giving up on the application.
+    #[error("Job {job} cancelled: {reason}")]
+    Cancelled { job: JobId, reason: String },
+    /// The driver stopped while the job ran.
+    #[error("Job {job} aborted: the driver stopped")]
+    DriverStopped { job: JobId },
+}
+
+impl JobError {
+    /// A stable word for the kind of failure; the message may change, this
+    /// does not.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::NoStages => "no_stages",
+            JobError::TaskFailed { .. } => "task_failed",
+            JobError::FetchFailed { .. } => "fetch_failed",
+            JobError::NoExecutors { .. } => "no_executors",
+            JobError::Cancelled { .. } => "cancelled",
+            JobError::DriverStopped { .. } => "driver_stopped",
+        }
+    }
+}
 
 /// What a job is doing, for progress bars and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,9 +247,7 @@ impl Actor for Driver {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.watchers.set_reason(ExitReason::Normal);
         for (job, pending) in std::mem::take(&mut self.jobs) {
-            let _ = pending.reply.send(Err(JobError(format!(
-                "Job {job} aborted: the driver stopped"
-            ))));
+            let _ = pending.reply.send(Err(JobError::DriverStopped { job }));
         }
         tracing::info!(driver = %self.me, "driver stopped");
     }

@@ -29,7 +29,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use ember_engine::shuffle::MapStatus;
 use ember_engine::{StageGraph, StageId, StageKind};
 
-use super::ProgressEvent;
+use super::{JobError, ProgressEvent};
 use crate::protocol::{
     ExecutorId, FetchFailure, JobId, MapLocations, TaskDescription, TaskError, TaskFailureKind,
     TaskId, TaskOutput,
@@ -137,7 +137,7 @@ pub enum Action {
     },
     JobFailed {
         job: JobId,
-        error: String,
+        error: JobError,
     },
     /// The job's shuffle blocks are no longer needed.
     RemoveShuffle {
@@ -339,7 +339,9 @@ impl Scheduler {
                 task,
                 result,
             } => self.task_ended(now, &executor, task, result, &mut actions),
-            Event::JobCancelled { job, reason } => self.fail_job(job, reason, &mut actions),
+            Event::JobCancelled { job, reason } => {
+                self.fail_job(job, JobError::Cancelled { job, reason }, &mut actions)
+            }
             Event::Tick => {
                 self.fail_jobs_without_executors(now, &mut actions);
                 self.find_stragglers(now);
@@ -470,18 +472,13 @@ impl Scheduler {
                         .insert(executor.clone());
                 }
                 if *failures >= self.config.max_failures {
-                    let message = format!(
-                        "Job {} aborted: task {} in stage {} failed {} time{}; most recent failure: {} on executor {}: {}",
-                        task.job,
-                        task.partition,
-                        task.stage,
-                        failures,
-                        if *failures == 1 { "" } else { "s" },
+                    let failed = JobError::TaskFailed {
                         task,
-                        executor,
-                        error
-                    );
-                    self.fail_job(task.job, message, actions);
+                        failures: *failures,
+                        executor: executor.clone(),
+                        error: Box::new(error),
+                    };
+                    self.fail_job(task.job, failed, actions);
                 } else if stage.active
                     && !stage.finished.contains(&task.partition)
                     && !stage.is_running(task.partition)
@@ -537,11 +534,13 @@ impl Scheduler {
         }
         stage.fetch_failures += 1;
         if stage.fetch_failures >= self.config.max_stage_attempts {
-            let message = format!(
-                "Job {} aborted: stage {} failed to read its input {} times in a row; most recent failure: {} on executor {}: {}",
-                task.job, task.stage, stage.fetch_failures, task, executor, error
-            );
-            self.fail_job(task.job, message, actions);
+            let failed = JobError::FetchFailed {
+                task,
+                failures: stage.fetch_failures,
+                executor: executor.clone(),
+                error: Box::new(error),
+            };
+            self.fail_job(task.job, failed, actions);
             return;
         }
         job.hold_children_of(parent);
@@ -592,7 +591,7 @@ impl Scheduler {
         });
     }
 
-    fn fail_job(&mut self, job_id: JobId, error: String, actions: &mut Vec<Action>) {
+    fn fail_job(&mut self, job_id: JobId, error: JobError, actions: &mut Vec<Action>) {
         let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
@@ -667,20 +666,14 @@ impl Scheduler {
         if waited < self.config.no_executor_timeout {
             return;
         }
-        let last = self
-            .last_loss
-            .clone()
-            .unwrap_or_else(|| "none had registered".to_string());
         let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
         for job in jobs {
-            self.fail_job(
+            let failed = JobError::NoExecutors {
                 job,
-                format!(
-                    "Job {job} aborted: no executor for {} s (ember.scheduler.noExecutorTimeout); the last lost: {last}",
-                    waited.as_secs()
-                ),
-                actions,
-            );
+                waited,
+                last_lost: self.last_loss.clone(),
+            };
+            self.fail_job(job, failed, actions);
         }
     }
 
@@ -1056,13 +1049,15 @@ mod tests {
             victim = retry[0].1;
         }
         let a = s.on_event(Instant::now(), failed(&e, victim, "boom"));
-        let error = a
+        let failed = a
             .iter()
             .find_map(|a| match a {
                 Action::JobFailed { job: 7, error } => Some(error.clone()),
                 _ => None,
             })
             .expect("the job fails");
+        assert_eq!(failed.code(), "task_failed");
+        let error = failed.to_string();
         assert!(error.contains("failed 3 times"), "{error}");
         assert!(error.ends_with("boom"), "{error}");
         // The other task still running is killed.
@@ -1138,7 +1133,7 @@ mod tests {
 
     fn job_error(actions: &[Action]) -> Option<String> {
         actions.iter().find_map(|a| match a {
-            Action::JobFailed { error, .. } => Some(error.clone()),
+            Action::JobFailed { error, .. } => Some(error.to_string()),
             _ => None,
         })
     }
@@ -1478,7 +1473,7 @@ mod tests {
         );
         assert!(
             a.iter()
-                .any(|a| matches!(a, Action::JobFailed { job: 7, error } if error == "user"))
+                .any(|a| matches!(a, Action::JobFailed { job: 7, error: JobError::Cancelled { reason, .. } } if reason == "user"))
         );
     }
 }

@@ -13,7 +13,8 @@ use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 
 use super::hub::BulkHub;
 use super::wire::{
-    DRIVER, EXECUTOR, NodeContact, RESULTS_INBOX, ToDriver, ToExecutor, WireOutput, WireTask,
+    DRIVER, EXECUTOR, ExecutorRefused, NodeContact, RESULTS_INBOX, ToDriver, ToExecutor,
+    WireOutput, WireTask,
 };
 use crate::driver::{DriverHandle, DriverMessage, ExecutorRegistration};
 use crate::executor::ExecutorMessage;
@@ -149,9 +150,9 @@ impl Handler<ExecutorLostNotice> for DriverEndpoint {
 }
 
 impl Handler<ToDriver> for DriverEndpoint {
-    type Result = Result<(), String>;
+    type Result = Result<(), ExecutorRefused>;
 
-    fn handle(&mut self, msg: ToDriver, ctx: &mut Context<Self>) -> Result<(), String> {
+    fn handle(&mut self, msg: ToDriver, ctx: &mut Context<Self>) -> Self::Result {
         match msg {
             ToDriver::RegisterExecutor {
                 executor,
@@ -178,22 +179,19 @@ impl DriverEndpoint {
         slots: usize,
         contact: NodeContact,
         secret: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecutorRefused> {
         if secret != self.secret {
             tracing::warn!(%executor, node = %contact.node, "executor refused: wrong application secret");
-            return Err(
-                "wrong application secret: this executor belongs to another application"
-                    .to_string(),
-            );
+            return Err(ExecutorRefused::WrongSecret);
         }
         if self.executors.contains_key(&executor) {
-            return Err(format!("executor {executor} is already registered"));
+            return Err(ExecutorRefused::AlreadyRegistered(executor));
         }
         let address = contact.actor(EXECUTOR);
         let mailbox = self
             .node
             .mailbox::<ToExecutor>(&address)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ExecutorRefused::Unreachable(e.to_string()))?;
         self.directory
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -221,7 +219,7 @@ impl DriverEndpoint {
         self.driver
             .mailbox
             .tell(DriverMessage::RegisterExecutor(registration))
-            .map_err(|e| e.to_string())
+            .map_err(|e| ExecutorRefused::DriverStopped(e.to_string()))
     }
 
     fn handle_status_update(

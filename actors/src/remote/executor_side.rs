@@ -157,7 +157,7 @@ impl Handler<DriverMessage> for DriverProxy {
                     async move {
                         let refused = match driver.ask(request, REGISTER_TIMEOUT).await {
                             Ok(Ok(())) => None,
-                            Ok(Err(why)) => Some(why),
+                            Ok(Err(why)) => Some(why.to_string()),
                             Err(e) => Some(e.to_string()),
                         };
                         if let Some(why) = refused {

@@ -17,7 +17,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
 use super::hub::{Batches, BulkHub};
-use super::wire::{BLOCKS, BLOCKS_INBOX, FetchBlocks, NodeContact};
+use super::wire::{BLOCKS, BLOCKS_INBOX, FetchBlocks, FetchRefused, NodeContact};
 
 /// Serves this executor's shuffle blocks to other executors.
 pub struct BlockServer {
@@ -55,7 +55,7 @@ impl Actor for BlockServer {
 }
 
 impl Handler<FetchBlocks> for BlockServer {
-    type Result = ResponseFuture<Result<usize, String>>;
+    type Result = ResponseFuture<Result<usize, FetchRefused>>;
 
     fn handle(&mut self, msg: FetchBlocks, _ctx: &mut Context<Self>) -> Self::Result {
         let mut batches = Vec::new();
@@ -67,8 +67,16 @@ impl Handler<FetchBlocks> for BlockServer {
             };
             match self.store.get(id) {
                 Ok(block) => batches.extend(block),
+                Err(EngineError::MissingBlock(_)) => {
+                    let missing = FetchRefused::BlockMissing {
+                        stage: *stage,
+                        map: *map,
+                        reduce: *reduce,
+                    };
+                    return Box::pin(async move { Err(missing) });
+                }
                 Err(e) => {
-                    let why = e.to_string();
+                    let why = FetchRefused::Store(e.to_string());
                     return Box::pin(async move { Err(why) });
                 }
             }
@@ -82,7 +90,7 @@ impl Handler<FetchBlocks> for BlockServer {
             node.send_batches(&msg.reply_to, &msg.tag, schema, batches)
                 .await
                 .map(|sent| sent.rows)
-                .map_err(|e| e.to_string())
+                .map_err(|e| FetchRefused::NotSent(e.to_string()))
         })
     }
 }
@@ -198,8 +206,12 @@ impl RemoteFetcher {
         let timeout = self.timeout;
         // The executor answers once every batch has been received (or at
         // once, to say no): the stream's end waits for that answer.
-        let mut answer: JoinHandle<Answered> =
-            tokio::spawn(async move { server.ask(request, WHOLE_FETCH_BOUND).await });
+        // Its refusal read as words from here on: they end up in a
+        // fetch failure's message.
+        let mut answer: JoinHandle<Answered> = tokio::spawn(async move {
+            let answered = server.ask(request, WHOLE_FETCH_BOUND).await;
+            answered.map(|sent| sent.map_err(|why| why.to_string()))
+        });
         let refused = |answered: Answered| match answered {
             Ok(Ok(_)) => None,
             Ok(Err(why)) => Some(Refused(why)),

@@ -42,7 +42,7 @@ impl NodeContact {
 
 /// Executor to driver.
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), ExecutorRefused>")]
 pub enum ToDriver {
     /// Offers task slots; `secret` proves the executor belongs to this
     /// application.
@@ -57,6 +57,33 @@ pub enum ToDriver {
         task: TaskId,
         result: Result<WireOutput, TaskError>,
     },
+}
+
+/// Why a driver turned a registering executor away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ExecutorRefused {
+    #[error("wrong application secret: this executor belongs to another application")]
+    WrongSecret,
+    #[error("executor {0} is already registered")]
+    AlreadyRegistered(ExecutorId),
+    /// The driver cannot reach the executor's node back.
+    #[error("the driver cannot reach the executor back: {0}")]
+    Unreachable(String),
+    /// The driver stopped while the executor registered.
+    #[error("the driver stopped: {0}")]
+    DriverStopped(String),
+}
+
+impl ExecutorRefused {
+    /// A stable word for the kind of refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExecutorRefused::WrongSecret => "forbidden",
+            ExecutorRefused::AlreadyRegistered(_) => "already_registered",
+            ExecutorRefused::Unreachable(_) => "unreachable",
+            ExecutorRefused::DriverStopped(_) => "driver_stopped",
+        }
+    }
 }
 
 /// A finished task's output, as it crosses the network.
@@ -93,12 +120,74 @@ pub struct WireTask {
 }
 
 /// One executor asking another for shuffle blocks, which come back on a
-/// bulk stream to `reply_to` tagged `tag`.
+/// bulk stream to `reply_to` tagged `tag`; the answer is the rows sent.
 #[derive(Debug, Message, Serialize, Deserialize)]
-#[rtype(result = "Result<usize, String>")]
+#[rtype(result = "Result<usize, FetchRefused>")]
 pub struct FetchBlocks {
     /// (stage, map, reduce) of each block, in the order wanted.
     pub blocks: Vec<(StageId, usize, usize)>,
     pub reply_to: ActorAddress,
     pub tag: String,
+}
+
+/// Why an executor did not send the shuffle blocks another asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum FetchRefused {
+    /// It does not hold the block (its map task's output was lost or
+    /// removed): the stage that wrote it must run again.
+    #[error(
+        "shuffle block shuffle_{stage}_{map}_{reduce} is missing: the map task that wrote it \
+         is gone or its output was removed"
+    )]
+    BlockMissing {
+        stage: StageId,
+        map: usize,
+        reduce: usize,
+    },
+    /// Its block store failed otherwise.
+    #[error("{0}")]
+    Store(String),
+    /// The blocks could not be streamed back.
+    #[error("the blocks could not be sent: {0}")]
+    NotSent(String),
+}
+
+impl FetchRefused {
+    /// A stable word for the kind of refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchRefused::BlockMissing { .. } => "block_missing",
+            FetchRefused::Store(_) => "block_store",
+            FetchRefused::NotSent(_) => "not_sent",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_between_executors_and_drivers_cross_the_wire_whole() {
+        let missing: Result<usize, FetchRefused> = Err(FetchRefused::BlockMissing {
+            stage: 1,
+            map: 2,
+            reduce: 3,
+        });
+        let bytes = rmp_serde::to_vec_named(&missing).unwrap();
+        let back: Result<usize, FetchRefused> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, missing);
+        let why = back.unwrap_err();
+        assert_eq!(why.code(), "block_missing");
+        assert!(
+            why.to_string()
+                .starts_with("shuffle block shuffle_1_2_3 is missing")
+        );
+
+        let refused: Result<(), ExecutorRefused> = Err(ExecutorRefused::WrongSecret);
+        let bytes = rmp_serde::to_vec_named(&refused).unwrap();
+        let back: Result<(), ExecutorRefused> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, refused);
+        assert_eq!(ExecutorRefused::WrongSecret.code(), "forbidden");
+    }
 }

@@ -9,7 +9,7 @@ use super::child::{self, ChildSpec, NodeSpec};
 use super::{ChildExited, ChildKey, RunningChild, Worker};
 use crate::cluster_manager::{
     AppId, DriverId, DriverLogs, ExecutorNo, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker,
-    WorkerId,
+    WorkerError, WorkerId,
 };
 use crate::supervision::PeerDown;
 
@@ -144,7 +144,7 @@ impl Handler<Connect> for Worker {
                         .map_err(|e| (e.to_string(), false))?;
                     match mailbox.ask(register, REGISTER_TIMEOUT).await {
                         Ok(Ok(())) => Ok((id, mailbox)),
-                        Ok(Err(why)) => Err((why, false)),
+                        Ok(Err(why)) => Err((why.to_string(), false)),
                         Err(ember_transport::SendError::Refused(_, refusal)) => Err((
                             format!("the cluster manager refused this worker: {refusal}"),
                             true,
@@ -225,7 +225,7 @@ impl Handler<PeerDown> for Worker {
 }
 
 impl Handler<ToWorker> for Worker {
-    type Result = Result<DriverLogs, String>;
+    type Result = Result<DriverLogs, WorkerError>;
 
     fn handle(&mut self, msg: ToWorker, ctx: &mut Context<Self>) -> Self::Result {
         match msg {
@@ -276,7 +276,7 @@ impl Handler<ToWorker> for Worker {
                 let bytes = self
                     .scripts
                     .append(&driver, offset, &part)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(WorkerError::Script)?;
                 // A launch that never follows does not hold the script for ever.
                 ctx.notify_later(ForgetScript { driver, bytes }, SCRIPT_KEPT);
                 Ok(DriverLogs::default())
@@ -336,7 +336,10 @@ impl Handler<ToWorker> for Worker {
             ToWorker::ReadLogs { driver, max_bytes } => {
                 let dir = self.driver_dir(&driver);
                 if !dir.is_dir() {
-                    return Err(format!("worker {} has no logs of {driver}", self.id));
+                    return Err(WorkerError::NoLogs {
+                        worker: self.id.clone(),
+                        driver,
+                    });
                 }
                 let (stdout, cut_out) = child::tail(&dir.join("stdout"), max_bytes);
                 let (stderr, cut_err) = child::tail(&dir.join("stderr"), max_bytes);
