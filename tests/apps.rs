@@ -1,0 +1,83 @@
+//! Packaged applications: the example watch-time application, submitted
+//! as a binary, answers as the SQL example does in every mode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::text;
+
+/// The example application's binary, which `cargo test --workspace` builds
+/// (its package has a test of its own) next to the `ember` binary.
+pub fn watch_time_app() -> PathBuf {
+    let app = Path::new(env!("CARGO_BIN_EXE_ember")).with_file_name("watch-time-app");
+    assert!(
+        app.is_file(),
+        "{} is missing: build it with `cargo build -p watch-time-app` (`cargo test --workspace` does)",
+        app.display()
+    );
+    app
+}
+
+/// A scratch directory holding the examples, as a user's checkout.
+pub fn checkout() -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    std::os::unix::fs::symlink(examples, work.path().join("examples")).unwrap();
+    work
+}
+
+fn submit(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("submit")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ember submit {args:?}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+const TABLE: &str = "target/ember-output/watch_time_per_video.parquet";
+
+#[test]
+fn the_example_application_gives_the_sql_examples_rows_in_local_mode() {
+    let work = checkout();
+    let script = submit(
+        work.path(),
+        &["--master", "local[2]", "examples/watch_time.sql"],
+    );
+    let table = std::fs::read(work.path().join(TABLE)).unwrap();
+    std::fs::remove_file(work.path().join(TABLE)).unwrap();
+    let app = watch_time_app();
+    let packaged = submit(
+        work.path(),
+        &["--master", "local[2]", app.to_str().unwrap()],
+    );
+    assert_eq!(text(&packaged.stdout), text(&script.stdout));
+    assert_eq!(std::fs::read(work.path().join(TABLE)).unwrap(), table);
+    // Its own arguments reach it, after `--`.
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "submit",
+            "--master",
+            "local",
+            app.to_str().unwrap(),
+            "--",
+            "no/such/dir/",
+        ])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("LOCATION 'no/such/dir/' does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
