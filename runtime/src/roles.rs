@@ -17,7 +17,9 @@ use ember_actors::config::{
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
 use ember_actors::owner_only;
-use ember_actors::remote::{NodeContact, RemoteExecutorSpec, start_remote_executor};
+use ember_actors::remote::{
+    NodeContact, RemoteExecutor, RemoteExecutorSpec, start_remote_executor,
+};
 use ember_actors::supervision::{ExitReason, PeerDown};
 use ember_actors::worker::child::{ChildSpec, read_spec};
 use ember_actors::worker::{ProcessLauncher, StopWorker, Worker, WorkerSpec};
@@ -375,13 +377,9 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
         Err(e) => return fail(format!("cannot start task threads: {e}")),
     };
     let pool = TaskPool::Runtime(tasks.handle().clone());
-    let mut session_config = ember_engine::session::planning_config(threads);
-    if let Err(e) = conf.apply_datafusion_options(&mut session_config) {
-        return fail(format!("the application's datafusion.* settings: {e}"));
-    }
-    let faults = match Faults::from_conf(&conf) {
-        Ok(f) => Arc::new(f),
-        Err(e) => return fail(e.to_string()),
+    let settings = match ExecutorSettings::from_conf(&conf, threads) {
+        Ok(settings) => settings,
+        Err(e) => return fail(e),
     };
     let system = System::new();
     let app_name = app.clone();
@@ -389,35 +387,22 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
         let node = Node::start_instance(&creds, Some(&ns.instance), bind, options)
             .map_err(|e| format!("cannot start the executor's node: {e}"))?;
         let addr = node.local_addr().map_err(|e| e.to_string())?;
-        let bound = conf.duration(EXECUTOR_CONNECT_TIMEOUT);
-        let connected = tokio::time::timeout(bound, node.connect(driver.addr, &driver.host)).await;
-        match connected {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("cannot reach the driver at {}: {e}", driver.addr)),
-            Err(_) => {
-                return Err(format!(
-                    "the driver at {} did not answer within {bound:?}",
-                    driver.addr
-                ));
-            }
-        }
+        reach_driver(&node, &driver, &conf).await?;
         let (done, exited) = tokio::sync::oneshot::channel();
         let on_exit = ExitWatcher { done: Some(done) }.start().recipient();
-        let remote = start_remote_executor(RemoteExecutorSpec {
-            node: node.clone(),
+        let remote = start_executor(ExecutorStart {
             contact: NodeContact {
                 node: node.id().clone(),
                 addr,
                 host: ns.host.clone(),
             },
-            executor: ExecutorId(executor.to_string()),
-            slots: threads,
+            node: node.clone(),
+            executor,
             driver,
             secret,
             pool,
-            session_config,
+            settings,
             functions: functions.clone(),
-            faults,
             on_exit,
         })?;
         tracing::info!(app = %app_name, executor, "executor started");
@@ -446,4 +431,75 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+/// An executor's settings from its application's configuration.
+pub struct ExecutorSettings {
+    pub threads: usize,
+    pub session_config: datafusion::prelude::SessionConfig,
+    pub faults: Arc<Faults>,
+}
+
+impl ExecutorSettings {
+    /// Refuses bad `datafusion.*` settings and faults before anything starts.
+    pub fn from_conf(conf: &EmberConf, threads: usize) -> Result<Self, String> {
+        let mut session_config = ember_engine::session::planning_config(threads);
+        conf.apply_datafusion_options(&mut session_config)
+            .map_err(|e| format!("the application's datafusion.* settings: {e}"))?;
+        let faults = Arc::new(Faults::from_conf(conf).map_err(|e| e.to_string())?);
+        Ok(Self {
+            threads,
+            session_config,
+            faults,
+        })
+    }
+}
+
+/// Connects an executor's node to its driver, within
+/// `ember.executor.driverConnectTimeout`.
+pub async fn reach_driver(
+    node: &Node,
+    driver: &NodeContact,
+    conf: &EmberConf,
+) -> Result<(), String> {
+    let bound = conf.duration(EXECUTOR_CONNECT_TIMEOUT);
+    match tokio::time::timeout(bound, node.connect(driver.addr, &driver.host)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot reach the driver at {}: {e}", driver.addr)),
+        Err(_) => Err(format!(
+            "the driver at {} did not answer within {bound:?}",
+            driver.addr
+        )),
+    }
+}
+
+/// What an executor runs with, once its node reaches its driver.
+pub struct ExecutorStart {
+    pub node: Node,
+    pub contact: NodeContact,
+    pub executor: u32,
+    pub driver: NodeContact,
+    pub secret: String,
+    pub pool: TaskPool,
+    pub settings: ExecutorSettings,
+    pub functions: Functions,
+    pub on_exit: Recipient<PeerDown>,
+}
+
+/// Starts an executor process's actors: the same in a process a worker
+/// started and on a simulated host.
+pub fn start_executor(start: ExecutorStart) -> Result<RemoteExecutor, String> {
+    start_remote_executor(RemoteExecutorSpec {
+        node: start.node,
+        contact: start.contact,
+        executor: ExecutorId(start.executor.to_string()),
+        slots: start.settings.threads,
+        driver: start.driver,
+        secret: start.secret,
+        pool: start.pool,
+        session_config: start.settings.session_config,
+        functions: start.functions,
+        faults: start.settings.faults,
+        on_exit: start.on_exit,
+    })
 }

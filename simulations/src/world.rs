@@ -12,14 +12,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::EmberConf;
-use ember_actors::ExecutorId;
 use ember_actors::cluster_manager::{
     ClusterManager, ClusterManagerSpec, Journal, JournalError, Placement, StopManager,
 };
 use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::executor::{ExecutorMessage, TaskPool};
-use ember_actors::faults::Faults;
-use ember_actors::remote::{NodeContact, RemoteExecutor, RemoteExecutorSpec};
+use ember_actors::remote::{NodeContact, RemoteExecutor};
 use ember_actors::worker::{
     ChildExited, ChildKey, ChildSpec, Launcher, RunningProcess, StopWorker, Worker, WorkerSpec,
 };
@@ -666,40 +664,27 @@ async fn start_executor(
     )
     .map_err(|e| e.to_string())?;
     process.set_node(node.clone());
-    match tokio::time::timeout(
-        conf.duration(ember_actors::config::EXECUTOR_CONNECT_TIMEOUT),
-        node.connect(driver.addr, &driver.host),
-    )
-    .await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("cannot reach the driver: {e}")),
-        Err(_) => return Err("the driver did not answer".to_string()),
-    }
+    // The executor process's own code from here, as a worker's child runs it.
+    let threads = usize::try_from(cores).unwrap_or(1).max(1);
+    let settings = ember_runtime::roles::ExecutorSettings::from_conf(&conf, threads)?;
+    ember_runtime::roles::reach_driver(&node, &driver, &conf).await?;
     if lock(&process.state).ended {
         return Ok(());
     }
-    let threads = usize::try_from(cores).unwrap_or(1).max(1);
-    let mut session_config = ember_engine::session::planning_config(threads);
-    conf.apply_datafusion_options(&mut session_config)
-        .map_err(|e| e.to_string())?;
-    let faults = Arc::new(Faults::from_conf(&conf).map_err(|e| e.to_string())?);
     let on_exit = ProcessEnd(Arc::clone(process)).start().recipient();
-    let remote = ember_actors::remote::start_remote_executor(RemoteExecutorSpec {
+    let remote = ember_runtime::roles::start_executor(ember_runtime::roles::ExecutorStart {
         contact: NodeContact {
             node: node.id().clone(),
             addr: process.socket.addr(),
             host: SERVER_NAME.to_string(),
         },
         node,
-        executor: ExecutorId(executor.to_string()),
-        slots: threads,
+        executor,
         driver,
         secret,
         pool: TaskPool::ActorThread,
-        session_config,
+        settings,
         functions: ember_engine::Functions::new(),
-        faults,
         on_exit,
     })?;
     let mut state = lock(&process.state);
