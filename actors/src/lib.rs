@@ -2,6 +2,7 @@
 //! executors that run them, the links that make them share fate, and the
 //! launcher that gives a driver its executors in local mode.
 
+pub mod binaries;
 pub mod cluster_app;
 pub mod cluster_manager;
 pub mod config;
