@@ -363,6 +363,7 @@ impl AppArgs {
             executor_memory_mb,
             max_cores,
             conf: vec![],
+            binary: None,
         })
     }
 
@@ -736,6 +737,7 @@ fn run_cluster_driver() -> ExitCode {
                 executor_memory_mb: job.executor_memory_mb,
                 max_cores: job.max_cores,
                 conf: vec![],
+                binary: job.binary.clone(),
             },
             submission: Some(driver.clone()),
         }),
@@ -980,6 +982,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
             base_dir: std::env::current_dir()
                 .ok()
                 .map(|d| d.display().to_string()),
+            binary: None,
         };
         let driver = ember_actors::cluster_manager::DriverRequest {
             cores: args.driver_cores.max(1),

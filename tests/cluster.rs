@@ -958,6 +958,7 @@ fn journal_with_history(state_dir: &Path) {
                     executor_memory_mb: 512,
                     max_cores: Some(1),
                     conf: vec![],
+                    binary: None,
                 },
                 state: "FINISHED".into(),
                 reason: None,
@@ -989,6 +990,7 @@ fn journal_with_history(state_dir: &Path) {
                     executor_memory_mb: 512,
                     max_cores: None,
                     base_dir: None,
+                    binary: None,
                 },
                 request: DriverRequest {
                     cores: 1,

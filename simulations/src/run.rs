@@ -395,6 +395,7 @@ async fn run_app(
                 executor_memory_mb: 512,
                 max_cores: Some(2),
                 conf: conf.pairs(),
+                binary: None,
             },
             submission: None,
             scheduler: conf.scheduler(4),
@@ -585,6 +586,7 @@ async fn run_submission(
             executor_memory_mb: 512,
             max_cores: Some(2),
             base_dir: None,
+            binary: None,
         };
         let id = submission::submit(&node, &manager, job).await?;
         Ok::<_, String>((id, node, manager))

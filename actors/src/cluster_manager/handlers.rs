@@ -108,6 +108,8 @@ impl Handler<FromApp> for ClusterManager {
                 submission,
                 existing,
             } => {
+                self.check_binary(request.binary.as_ref())
+                    .map_err(|e| e.to_string())?;
                 let client_mailbox = self
                     .node
                     .mailbox::<ToApp>(&client)
@@ -502,6 +504,8 @@ impl ClusterManager {
                 .take(&upload.name, upload.bytes)
                 .map_err(|e| format!("the submission was not accepted: {e}"))?;
         }
+        self.check_binary(job.binary.as_ref())
+            .map_err(|e| format!("the submission was not accepted: {e}"))?;
         if job.script.len() > MAX_SCRIPT_BYTES {
             return Err(UploadError::TooLarge {
                 bytes: job.script.len() as u64,
@@ -720,6 +724,7 @@ impl ClusterManager {
                     driver: link.record.driver.clone(),
                     secret: link.record.secret.clone(),
                     conf: link.record.request.conf.clone(),
+                    binary: link.record.request.binary.clone(),
                 };
                 tracing::info!(%app, executor, %worker, cores, "launching executor");
                 self.tell_worker(&worker, message);

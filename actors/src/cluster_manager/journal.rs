@@ -603,6 +603,7 @@ fn without_script(record: &DriverRecord) -> DriverRecord {
             executor_memory_mb: job.executor_memory_mb,
             max_cores: job.max_cores,
             base_dir: job.base_dir.clone(),
+            binary: None,
         },
         request: record.request.clone(),
         state: record.state.clone(),
@@ -684,6 +685,7 @@ mod tests {
                 executor_memory_mb: 512,
                 max_cores: Some(2),
                 base_dir: None,
+                binary: None,
             },
             request: DriverRequest {
                 cores: 1,
@@ -768,6 +770,7 @@ mod tests {
                 executor_memory_mb: 512,
                 max_cores: Some(2),
                 conf: vec![],
+                binary: None,
             },
             state: "FINISHED".into(),
             reason: None,

@@ -4,6 +4,7 @@
 //! actor here receives, calls it, carries out the actions and journals
 //! what must survive a restart.
 
+pub mod binaries;
 mod handlers;
 pub mod journal;
 pub mod messages;
@@ -91,6 +92,8 @@ pub struct ClusterManager {
     /// too), so whoever runs the manager hears of it; carries the reason
     /// when the manager gives up.
     end_notice: Option<tokio::sync::oneshot::Sender<String>>,
+    /// Application binaries, when the manager keeps them.
+    binaries: Option<binaries::ManagerBinaries>,
 }
 
 /// How often the manager checks that it has not stood still.
@@ -124,6 +127,7 @@ impl ClusterManager {
             last_tick: tokio::time::Instant::now(),
             revalidate_until: None,
             end_notice: None,
+            binaries: None,
         }
     }
 
@@ -210,6 +214,10 @@ impl Actor for ClusterManager {
                     return;
                 }
             }
+        }
+        if let Err(e) = self.serve_binaries(ctx) {
+            self.give_up(format!("cannot serve application binaries: {e}"), ctx);
+            return;
         }
         self.watch_own_clock(ctx);
         // What cannot be read is never taken for nothing to recover.
@@ -428,6 +436,7 @@ mod tests {
                 executor_memory_mb: 512,
                 max_cores: None,
                 base_dir: None,
+                binary: None,
             },
             request: DriverRequest {
                 cores: 1,
