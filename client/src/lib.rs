@@ -14,6 +14,8 @@
 //! # }
 //! ```
 
+mod upload;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use ember_actors::cluster_manager::{
 };
 use ember_certs::NodeCredentials;
 use ember_transport::{Mailbox, Node, NodeOptions};
+pub use upload::{UploadedBinary, upload_binary};
 
 /// How long the manager gets to answer one request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
