@@ -59,6 +59,10 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
     let submitted = loop {
         let (job, request, token) = (job.clone(), request.clone(), Some(token.clone()));
         match with_manager(args, async |client| {
+            let mut job = job;
+            if let Some(path) = app_binary_path() {
+                job.binary = Some(upload_app_binary(client, &path).await?);
+            }
             client.submit(job, request, token).await
         }) {
             Err(lost) if lost.is_lost() && std::time::Instant::now() < deadline => {
@@ -78,6 +82,48 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// Names a program the executors (and in cluster mode the driver) run
+/// instead of `ember`: a stand-in until packaged applications have their
+/// own command line.
+pub const APP_BINARY_ENV: &str = "EMBER_APP_BINARY";
+
+/// The application binary `EMBER_APP_BINARY` names, if any.
+pub fn app_binary_path() -> Option<std::path::PathBuf> {
+    std::env::var_os(APP_BINARY_ENV)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// Uploads the application binary at `path` (nothing is sent if the
+/// manager holds it) and says which on stderr.
+pub async fn upload_app_binary(
+    client: &ClusterClient,
+    path: &std::path::Path,
+) -> Result<ember_actors::binaries::BinaryRef, ClientError> {
+    let uploaded = client.upload_binary(path).await?;
+    report_upload(path, &uploaded);
+    Ok(uploaded.binary)
+}
+
+/// Says on stderr whether an application binary was sent.
+pub fn report_upload(path: &std::path::Path, uploaded: &ember_client::UploadedBinary) {
+    let binary = &uploaded.binary;
+    if uploaded.sent_bytes == 0 {
+        errln!(
+            "application binary {} (sha256 {}): held by the cluster manager, nothing uploaded",
+            path.display(),
+            binary.sha256()
+        );
+    } else {
+        errln!(
+            "application binary {} (sha256 {}): uploaded {} bytes",
+            path.display(),
+            binary.sha256(),
+            uploaded.sent_bytes
+        );
     }
 }
 

@@ -197,6 +197,20 @@ impl Session {
         let mut request = settings.request.clone();
         // Executors run with the application's settings.
         request.conf = options.conf.pairs();
+        // A client-mode driver's executors may run an application binary.
+        if settings.role == ember_certs::Role::Client
+            && let Some(path) = crate::client::app_binary_path()
+        {
+            let uploaded = match ember_client::upload_binary(&node, &manager.node, &path).await {
+                Ok(uploaded) => uploaded,
+                Err(e) => {
+                    node.close(Duration::from_millis(100)).await;
+                    return Err(SessionError::Cluster(e.to_string()));
+                }
+            };
+            crate::client::report_upload(&path, &uploaded);
+            request.binary = Some(uploaded.binary);
+        }
         let scheduler = options.conf.scheduler(options.conf.task_max_failures());
         // The bound a job waits with no executor bounds the first wait too.
         let give_up = scheduler.no_executor_timeout;
