@@ -111,12 +111,19 @@ impl App {
         let conf = options.app.conf()?;
         let request = options.app.request(&self.name)?;
         let instance = format!("app-{}", std::process::id());
+        let mut cluster = options.app.cluster_settings(request, instance);
+        if let Some(cluster) = &mut cluster {
+            // The executors run this very binary, for its functions.
+            let this = std::env::current_exe()
+                .map_err(|e| format!("cannot find this application's own binary: {e}"))?;
+            cluster.binary = Some(this);
+        }
         Ok(SessionOptions {
             master: options.app.master.clone(),
             conf,
             functions: Functions::new(),
             listener: crate::cli::console_progress(),
-            cluster: options.app.cluster_settings(request, instance),
+            cluster,
         })
     }
 
@@ -236,8 +243,5 @@ pub fn submit(args: crate::cli::SubmitArgs) -> ExitCode {
 }
 
 fn submit_to_cluster(args: crate::cli::SubmitArgs) -> ExitCode {
-    fail(&format!(
-        "{}: cluster mode for application binaries needs the binary uploaded first",
-        args.job.display()
-    ))
+    crate::cli::submit_cluster_mode(&args, String::new(), Some(&args.job))
 }

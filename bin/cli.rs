@@ -370,6 +370,7 @@ impl AppArgs {
             executor_memory_mb,
             max_cores,
             conf: vec![],
+            binary: None,
         })
     }
 
@@ -416,6 +417,7 @@ impl AppArgs {
             driver_host: self.driver_host.clone(),
             request,
             submission: None,
+            binary: crate::client::app_binary_path(),
         })
     }
 }
@@ -968,34 +970,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         }
     }
     if args.deploy_mode == DeployMode::Cluster {
-        let driver_memory_mb = match ember_session::setup::parse_memory_mb(&args.driver_memory) {
-            Ok(mb) => mb,
-            Err(e) => return fail(&format!("--driver-memory: {e}")),
-        };
-        let job = ember_actors::cluster_manager::DriverJob {
-            name: app,
-            script,
-            conf: conf.pairs(),
-            executor_cores: request.executor_cores,
-            executor_memory_mb: request.executor_memory_mb,
-            max_cores: request.max_cores,
-            args: vec![],
-            base_dir: std::env::current_dir()
-                .ok()
-                .map(|d| d.display().to_string()),
-        };
-        let driver = ember_actors::cluster_manager::DriverRequest {
-            cores: args.driver_cores.max(1),
-            memory_mb: driver_memory_mb,
-            supervise: args.supervise,
-        };
-        let cluster = ClusterArgs {
-            master: args.app.master.clone(),
-            certs: args.app.certs.clone(),
-            name: args.app.cert_name.clone(),
-            json: false,
-        };
-        return crate::client::submit_cluster(&cluster, job, driver);
+        return submit_cluster_mode(&args, script, None);
     }
     let on_terminal = std::io::stdout().is_terminal();
     let format = args.format.unwrap_or(if on_terminal {
@@ -1020,6 +995,50 @@ fn submit(args: SubmitArgs) -> ExitCode {
     };
     let job = args.job.display().to_string();
     run_job(options, &job, &statements, mode, format, on_terminal)
+}
+
+/// Hands a job to a cluster-mode driver: `script`, or with `binary` an
+/// application binary run with `args.app_args`.
+pub(crate) fn submit_cluster_mode(
+    args: &SubmitArgs,
+    script: String,
+    binary: Option<&std::path::Path>,
+) -> ExitCode {
+    let prepared = args.app.conf().and_then(|conf| {
+        let request = args.app.request(&args.job.display().to_string())?;
+        let driver_memory_mb = ember_session::setup::parse_memory_mb(&args.driver_memory)
+            .map_err(|e| format!("--driver-memory: {e}"))?;
+        Ok((conf, request, driver_memory_mb))
+    });
+    let (conf, request, driver_memory_mb) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => return fail(&e),
+    };
+    let job = ember_actors::cluster_manager::DriverJob {
+        name: request.name,
+        script,
+        conf: conf.pairs(),
+        executor_cores: request.executor_cores,
+        executor_memory_mb: request.executor_memory_mb,
+        max_cores: request.max_cores,
+        args: args.app_args.clone(),
+        base_dir: std::env::current_dir()
+            .ok()
+            .map(|d| d.display().to_string()),
+        binary: None,
+    };
+    let driver = ember_actors::cluster_manager::DriverRequest {
+        cores: args.driver_cores.max(1),
+        memory_mb: driver_memory_mb,
+        supervise: args.supervise,
+    };
+    let cluster = ClusterArgs {
+        master: args.app.master.clone(),
+        certs: args.app.certs.clone(),
+        name: args.app.cert_name.clone(),
+        json: false,
+    };
+    crate::client::submit_cluster(&cluster, job, driver, binary)
 }
 
 /// Stage progress bars on the console, when both outputs are terminals.

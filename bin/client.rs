@@ -4,6 +4,7 @@
 //! table or JSON.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::ExitCode;
 
 use ember_actors::cluster_manager::{ClusterStatus, DriverJob, DriverRequest};
@@ -41,11 +42,20 @@ fn with_manager<T>(
     })
 }
 
-pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest) -> ExitCode {
+pub fn submit_cluster(
+    args: &ClusterArgs,
+    job: DriverJob,
+    request: DriverRequest,
+    binary: Option<&Path>,
+) -> ExitCode {
     if let Err(e) = ember_client::check_job(&job) {
         return fail(&e.to_string());
     }
     let submitted = with_manager(args, async |client| {
+        let mut job = job;
+        if let Some(path) = binary.map(Path::to_path_buf).or_else(app_binary_path) {
+            job.binary = Some(upload_app_binary(client, &path).await?);
+        }
         client
             .submit_until_answered(job, request, ember_client::SUBMIT_RESEND_LIMIT, |lost| {
                 errln!("no answer to the submission ({lost}); sending it again")
@@ -63,6 +73,34 @@ pub fn submit_cluster(args: &ClusterArgs, job: DriverJob, request: DriverRequest
         }
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Names a program the executors (and in cluster mode the driver) run
+/// instead of `ember`: a stand-in until packaged applications have their
+/// own command line.
+pub const APP_BINARY_ENV: &str = "EMBER_APP_BINARY";
+
+/// The application binary `EMBER_APP_BINARY` names, if any.
+pub fn app_binary_path() -> Option<std::path::PathBuf> {
+    std::env::var_os(APP_BINARY_ENV)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// Uploads the application binary at `path` (nothing is sent if the
+/// manager holds it) and says which on stderr.
+pub async fn upload_app_binary(
+    client: &ClusterClient,
+    path: &std::path::Path,
+) -> Result<ember_actors::binaries::BinaryRef, ClientError> {
+    let uploaded = client.upload_binary(path).await?;
+    report_upload(path, &uploaded);
+    Ok(uploaded.binary)
+}
+
+/// Says on stderr whether an application binary was sent.
+pub fn report_upload(path: &Path, uploaded: &ember_client::UploadedBinary) {
+    errln!("{}", uploaded.report(path));
 }
 
 pub(crate) fn fetch_status(args: &ClusterArgs) -> Result<ClusterStatus, String> {

@@ -81,3 +81,63 @@ fn the_example_application_gives_the_sql_examples_rows_in_local_mode() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_example_application_gives_the_sql_examples_rows_on_a_cluster() {
+    let expected = crate::support::local_rows(Path::new("examples/watch_time.sql"));
+    let cluster = crate::cluster::Cluster::start();
+    let app = watch_time_app();
+    let app = app.to_str().unwrap();
+
+    // Client mode: the application is the driver, here; its executors run
+    // its binary, uploaded first, so its UDF and UDAF resolve there.
+    let out = cluster.run(&[
+        "submit",
+        "--total-executor-cores",
+        "2",
+        "--name",
+        "app-client",
+        app,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), expected);
+    assert!(
+        text(&out.stderr).contains("uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Cluster mode: a worker runs it as the driver, from its cache; the
+    // manager holds it already, so nothing is sent again.
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "app-cluster",
+        app,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let id = text(&out.stdout).trim().to_string();
+    let status = cluster.wait_for(
+        "the packaged cluster-mode driver to finish",
+        std::time::Duration::from_secs(60),
+        |s| {
+            ember_testkit::driver(s, &id)
+                .is_some_and(|d| d["state"] != "RUNNING" && d["state"] != "SUBMITTED")
+        },
+    );
+    let logs = cluster.run(&["logs", &id]);
+    assert_eq!(
+        ember_testkit::driver(&status, &id).unwrap()["state"],
+        "FINISHED",
+        "{}",
+        text(&cluster.run(&["logs", "--stderr", &id]).stdout)
+    );
+    assert_eq!(text(&logs.stdout), expected);
+}

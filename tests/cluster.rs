@@ -52,6 +52,13 @@ impl Cluster {
         Self::start_sized(1)
     }
 
+    /// Two one-core workers, and these settings on the manager.
+    pub fn start_with(manager_conf: &[&str]) -> Self {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = LoopbackCluster::start(ember(), 2, manager_conf);
+        Cluster { inner, _turn: turn }
+    }
+
     /// Two workers of `cores` cores each.
     pub fn start_sized(cores: u32) -> Self {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -958,6 +965,7 @@ fn journal_with_history(state_dir: &Path) {
                     executor_memory_mb: 512,
                     max_cores: Some(1),
                     conf: vec![],
+                    binary: None,
                 },
                 state: "FINISHED".into(),
                 reason: None,
@@ -990,6 +998,7 @@ fn journal_with_history(state_dir: &Path) {
                     max_cores: None,
                     args: vec![],
                     base_dir: None,
+                    binary: None,
                 },
                 request: DriverRequest {
                     cores: 1,
@@ -1679,4 +1688,225 @@ fn a_client_certificate_of_another_ca_is_named_on_both_sides() {
         ),
         "{err}"
     );
+}
+
+/// What an `ember` process runs (its binary), from /proc.
+fn program_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+/// Waits for live `--role ROLE` processes with `needle` among their
+/// arguments.
+fn wait_for_processes(role: &str, needle: &str) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let pids = processes(role, needle);
+        if !pids.is_empty() {
+            return pids;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {role} process of {needle}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn executors_and_drivers_run_an_application_binary_uploaded_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start();
+    // A renamed copy of `ember` serves the executor and driver roles: an
+    // application binary as far as the cluster can tell.
+    let app = cluster.dir.path().join("packaged-app");
+    std::fs::copy(ember(), &app).unwrap();
+    let binary = ember_actors::binaries::hash_file(&app).unwrap();
+    let sha = binary.sha256();
+
+    // Client mode: uploaded once; both executors' workers fetch it.
+    let count = cluster.job(
+        "count.sql",
+        "SELECT count(*) AS n FROM generate_series(1, 3000);\n",
+    );
+    let out = cluster
+        .ember(&["submit", "--format", "csv", "--total-executor-cores", "2"])
+        .args(["--name", "packaged"])
+        .arg(&count)
+        .env("EMBER_APP_BINARY", &app)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n\n3000\n");
+    let uploaded = format!("uploaded {} bytes", binary.bytes());
+    assert!(
+        text(&out.stderr).contains(&uploaded),
+        "{}",
+        text(&out.stderr)
+    );
+    let store = cluster.dir.path().join("cm-state").join("binaries");
+    assert_eq!(
+        files_in(&store),
+        vec![sha.to_string()],
+        "nothing but the binary"
+    );
+    for worker in ["w1", "w2"] {
+        let cache = cluster.dir.path().join(worker).join("binaries");
+        assert_eq!(files_in(&cache), vec![sha.to_string()], "{worker}'s cache");
+        let kept = std::fs::metadata(cache.join(sha)).unwrap();
+        assert_eq!(kept.len(), binary.bytes());
+        assert_eq!(kept.permissions().mode() & 0o777, 0o755);
+        let dir = std::fs::metadata(&cache).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    }
+
+    // Cluster mode, submitted again with the same binary: nothing is
+    // uploaded, and the driver and its executor run it from their
+    // workers' caches.
+    let long = cluster.job("long.sql", LONG_JOB);
+    let out = cluster
+        .ember(&[
+            "submit",
+            "--deploy-mode",
+            "cluster",
+            "--name",
+            "packaged-cluster",
+        ])
+        .arg(&long)
+        .env("EMBER_APP_BINARY", &app)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("held by the cluster manager, nothing uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let id = text(&out.stdout).trim().to_string();
+    let in_a_cache = |pid: u32| {
+        let program = program_of(pid);
+        assert!(
+            program.starts_with(cluster.dir.path())
+                && program.ends_with(Path::new("binaries").join(sha)),
+            "{pid} runs {}",
+            program.display()
+        );
+    };
+    let drivers = wait_for_processes("driver", &id);
+    drivers.iter().for_each(|pid| in_a_cache(*pid));
+    let status = cluster.wait_for("its application", Duration::from_secs(30), |s| {
+        driver(s, &id).is_some_and(|d| d["app"].is_string())
+    });
+    let app_id = driver(&status, &id).unwrap()["app"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let executors = wait_for_processes("executor", &app_id);
+    executors.iter().for_each(|pid| in_a_cache(*pid));
+    assert_eq!(files_in(&store), vec![sha.to_string()]);
+
+    let out = cluster.run(&["kill", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all: Vec<u32> = drivers.into_iter().chain(executors).collect();
+    assert!(wait_gone(&all, Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn an_application_binary_that_cannot_run_is_refused_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start_with(&[
+        "ember.deploy.maxAppBinaryBytes=1000000",
+        "ember.deploy.maxExecutorRetries=2",
+    ]);
+    let job = cluster.job("one.sql", "SELECT 1 AS one;\n");
+    let submit = |binary: &Path, mode: &str| {
+        // One executor at a time: each that exits leaves none.
+        let out = cluster
+            .ember(&["submit", "--deploy-mode", mode, "--name", "refused"])
+            .args(["--total-executor-cores", "1"])
+            .args(["--conf", "ember.scheduler.noExecutorTimeout=3s"])
+            .arg(&job)
+            .env("EMBER_APP_BINARY", binary)
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out.stderr))
+    };
+    let refused = |binary: &Path, mode: &str, reason: &str| {
+        let (ok, stderr) = submit(binary, mode);
+        assert!(!ok && stderr.contains(reason), "{mode} mode: {stderr}");
+    };
+    let write = |name: &str, bytes: &[u8], mode: u32| {
+        let path = cluster.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let script = write("job.sh", b"#!/bin/sh\nexit 0\n", 0o755);
+    refused(&script, "client", "is a script (it starts with #!)");
+    let text_file = write("notes", b"not a program", 0o755);
+    refused(&text_file, "cluster", "is not an ELF executable");
+    let plain = write("plain", &std::fs::read("/bin/false").unwrap(), 0o644);
+    refused(&plain, "client", "it is not executable (mode 644)");
+    // `ember` is far above the manager's limit: refused before a byte goes.
+    let large = cluster.dir.path().join("large-app");
+    std::fs::copy(ember(), &large).unwrap();
+    for mode in ["client", "cluster"] {
+        refused(&large, mode, "more than the 1000000 bytes");
+        refused(&large, mode, "ember.deploy.maxAppBinaryBytes");
+    }
+    let store = cluster.dir.path().join("cm-state").join("binaries");
+    assert!(files_in(&store).is_empty(), "{:?}", files_in(&store));
+    let status = cluster.status();
+    assert!(status["apps"].as_array().unwrap().is_empty(), "{status:#}");
+    assert!(
+        status["drivers"].as_array().unwrap().is_empty(),
+        "{status:#}"
+    );
+
+    // A program that exits at once is uploaded and fetched, and the
+    // application fails saying how its executors ended.
+    let crashing = write("crashing", &std::fs::read("/bin/false").unwrap(), 0o755);
+    let (ok, stderr) = submit(&crashing, "client");
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("ember.deploy.maxExecutorRetries") && stderr.contains("exited with code 1"),
+        "{stderr}"
+    );
+
+    // Only client certificates may upload: a worker's is refused.
+    let creds = ember_certs::load_node(&cluster.certs(), "w1").unwrap();
+    let addr: std::net::SocketAddr = cluster
+        .master
+        .trim_start_matches("ember://")
+        .parse()
+        .unwrap();
+    let refusal = actix::System::new().block_on(async move {
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let node = ember_transport::Node::start_instance(
+            &creds,
+            Some("uploader"),
+            bind,
+            Default::default(),
+        )
+        .unwrap();
+        let manager = ember_actors::cluster_app::reach_manager(&node, addr, "127.0.0.1")
+            .await
+            .unwrap();
+        let outcome = ember_client::upload_binary(&node, &manager.node, &crashing).await;
+        node.close(Duration::from_millis(100)).await;
+        outcome.unwrap_err().to_string()
+    });
+    assert!(refusal.contains("refused the upload"), "{refusal}");
 }

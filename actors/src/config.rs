@@ -48,6 +48,7 @@ pub const NO_EXECUTOR_TIMEOUT: &str = "ember.scheduler.noExecutorTimeout";
 pub const CLUSTER_LOST_TIMEOUT: &str = "ember.app.clusterLostTimeout";
 pub const MAX_EXECUTOR_RETRIES: &str = "ember.deploy.maxExecutorRetries";
 pub const MAX_DRIVER_CORE_SHARE: &str = "ember.deploy.maxDriverCoreShare";
+pub const MAX_APP_BINARY_BYTES: &str = "ember.deploy.maxAppBinaryBytes";
 pub const SPECULATION: &str = "ember.speculation";
 pub const SPECULATION_MULTIPLIER: &str = "ember.speculation.multiplier";
 pub const SPECULATION_QUANTILE: &str = "ember.speculation.quantile";
@@ -157,6 +158,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveNumber,
         default: "0.5",
         doc: "Cluster manager: the share of the alive workers' cores that cluster-mode drivers may hold together (1 or more: no limit). Submissions beyond it stay QUEUED until a driver ends, so applications always have cores for executors. One driver may always run, so a one-core cluster still runs jobs: there its driver lends its core to its application's executor.",
+    },
+    ConfigKey {
+        name: MAX_APP_BINARY_BYTES,
+        kind: ValueKind::PositiveInt,
+        default: "1073741824",
+        doc: "Cluster manager: the largest application binary (bytes) a client may upload; a larger one is refused before any byte is sent.",
     },
     ConfigKey {
         name: WORKER_RETRY_INTERVAL,

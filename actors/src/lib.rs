@@ -23,6 +23,7 @@ macro_rules! errln {
     }};
 }
 
+pub mod binaries;
 pub mod cluster_app;
 pub mod cluster_manager;
 pub mod config;

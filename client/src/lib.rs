@@ -14,6 +14,8 @@
 //! # }
 //! ```
 
+mod upload;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use ember_actors::cluster_manager::{
 };
 use ember_certs::NodeCredentials;
 use ember_transport::{Mailbox, Node, NodeOptions, SendError};
+pub use upload::{UploadedBinary, upload_binary};
 
 /// How long the manager gets to answer one request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,7 +171,7 @@ impl ClusterClient {
 
     /// The manager's mailbox for people's requests, over the connection
     /// the node has to it, or a new one.
-    async fn manager(&self) -> Result<Mailbox<FromClient>, ClientError> {
+    pub(crate) async fn manager(&self) -> Result<Mailbox<FromClient>, ClientError> {
         let manager = reach_manager(&self.node, self.addr, &self.host)
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;

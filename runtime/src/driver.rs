@@ -62,8 +62,10 @@ pub fn launched() -> Result<DriverLaunch, String> {
                 executor_memory_mb: job.executor_memory_mb,
                 max_cores: job.max_cores,
                 conf: vec![],
+                binary: job.binary.clone(),
             },
             submission: Some(driver.clone()),
+            binary: None,
         }),
     };
     Ok(DriverLaunch {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use ember_actors::cluster_manager::{ClusterManager, ClusterManagerSpec, Journal, Placement};
 use ember_actors::config::{
-    EXECUTOR_CONNECT_TIMEOUT, MAX_DRIVER_CORE_SHARE, MAX_EXECUTOR_RETRIES, RECOVERY_TIMEOUT,
-    SPREAD_OUT, WORKER_RETRY_INTERVAL,
+    EXECUTOR_CONNECT_TIMEOUT, MAX_APP_BINARY_BYTES, MAX_DRIVER_CORE_SHARE, MAX_EXECUTOR_RETRIES,
+    RECOVERY_TIMEOUT, SPREAD_OUT, WORKER_RETRY_INTERVAL,
 };
 use ember_actors::executor::{ExecutorMessage, TaskPool};
 use ember_actors::faults::Faults;
@@ -126,6 +126,17 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
         Ok(j) => j,
         Err(e) => return fail(e.to_string()),
     };
+    let binaries = match ember_actors::binaries::BinaryDir::open(
+        &args.state_dir.join("binaries"),
+        conf.whole(MAX_APP_BINARY_BYTES),
+        0o600,
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            let dir = args.state_dir.join("binaries");
+            return fail(format!("cannot use {}: {e}", dir.display()));
+        }
+    };
     let placement = if conf.flag(SPREAD_OUT) {
         Placement::Spread
     } else {
@@ -151,7 +162,8 @@ pub fn run_cluster_manager(args: ManagerArgs) -> ExitCode {
                 .unwrap_or(u32::MAX),
             max_driver_core_share: conf.number(MAX_DRIVER_CORE_SHARE),
             driver_lease: ember_actors::cluster_manager::state::DRIVER_LEASE,
-        });
+        })
+        .with_binaries(binaries);
         let ended = manager.ended();
         let manager = manager.start();
         outln!("cluster manager {} listening on ember://{addr}", node.id());

@@ -92,6 +92,9 @@ pub struct ClusterSettings {
     pub request: AppRequest,
     /// The submission this driver runs, in cluster mode.
     pub submission: Option<String>,
+    /// Client mode: the program this application's executors run, uploaded
+    /// to the manager first; `None`: the workers' own `ember`.
+    pub binary: Option<PathBuf>,
 }
 
 enum Backend {
@@ -204,6 +207,20 @@ impl Session {
         let mut request = settings.request.clone();
         // Executors run with the application's settings.
         request.conf = options.conf.pairs();
+        // A client-mode driver's executors may run an application binary.
+        if settings.role == ember_certs::Role::Client
+            && let Some(path) = &settings.binary
+        {
+            let uploaded = match ember_client::upload_binary(&node, &manager.node, path).await {
+                Ok(uploaded) => uploaded,
+                Err(e) => {
+                    node.close(Duration::from_millis(100)).await;
+                    return Err(SessionError::Cluster(e.to_string()));
+                }
+            };
+            errln!("{}", uploaded.report(path));
+            request.binary = Some(uploaded.binary);
+        }
         let scheduler = options.conf.scheduler(options.conf.task_max_failures());
         // The bound a job waits with no executor bounds the first wait too.
         let give_up = scheduler.no_executor_timeout;

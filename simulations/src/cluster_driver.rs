@@ -125,6 +125,7 @@ async fn drive(
             executor_memory_mb: job.executor_memory_mb,
             max_cores: job.max_cores,
             conf: conf.pairs(),
+            binary: None,
         },
         submission: Some(driver.clone()),
         scheduler: conf.scheduler(4),

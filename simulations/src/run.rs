@@ -396,6 +396,7 @@ async fn run_app(
                 executor_memory_mb: 512,
                 max_cores: Some(2),
                 conf: conf.pairs(),
+                binary: None,
             },
             submission: None,
             scheduler: conf.scheduler(4),
@@ -572,6 +573,7 @@ async fn run_submission(
             max_cores: Some(2),
             args: vec![],
             base_dir: None,
+            binary: None,
         };
         let client = ClusterClient::over(node.clone(), manager.addr, &manager.host)
             .await

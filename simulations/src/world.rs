@@ -517,6 +517,7 @@ impl Launcher for SimLauncher {
     fn launch(
         &mut self,
         key: &ChildKey,
+        _program: Option<&Path>,
         _args: &[String],
         _dir: &Path,
         spec: &ChildSpec,

@@ -177,7 +177,11 @@ async fn send_remote(
         for batch in batches {
             // Write each chunk as soon as it is encoded: a batch at a time
             // is all the memory a send holds.
-            let chunk = Bytes::from(std::mem::take(writer.get_mut()));
+            let encoded = std::mem::take(writer.get_mut());
+            // Batches of a stream tend to be alike: the next one goes into
+            // one allocation of the last one's size, not a growing vector.
+            writer.get_mut().reserve(encoded.len());
+            let chunk = Bytes::from(encoded);
             sent.bytes += chunk.len() as u64;
             write(&mut stream, chunk).await?;
             writer.write(&batch)?;

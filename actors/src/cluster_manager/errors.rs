@@ -12,6 +12,9 @@ use super::upload::UploadError;
 /// to a person's command, a registering driver or a registering worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ManagerError {
+    /// An application binary the request names is not here, or was refused.
+    #[error("{0}")]
+    Binary(#[from] crate::binaries::BinaryError),
     /// `ember kill` named neither a submission nor an application.
     #[error("no submission or application named '{id}'; `ember list` shows them")]
     UnknownId { id: String },
@@ -105,6 +108,7 @@ impl ManagerError {
             ManagerError::UploadUnnamed | ManagerError::ScriptTwice => "bad_request",
             ManagerError::Journal(_) => "journal_unavailable",
             ManagerError::Unreachable(_) => "unreachable",
+            ManagerError::Binary(e) => e.code(),
         }
     }
 }

@@ -109,6 +109,8 @@ impl Handler<FromApp> for ClusterManager {
                 submission,
                 existing,
             } => {
+                self.check_binary(request.binary.as_ref())
+                    .map_err(ManagerError::Binary)?;
                 let client_mailbox = self.node.mailbox::<ToApp>(&client).map_err(unreachable)?;
                 // A driver whose first registration was journaled but never
                 // answered (this manager went down meanwhile) asks again: it
@@ -495,6 +497,8 @@ impl ClusterManager {
                 .take(&upload.name, upload.bytes)
                 .map_err(ManagerError::Script)?;
         }
+        self.check_binary(job.binary.as_ref())
+            .map_err(ManagerError::Binary)?;
         if job.script.len() > MAX_SCRIPT_BYTES {
             return Err(ManagerError::Script(UploadError::TooLarge {
                 bytes: job.script.len() as u64,
@@ -713,6 +717,7 @@ impl ClusterManager {
                     driver: link.record.driver.clone(),
                     secret: link.record.secret.clone(),
                     conf: link.record.request.conf.clone(),
+                    binary: link.record.request.binary.clone(),
                 };
                 tracing::info!(%app, executor, %worker, cores, "launching executor");
                 self.tell_worker(&worker, message);

@@ -604,6 +604,7 @@ fn without_script(record: &DriverRecord) -> DriverRecord {
             max_cores: job.max_cores,
             args: vec![],
             base_dir: job.base_dir.clone(),
+            binary: None,
         },
         request: record.request.clone(),
         state: record.state.clone(),
@@ -686,6 +687,7 @@ mod tests {
                 max_cores: Some(2),
                 args: vec![],
                 base_dir: None,
+                binary: None,
             },
             request: DriverRequest {
                 cores: 1,
@@ -770,6 +772,7 @@ mod tests {
                 executor_memory_mb: 512,
                 max_cores: Some(2),
                 conf: vec![],
+                binary: None,
             },
             state: "FINISHED".into(),
             reason: None,

@@ -97,6 +97,10 @@ pub struct DriverJob {
     /// script has none.
     #[serde(default)]
     pub args: Vec<String>,
+    /// The program the driver and its executors run, uploaded to the
+    /// manager beforehand; `None`: the workers' own `ember` binary.
+    #[serde(default)]
+    pub binary: Option<crate::binaries::BinaryRef>,
 }
 
 /// From people, through `ember` commands (client certificates only).
@@ -276,6 +280,9 @@ pub enum ToWorker {
         /// The application's settings.
         #[serde(default)]
         conf: Vec<(String, String)>,
+        /// The program to run, fetched from the manager by its hash.
+        #[serde(default)]
+        binary: Option<crate::binaries::BinaryRef>,
     },
     KillExecutor {
         app: AppId,

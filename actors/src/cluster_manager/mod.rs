@@ -4,6 +4,7 @@
 //! actor here receives, calls it, carries out the actions and journals
 //! what must survive a restart.
 
+pub mod binaries;
 mod errors;
 mod handlers;
 pub mod journal;
@@ -93,6 +94,8 @@ pub struct ClusterManager {
     /// too), so whoever runs the manager hears of it; carries the reason
     /// when the manager gives up.
     end_notice: Option<tokio::sync::oneshot::Sender<String>>,
+    /// Application binaries, when the manager keeps them.
+    binaries: Option<binaries::ManagerBinaries>,
 }
 
 /// How often the manager checks that it has not stood still.
@@ -126,6 +129,7 @@ impl ClusterManager {
             last_tick: tokio::time::Instant::now(),
             revalidate_until: None,
             end_notice: None,
+            binaries: None,
         }
     }
 
@@ -212,6 +216,10 @@ impl Actor for ClusterManager {
                     return;
                 }
             }
+        }
+        if let Err(e) = self.serve_binaries(ctx) {
+            self.give_up(format!("cannot serve application binaries: {e}"), ctx);
+            return;
         }
         self.watch_own_clock(ctx);
         // What cannot be read is never taken for nothing to recover.
@@ -431,6 +439,7 @@ mod tests {
                 max_cores: None,
                 args: vec![],
                 base_dir: None,
+                binary: None,
             },
             request: DriverRequest {
                 cores: 1,

@@ -39,6 +39,10 @@ pub struct AppRequest {
     /// The application's settings, handed to its executors.
     #[serde(default)]
     pub conf: Vec<(String, String)>,
+    /// The program its executors run, uploaded to the manager beforehand;
+    /// `None`: the workers' own `ember` binary.
+    #[serde(default)]
+    pub binary: Option<crate::binaries::BinaryRef>,
 }
 
 /// What a cluster-mode driver needs from the worker that runs it.
@@ -1367,6 +1371,7 @@ mod tests {
                 executor_memory_mb: 512,
                 max_cores,
                 conf: vec![],
+                binary: None,
             },
             driver: None,
         }
@@ -1986,6 +1991,7 @@ mod tests {
             executor_memory_mb: 512,
             max_cores: Some(2),
             conf: vec![],
+            binary: None,
         };
         let had = |worker: &str, end| PastExecutor {
             worker: worker.into(),

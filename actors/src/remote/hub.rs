@@ -25,6 +25,9 @@ enum Slot {
 #[derive(Clone, Default)]
 pub struct BulkHub {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    /// Whether a stream nobody expects is turned down rather than kept
+    /// for a taker (for large streams that are always asked for first).
+    expected_only: bool,
 }
 
 /// Streams that arrive and are never asked for are dropped past this many.
@@ -36,6 +39,19 @@ impl BulkHub {
     pub fn open(node: &Node, inbox: &str) -> Result<Self, BulkError> {
         let incoming = node.bulk_inbox(inbox)?;
         let hub = Self::default();
+        tokio::spawn(hub.clone().sort(incoming));
+        Ok(hub)
+    }
+
+    /// Like [`BulkHub::open`], but a stream whose tag nobody expects is
+    /// turned down at once instead of read into memory: for inboxes whose
+    /// streams (application binaries) are large and always asked for.
+    pub fn open_expected_only(node: &Node, inbox: &str) -> Result<Self, BulkError> {
+        let incoming = node.bulk_inbox(inbox)?;
+        let hub = Self {
+            expected_only: true,
+            ..Self::default()
+        };
         tokio::spawn(hub.clone().sort(incoming));
         Ok(hub)
     }
@@ -66,6 +82,10 @@ impl BulkHub {
                 // come, a few in memory at a time.
                 Some(waiter) => {
                     let _ = waiter.send(batches);
+                }
+                None if self.expected_only => {
+                    tracing::warn!(%tag, "turned down a bulk stream nobody expects");
+                    drop(batches);
                 }
                 // Nobody yet (a task's rows arrive before its status): it
                 // is read in full now, so that its sender can finish.

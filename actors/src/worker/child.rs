@@ -15,9 +15,10 @@ use super::{ChildExited, ChildKey, Launcher, RunningProcess};
 use crate::cluster_manager::{AppId, DriverId, DriverJob, ExecutorNo};
 use crate::remote::NodeContact;
 
-/// Starts children as processes of the `ember` binary, each watched by a
-/// thread that reports its exit.
+/// Starts children as processes, each watched by a thread that reports its
+/// exit: of the `ember` binary, or of an application's own.
 pub struct ProcessLauncher {
+    /// The program a launch that names none runs: the worker's own.
     pub program: PathBuf,
 }
 
@@ -45,12 +46,14 @@ impl Launcher for ProcessLauncher {
     fn launch(
         &mut self,
         key: &ChildKey,
+        program: Option<&Path>,
         args: &[String],
         dir: &Path,
         spec: &ChildSpec,
         exited: Recipient<ChildExited>,
     ) -> std::io::Result<Box<dyn RunningProcess>> {
-        let started = launch(&self.program, args, dir, spec)?;
+        let program = program.unwrap_or(&self.program);
+        let started = launch(program, args, dir, spec)?;
         let pid = started.child.id();
         let reaped = Arc::new(AtomicBool::new(false));
         let watch_key = key.clone();
@@ -277,6 +280,7 @@ mod tests {
                 max_cores: None,
                 args: vec![],
                 base_dir: None,
+                binary: None,
             },
             manager: NodeContact {
                 node: ember_transport::NodeId("cm".into()),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::child::{self, ChildSpec, NodeSpec};
-use super::{ChildExited, ChildKey, RunningChild, Worker};
+use super::{ChildExited, ChildKey, Launch, RunningChild, Worker};
 use crate::cluster_manager::{
     AppId, DriverId, DriverLogs, ExecutorNo, FOR_WORKERS, FromWorker, RunningExecutor, ToWorker,
     WorkerError, WorkerId,
@@ -237,6 +237,7 @@ impl Handler<ToWorker> for Worker {
                 driver,
                 secret,
                 conf,
+                binary,
             } => {
                 let key = ChildKey::Executor(app.clone(), executor);
                 let dir = self.spec.work_dir.join(&app).join(executor.to_string());
@@ -251,7 +252,7 @@ impl Handler<ToWorker> for Worker {
                     driver,
                     secret,
                 };
-                let args = [
+                let args = vec![
                     "--role".to_string(),
                     "executor".to_string(),
                     "--app".to_string(),
@@ -259,13 +260,23 @@ impl Handler<ToWorker> for Worker {
                     "--executor".to_string(),
                     executor.to_string(),
                 ];
-                self.start_child(key, &args, &dir, &spec, cores, memory_mb, ctx);
+                let launch = Launch {
+                    key,
+                    args,
+                    dir,
+                    spec,
+                    cores,
+                    memory_mb,
+                };
+                self.launch(binary, launch, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::KillExecutor { app, executor } => {
-                if let Some(child) = self.children.get(&ChildKey::Executor(app, executor)) {
+                let key = ChildKey::Executor(app, executor);
+                if let Some(child) = self.children.get(&key) {
                     child.process.kill();
                 }
+                self.cancel_waiting(key, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::ScriptPart {
@@ -289,7 +300,7 @@ impl Handler<ToWorker> for Worker {
                 script_bytes,
             } => {
                 let key = ChildKey::Driver(driver.clone());
-                if self.children.contains_key(&key) {
+                if self.children.contains_key(&key) || self.binaries.is_waiting(&key) {
                     // Never two copies of one driver.
                     self.scripts.forget(&driver);
                     return Ok(DriverLogs::default());
@@ -312,25 +323,36 @@ impl Handler<ToWorker> for Worker {
                     }
                 }
                 let dir = self.driver_dir(&driver);
+                let binary = job.binary.clone();
                 let spec = ChildSpec::Driver {
                     node: self.node_spec(driver.clone()),
                     driver: driver.clone(),
                     job,
                     manager: self.spec.manager.clone(),
                 };
-                let args = [
+                let args = vec![
                     "--role".to_string(),
                     "driver".to_string(),
                     "--driver-id".to_string(),
                     driver,
                 ];
-                self.start_child(key, &args, &dir, &spec, cores, memory_mb, ctx);
+                let launch = Launch {
+                    key,
+                    args,
+                    dir,
+                    spec,
+                    cores,
+                    memory_mb,
+                };
+                self.launch(binary, launch, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::KillDriver { driver } => {
-                if let Some(child) = self.children.get(&ChildKey::Driver(driver)) {
+                let key = ChildKey::Driver(driver);
+                if let Some(child) = self.children.get(&key) {
                     child.process.kill();
                 }
+                self.cancel_waiting(key, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::ReadLogs { driver, max_bytes } => {
@@ -456,21 +478,25 @@ impl Worker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_child(
+    /// Starts `launch` with `program` (`None`: the worker's own binary).
+    pub(super) fn start_child(
         &mut self,
-        key: ChildKey,
-        args: &[String],
-        dir: &std::path::Path,
-        spec: &ChildSpec,
-        cores: u32,
-        memory_mb: u64,
+        launch: Launch,
+        program: Option<&std::path::Path>,
         ctx: &mut Context<Self>,
     ) {
-        let launched = self
-            .spec
-            .launcher
-            .launch(&key, args, dir, spec, ctx.address().recipient());
+        let Launch {
+            key,
+            args,
+            dir,
+            spec,
+            cores,
+            memory_mb,
+        } = launch;
+        let launched =
+            self.spec
+                .launcher
+                .launch(&key, program, &args, &dir, &spec, ctx.address().recipient());
         match launched {
             Ok(process) => {
                 tracing::info!(?key, pid = process.pid(), dir = %dir.display(), "child started");
@@ -483,17 +509,19 @@ impl Worker {
                     },
                 );
             }
-            Err(e) => {
-                let why = format!("could not start: {e}");
-                tracing::error!(?key, %why, "child did not start");
-                ctx.notify(ChildExited {
-                    key,
-                    pid: 0,
-                    code: None,
-                    why,
-                });
-            }
+            Err(e) => Self::not_started(key, format!("could not start: {e}"), ctx),
         }
+    }
+
+    /// A child that could not start: its end is reported as any child's.
+    pub(super) fn not_started(key: ChildKey, why: String, ctx: &mut Context<Self>) {
+        tracing::error!(?key, %why, "child did not start");
+        ctx.notify(ChildExited {
+            key,
+            pid: 0,
+            code: None,
+            why,
+        });
     }
 }
 

@@ -4,6 +4,7 @@
 //! and kills them on request or when it stops itself. When it loses the
 //! manager it keeps its children and registers again when it returns.
 
+mod binaries;
 pub mod child;
 mod handlers;
 
@@ -42,9 +43,11 @@ pub struct WorkerSpec {
 /// Starts a worker's children and tells it, with [`ChildExited`], when each
 /// ends.
 pub trait Launcher {
+    /// Starts `program` (`None`: the worker's own binary) with `args`.
     fn launch(
         &mut self,
         key: &ChildKey,
+        program: Option<&Path>,
         args: &[String],
         dir: &Path,
         spec: &ChildSpec,
@@ -75,6 +78,16 @@ pub enum ChildKey {
     Driver(DriverId),
 }
 
+/// A child to start: what the worker was told to launch.
+struct Launch {
+    key: ChildKey,
+    args: Vec<String>,
+    dir: PathBuf,
+    spec: ChildSpec,
+    cores: u32,
+    memory_mb: u64,
+}
+
 struct RunningChild {
     process: Box<dyn RunningProcess>,
     cores: u32,
@@ -95,11 +108,14 @@ pub struct Worker {
     exited_drivers: Vec<(String, Option<i32>)>,
     /// Drivers' scripts arriving in parts ahead of their launch.
     scripts: crate::cluster_manager::upload::ScriptAssembly,
+    /// Application binaries kept here, and launches waiting for one.
+    binaries: binaries::BinaryCache,
 }
 
 impl Worker {
     pub fn new(spec: WorkerSpec) -> Self {
         Self {
+            binaries: binaries::BinaryCache::new(spec.work_dir.join("binaries")),
             id: spec.node.id().0.clone(),
             spec,
             manager: None,

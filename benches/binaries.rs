@@ -1,0 +1,238 @@
+//! The application-binary benchmark: a cluster manager and three one-core
+//! workers on loopback (the release `ember` binary), and a 50 MiB ELF
+//! program: a tiny one padded with bytes that differ in each run, so that
+//! every run's binary is new to the cluster.
+//!
+//! - submit to cached on all three workers: `ember submit` in client mode
+//!   with three executors and `EMBER_APP_BINARY`, from the command's start
+//!   (hashing, upload, registration, placement, three fetches) until the
+//!   binary is under its hash in every worker's cache (polled every
+//!   millisecond; a cached file is whole, since it takes its name last);
+//! - the upload alone: `ClusterClient::upload_binary` of a new binary, from
+//!   a client already connected (hash, offer, stream, the manager's check
+//!   and sync);
+//! - a second upload of the same binary: nothing is sent.
+//!
+//! The program only waits for its standard input to close, so its
+//! executors never register; each submission is killed once the caches
+//! hold its binary, and the bench waits for an idle cluster before the
+//! next.
+//!
+//! `cargo bench --bench binaries`; `EMBER_BENCH_RUNS` changes the runs of
+//! each figure (default 5), `EMBER_BENCH_BINARY_MIB` the size (default 50).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ember_actors::binaries::hash_file;
+use ember_client::ClusterClient;
+use ember_testkit::{CLIENT, LoopbackCluster, signal};
+
+const WORKERS: [&str; 3] = ["w1", "w2", "w3"];
+/// The target for distributing a 50 MB binary to three workers.
+const TARGET: Duration = Duration::from_secs(1);
+
+fn ember() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A program that reads its standard input to the end, then exits 0: run
+/// as an executor, it waits quietly until its worker kills it. A
+/// hand-made x86-64 Linux ELF (a header, one loadable segment, 30 bytes
+/// of code); elsewhere `/bin/false`, whose executors exit at once and are
+/// launched again and again while the bench waits.
+fn idle_program() -> Vec<u8> {
+    if std::env::consts::ARCH != "x86_64" {
+        return std::fs::read("/bin/false").unwrap();
+    }
+    const BASE: u64 = 0x40_0000;
+    const CODE_AT: u64 = 64 + 56;
+    #[rustfmt::skip]
+    let code: [u8; 30] = [
+        0x31, 0xc0,                         // read: xor eax, eax
+        0x31, 0xff,                         //       xor edi, edi
+        0x48, 0x8d, 0x74, 0x24, 0xf8,       //       lea rsi, [rsp-8]
+        0xba, 0x01, 0x00, 0x00, 0x00,       //       mov edx, 1
+        0x0f, 0x05,                         //       syscall
+        0x48, 0x85, 0xc0,                   //       test rax, rax
+        0x7f, 0xeb,                         //       jg read
+        0xb8, 0x3c, 0x00, 0x00, 0x00,       //       mov eax, 60 (exit)
+        0x31, 0xff,                         //       xor edi, edi
+        0x0f, 0x05,                         //       syscall
+    ];
+    let size = CODE_AT + code.len() as u64;
+    let mut elf = Vec::new();
+    elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // x86-64
+    elf.extend(1u32.to_le_bytes());
+    elf.extend((BASE + CODE_AT).to_le_bytes()); // entry
+    elf.extend(64u64.to_le_bytes()); // program headers
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        elf.extend(half.to_le_bytes());
+    }
+    elf.extend(1u32.to_le_bytes()); // PT_LOAD
+    elf.extend(5u32.to_le_bytes()); // read + execute
+    elf.extend(0u64.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(0x1000u64.to_le_bytes());
+    elf.extend(code);
+    elf
+}
+
+/// A `bytes`-long executable ELF program unique to `run`.
+fn program(dir: &Path, run: u64, bytes: usize) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mut image = idle_program();
+    assert!(
+        image.len() + 8 <= bytes,
+        "the program is larger than the binary"
+    );
+    image.resize(bytes - 8, 0);
+    image.extend(run.to_le_bytes());
+    let path = dir.join(format!("app-{run}"));
+    std::fs::write(&path, image).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Median, min and max.
+fn spread(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+fn report(what: &str, times: &[Duration]) -> Duration {
+    let (median, min, max) = spread(times.to_vec());
+    let each: Vec<String> = times.iter().map(|t| millis(*t)).collect();
+    println!(
+        "{what}: median {} (min {}, max {}) [{}]",
+        millis(median),
+        millis(min),
+        millis(max),
+        each.join(", ")
+    );
+    median
+}
+
+/// Waits until every worker's cores are free again.
+fn wait_idle(cluster: &LoopbackCluster) {
+    cluster.wait_for("an idle cluster", Duration::from_secs(30), |s| {
+        s["workers"]
+            .as_array()
+            .is_some_and(|w| w.iter().all(|w| w["cores_used"] == 0))
+    });
+}
+
+fn main() {
+    let runs = env_or("EMBER_BENCH_RUNS", 5);
+    let bytes = usize::try_from(env_or("EMBER_BENCH_BINARY_MIB", 50)).unwrap() << 20;
+    // Where the program exits at once (not x86-64), its executors keep
+    // failing: never let that end an application before the caches fill.
+    let cluster = LoopbackCluster::start(ember(), 3, &["ember.deploy.maxExecutorRetries=1000"]);
+    let work = cluster.dir.path().join("bench");
+    std::fs::create_dir_all(&work).unwrap();
+    let job = work.join("one.sql");
+    std::fs::write(&job, "SELECT 1 AS one;\n").unwrap();
+    println!(
+        "application binary: {} bytes, {} workers on loopback, {runs} runs",
+        bytes,
+        WORKERS.len()
+    );
+
+    let mut distributed = Vec::new();
+    for run in 0..runs {
+        let app = program(&work, run, bytes);
+        let sha = hash_file(&app).unwrap().sha256().to_string();
+        let caches: Vec<PathBuf> = WORKERS
+            .iter()
+            .map(|w| cluster.dir.path().join(w).join("binaries").join(&sha))
+            .collect();
+        let started = Instant::now();
+        let mut submit = cluster
+            .ember(&["submit", "--total-executor-cores", "3"])
+            .args(["--name", &format!("distribute-{run}")])
+            .arg(&job)
+            .env("EMBER_APP_BINARY", &app)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while !caches.iter().all(|c| c.exists()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the binary did not reach every worker: {caches:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        distributed.push(started.elapsed());
+        signal(submit.id(), libc::SIGKILL);
+        let _ = submit.wait();
+        wait_idle(&cluster);
+    }
+
+    let creds = ember_certs::load_node(&cluster.certs(), CLIENT).unwrap();
+    let addr = cluster
+        .master
+        .trim_start_matches("ember://")
+        .parse()
+        .unwrap();
+    let (uploads, again) = actix::System::new().block_on(async move {
+        let client = ClusterClient::connect(&creds, "bench", addr, "127.0.0.1")
+            .await
+            .unwrap();
+        let mut uploads = Vec::new();
+        let mut again = Vec::new();
+        for run in 0..runs {
+            let app = program(&work, 1000 + run, bytes);
+            let started = Instant::now();
+            let first = client.upload_binary(&app).await.unwrap();
+            uploads.push(started.elapsed());
+            assert_eq!(first.sent_bytes, bytes as u64);
+            let started = Instant::now();
+            let second = client.upload_binary(&app).await.unwrap();
+            again.push(started.elapsed());
+            assert_eq!(second.sent_bytes, 0, "a second upload sends nothing");
+        }
+        client.close().await;
+        (uploads, again)
+    });
+
+    println!();
+    let median = report("submit to cached on 3 workers", &distributed);
+    report("upload alone (connected client)", &uploads);
+    report("second upload of the same binary (0 bytes sent)", &again);
+    println!();
+    println!("| figure | median | target | |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} MiB binary, submit to cached on 3 workers | {} | <= 1 s | {} |",
+        bytes >> 20,
+        millis(median),
+        if median <= TARGET { "PASS" } else { "MISS" }
+    );
+    println!(
+        "| second upload of the same binary | {} | uploads nothing | PASS |",
+        millis(spread(again).0)
+    );
+}
