@@ -11,15 +11,20 @@
 //! - the upload alone: `ClusterClient::upload_binary` of a new binary, from
 //!   a client already connected (hash, offer, stream, the manager's check
 //!   and sync);
-//! - a second upload of the same binary: nothing is sent.
+//! - a second upload of the same binary: nothing is sent;
+//! - a packaged application's 1-row job in cluster mode, its binary cached
+//!   (`examples/watch-time-app`, release build), against the same job as a
+//!   SQL script, interleaved: from `ember submit --deploy-mode cluster` to
+//!   the driver FINISHED (the manager asked every 2 ms).
 //!
 //! The program only waits for its standard input to close, so its
 //! executors never register; each submission is killed once the caches
 //! hold its binary, and the bench waits for an idle cluster before the
 //! next.
 //!
-//! `cargo bench --bench binaries`; `EMBER_BENCH_RUNS` changes the runs of
-//! each figure (default 5), `EMBER_BENCH_BINARY_MIB` the size (default 50).
+//! `cargo build --release -p watch-time-app && cargo bench --bench binaries`;
+//! `EMBER_BENCH_RUNS` changes the runs of each figure (default 5),
+//! `EMBER_BENCH_BINARY_MIB` the size (default 50).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -217,6 +222,7 @@ fn main() {
         client.close().await;
         (uploads, again)
     });
+    let (script_runs, app_runs) = packaged_against_script(&cluster, runs);
 
     println!();
     let median = report("submit to cached on 3 workers", &distributed);
@@ -235,4 +241,113 @@ fn main() {
         "| second upload of the same binary | {} | uploads nothing | PASS |",
         millis(spread(again).0)
     );
+    let script = spread(script_runs).1;
+    let app = spread(app_runs).1;
+    let ratio = app.as_secs_f64() / script.as_secs_f64();
+    println!(
+        "| packaged app's 1-row job, cluster mode, binary cached | {} vs script {} = {ratio:.2}x | <= 1.3x | {} |",
+        millis(app),
+        millis(script),
+        if ratio <= 1.3 { "PASS" } else { "MISS" }
+    );
+}
+
+/// The release build of the example application, next to this bench's
+/// `ember`; built by `cargo build --release -p watch-time-app`.
+fn watch_time_app() -> PathBuf {
+    let app = ember().with_file_name("watch-time-app");
+    let fresh = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    assert!(
+        app.is_file() && fresh(&app) >= fresh(ember()),
+        "{} is missing or older than this bench's ember: run `cargo build --release -p watch-time-app` first",
+        app.display()
+    );
+    app
+}
+
+/// Times the watch-time job on one row in cluster mode, as the packaged
+/// application and as the SQL script, `runs` times each, interleaved.
+fn packaged_against_script(cluster: &LoopbackCluster, runs: u64) -> (Vec<Duration>, Vec<Duration>) {
+    let app = watch_time_app();
+    let work = cluster.dir.path().join("packaged");
+    std::fs::create_dir_all(&work).unwrap();
+    let views = ember::datagen::one_row_views(&work).unwrap();
+    let out = work.join("per_video.parquet");
+    let script = include_str!("../examples/watch_time.sql")
+        .replace("'examples/data/views/'", &format!("'{}/'", views.display()))
+        .replace(
+            "'target/ember-output/watch_time_per_video.parquet'",
+            &format!("'{}'", out.display()),
+        );
+    let job = work.join("watch_time.sql");
+    std::fs::write(&job, script).unwrap();
+    let app_args = [views.display().to_string() + "/", out.display().to_string()];
+    let creds = ember_certs::load_node(&cluster.certs(), CLIENT).unwrap();
+    let addr = cluster
+        .master
+        .trim_start_matches("ember://")
+        .parse()
+        .unwrap();
+    actix::System::new().block_on(async move {
+        let client = ClusterClient::connect(&creds, "bench-apps", addr, "127.0.0.1")
+            .await
+            .unwrap();
+        let submit = async |packaged: bool| {
+            let started = Instant::now();
+            // --master and --certs come first: after `--` they would be
+            // the application's own arguments.
+            let out = std::process::Command::new(ember())
+                .args(["submit", "--master", &cluster.master, "--certs"])
+                .arg(cluster.certs())
+                .args(["--deploy-mode", "cluster"])
+                .args(if packaged {
+                    vec![
+                        app.display().to_string(),
+                        "--".into(),
+                        app_args[0].clone(),
+                        app_args[1].clone(),
+                    ]
+                } else {
+                    vec![job.display().to_string()]
+                })
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            loop {
+                let status = client.status().await.unwrap();
+                let state = status
+                    .drivers
+                    .iter()
+                    .find(|d| d.id == id)
+                    .map(|d| d.state.clone());
+                match state.as_deref() {
+                    Some("FINISHED") => return started.elapsed(),
+                    Some("FAILED" | "KILLED" | "ERROR") => panic!("{id} ended {state:?}"),
+                    _ => {}
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{id} did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        // Once each untimed: the first run uploads and caches the binary.
+        submit(true).await;
+        submit(false).await;
+        let (mut scripts, mut apps) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            scripts.push(submit(false).await);
+            apps.push(submit(true).await);
+        }
+        client.close().await;
+        report("1-row job in cluster mode, SQL script", &scripts);
+        report("1-row job in cluster mode, packaged app (cached)", &apps);
+        (scripts, apps)
+    })
 }
