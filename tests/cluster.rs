@@ -1881,7 +1881,19 @@ fn an_application_binary_that_cannot_run_is_refused_with_the_reason() {
     let (ok, stderr) = submit(&crashing, "client");
     assert!(!ok, "{stderr}");
     assert!(
-        stderr.contains("ember.deploy.maxExecutorRetries") && stderr.contains("exited with code 1"),
+        // It may be gone before its launch spec is written to it.
+        stderr.contains("ember.deploy.maxExecutorRetries")
+            && (stderr.contains("exited with code 1") || stderr.contains("could not start")),
+        "{stderr}"
+    );
+
+    // A program that runs but is no Ember application never registers an
+    // executor: the application ends when it has waited its bound, saying so.
+    let idle = write("idle", &ember_testkit::idle_program(), 0o755);
+    let (ok, stderr) = submit(&idle, "client");
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("none registered with this driver") && stderr.contains("ember::App::run"),
         "{stderr}"
     );
 

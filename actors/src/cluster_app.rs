@@ -194,16 +194,19 @@ impl ClusterApp {
 
     /// Why the manager says this application waits, if it does.
     pub async fn waiting_reason(&self) -> Option<String> {
+        self.status().await.and_then(|a| a.reason)
+    }
+
+    /// This application as the manager shows it, if it answers.
+    pub async fn status(&self) -> Option<crate::cluster_manager::AppStatus> {
         let mailbox = self
             .node
             .mailbox::<FromClient>(&self.manager.actor(FOR_CLIENTS))
             .ok()?;
         match mailbox.ask(FromClient::Status, MANAGER_TIMEOUT).await {
-            Ok(Ok(ClientReply::Status(status))) => status
-                .apps
-                .into_iter()
-                .find(|a| a.id == self.id)
-                .and_then(|a| a.reason),
+            Ok(Ok(ClientReply::Status(status))) => {
+                status.apps.into_iter().find(|a| a.id == self.id)
+            }
             _ => None,
         }
     }

@@ -61,6 +61,18 @@ pub enum SessionError {
         waited: Duration,
         why: String,
     },
+    #[error(
+        "application {app} got no executors within {waited:?}: they run the application binary \
+         {binary}, and none registered with this driver ({why}); a program that is not an Ember \
+         application (its main does not hand over to ember::App::run) never answers its launch \
+         spec; submit the application's own binary"
+    )]
+    BinaryNeverRegistered {
+        app: String,
+        waited: Duration,
+        binary: String,
+        why: String,
+    },
 }
 
 /// How to start a session.
@@ -242,7 +254,8 @@ impl Session {
         tracing::info!(app = %app.id(), "application registered");
         let wait = options.conf.duration(EXECUTOR_WAIT);
         let wanted = request.max_cores.unwrap_or(request.executor_cores).max(1) as usize;
-        let slots = match wait_for_slots(&app, wanted, wait, give_up).await {
+        let slots = match wait_for_slots(&app, wanted, wait, give_up, request.binary.as_ref()).await
+        {
             Ok(slots) => slots,
             Err(e) => {
                 // Leave no application behind waiting for executors.
@@ -507,6 +520,7 @@ async fn wait_for_slots(
     wanted: usize,
     wait: Duration,
     give_up: Duration,
+    binary: Option<&ember_actors::binaries::BinaryRef>,
 ) -> Result<usize, SessionError> {
     let started = tokio::time::Instant::now();
     let mut next_notice = started + Duration::from_secs(5);
@@ -518,14 +532,27 @@ async fn wait_for_slots(
             return Ok(slots);
         }
         if slots == 0 && started.elapsed() >= give_up {
-            let why = app
-                .waiting_reason()
-                .await
+            let status = app.status().await;
+            // Executors that were started and stayed, yet never
+            // registered: their program is not an Ember application.
+            let stayed = status
+                .as_ref()
+                .is_some_and(|a| !a.executors.is_empty() && !a.state.starts_with("FAILED"));
+            let why = status
+                .and_then(|a| a.reason)
                 .unwrap_or_else(|| "no reason given".into());
-            return Err(SessionError::NoExecutors {
-                app: app.id().to_string(),
-                waited: give_up,
-                why,
+            return Err(match binary.filter(|_| stayed) {
+                Some(binary) => SessionError::BinaryNeverRegistered {
+                    app: app.id().to_string(),
+                    waited: give_up,
+                    binary: binary.to_string(),
+                    why,
+                },
+                None => SessionError::NoExecutors {
+                    app: app.id().to_string(),
+                    waited: give_up,
+                    why,
+                },
             });
         }
         if tokio::time::Instant::now() >= next_notice {

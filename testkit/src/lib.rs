@@ -279,3 +279,52 @@ pub fn processes(role: &str, needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// A program that reads its standard input to the end, then exits 0: run
+/// as an executor, it waits quietly until its worker kills it. A
+/// hand-made x86-64 Linux ELF (a header, one loadable segment, 30 bytes
+/// of code); elsewhere `/bin/false`, whose executors exit at once and are
+/// launched again and again while the bench waits.
+pub fn idle_program() -> Vec<u8> {
+    if std::env::consts::ARCH != "x86_64" {
+        return std::fs::read("/bin/false").unwrap();
+    }
+    const BASE: u64 = 0x40_0000;
+    const CODE_AT: u64 = 64 + 56;
+    #[rustfmt::skip]
+    let code: [u8; 30] = [
+        0x31, 0xc0,                         // read: xor eax, eax
+        0x31, 0xff,                         //       xor edi, edi
+        0x48, 0x8d, 0x74, 0x24, 0xf8,       //       lea rsi, [rsp-8]
+        0xba, 0x01, 0x00, 0x00, 0x00,       //       mov edx, 1
+        0x0f, 0x05,                         //       syscall
+        0x48, 0x85, 0xc0,                   //       test rax, rax
+        0x7f, 0xeb,                         //       jg read
+        0xb8, 0x3c, 0x00, 0x00, 0x00,       //       mov eax, 60 (exit)
+        0x31, 0xff,                         //       xor edi, edi
+        0x0f, 0x05,                         //       syscall
+    ];
+    let size = CODE_AT + code.len() as u64;
+    let mut elf = Vec::new();
+    elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // x86-64
+    elf.extend(1u32.to_le_bytes());
+    elf.extend((BASE + CODE_AT).to_le_bytes()); // entry
+    elf.extend(64u64.to_le_bytes()); // program headers
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        elf.extend(half.to_le_bytes());
+    }
+    elf.extend(1u32.to_le_bytes()); // PT_LOAD
+    elf.extend(5u32.to_le_bytes()); // read + execute
+    elf.extend(0u64.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(BASE.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(size.to_le_bytes());
+    elf.extend(0x1000u64.to_le_bytes());
+    elf.extend(code);
+    elf
+}
