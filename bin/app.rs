@@ -26,7 +26,7 @@ use clap::Parser;
 use ember_engine::Functions;
 use ember_session::{Session, SessionOptions};
 
-use crate::cli::{AppArgs, CANCEL_GRACE, fail, interrupted, start_session};
+use crate::cli::{AppArgs, fail, interrupted, start_session, until_interrupted};
 
 /// The variable `ember submit` passes an application's options in: its own
 /// `--master`, `--conf`, ... flags, one argument per line.
@@ -143,18 +143,10 @@ impl App {
                 Err(code) => return code,
             };
             let cancel = session.canceller();
-            let failure = {
-                let run = main(&mut session, args);
-                tokio::pin!(run);
-                tokio::select! {
-                    outcome = &mut run => outcome.err().map(|e| e.to_string()),
-                    _ = interrupted(&mut interrupt) => {
-                        errln!("interrupted; cancelling the running job");
-                        cancel("interrupted (Ctrl-C)");
-                        let _ = tokio::time::timeout(CANCEL_GRACE, &mut run).await;
-                        Some("interrupted (Ctrl-C)".to_string())
-                    }
-                }
+            let run = main(&mut session, args);
+            let failure = match until_interrupted(run, &cancel, &mut interrupt).await {
+                Some(outcome) => outcome.err().map(|e| e.to_string()),
+                None => Some("interrupted (Ctrl-C)".to_string()),
             };
             session.stop_with(failure.clone()).await;
             match failure {

@@ -765,25 +765,35 @@ fn run_job(
             Err(code) => return code,
         };
         let cancel = session.canceller();
-        let code = {
-            let run = run_statements(&mut session, job, statements, mode, format, on_terminal);
-            tokio::pin!(run);
-            tokio::select! {
-                code = &mut run => code,
-                _ = interrupted(&mut interrupt) => {
-                    errln!("interrupted; cancelling the running job");
-                    // The running job's tasks are killed and its statement
-                    // ends its own way, so half-written output is cleaned up.
-                    cancel("interrupted (Ctrl-C)");
-                    let _ = tokio::time::timeout(CANCEL_GRACE, &mut run).await;
-                    ExitCode::from(130)
-                }
-            }
-        };
+        let run = run_statements(&mut session, job, statements, mode, format, on_terminal);
+        let code = until_interrupted(run, &cancel, &mut interrupt)
+            .await
+            .unwrap_or(ExitCode::from(130));
         let failure = (code != ExitCode::SUCCESS).then(|| format!("the job stopped with {code:?}"));
         session.stop_with(failure).await;
         code
     })
+}
+
+/// Runs `work` to its end, or until Ctrl-C: then its job is cancelled
+/// (its tasks are killed and its statement ends its own way, so
+/// half-written output is cleaned up), it gets [`CANCEL_GRACE`] to end,
+/// and the answer is `None`.
+pub(crate) async fn until_interrupted<T>(
+    work: impl std::future::Future<Output = T>,
+    cancel: &impl Fn(&str),
+    interrupt: &mut Option<tokio::signal::unix::Signal>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => Some(done),
+        _ = interrupted(interrupt) => {
+            errln!("interrupted; cancelling the running job");
+            cancel("interrupted (Ctrl-C)");
+            let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
+            None
+        }
+    }
 }
 
 /// Starts a session with Ctrl-C caught from the start: Ctrl-C while
