@@ -141,3 +141,29 @@ fn the_example_application_gives_the_sql_examples_rows_on_a_cluster() {
     );
     assert_eq!(text(&logs.stdout), expected);
 }
+
+#[test]
+fn a_remembered_hash_is_used_only_while_the_file_is_unchanged() {
+    use ember_actors::binaries::hash_file;
+    use ember_client::hashes::hash_file_cached;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app");
+    std::fs::write(&path, b"first build").unwrap();
+    // A file written a minute ago, as a build's output is by submit time.
+    let a_minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(a_minute_ago)
+        .unwrap();
+    let first = hash_file_cached(&path).unwrap();
+    assert_eq!(first, hash_file(&path).unwrap());
+    // Remembered now, and asked again: the same answer.
+    assert_eq!(hash_file_cached(&path).unwrap(), first);
+    // Rewritten in place with as many bytes: hashed again, never the old one.
+    std::fs::write(&path, b"other build").unwrap();
+    let second = hash_file_cached(&path).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(second, hash_file(&path).unwrap());
+}

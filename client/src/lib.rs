@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+pub mod hashes;
 mod upload;
 
 use std::net::SocketAddr;

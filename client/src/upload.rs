@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ember_actors::binaries::{
-    BinaryError, BinaryRef, check_program, chunk_schema, file_chunks, hash_file,
-};
+use ember_actors::binaries::{BinaryError, BinaryRef, check_program, chunk_schema, file_chunks};
 use ember_actors::cluster_manager::ManagerError;
 use ember_actors::cluster_manager::binaries::{
     FOR_UPLOADS, UPLOAD_INBOX, UploadBinary, UploadReply,
@@ -49,7 +47,7 @@ pub async fn upload_binary(
     let file = path.to_path_buf();
     let binary = tokio::task::spawn_blocking(move || {
         check_program(&file).map_err(|e| ClientError::BadRequest(e.to_string()))?;
-        hash_file(&file)
+        crate::hashes::hash_file_cached(&file)
             .map_err(|e| ClientError::BadRequest(format!("cannot read {}: {e}", file.display())))
     })
     .await
