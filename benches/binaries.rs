@@ -192,8 +192,8 @@ fn main() {
         "| second upload of the same binary | {} | uploads nothing | PASS |",
         millis(spread(again).0)
     );
-    let script = spread(script_runs).1;
-    let app = spread(app_runs).1;
+    let script = spread(script_runs).0;
+    let app = spread(app_runs).0;
     let ratio = app.as_secs_f64() / script.as_secs_f64();
     println!(
         "| packaged app's 1-row job, cluster mode, binary cached | {} vs script {} = {ratio:.2}x | <= 1.3x | {} |",
