@@ -107,7 +107,7 @@ pub enum Role {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a SQL job: a script of statements separated by ';'.
+    /// Run a job: a SQL script of statements separated by ';', or an application's binary.
     Submit(SubmitArgs),
     /// An interactive SQL shell whose driver is this process; with -e or
     /// piped input, runs the statements as submit does.
