@@ -148,11 +148,7 @@ fn main() {
     }
 
     let creds = ember_certs::load_node(&cluster.certs(), CLIENT).unwrap();
-    let addr = cluster
-        .master
-        .trim_start_matches("ember://")
-        .parse()
-        .unwrap();
+    let addr = cluster.manager_addr();
     let (uploads, again) = actix::System::new().block_on(async move {
         let client = ClusterClient::connect(&creds, "bench", addr, "127.0.0.1")
             .await
@@ -234,11 +230,7 @@ fn packaged_against_script(cluster: &LoopbackCluster, runs: u64) -> (Vec<Duratio
     std::fs::write(&job, script).unwrap();
     let app_args = [views.display().to_string() + "/", out.display().to_string()];
     let creds = ember_certs::load_node(&cluster.certs(), CLIENT).unwrap();
-    let addr = cluster
-        .master
-        .trim_start_matches("ember://")
-        .parse()
-        .unwrap();
+    let addr = cluster.manager_addr();
     actix::System::new().block_on(async move {
         let client = ClusterClient::connect(&creds, "bench-apps", addr, "127.0.0.1")
             .await

@@ -169,16 +169,6 @@ fn init_logging() {
         .try_init();
 }
 
-/// Whether `path` is an executable file (an ELF binary) rather than a
-/// script.
-pub fn is_binary(path: &std::path::Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok_and(|()| magic == *b"\x7fELF")
-}
-
 /// `ember submit APP-BINARY -- ARGS`: local and client mode run the binary
 /// here as the driver, with this command's options; cluster mode hands it
 /// to a worker.

@@ -944,7 +944,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
             "--deploy-mode cluster needs a cluster master (--master ember://HOST:PORT); local masters run the driver in this process (client mode)",
         );
     }
-    if crate::app::is_binary(&args.job) {
+    if ember_actors::binaries::is_elf(&args.job) {
         return crate::app::submit(args);
     }
     if !args.app_args.is_empty() {

@@ -1899,11 +1899,7 @@ fn an_application_binary_that_cannot_run_is_refused_with_the_reason() {
 
     // Only client certificates may upload: a worker's is refused.
     let creds = ember_certs::load_node(&cluster.certs(), "w1").unwrap();
-    let addr: std::net::SocketAddr = cluster
-        .master
-        .trim_start_matches("ember://")
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = cluster.manager_addr();
     let refusal = actix::System::new().block_on(async move {
         let bind = "127.0.0.1:0".parse().unwrap();
         let node = ember_transport::Node::start_instance(

@@ -305,6 +305,15 @@ fn not_a_program(path: &Path, why: impl Into<String>) -> BinaryError {
     }
 }
 
+/// Whether the file at `path` starts as an ELF file does: a compiled
+/// program rather than a script (what `ember submit` tells apart).
+pub fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == ELF_MAGIC)
+}
+
 /// Whether `path` can be an application binary at all: a regular,
 /// executable ELF program (for any machine: the cluster may not be this
 /// one's). Checked before anything is uploaded.

@@ -71,6 +71,14 @@ impl LoopbackCluster {
         cluster
     }
 
+    /// The manager's address, as clients dial it.
+    pub fn manager_addr(&self) -> std::net::SocketAddr {
+        self.master
+            .trim_start_matches("ember://")
+            .parse()
+            .expect("a loopback manager listens on an IP address")
+    }
+
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
