@@ -3,7 +3,6 @@
 //! options the driver runs with; what the driver then runs (a SQL script,
 //! or an application's own code) is its caller's.
 
-use ember_actors::EmberConf;
 use ember_actors::cluster_manager::{AppRequest, DriverJob};
 use ember_actors::worker::child::{ChildSpec, read_spec};
 use ember_session::{ClusterSettings, Master, SessionOptions};
@@ -35,12 +34,8 @@ pub fn launched() -> Result<DriverLaunch, String> {
     if let Some(Err(e)) = job.base_dir.as_ref().map(std::env::set_current_dir) {
         tracing::warn!(error = %e, "cannot enter the submitting directory; relative paths resolve in the work dir");
     }
-    let mut conf = EmberConf::new()
-        .with_env(std::env::vars())
-        .map_err(|e| e.to_string())?;
-    for (k, v) in node.conf.iter().chain(job.conf.iter()) {
-        conf.set(k, v).map_err(|e| e.to_string())?;
-    }
+    let pairs: Vec<(String, String)> = node.conf.iter().chain(&job.conf).cloned().collect();
+    let conf = crate::roles::conf_from(&pairs)?;
     let master = Master::Cluster {
         host: manager.host.clone(),
         port: manager.addr.port(),
