@@ -5,7 +5,7 @@
 //! if the manager restarts.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -91,6 +91,7 @@ pub struct ClusterApp {
     client: Addr<AppClient>,
     id: AppId,
     submission: Option<DriverId>,
+    gave_up: Arc<Mutex<Option<String>>>,
 }
 
 impl ClusterApp {
@@ -120,6 +121,7 @@ impl ClusterApp {
             secret,
             submission: spec.submission.clone(),
         };
+        let gave_up = Arc::new(Mutex::new(None));
         let client = AppClient {
             node: spec.node.clone(),
             manager: manager.clone(),
@@ -132,6 +134,7 @@ impl ClusterApp {
             finished: false,
             lost_since: None,
             cluster_lost_timeout,
+            gave_up: Arc::clone(&gave_up),
         }
         .start();
         // A manager that goes down while it registers the application is
@@ -161,7 +164,15 @@ impl ClusterApp {
             client,
             id,
             submission: spec.submission,
+            gave_up,
         })
+    }
+
+    /// Why the application was given up (the manager refused it, or a
+    /// cluster-mode driver was cut off past its bound), once it has been:
+    /// its driver stops then.
+    pub fn given_up(&self) -> Option<String> {
+        self.gave_up.lock().ok().and_then(|why| why.clone())
     }
 
     /// The cluster-mode submission this driver runs, if it is one.
@@ -325,6 +336,8 @@ struct AppClient {
     lost_since: Option<tokio::time::Instant>,
     /// Cut off from the manager and every executor this long, give up.
     cluster_lost_timeout: Duration,
+    /// Why the application was given up, for whoever waits on it.
+    gave_up: Arc<Mutex<Option<String>>>,
 }
 
 impl Actor for AppClient {
@@ -591,6 +604,9 @@ impl AppClient {
         }
         self.finished = true;
         tracing::error!(%why, "giving the application up");
+        if let Ok(mut gave_up) = self.gave_up.lock() {
+            *gave_up = Some(why.clone());
+        }
         self.driver.do_send(CancelJobs {
             reason: format!("the application cannot go on: {why}"),
         });

@@ -13,6 +13,6 @@ pub mod setup;
 pub use master::Master;
 pub use script::{Flow, ScriptEnd, ScriptError, ScriptFailure, run_script, statement_failed};
 pub use session::{
-    ClusterSettings, Mode, Session, SessionError, SessionOptions, StatementOutcome,
-    missing_locations,
+    ClusterSettings, CommitUsedAttempts, Mode, OutputCommitter, Session, SessionError,
+    SessionOptions, StatementOutcome, missing_locations, output_claim,
 };

@@ -23,7 +23,8 @@ use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, Lo
 use ember_engine::session::planning_config;
 use ember_engine::subquery::lift_scalar_subqueries;
 use ember_engine::{
-    Committed, Functions, StageGraph, StagePlanner, TaskAttempt, stage_file_output,
+    Committed, EngineError, Functions, StageGraph, StagePlanner, StagedOutput, TaskAttempt,
+    stage_file_output,
 };
 use ember_transport::Node;
 use futures::future::BoxFuture;
@@ -139,6 +140,45 @@ pub struct Session {
     /// File outputs committed so far: a statement's place among them names
     /// its output the same way in every attempt of a submission.
     file_outputs: usize,
+    committer: Arc<dyn OutputCommitter>,
+}
+
+/// How a succeeded job's staged files become its output.
+pub trait OutputCommitter: Send + Sync {
+    /// Commits `staged` with the attempts the job `used` (one per
+    /// partition). With a `claim` (a cluster-mode submission's output, see
+    /// [`output_claim`]) the output is committed at most once whatever
+    /// number of driver attempts the submission takes.
+    fn commit(
+        &self,
+        staged: StagedOutput,
+        used: &[TaskAttempt],
+        claim: Option<&str>,
+    ) -> Result<Committed, EngineError>;
+}
+
+/// The output commit every session uses unless told otherwise: the used
+/// attempts' files, once per claim.
+pub struct CommitUsedAttempts;
+
+impl OutputCommitter for CommitUsedAttempts {
+    fn commit(
+        &self,
+        staged: StagedOutput,
+        used: &[TaskAttempt],
+        claim: Option<&str>,
+    ) -> Result<Committed, EngineError> {
+        match claim {
+            Some(claim) => staged.commit_once(used, claim),
+            None => staged.commit(used).map(|()| Committed::Now),
+        }
+    }
+}
+
+/// The claim of a cluster-mode submission's `n`th file output (counted
+/// from 1, in statement order): the same in every driver attempt.
+pub fn output_claim(submission: &str, n: usize) -> String {
+    format!("{submission}.{n}")
 }
 
 impl Session {
@@ -169,12 +209,7 @@ impl Session {
         }
         let ctx = SessionContext::new_with_config(config);
         options.functions.register(&ctx);
-        Ok(Self {
-            ctx,
-            planner: StagePlanner::new(),
-            backend: Backend::Local(cluster),
-            file_outputs: 0,
-        })
+        Ok(Self::over(ctx, Backend::Local(cluster)))
     }
 
     async fn start_on_cluster(
@@ -182,7 +217,7 @@ impl Session {
         port: u16,
         options: SessionOptions,
     ) -> Result<Self, SessionError> {
-        let settings = options.cluster.ok_or_else(|| {
+        let settings = options.cluster.as_ref().ok_or_else(|| {
             SessionError::Cluster("a cluster master needs certificates (--certs DIR)".into())
         })?;
         let creds = crate::setup::pick_credentials(
@@ -210,9 +245,30 @@ impl Session {
         let manager_addr = crate::setup::resolve(host, port).map_err(SessionError::Cluster)?;
         let node = Node::start_instance(&creds, Some(&settings.instance), bind, node_options)
             .map_err(|e| SessionError::Cluster(format!("cannot start the driver's node: {e}")))?;
-        let manager = ember_actors::cluster_app::reach_manager(&node, manager_addr, host)
-            .await
-            .map_err(|e| SessionError::Cluster(e.to_string()))?;
+        let manager =
+            match ember_actors::cluster_app::reach_manager(&node, manager_addr, host).await {
+                Ok(manager) => manager,
+                Err(e) => {
+                    node.close(Duration::from_millis(100)).await;
+                    return Err(SessionError::Cluster(e.to_string()));
+                }
+            };
+        Self::join(node, manager, options).await
+    }
+
+    /// Starts the application on a cluster through `node`, a node the
+    /// caller started with its certificate, whose manager it has reached:
+    /// asks for executors (uploading a client-mode application's binary
+    /// first) and waits for them as [`Session::start`] does. The
+    /// certificate settings of `options.cluster` are not read again.
+    pub async fn join(
+        node: Node,
+        manager: NodeContact,
+        options: SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let settings = options.cluster.ok_or_else(|| {
+            SessionError::Cluster("a cluster master needs certificates (--certs DIR)".into())
+        })?;
         let addr = node
             .local_addr()
             .map_err(|e| SessionError::Cluster(e.to_string()))?;
@@ -266,12 +322,23 @@ impl Session {
         let config = session_config(&options.conf, slots.max(1))?;
         let ctx = SessionContext::new_with_config(config);
         options.functions.register(&ctx);
-        Ok(Self {
+        Ok(Self::over(ctx, Backend::Cluster(app)))
+    }
+
+    fn over(ctx: SessionContext, backend: Backend) -> Self {
+        Self {
             ctx,
             planner: StagePlanner::new(),
-            backend: Backend::Cluster(app),
+            backend,
             file_outputs: 0,
-        })
+            committer: Arc::new(CommitUsedAttempts),
+        }
+    }
+
+    /// Replaces how file output is committed (the simulations inject
+    /// deliberate bugs here to prove their checks find them).
+    pub fn set_committer(&mut self, committer: Arc<dyn OutputCommitter>) {
+        self.committer = committer;
     }
 
     /// The cluster-mode submission this session's driver runs, if any.
@@ -290,7 +357,8 @@ impl Session {
         }
     }
 
-    fn driver(&self) -> &Addr<Driver> {
+    /// The application's driver actor.
+    pub fn driver(&self) -> &Addr<Driver> {
         match &self.backend {
             Backend::Local(cluster) => cluster.driver(),
             Backend::Cluster(app) => app.driver(),
@@ -399,14 +467,15 @@ impl Session {
                 self.file_outputs += 1;
                 // A cluster-mode submission may run in more than one driver
                 // attempt; its output is committed by the first only.
-                match self.submission() {
-                    Some(submission) => {
-                        let claim = format!("{submission}.{}", self.file_outputs);
-                        if staged.commit_once(&attempts, &claim)? == Committed::Earlier {
-                            tracing::warn!(%claim, "an earlier attempt of this submission committed this output; it is not written again");
-                        }
-                    }
-                    None => staged.commit(&attempts)?,
+                let claim = self
+                    .submission()
+                    .map(|submission| output_claim(&submission, self.file_outputs));
+                let committed = self.committer.commit(staged, &attempts, claim.as_deref())?;
+                if committed == Committed::Earlier {
+                    tracing::warn!(
+                        claim = claim.as_deref().unwrap_or_default(),
+                        "an earlier attempt of this submission committed this output; it is not written again"
+                    );
                 }
                 Ok(StatementOutcome::Rows(output))
             }
@@ -525,9 +594,14 @@ async fn wait_for_slots(
     let started = tokio::time::Instant::now();
     let mut next_notice = started + Duration::from_secs(5);
     loop {
-        let slots = app.slots().await.ok_or_else(|| {
-            SessionError::DriverGone("it stopped before its executors joined".to_string())
-        })?;
+        let Some(slots) = app.slots().await else {
+            let why = app
+                .given_up()
+                .map_or(String::new(), |why| format!(": {why}"));
+            return Err(SessionError::DriverGone(format!(
+                "it stopped before its executors joined{why}"
+            )));
+        };
         if slots >= wanted || (slots > 0 && started.elapsed() >= wait) {
             return Ok(slots);
         }

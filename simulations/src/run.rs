@@ -11,32 +11,33 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ember_actors::EmberConf;
-use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec, reach_manager};
+use ember_actors::cluster_app::reach_manager;
 use ember_actors::cluster_manager::DriverJob;
 use ember_actors::cluster_manager::journal::{BACKUP_FILE, JOURNAL_FILE};
 use ember_actors::cluster_manager::state::DRIVER_LEASE;
 use ember_actors::cluster_manager::{
     AppRequest, ClientReply, ClusterManager, FromClient, Journal, JournalError,
 };
-use ember_actors::config::{FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT};
+use ember_actors::config::{
+    FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT, SHUFFLE_PARTITIONS,
+};
 use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::remote::NodeContact;
 use ember_client::ClusterClient;
-use ember_engine::{Committed, StagePlanner};
+use ember_engine::Functions;
+use ember_session::{ClusterSettings, Master, Session, SessionOptions, StatementOutcome};
 use ember_transport::sim::{LinkFaults, SimNet};
 use ember_transport::{Node, NodeOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::cluster_driver::{DriverPrograms, script_for};
+use crate::cluster_driver::{self, DriverBugs, app_name, submission_script};
 use crate::failures::{Cause, JobFailure};
 pub use crate::jobs::JobOutcome;
-use crate::jobs::{
-    ClaimMarker, FileJob, committed_rows, file_destination, output_claims, run_job, write_job,
-};
+use crate::jobs::{ClaimMarker, committed_rows, file_destination, output_claims};
 use crate::scenario::{AppPlan, DeployMode, FaultKind, Scenario};
 use crate::submission::{self, SubmissionEnd};
-use crate::workload::{Answers, PARTITIONS, QUERIES};
+use crate::workload::{Answers, PARTITIONS, QUERIES, lines};
 use crate::world::{
     Certs, DriverLife, FIRST_APP_HOST, FIRST_WORKER_HOST, JournalDamage, MANAGER_HOST,
     MANAGER_PORT, ManagerHost, ManagerStartError, SeedDir, Shared, WorkerHost, ip, start_manager,
@@ -194,8 +195,8 @@ struct Sim<'a> {
     reported: std::collections::BTreeSet<usize>,
     /// Pairs of driver attempts already reported running at once.
     reported_pairs: std::collections::BTreeSet<(usize, usize)>,
-    /// What the workers' simulated drivers run.
-    programs: Arc<DriverPrograms>,
+    /// The deliberate bugs of the workers' simulated drivers.
+    driver_bugs: DriverBugs,
 }
 
 async fn simulate(
@@ -224,12 +225,10 @@ async fn simulate(
             };
         }
     };
-    let programs = Arc::new(DriverPrograms {
-        plans: scenario.apps.clone(),
-        output: dir.output_dir(),
+    let driver_bugs = DriverBugs {
         commit_every_attempt: bugs.commit_every_attempt,
         claim_per_attempt: bugs.claim_per_attempt,
-    });
+    };
     let mut sim = Sim {
         scenario,
         certs,
@@ -258,7 +257,7 @@ async fn simulate(
         violations: Vec::new(),
         reported: Default::default(),
         reported_pairs: Default::default(),
-        programs,
+        driver_bugs,
     };
     if let Err(e) = sim.start_cluster() {
         sim.violations
@@ -287,6 +286,7 @@ async fn simulate(
                 actix::spawn(run_submission(
                     i,
                     plan.clone(),
+                    sim.dir.output_dir(),
                     sim.net.clone(),
                     certs.load("client"),
                     options,
@@ -372,7 +372,7 @@ async fn run_app(
     lock(&apps)[index].jobs = plan.jobs.iter().map(|_| JobOutcome::Pending).collect();
     let started = async {
         let creds = creds?;
-        let (node, socket) = start_node(
+        let (node, _) = start_node(
             &net,
             host,
             0,
@@ -381,77 +381,62 @@ async fn run_app(
             options,
         )?;
         let manager = reach(&node, bugs).await?;
-        let conf = app_conf(&plan, bugs)?;
-        let app = ClusterApp::start(ClusterAppSpec {
-            contact: NodeContact {
-                node: node.id().clone(),
-                addr: socket.addr(),
-                host: "localhost".to_string(),
-            },
-            node: node.clone(),
-            manager,
-            request: AppRequest {
-                name: format!("sim-{index}"),
-                executor_cores: 1,
-                executor_memory_mb: 512,
-                max_cores: Some(2),
-                conf: conf.pairs(),
-                binary: None,
-            },
-            submission: None,
-            scheduler: conf.scheduler(4),
-            listener: None,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok::<_, String>((app, node))
+        let options = session_options(index, &plan, bugs)?;
+        // The application's own process: the real session, on the
+        // simulated network.
+        let mut session = Session::join(node.clone(), manager, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        session.set_committer(cluster_driver::committer(DriverBugs {
+            commit_every_attempt: bugs.commit_every_attempt,
+            claim_per_attempt: false,
+        }));
+        Ok::<_, String>((session, node))
     };
     let client = ClientStart::App { index, host };
-    let Some((app, node)) = client.wait(started, &net, &shared, &fail_all).await else {
+    let Some((mut session, node)) = client.wait(started, &net, &shared, &fail_all).await else {
         return;
     };
+    let app_id = session.app_id().unwrap_or_default().to_string();
     {
         let mut apps = lock(&apps);
         let state = &mut apps[index];
         if state.crashed {
             drop(apps);
-            app.driver().do_send(StopDriver);
+            session.driver().do_send(StopDriver);
             fail_all("its host crashed while it started".into());
             return;
         }
-        state.accepted = Some(app.id().to_string());
+        state.accepted = Some(app_id);
         state.accepted_at = Some(shared.now());
-        state.driver = Some((app.driver().clone(), node));
+        state.driver = Some((session.driver().clone(), node));
     }
     shared.trace(format!("app {index} registered"));
-    let ctx = datafusion::prelude::SessionContext::new_with_config(
-        ember_engine::session::planning_config(PARTITIONS),
-    );
-    let mut planner = StagePlanner::new();
     for (j, &query) in plan.jobs.iter().enumerate() {
         if lock(&apps)[index].crashed {
             break;
         }
         let outcome = match &output {
-            None => run_job(&ctx, &mut planner, app.driver(), QUERIES[query]).await,
+            None => match session.execute(QUERIES[query]).await {
+                Ok(StatementOutcome::Rows(output)) => JobOutcome::Succeeded(lines(&output.batches)),
+                Ok(other) => JobOutcome::Failed(format!("a query gave no rows: {other:?}")),
+                Err(e) => JobOutcome::Failed(e.to_string()),
+            },
             Some(dir) => {
-                let write = FileJob {
-                    destination: file_destination(dir, index, j),
-                    claim: format!("{}.{j}", app.id()),
-                    commit_every_attempt: bugs.commit_every_attempt,
-                };
-                match write_job(&ctx, &mut planner, app.driver(), QUERIES[query], &write).await {
-                    Ok(Committed::Now) => match committed_rows(&write.destination) {
+                let destination = file_destination(dir, index, j);
+                let copy = format!(
+                    "COPY ({}) TO '{}/' STORED AS CSV OPTIONS ('format.has_header' 'false')",
+                    QUERIES[query],
+                    destination.display()
+                );
+                match session.execute(&copy).await {
+                    Ok(_) => match committed_rows(&destination) {
                         Ok(rows) => JobOutcome::Succeeded(rows),
                         Err(e) => {
                             JobOutcome::Failed(format!("the committed output cannot be read: {e}"))
                         }
                     },
-                    Ok(Committed::Earlier) => JobOutcome::Failed(
-                        "the output was claimed by an earlier attempt, though this application ran the job once"
-                            .to_string(),
-                    ),
-                    Err(why) => JobOutcome::Failed(why),
+                    Err(e) => JobOutcome::Failed(e.to_string()),
                 }
             }
         };
@@ -475,7 +460,7 @@ async fn run_app(
         return;
     }
     lock(&apps)[index].driver_end = Some(shared.now());
-    app.stop(None).await;
+    session.stop().await;
     shared.trace(format!("app {index} stopped"));
     lock(&apps)[index].done = true;
 }
@@ -504,8 +489,46 @@ async fn reach(node: &Node, bugs: Bugs) -> Result<NodeContact, String> {
         .map_err(|e| e.to_string())
 }
 
-/// An application's settings: its tasks' injected time, and how long it
-/// waits with no executor.
+/// How client-mode application `index` starts its session: as `ember
+/// submit --deploy-mode client` would, on a node the simulation started.
+fn session_options(index: usize, plan: &AppPlan, bugs: Bugs) -> Result<SessionOptions, String> {
+    let conf = app_conf(plan, bugs)?;
+    Ok(SessionOptions {
+        master: Master::Cluster {
+            host: "localhost".to_string(),
+            port: MANAGER_PORT,
+        },
+        listener: None,
+        functions: Functions::new(),
+        cluster: Some(ClusterSettings {
+            // The node is started already, with its certificate.
+            certs: PathBuf::new(),
+            cert_name: None,
+            role: ember_certs::Role::Client,
+            instance: format!("app-{index}"),
+            driver_host: "localhost".to_string(),
+            request: app_request(index, &conf),
+            submission: None,
+            binary: None,
+        }),
+        conf,
+    })
+}
+
+/// What application `index` asks the manager for.
+fn app_request(index: usize, conf: &EmberConf) -> AppRequest {
+    AppRequest {
+        name: app_name(index),
+        executor_cores: 1,
+        executor_memory_mb: 512,
+        max_cores: Some(2),
+        conf: conf.pairs(),
+        binary: None,
+    }
+}
+
+/// An application's settings: its tasks' injected time, how long it
+/// waits with no executor, and its shuffles' partitions.
 fn app_conf(plan: &AppPlan, bugs: Bugs) -> Result<EmberConf, String> {
     let mut conf = EmberConf::new();
     let delays: Vec<String> = (0..6)
@@ -514,6 +537,7 @@ fn app_conf(plan: &AppPlan, bugs: Bugs) -> Result<EmberConf, String> {
     let set = |conf: &mut EmberConf, k: &str, v: &str| conf.set(k, v).map_err(|e| e.to_string());
     set(&mut conf, FAULT_DELAY_TASK, &delays.join(","))?;
     set(&mut conf, NO_EXECUTOR_TIMEOUT, "20s")?;
+    set(&mut conf, SHUFFLE_PARTITIONS, &PARTITIONS.to_string())?;
     if bugs.orphan_executors {
         set(&mut conf, FAULT_IGNORE_DRIVER_LOSS, "true")?;
     }
@@ -527,6 +551,7 @@ fn app_conf(plan: &AppPlan, bugs: Bugs) -> Result<EmberConf, String> {
 async fn run_submission(
     index: usize,
     plan: AppPlan,
+    output: PathBuf,
     net: SimNet,
     creds: Result<ember_certs::NodeCredentials, String>,
     options: NodeOptions,
@@ -565,8 +590,8 @@ async fn run_submission(
         let manager = reach(&node, bugs).await?;
         let conf = app_conf(&plan, bugs)?;
         let job = DriverJob {
-            name: format!("sim-{index}"),
-            script: script_for(index),
+            name: app_name(index),
+            script: submission_script(index, &plan.jobs, &output),
             conf: conf.pairs(),
             executor_cores: 1,
             executor_memory_mb: 512,
@@ -808,7 +833,7 @@ impl Sim<'_> {
             &self.net,
             self.certs,
             &self.shared,
-            &self.programs,
+            self.driver_bugs,
             host,
             self.scenario.worker_cores,
             self.options,
@@ -1144,19 +1169,16 @@ impl Sim<'_> {
                         "partial file output: app {i} job {j} failed, yet its destination exists"
                     ));
                 }
-                // A committed output is claimed once, and the claim says so.
+                // A client-mode application runs once: its output is
+                // committed without a claim.
                 if let JobOutcome::Succeeded(_) = job
                     && self.scenario.file_output
                     && !self.is_cluster_mode(i)
-                    && !self.bugs.commit_every_attempt
                 {
-                    let claims: Vec<String> = output_claims(&self.dir.output_dir(), i, j)
-                        .into_iter()
-                        .map(|c| c.says)
-                        .collect();
-                    if claims != ["committed"] {
+                    let claims = output_claims(&self.dir.output_dir(), i, j);
+                    if !claims.is_empty() {
                         self.violations.push(format!(
-                            "file output claims: app {i} job {j} succeeded with claim markers {claims:?}, not one marked committed"
+                            "file output claims: app {i} job {j} of a client-mode application has claim markers {claims:?}"
                         ));
                     }
                 }
@@ -1240,7 +1262,8 @@ impl Sim<'_> {
                 drivers.iter().filter(|d| d.submission == id).collect();
             let mut missing = Vec::new();
             for (j, job) in app.jobs.iter_mut().enumerate() {
-                let claim = format!("{id}.{j}");
+                // The session claims its nth file output, counted from 1.
+                let claim = ember_session::output_claim(&id, j + 1);
                 let markers = output_claims(&output, i, j);
                 let destination = file_destination(&output, i, j);
                 // Committed, by whichever claim: its rows are checked

@@ -25,7 +25,7 @@ use ember_certs::{IssueRequest, NodeCredentials, Role};
 use ember_transport::sim::{SimNet, SimSocket};
 use ember_transport::{ExitReason, Node, NodeId, NodeOptions, PeerDown};
 
-use crate::cluster_driver::{self, DriverLaunch, DriverPrograms};
+use crate::cluster_driver::{self, DriverBugs, Launch};
 
 /// The port the cluster manager listens on.
 pub const MANAGER_PORT: u16 = 7077;
@@ -501,7 +501,7 @@ pub struct SimLauncher {
     pub host: u8,
     pub creds: Arc<NodeCredentials>,
     pub shared: Shared,
-    pub programs: Arc<DriverPrograms>,
+    pub bugs: DriverBugs,
 }
 
 fn copy(creds: &NodeCredentials) -> NodeCredentials {
@@ -558,7 +558,7 @@ impl Launcher for SimLauncher {
                     let creds = &self.creds.identity.name;
                     record.drivers.push(DriverLife {
                         submission: driver.clone(),
-                        app: cluster_driver::app_named(&job.script),
+                        app: cluster_driver::app_named(&job.name),
                         node: NodeId(format!("{creds}/{}", node.instance)),
                         host: self.host,
                         started: now,
@@ -602,30 +602,19 @@ impl Launcher for SimLauncher {
                     }
                 });
             }
-            ChildSpec::Driver {
-                node,
-                driver,
-                job,
-                manager,
-            } => {
-                if let ProcessId::Driver(i) = id {
-                    let app = cluster_driver::app_named(&job.script)
+            spec @ ChildSpec::Driver { .. } => {
+                if let (ProcessId::Driver(i), ChildSpec::Driver { job, .. }) = (id, &spec) {
+                    let app = cluster_driver::app_named(&job.name)
                         .map_or("?".to_string(), |a| a.to_string());
                     self.shared.trace(format!(
                         "driver attempt {i} of app {app} started on host {}",
                         self.host
                     ));
                 }
-                let programs = Arc::clone(&self.programs);
-                let launch = DriverLaunch {
-                    creds,
-                    node,
-                    driver,
-                    job,
-                    manager,
-                };
+                let bugs = self.bugs;
+                let launch = Launch { creds, spec };
                 let program = actix::spawn(async move {
-                    let (code, why) = cluster_driver::run(&started, launch, &programs).await;
+                    let (code, why) = cluster_driver::run(&started, launch, bugs).await;
                     started.end(Some(code), why, true);
                 });
                 let mut state = lock(&process.state);
@@ -708,7 +697,7 @@ pub fn start_worker(
     net: &SimNet,
     certs: &Certs,
     shared: &Shared,
-    programs: &Arc<DriverPrograms>,
+    bugs: DriverBugs,
     host: u8,
     cores: u32,
     options: NodeOptions,
@@ -731,7 +720,7 @@ pub fn start_worker(
             host,
             creds: Arc::new(creds),
             shared: shared.clone(),
-            programs: Arc::clone(programs),
+            bugs,
         }),
         certs: certs.path().to_path_buf(),
         cert_name: worker_name(host),
