@@ -123,6 +123,7 @@ impl App {
             conf,
             functions: Functions::new(),
             listener: crate::cli::console_progress(),
+            files: options.app.files.clone(),
             cluster,
         })
     }

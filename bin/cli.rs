@@ -334,6 +334,12 @@ pub struct AppArgs {
     /// A configuration property (repeatable); see `ember config --list`.
     #[arg(long = "conf", short = 'c', value_name = "KEY=VALUE")]
     pub conf: Vec<String>,
+
+    /// Side files, separated by commas (repeatable): put in every
+    /// executor's work dir (and a cluster-mode driver's) under their own
+    /// names; SQL reads them as files:///NAME.
+    #[arg(long, value_name = "FILE,...", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
 }
 
 /// Cores and executors are counted from one: a request for none could
@@ -371,6 +377,7 @@ impl AppArgs {
             max_cores,
             conf: vec![],
             binary: None,
+            files: vec![],
         })
     }
 
@@ -399,6 +406,10 @@ impl AppArgs {
             }
         }
         args.extend(self.conf.iter().map(|pair| format!("--conf={pair}")));
+        args.extend(self.files.iter().map(|file| {
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+            format!("--files={}", file.display())
+        }));
         args
     }
 
@@ -993,6 +1004,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         conf,
         functions: ember_engine::Functions::new(),
         listener: console_progress(),
+        files: args.app.files.clone(),
         cluster: args
             .app
             .cluster_settings(request, format!("submit-{}", std::process::id())),
@@ -1036,6 +1048,7 @@ pub(crate) fn submit_cluster_mode(
             .ok()
             .map(|d| d.display().to_string()),
         binary: None,
+        files: vec![],
     };
     let driver = ember_actors::cluster_manager::DriverRequest {
         cores: args.driver_cores.max(1),
@@ -1048,7 +1061,7 @@ pub(crate) fn submit_cluster_mode(
         name: args.app.cert_name.clone(),
         json: false,
     };
-    crate::client::submit_cluster(&cluster, job, driver, binary)
+    crate::client::submit_cluster(&cluster, job, driver, binary, &args.app.files)
 }
 
 /// Stage progress bars on the console, when both outputs are terminals.

@@ -47,14 +47,26 @@ pub fn submit_cluster(
     job: DriverJob,
     request: DriverRequest,
     binary: Option<&Path>,
+    files: &[std::path::PathBuf],
 ) -> ExitCode {
     if let Err(e) = ember_client::check_job(&job) {
         return fail(&e.to_string());
     }
+    let files = match ember_client::name_side_files(files) {
+        Ok(files) => files,
+        Err(e) => return fail(&e),
+    };
     let submitted = with_manager(args, async |client| {
         let mut job = job;
         if let Some(path) = binary.map(Path::to_path_buf).or_else(app_binary_path) {
             job.binary = Some(upload_app_binary(client, &path).await?);
+        }
+        if !files.is_empty() {
+            let (held, reports) = client.upload_side_files(&files).await?;
+            for report in reports {
+                errln!("{report}");
+            }
+            job.files = held;
         }
         client
             .submit_until_answered(job, request, ember_client::SUBMIT_RESEND_LIMIT, |lost| {

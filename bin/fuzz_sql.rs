@@ -858,6 +858,7 @@ async fn start_session(target: &Target, ddl: &[String], seed: u64) -> Result<Ses
         conf,
         functions: ember_engine::Functions::new(),
         listener: None,
+        files: vec![],
         cluster: None,
     })
     .await

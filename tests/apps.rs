@@ -167,3 +167,141 @@ fn a_remembered_hash_is_used_only_while_the_file_is_unchanged() {
     assert_ne!(second, first);
     assert_eq!(second, hash_file(&path).unwrap());
 }
+
+/// A side file and a script that reads it through `files:///`, four
+/// times over (four scan tasks, spread over the executors).
+fn side_file_job(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let users = dir.join("users.csv");
+    let mut csv = String::from("id,name\n");
+    for id in 1..=2000 {
+        csv.push_str(&format!("{id},user-{id}\n"));
+    }
+    std::fs::write(&users, csv).unwrap();
+    let script = dir.join("users.sql");
+    std::fs::write(
+        &script,
+        "CREATE EXTERNAL TABLE users STORED AS CSV LOCATION 'files:///users.csv' \
+         OPTIONS ('format.has_header' 'true');\n\
+         SELECT count(*) AS n, sum(id) AS total FROM (\
+           SELECT id FROM users UNION ALL SELECT id FROM users \
+           UNION ALL SELECT id FROM users UNION ALL SELECT id FROM users);\n",
+    )
+    .unwrap();
+    (users, script, "n,total\n8000,8004000\n".to_string())
+}
+
+#[test]
+fn side_files_reach_the_driver_and_every_executor_in_every_mode() {
+    let work = tempfile::tempdir().unwrap();
+    let (users, script, expected) = side_file_job(work.path());
+    let (users, script) = (users.to_str().unwrap(), script.to_str().unwrap());
+
+    // Local mode: the driver reads the file where it is.
+    let out = submit(
+        work.path(),
+        &["--master", "local[2]", "--files", users, script],
+    );
+    assert_eq!(text(&out.stdout), expected);
+
+    let cluster = crate::cluster::Cluster::start();
+    // Client mode: the side file is uploaded; each executor reads its copy
+    // in its work dir, the driver through a link to the file given.
+    let out = cluster.run(&[
+        "submit",
+        "--total-executor-cores",
+        "2",
+        "--files",
+        users,
+        script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), expected);
+    assert!(
+        text(&out.stderr).contains("side file") && text(&out.stderr).contains("uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Cluster mode: the driver's work dir holds it too; nothing is sent
+    // again.
+    let out = cluster.run(&[
+        "submit",
+        "--deploy-mode",
+        "cluster",
+        "--name",
+        "side-files",
+        "--files",
+        users,
+        script,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("nothing uploaded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let id = text(&out.stdout).trim().to_string();
+    let status = cluster.wait_for(
+        "the cluster-mode driver with side files to finish",
+        std::time::Duration::from_secs(60),
+        |s| {
+            ember_testkit::driver(s, &id)
+                .is_some_and(|d| d["state"] != "RUNNING" && d["state"] != "SUBMITTED")
+        },
+    );
+    assert_eq!(
+        ember_testkit::driver(&status, &id).unwrap()["state"],
+        "FINISHED",
+        "{}",
+        text(&cluster.run(&["logs", "--stderr", &id]).stdout)
+    );
+    assert_eq!(text(&cluster.run(&["logs", &id]).stdout), expected);
+
+    // Bad side files are refused before anything is sent, saying what
+    // to fix.
+    let dir = work.path().to_str().unwrap();
+    let twin = work.path().join("twin");
+    std::fs::create_dir(&twin).unwrap();
+    std::fs::copy(work.path().join("users.csv"), twin.join("users.csv")).unwrap();
+    let twin = twin.join("users.csv");
+    let missing = work.path().join("missing.csv");
+    let hidden = work.path().join(".hidden");
+    std::fs::write(&hidden, "x").unwrap();
+    let cases: [(&str, &str); 4] = [
+        (missing.to_str().unwrap(), "cannot read"),
+        (dir, "is not a regular file"),
+        (hidden.to_str().unwrap(), "cannot name a side file"),
+        (
+            &format!("{users},{}", twin.display()),
+            "are both named 'users.csv'",
+        ),
+    ];
+    for (files, says) in cases {
+        for mode in ["client", "cluster"] {
+            let out = cluster.run(&["submit", "--deploy-mode", mode, "--files", files, script]);
+            assert!(!out.status.success(), "--files {files} in {mode} mode");
+            assert!(
+                text(&out.stderr).contains(says),
+                "--files {files} in {mode} mode: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_script_that_reads_a_side_file_it_was_not_given_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let (_, script, _) = side_file_job(work.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "--master", "local[2]"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("submitted without --files"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -966,6 +966,7 @@ fn journal_with_history(state_dir: &Path) {
                     max_cores: Some(1),
                     conf: vec![],
                     binary: None,
+                    files: vec![],
                 },
                 state: "FINISHED".into(),
                 reason: None,
@@ -999,6 +1000,7 @@ fn journal_with_history(state_dir: &Path) {
                     args: vec![],
                     base_dir: None,
                     binary: None,
+                    files: vec![],
                 },
                 request: DriverRequest {
                     cores: 1,

@@ -74,6 +74,7 @@ pub async fn session(url: &str, data: &Data) -> Session {
         conf: EmberConf::new(),
         functions: ember_engine::Functions::new(),
         listener: None,
+        files: vec![],
         cluster: None,
     })
     .await

@@ -133,13 +133,20 @@ pub enum BinaryError {
     Refused(String),
     #[error("{what}: {why}")]
     Io { what: String, why: String },
+    #[error(
+        "'{0}' cannot name a side file: a side file keeps its own plain name (no '/', not \
+         starting with '.', not stdout or stderr); rename the file"
+    )]
+    BadFileName(String),
 }
 
 impl BinaryError {
     /// A stable name for the kind of refusal, for programs to act on.
     pub fn code(&self) -> &'static str {
         match self {
-            BinaryError::BadName(_) | BinaryError::NotAProgram { .. } => "bad_request",
+            BinaryError::BadName(_)
+            | BinaryError::NotAProgram { .. }
+            | BinaryError::BadFileName(_) => "bad_request",
             BinaryError::TooLarge { .. } => "too_large",
             BinaryError::WrongSize { .. }
             | BinaryError::HashMismatch { .. }
@@ -158,6 +165,63 @@ impl BinaryError {
             what: what.into(),
             why: e.to_string(),
         }
+    }
+}
+
+/// A side file (`ember submit --files`): stored by the cluster manager
+/// as binaries are, by its content, and put in every container's work
+/// dir under its own name. Built only through [`SideFile::new`] or by
+/// reading one, which both refuse a name that could leave the work dir or
+/// clash with what the worker keeps there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedSideFile")]
+pub struct SideFile {
+    name: String,
+    content: BinaryRef,
+}
+
+/// A [`SideFile`] as it arrives, before its name is checked.
+#[derive(Deserialize)]
+struct UncheckedSideFile {
+    name: String,
+    content: BinaryRef,
+}
+
+impl TryFrom<UncheckedSideFile> for SideFile {
+    type Error = BinaryError;
+
+    fn try_from(raw: UncheckedSideFile) -> Result<Self, BinaryError> {
+        SideFile::new(raw.name, raw.content)
+    }
+}
+
+impl SideFile {
+    pub fn new(name: impl Into<String>, content: BinaryRef) -> Result<Self, BinaryError> {
+        let name = name.into();
+        check_side_file_name(&name)?;
+        Ok(Self { name, content })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn content(&self) -> &BinaryRef {
+        &self.content
+    }
+}
+
+/// Refuses a side file name that is not a plain file name of its own.
+pub fn check_side_file_name(name: &str) -> Result<(), BinaryError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !matches!(name, "stdout" | "stderr");
+    if plain {
+        Ok(())
+    } else {
+        Err(BinaryError::BadFileName(name.chars().take(80).collect()))
     }
 }
 
@@ -689,6 +753,31 @@ pub async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_side_file_keeps_a_plain_name_of_its_own() {
+        let content = BinaryRef::new("a".repeat(64), 3).unwrap();
+        assert!(SideFile::new("model.bin", content.clone()).is_ok());
+        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "stdout", "stderr", "a\\b"] {
+            assert!(
+                matches!(SideFile::new(bad, content.clone()), Err(BinaryError::BadFileName(_))),
+                "{bad:?} was taken"
+            );
+        }
+        // A name off the wire is checked as one made here.
+        let wire = rmp_serde::to_vec(&UncheckedForTest {
+            name: "../../etc/passwd".into(),
+            content: content.clone(),
+        })
+        .unwrap();
+        assert!(rmp_serde::from_slice::<SideFile>(&wire).is_err());
+    }
+
+    #[derive(Serialize)]
+    struct UncheckedForTest {
+        name: String,
+        content: BinaryRef,
+    }
 
     fn binary_of(bytes: &[u8]) -> BinaryRef {
         let mut hasher = Sha256::default();

@@ -122,6 +122,7 @@ pub fn run(args: ShellArgs) -> ExitCode {
         conf,
         functions: ember_engine::Functions::new(),
         listener: console_progress(),
+        files: args.app.files.clone(),
         cluster: args
             .app
             .cluster_settings(request, format!("shell-{}", std::process::id())),

@@ -30,7 +30,9 @@ use ember_actors::cluster_manager::{
 };
 use ember_certs::NodeCredentials;
 use ember_transport::{Mailbox, Node, NodeOptions, SendError};
-pub use upload::{UploadedBinary, upload_binary};
+pub use upload::{
+    UploadedBinary, name_side_files, upload_binary, upload_side_file, upload_side_files,
+};
 
 /// How long the manager gets to answer one request.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ember_actors::binaries::{BinaryError, BinaryRef, check_program, chunk_schema, file_chunks};
+use ember_actors::binaries::{
+    BinaryError, BinaryRef, SideFile, check_program, chunk_schema, file_chunks,
+};
 use ember_actors::cluster_manager::ManagerError;
 use ember_actors::cluster_manager::binaries::{
     FOR_UPLOADS, UPLOAD_INBOX, UploadBinary, UploadReply,
@@ -35,6 +37,15 @@ impl ClusterClient {
         let manager = self.manager().await?;
         upload_binary(&self.node, &manager.address().node, path).await
     }
+
+    /// Uploads named side files; see [`upload_side_files`].
+    pub async fn upload_side_files(
+        &self,
+        files: &[(String, std::path::PathBuf)],
+    ) -> Result<(Vec<SideFile>, Vec<String>), ClientError> {
+        let manager = self.manager().await?;
+        upload_side_files(&self.node, &manager.address().node, files).await
+    }
 }
 
 /// [`ClusterClient::upload_binary`] from a node the caller runs (a
@@ -44,9 +55,30 @@ pub async fn upload_binary(
     manager: &NodeId,
     path: &Path,
 ) -> Result<UploadedBinary, ClientError> {
+    upload(node, manager, path, true).await
+}
+
+/// Uploads a side file (`--files`) as [`upload_binary`] does a program:
+/// by its content, sent only if the manager does not hold it yet.
+pub async fn upload_side_file(
+    node: &Node,
+    manager: &NodeId,
+    path: &Path,
+) -> Result<UploadedBinary, ClientError> {
+    upload(node, manager, path, false).await
+}
+
+async fn upload(
+    node: &Node,
+    manager: &NodeId,
+    path: &Path,
+    program: bool,
+) -> Result<UploadedBinary, ClientError> {
     let file = path.to_path_buf();
     let binary = tokio::task::spawn_blocking(move || {
-        check_program(&file).map_err(|e| ClientError::BadRequest(e.to_string()))?;
+        if program {
+            check_program(&file).map_err(|e| ClientError::BadRequest(e.to_string()))?;
+        }
         crate::hashes::hash_file_cached(&file)
             .map_err(|e| ClientError::BadRequest(format!("cannot read {}: {e}", file.display())))
     })
@@ -120,19 +152,78 @@ fn refused(e: BinaryError) -> ClientError {
 impl UploadedBinary {
     /// Whether the binary at `path` was sent, in words.
     pub fn report(&self, path: &Path) -> String {
+        self.report_as("application binary", path)
+    }
+
+    /// Whether the file at `path`, a `what`, was sent, in words.
+    pub fn report_as(&self, what: &str, path: &Path) -> String {
         if self.sent_bytes == 0 {
             format!(
-                "application binary {} (sha256 {}): held by the cluster manager, nothing uploaded",
+                "{what} {} (sha256 {}): held by the cluster manager, nothing uploaded",
                 path.display(),
                 self.binary.sha256()
             )
         } else {
             format!(
-                "application binary {} (sha256 {}): uploaded {} bytes",
+                "{what} {} (sha256 {}): uploaded {} bytes",
                 path.display(),
                 self.binary.sha256(),
                 self.sent_bytes
             )
         }
     }
+}
+
+/// Names each of `paths` (`--files`) by its file name: each must be a
+/// regular file, with a plain name no other of them has.
+pub fn name_side_files(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+    let mut named: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("--files: cannot read {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "--files: {} is not a regular file; give files, not directories",
+                path.display()
+            ));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ember_actors::binaries::check_side_file_name(&name)
+            .map_err(|e| format!("--files: {}: {e}", path.display()))?;
+        if let Some((_, other)) = named.iter().find(|(n, _)| *n == name) {
+            return Err(format!(
+                "--files: {} and {} are both named '{name}', and side files are found by name; \
+                 rename one",
+                other.display(),
+                path.display()
+            ));
+        }
+        named.push((name, path.clone()));
+    }
+    Ok(named)
+}
+
+/// Uploads named side files (see [`name_side_files`]); the files as the
+/// manager now holds them, and a line for each saying what was sent.
+pub async fn upload_side_files(
+    node: &Node,
+    manager: &NodeId,
+    files: &[(String, std::path::PathBuf)],
+) -> Result<(Vec<SideFile>, Vec<String>), ClientError> {
+    let mut held = Vec::new();
+    let mut reports = Vec::new();
+    for (name, path) in files {
+        let uploaded = upload_side_file(node, manager, path).await?;
+        reports.push(uploaded.report_as("side file", path));
+        held.push(
+            SideFile::new(name.clone(), uploaded.binary)
+                .map_err(|e| ClientError::BadRequest(e.to_string()))?,
+        );
+    }
+    Ok((held, reports))
 }

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod commit;
 pub mod distribute;
 pub mod error;
+pub mod files;
 pub mod functions;
 pub mod scan_errors;
 pub mod script;

@@ -23,6 +23,13 @@ pub struct DriverLaunch {
 pub fn launched() -> Result<DriverLaunch, String> {
     let spec = read_spec(&mut std::io::stdin().lock()).map_err(|e| e.to_string())?;
     let launch = DriverLaunch::from_spec(spec)?;
+    // The worker put the side files in the work dir it started this
+    // driver in, which it may leave for the submitting directory.
+    if !launch.job.files.is_empty()
+        && let Ok(dir) = std::env::current_dir()
+    {
+        ember_engine::files::set_root(&dir);
+    }
     if let Some(Err(e)) = launch.job.base_dir.as_ref().map(std::env::set_current_dir) {
         tracing::warn!(error = %e, "cannot enter the submitting directory; relative paths resolve in the work dir");
     }
@@ -53,6 +60,7 @@ impl DriverLaunch {
             conf,
             functions: ember_engine::Functions::new(),
             listener: None,
+            files: vec![],
             cluster: Some(ClusterSettings {
                 certs: node.certs.clone(),
                 cert_name: Some(node.cert_name.clone()),
@@ -66,6 +74,7 @@ impl DriverLaunch {
                     max_cores: job.max_cores,
                     conf: vec![],
                     binary: job.binary.clone(),
+                    files: job.files.clone(),
                 },
                 submission: Some(driver.clone()),
                 binary: None,

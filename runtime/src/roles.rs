@@ -359,6 +359,11 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
     else {
         return fail("the launch spec is not an executor's".into());
     };
+    // The worker started this executor in its work dir, with the
+    // application's side files in it.
+    if let Ok(dir) = std::env::current_dir() {
+        ember_engine::files::set_root(&dir);
+    }
     let conf = match conf_from(&ns.conf) {
         Ok(c) => c,
         Err(e) => return fail(e),

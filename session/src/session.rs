@@ -44,6 +44,12 @@ pub enum SessionError {
     Unsupported(String),
     #[error("table {table}: LOCATION '{location}' does not exist; fix the path or create it first")]
     MissingLocation { table: String, location: String },
+    #[error("table {table}: LOCATION '{location}': {why}")]
+    MissingSideFile {
+        table: String,
+        location: String,
+        why: String,
+    },
     #[error("{0}")]
     Output(#[from] ember_engine::EngineError),
     #[error("{0}")]
@@ -87,6 +93,10 @@ pub struct SessionOptions {
     pub functions: Functions,
     /// How to join a cluster master (ignored by local masters).
     pub cluster: Option<ClusterSettings>,
+    /// Side files (`--files`): put in every executor's work dir, and read
+    /// by SQL as `files:///NAME` and by code through
+    /// `ember_engine::files::path`.
+    pub files: Vec<PathBuf>,
 }
 
 /// What an application on a cluster needs besides the master URL.
@@ -141,6 +151,43 @@ pub struct Session {
     /// its output the same way in every attempt of a submission.
     file_outputs: usize,
     committer: Arc<dyn OutputCommitter>,
+    /// The links to this driver's side files, removed with the session.
+    files: Option<SideFilesHere>,
+}
+
+/// A driver's side files on the machine it was submitted from: a
+/// directory of links to the files given, the root `files:///NAME` reads
+/// from in this process, as an executor's work dir is in its own.
+struct SideFilesHere {
+    _dir: tempfile::TempDir,
+}
+
+impl SideFilesHere {
+    fn link(paths: &[PathBuf]) -> Result<Option<Self>, SessionError> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let named = ember_client::name_side_files(paths).map_err(SessionError::Unsupported)?;
+        let dir = tempfile::Builder::new()
+            .prefix("ember-files-")
+            .tempdir()
+            .map_err(SessionError::Start)?;
+        for (name, path) in &named {
+            let target = std::path::absolute(path).map_err(SessionError::Start)?;
+            std::os::unix::fs::symlink(&target, dir.path().join(name))
+                .map_err(SessionError::Start)?;
+        }
+        ember_engine::files::set_root(dir.path());
+        Ok(Some(Self { _dir: dir }))
+    }
+}
+
+impl Drop for SideFilesHere {
+    fn drop(&mut self) {
+        if ember_engine::files::root().as_deref() == Some(self._dir.path()) {
+            ember_engine::files::clear_root();
+        }
+    }
 }
 
 /// How a succeeded job's staged files become its output.
@@ -190,6 +237,7 @@ impl Session {
         if let Master::Cluster { host, port } = &options.master {
             return Self::start_on_cluster(host, *port, options.clone()).await;
         }
+        let files = SideFilesHere::link(&options.files)?;
         let slots = options.master.threads();
         let config = session_config(&options.conf, slots)?;
         let cluster = LocalCluster::start(LocalClusterSpec {
@@ -209,7 +257,10 @@ impl Session {
         }
         let ctx = SessionContext::new_with_config(config);
         options.functions.register(&ctx);
-        Ok(Self::over(ctx, Backend::Local(cluster)))
+        ember_engine::files::register(&ctx);
+        let mut session = Self::over(ctx, Backend::Local(cluster));
+        session.files = files;
+        Ok(session)
     }
 
     async fn start_on_cluster(
@@ -289,6 +340,35 @@ impl Session {
             errln!("{}", uploaded.report(path));
             request.binary = Some(uploaded.binary);
         }
+        // A client-mode driver ships its side files; a cluster-mode one
+        // was launched with them.
+        let mut files = None;
+        if settings.role == ember_certs::Role::Client && !options.files.is_empty() {
+            let linked = SideFilesHere::link(&options.files);
+            let named = ember_client::name_side_files(&options.files);
+            let uploaded = match (linked, named) {
+                (Ok(linked), Ok(named)) => {
+                    files = linked;
+                    ember_client::upload_side_files(&node, &manager.node, &named)
+                        .await
+                        .map_err(|e| SessionError::Cluster(e.to_string()))
+                }
+                (Err(e), _) => Err(e),
+                (_, Err(e)) => Err(SessionError::Unsupported(e)),
+            };
+            match uploaded {
+                Ok((held, reports)) => {
+                    for report in reports {
+                        errln!("{report}");
+                    }
+                    request.files = held;
+                }
+                Err(e) => {
+                    node.close(Duration::from_millis(100)).await;
+                    return Err(e);
+                }
+            }
+        }
         let scheduler = options.conf.scheduler(options.conf.task_max_failures());
         // The bound a job waits with no executor bounds the first wait too.
         let give_up = scheduler.no_executor_timeout;
@@ -322,7 +402,10 @@ impl Session {
         let config = session_config(&options.conf, slots.max(1))?;
         let ctx = SessionContext::new_with_config(config);
         options.functions.register(&ctx);
-        Ok(Self::over(ctx, Backend::Cluster(app)))
+        ember_engine::files::register(&ctx);
+        let mut session = Self::over(ctx, Backend::Cluster(app));
+        session.files = files;
+        Ok(session)
     }
 
     fn over(ctx: SessionContext, backend: Backend) -> Self {
@@ -332,6 +415,7 @@ impl Session {
             backend,
             file_outputs: 0,
             committer: Arc::new(CommitUsedAttempts),
+            files: None,
         }
     }
 
@@ -432,6 +516,17 @@ impl Session {
                         table: create.name.to_string(),
                         location: location.clone(),
                     });
+                }
+                for location in &create.locations {
+                    if let Some(name) = side_file_name(location) {
+                        ember_engine::files::path(name).map_err(|why| {
+                            SessionError::MissingSideFile {
+                                table: create.name.to_string(),
+                                location: location.clone(),
+                                why,
+                            }
+                        })?;
+                    }
                 }
                 self.ctx.execute_logical_plan(plan).await?.collect().await?;
                 return Ok(StatementOutcome::Done);
@@ -680,6 +775,13 @@ fn writes_files(plan: &LogicalPlan) -> bool {
         }
         _ => false,
     }
+}
+
+/// The side file a `files:///NAME` location names.
+fn side_file_name(location: &str) -> Option<&str> {
+    location
+        .strip_prefix(ember_engine::files::SCHEME)?
+        .strip_prefix(":///")
 }
 
 fn is_local_path(target: &str) -> bool {

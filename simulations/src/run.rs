@@ -500,6 +500,7 @@ fn session_options(index: usize, plan: &AppPlan, bugs: Bugs) -> Result<SessionOp
         },
         listener: None,
         functions: Functions::new(),
+        files: vec![],
         cluster: Some(ClusterSettings {
             // The node is started already, with its certificate.
             certs: PathBuf::new(),
@@ -524,6 +525,7 @@ fn app_request(index: usize, conf: &EmberConf) -> AppRequest {
         max_cores: Some(2),
         conf: conf.pairs(),
         binary: None,
+        files: vec![],
     }
 }
 
@@ -599,6 +601,7 @@ async fn run_submission(
             args: vec![],
             base_dir: None,
             binary: None,
+            files: vec![],
         };
         let client = ClusterClient::over(node.clone(), manager.addr, &manager.host)
             .await

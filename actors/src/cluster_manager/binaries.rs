@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::ClusterManager;
-use crate::binaries::{BinaryDir, BinaryError, BinaryRef, chunk_schema, file_chunks, receive};
+use crate::binaries::{
+    BinaryDir, BinaryError, BinaryRef, SideFile, chunk_schema, file_chunks, receive,
+};
 use crate::remote::hub::BulkHub;
 
 /// Actor names on the manager's node: uploads from clients, fetches from
@@ -134,6 +136,13 @@ impl ClusterManager {
         } else {
             Err(BinaryError::NotHeld(binary.sha256().to_string()))
         }
+    }
+
+    /// Refuses side files this manager does not hold.
+    pub(super) fn check_files(&self, files: &[SideFile]) -> Result<(), BinaryError> {
+        files
+            .iter()
+            .try_for_each(|f| self.check_binary(Some(f.content())))
     }
 
     fn offer(&mut self, binary: BinaryRef, ctx: &mut Context<Self>) -> Outcome {

@@ -110,6 +110,7 @@ impl Handler<FromApp> for ClusterManager {
                 existing,
             } => {
                 self.check_binary(request.binary.as_ref())
+                    .and_then(|()| self.check_files(&request.files))
                     .map_err(ManagerError::Binary)?;
                 let client_mailbox = self.node.mailbox::<ToApp>(&client).map_err(unreachable)?;
                 // A driver whose first registration was journaled but never
@@ -498,6 +499,7 @@ impl ClusterManager {
                 .map_err(ManagerError::Script)?;
         }
         self.check_binary(job.binary.as_ref())
+            .and_then(|()| self.check_files(&job.files))
             .map_err(ManagerError::Binary)?;
         if job.script.len() > MAX_SCRIPT_BYTES {
             return Err(ManagerError::Script(UploadError::TooLarge {
@@ -718,6 +720,7 @@ impl ClusterManager {
                     secret: link.record.secret.clone(),
                     conf: link.record.request.conf.clone(),
                     binary: link.record.request.binary.clone(),
+                    files: link.record.request.files.clone(),
                 };
                 tracing::info!(%app, executor, %worker, cores, "launching executor");
                 self.tell_worker(&worker, message);

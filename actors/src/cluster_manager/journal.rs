@@ -605,6 +605,7 @@ fn without_script(record: &DriverRecord) -> DriverRecord {
             args: vec![],
             base_dir: job.base_dir.clone(),
             binary: None,
+            files: vec![],
         },
         request: record.request.clone(),
         state: record.state.clone(),
@@ -688,6 +689,7 @@ mod tests {
                 args: vec![],
                 base_dir: None,
                 binary: None,
+                files: vec![],
             },
             request: DriverRequest {
                 cores: 1,
@@ -773,6 +775,7 @@ mod tests {
                 max_cores: Some(2),
                 conf: vec![],
                 binary: None,
+                files: vec![],
             },
             state: "FINISHED".into(),
             reason: None,

@@ -101,9 +101,16 @@ pub struct DriverJob {
     /// manager beforehand; `None`: the workers' own `ember` binary.
     #[serde(default)]
     pub binary: Option<crate::binaries::BinaryRef>,
+    /// Side files put in the work dir of the driver and of every executor,
+    /// uploaded to the manager beforehand.
+    #[serde(default)]
+    pub files: Vec<crate::binaries::SideFile>,
 }
 
 /// From people, through `ember` commands (client certificates only).
+// A submission is the large one, and comes once per job: boxing it would
+// save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Message, Serialize, Deserialize)]
 #[rtype(result = "Result<ClientReply, ManagerError>")]
 pub enum FromClient {
@@ -283,6 +290,9 @@ pub enum ToWorker {
         /// The program to run, fetched from the manager by its hash.
         #[serde(default)]
         binary: Option<crate::binaries::BinaryRef>,
+        /// Side files to put in the executor's work dir.
+        #[serde(default)]
+        files: Vec<crate::binaries::SideFile>,
     },
     KillExecutor {
         app: AppId,

@@ -440,6 +440,7 @@ mod tests {
                 args: vec![],
                 base_dir: None,
                 binary: None,
+                files: vec![],
             },
             request: DriverRequest {
                 cores: 1,

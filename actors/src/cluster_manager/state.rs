@@ -43,6 +43,10 @@ pub struct AppRequest {
     /// `None`: the workers' own `ember` binary.
     #[serde(default)]
     pub binary: Option<crate::binaries::BinaryRef>,
+    /// Side files put in every executor's work dir, uploaded to the
+    /// manager beforehand.
+    #[serde(default)]
+    pub files: Vec<crate::binaries::SideFile>,
 }
 
 /// What a cluster-mode driver needs from the worker that runs it.
@@ -1372,6 +1376,7 @@ mod tests {
                 max_cores,
                 conf: vec![],
                 binary: None,
+                files: vec![],
             },
             driver: None,
         }
@@ -1992,6 +1997,7 @@ mod tests {
             max_cores: Some(2),
             conf: vec![],
             binary: None,
+            files: vec![],
         };
         let had = |worker: &str, end| PastExecutor {
             worker: worker.into(),

@@ -66,7 +66,11 @@ impl Executor {
             driver: spec.driver,
             pool: spec.pool,
             shuffle: spec.shuffle,
-            session: SessionContext::new_with_config(config),
+            session: {
+                let session = SessionContext::new_with_config(config);
+                ember_engine::files::register(&session);
+                session
+            },
             running: BTreeMap::new(),
             owns_arbiter: spec.owns_arbiter,
             faults: spec.faults,

@@ -94,6 +94,7 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         session: {
             let session = SessionContext::new_with_config(spec.session_config.clone());
             spec.functions.register(&session);
+            ember_engine::files::register(&session);
             session
         },
         plans: BTreeMap::new(),

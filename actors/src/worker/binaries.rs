@@ -9,14 +9,16 @@
 //! manager and on to the application.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix::prelude::*;
 use ember_transport::{ActorAddress, Node};
 
 use super::{ChildExited, ChildKey, Launch, Worker};
-use crate::binaries::{BinaryDir, BinaryError, BinaryRef, check_runs_here, hash_file, receive};
+use crate::binaries::{
+    BinaryDir, BinaryError, BinaryRef, SideFile, check_runs_here, hash_file, receive,
+};
 use crate::cluster_manager::binaries::{FOR_FETCHES, FetchBinary, TRANSFER_IDLE};
 use crate::remote::hub::BulkHub;
 
@@ -61,6 +63,13 @@ impl BinaryCache {
     /// The launches that waited for `binary`, in the order they came.
     fn take(&mut self, binary: &BinaryRef) -> Vec<Launch> {
         self.waiting.remove(binary.sha256()).unwrap_or_default()
+    }
+
+    /// Whether `blob` is in the store and was checked against its hash
+    /// since this worker started.
+    fn ready(&self, blob: &BinaryRef) -> bool {
+        self.verified.contains(blob.sha256())
+            && self.store.as_ref().is_some_and(|store| store.holds(blob))
     }
 
     /// Whether a launch of `key` waits for its binary.
@@ -111,26 +120,20 @@ struct BinaryReady {
 }
 
 impl Worker {
-    /// Starts `launch`: with the worker's own binary, or with `binary`
-    /// once it is here.
-    pub(super) fn launch(
-        &mut self,
-        binary: Option<BinaryRef>,
-        launch: Launch,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(binary) = binary else {
-            self.start_child(launch, None, ctx);
+    /// Starts `launch` once its binary and side files are here. The first
+    /// that is not is fetched (once, however many launches wait for it),
+    /// and the launch is looked at again when it has come.
+    pub(super) fn launch(&mut self, launch: Launch, ctx: &mut Context<Self>) {
+        let missing = launch
+            .binary
+            .iter()
+            .chain(launch.files.iter().map(SideFile::content))
+            .find(|blob| !self.binaries.ready(blob))
+            .cloned();
+        let Some(binary) = missing else {
+            self.start_ready(launch, ctx);
             return;
         };
-        if self.binaries.verified.contains(binary.sha256())
-            && let Some(store) = &self.binaries.store
-            && store.holds(&binary)
-        {
-            let path = store.path_of(&binary);
-            self.start_binary(launch, &binary, Ok(path), ctx);
-            return;
-        }
         if !self.binaries.wait(&binary, launch) {
             return;
         }
@@ -148,7 +151,7 @@ impl Worker {
                 None => fetch(&node, manager, &store, &hub, &wanted).await,
             }
         };
-        tracing::info!(%binary, "fetching an application binary");
+        tracing::info!(%binary, "fetching an application binary or side file");
         ctx.spawn(
             obtain
                 .into_actor(self)
@@ -156,19 +159,35 @@ impl Worker {
         );
     }
 
-    /// Starts `launch` with the binary at `kept`, if it runs here.
-    fn start_binary(
-        &mut self,
-        launch: Launch,
-        binary: &BinaryRef,
-        kept: Result<PathBuf, BinaryError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let checked = kept.and_then(|path| check_runs_here(&path, binary).map(|()| path));
-        match checked {
-            Ok(path) => self.start_child(launch, Some(&path), ctx),
-            Err(e) => Self::not_started(launch.key, format!("could not start: {e}"), ctx),
+    /// Starts `launch`, whose binary and side files are all here: the
+    /// side files copied into its work dir, the binary checked to run here.
+    fn start_ready(&mut self, launch: Launch, ctx: &mut Context<Self>) {
+        let store = self.binaries.store.clone();
+        let placed = match &store {
+            Some(store) => place_files(store, &launch.dir, &launch.files),
+            None if launch.files.is_empty() => Ok(()),
+            None => Err("its side files are not here".to_string()),
+        };
+        if let Err(why) = placed {
+            return Self::not_started(launch.key, format!("could not start: {why}"), ctx);
         }
+        let binary = match (&launch.binary, &store) {
+            (None, _) => None,
+            (Some(binary), Some(store)) => {
+                let path = store.path_of(binary);
+                match check_runs_here(&path, binary) {
+                    Ok(()) => Some(path),
+                    Err(e) => {
+                        return Self::not_started(launch.key, format!("could not start: {e}"), ctx);
+                    }
+                }
+            }
+            (Some(_), None) => {
+                let why = "could not start: its application binary is not here".to_string();
+                return Self::not_started(launch.key, why, ctx);
+            }
+        };
+        self.start_child(launch, binary.as_deref(), ctx);
     }
 
     /// A launch killed while it waited for its binary never starts; its
@@ -191,17 +210,51 @@ impl Handler<BinaryReady> for Worker {
     fn handle(&mut self, msg: BinaryReady, ctx: &mut Context<Self>) {
         match &msg.kept {
             Ok(_) => {
-                tracing::info!(binary = %msg.binary, "application binary ready");
+                tracing::info!(binary = %msg.binary, "application binary or side file ready");
                 self.binaries
                     .verified
                     .insert(msg.binary.sha256().to_string());
+                for launch in self.binaries.take(&msg.binary) {
+                    self.launch(launch, ctx);
+                }
             }
-            Err(e) => tracing::warn!(binary = %msg.binary, error = %e, "no application binary"),
-        }
-        for launch in self.binaries.take(&msg.binary) {
-            self.start_binary(launch, &msg.binary, msg.kept.clone(), ctx);
+            Err(e) => {
+                tracing::warn!(binary = %msg.binary, error = %e, "no application binary or side file");
+                for launch in self.binaries.take(&msg.binary) {
+                    let what = match launch.files.iter().find(|f| *f.content() == msg.binary) {
+                        Some(file) => format!("its side file {}", file.name()),
+                        None => "its application binary".to_string(),
+                    };
+                    let why = format!("could not start: {what} cannot be had: {e}");
+                    Self::not_started(launch.key, why, ctx);
+                }
+            }
         }
     }
+}
+
+/// Copies `files` from `store` into `dir`, a child's work dir, each under
+/// its own name: a copy, so a child that changes its file leaves the
+/// kept one whole.
+fn place_files(store: &BinaryDir, dir: &Path, files: &[SideFile]) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    crate::owner_only::create_dir(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for file in files {
+        let to = dir.join(file.name());
+        // A relaunch into the same dir finds the file of the run before.
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(store.path_of(file.content()), &to).map_err(|e| {
+            format!(
+                "cannot put side file {} in {}: {e}",
+                file.name(),
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The copy of `binary` kept in `store` (by an earlier run of this
@@ -312,6 +365,8 @@ mod tests {
             },
             cores: 1,
             memory_mb: 512,
+            binary: None,
+            files: vec![],
         }
     }
 

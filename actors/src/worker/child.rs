@@ -281,6 +281,7 @@ mod tests {
                 args: vec![],
                 base_dir: None,
                 binary: None,
+                files: vec![],
             },
             manager: NodeContact {
                 node: ember_transport::NodeId("cm".into()),

@@ -238,6 +238,7 @@ impl Handler<ToWorker> for Worker {
                 secret,
                 conf,
                 binary,
+                files,
             } => {
                 let key = ChildKey::Executor(app.clone(), executor);
                 let dir = self.spec.work_dir.join(&app).join(executor.to_string());
@@ -267,8 +268,10 @@ impl Handler<ToWorker> for Worker {
                     spec,
                     cores,
                     memory_mb,
+                    binary,
+                    files,
                 };
-                self.launch(binary, launch, ctx);
+                self.launch(launch, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::KillExecutor { app, executor } => {
@@ -324,6 +327,7 @@ impl Handler<ToWorker> for Worker {
                 }
                 let dir = self.driver_dir(&driver);
                 let binary = job.binary.clone();
+                let files = job.files.clone();
                 let spec = ChildSpec::Driver {
                     node: self.node_spec(driver.clone()),
                     driver: driver.clone(),
@@ -343,8 +347,10 @@ impl Handler<ToWorker> for Worker {
                     spec,
                     cores,
                     memory_mb,
+                    binary,
+                    files,
                 };
-                self.launch(binary, launch, ctx);
+                self.launch(launch, ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::KillDriver { driver } => {
@@ -492,6 +498,7 @@ impl Worker {
             spec,
             cores,
             memory_mb,
+            ..
         } = launch;
         let launched =
             self.spec

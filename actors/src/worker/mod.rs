@@ -86,6 +86,11 @@ struct Launch {
     spec: ChildSpec,
     cores: u32,
     memory_mb: u64,
+    /// The program to run, fetched from the manager; `None`: the worker's
+    /// own binary.
+    binary: Option<crate::binaries::BinaryRef>,
+    /// Side files to put in `dir` before the child starts.
+    files: Vec<crate::binaries::SideFile>,
 }
 
 struct RunningChild {
