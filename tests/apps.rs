@@ -124,22 +124,27 @@ fn the_example_application_gives_the_sql_examples_rows_on_a_cluster() {
         text(&out.stderr)
     );
     let id = text(&out.stdout).trim().to_string();
+    assert_eq!(finished_output(&cluster, &id), expected);
+}
+
+/// The standard output of cluster-mode submission `id`, once it has
+/// FINISHED (its stderr if it ends otherwise).
+fn finished_output(cluster: &crate::cluster::Cluster, id: &str) -> String {
     let status = cluster.wait_for(
-        "the packaged cluster-mode driver to finish",
+        "the cluster-mode driver to finish",
         std::time::Duration::from_secs(60),
         |s| {
-            ember_testkit::driver(s, &id)
+            ember_testkit::driver(s, id)
                 .is_some_and(|d| d["state"] != "RUNNING" && d["state"] != "SUBMITTED")
         },
     );
-    let logs = cluster.run(&["logs", &id]);
     assert_eq!(
-        ember_testkit::driver(&status, &id).unwrap()["state"],
+        ember_testkit::driver(&status, id).unwrap()["state"],
         "FINISHED",
         "{}",
-        text(&cluster.run(&["logs", "--stderr", &id]).stdout)
+        text(&cluster.run(&["logs", "--stderr", id]).stdout)
     );
-    assert_eq!(text(&logs.stdout), expected);
+    text(&cluster.run(&["logs", id]).stdout)
 }
 
 #[test]
@@ -241,21 +246,7 @@ fn side_files_reach_the_driver_and_every_executor_in_every_mode() {
         text(&out.stderr)
     );
     let id = text(&out.stdout).trim().to_string();
-    let status = cluster.wait_for(
-        "the cluster-mode driver with side files to finish",
-        std::time::Duration::from_secs(60),
-        |s| {
-            ember_testkit::driver(s, &id)
-                .is_some_and(|d| d["state"] != "RUNNING" && d["state"] != "SUBMITTED")
-        },
-    );
-    assert_eq!(
-        ember_testkit::driver(&status, &id).unwrap()["state"],
-        "FINISHED",
-        "{}",
-        text(&cluster.run(&["logs", "--stderr", &id]).stdout)
-    );
-    assert_eq!(text(&cluster.run(&["logs", &id]).stdout), expected);
+    assert_eq!(finished_output(&cluster, &id), expected);
 
     // Bad side files are refused before anything is sent, saying what
     // to fix.

@@ -758,9 +758,14 @@ mod tests {
     fn a_side_file_keeps_a_plain_name_of_its_own() {
         let content = BinaryRef::new("a".repeat(64), 3).unwrap();
         assert!(SideFile::new("model.bin", content.clone()).is_ok());
-        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "stdout", "stderr", "a\\b"] {
+        for bad in [
+            "", ".", "..", ".hidden", "a/b", "../x", "stdout", "stderr", "a\\b",
+        ] {
             assert!(
-                matches!(SideFile::new(bad, content.clone()), Err(BinaryError::BadFileName(_))),
+                matches!(
+                    SideFile::new(bad, content.clone()),
+                    Err(BinaryError::BadFileName(_))
+                ),
                 "{bad:?} was taken"
             );
         }
