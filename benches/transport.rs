@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeChild, ProbeReply, numbers};
+use ember::probe::{BULK, Keep, PROBE, Probe, ProbeActor, ProbeReply, numbers};
 use ember::transport::{Access, ActorAddress, Mailbox, Node, NodeId, NodeOptions};
 use ember_certs::{IssueRequest, Role, init_ca, issue, load_node};
+use ember_testkit::ProbeChild;
 
 const T: Duration = Duration::from_secs(30);
 /// Tells between two `Count` barriers on the QUIC connection: 10k notes

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use datafusion::arrow::record_batch::RecordBatch;
-use ember::probe::{BULK, Burn, PROBE, Probe, ProbeChild, ProbeReply, numbers};
+use ember::probe::{BULK, Burn, PROBE, Probe, ProbeReply, numbers};
 use ember::transport::{ActorAddress, ExitReason, Node, NodeId, NodeOptions, PeerDown};
 use ember_certs::{IssueRequest, NodeCredentials, Role, init_ca, issue, load_node};
+use ember_testkit::ProbeChild;
 use tokio::sync::mpsc;
 
 const T: Duration = Duration::from_secs(10);

@@ -11,7 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use ember_actors::worker::child::signal;
+
+mod probe;
 use ember_certs::{IssueRequest, Role, init_ca, issue};
+pub use probe::ProbeChild;
 use serde_json::Value;
 
 /// The client certificate's name.
