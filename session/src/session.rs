@@ -159,7 +159,9 @@ pub struct Session {
 /// directory of links to the files given, the root `files:///NAME` reads
 /// from in this process, as an executor's work dir is in its own.
 struct SideFilesHere {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// The files given, each by its name.
+    named: Vec<(String, PathBuf)>,
 }
 
 impl SideFilesHere {
@@ -178,13 +180,13 @@ impl SideFilesHere {
                 .map_err(SessionError::Start)?;
         }
         ember_engine::files::set_root(dir.path());
-        Ok(Some(Self { _dir: dir }))
+        Ok(Some(Self { dir, named }))
     }
 }
 
 impl Drop for SideFilesHere {
     fn drop(&mut self) {
-        if ember_engine::files::root().as_deref() == Some(self._dir.path()) {
+        if ember_engine::files::root().as_deref() == Some(self.dir.path()) {
             ember_engine::files::clear_root();
         }
     }
@@ -326,49 +328,40 @@ impl Session {
         let mut request = settings.request.clone();
         // Executors run with the application's settings.
         request.conf = options.conf.pairs();
-        // A client-mode driver's executors may run an application binary.
-        if settings.role == ember_certs::Role::Client
-            && let Some(path) = &settings.binary
-        {
-            let uploaded = match ember_client::upload_binary(&node, &manager.node, path).await {
-                Ok(uploaded) => uploaded,
-                Err(e) => {
-                    node.close(Duration::from_millis(100)).await;
-                    return Err(SessionError::Cluster(e.to_string()));
-                }
-            };
-            errln!("{}", uploaded.report(path));
-            request.binary = Some(uploaded.binary);
-        }
-        // A client-mode driver ships its side files; a cluster-mode one
-        // was launched with them.
-        let mut files = None;
-        if settings.role == ember_certs::Role::Client && !options.files.is_empty() {
-            let linked = SideFilesHere::link(&options.files);
-            let named = ember_client::name_side_files(&options.files);
-            let uploaded = match (linked, named) {
-                (Ok(linked), Ok(named)) => {
-                    files = linked;
-                    ember_client::upload_side_files(&node, &manager.node, &named)
-                        .await
-                        .map_err(|e| SessionError::Cluster(e.to_string()))
-                }
-                (Err(e), _) => Err(e),
-                (_, Err(e)) => Err(SessionError::Unsupported(e)),
-            };
-            match uploaded {
-                Ok((held, reports)) => {
-                    for report in reports {
-                        errln!("{report}");
-                    }
-                    request.files = held;
-                }
-                Err(e) => {
-                    node.close(Duration::from_millis(100)).await;
-                    return Err(e);
-                }
+        // A client-mode driver ships what its executors need: its
+        // application binary and side files. A cluster-mode one was
+        // launched with them.
+        let shipped = async {
+            if settings.role != ember_certs::Role::Client {
+                return Ok(None);
             }
-        }
+            if let Some(path) = &settings.binary {
+                let uploaded = ember_client::upload_binary(&node, &manager.node, path)
+                    .await
+                    .map_err(|e| SessionError::Cluster(e.to_string()))?;
+                errln!("{}", uploaded.report(path));
+                request.binary = Some(uploaded.binary);
+            }
+            let Some(here) = SideFilesHere::link(&options.files)? else {
+                return Ok(None);
+            };
+            let (held, reports) =
+                ember_client::upload_side_files(&node, &manager.node, &here.named)
+                    .await
+                    .map_err(|e| SessionError::Cluster(e.to_string()))?;
+            for report in reports {
+                errln!("{report}");
+            }
+            request.files = held;
+            Ok(Some(here))
+        };
+        let files = match shipped.await {
+            Ok(files) => files,
+            Err(e) => {
+                node.close(Duration::from_millis(100)).await;
+                return Err(e);
+            }
+        };
         let scheduler = options.conf.scheduler(options.conf.task_max_failures());
         // The bound a job waits with no executor bounds the first wait too.
         let give_up = scheduler.no_executor_timeout;
