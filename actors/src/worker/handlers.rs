@@ -275,11 +275,7 @@ impl Handler<ToWorker> for Worker {
                 Ok(DriverLogs::default())
             }
             ToWorker::KillExecutor { app, executor } => {
-                let key = ChildKey::Executor(app, executor);
-                if let Some(child) = self.children.get(&key) {
-                    child.process.kill();
-                }
-                self.cancel_waiting(key, ctx);
+                self.kill(ChildKey::Executor(app, executor), ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::ScriptPart {
@@ -314,13 +310,7 @@ impl Handler<ToWorker> for Worker {
                         Err(e) => {
                             let why =
                                 format!("could not start: its script did not arrive whole: {e}");
-                            tracing::error!(%driver, %why, "driver did not start");
-                            ctx.notify(ChildExited {
-                                key,
-                                pid: 0,
-                                code: None,
-                                why,
-                            });
+                            Self::not_started(key, why, ctx);
                             return Ok(DriverLogs::default());
                         }
                     }
@@ -354,11 +344,7 @@ impl Handler<ToWorker> for Worker {
                 Ok(DriverLogs::default())
             }
             ToWorker::KillDriver { driver } => {
-                let key = ChildKey::Driver(driver);
-                if let Some(child) = self.children.get(&key) {
-                    child.process.kill();
-                }
-                self.cancel_waiting(key, ctx);
+                self.kill(ChildKey::Driver(driver), ctx);
                 Ok(DriverLogs::default())
             }
             ToWorker::ReadLogs { driver, max_bytes } => {
@@ -518,6 +504,14 @@ impl Worker {
             }
             Err(e) => Self::not_started(key, format!("could not start: {e}"), ctx),
         }
+    }
+
+    /// Kills the child `key`, running or still waiting to start.
+    fn kill(&mut self, key: ChildKey, ctx: &mut Context<Self>) {
+        if let Some(child) = self.children.get(&key) {
+            child.process.kill();
+        }
+        self.cancel_waiting(key, ctx);
     }
 
     /// A child that could not start: its end is reported as any child's.
