@@ -70,7 +70,8 @@ impl App {
     /// hand) and calls `main` with it and the arguments given after `--`.
     pub fn run(self, main: impl AsyncFnOnce(&mut Session, Vec<String>) -> AppResult) -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        init_logging();
+        // Logs as the `ember` binary's: warnings by default, `RUST_LOG` for more.
+        crate::cli::init_logging(0, false, false);
         match args.first().map(String::as_str) {
             Some("--role") => self.serve_role(args.get(1).map(String::as_str), main),
             _ => match self.options() {
@@ -156,18 +157,6 @@ impl App {
             }
         })
     }
-}
-
-/// Logs as the `ember` binary's: warnings by default, `RUST_LOG` for more.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .try_init();
 }
 
 /// `ember submit APP-BINARY -- ARGS`: local and client mode run the binary

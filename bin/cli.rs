@@ -865,7 +865,7 @@ impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool, simulating: bool) {
+pub(crate) fn init_logging(verbose: u8, quiet: bool, simulating: bool) {
     let default = match verbose {
         0 if quiet => "off",
         0 => "warn",
