@@ -35,6 +35,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ember_testkit::env_or;
 use std::ops::Deref;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -57,13 +58,6 @@ const GONE_LIMIT: Duration = Duration::from_secs(15);
 
 fn ember() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn text(bytes: &[u8]) -> String {

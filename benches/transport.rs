@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ember_testkit::env_or;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,13 +32,6 @@ const T: Duration = Duration::from_secs(30);
 const WINDOW: u64 = 10_000;
 const ROWS_PER_BATCH: usize = 65_536;
 const MB: f64 = 1e6;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Sizes {
     asks: u64,

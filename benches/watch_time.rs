@@ -11,6 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ember_testkit::env_or;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,13 +21,6 @@ use ember::datagen::{cached_views, one_row_views, views_ddl};
 
 const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(*) AS views \
                      FROM views GROUP BY video_id ORDER BY minutes DESC LIMIT 10";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs `ember submit` to completion; returns its wall time.
 fn ember_submit(job: &Path) -> Duration {

@@ -339,3 +339,12 @@ pub fn idle_program() -> Vec<u8> {
     elf.extend(code);
     elf
 }
+
+/// The value of environment variable `name` (a benchmark's knob), or
+/// `default` when it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
