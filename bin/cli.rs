@@ -262,10 +262,6 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
     pub driver_cores: u32,
 
-    /// Memory for a cluster-mode driver.
-    #[arg(long, value_name = "SIZE", default_value = "1g")]
-    pub driver_memory: String,
-
     /// Cluster mode: restart the driver when it exits with a failure.
     #[arg(long)]
     pub supervise: bool,
@@ -297,9 +293,17 @@ pub struct AppArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = at_least_one())]
     pub executor_cores: u32,
 
-    /// Memory per executor, as 512m or 2g (cluster masters).
+    /// Memory per executor, as 512m or 2g (cluster masters): its tasks
+    /// share it and spill to disk beyond it.
     #[arg(long, value_name = "SIZE", default_value = "1g")]
     pub executor_memory: String,
+
+    /// Memory for the driver. In local mode, the budget all tasks share
+    /// (they spill to disk beyond it) [default: half the machine's
+    /// memory]; for a cluster-mode driver, what its worker sets aside
+    /// [default: 1g].
+    #[arg(long, value_name = "SIZE")]
+    pub driver_memory: Option<String>,
 
     /// Cores for all executors together [default: every free core].
     #[arg(
@@ -354,6 +358,12 @@ impl AppArgs {
         let mut conf = EmberConf::new()
             .with_env(std::env::vars())
             .map_err(|e| e.to_string())?;
+        if let Some(memory) = &self.driver_memory {
+            conf.set(ember_actors::config::DRIVER_MEMORY, memory)
+                .map_err(|_| {
+                    format!("--driver-memory must be a size such as 512m or 2g, not '{memory}'")
+                })?;
+        }
         for pair in &self.conf {
             conf.set_pair(pair).map_err(|e| e.to_string())?;
         }
@@ -397,6 +407,7 @@ impl AppArgs {
                 self.total_executor_cores.map(|n| n.to_string()),
             ),
             ("num-executors", self.num_executors.map(|n| n.to_string())),
+            ("driver-memory", self.driver_memory.clone()),
             ("cert-name", self.cert_name.clone()),
             ("name", self.name.clone()),
         ];
@@ -1028,7 +1039,8 @@ pub(crate) fn submit_cluster_mode(
 ) -> ExitCode {
     let prepared = args.app.conf().and_then(|conf| {
         let request = args.app.request(&args.job.display().to_string())?;
-        let driver_memory_mb = ember_session::setup::parse_memory_mb(&args.driver_memory)
+        let driver_memory = args.app.driver_memory.as_deref().unwrap_or("1g");
+        let driver_memory_mb = ember_session::setup::parse_memory_mb(driver_memory)
             .map_err(|e| format!("--driver-memory: {e}"))?;
         Ok((conf, request, driver_memory_mb))
     });

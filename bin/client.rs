@@ -209,11 +209,25 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 let rows = executors
                     .into_iter()
                     .map(|e| {
+                        let size = ember_engine::memory::human_size;
+                        let (used, spilled, shuffle, rss) = match &e.usage {
+                            Some(u) => (
+                                size(u.memory_used),
+                                size(u.spilled_bytes),
+                                size(u.shuffle_disk_bytes),
+                                size(u.peak_rss),
+                            ),
+                            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                        };
                         vec![
                             e.executor.to_string(),
                             e.worker.clone(),
                             e.cores.to_string(),
                             e.memory_mb.to_string(),
+                            used,
+                            spilled,
+                            shuffle,
+                            rss,
                             e.state.to_string(),
                             e.reason.clone().unwrap_or_default(),
                         ]
@@ -225,6 +239,10 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         "WORKER",
                         "CORES",
                         "MEMORY MB",
+                        "MEM USED",
+                        "SPILLED",
+                        "SHUFFLE DISK",
+                        "PEAK RSS",
                         "STATE",
                         "REASON",
                     ],

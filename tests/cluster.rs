@@ -986,6 +986,7 @@ fn journal_with_history(state_dir: &Path) {
                     memory_mb: 512,
                     state: ExecutorState::Killed,
                     reason: None,
+                    usage: None,
                 }],
             };
             journal.put_app(&format!("app-{n}"), &app).unwrap();

@@ -135,6 +135,7 @@ impl ClusterApp {
             lost_since: None,
             cluster_lost_timeout,
             gave_up: Arc::clone(&gave_up),
+            reported_usage: Vec::new(),
         }
         .start();
         // A manager that goes down while it registers the application is
@@ -338,6 +339,45 @@ struct AppClient {
     cluster_lost_timeout: Duration,
     /// Why the application was given up, for whoever waits on it.
     gave_up: Arc<Mutex<Option<String>>>,
+    /// The executors' usage as last told to the manager.
+    reported_usage: Vec<(u32, crate::protocol::ExecutorUsage)>,
+}
+
+/// How often the manager hears of the executors' memory and spill.
+const USAGE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl AppClient {
+    /// Tells the manager what the executors hold and spilled, when that
+    /// changed, for `ember status`.
+    fn report_usage(&mut self, ctx: &mut Context<Self>) {
+        if self.finished || self.app.is_none() || self.manager_mailbox.is_none() {
+            return;
+        }
+        let listed = self.driver.send(ListExecutors::ACTIVE);
+        ctx.spawn(listed.into_actor(self).map(|listed, act, _ctx| {
+            let Ok(listed) = listed else {
+                return;
+            };
+            let mut executors: Vec<_> = listed
+                .into_iter()
+                .filter_map(|e| Some((e.id.0.parse::<u32>().ok()?, e.usage)))
+                .collect();
+            executors.sort_by_key(|(n, _)| *n);
+            if executors == act.reported_usage {
+                return;
+            }
+            let (Some(app), Some(mailbox)) = (act.app.clone(), act.manager_mailbox.as_ref()) else {
+                return;
+            };
+            let usage = FromApp::Usage {
+                app,
+                executors: executors.clone(),
+            };
+            if mailbox.tell(usage).is_ok() {
+                act.reported_usage = executors;
+            }
+        }));
+    }
 }
 
 impl Actor for AppClient {
@@ -352,6 +392,7 @@ impl Actor for AppClient {
             Ok(registration) => self.registration = Some(registration),
             Err(e) => tracing::error!(error = %e, "cannot hear from the cluster manager"),
         }
+        ctx.run_interval(USAGE_INTERVAL, Self::report_usage);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {

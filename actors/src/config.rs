@@ -20,6 +20,8 @@ pub enum ValueKind {
     PositiveNumber,
     /// Free text, checked where it is used.
     Text,
+    /// A size in bytes with its unit: `512m`, `2g`.
+    Size,
 }
 
 /// One configuration key.
@@ -60,6 +62,7 @@ pub const FAULT_IGNORE_DRIVER_LOSS: &str = "ember.faults.executorIgnoresDriverLo
 pub const WORKER_RETRY_INTERVAL: &str = "ember.worker.registrationRetryInterval";
 pub const EXECUTOR_CONNECT_TIMEOUT: &str = "ember.executor.driverConnectTimeout";
 pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
+pub const DRIVER_MEMORY: &str = "ember.driver.memory";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -74,6 +77,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveInt,
         default: "",
         doc: "Partitions of a shuffle (and of file scans). Defaults to the number of task slots.",
+    },
+    ConfigKey {
+        name: DRIVER_MEMORY,
+        kind: ValueKind::Size,
+        default: "",
+        doc: "The driver's memory (--driver-memory). In local mode it is the memory budget of all the process's tasks together, which spill to disk beyond it; defaults to half of the machine's memory there. For a cluster-mode driver it is what the worker sets aside (default 1g).",
     },
     ConfigKey {
         name: MAX_FRAME_BYTES,
@@ -245,6 +254,8 @@ pub enum ConfigError {
     NotPositiveNumber { key: String, value: String },
     #[error("{key} must be true or false, not '{value}'")]
     NotBool { key: String, value: String },
+    #[error("{key} must be a size such as 512m, 2g or 1.5g, not '{value}'")]
+    NotSize { key: String, value: String },
     #[error("{key} must be a duration with its unit, such as 250ms, 2s or 1m, not '{value}'")]
     NotDuration { key: String, value: String },
     #[error("{0}")]
@@ -300,6 +311,14 @@ impl EmberConf {
     }
 
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if key.starts_with("datafusion.runtime.") {
+            // Refused now, not when the first executor starts.
+            ember_engine::memory::MemorySettings::default()
+                .set(key, value)
+                .map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
+            self.values.insert(key.to_string(), value.to_string());
+            return Ok(());
+        }
         if key.starts_with("datafusion.") {
             self.values.insert(key.to_string(), value.to_string());
             return Ok(());
@@ -343,6 +362,14 @@ impl EmberConf {
             ValueKind::PositiveNumber => {
                 if !matches!(value.parse::<f64>(), Ok(n) if n > 0.0 && n.is_finite()) {
                     return Err(ConfigError::NotPositiveNumber {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+            }
+            ValueKind::Size => {
+                if ember_engine::memory::parse_size(key, value).is_err() {
+                    return Err(ConfigError::NotSize {
                         key: key.to_string(),
                         value: value.to_string(),
                     });
@@ -487,10 +514,43 @@ impl EmberConf {
     }
 
     /// The `datafusion.*` keys, for DataFusion's own configuration.
+    /// An executor's memory budget: `limit` bytes (or
+    /// `datafusion.runtime.memory_limit`), which `raise` sets, and the
+    /// `datafusion.runtime.*` spill settings.
+    pub fn memory_settings(
+        &self,
+        limit: Option<usize>,
+        raise: &str,
+    ) -> Result<ember_engine::memory::MemorySettings, ConfigError> {
+        let mut settings = ember_engine::memory::MemorySettings {
+            limit,
+            raise: raise.to_string(),
+            ..Default::default()
+        };
+        for (key, value) in self
+            .values
+            .iter()
+            .filter(|(k, _)| k.starts_with("datafusion.runtime."))
+        {
+            settings
+                .set(key, value)
+                .map_err(|e| ConfigError::Inconsistent(e.to_string()))?;
+        }
+        Ok(settings)
+    }
+
+    /// A size setting in bytes, if set.
+    pub fn size(&self, key: &str) -> Option<usize> {
+        self.get_or_default(key)
+            .and_then(|v| ember_engine::memory::parse_size(key, v).ok())
+    }
+
+    /// The `datafusion.*` settings DataFusion's session options take (the
+    /// `datafusion.runtime.*` ones are the executors' memory settings).
     pub fn datafusion_options(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values
             .iter()
-            .filter(|(k, _)| k.starts_with("datafusion."))
+            .filter(|(k, _)| k.starts_with("datafusion.") && !k.starts_with("datafusion.runtime."))
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionConfig;
-use ember_engine::{InMemoryBlockStore, ShuffleEnv};
+use ember_engine::memory::MemorySettings;
+use ember_engine::{BlockStore, ShuffleEnv};
 use ember_transport::ActorAddress;
 
 use crate::driver::{
@@ -32,6 +34,10 @@ pub struct LocalClusterSpec {
     pub listener: Option<Arc<dyn JobListener>>,
     /// DataFusion settings executors run tasks with.
     pub session_config: SessionConfig,
+    /// The process's memory budget and spill space, which every executor
+    /// shares (and so does the driver).
+    pub runtime: Arc<RuntimeEnv>,
+    pub memory: Arc<MemorySettings>,
 }
 
 /// How `threads` task slots are shared out among executor threads: one
@@ -55,6 +61,8 @@ struct LocalLauncher {
     started: Started,
     arbiters: Vec<Arbiter>,
     faults: Arc<Faults>,
+    runtime: Arc<RuntimeEnv>,
+    memory: Arc<MemorySettings>,
 }
 
 impl ExecutorLauncher for LocalLauncher {
@@ -68,6 +76,9 @@ impl ExecutorLauncher for LocalLauncher {
             session_config: self.session_config.clone(),
             owns_arbiter,
             faults: Arc::clone(&self.faults),
+            runtime: Arc::clone(&self.runtime),
+            memory: Arc::clone(&self.memory),
+            report_rss: true,
         };
         let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
         if self.threads <= 1 {
@@ -93,7 +104,7 @@ pub struct LocalCluster {
     executors: Started,
     threads: usize,
     runtime: Option<tokio::runtime::Runtime>,
-    store: Arc<InMemoryBlockStore>,
+    store: Arc<BlockStore>,
 }
 
 impl LocalCluster {
@@ -112,7 +123,7 @@ impl LocalCluster {
             let pool = TaskPool::Runtime(runtime.handle().clone());
             (Some(runtime), pool)
         };
-        let store = Arc::new(InMemoryBlockStore::default());
+        let store = Arc::new(BlockStore::default());
         let executors: Started = Arc::default();
         let launcher = LocalLauncher {
             threads,
@@ -122,6 +133,8 @@ impl LocalCluster {
             started: Arc::clone(&executors),
             arbiters: Vec::new(),
             faults: spec.faults,
+            runtime: Arc::clone(&spec.runtime),
+            memory: spec.memory,
         };
         let driver_arbiter = Arbiter::new();
         let scheduler = SchedulerConfig {
@@ -186,7 +199,6 @@ impl LocalCluster {
 
     /// Shuffle blocks currently held.
     pub fn shuffle_blocks(&self) -> usize {
-        use ember_engine::BlockStore as _;
         self.store.len()
     }
 

@@ -69,6 +69,23 @@ pub struct TaskDescription {
 /// (`None` while it is not written).
 pub type MapLocations = BTreeMap<ember_engine::StageId, Vec<Option<ExecutorId>>>;
 
+/// What an executor's tasks hold and spilled, as it reports after each
+/// task (`\executors`, `ember status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorUsage {
+    /// Bytes of its memory budget its tasks hold now.
+    pub memory_used: u64,
+    /// Its memory budget in bytes; 0: none.
+    pub memory_limit: u64,
+    /// Bytes its tasks spilled to disk so far.
+    pub spilled_bytes: u64,
+    /// Bytes of shuffle output it holds on disk now.
+    pub shuffle_disk_bytes: u64,
+    /// Its process's peak resident memory in bytes (0: unknown); executors
+    /// of one local process share it.
+    pub peak_rss: u64,
+}
+
 /// What a successful task produced.
 #[derive(Debug, Clone)]
 pub enum TaskOutput {

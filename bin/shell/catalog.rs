@@ -167,6 +167,8 @@ pub async fn describe(ctx: &SessionContext, table: &str) -> Result<Listing, Stri
     .map_err(|e| e.to_string())
 }
 
+use ember_engine::memory::human_size;
+
 /// `\executors`: active ones first, then those lost.
 pub fn executor_listing(mut executors: Vec<ExecutorSummary>) -> Result<Listing, ArrowError> {
     executors.sort_by_key(|e| {
@@ -187,7 +189,28 @@ pub fn executor_listing(mut executors: Vec<ExecutorSummary>) -> Result<Listing, 
         ("running", count(&|e| e.running_tasks as u64)),
         ("succeeded", count(&|e| e.tasks_succeeded)),
         ("failed", count(&|e| e.tasks_failed)),
+        ("memory", text(&|e| memory(&e.usage))),
+        ("spilled", text(&|e| human_size(e.usage.spilled_bytes))),
+        (
+            "shuffle_on_disk",
+            text(&|e| human_size(e.usage.shuffle_disk_bytes)),
+        ),
+        (
+            "peak_rss",
+            text(&|e| match e.usage.peak_rss {
+                0 => "-".to_string(),
+                bytes => human_size(bytes),
+            }),
+        ),
     ])
+}
+
+/// Memory held of the budget: `12 MB / 1.0 GB`.
+fn memory(usage: &ember_actors::protocol::ExecutorUsage) -> String {
+    match usage.memory_limit {
+        0 => format!("{} / unlimited", human_size(usage.memory_used)),
+        limit => format!("{} / {}", human_size(usage.memory_used), human_size(limit)),
+    }
 }
 
 /// The names completion offers now.

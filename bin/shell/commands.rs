@@ -42,7 +42,7 @@ pub const COMMANDS: &[(&[&str], &str, &str)] = &[
     (
         &["\\executors"],
         "",
-        "this application's executors: host, cores, state, tasks",
+        "this application's executors: host, cores, state, tasks, memory and spill",
     ),
     (
         &["\\timing"],

@@ -33,6 +33,16 @@ pub enum EngineError {
          was sent without the locations of its parent stage's output"
     )]
     MissingMapOutputLocation { stage: StageId, map: usize },
+    #[error(
+        "cannot write {what} to {dir}: {why}; free space there, point \
+         datafusion.runtime.temp_directory at a larger disk, or raise \
+         datafusion.runtime.max_temp_directory_size"
+    )]
+    ShuffleWrite {
+        what: String,
+        dir: String,
+        why: String,
+    },
     #[error("fetching shuffle blocks failed: {0}")]
     Fetch(String),
     /// Blocks of these map tasks could not be read: their output is lost

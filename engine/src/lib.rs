@@ -10,6 +10,7 @@ pub mod distribute;
 pub mod error;
 pub mod files;
 pub mod functions;
+pub mod memory;
 pub mod scan_errors;
 pub mod script;
 pub mod session;
@@ -26,7 +27,7 @@ pub use error::EngineError;
 pub use functions::Functions;
 pub use scan_errors::name_files_in_errors;
 pub use shuffle::{
-    BlockFetcher, BlockStore, FetchedBatches, InMemoryBlockStore, MapOutputLocations,
-    ShuffleBlockId, ShuffleEnv,
+    BlockBatches, BlockFetcher, BlockStore, FetchedBatches, MapOutputLocations, ShuffleBlockId,
+    ShuffleEnv,
 };
 pub use stages::{Stage, StageGraph, StageId, StageKind, StagePlanner};

@@ -12,7 +12,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 
-use crate::shuffle::{InMemoryBlockStore, ShuffleEnv};
+use crate::shuffle::{BlockStore, ShuffleEnv};
 use crate::stages::{StageGraph, StageKind, StagePlanner};
 use crate::subquery::lift_scalar_subqueries;
 
@@ -55,7 +55,7 @@ fn run_plan(
 /// Runs a graph stage by stage, task by task, on one in-memory store, and
 /// returns the result stage's rows.
 pub async fn run_stages(ctx: &SessionContext, graph: &StageGraph) -> Vec<RecordBatch> {
-    let store = Arc::new(InMemoryBlockStore::default());
+    let store = Arc::new(BlockStore::default());
     let config = ctx
         .copied_config()
         .with_extension(Arc::new(ShuffleEnv::new(store)));

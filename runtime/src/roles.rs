@@ -353,6 +353,7 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
         app,
         executor,
         cores,
+        memory_mb,
         driver,
         secret,
     } = spec
@@ -394,7 +395,10 @@ pub fn run_executor(functions: &Functions) -> ExitCode {
         Err(e) => return fail(format!("cannot start task threads: {e}")),
     };
     let pool = TaskPool::Runtime(tasks.handle().clone());
-    let settings = match ExecutorSettings::from_conf(&conf, threads) {
+    // Spill and shuffle files go to the work dir, which the worker removes
+    // with the application.
+    let work_dir = std::env::current_dir().ok();
+    let settings = match ExecutorSettings::from_conf(&conf, threads, memory_mb, work_dir) {
         Ok(settings) => settings,
         Err(e) => return fail(e),
     };
@@ -455,19 +459,45 @@ pub struct ExecutorSettings {
     pub threads: usize,
     pub session_config: datafusion::prelude::SessionConfig,
     pub faults: Arc<Faults>,
+    pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    pub memory: Arc<ember_engine::memory::MemorySettings>,
+    /// On a simulated host (see `RemoteExecutorSpec::simulated`).
+    pub simulated: bool,
 }
 
 impl ExecutorSettings {
-    /// Refuses bad `datafusion.*` settings and faults before anything starts.
-    pub fn from_conf(conf: &EmberConf, threads: usize) -> Result<Self, String> {
+    /// Refuses bad `datafusion.*` settings and faults before anything
+    /// starts. Tasks share `memory_mb` (none if 0) and spill into a fresh
+    /// directory in `spill_dir` (the system's temporary directory if
+    /// `None`), unless `datafusion.runtime.*` settings say otherwise.
+    pub fn from_conf(
+        conf: &EmberConf,
+        threads: usize,
+        memory_mb: u64,
+        spill_dir: Option<std::path::PathBuf>,
+    ) -> Result<Self, String> {
         let mut session_config = ember_engine::session::planning_config(threads);
         conf.apply_datafusion_options(&mut session_config)
             .map_err(|e| format!("the application's datafusion.* settings: {e}"))?;
         let faults = Arc::new(Faults::from_conf(conf).map_err(|e| e.to_string())?);
+        let limit = (memory_mb > 0)
+            .then(|| usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX));
+        let mut memory = conf
+            .memory_settings(limit, "--executor-memory")
+            .map_err(|e| e.to_string())?;
+        if memory.temp_directory.is_none() {
+            memory.temp_directory = spill_dir;
+        }
+        let runtime = memory
+            .runtime_env()
+            .map_err(|e| format!("cannot set up the executor's memory and spill space: {e}"))?;
         Ok(Self {
             threads,
             session_config,
             faults,
+            runtime,
+            memory: Arc::new(memory),
+            simulated: false,
         })
     }
 }
@@ -517,6 +547,9 @@ pub fn start_executor(start: ExecutorStart) -> Result<RemoteExecutor, String> {
         session_config: start.settings.session_config,
         functions: start.functions,
         faults: start.settings.faults,
+        runtime: start.settings.runtime,
+        memory: start.settings.memory,
+        simulated: start.settings.simulated,
         on_exit: start.on_exit,
     })
 }

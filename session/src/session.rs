@@ -15,7 +15,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
-use ember_actors::config::{EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS};
+use ember_actors::config::{DRIVER_MEMORY, EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS};
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
@@ -242,6 +242,8 @@ impl Session {
         let files = SideFilesHere::link(&options.files)?;
         let slots = options.master.threads();
         let config = session_config(&options.conf, slots)?;
+        let memory = Arc::new(local_memory(&options.conf)?);
+        let runtime = memory.runtime_env()?;
         let cluster = LocalCluster::start(LocalClusterSpec {
             threads: slots,
             // As in Spark, local mode takes its attempts from local[N,F];
@@ -250,6 +252,8 @@ impl Session {
             faults: Arc::new(faults),
             listener: options.listener,
             session_config: config.clone(),
+            runtime: Arc::clone(&runtime),
+            memory,
         })?;
         let wait = options.conf.duration(LOCAL_EXECUTOR_WAIT);
         if !cluster.wait_for_executors(wait).await {
@@ -257,7 +261,7 @@ impl Session {
                 "its executors did not register within {wait:?} ({LOCAL_EXECUTOR_WAIT})"
             )));
         }
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         options.functions.register(&ctx);
         ember_engine::files::register(&ctx);
         let mut session = Self::over(ctx, Backend::Local(cluster));
@@ -656,6 +660,18 @@ impl Session {
             }
         }
     }
+}
+
+/// A local application's memory budget: `--driver-memory`
+/// (`ember.driver.memory`), by default half of the machine's memory, shared
+/// by all its tasks; spill files go to a temporary directory removed at
+/// exit unless `datafusion.runtime.temp_directory` says otherwise.
+fn local_memory(conf: &EmberConf) -> Result<ember_engine::memory::MemorySettings, SessionError> {
+    let limit = conf.size(DRIVER_MEMORY).or_else(|| {
+        ember_engine::memory::physical_memory()
+            .map(|total| usize::try_from(total / 2).unwrap_or(usize::MAX))
+    });
+    Ok(conf.memory_settings(limit, "--driver-memory")?)
 }
 
 /// DataFusion settings for planning and for tasks.

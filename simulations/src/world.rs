@@ -656,7 +656,10 @@ async fn start_executor(
     process.set_node(node.clone());
     // The executor process's own code from here, as a worker's child runs it.
     let threads = usize::try_from(cores).unwrap_or(1).max(1);
-    let settings = ember_runtime::roles::ExecutorSettings::from_conf(&conf, threads)?;
+    let settings = ember_runtime::roles::ExecutorSettings {
+        simulated: true,
+        ..ember_runtime::roles::ExecutorSettings::from_conf(&conf, threads, 0, None)?
+    };
     ember_runtime::roles::reach_driver(&node, &driver, &conf).await?;
     if lock(&process.state).ended {
         return Ok(());

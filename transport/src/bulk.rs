@@ -17,6 +17,7 @@ use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, SchemaRef};
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -116,6 +117,20 @@ impl Node {
         schema: SchemaRef,
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<Sent, BulkError> {
+        let batches = futures::stream::iter(batches.into_iter().map(Ok));
+        self.send_batch_stream(to, tag, schema, batches).await
+    }
+
+    /// Sends batches as `batches` yields them. An error item breaks the
+    /// stream off, so the receiver sees an error, never a short stream
+    /// taken for whole.
+    pub async fn send_batch_stream(
+        &self,
+        to: &ActorAddress,
+        tag: &str,
+        schema: SchemaRef,
+        batches: impl Stream<Item = Result<RecordBatch, String>> + Unpin,
+    ) -> Result<Sent, BulkError> {
         let inner = self.inner();
         if &to.node == inner.id() {
             return send_local(inner, to, tag, batches).await;
@@ -132,7 +147,7 @@ async fn send_local(
     inner: &Arc<Inner>,
     to: &ActorAddress,
     tag: &str,
-    batches: impl IntoIterator<Item = RecordBatch>,
+    mut batches: impl Stream<Item = Result<RecordBatch, String>> + Unpin,
 ) -> Result<Sent, BulkError> {
     let inbox = inner
         .bulk_inbox(&to.name)
@@ -146,7 +161,14 @@ async fn send_local(
     let closed = || BulkError::NoSuchInbox(to.name.clone());
     inbox.send(incoming).await.map_err(|_| closed())?;
     let mut sent = Sent::default();
-    for batch in batches {
+    while let Some(batch) = batches.next().await {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(why) => {
+                let _ = tx.send(Err(BulkError::Interrupted(why.clone()))).await;
+                return Err(BulkError::Interrupted(why));
+            }
+        };
         sent.batches += 1;
         sent.rows += batch.num_rows();
         tx.send(Ok(batch)).await.map_err(|_| closed())?;
@@ -159,7 +181,7 @@ async fn send_remote(
     to: &ActorAddress,
     tag: &str,
     schema: SchemaRef,
-    batches: impl IntoIterator<Item = RecordBatch>,
+    mut batches: impl Stream<Item = Result<RecordBatch, String>> + Unpin,
     max_frame: usize,
 ) -> Result<Sent, BulkError> {
     let lost = |e: &dyn std::fmt::Display| BulkError::Unreachable(to.clone(), e.to_string());
@@ -174,7 +196,16 @@ async fn send_remote(
         sent.bytes += first.len() as u64;
         write(&mut stream, first).await?;
         let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
-        for batch in batches {
+        while let Some(batch) = batches.next().await {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(why) => {
+                    // Reset, not finished: the receiver must not take what
+                    // came so far for the whole stream.
+                    let _ = stream.reset(quinn::VarInt::from_u32(codes::NORMAL));
+                    return Err(BulkError::Interrupted(why));
+                }
+            };
             // Write each chunk as soon as it is encoded: a batch at a time
             // is all the memory a send holds.
             let encoded = std::mem::take(writer.get_mut());

@@ -173,6 +173,7 @@ impl Handler<FromApp> for ClusterManager {
                             AppLink {
                                 record,
                                 client: None,
+                                usage: Default::default(),
                             },
                         );
                         if let Some(record) = submission.and_then(|s| self.drivers.get_mut(&s)) {
@@ -197,6 +198,12 @@ impl Handler<FromApp> for ClusterManager {
                     ctx,
                 );
                 Ok(id)
+            }
+            FromApp::Usage { app, executors } => {
+                if let Some(link) = self.apps.get_mut(&app) {
+                    link.usage = executors.into_iter().collect();
+                }
+                Ok(app)
             }
             FromApp::Finished { app, failure } => {
                 self.step(
@@ -418,6 +425,7 @@ impl ClusterManager {
                 AppLink {
                     record,
                     client: None,
+                    usage: Default::default(),
                 },
             );
             if live {
@@ -648,6 +656,10 @@ impl ClusterManager {
                     .map(executor_history)
                     .unwrap_or_else(|| record.executors.clone())
                     .into_iter()
+                    .map(|mut e| {
+                        e.usage = link.usage.get(&e.executor).copied();
+                        e
+                    })
                     .partition(|e| e.state == ExecutorState::Running);
                 AppStatus {
                     id: id.clone(),

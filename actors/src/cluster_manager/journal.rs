@@ -795,6 +795,7 @@ mod tests {
                 memory_mb: 512,
                 state: super::super::messages::ExecutorState::Killed,
                 reason: None,
+                usage: None,
             }],
         }
     }

@@ -78,6 +78,11 @@ pub enum FromApp {
     },
     /// The application ended on its own; `failure` says why if it failed.
     Finished { app: AppId, failure: Option<String> },
+    /// What its executors hold and spilled, for `ember status`.
+    Usage {
+        app: AppId,
+        executors: Vec<(ExecutorNo, crate::protocol::ExecutorUsage)>,
+    },
 }
 
 /// A job submitted in cluster mode: everything its driver needs.
@@ -230,6 +235,10 @@ pub struct ExecutorStatus {
     /// How it ended, where that is known.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Its memory and spill as its driver last reported them (never
+    /// journaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::protocol::ExecutorUsage>,
 }
 
 /// An executor's state as `ember status` shows it (Spark's words).

@@ -58,6 +58,8 @@ struct WorkerLink {
 struct AppLink {
     record: AppRecord,
     client: Option<(ActorAddress, Mailbox<ToApp>)>,
+    /// Its executors' memory and spill, as its driver last reported.
+    usage: BTreeMap<ExecutorNo, crate::protocol::ExecutorUsage>,
 }
 
 pub struct ClusterManager {
@@ -309,6 +311,7 @@ fn executor_history(view: &AppView) -> Vec<ExecutorStatus> {
             memory_mb: *memory_mb,
             state: ExecutorState::Running,
             reason: None,
+            usage: None,
         });
     let past = view.past.iter().map(|(n, p)| {
         let (state, reason) = match &p.end {
@@ -327,6 +330,7 @@ fn executor_history(view: &AppView) -> Vec<ExecutorStatus> {
             memory_mb: p.memory_mb,
             state,
             reason,
+            usage: None,
         }
     });
     running.chain(past).collect()

@@ -28,6 +28,11 @@ impl Handler<DriverMessage> for Driver {
                 task,
                 result,
             } => self.handle_status_update(executor, task, result),
+            DriverMessage::Usage { executor, usage } => {
+                if let Some(entry) = self.roster.get_mut(&executor) {
+                    entry.usage = usage;
+                }
+            }
         }
     }
 }
@@ -125,6 +130,7 @@ impl Handler<ListExecutors> for Driver {
                     running_tasks: active.copied().unwrap_or(0),
                     tasks_succeeded: entry.tasks_succeeded,
                     tasks_failed: entry.tasks_failed,
+                    usage: entry.usage,
                     state: match (active, &entry.state) {
                         (Some(_), _) => ExecutorState::Active,
                         (None, ExecutorState::Removed(why)) => ExecutorState::Removed(why.clone()),
@@ -151,6 +157,7 @@ impl Driver {
                 tasks_succeeded: 0,
                 tasks_failed: 0,
                 state: ExecutorState::Active,
+                usage: Default::default(),
             },
         );
         self.watchers

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::{JobError, JobOutput};
 use crate::executor::ExecutorMessage;
-use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
+use crate::protocol::{ExecutorId, ExecutorUsage, TaskError, TaskId, TaskOutput};
 use crate::supervision::PeerDown;
 
 /// Messages from executors.
@@ -22,6 +22,11 @@ pub enum DriverMessage {
         executor: ExecutorId,
         task: TaskId,
         result: Result<TaskOutput, TaskError>,
+    },
+    /// What an executor holds and spilled, after a task.
+    Usage {
+        executor: ExecutorId,
+        usage: ExecutorUsage,
     },
 }
 
@@ -88,6 +93,8 @@ pub struct ExecutorSummary {
     pub tasks_succeeded: u64,
     pub tasks_failed: u64,
     pub state: ExecutorState,
+    /// Its memory and spill, as of its last report.
+    pub usage: ExecutorUsage,
 }
 
 /// Whether an executor still serves its driver.

@@ -220,6 +220,7 @@ struct RosterEntry {
     tasks_succeeded: u64,
     tasks_failed: u64,
     state: ExecutorState,
+    usage: crate::protocol::ExecutorUsage,
 }
 
 impl Actor for Driver {

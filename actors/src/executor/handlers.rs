@@ -1,6 +1,9 @@
 //! One handler per message the executor receives.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::execution::memory_pool::MemoryLimit;
 
 use actix::prelude::*;
 use datafusion::execution::TaskContext;
@@ -8,7 +11,7 @@ use ember_engine::MapOutputLocations;
 
 use super::{Executor, ExecutorMessage, task};
 use crate::driver::DriverMessage;
-use crate::protocol::{TaskDescription, TaskId};
+use crate::protocol::{ExecutorUsage, TaskDescription, TaskId};
 use crate::supervision::{ExitReason, PeerDown};
 
 impl Handler<ExecutorMessage> for Executor {
@@ -51,8 +54,16 @@ impl Executor {
     fn handle_launch_task(&mut self, description: TaskDescription, ctx: &mut Context<Self>) {
         let id = description.id;
         let context = self.task_context(&description);
-        let (outcome, abort) =
-            task::start(&self.pool, description, context, Arc::clone(&self.faults));
+        let (outcome, abort) = task::start(
+            &self.pool,
+            description,
+            context,
+            task::TaskEnv {
+                faults: Arc::clone(&self.faults),
+                memory: Arc::clone(&self.memory),
+                spilled: Arc::clone(&self.spilled),
+            },
+        );
         self.running.insert(id, abort);
         ctx.spawn(outcome.into_actor(self).map(move |result, act, _ctx| {
             act.running.remove(&id);
@@ -68,6 +79,11 @@ impl Executor {
             if let Err(e) = act.driver.mailbox.tell(update) {
                 tracing::debug!(task = %id, error = %e, "driver gone before the task ended");
             }
+            let usage = DriverMessage::Usage {
+                executor: act.id.clone(),
+                usage: act.usage(),
+            };
+            let _ = act.driver.mailbox.tell(usage);
         }));
     }
 
@@ -96,9 +112,37 @@ impl Executor {
         }
     }
 
+    /// What this executor's tasks hold and spilled now.
+    fn usage(&self) -> ExecutorUsage {
+        let runtime = self.session.runtime_env();
+        let pool = &runtime.memory_pool;
+        ExecutorUsage {
+            memory_used: pool.reserved() as u64,
+            memory_limit: match pool.memory_limit() {
+                MemoryLimit::Finite(limit) => limit as u64,
+                MemoryLimit::Infinite | MemoryLimit::Unknown => 0,
+            },
+            spilled_bytes: self.spilled.load(Ordering::Relaxed),
+            shuffle_disk_bytes: self.shuffle.store.usage().disk_bytes,
+            peak_rss: if self.report_rss {
+                peak_rss().unwrap_or_default()
+            } else {
+                0
+            },
+        }
+    }
+
     fn handle_kill_task(&mut self, id: TaskId) {
         if let Some(task) = self.running.get(&id) {
             task.abort();
         }
     }
+}
+
+/// This process's peak resident memory (VmHWM), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
 }

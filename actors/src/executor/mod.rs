@@ -7,10 +7,13 @@ mod task;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use actix::prelude::*;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_engine::ShuffleEnv;
+use ember_engine::memory::MemorySettings;
 use ember_transport::{ActorAddress, Mailbox};
 use futures::future::AbortHandle;
 
@@ -37,6 +40,11 @@ pub struct Executor {
     owns_arbiter: bool,
     /// Faults to inject (`ember.faults.*`), for tests of fault handling.
     faults: Arc<Faults>,
+    /// The memory budget tasks run within, and what to raise past it.
+    memory: Arc<MemorySettings>,
+    /// Bytes the executor's tasks spilled so far.
+    spilled: Arc<AtomicU64>,
+    report_rss: bool,
 }
 
 /// What an executor needs to start.
@@ -50,6 +58,13 @@ pub struct ExecutorSpec {
     pub session_config: SessionConfig,
     pub owns_arbiter: bool,
     pub faults: Arc<Faults>,
+    /// The memory budget and spill space tasks run in; executors of one
+    /// process share it.
+    pub runtime: Arc<RuntimeEnv>,
+    pub memory: Arc<MemorySettings>,
+    /// Whether usage reports carry the process's peak RSS (not on
+    /// simulated hosts, whose runs must replay exactly).
+    pub report_rss: bool,
 }
 
 impl Executor {
@@ -67,13 +82,16 @@ impl Executor {
             pool: spec.pool,
             shuffle: spec.shuffle,
             session: {
-                let session = SessionContext::new_with_config(config);
+                let session = SessionContext::new_with_config_rt(config, spec.runtime);
                 ember_engine::files::register(&session);
                 session
             },
             running: BTreeMap::new(),
             owns_arbiter: spec.owns_arbiter,
             faults: spec.faults,
+            memory: spec.memory,
+            spilled: Arc::default(),
+            report_rss: spec.report_rss,
         }
     }
 }

@@ -5,11 +5,13 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use ember_engine::StageKind;
+use ember_engine::memory::MemorySettings;
 use ember_engine::shuffle::MapStatus;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
@@ -30,20 +32,29 @@ pub enum TaskPool {
     Runtime(tokio::runtime::Handle),
 }
 
+/// What a task runs with besides its context.
+pub struct TaskEnv {
+    pub faults: Arc<Faults>,
+    /// To say what to raise when memory runs out.
+    pub memory: Arc<MemorySettings>,
+    /// The executor's count of spilled bytes.
+    pub spilled: Arc<AtomicU64>,
+}
+
 /// Starts `task`; the returned future resolves to its outcome, and the
 /// handle stops it at its next batch.
 pub fn start(
     pool: &TaskPool,
     task: TaskDescription,
     context: Arc<TaskContext>,
-    faults: Arc<Faults>,
+    env: TaskEnv,
 ) -> (
     LocalBoxFuture<'static, Result<TaskOutput, TaskError>>,
     AbortHandle,
 ) {
     let (abort, registration) = AbortHandle::new_pair();
     let work = Abortable::new(
-        AssertUnwindSafe(execute(task, context, faults)).catch_unwind(),
+        AssertUnwindSafe(execute(task, context, env)).catch_unwind(),
         registration,
     );
     let outcome = match pool {
@@ -98,8 +109,13 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 async fn execute(
     task: TaskDescription,
     context: Arc<TaskContext>,
-    faults: Arc<Faults>,
+    env: TaskEnv,
 ) -> Result<TaskOutput, TaskError> {
+    let TaskEnv {
+        faults,
+        memory,
+        spilled,
+    } = env;
     let failed = |e: datafusion::error::DataFusionError| match EngineError::find_fetch_failure(&e) {
         Some((stage, maps, location)) => TaskError::fetch_failed(
             FetchFailure {
@@ -109,7 +125,7 @@ async fn execute(
             },
             e.to_string(),
         ),
-        None => TaskError::new(TaskFailureKind::Error, e.to_string()),
+        None => TaskError::new(TaskFailureKind::Error, memory.explain(e).to_string()),
     };
     let id = task.id;
     if let Some(delay) = faults.delay(&id) {
@@ -125,7 +141,12 @@ async fn execute(
     // A bad row is found here, on an executor: its error says which file.
     let plan = ember_engine::name_files_in_errors(plan).map_err(failed)?;
     let stream = plan.execute(task.id.partition, context).map_err(failed)?;
-    let batches = collect(stream).await.map_err(failed)?;
+    let batches = collect(stream).await;
+    spilled.fetch_add(
+        ember_engine::memory::spilled_bytes(&plan),
+        Ordering::Relaxed,
+    );
+    let batches = batches.map_err(failed)?;
     if faults.fails(&id) {
         return Err(TaskError::new(
             TaskFailureKind::Error,

@@ -168,6 +168,13 @@ impl Handler<ToDriver> for DriverEndpoint {
                 self.handle_status_update(executor, task, result, ctx);
                 Ok(())
             }
+            ToDriver::Usage { executor, usage } => {
+                let _ = self
+                    .driver
+                    .mailbox
+                    .tell(DriverMessage::Usage { executor, usage });
+                Ok(())
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_engine::{InMemoryBlockStore, ShuffleEnv, StageId, StageKind};
+use ember_engine::{BlockStore, ShuffleEnv, StageId, StageKind};
 use ember_transport::{Access, Mailbox, Node, Registration};
 
 use super::driver_side::result_tag;
@@ -45,6 +45,13 @@ pub struct RemoteExecutorSpec {
     pub functions: ember_engine::Functions,
     /// Faults to inject (`ember.faults.*`).
     pub faults: Arc<crate::faults::Faults>,
+    /// The executor's memory budget and spill space.
+    pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    pub memory: Arc<ember_engine::memory::MemorySettings>,
+    /// On a simulated host: shuffle output stays in memory and reports
+    /// leave out the process's RSS, since a run on the virtual clock must
+    /// not wait on real disks or depend on the real process.
+    pub simulated: bool,
     /// Hears `PeerDown` when the executor ends (the process exits then).
     pub on_exit: Recipient<PeerDown>,
 }
@@ -59,14 +66,17 @@ pub struct RemoteExecutor {
 /// Starts an executor that serves `spec.driver`. Must run inside an actix
 /// System.
 pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor, String> {
-    let store = Arc::new(InMemoryBlockStore::default());
+    let store = Arc::new(BlockStore::default());
     let fetcher =
         RemoteFetcher::open(spec.node.clone(), FETCH_TIMEOUT).map_err(|e| e.to_string())?;
-    let shuffle = Arc::new(ShuffleEnv::remote(
-        store.clone(),
-        spec.executor.0.clone(),
-        Arc::new(fetcher.clone()),
-    ));
+    let shuffle = Arc::new(ShuffleEnv {
+        keep_in_memory: spec.simulated,
+        ..ShuffleEnv::remote(
+            store.clone(),
+            spec.executor.0.clone(),
+            Arc::new(fetcher.clone()),
+        )
+    });
     let driver_address = spec.driver.actor(DRIVER);
     let driver_mailbox = spec
         .node
@@ -92,7 +102,10 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         id: spec.executor.clone(),
         fetcher,
         session: {
-            let session = SessionContext::new_with_config(spec.session_config.clone());
+            let session = SessionContext::new_with_config_rt(
+                spec.session_config.clone(),
+                Arc::clone(&spec.runtime),
+            );
             spec.functions.register(&session);
             ember_engine::files::register(&session);
             session
@@ -116,6 +129,9 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         session_config: spec.session_config,
         owns_arbiter: false,
         faults: spec.faults,
+        runtime: spec.runtime,
+        memory: spec.memory,
+        report_rss: !spec.simulated,
     }));
     // The link, executor side: no driver, no executor.
     spec.node
@@ -168,6 +184,9 @@ impl Handler<DriverMessage> for DriverProxy {
                     }
                     .into_actor(self),
                 );
+            }
+            DriverMessage::Usage { executor, usage } => {
+                let _ = self.driver.tell(ToDriver::Usage { executor, usage });
             }
             DriverMessage::StatusUpdate {
                 executor,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use datafusion::arrow::datatypes::Schema;
-use datafusion::arrow::record_batch::RecordBatch;
+use ember_engine::shuffle::read_blocks;
 use ember_engine::{BlockFetcher, BlockStore, EngineError, FetchedBatches, ShuffleBlockId};
 use ember_transport::{ActorAddress, Node, Registration, SendError};
 use futures::future::BoxFuture;
@@ -22,12 +22,12 @@ use super::wire::{BLOCKS, BLOCKS_INBOX, FetchBlocks, FetchRefused, NodeContact};
 /// Serves this executor's shuffle blocks to other executors.
 pub struct BlockServer {
     node: Node,
-    store: Arc<dyn BlockStore>,
+    store: Arc<BlockStore>,
     registration: Option<Registration>,
 }
 
 impl BlockServer {
-    pub fn new(node: Node, store: Arc<dyn BlockStore>) -> Self {
+    pub fn new(node: Node, store: Arc<BlockStore>) -> Self {
         Self {
             node,
             store,
@@ -58,36 +58,32 @@ impl Handler<FetchBlocks> for BlockServer {
     type Result = ResponseFuture<Result<usize, FetchRefused>>;
 
     fn handle(&mut self, msg: FetchBlocks, _ctx: &mut Context<Self>) -> Self::Result {
-        let mut batches = Vec::new();
-        for (stage, map, reduce) in &msg.blocks {
-            let id = ShuffleBlockId {
-                stage: *stage,
-                map: *map,
-                reduce: *reduce,
+        let ids: Vec<ShuffleBlockId> = msg
+            .blocks
+            .iter()
+            .map(|&(stage, map, reduce)| ShuffleBlockId { stage, map, reduce })
+            .collect();
+        // A block that is not here is refused before anything is sent; one
+        // that turns out damaged while it is read breaks the stream off.
+        if let Some(id) = ids.iter().find(|id| !self.store.contains(**id)) {
+            let missing = FetchRefused::BlockMissing {
+                stage: id.stage,
+                map: id.map,
+                reduce: id.reduce,
             };
-            match self.store.get(id) {
-                Ok(block) => batches.extend(block),
-                Err(EngineError::MissingBlock(_)) => {
-                    let missing = FetchRefused::BlockMissing {
-                        stage: *stage,
-                        map: *map,
-                        reduce: *reduce,
-                    };
-                    return Box::pin(async move { Err(missing) });
-                }
-                Err(e) => {
-                    let why = FetchRefused::Store(e.to_string());
-                    return Box::pin(async move { Err(why) });
-                }
-            }
+            return Box::pin(async move { Err(missing) });
         }
         let node = self.node.clone();
+        let batches = read_blocks(Arc::clone(&self.store), ids)
+            .map(|item| item.map_err(|(id, e)| format!("block {id}: {e}")));
         Box::pin(async move {
-            let schema = batches
-                .first()
-                .map(RecordBatch::schema)
-                .unwrap_or_else(|| Arc::new(Schema::empty()));
-            node.send_batches(&msg.reply_to, &msg.tag, schema, batches)
+            let mut batches = batches.peekable();
+            // The stream's schema is its first batch's.
+            let schema = match std::pin::Pin::new(&mut batches).peek().await {
+                Some(Ok(first)) => first.schema(),
+                _ => Arc::new(Schema::empty()),
+            };
+            node.send_batch_stream(&msg.reply_to, &msg.tag, schema, batches)
                 .await
                 .map(|sent| sent.rows)
                 .map_err(|e| FetchRefused::NotSent(e.to_string()))

@@ -57,6 +57,10 @@ pub enum ToDriver {
         task: TaskId,
         result: Result<WireOutput, TaskError>,
     },
+    Usage {
+        executor: ExecutorId,
+        usage: crate::protocol::ExecutorUsage,
+    },
 }
 
 /// Why a driver turned a registering executor away.

@@ -356,6 +356,7 @@ mod tests {
                 app: "app-1".into(),
                 executor,
                 cores: 1,
+                memory_mb: 512,
                 driver: crate::remote::NodeContact {
                     node: ember_transport::NodeId("d".into()),
                     addr: "127.0.0.1:1".parse().unwrap(),

@@ -94,6 +94,9 @@ pub enum ChildSpec {
         app: AppId,
         executor: ExecutorNo,
         cores: u32,
+        /// The executor's memory budget (`--executor-memory`); 0: none.
+        #[serde(default)]
+        memory_mb: u64,
         driver: NodeContact,
         secret: String,
     },

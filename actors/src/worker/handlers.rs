@@ -250,6 +250,7 @@ impl Handler<ToWorker> for Worker {
                     app: app.clone(),
                     executor,
                     cores,
+                    memory_mb,
                     driver,
                     secret,
                 };

@@ -3,11 +3,15 @@
 //! they meet in, and the fetcher that reaches blocks other executors hold.
 
 mod fetch;
+mod output;
 mod reader;
 mod store;
 mod writer;
 
 pub use fetch::{BlockFetcher, FetchedBatches, MapOutputLocations};
 pub use reader::{ReadMode, ShuffleReaderExec};
-pub use store::{BlockStore, InMemoryBlockStore, ShuffleBlockId, ShuffleEnv};
+pub use store::{
+    BlockBatches, BlockStore, MapOutput, ShuffleBlockId, ShuffleEnv, StoreUsage, read_blocks,
+    read_on_blocking_pool,
+};
 pub use writer::{MapStatus, ShuffleOutput, ShuffleWriterExec};

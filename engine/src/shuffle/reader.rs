@@ -11,19 +11,17 @@ use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 
-use datafusion::arrow::record_batch::RecordBatch;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::fetch::{BlockFetcher, BlockRead, FetchedBatches, MapOutputLocations, plan_block_reads};
-use super::store::{BlockStore, ShuffleBlockId, ShuffleEnv};
+use super::store::{BlockStore, ShuffleBlockId, ShuffleEnv, read_blocks};
 use crate::error::EngineError;
 use crate::stages::StageId;
 
@@ -201,35 +199,30 @@ impl ShuffleReaderExec {
         env: &ShuffleEnv,
         blocks: Vec<ShuffleBlockId>,
     ) -> Result<SendableRecordBatchStream> {
-        let batches = read_from_store(env.store.as_ref(), blocks, &env.local)?;
-        Ok(Box::pin(MemoryStream::try_new(
-            batches,
+        let batches = local_reads(Arc::clone(&env.store), blocks, env.local.clone())
+            .map_err(datafusion::error::DataFusionError::from);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema_ref(),
-            None,
-        )?))
+            batches,
+        )))
     }
 }
 
-fn read_from_store(
-    store: &dyn BlockStore,
+/// Blocks of this executor's store; one that cannot be read is a fetch
+/// failure of its map task, so the driver computes it again.
+fn local_reads(
+    store: Arc<BlockStore>,
     blocks: Vec<ShuffleBlockId>,
-    location: &str,
-) -> Result<Vec<RecordBatch>, EngineError> {
-    let mut batches = Vec::new();
-    for id in blocks {
-        match store.get(id) {
-            Ok(found) => batches.extend(found),
-            Err(e) => {
-                return Err(EngineError::FetchFailed {
-                    stage: id.stage,
-                    maps: vec![id.map],
-                    location: location.to_string(),
-                    why: e.to_string(),
-                });
-            }
-        }
-    }
-    Ok(batches)
+    location: String,
+) -> FetchedBatches {
+    read_blocks(store, blocks)
+        .map_err(move |(id, e)| EngineError::FetchFailed {
+            stage: id.stage,
+            maps: vec![id.map],
+            location: location.clone(),
+            why: e.to_string(),
+        })
+        .boxed()
 }
 
 /// Starts one read: the future ends when its batches can be streamed (a
@@ -237,16 +230,14 @@ fn read_from_store(
 /// this one is consumed.
 fn start_read(
     read: BlockRead,
-    store: &Arc<dyn BlockStore>,
+    store: &Arc<BlockStore>,
     fetcher: &dyn BlockFetcher,
     local: &str,
 ) -> BoxFuture<'static, Result<FetchedBatches, EngineError>> {
     match read {
         BlockRead::Local(blocks) => {
-            let read = read_from_store(store.as_ref(), blocks, local).map(|batches| {
-                futures::stream::iter(batches.into_iter().map(Ok::<_, EngineError>)).boxed()
-            });
-            futures::future::ready(read).boxed()
+            let read = local_reads(Arc::clone(store), blocks, local.to_string());
+            futures::future::ready(Ok(read)).boxed()
         }
         BlockRead::Remote { location, blocks } => {
             let stage = blocks.first().map(|b| b.stage).unwrap_or_default();
@@ -278,11 +269,24 @@ mod tests {
 
     use datafusion::arrow::array::{AsArray, Int64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::physical_plan::common::collect;
     use datafusion::prelude::SessionConfig;
 
     use super::*;
-    use crate::shuffle::InMemoryBlockStore;
+
+    fn read_all(
+        store: &BlockStore,
+        blocks: Vec<ShuffleBlockId>,
+    ) -> Result<Vec<RecordBatch>, EngineError> {
+        let mut batches = Vec::new();
+        for id in blocks {
+            for batch in store.get(id)? {
+                batches.push(batch?);
+            }
+        }
+        Ok(batches)
+    }
 
     const STAGE: StageId = 5;
     const MAPS: usize = 4;
@@ -290,7 +294,7 @@ mod tests {
     /// Serves blocks from another executor's store and records each call.
     #[derive(Debug, Default)]
     struct FakeFetcher {
-        remote: InMemoryBlockStore,
+        remote: BlockStore,
         calls: Mutex<Vec<(String, Vec<ShuffleBlockId>)>>,
         fail: bool,
         cut_short: bool,
@@ -311,7 +315,7 @@ mod tests {
                     "executor {location} is unreachable"
                 )))
             } else {
-                read_from_store(&self.remote, blocks, location)
+                read_all(&self.remote, blocks)
             };
             let cut_short = self.cut_short;
             async move {
@@ -365,8 +369,8 @@ mod tests {
     }
 
     /// Maps 0 and 3 ran here ("exec-a"), maps 1 and 2 on "exec-b".
-    fn cluster(fail: bool) -> (Arc<InMemoryBlockStore>, Arc<FakeFetcher>, Vec<String>) {
-        let local = Arc::new(InMemoryBlockStore::default());
+    fn cluster(fail: bool) -> (Arc<BlockStore>, Arc<FakeFetcher>, Vec<String>) {
+        let local = Arc::new(BlockStore::default());
         let fetcher = Arc::new(FakeFetcher {
             fail,
             ..Default::default()
@@ -415,7 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_locations_for_the_stage_every_block_is_local() {
-        let local = Arc::new(InMemoryBlockStore::default());
+        let local = Arc::new(BlockStore::default());
         for map in 0..MAPS {
             let (id, batches) = block(map, 0);
             local.put(id, batches);

@@ -1,12 +1,29 @@
 //! Where shuffle blocks live between the map task that writes them and the
-//! reduce tasks that read them. In local mode this is memory shared by every
-//! executor of the process: blocks are Arrow batches, never copied.
+//! reduce tasks that read them.
+//!
+//! A map task's output is one unit (a [`MapOutput`]): either batches held in
+//! memory (local mode, while the memory budget allows) or one compressed
+//! Arrow IPC file in the executor's spill directory. The file holds every
+//! reduce partition's batches in the order they were completed; an index
+//! kept beside it in memory lists, per reduce partition, which batches of
+//! the file are its. Blocks never outlive their executor (there is no
+//! external shuffle service), so the index is never needed by another
+//! process and stays out of the file. A map output is registered only once
+//! it is whole: a failed write leaves nothing a reader could find, and its
+//! file is deleted with it.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fs::File;
+use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SpillFile;
+use datafusion::execution::memory_pool::MemoryReservation;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
 use super::fetch::BlockFetcher;
 use crate::error::EngineError;
@@ -27,62 +44,297 @@ impl fmt::Display for ShuffleBlockId {
     }
 }
 
-/// Storage for shuffle blocks.
-pub trait BlockStore: Send + Sync + fmt::Debug {
-    /// Stores a block, replacing any earlier attempt's block with the same id.
-    fn put(&self, id: ShuffleBlockId, batches: Vec<RecordBatch>);
-    /// Fetches a block.
-    fn get(&self, id: ShuffleBlockId) -> Result<Vec<RecordBatch>, EngineError>;
-    /// Drops every block of these stages (their job is over).
-    fn remove_stages(&self, stages: &[StageId]);
-    /// Drops the blocks map task `map` of `stage` wrote.
-    fn remove_map(&self, stage: StageId, map: usize);
-    /// How many blocks are held.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+/// A block's batches: handed over as they are from memory, or read from
+/// disk one at a time as they are taken.
+pub enum BlockBatches {
+    Memory(std::vec::IntoIter<RecordBatch>),
+    Disk(Box<DiskBlock>),
+}
+
+impl BlockBatches {
+    pub fn is_on_disk(&self) -> bool {
+        matches!(self, Self::Disk(_))
     }
 }
 
-/// Blocks kept in memory, shared by all executors of one process.
-#[derive(Debug, Default)]
-pub struct InMemoryBlockStore {
-    blocks: Mutex<BTreeMap<ShuffleBlockId, Vec<RecordBatch>>>,
+impl Iterator for BlockBatches {
+    type Item = Result<RecordBatch, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Memory(batches) => batches.next().map(Ok),
+            Self::Disk(block) => block.next(),
+        }
+    }
 }
 
-impl InMemoryBlockStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShuffleBlockId, Vec<RecordBatch>>> {
-        // A panic while holding this lock cannot leave a half-written block:
-        // inserts and removals are single map operations.
-        self.blocks
+/// The batches of `blocks`, in order, as a stream: blocks in memory are
+/// handed over as they are, blocks on disk read a batch at a time on the
+/// blocking pool, so a task never holds a whole block. An error names the
+/// block it came from.
+pub fn read_blocks(
+    store: Arc<BlockStore>,
+    blocks: Vec<ShuffleBlockId>,
+) -> BoxStream<'static, Result<RecordBatch, (ShuffleBlockId, EngineError)>> {
+    futures::stream::iter(blocks)
+        .flat_map(move |id| match store.get(id) {
+            Err(e) => futures::stream::once(futures::future::ready(Err((id, e)))).boxed(),
+            Ok(BlockBatches::Memory(batches)) => futures::stream::iter(batches.map(Ok)).boxed(),
+            Ok(disk) => read_on_blocking_pool(disk)
+                .map(move |item| item.map_err(|e| (id, e)))
+                .boxed(),
+        })
+        .boxed()
+}
+
+/// Takes `batches` a batch at a time on tokio's blocking pool.
+pub fn read_on_blocking_pool(
+    batches: BlockBatches,
+) -> BoxStream<'static, Result<RecordBatch, EngineError>> {
+    futures::stream::unfold(Some(batches), |state| async move {
+        let mut batches = state?;
+        let taken = tokio::task::spawn_blocking(move || {
+            let next = batches.next();
+            (next, batches)
+        })
+        .await;
+        match taken {
+            Ok((Some(item), batches)) => Some((item, Some(batches))),
+            Ok((None, _)) => None,
+            Err(e) => Some((
+                Err(EngineError::Fetch(format!(
+                    "reading a shuffle file stopped: {e}"
+                ))),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
+/// A map output file: deleted (and its bytes given back to the disk quota)
+/// when the last block that reads it is dropped.
+pub(crate) struct MapOutputFile {
+    pub(crate) file: Arc<dyn SpillFile>,
+}
+
+impl fmt::Debug for MapOutputFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MapOutputFile({:?})", self.file.path())
+    }
+}
+
+#[derive(Debug)]
+enum Block {
+    Memory(Vec<RecordBatch>),
+    /// These batches (by position) of a map output file.
+    Disk {
+        file: Arc<MapOutputFile>,
+        batches: Vec<usize>,
+    },
+}
+
+/// Everything one map task wrote, per reduce partition.
+#[derive(Debug, Default)]
+pub struct MapOutput {
+    blocks: BTreeMap<usize, Block>,
+    /// The memory budget the in-memory blocks hold, given back on drop.
+    reservation: Option<MemoryReservation>,
+    bytes_on_disk: u64,
+}
+
+impl MapOutput {
+    /// Blocks held in memory, as they are.
+    pub fn in_memory(blocks: impl IntoIterator<Item = (usize, Vec<RecordBatch>)>) -> Self {
+        Self {
+            blocks: blocks
+                .into_iter()
+                .map(|(reduce, batches)| (reduce, Block::Memory(batches)))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn with_memory(
+        memory: BTreeMap<usize, Vec<RecordBatch>>,
+        reservation: Option<MemoryReservation>,
+    ) -> Self {
+        Self {
+            reservation,
+            ..Self::in_memory(memory)
+        }
+    }
+
+    pub(crate) fn on_disk(file: MapOutputFile, index: BTreeMap<usize, Vec<usize>>) -> Self {
+        let bytes_on_disk = file.file.size().unwrap_or_default();
+        let file = Arc::new(file);
+        Self {
+            blocks: index
+                .into_iter()
+                .map(|(reduce, batches)| {
+                    let file = Arc::clone(&file);
+                    (reduce, Block::Disk { file, batches })
+                })
+                .collect(),
+            reservation: None,
+            bytes_on_disk,
+        }
+    }
+
+    fn read(&self, id: ShuffleBlockId) -> Result<BlockBatches, EngineError> {
+        match self.blocks.get(&id.reduce) {
+            None => Err(EngineError::MissingBlock(id)),
+            Some(Block::Memory(batches)) => Ok(BlockBatches::Memory(batches.clone().into_iter())),
+            Some(Block::Disk { file, batches }) => {
+                let Some(path) = file.file.path() else {
+                    return Err(EngineError::MissingBlock(id));
+                };
+                let open = File::open(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| {
+                        FileReader::try_new(BufReader::new(f), None).map_err(|e| e.to_string())
+                    })
+                    .map_err(|why| {
+                        EngineError::Fetch(format!(
+                            "cannot open shuffle file {} for block {id}: {why}",
+                            path.display()
+                        ))
+                    })?;
+                Ok(BlockBatches::Disk(Box::new(DiskBlock {
+                    id,
+                    _file: Arc::clone(file),
+                    reader: open,
+                    batches: batches.clone().into_iter(),
+                })))
+            }
+        }
+    }
+}
+
+/// Reads a block's batches from its map output file, one at a time.
+pub struct DiskBlock {
+    id: ShuffleBlockId,
+    /// Keeps the file until the reader is done, even if the block is
+    /// removed meanwhile.
+    _file: Arc<MapOutputFile>,
+    reader: FileReader<BufReader<File>>,
+    batches: std::vec::IntoIter<usize>,
+}
+
+impl Iterator for DiskBlock {
+    type Item = Result<RecordBatch, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let index = self.batches.next()?;
+        let id = self.id;
+        let damaged = move |why: String| {
+            EngineError::Fetch(format!("shuffle file of block {id} is damaged: {why}"))
+        };
+        if let Err(e) = self.reader.set_index(index) {
+            return Some(Err(damaged(e.to_string())));
+        }
+        Some(match self.reader.next() {
+            Some(Ok(batch)) => Ok(batch),
+            Some(Err(e)) => Err(damaged(e.to_string())),
+            None => Err(damaged(format!("batch {index} is missing"))),
+        })
+    }
+}
+
+/// What an executor holds in shuffle blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    pub map_outputs: usize,
+    pub memory_bytes: usize,
+    pub disk_bytes: u64,
+}
+
+/// The map outputs an executor (in local mode: every executor of the
+/// process) holds.
+#[derive(Debug, Default)]
+pub struct BlockStore {
+    outputs: Mutex<BTreeMap<(StageId, usize), MapOutput>>,
+}
+
+impl BlockStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(StageId, usize), MapOutput>> {
+        // A panic while holding this lock cannot leave a half-written map
+        // output: inserts and removals are single map operations.
+        self.outputs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
 
-impl BlockStore for InMemoryBlockStore {
-    fn put(&self, id: ShuffleBlockId, batches: Vec<RecordBatch>) {
-        self.lock().insert(id, batches);
+    /// Stores map task `map` of `stage`'s output, replacing any earlier
+    /// attempt's.
+    pub fn put_map(&self, stage: StageId, map: usize, output: MapOutput) {
+        let replaced = self.lock().insert((stage, map), output);
+        // An earlier attempt's file is deleted outside the lock.
+        drop(replaced);
     }
 
-    fn get(&self, id: ShuffleBlockId) -> Result<Vec<RecordBatch>, EngineError> {
+    /// Stores one block in memory (tests and tools).
+    pub fn put(&self, id: ShuffleBlockId, batches: Vec<RecordBatch>) {
+        let mut outputs = self.lock();
+        let output = outputs.entry((id.stage, id.map)).or_default();
+        output.blocks.insert(id.reduce, Block::Memory(batches));
+    }
+
+    /// A block's batches, read as they are taken.
+    pub fn get(&self, id: ShuffleBlockId) -> Result<BlockBatches, EngineError> {
         self.lock()
-            .get(&id)
-            .cloned()
-            .ok_or(EngineError::MissingBlock(id))
+            .get(&(id.stage, id.map))
+            .ok_or(EngineError::MissingBlock(id))?
+            .read(id)
     }
 
-    fn remove_stages(&self, stages: &[StageId]) {
-        self.lock().retain(|id, _| !stages.contains(&id.stage));
-    }
-
-    fn remove_map(&self, stage: StageId, map: usize) {
+    /// Whether the block is held here.
+    pub fn contains(&self, id: ShuffleBlockId) -> bool {
         self.lock()
-            .retain(|id, _| !(id.stage == stage && id.map == map));
+            .get(&(id.stage, id.map))
+            .is_some_and(|o| o.blocks.contains_key(&id.reduce))
     }
 
-    fn len(&self) -> usize {
-        self.lock().len()
+    /// Drops every map output of these stages (their job is over).
+    pub fn remove_stages(&self, stages: &[StageId]) {
+        let mut outputs = self.lock();
+        let gone: Vec<_> = outputs
+            .keys()
+            .filter(|(stage, _)| stages.contains(stage))
+            .copied()
+            .collect();
+        let removed: Vec<_> = gone.iter().filter_map(|k| outputs.remove(k)).collect();
+        drop(outputs);
+        drop(removed);
+    }
+
+    /// Drops map task `map` of `stage`'s output.
+    pub fn remove_map(&self, stage: StageId, map: usize) {
+        let removed = self.lock().remove(&(stage, map));
+        drop(removed);
+    }
+
+    /// How many blocks are held.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(|o| o.blocks.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How much memory and disk the held map outputs take.
+    pub fn usage(&self) -> StoreUsage {
+        let outputs = self.lock();
+        StoreUsage {
+            map_outputs: outputs.len(),
+            memory_bytes: outputs
+                .values()
+                .filter_map(|o| o.reservation.as_ref())
+                .map(MemoryReservation::size)
+                .sum(),
+            disk_bytes: outputs.values().map(|o| o.bytes_on_disk).sum(),
+        }
     }
 }
 
@@ -91,28 +343,34 @@ impl BlockStore for InMemoryBlockStore {
 #[derive(Debug, Clone)]
 pub struct ShuffleEnv {
     /// The blocks this executor's map tasks wrote.
-    pub store: Arc<dyn BlockStore>,
+    pub store: Arc<BlockStore>,
     /// This executor's location key, as it appears in `MapOutputLocations`.
     pub local: String,
     /// How to reach blocks other executors hold; `None` in local mode, where
     /// every block is in `store`.
     pub fetcher: Option<Arc<dyn BlockFetcher>>,
+    /// Whether map output may stay in memory while the memory budget
+    /// allows (local mode); otherwise it always goes to disk.
+    pub keep_in_memory: bool,
 }
 
 impl ShuffleEnv {
-    /// Local mode: every block is read from `store`.
-    pub fn new(store: Arc<dyn BlockStore>) -> Self {
+    /// Local mode: every block is read from `store`, and map output stays
+    /// in memory while the budget allows.
+    pub fn new(store: Arc<BlockStore>) -> Self {
         Self {
             store,
             local: String::new(),
             fetcher: None,
+            keep_in_memory: true,
         }
     }
 
     /// An executor among others: blocks whose map task ran on `local` are
-    /// read from `store`, the rest through `fetcher`.
+    /// read from `store`, the rest through `fetcher`; map output is
+    /// written to disk.
     pub fn remote(
-        store: Arc<dyn BlockStore>,
+        store: Arc<BlockStore>,
         local: impl Into<String>,
         fetcher: Arc<dyn BlockFetcher>,
     ) -> Self {
@@ -120,6 +378,7 @@ impl ShuffleEnv {
             store,
             local: local.into(),
             fetcher: Some(fetcher),
+            keep_in_memory: false,
         }
     }
 }

@@ -1,12 +1,10 @@
 //! The root of a map stage: runs one input partition, splits its rows by the
 //! shuffle's partitioning and stores one block per reduce partition.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
-use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -22,7 +20,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::store::{ShuffleBlockId, ShuffleEnv};
+use super::output::MapOutputWriter;
+use super::store::ShuffleEnv;
 use crate::error::EngineError;
 use crate::stages::StageId;
 
@@ -217,49 +216,37 @@ impl ExecutionPlan for ShuffleWriterExec {
         // they are joined again, so readers (and fetches over the network)
         // handle a few full batches instead of many small ones.
         let target_rows = context.session_config().batch_size().max(1);
+        let runtime = context.runtime_env();
         let write = async move {
+            let mut output = MapOutputWriter::new(
+                &input_schema,
+                target_rows,
+                env.keep_in_memory,
+                &runtime,
+                format!("shuffle map output {stage}.{partition}"),
+            );
             // Every reduce partition gets a block, empty or not, so readers
             // can tell "no rows" from "lost"; passthrough has just its own.
-            let mut blocks: BTreeMap<usize, BlockBuilder> = match partitioner {
-                Some(_) => (0..reduce_partitions)
-                    .map(|r| (r, BlockBuilder::new(&input_schema, target_rows)))
-                    .collect(),
-                None => BTreeMap::from([(partition, BlockBuilder::passthrough())]),
-            };
+            match partitioner {
+                Some(_) => (0..reduce_partitions).for_each(|r| output.open(r)),
+                None => output.open_passthrough(partition),
+            }
             while let Some(batch) = input.next().await {
                 let batch = batch?;
                 if batch.num_rows() == 0 {
                     continue;
                 }
                 match partitioner.as_mut() {
-                    Some(p) => {
-                        p.partition(batch, |reduce, part| match blocks.get_mut(&reduce) {
-                            Some(block) => block.push(part),
-                            None => Ok(()),
-                        })?
-                    }
-                    None => {
-                        if let Some(block) = blocks.get_mut(&partition) {
-                            block.push(batch)?;
-                        }
-                    }
+                    Some(p) => p.partition(batch, |reduce, part| output.push(reduce, part))?,
+                    None => output.push(partition, batch)?,
                 }
             }
-            let mut reduces = Vec::new();
-            let mut rows = Vec::new();
-            for (reduce, block) in blocks {
-                let batches = block.finish()?;
-                reduces.push(reduce as u32);
-                rows.push(batches.iter().map(|b| b.num_rows() as u64).sum::<u64>());
-                env.store.put(
-                    ShuffleBlockId {
-                        stage,
-                        map: partition,
-                        reduce,
-                    },
-                    batches,
-                );
-            }
+            let (rows_per_reduce, map_output) = output.finish()?;
+            env.store.put_map(stage, partition, map_output);
+            let (reduces, rows): (Vec<u32>, Vec<u64>) = rows_per_reduce
+                .into_iter()
+                .map(|(reduce, rows)| (reduce as u32, rows))
+                .unzip();
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt32Array::from(reduces)),
                 Arc::new(UInt64Array::from(rows)),
@@ -270,55 +257,5 @@ impl ExecutionPlan for ShuffleWriterExec {
             schema,
             futures::stream::once(write),
         )))
-    }
-}
-
-/// One reduce partition's rows as a map task writes them: small pieces are
-/// joined into batches of about `batch_size` rows; a passthrough block keeps
-/// its batches as they come.
-struct BlockBuilder {
-    coalescer: Option<BatchCoalescer>,
-    batches: Vec<RecordBatch>,
-}
-
-impl BlockBuilder {
-    fn new(schema: &SchemaRef, target_rows: usize) -> Self {
-        // Batches of no columns carry only a row count, which is theirs.
-        let coalescer = (!schema.fields().is_empty())
-            .then(|| BatchCoalescer::new(Arc::clone(schema), target_rows));
-        Self {
-            coalescer,
-            batches: Vec::new(),
-        }
-    }
-
-    fn passthrough() -> Self {
-        Self {
-            coalescer: None,
-            batches: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, batch: RecordBatch) -> Result<()> {
-        match &mut self.coalescer {
-            Some(coalescer) => {
-                coalescer.push_batch(batch)?;
-                while let Some(full) = coalescer.next_completed_batch() {
-                    self.batches.push(full);
-                }
-            }
-            None => self.batches.push(batch),
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<Vec<RecordBatch>> {
-        if let Some(coalescer) = &mut self.coalescer {
-            coalescer.finish_buffered_batch()?;
-            while let Some(last) = coalescer.next_completed_batch() {
-                self.batches.push(last);
-            }
-        }
-        Ok(self.batches)
     }
 }

@@ -1,0 +1,207 @@
+//! An executor's memory budget and spill space: the DataFusion runtime its
+//! tasks run in. Sorts, aggregations and joins take memory from one fair
+//! spill pool shared by the executor's task slots and spill to files in its
+//! spill directory; shuffle map output is written there too, under the same
+//! disk quota.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+
+/// The `datafusion.runtime.*` keys Ember reads.
+pub const MEMORY_LIMIT: &str = "datafusion.runtime.memory_limit";
+pub const TEMP_DIRECTORY: &str = "datafusion.runtime.temp_directory";
+pub const MAX_TEMP_DIRECTORY_SIZE: &str = "datafusion.runtime.max_temp_directory_size";
+pub const RUNTIME_KEYS: [&str; 3] = [MEMORY_LIMIT, TEMP_DIRECTORY, MAX_TEMP_DIRECTORY_SIZE];
+
+/// How much memory and disk an executor's tasks may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemorySettings {
+    /// The pool's size in bytes; `None`: no limit.
+    pub limit: Option<usize>,
+    /// Where spill and shuffle files go (a fresh directory is made inside
+    /// it and removed at exit); `None`: the system's temporary directory.
+    pub temp_directory: Option<PathBuf>,
+    /// The most bytes spill and shuffle files may take together.
+    pub max_temp_bytes: Option<u64>,
+    /// The setting a user raises when a task runs out of memory, as it
+    /// reads on the command line (`--executor-memory`, say).
+    pub raise: String,
+}
+
+impl MemorySettings {
+    /// Reads a `datafusion.runtime.*` key; other keys are not for here.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            MEMORY_LIMIT => {
+                self.limit = Some(parse_size(key, value)?);
+                self.raise = MEMORY_LIMIT.to_string();
+            }
+            TEMP_DIRECTORY => self.temp_directory = Some(PathBuf::from(value)),
+            MAX_TEMP_DIRECTORY_SIZE => self.max_temp_bytes = Some(parse_size(key, value)? as u64),
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown runtime setting '{key}'; Ember reads {}",
+                    RUNTIME_KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime tasks run in: a fair spill pool over the task slots and
+    /// a disk manager in the spill directory.
+    pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
+        let mut disk = DiskManagerBuilder::default();
+        if let Some(dir) = &self.temp_directory {
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        if let Some(max) = self.max_temp_bytes {
+            disk = disk.with_max_temp_directory_size(max);
+        }
+        let mut builder = RuntimeEnvBuilder::new().with_disk_manager_builder(disk);
+        if let Some(limit) = self.limit {
+            // The largest consumers are named when memory runs out.
+            let top = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+            let pool: Arc<dyn MemoryPool> =
+                Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), top));
+            builder = builder.with_memory_pool(pool);
+        }
+        builder.build_arc()
+    }
+
+    /// `error`, with what to do about it when it is memory or disk running
+    /// out.
+    pub fn explain(&self, error: DataFusionError) -> DataFusionError {
+        let root = error.find_root();
+        if !matches!(root, DataFusionError::ResourcesExhausted(_)) {
+            return error;
+        }
+        let limit = self
+            .limit
+            .map(|l| format!(" (now {})", human_size(l as u64)))
+            .unwrap_or_default();
+        let raise = if self.raise.is_empty() {
+            MEMORY_LIMIT
+        } else {
+            &self.raise
+        };
+        DataFusionError::ResourcesExhausted(format!(
+            "{root}\nThe task ran out of memory even after spilling what it could: raise \
+             {raise}{limit}, or give the query more partitions \
+             (ember.sql.shuffle.partitions) so each task holds less"
+        ))
+    }
+}
+
+/// `512M`, `2G`, `1.5G`, `300K` or a number of bytes.
+pub fn parse_size(key: &str, value: &str) -> Result<usize> {
+    let value = value.trim();
+    if let Ok(bytes) = value.parse::<usize>() {
+        return Ok(bytes);
+    }
+    let upper = value.to_ascii_uppercase();
+    let upper = upper.strip_suffix('B').unwrap_or(&upper);
+    SessionContext::parse_capacity_limit(key, upper).map_err(|_| {
+        DataFusionError::Configuration(format!(
+            "{key} must be a size such as 512M, 2G or 1.5G, not '{value}'"
+        ))
+    })
+}
+
+/// Bytes as people read them: `1.5 GB`, `300 MB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || size >= 100.0 || size.fract() == 0.0 {
+        format!("{size:.0} {}", UNITS[unit])
+    } else {
+        format!("{size:.1} {}", UNITS[unit])
+    }
+}
+
+/// The machine's memory in bytes, if it can be read.
+pub fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// Bytes spilled by every operator of an executed plan.
+pub fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.spilled_bytes())
+        .unwrap_or_default() as u64;
+    own + plan.children().into_iter().map(spilled_bytes).sum::<u64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(parse_size("k", "300M").unwrap(), 300 << 20);
+        assert_eq!(parse_size("k", "2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("k", "512mb").unwrap(), 512 << 20);
+        assert_eq!(parse_size("k", "4096").unwrap(), 4096);
+        let err = parse_size("datafusion.runtime.memory_limit", "lots").unwrap_err();
+        assert!(err.to_string().contains("such as 512M"), "{err}");
+        assert_eq!(human_size(300 << 20), "300 MB");
+        assert_eq!(human_size(3 << 29), "1.5 GB");
+    }
+
+    #[test]
+    fn running_out_of_memory_says_what_to_raise() {
+        let settings = MemorySettings {
+            limit: Some(64 << 20),
+            raise: "--executor-memory".into(),
+            ..Default::default()
+        };
+        let err = settings.explain(DataFusionError::ResourcesExhausted(
+            "Failed to allocate 10 MB for HashJoinInput".into(),
+        ));
+        let text = err.to_string();
+        assert!(text.contains("HashJoinInput"), "{text}");
+        assert!(
+            text.contains("raise --executor-memory (now 64 MB)"),
+            "{text}"
+        );
+        let other = settings.explain(DataFusionError::Plan("no such table".into()));
+        assert!(!other.to_string().contains("raise"), "{other}");
+    }
+
+    #[test]
+    fn runtime_keys_are_read_and_others_refused() {
+        let mut settings = MemorySettings::default();
+        settings.set(MEMORY_LIMIT, "300M").unwrap();
+        settings.set(MAX_TEMP_DIRECTORY_SIZE, "1G").unwrap();
+        settings.set(TEMP_DIRECTORY, "/tmp/spill").unwrap();
+        assert_eq!(settings.limit, Some(300 << 20));
+        assert_eq!(settings.max_temp_bytes, Some(1 << 30));
+        assert_eq!(settings.raise, MEMORY_LIMIT);
+        let err = settings
+            .set("datafusion.runtime.list_files_cache_ttl", "1s")
+            .unwrap_err();
+        assert!(err.to_string().contains("Ember reads"), "{err}");
+        let env = settings.runtime_env().unwrap();
+        assert!(matches!(
+            env.memory_pool.memory_limit(),
+            datafusion::execution::memory_pool::MemoryLimit::Finite(limit) if limit == 300 << 20
+        ));
+    }
+}
