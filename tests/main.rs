@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod fuzz_sql;
 mod local_mode;
+mod memory;
 mod netns;
 mod shell;
 mod simulate;

@@ -260,6 +260,12 @@ fn a_local_shell_runs_what_is_typed_and_survives_mistakes() {
         succeeded >= 3,
         "the queries' tasks are counted: {executor:?}"
     );
+    // Memory held of the process's budget, bytes spilled, shuffle bytes on
+    // disk, and the process's peak RSS.
+    assert!(executor[7].contains(" / "), "{executor:?}");
+    assert!(executor[8].ends_with('B'), "{executor:?}");
+    assert!(executor[9].ends_with('B'), "{executor:?}");
+    assert!(executor[10].ends_with("MB"), "{executor:?}");
 
     shell.line("\\quit");
     assert_eq!(shell.exit_code(), 0);
@@ -377,6 +383,13 @@ fn a_shell_on_a_cluster_holds_executors_until_it_quits() {
         listed
             .iter()
             .all(|e| e[1] == "127.0.0.1" && e[2] == "1" && e[3] == "ACTIVE"),
+        "{listed:?}"
+    );
+    // Each executor's budget is --executor-memory's default, 1g.
+    assert!(
+        listed
+            .iter()
+            .all(|e| e[7].ends_with(" / 1 GB") && e[9].ends_with('B') && e[10].ends_with("MB")),
         "{listed:?}"
     );
 

@@ -485,8 +485,21 @@ impl Handler<Finish> for AppClient {
     fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
         self.finished = true;
         let mailbox = self.manager_mailbox.clone();
+        let listed = self.driver.send(ListExecutors::ALL);
         Box::pin(async move {
             if let Some(mailbox) = mailbox {
+                // The executors' last word on memory and spill, which the
+                // periodic report may not have carried yet.
+                if let Ok(listed) = listed.await {
+                    let executors = listed
+                        .into_iter()
+                        .filter_map(|e| Some((e.id.0.parse::<u32>().ok()?, e.usage)))
+                        .collect();
+                    let _ = mailbox.tell(FromApp::Usage {
+                        app: msg.id.clone(),
+                        executors,
+                    });
+                }
                 let finished = FromApp::Finished {
                     app: msg.id,
                     failure: msg.failure,

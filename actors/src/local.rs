@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionConfig;
-use ember_engine::memory::MemorySettings;
+use ember_engine::memory::ExecutorMemory;
 use ember_engine::{BlockStore, ShuffleEnv};
 use ember_transport::ActorAddress;
 
@@ -36,8 +35,7 @@ pub struct LocalClusterSpec {
     pub session_config: SessionConfig,
     /// The process's memory budget and spill space, which every executor
     /// shares (and so does the driver).
-    pub runtime: Arc<RuntimeEnv>,
-    pub memory: Arc<MemorySettings>,
+    pub memory: Arc<ExecutorMemory>,
 }
 
 /// How `threads` task slots are shared out among executor threads: one
@@ -61,8 +59,7 @@ struct LocalLauncher {
     started: Started,
     arbiters: Vec<Arbiter>,
     faults: Arc<Faults>,
-    runtime: Arc<RuntimeEnv>,
-    memory: Arc<MemorySettings>,
+    memory: Arc<ExecutorMemory>,
 }
 
 impl ExecutorLauncher for LocalLauncher {
@@ -76,7 +73,6 @@ impl ExecutorLauncher for LocalLauncher {
             session_config: self.session_config.clone(),
             owns_arbiter,
             faults: Arc::clone(&self.faults),
-            runtime: Arc::clone(&self.runtime),
             memory: Arc::clone(&self.memory),
             report_rss: true,
         };
@@ -128,13 +124,14 @@ impl LocalCluster {
         let launcher = LocalLauncher {
             threads,
             pool,
-            shuffle: Arc::new(ShuffleEnv::new(store.clone())),
+            shuffle: Arc::new(
+                ShuffleEnv::new(store.clone()).with_memory(spec.memory.shuffle_pool()),
+            ),
             session_config: spec.session_config,
             started: Arc::clone(&executors),
             arbiters: Vec::new(),
             faults: spec.faults,
-            runtime: Arc::clone(&spec.runtime),
-            memory: spec.memory,
+            memory: Arc::clone(&spec.memory),
         };
         let driver_arbiter = Arbiter::new();
         let scheduler = SchedulerConfig {

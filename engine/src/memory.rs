@@ -1,16 +1,23 @@
 //! An executor's memory budget and spill space: the DataFusion runtime its
-//! tasks run in. Sorts, aggregations and joins take memory from one fair
-//! spill pool shared by the executor's task slots and spill to files in its
-//! spill directory; shuffle map output is written there too, under the same
-//! disk quota.
+//! tasks run in. Each task slot gets an equal share of the budget (a fair
+//! spill pool of its own, as Spark caps a task at 1/N of the execution
+//! memory), so one task's sort or join never starves another's merge; tasks
+//! spill to files in the executor's spill directory, where shuffle map
+//! output is written too, under the same disk quota. In local mode a
+//! quarter of the budget may hold shuffle blocks in memory.
 
+use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool, UnboundedMemoryPool,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -20,6 +27,143 @@ pub const MEMORY_LIMIT: &str = "datafusion.runtime.memory_limit";
 pub const TEMP_DIRECTORY: &str = "datafusion.runtime.temp_directory";
 pub const MAX_TEMP_DIRECTORY_SIZE: &str = "datafusion.runtime.max_temp_directory_size";
 pub const RUNTIME_KEYS: [&str; 3] = [MEMORY_LIMIT, TEMP_DIRECTORY, MAX_TEMP_DIRECTORY_SIZE];
+
+/// How many spill files one merge pass of a sort reads at once.
+const MERGE_FAN_IN: usize = 4;
+
+/// DataFusion's default for `sort_spill_reservation_bytes`.
+const DEFAULT_SORT_SPILL_RESERVATION: usize = 10 << 20;
+
+/// In local mode, shuffle blocks may take 1/SHUFFLE_SHARE of the budget.
+const SHUFFLE_SHARE: usize = 4;
+
+/// An executor's memory: a budget shared out between its task slots, and
+/// the spill space and caches its tasks share.
+#[derive(Debug)]
+pub struct ExecutorMemory {
+    settings: MemorySettings,
+    base: Arc<RuntimeEnv>,
+    /// Each task's share of the budget; `None`: no limit.
+    per_task: Option<usize>,
+    limit: Option<usize>,
+    /// Bytes all running tasks hold now.
+    held: Arc<AtomicUsize>,
+    /// What shuffle blocks kept in memory may take (local mode).
+    shuffle: Option<Arc<dyn MemoryPool>>,
+}
+
+impl ExecutorMemory {
+    /// The runtime one task runs in: its own share of the budget, and the
+    /// executor's spill space and caches.
+    pub fn task_runtime(&self) -> Result<Arc<RuntimeEnv>> {
+        let inner: Arc<dyn MemoryPool> = match self.per_task {
+            Some(share) => {
+                // The largest consumers are named when memory runs out.
+                let top = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+                Arc::new(TrackConsumersPool::new(FairSpillPool::new(share), top))
+            }
+            None => Arc::new(UnboundedMemoryPool::default()),
+        };
+        let pool = Arc::new(CountedPool {
+            inner,
+            held: Arc::clone(&self.held),
+        });
+        RuntimeEnvBuilder::from_runtime_env(&self.base)
+            .with_memory_pool(pool)
+            .build_arc()
+    }
+
+    /// The spill space and caches every task shares.
+    pub fn base(&self) -> &Arc<RuntimeEnv> {
+        &self.base
+    }
+
+    /// The pool shuffle blocks kept in memory take from; `None`: map
+    /// output always goes to disk.
+    pub fn shuffle_pool(&self) -> Option<Arc<dyn MemoryPool>> {
+        self.shuffle.clone()
+    }
+
+    /// Bytes held now by running tasks and by shuffle blocks in memory.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed) + self.shuffle.as_ref().map_or(0, |p| p.reserved())
+    }
+
+    /// Fits DataFusion's settings to each task's share of the budget: a
+    /// sort sets aside a quarter of it (instead of a fixed 10 MB) for
+    /// merging what it spilled, since the merge needs memory in proportion
+    /// to the sorted keys it holds; a setting the user chose is kept.
+    pub fn tune(&self, config: &mut datafusion::prelude::SessionConfig) {
+        let Some(share) = self.per_task else {
+            return;
+        };
+        let execution = &mut config.options_mut().execution;
+        if execution.sort_spill_reservation_bytes == DEFAULT_SORT_SPILL_RESERVATION {
+            execution.sort_spill_reservation_bytes = (share / 4).max(1 << 20);
+        }
+    }
+
+    /// The whole budget, if any.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// `error`, saying which setting to raise if memory ran out.
+    pub fn explain(&self, error: DataFusionError) -> DataFusionError {
+        self.settings.explain(error)
+    }
+}
+
+/// A task's pool, which also counts what it holds into its executor's total.
+#[derive(Debug)]
+struct CountedPool {
+    inner: Arc<dyn MemoryPool>,
+    held: Arc<AtomicUsize>,
+}
+
+impl fmt::Display for CountedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl MemoryPool for CountedPool {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.held.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+        self.held.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.held.fetch_add(additional, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
 
 /// How much memory and disk an executor's tasks may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,25 +200,45 @@ impl MemorySettings {
         Ok(())
     }
 
-    /// The runtime tasks run in: a fair spill pool over the task slots and
-    /// a disk manager in the spill directory.
-    pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
-        let mut disk = DiskManagerBuilder::default();
+    /// The memory of an executor with `slots` task slots; with
+    /// `shuffle_in_memory` (local mode) a quarter of the budget may hold
+    /// shuffle blocks, and the tasks share the rest.
+    pub fn executor(&self, slots: usize, shuffle_in_memory: bool) -> Result<ExecutorMemory> {
+        let slots = slots.max(1);
+        // A sort that spilled many runs merges them a few at a time, so
+        // the merge itself fits in a small budget.
+        let mut disk = DiskManagerBuilder::default().with_max_spill_merge_fan_in(MERGE_FAN_IN);
         if let Some(dir) = &self.temp_directory {
             disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
         }
         if let Some(max) = self.max_temp_bytes {
             disk = disk.with_max_temp_directory_size(max);
         }
-        let mut builder = RuntimeEnvBuilder::new().with_disk_manager_builder(disk);
-        if let Some(limit) = self.limit {
-            // The largest consumers are named when memory runs out.
-            let top = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
-            let pool: Arc<dyn MemoryPool> =
-                Arc::new(TrackConsumersPool::new(FairSpillPool::new(limit), top));
-            builder = builder.with_memory_pool(pool);
-        }
-        builder.build_arc()
+        let base = RuntimeEnvBuilder::new()
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        let (shuffle, tasks): (Option<Arc<dyn MemoryPool>>, _) =
+            match (self.limit, shuffle_in_memory) {
+                (_, false) => (None, self.limit),
+                (None, true) => (Some(Arc::new(UnboundedMemoryPool::default())), None),
+                (Some(limit), true) => (
+                    Some(Arc::new(GreedyMemoryPool::new(limit / SHUFFLE_SHARE))),
+                    Some(limit - limit / SHUFFLE_SHARE),
+                ),
+            };
+        Ok(ExecutorMemory {
+            settings: self.clone(),
+            base,
+            per_task: tasks.map(|t| (t / slots).max(1)),
+            limit: self.limit,
+            held: Arc::default(),
+            shuffle,
+        })
+    }
+
+    /// The runtime of a lone task with the whole budget (tests, tools).
+    pub fn runtime_env(&self) -> Result<Arc<RuntimeEnv>> {
+        self.executor(1, false)?.task_runtime()
     }
 
     /// `error`, with what to do about it when it is memory or disk running

@@ -459,8 +459,7 @@ pub struct ExecutorSettings {
     pub threads: usize,
     pub session_config: datafusion::prelude::SessionConfig,
     pub faults: Arc<Faults>,
-    pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-    pub memory: Arc<ember_engine::memory::MemorySettings>,
+    pub memory: ember_engine::memory::MemorySettings,
     /// On a simulated host (see `RemoteExecutorSpec::simulated`).
     pub simulated: bool,
 }
@@ -488,15 +487,11 @@ impl ExecutorSettings {
         if memory.temp_directory.is_none() {
             memory.temp_directory = spill_dir;
         }
-        let runtime = memory
-            .runtime_env()
-            .map_err(|e| format!("cannot set up the executor's memory and spill space: {e}"))?;
         Ok(Self {
             threads,
             session_config,
             faults,
-            runtime,
-            memory: Arc::new(memory),
+            memory,
             simulated: false,
         })
     }
@@ -536,6 +531,13 @@ pub struct ExecutorStart {
 /// Starts an executor process's actors: the same in a process a worker
 /// started and on a simulated host.
 pub fn start_executor(start: ExecutorStart) -> Result<RemoteExecutor, String> {
+    // Simulated hosts keep shuffle output in memory (see
+    // `RemoteExecutorSpec::simulated`); real executors write it to disk.
+    let memory = start
+        .settings
+        .memory
+        .executor(start.settings.threads, start.settings.simulated)
+        .map_err(|e| format!("cannot set up the executor's memory and spill space: {e}"))?;
     start_remote_executor(RemoteExecutorSpec {
         node: start.node,
         contact: start.contact,
@@ -547,8 +549,7 @@ pub fn start_executor(start: ExecutorStart) -> Result<RemoteExecutor, String> {
         session_config: start.settings.session_config,
         functions: start.functions,
         faults: start.settings.faults,
-        runtime: start.settings.runtime,
-        memory: start.settings.memory,
+        memory: Arc::new(memory),
         simulated: start.settings.simulated,
         on_exit: start.on_exit,
     })

@@ -242,8 +242,9 @@ impl Session {
         let files = SideFilesHere::link(&options.files)?;
         let slots = options.master.threads();
         let config = session_config(&options.conf, slots)?;
-        let memory = Arc::new(local_memory(&options.conf)?);
-        let runtime = memory.runtime_env()?;
+        // The tasks of every executor thread share the process's budget.
+        let memory = Arc::new(local_memory(&options.conf)?.executor(slots, true)?);
+        let runtime = Arc::clone(memory.base());
         let cluster = LocalCluster::start(LocalClusterSpec {
             threads: slots,
             // As in Spark, local mode takes its attempts from local[N,F];
@@ -252,7 +253,6 @@ impl Session {
             faults: Arc::new(faults),
             listener: options.listener,
             session_config: config.clone(),
-            runtime: Arc::clone(&runtime),
             memory,
         })?;
         let wait = options.conf.duration(LOCAL_EXECUTOR_WAIT);

@@ -348,3 +348,50 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// What a finished child process printed and its peak resident memory.
+pub struct Measured {
+    pub output: std::process::Output,
+    /// The child's peak RSS in bytes, as last read from its
+    /// `/proc/PID/status` (VmHWM) while it ran, every 10 ms. Not `wait4`'s
+    /// `ru_maxrss`: that counts the parent's memory the child was forked
+    /// from too.
+    pub peak_rss: u64,
+}
+
+/// Runs `command` to the end and reports its peak RSS.
+pub fn run_measured(command: &mut Command) -> std::io::Result<Measured> {
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = std::sync::Arc::clone(&done);
+    let watcher = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(hwm) = peak_rss(pid) {
+                peak = peak.max(hwm);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    });
+    let output = child.wait_with_output();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss = watcher.join().unwrap_or_default();
+    Ok(Measured {
+        output: output?,
+        peak_rss,
+    })
+}
+
+/// A live process's peak RSS in bytes (VmHWM).
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

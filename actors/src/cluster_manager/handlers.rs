@@ -201,7 +201,7 @@ impl Handler<FromApp> for ClusterManager {
             }
             FromApp::Usage { app, executors } => {
                 if let Some(link) = self.apps.get_mut(&app) {
-                    link.usage = executors.into_iter().collect();
+                    link.usage.extend(executors);
                 }
                 Ok(app)
             }

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use datafusion::execution::memory_pool::MemoryLimit;
-
 use actix::prelude::*;
 use datafusion::execution::TaskContext;
 use ember_engine::MapOutputLocations;
@@ -21,7 +19,11 @@ impl Handler<ExecutorMessage> for Executor {
         match msg {
             ExecutorMessage::LaunchTask(task) => self.handle_launch_task(task, ctx),
             ExecutorMessage::KillTask(id) => self.handle_kill_task(id),
-            ExecutorMessage::RemoveShuffle(stages) => self.shuffle.store.remove_stages(&stages),
+            ExecutorMessage::RemoveShuffle(stages) => {
+                self.shuffle.store.remove_stages(&stages);
+                // What the driver shows of this executor drops with them.
+                self.report_usage();
+            }
             ExecutorMessage::Stop => {
                 self.watchers.set_reason(ExitReason::Normal);
                 ctx.stop();
@@ -79,11 +81,7 @@ impl Executor {
             if let Err(e) = act.driver.mailbox.tell(update) {
                 tracing::debug!(task = %id, error = %e, "driver gone before the task ended");
             }
-            let usage = DriverMessage::Usage {
-                executor: act.id.clone(),
-                usage: act.usage(),
-            };
-            let _ = act.driver.mailbox.tell(usage);
+            act.report_usage();
         }));
     }
 
@@ -91,6 +89,12 @@ impl Executor {
     /// it reads live when they may be in other processes.
     fn task_context(&self, task: &TaskDescription) -> Arc<TaskContext> {
         let context = self.session.task_ctx();
+        // Each task runs within its own share of the executor's memory.
+        let context = match (Arc::try_unwrap(context), self.memory.task_runtime()) {
+            (Ok(context), Ok(runtime)) => Arc::new(context.with_runtime(runtime)),
+            (Ok(context), Err(_)) => Arc::new(context),
+            (Err(shared), _) => shared,
+        };
         if self.shuffle.fetcher.is_none() || task.locations.is_empty() {
             return context;
         }
@@ -112,16 +116,20 @@ impl Executor {
         }
     }
 
+    /// Tells the driver what this executor holds and spilled now.
+    fn report_usage(&self) {
+        let usage = DriverMessage::Usage {
+            executor: self.id.clone(),
+            usage: self.usage(),
+        };
+        let _ = self.driver.mailbox.tell(usage);
+    }
+
     /// What this executor's tasks hold and spilled now.
     fn usage(&self) -> ExecutorUsage {
-        let runtime = self.session.runtime_env();
-        let pool = &runtime.memory_pool;
         ExecutorUsage {
-            memory_used: pool.reserved() as u64,
-            memory_limit: match pool.memory_limit() {
-                MemoryLimit::Finite(limit) => limit as u64,
-                MemoryLimit::Infinite | MemoryLimit::Unknown => 0,
-            },
+            memory_used: self.memory.held() as u64,
+            memory_limit: self.memory.limit().unwrap_or_default() as u64,
             spilled_bytes: self.spilled.load(Ordering::Relaxed),
             shuffle_disk_bytes: self.shuffle.store.usage().disk_bytes,
             peak_rss: if self.report_rss {

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use actix::prelude::*;
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_engine::ShuffleEnv;
-use ember_engine::memory::MemorySettings;
+use ember_engine::memory::ExecutorMemory;
 use ember_transport::{ActorAddress, Mailbox};
 use futures::future::AbortHandle;
 
@@ -41,7 +40,7 @@ pub struct Executor {
     /// Faults to inject (`ember.faults.*`), for tests of fault handling.
     faults: Arc<Faults>,
     /// The memory budget tasks run within, and what to raise past it.
-    memory: Arc<MemorySettings>,
+    memory: Arc<ExecutorMemory>,
     /// Bytes the executor's tasks spilled so far.
     spilled: Arc<AtomicU64>,
     report_rss: bool,
@@ -60,8 +59,7 @@ pub struct ExecutorSpec {
     pub faults: Arc<Faults>,
     /// The memory budget and spill space tasks run in; executors of one
     /// process share it.
-    pub runtime: Arc<RuntimeEnv>,
-    pub memory: Arc<MemorySettings>,
+    pub memory: Arc<ExecutorMemory>,
     /// Whether usage reports carry the process's peak RSS (not on
     /// simulated hosts, whose runs must replay exactly).
     pub report_rss: bool,
@@ -70,9 +68,10 @@ pub struct ExecutorSpec {
 impl Executor {
     pub fn new(spec: ExecutorSpec) -> Self {
         let me = ActorAddress::local(format!("executor-{}", spec.id));
-        let config = spec
+        let mut config = spec
             .session_config
             .with_extension(Arc::clone(&spec.shuffle));
+        spec.memory.tune(&mut config);
         Self {
             watchers: Watchers::new(me.clone()),
             me,
@@ -82,7 +81,8 @@ impl Executor {
             pool: spec.pool,
             shuffle: spec.shuffle,
             session: {
-                let session = SessionContext::new_with_config_rt(config, spec.runtime);
+                let session =
+                    SessionContext::new_with_config_rt(config, Arc::clone(spec.memory.base()));
                 ember_engine::files::register(&session);
                 session
             },

@@ -11,7 +11,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use ember_engine::StageKind;
-use ember_engine::memory::MemorySettings;
+use ember_engine::memory::ExecutorMemory;
 use ember_engine::shuffle::MapStatus;
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
@@ -36,7 +36,7 @@ pub enum TaskPool {
 pub struct TaskEnv {
     pub faults: Arc<Faults>,
     /// To say what to raise when memory runs out.
-    pub memory: Arc<MemorySettings>,
+    pub memory: Arc<ExecutorMemory>,
     /// The executor's count of spilled bytes.
     pub spilled: Arc<AtomicU64>,
 }

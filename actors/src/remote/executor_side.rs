@@ -46,8 +46,7 @@ pub struct RemoteExecutorSpec {
     /// Faults to inject (`ember.faults.*`).
     pub faults: Arc<crate::faults::Faults>,
     /// The executor's memory budget and spill space.
-    pub runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
-    pub memory: Arc<ember_engine::memory::MemorySettings>,
+    pub memory: Arc<ember_engine::memory::ExecutorMemory>,
     /// On a simulated host: shuffle output stays in memory and reports
     /// leave out the process's RSS, since a run on the virtual clock must
     /// not wait on real disks or depend on the real process.
@@ -69,14 +68,14 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
     let store = Arc::new(BlockStore::default());
     let fetcher =
         RemoteFetcher::open(spec.node.clone(), FETCH_TIMEOUT).map_err(|e| e.to_string())?;
-    let shuffle = Arc::new(ShuffleEnv {
-        keep_in_memory: spec.simulated,
-        ..ShuffleEnv::remote(
+    let shuffle = Arc::new(
+        ShuffleEnv::remote(
             store.clone(),
             spec.executor.0.clone(),
             Arc::new(fetcher.clone()),
         )
-    });
+        .with_memory(spec.memory.shuffle_pool()),
+    );
     let driver_address = spec.driver.actor(DRIVER);
     let driver_mailbox = spec
         .node
@@ -104,7 +103,7 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         session: {
             let session = SessionContext::new_with_config_rt(
                 spec.session_config.clone(),
-                Arc::clone(&spec.runtime),
+                Arc::clone(spec.memory.base()),
             );
             spec.functions.register(&session);
             ember_engine::files::register(&session);
@@ -129,7 +128,6 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
         session_config: spec.session_config,
         owns_arbiter: false,
         faults: spec.faults,
-        runtime: spec.runtime,
         memory: spec.memory,
         report_rss: !spec.simulated,
     }));

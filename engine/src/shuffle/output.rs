@@ -13,16 +13,12 @@ use datafusion::arrow::ipc::CompressionType;
 use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SpillFile, SpillWriter};
 
 use super::store::{MapOutput, MapOutputFile};
 use crate::error::EngineError;
-
-/// The share of the memory budget shuffle blocks may hold in memory; the
-/// rest stays for the operators that can spill.
-const MEMORY_SHARE: usize = 2;
 
 struct DiskOutput {
     file: Arc<dyn SpillFile>,
@@ -57,13 +53,14 @@ impl MapOutputWriter {
     pub(crate) fn new(
         schema: &SchemaRef,
         target_rows: usize,
-        keep_in_memory: bool,
+        memory: Option<Arc<dyn MemoryPool>>,
         runtime: &Arc<RuntimeEnv>,
         description: String,
     ) -> Self {
-        let memory = keep_in_memory.then(|| HeldInMemory {
+        let memory = memory.map(|pool| HeldInMemory {
             blocks: BTreeMap::new(),
-            reservation: MemoryConsumer::new("ShuffleBlocks").register(&runtime.memory_pool),
+            reservation: MemoryConsumer::new(format!("ShuffleBlocks[{description}]"))
+                .register(&pool),
         });
         Self {
             schema: Arc::clone(schema),
@@ -164,12 +161,7 @@ impl MapOutputWriter {
     fn emit(&mut self, reduce: usize, batch: RecordBatch) -> Result<()> {
         if let Some(held) = &mut self.memory {
             let bytes = batch.get_array_memory_size();
-            let pool = &self.runtime.memory_pool;
-            let within_share = match pool.memory_limit() {
-                MemoryLimit::Finite(limit) => pool.reserved() + bytes <= limit / MEMORY_SHARE,
-                MemoryLimit::Infinite | MemoryLimit::Unknown => true,
-            };
-            if within_share && held.reservation.try_grow(bytes).is_ok() {
+            if held.reservation.try_grow(bytes).is_ok() {
                 held.blocks.entry(reduce).or_default().push(batch);
                 return Ok(());
             }
@@ -329,10 +321,7 @@ mod tests {
     async fn map_output_on_disk_reads_back_whole_and_is_deleted_with_its_stage() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlockStore::default());
-        let env = ShuffleEnv {
-            keep_in_memory: false,
-            ..ShuffleEnv::new(Arc::clone(&store))
-        };
+        let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
         let context = task(env, &settings(dir.path(), 64 << 20, None));
         write(&context).await.unwrap();
         let usage = store.usage();
@@ -347,20 +336,27 @@ mod tests {
 
     #[tokio::test]
     async fn local_map_output_stays_in_memory_until_the_budget_is_reached() {
-        for (limit, in_memory) in [(256 << 20, true), (64 << 10, false)] {
+        for (limit, in_memory) in [(256 << 20, true), (256 << 10, false)] {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(BlockStore::default());
-            let context = task(
-                ShuffleEnv::new(Arc::clone(&store)),
-                &settings(dir.path(), limit, None),
+            let memory = settings(dir.path(), limit, None).executor(2, true).unwrap();
+            let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(memory.shuffle_pool());
+            let config = SessionConfig::new()
+                .with_batch_size(1_000)
+                .with_extension(Arc::new(env));
+            let context = Arc::new(
+                TaskContext::default()
+                    .with_session_config(config)
+                    .with_runtime(memory.task_runtime().unwrap()),
             );
             write(&context).await.unwrap();
             let usage = store.usage();
             assert_eq!(usage.memory_bytes > 0, in_memory, "{limit}: {usage:?}");
             assert_eq!(usage.disk_bytes > 0, !in_memory, "{limit}: {usage:?}");
             assert_eq!(read_back(&context).await, (0..ROWS).collect::<Vec<_>>());
+            assert_eq!(memory.held() > 0, in_memory);
             store.remove_map(1, 0);
-            assert_eq!(context.runtime_env().memory_pool.reserved(), 0);
+            assert_eq!(memory.held(), 0);
         }
     }
 
@@ -368,10 +364,7 @@ mod tests {
     async fn a_full_disk_quota_fails_the_task_naming_the_setting_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlockStore::default());
-        let env = ShuffleEnv {
-            keep_in_memory: false,
-            ..ShuffleEnv::new(Arc::clone(&store))
-        };
+        let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
         let context = task(env, &settings(dir.path(), 64 << 20, Some(16 << 10)));
         let err = write(&context).await.unwrap_err().to_string();
         assert!(

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SpillFile;
-use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation, UnboundedMemoryPool};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -349,21 +349,27 @@ pub struct ShuffleEnv {
     /// How to reach blocks other executors hold; `None` in local mode, where
     /// every block is in `store`.
     pub fetcher: Option<Arc<dyn BlockFetcher>>,
-    /// Whether map output may stay in memory while the memory budget
-    /// allows (local mode); otherwise it always goes to disk.
-    pub keep_in_memory: bool,
+    /// What map output kept in memory may take (local mode); `None`: it
+    /// always goes to disk.
+    pub memory: Option<Arc<dyn MemoryPool>>,
 }
 
 impl ShuffleEnv {
     /// Local mode: every block is read from `store`, and map output stays
-    /// in memory while the budget allows.
+    /// in memory (without limit unless [`Self::with_memory`] sets one).
     pub fn new(store: Arc<BlockStore>) -> Self {
         Self {
             store,
             local: String::new(),
             fetcher: None,
-            keep_in_memory: true,
+            memory: Some(Arc::new(UnboundedMemoryPool::default())),
         }
+    }
+
+    /// Map output stays in memory while `memory` allows, or (`None`)
+    /// always goes to disk.
+    pub fn with_memory(self, memory: Option<Arc<dyn MemoryPool>>) -> Self {
+        Self { memory, ..self }
     }
 
     /// An executor among others: blocks whose map task ran on `local` are
@@ -378,7 +384,7 @@ impl ShuffleEnv {
             store,
             local: local.into(),
             fetcher: Some(fetcher),
-            keep_in_memory: false,
+            memory: None,
         }
     }
 }

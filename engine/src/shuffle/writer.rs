@@ -221,7 +221,7 @@ impl ExecutionPlan for ShuffleWriterExec {
             let mut output = MapOutputWriter::new(
                 &input_schema,
                 target_rows,
-                env.keep_in_memory,
+                env.memory.clone(),
                 &runtime,
                 format!("shuffle map output {stage}.{partition}"),
             );
