@@ -18,7 +18,9 @@
 //! got right, against the targets: local[2] at most 1.15x DataFusion in
 //! sum and no query above 2x; client mode at most 1.5x in sum.
 //!
-//! `cargo bench --bench tpch`; `EMBER_BENCH_SCALE` sets the scale factor
+//! `cargo bench --bench tpch`; `EMBER_BENCH_BINARY` runs another `ember`
+//! (a build of an earlier commit, for before and after against the same
+//! baseline); `EMBER_BENCH_SCALE` sets the scale factor
 //! (default 1), `EMBER_BENCH_RUNS` the runs of each query in each way
 //! (default 3, the median is reported), `EMBER_BENCH_QUERIES` which queries
 //! (a comma-separated list of numbers; default all 22).
@@ -40,7 +42,7 @@ use ember_testkit::LoopbackCluster;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn ember() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_ember"))
+    ember_testkit::bench_binary(env!("CARGO_BIN_EXE_ember"))
 }
 
 struct Cluster(LoopbackCluster);

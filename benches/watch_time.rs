@@ -7,7 +7,8 @@
 //! - `ember submit --master local[2]` on a 1-row table (a job's fixed cost).
 //!
 //! `cargo bench --bench watch_time`; `EMBER_BENCH_ROWS` and `EMBER_BENCH_RUNS`
-//! change the size and the number of runs.
+//! change the size and the number of runs, `EMBER_BENCH_BINARY` runs another
+//! `ember` (a build of an earlier commit) against the same baseline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -25,7 +26,7 @@ const QUERY: &str = "SELECT video_id, SUM(watch_seconds)/60.0 AS minutes, COUNT(
 /// Runs `ember submit` to completion; returns its wall time.
 fn ember_submit(job: &Path) -> Duration {
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_ember"))
+    let status = Command::new(ember_testkit::bench_binary(env!("CARGO_BIN_EXE_ember")))
         .args(["submit", "--master", "local[2]", "--format", "csv"])
         .arg(job)
         .stdout(Stdio::null())

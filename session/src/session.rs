@@ -652,6 +652,17 @@ impl Session {
 
     /// Stops the driver, telling a cluster how the application went.
     pub async fn stop_with(self, failure: Option<String>) -> bool {
+        // What each executor held and spilled, for `-v` and for benchmarks.
+        for executor in self.executors(true).await {
+            let usage = executor.usage;
+            tracing::info!(
+                executor = %executor.id,
+                spilled_bytes = usage.spilled_bytes,
+                peak_rss = usage.peak_rss,
+                memory_limit = usage.memory_limit,
+                "executor usage"
+            );
+        }
         match self.backend {
             Backend::Local(cluster) => cluster.stop(Duration::from_secs(5)).await,
             Backend::Cluster(app) => {

@@ -395,3 +395,15 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// The `ember` binary a benchmark runs: `built` (this build's), unless
+/// `EMBER_BENCH_BINARY` names another, such as a build of an earlier
+/// commit, to compare before and after against the same baseline.
+pub fn bench_binary(built: &str) -> &'static Path {
+    static CHOSEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        std::env::var_os("EMBER_BENCH_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(built))
+    })
+}
