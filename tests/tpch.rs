@@ -299,3 +299,60 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
         "the same data again"
     );
 }
+
+/// Spark's autoBroadcastJoinThreshold: a small side (nation, from Parquet
+/// statistics) is read whole by every task of the other side; at 0 both
+/// sides are shuffled, and the answer is the same.
+#[test]
+fn the_broadcast_threshold_chooses_between_a_broadcast_and_a_shuffled_join() {
+    let dir = data();
+    let work = tempfile::tempdir().unwrap();
+    let job = work.path().join("join.sql");
+    let sql = "SELECT n.n_name, count(*) AS suppliers FROM supplier s \
+               JOIN nation n ON s.s_nationkey = n.n_nationkey GROUP BY n.n_name;\n";
+    std::fs::write(&job, format!("{}{sql}", tpch::tables_ddl(dir))).unwrap();
+    let plan = |threshold: &str| {
+        let out = ember()
+            .args(["submit", "--master", "local[2]", "--explain", "--conf"])
+            .arg(format!("ember.sql.autoBroadcastJoinThreshold={threshold}"))
+            .arg(&job)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.contains("HashJoinExec"))
+            .unwrap_or_else(|| panic!("no join in {text}"))
+            .to_string()
+    };
+    assert!(plan("10m").contains("mode=CollectLeft"), "{}", plan("10m"));
+    assert!(plan("0").contains("mode=Partitioned"), "{}", plan("0"));
+    let rows = |threshold: &str| {
+        let out = ember()
+            .args([
+                "submit", "--master", "local[2]", "--format", "csv", "--conf",
+            ])
+            .arg(format!("ember.sql.autoBroadcastJoinThreshold={threshold}"))
+            .arg(&job)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let broadcast = rows("10m");
+    assert_eq!(broadcast.len(), 26, "{broadcast:?}");
+    assert_eq!(broadcast, rows("0"));
+}

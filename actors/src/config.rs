@@ -63,6 +63,7 @@ pub const WORKER_RETRY_INTERVAL: &str = "ember.worker.registrationRetryInterval"
 pub const EXECUTOR_CONNECT_TIMEOUT: &str = "ember.executor.driverConnectTimeout";
 pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
 pub const DRIVER_MEMORY: &str = "ember.driver.memory";
+pub const BROADCAST_THRESHOLD: &str = "ember.sql.autoBroadcastJoinThreshold";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -77,6 +78,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::PositiveInt,
         default: "",
         doc: "Partitions of a shuffle (and of file scans). Defaults to the number of task slots.",
+    },
+    ConfigKey {
+        name: BROADCAST_THRESHOLD,
+        kind: ValueKind::Size,
+        default: "10m",
+        doc: "A join side estimated under this size (from file statistics) is read whole by every task of the other side (Spark's broadcast join) instead of shuffling both; 0 turns it off, so every equi-join is a shuffled hash join. Only sides whose rows are not preserved are ever broadcast.",
     },
     ConfigKey {
         name: DRIVER_MEMORY,

@@ -15,7 +15,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use ember_actors::cluster_app::{ClusterApp, ClusterAppSpec};
 use ember_actors::cluster_manager::AppRequest;
-use ember_actors::config::{DRIVER_MEMORY, EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS};
+use ember_actors::config::{
+    BROADCAST_THRESHOLD, DRIVER_MEMORY, EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS,
+};
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
@@ -692,6 +694,17 @@ fn session_config(
 ) -> Result<datafusion::prelude::SessionConfig, SessionError> {
     let partitions = conf.get_usize(SHUFFLE_PARTITIONS).unwrap_or(slots);
     let mut config = planning_config(partitions);
+    if let Some(threshold) = conf
+        .get(BROADCAST_THRESHOLD)
+        .and_then(|_| conf.size(BROADCAST_THRESHOLD))
+    {
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold = threshold;
+        if threshold == 0 {
+            // DataFusion also broadcasts a side of few rows; off is off.
+            optimizer.hash_join_single_partition_threshold_rows = 0;
+        }
+    }
     conf.apply_datafusion_options(&mut config)?;
     Ok(config)
 }
