@@ -311,19 +311,26 @@ fn the_broadcast_threshold_chooses_between_a_broadcast_and_a_shuffled_join() {
     let sql = "SELECT n.n_name, count(*) AS suppliers FROM supplier s \
                JOIN nation n ON s.s_nationkey = n.n_nationkey GROUP BY n.n_name;\n";
     std::fs::write(&job, format!("{}{sql}", tpch::tables_ddl(dir))).unwrap();
-    let plan = |threshold: &str| {
-        let out = ember()
-            .args(["submit", "--master", "local[2]", "--explain", "--conf"])
-            .arg(format!("ember.sql.autoBroadcastJoinThreshold={threshold}"))
+    // What `ember submit` prints for the job at this threshold.
+    let submit = |threshold: &str, explain: bool| {
+        let mut command = ember();
+        command.args(["submit", "--master", "local[2]", "--format", "csv"]);
+        if explain {
+            command.arg("--explain");
+        }
+        let out = command
+            .arg(format!(
+                "--conf=ember.sql.autoBroadcastJoinThreshold={threshold}"
+            ))
             .arg(&job)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plan = |threshold: &str| {
+        let text = submit(threshold, true);
         text.lines()
             .find(|l| l.contains("HashJoinExec"))
             .unwrap_or_else(|| panic!("no join in {text}"))
@@ -332,20 +339,7 @@ fn the_broadcast_threshold_chooses_between_a_broadcast_and_a_shuffled_join() {
     assert!(plan("10m").contains("mode=CollectLeft"), "{}", plan("10m"));
     assert!(plan("0").contains("mode=Partitioned"), "{}", plan("0"));
     let rows = |threshold: &str| {
-        let out = ember()
-            .args([
-                "submit", "--master", "local[2]", "--format", "csv", "--conf",
-            ])
-            .arg(format!("ember.sql.autoBroadcastJoinThreshold={threshold}"))
-            .arg(&job)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        let mut lines: Vec<String> = submit(threshold, false)
             .lines()
             .map(str::to_string)
             .collect();
