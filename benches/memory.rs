@@ -204,6 +204,7 @@ con = duckdb.connect()
 con.execute("SET threads = 2")
 con.execute("SET memory_limit = '4GB'")
 con.execute("SET preserve_insertion_order = false")
+con.execute("SET enable_progress_bar = false")
 started = time.time()
 for table in os.environ["EMBER_TABLES"].split(","):
     con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{os.environ['EMBER_DIR']}/{table}/*.parquet')")

@@ -403,6 +403,7 @@ pub fn bench_binary(built: &str) -> &'static Path {
     static CHOSEN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     CHOSEN.get_or_init(|| {
         std::env::var_os("EMBER_BENCH_BINARY")
+            .filter(|b| !b.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(built))
     })
