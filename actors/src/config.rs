@@ -64,6 +64,7 @@ pub const EXECUTOR_CONNECT_TIMEOUT: &str = "ember.executor.driverConnectTimeout"
 pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
 pub const DRIVER_MEMORY: &str = "ember.driver.memory";
 pub const BROADCAST_THRESHOLD: &str = "ember.sql.autoBroadcastJoinThreshold";
+pub const SHUFFLE_COMPRESS: &str = "ember.shuffle.compress";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -84,6 +85,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Size,
         default: "10m",
         doc: "A join side estimated under this size (from file statistics) is read whole by every task of the other side (Spark's broadcast join) instead of shuffling both; 0 turns it off, so every equi-join is a shuffled hash join. Only sides whose rows are not preserved are ever broadcast.",
+    },
+    ConfigKey {
+        name: SHUFFLE_COMPRESS,
+        kind: ValueKind::Bool,
+        default: "true",
+        doc: "Compress shuffle files with LZ4 (Spark's spark.shuffle.compress): less disk and page cache for some CPU.",
     },
     ConfigKey {
         name: DRIVER_MEMORY,
@@ -532,6 +539,7 @@ impl EmberConf {
         let mut settings = ember_engine::memory::MemorySettings {
             limit,
             raise: raise.to_string(),
+            compress_shuffle: self.flag(SHUFFLE_COMPRESS),
             ..Default::default()
         };
         for (key, value) in self

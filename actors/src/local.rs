@@ -124,9 +124,7 @@ impl LocalCluster {
         let launcher = LocalLauncher {
             threads,
             pool,
-            shuffle: Arc::new(
-                ShuffleEnv::new(store.clone()).with_memory(spec.memory.shuffle_pool()),
-            ),
+            shuffle: Arc::new(ShuffleEnv::new(store.clone()).with_storage(&spec.memory)),
             session_config: spec.session_config,
             started: Arc::clone(&executors),
             arbiters: Vec::new(),

@@ -84,6 +84,11 @@ impl ExecutorMemory {
         self.shuffle.clone()
     }
 
+    /// Whether shuffle files are compressed.
+    pub fn compress_shuffle(&self) -> bool {
+        self.settings.compress_shuffle
+    }
+
     /// Bytes held now by running tasks and by shuffle blocks in memory.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed) + self.shuffle.as_ref().map_or(0, |p| p.reserved())
@@ -166,7 +171,7 @@ impl MemoryPool for CountedPool {
 }
 
 /// How much memory and disk an executor's tasks may use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemorySettings {
     /// The pool's size in bytes; `None`: no limit.
     pub limit: Option<usize>,
@@ -178,6 +183,8 @@ pub struct MemorySettings {
     /// The setting a user raises when a task runs out of memory, as it
     /// reads on the command line (`--executor-memory`, say).
     pub raise: String,
+    /// Whether shuffle files are LZ4-compressed (`ember.shuffle.compress`).
+    pub compress_shuffle: bool,
 }
 
 impl MemorySettings {
@@ -262,6 +269,18 @@ impl MemorySettings {
              {raise}{limit}, or give the query more partitions \
              (ember.sql.shuffle.partitions) so each task holds less"
         ))
+    }
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            limit: None,
+            temp_directory: None,
+            max_temp_bytes: None,
+            raise: String::new(),
+            compress_shuffle: true,
+        }
     }
 }
 

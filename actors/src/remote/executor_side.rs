@@ -74,7 +74,7 @@ pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor,
             spec.executor.0.clone(),
             Arc::new(fetcher.clone()),
         )
-        .with_memory(spec.memory.shuffle_pool()),
+        .with_storage(&spec.memory),
     );
     let driver_address = spec.driver.actor(DRIVER);
     let driver_mailbox = spec

@@ -1,7 +1,8 @@
 //! Writing one map task's output: rows are joined into full batches per
 //! reduce partition, then kept in memory while the memory budget allows
-//! (local mode) or written through to one LZ4-compressed Arrow IPC file in
-//! the executor's spill directory, counted against its disk quota.
+//! (local mode) or written through to one Arrow IPC file (LZ4-compressed
+//! unless `ember.shuffle.compress` is off) in the executor's spill
+//! directory, counted against its disk quota.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -39,6 +40,7 @@ pub(crate) struct MapOutputWriter {
     target_rows: usize,
     description: String,
     runtime: Arc<RuntimeEnv>,
+    compress: bool,
     /// Per reduce partition: its coalescer (`None`: batches kept as they
     /// come) and its rows.
     open: BTreeMap<usize, (Option<BatchCoalescer>, u64)>,
@@ -54,6 +56,7 @@ impl MapOutputWriter {
         schema: &SchemaRef,
         target_rows: usize,
         memory: Option<Arc<dyn MemoryPool>>,
+        compress: bool,
         runtime: &Arc<RuntimeEnv>,
         description: String,
     ) -> Self {
@@ -67,6 +70,7 @@ impl MapOutputWriter {
             target_rows,
             description,
             runtime: Arc::clone(runtime),
+            compress,
             open: BTreeMap::new(),
             memory,
             disk: None,
@@ -199,8 +203,8 @@ impl MapOutputWriter {
             .disk_manager
             .create_tmp_file(&self.description)?;
         let sink = file.open_writer()?;
-        let options =
-            IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+        let codec = self.compress.then_some(CompressionType::LZ4_FRAME);
+        let options = IpcWriteOptions::default().try_with_compression(codec)?;
         let writer = FileWriter::try_new_with_options(BufWriter::new(sink), &self.schema, options)
             .map_err(|e| write_failed(&self.description, &file, e.to_string()))?;
         Ok(DiskOutput {
@@ -314,24 +318,33 @@ mod tests {
             temp_directory: Some(dir.to_path_buf()),
             max_temp_bytes: max_disk,
             raise: "--executor-memory".into(),
+            compress_shuffle: true,
         }
     }
 
     #[tokio::test]
     async fn map_output_on_disk_reads_back_whole_and_is_deleted_with_its_stage() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlockStore::default());
-        let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
-        let context = task(env, &settings(dir.path(), 64 << 20, None));
-        write(&context).await.unwrap();
-        let usage = store.usage();
-        assert_eq!((usage.map_outputs, usage.memory_bytes), (1, 0));
-        assert!(usage.disk_bytes > 0, "{usage:?}");
-        assert_eq!(files_under(dir.path()), 1, "one data file per map task");
-        assert_eq!(read_back(&context).await, (0..ROWS).collect::<Vec<_>>());
-        store.remove_stages(&[1]);
-        assert_eq!(files_under(dir.path()), 0, "the file goes with its stage");
-        assert_eq!(context.runtime_env().disk_manager.used_disk_space(), 0);
+        let mut sizes = Vec::new();
+        for compress in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(BlockStore::default());
+            let env = ShuffleEnv {
+                compress,
+                ..ShuffleEnv::new(Arc::clone(&store)).with_memory(None)
+            };
+            let context = task(env, &settings(dir.path(), 64 << 20, None));
+            write(&context).await.unwrap();
+            let usage = store.usage();
+            assert_eq!((usage.map_outputs, usage.memory_bytes), (1, 0));
+            assert!(usage.disk_bytes > 0, "{usage:?}");
+            sizes.push(usage.disk_bytes);
+            assert_eq!(files_under(dir.path()), 1, "one data file per map task");
+            assert_eq!(read_back(&context).await, (0..ROWS).collect::<Vec<_>>());
+            store.remove_stages(&[1]);
+            assert_eq!(files_under(dir.path()), 0, "the file goes with its stage");
+            assert_eq!(context.runtime_env().disk_manager.used_disk_space(), 0);
+        }
+        assert!(sizes[0] < sizes[1], "LZ4 makes the file smaller: {sizes:?}");
     }
 
     #[tokio::test]

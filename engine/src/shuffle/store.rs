@@ -352,6 +352,8 @@ pub struct ShuffleEnv {
     /// What map output kept in memory may take (local mode); `None`: it
     /// always goes to disk.
     pub memory: Option<Arc<dyn MemoryPool>>,
+    /// Whether map output files are LZ4-compressed.
+    pub compress: bool,
 }
 
 impl ShuffleEnv {
@@ -363,6 +365,7 @@ impl ShuffleEnv {
             local: String::new(),
             fetcher: None,
             memory: Some(Arc::new(UnboundedMemoryPool::default())),
+            compress: true,
         }
     }
 
@@ -370,6 +373,16 @@ impl ShuffleEnv {
     /// always goes to disk.
     pub fn with_memory(self, memory: Option<Arc<dyn MemoryPool>>) -> Self {
         Self { memory, ..self }
+    }
+
+    /// Map output kept within `executor`'s shuffle memory, and written to
+    /// disk as it says.
+    pub fn with_storage(self, executor: &crate::memory::ExecutorMemory) -> Self {
+        Self {
+            memory: executor.shuffle_pool(),
+            compress: executor.compress_shuffle(),
+            ..self
+        }
     }
 
     /// An executor among others: blocks whose map task ran on `local` are
@@ -385,6 +398,7 @@ impl ShuffleEnv {
             local: local.into(),
             fetcher: Some(fetcher),
             memory: None,
+            compress: true,
         }
     }
 }

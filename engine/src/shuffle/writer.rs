@@ -222,6 +222,7 @@ impl ExecutionPlan for ShuffleWriterExec {
                 &input_schema,
                 target_rows,
                 env.memory.clone(),
+                env.compress,
                 &runtime,
                 format!("shuffle map output {stage}.{partition}"),
             );
