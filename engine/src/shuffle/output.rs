@@ -171,6 +171,12 @@ impl MapOutputWriter {
             }
             // Over budget: everything held so far goes to disk, in order,
             // and so does the rest of this output.
+            tracing::debug!(
+                output = %self.description,
+                held = held.reservation.size(),
+                batch = bytes,
+                "shuffle memory is full; this map output goes to disk"
+            );
             let held = std::mem::take(&mut held.blocks);
             self.memory = None;
             for (r, batches) in held {
