@@ -68,9 +68,14 @@ impl ExecutorMemory {
             inner,
             held: Arc::clone(&self.held),
         });
-        RuntimeEnvBuilder::from_runtime_env(&self.base)
-            .with_memory_pool(pool)
-            .build_arc()
+        // The executor's own disk manager, caches and object stores: only
+        // the pool is the task's.
+        Ok(Arc::new(RuntimeEnv {
+            memory_pool: pool,
+            disk_manager: Arc::clone(&self.base.disk_manager),
+            cache_manager: Arc::clone(&self.base.cache_manager),
+            object_store_registry: Arc::clone(&self.base.object_store_registry),
+        }))
     }
 
     /// The spill space and caches every task shares.
