@@ -112,9 +112,7 @@ fn executors(parents: &[u32], app: Option<&str>) -> Vec<u32> {
 
 /// VmRSS of `pid` in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    ember::engine::memory::process_memory(Some(pid), "VmRSS").map(|bytes| bytes / 1024)
 }
 
 /// User plus system CPU time of `pid`, in clock ticks.

@@ -45,7 +45,6 @@ pub struct ExecutorMemory {
     base: Arc<RuntimeEnv>,
     /// Each task's share of the budget; `None`: no limit.
     per_task: Option<usize>,
-    limit: Option<usize>,
     /// Bytes all running tasks hold now.
     held: Arc<AtomicUsize>,
     /// What shuffle blocks kept in memory may take (local mode).
@@ -115,7 +114,7 @@ impl ExecutorMemory {
 
     /// The whole budget, if any.
     pub fn limit(&self) -> Option<usize> {
-        self.limit
+        self.settings.limit
     }
 
     /// `error`, saying which setting to raise if memory ran out.
@@ -242,7 +241,6 @@ impl MemorySettings {
             settings: self.clone(),
             base,
             per_task: tasks.map(|t| (t / slots).max(1)),
-            limit: self.limit,
             held: Arc::default(),
             shuffle,
         })
@@ -322,9 +320,34 @@ pub fn human_size(bytes: u64) -> String {
 
 /// The machine's memory in bytes, if it can be read.
 pub fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    proc_bytes("/proc/meminfo", "MemTotal")
+}
+
+/// A process's peak resident memory (VmHWM) in bytes; `None`: this one.
+pub fn peak_rss(pid: Option<u32>) -> Option<u64> {
+    process_memory(pid, "VmHWM")
+}
+
+/// A memory figure of a process's `/proc/PID/status` (`VmRSS`, `VmHWM`)
+/// in bytes; `None`: this process.
+pub fn process_memory(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    proc_bytes(&path, field)
+}
+
+/// The `FIELD:   N kB` line of a /proc file, in bytes.
+fn proc_bytes(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     kb.checked_mul(1024)
 }
 
@@ -351,6 +374,21 @@ mod tests {
         assert!(err.to_string().contains("such as 512M"), "{err}");
         assert_eq!(human_size(300 << 20), "300 MB");
         assert_eq!(human_size(3 << 29), "1.5 GB");
+    }
+
+    #[test]
+    fn proc_figures_read_in_bytes() {
+        let total = physical_memory().unwrap();
+        // Resident now, then the peak, which includes that moment.
+        let now = process_memory(Some(std::process::id()), "VmRSS").unwrap();
+        let peak = peak_rss(None).unwrap();
+        assert!(
+            0 < now && now <= peak && peak < total,
+            "{now} {peak} {total}"
+        );
+        // `VmHWM` is not `VmHWMx`, nor a field that is not there.
+        assert_eq!(process_memory(None, "VmHW"), None);
+        assert_eq!(process_memory(Some(u32::MAX), "VmHWM"), None);
     }
 
     #[test]

@@ -31,15 +31,7 @@ use ember_transport::Node;
 
 /// This machine's memory less 1 GB (Spark's default for a worker).
 pub fn default_worker_memory_mb() -> u64 {
-    let total_kb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .unwrap_or(2 * 1024 * 1024);
+    let total_kb = ember_engine::memory::physical_memory().map_or(2 * 1024 * 1024, |b| b / 1024);
     (total_kb / 1024).saturating_sub(1024).max(1024)
 }
 

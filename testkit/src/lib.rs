@@ -372,7 +372,7 @@ pub fn run_measured(command: &mut Command) -> std::io::Result<Measured> {
     let watcher = std::thread::spawn(move || {
         let mut peak = 0;
         while !watching.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(hwm) = peak_rss(pid) {
+            if let Some(hwm) = ember_engine::memory::peak_rss(Some(pid)) {
                 peak = peak.max(hwm);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -386,14 +386,6 @@ pub fn run_measured(command: &mut Command) -> std::io::Result<Measured> {
         output: output?,
         peak_rss,
     })
-}
-
-/// A live process's peak RSS in bytes (VmHWM).
-pub fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// The `ember` binary a benchmark runs: `built` (this build's), unless

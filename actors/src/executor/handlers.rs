@@ -133,7 +133,7 @@ impl Executor {
             spilled_bytes: self.spilled.load(Ordering::Relaxed),
             shuffle_disk_bytes: self.shuffle.store.usage().disk_bytes,
             peak_rss: if self.report_rss {
-                peak_rss().unwrap_or_default()
+                ember_engine::memory::peak_rss(None).unwrap_or_default()
             } else {
                 0
             },
@@ -145,12 +145,4 @@ impl Executor {
             task.abort();
         }
     }
-}
-
-/// This process's peak resident memory (VmHWM), in bytes.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
 }
