@@ -136,7 +136,7 @@ impl MapOutputWriter {
             for reduce in reduces {
                 blocks.entry(reduce).or_default();
             }
-            return Ok((rows, MapOutput::with_memory(blocks, Some(reservation))));
+            return Ok((rows, MapOutput::in_memory(blocks, reservation)));
         }
         let mut index = std::mem::take(&mut self.index);
         for reduce in reduces {
@@ -359,7 +359,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let store = Arc::new(BlockStore::default());
             let memory = settings(dir.path(), limit, None).executor(2, true).unwrap();
-            let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(memory.shuffle_pool());
+            let env = ShuffleEnv::new(Arc::clone(&store)).with_storage(&memory);
             let config = SessionConfig::new()
                 .with_batch_size(1_000)
                 .with_extension(Arc::new(env));

@@ -51,12 +51,6 @@ pub enum BlockBatches {
     Disk(Box<DiskBlock>),
 }
 
-impl BlockBatches {
-    pub fn is_on_disk(&self) -> bool {
-        matches!(self, Self::Disk(_))
-    }
-}
-
 impl Iterator for BlockBatches {
     type Item = Result<RecordBatch, EngineError>;
 
@@ -144,24 +138,18 @@ pub struct MapOutput {
 }
 
 impl MapOutput {
-    /// Blocks held in memory, as they are.
-    pub fn in_memory(blocks: impl IntoIterator<Item = (usize, Vec<RecordBatch>)>) -> Self {
+    /// Blocks held in memory, and the budget they hold.
+    pub(crate) fn in_memory(
+        memory: BTreeMap<usize, Vec<RecordBatch>>,
+        reservation: MemoryReservation,
+    ) -> Self {
         Self {
-            blocks: blocks
+            blocks: memory
                 .into_iter()
                 .map(|(reduce, batches)| (reduce, Block::Memory(batches)))
                 .collect(),
-            ..Self::default()
-        }
-    }
-
-    pub(crate) fn with_memory(
-        memory: BTreeMap<usize, Vec<RecordBatch>>,
-        reservation: Option<MemoryReservation>,
-    ) -> Self {
-        Self {
-            reservation,
-            ..Self::in_memory(memory)
+            reservation: Some(reservation),
+            bytes_on_disk: 0,
         }
     }
 
