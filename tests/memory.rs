@@ -63,12 +63,15 @@ fn job(data: &Path, out: &Path) -> String {
         "CREATE EXTERNAL TABLE views STORED AS CSV LOCATION '{data}/' OPTIONS ('format.has_header' 'true');\n\
          COPY (SELECT * FROM views ORDER BY user_id, event_time, video_id, watch_seconds, country) \
          TO '{out}/sorted/' STORED AS PARQUET;\n\
-         COPY (SELECT user_id, event_time, count(*) AS n, sum(watch_seconds) AS w FROM views \
-         GROUP BY user_id, event_time) TO '{out}/grouped/' STORED AS PARQUET;\n",
+         COPY ({GROUP_BY}) TO '{out}/grouped/' STORED AS PARQUET;\n",
         data = data.display(),
         out = out.display()
     )
 }
+
+/// The group-by, about one group per row.
+const GROUP_BY: &str = "SELECT user_id, event_time, count(*) AS n, sum(watch_seconds) AS w \
+                        FROM views GROUP BY user_id, event_time";
 
 /// Strings in one representation, so the same rows digest the same
 /// whichever reader produced them.
@@ -135,34 +138,8 @@ async fn reference(data: &Path) -> &'static Reference {
             ctx.register_csv("views", &format!("{}/", data.display()), csv)
                 .await
                 .unwrap();
-            let mut rows = Digest::default();
-            let mut input_bytes = 0;
-            let mut all = ctx
-                .sql("SELECT * FROM views")
-                .await
-                .unwrap()
-                .execute_stream()
-                .await
-                .unwrap();
-            while let Some(batch) = all.next().await {
-                let batch = batch.unwrap();
-                input_bytes += batch.get_array_memory_size() as u64;
-                rows.add(&[batch]);
-            }
-            let mut groups = Digest::default();
-            let mut grouped = ctx
-                .sql(
-                    "SELECT user_id, event_time, count(*) AS n, sum(watch_seconds) AS w \
-                     FROM views GROUP BY user_id, event_time",
-                )
-                .await
-                .unwrap()
-                .execute_stream()
-                .await
-                .unwrap();
-            while let Some(batch) = grouped.next().await {
-                groups.add(&[batch.unwrap()]);
-            }
+            let (rows, input_bytes) = digest(&ctx, "SELECT * FROM views").await;
+            let (groups, _) = digest(&ctx, GROUP_BY).await;
             Reference {
                 rows,
                 groups,
@@ -170,6 +147,20 @@ async fn reference(data: &Path) -> &'static Reference {
             }
         })
         .await
+}
+
+/// The digest of `sql`'s rows, taken as they stream, and the bytes of
+/// Arrow batches they came in.
+async fn digest(ctx: &SessionContext, sql: &str) -> (Digest, u64) {
+    let mut rows = ctx.sql(sql).await.unwrap().execute_stream().await.unwrap();
+    let mut digest = Digest::default();
+    let mut bytes = 0;
+    while let Some(batch) = rows.next().await {
+        let batch = batch.unwrap();
+        bytes += batch.get_array_memory_size() as u64;
+        digest.add(&[batch]);
+    }
+    (digest, bytes)
 }
 
 /// Single-partition DataFusion's answers, and how much memory the input
