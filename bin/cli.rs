@@ -15,12 +15,13 @@ use ember_certs::shell_word;
 use ember_engine::script::{ScriptStatement, split_statements};
 
 use crate::datagen::{ViewsSpec, generate_views};
-use crate::output::{OutputFormat, footer, reader_gone, write_rows};
+use crate::output::{Limits, OutputFormat, footer, reader_gone, write_stream};
 use crate::progress::ConsoleProgress;
 use crate::tpch::TpchSpec;
 use ember_session::master::Master;
 use ember_session::{
-    ClusterSettings, Flow, Mode, ScriptError, Session, SessionOptions, StatementOutcome, run_script,
+    ClusterSettings, Flow, Mode, ScriptError, Session, SessionOptions, SinkError, StatementOutcome,
+    run_script,
 };
 
 #[derive(Debug, Parser)]
@@ -1091,23 +1092,32 @@ async fn run_statements(
     on_terminal: bool,
 ) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    let ran = run_script(session, job, statements, mode, |_, outcome, took| {
-        let rows = match outcome {
-            StatementOutcome::Rows(rows) => {
-                write_rows(&mut stdout, format, &rows)?;
-                rows.num_rows()
+    let ran = run_script(
+        session,
+        job,
+        statements,
+        mode,
+        async |_, outcome, started| {
+            let written = |e: std::io::Error| SinkError::Sink(ArrowError::from(e));
+            let rows = match outcome {
+                StatementOutcome::Rows(mut rows) => {
+                    write_stream(&mut stdout, format, &mut rows, Limits::default())
+                        .await?
+                        .1
+                }
+                StatementOutcome::Explain(text) => {
+                    writeln!(stdout, "{text}").map_err(written)?;
+                    return Ok(Flow::Continue);
+                }
+                StatementOutcome::Done => return Ok(Flow::Continue),
+            };
+            if on_terminal && format == OutputFormat::Table {
+                let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+                writeln!(stdout, "{}\n", footer(rows, Some(started.elapsed()))).map_err(written)?;
             }
-            StatementOutcome::Explain(text) => {
-                writeln!(stdout, "{text}").map_err(ArrowError::from)?;
-                return Ok(Flow::Continue);
-            }
-            StatementOutcome::Done => return Ok(Flow::Continue),
-        };
-        if on_terminal && format == OutputFormat::Table {
-            writeln!(stdout, "{}\n", footer(rows, Some(took))).map_err(ArrowError::from)?;
-        }
-        Ok(Flow::Continue)
-    })
+            Ok(Flow::Continue)
+        },
+    )
     .await;
     let _ = stdout.flush();
     match ran {

@@ -19,7 +19,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_actors::EmberConf;
-use ember_actors::config::SHUFFLE_PARTITIONS;
+use ember_actors::config::{ADVISORY_PARTITION_SIZE, MIN_PARTITION_SIZE, SHUFFLE_PARTITIONS};
 use ember_engine::distribute::complete_topk_orderings;
 use ember_sqlfuzz::generate::generate_tables;
 use ember_sqlfuzz::{FileFormat, Query, Table, generate_query, shrink_candidates};
@@ -853,6 +853,12 @@ async fn start_session(target: &Target, ddl: &[String], seed: u64) -> Result<Ses
     let mut conf = EmberConf::new();
     conf.set(SHUFFLE_PARTITIONS, &target.shuffle_partitions.to_string())
         .map_err(|e| failed(e.into()))?;
+    // Small reduce partitions are joined in runs of a few kilobytes, so
+    // that the fuzzer's small tables are coalesced in varied ways rather
+    // than always into one task.
+    for (key, value) in [(ADVISORY_PARTITION_SIZE, "4k"), (MIN_PARTITION_SIZE, "1")] {
+        conf.set(key, value).map_err(|e| failed(e.into()))?;
+    }
     let mut session = Session::start(SessionOptions {
         master,
         conf,

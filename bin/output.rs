@@ -84,13 +84,66 @@ pub fn write_batches(
     batches: &[RecordBatch],
     limits: Limits,
 ) -> Result<usize, ArrowError> {
+    write_part(out, format, schema, batches, limits, true)
+}
+
+/// Writes a job's rows in `format` as they are read, so that a result of
+/// any size passes through a few batches of memory: CSV and JSON a batch
+/// at a time; a table, which must see its rows to size its columns,
+/// gathers the rows it shows (`limits.max_rows`, all without a limit).
+/// Returns how many rows were written and how many the result has.
+pub async fn write_stream(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    rows: &mut ember_actors::JobRows,
+    limits: Limits,
+) -> Result<(usize, u64), ember_session::SinkError<ArrowError>> {
+    use ember_session::SinkError;
+    let schema = std::sync::Arc::clone(rows.schema());
+    if format == OutputFormat::Table {
+        let mut kept = Vec::new();
+        let mut taken = 0;
+        while limits.max_rows.is_none_or(|max| taken < max) {
+            let Some(batch) = rows.next().await else {
+                break;
+            };
+            let batch = batch?;
+            taken += batch.num_rows();
+            kept.push(batch);
+        }
+        let shown = write_batches(out, format, &schema, &kept, limits).map_err(SinkError::Sink)?;
+        return Ok((shown, rows.num_rows()));
+    }
+    let mut written = 0;
+    let mut first = true;
+    while let Some(batch) = rows.next().await {
+        let batch = batch?;
+        written +=
+            write_part(out, format, &schema, &[batch], limits, first).map_err(SinkError::Sink)?;
+        first = false;
+    }
+    if first {
+        write_part(out, format, &schema, &[], limits, true).map_err(SinkError::Sink)?;
+    }
+    Ok((written, written as u64))
+}
+
+/// Writes `batches`, with CSV's header line when `first`.
+fn write_part(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    limits: Limits,
+    first: bool,
+) -> Result<usize, ArrowError> {
     // Writers report I/O errors as text (the CSV one does); the pipe's
     // close is told apart here, where the error is still an io::Error.
     let mut watched = Watched {
         out,
         reader_gone: false,
     };
-    write_to(&mut watched, format, schema, batches, limits).map_err(|e| {
+    write_to(&mut watched, format, schema, batches, limits, first).map_err(|e| {
         if watched.reader_gone {
             ArrowError::IoError(
                 "the reader went away".into(),
@@ -128,6 +181,7 @@ fn write_to(
     schema: &Schema,
     batches: &[RecordBatch],
     limits: Limits,
+    header: bool,
 ) -> Result<usize, ArrowError> {
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     match format {
@@ -136,7 +190,7 @@ fn write_to(
             writeln!(out, "{table}")?;
             return Ok(shown);
         }
-        OutputFormat::Csv => write_csv(out, schema, batches)?,
+        OutputFormat::Csv => write_csv(out, schema, batches, header)?,
         OutputFormat::Json => {
             // Every row names every column, a NULL as null, so readers see
             // one shape of object.
@@ -156,24 +210,26 @@ fn write_to(
 /// Hive's shells), while a string that reads NULL is quoted (`"NULL"`) and
 /// an empty string is `""`: a reader tells the three apart, and no row is
 /// an empty line that readers would skip. A struct, list or map is its
-/// JSON text. A column that cannot be written is refused before the header.
+/// JSON text. A column that cannot be written is refused before the header,
+/// which comes first when `header` says so.
 fn write_csv(
     out: &mut dyn Write,
     schema: &Schema,
     batches: &[RecordBatch],
+    header: bool,
 ) -> Result<(), ArrowError> {
     // One write per line would be one system call per line on a terminal.
     let mut out = std::io::BufWriter::new(out);
     let text = FormatOptions::default();
     let json = EncoderOptions::default().with_explicit_nulls(true);
-    let mut header = Some(
+    let mut header = header.then(|| {
         schema
             .fields()
             .iter()
             .map(|f| csv_field(f.name()))
             .collect::<Vec<_>>()
-            .join(","),
-    );
+            .join(",")
+    });
     let mut line = String::new();
     for batch in batches {
         let batch_schema = batch.schema();

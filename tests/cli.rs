@@ -568,3 +568,61 @@ fn log_files_carry_no_colour_codes() {
         assert!(!written.contains("\u{1b}["), "{log}: {written:?}");
     }
 }
+
+/// How many tasks each stage of a `-v` run was submitted with.
+fn stage_tasks(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("stage submitted"))
+        .filter_map(|l| l.split("tasks=").nth(1))
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn small_reduce_partitions_are_coalesced_once_the_map_stage_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("group.sql");
+    std::fs::write(
+        &job,
+        "SELECT value % 7 AS k, count(*) AS n FROM generate_series(1, 100000) GROUP BY k ORDER BY k;\n",
+    )
+    .unwrap();
+    let expected: String = std::iter::once("k,n\n".to_string())
+        .chain((0..7).map(|k| {
+            let n = (1..=100_000u64).filter(|v| v % 7 == k).count();
+            format!("{k},{n}\n")
+        }))
+        .collect();
+    let run = |coalesce: &str| {
+        let out = ember(
+            &[
+                "submit",
+                "-v",
+                "--master",
+                "local[2]",
+                "--format",
+                "csv",
+                "--conf",
+                "ember.sql.shuffle.partitions=50",
+                "--conf",
+                &format!("ember.sql.adaptive.coalescePartitions.enabled={coalesce}"),
+                job.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        let log = text(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert_eq!(text(&out.stdout), expected, "with coalescing {coalesce}");
+        stage_tasks(&log)
+    };
+    // The aggregation reads the 50 partitions of a few rows each.
+    let planned = run("false");
+    assert!(planned.contains(&50), "{planned:?}");
+    let coalesced = run("true");
+    assert_eq!(coalesced.len(), planned.len(), "{coalesced:?}");
+    assert!(!coalesced.contains(&50), "{coalesced:?}");
+    assert!(
+        coalesced.iter().all(|&t| (1..=2).contains(&t)),
+        "{coalesced:?}"
+    );
+}

@@ -14,7 +14,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
-use ember_testkit::run_measured;
+use ember_testkit::{run_measured, run_measured_into};
 use futures::StreamExt;
 
 use crate::cluster::Cluster;
@@ -340,6 +340,118 @@ async fn a_sort_and_a_group_by_four_times_the_budget_complete_on_a_cluster() {
     }
     assert!(spilled > 0, "nothing spilled: {executors:#?}");
     check_answers(&data, out.path()).await;
+}
+
+/// Rows of `PAD` bytes each, `PARTS` partitions of them: over 1 GB as
+/// Arrow batches, made where they are needed rather than read.
+const WIDE_ROWS: u64 = 2_000_000;
+const PAD: usize = 500;
+const PARTS: u64 = 4;
+
+/// A query returning [`WIDE_ROWS`] rows numbered from 1, each padded.
+fn wide_rows() -> String {
+    let per = WIDE_ROWS / PARTS;
+    let parts: Vec<String> = (0..PARTS)
+        .map(|p| {
+            format!(
+                "SELECT value AS n, repeat('x', {PAD}) AS padding FROM generate_series({}, {})",
+                p * per + 1,
+                (p + 1) * per
+            )
+        })
+        .collect();
+    format!("{};\n", parts.join(" UNION ALL "))
+}
+
+/// Checks the JSON lines `ember submit` printed: every number from 1 to
+/// [`WIDE_ROWS`] once, each row padded in full.
+fn check_wide_rows(file: &Path) {
+    use std::io::BufRead;
+    let lines = std::io::BufReader::new(std::fs::File::open(file).unwrap()).lines();
+    let (mut rows, mut sum, mut squares) = (0u64, 0u64, 0u64);
+    for line in lines {
+        let row: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let n = row["n"].as_u64().unwrap();
+        assert_eq!(row["padding"].as_str().map(str::len), Some(PAD), "{n}");
+        rows += 1;
+        sum += n;
+        squares = squares.wrapping_add(n * n);
+    }
+    let all = WIDE_ROWS;
+    assert_eq!(rows, all);
+    assert_eq!(sum, all * (all + 1) / 2, "the numbers differ");
+    assert_eq!(
+        squares,
+        (1..=all).map(|n| n * n).fold(0u64, u64::wrapping_add),
+        "the numbers differ"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_bigger_than_memory_streams_through_the_driver() {
+    const BUDGET: u64 = 256 << 20;
+    let result_bytes = WIDE_ROWS * PAD as u64;
+    let out = tempfile::tempdir().unwrap();
+    let script = out.path().join("wide.sql");
+    std::fs::write(&script, wide_rows()).unwrap();
+
+    // Local mode: the driver and its executors share the 256 MB budget.
+    let printed = out.path().join("local.json");
+    let turn = crate::cluster::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let run = run_measured_into(
+        std::process::Command::new(ember())
+            .args(["submit", "--master", "local[2]", "--driver-memory", "256m"])
+            .args(["--format", "json"])
+            .arg(&script),
+        std::fs::File::create(&printed).unwrap(),
+    )
+    .unwrap();
+    drop(turn);
+    assert!(run.output.status.success(), "{}", text(&run.output.stderr));
+    let bound = BUDGET * 3 / 2 + OVERHEAD;
+    assert!(
+        bound < result_bytes,
+        "the rows would fit: the test proves nothing"
+    );
+    assert!(
+        run.peak_rss <= bound,
+        "peak RSS {} MB over {} MB while printing {} MB of rows",
+        mb(run.peak_rss),
+        mb(bound),
+        mb(result_bytes)
+    );
+    check_wide_rows(&printed);
+    std::fs::remove_file(&printed).unwrap();
+
+    // Client mode: the rows come from the executors through a driver that
+    // holds no data of its own.
+    let cluster = Cluster::start();
+    let script = cluster.job("wide.sql", &wide_rows());
+    let printed = out.path().join("client.json");
+    let run = run_measured_into(
+        &mut cluster.ember(&[
+            "submit",
+            "--name",
+            "print-everything",
+            "--total-executor-cores",
+            "2",
+            "--format",
+            "json",
+            script.to_str().unwrap(),
+        ]),
+        std::fs::File::create(&printed).unwrap(),
+    )
+    .unwrap();
+    assert!(run.output.status.success(), "{}", text(&run.output.stderr));
+    assert!(
+        run.peak_rss <= OVERHEAD,
+        "client-mode driver peak RSS {} MB while printing {} MB of rows",
+        mb(run.peak_rss),
+        mb(result_bytes)
+    );
+    check_wide_rows(&printed);
 }
 
 #[test]

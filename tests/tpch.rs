@@ -91,12 +91,19 @@ fn last_lines(log: &str) -> String {
 }
 
 fn run_local(master: &str, job: &Path) -> Result<String, String> {
-    let out = ember()
-        .args(["submit", "--master", master, "--format", "csv"])
-        .arg(job)
-        .output()
-        .unwrap();
-    printed(&out)
+    let mut command = ember();
+    command.args(["submit", "--master", master, "--format", "csv"]);
+    if master == "local[3]" {
+        // Many small reduce partitions, joined after each map stage in
+        // runs of about 64 KB: at this scale, into a different number of
+        // tasks for each shuffle.
+        command.args([
+            "--conf=ember.sql.shuffle.partitions=12",
+            "--conf=ember.sql.adaptive.advisoryPartitionSizeInBytes=64k",
+            "--conf=ember.sql.adaptive.coalescePartitions.minPartitionSize=1",
+        ]);
+    }
+    printed(&command.arg(job).output().unwrap())
 }
 
 fn run_client(cluster: &Cluster, n: u32, job: &Path) -> Result<String, String> {

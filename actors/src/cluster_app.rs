@@ -21,6 +21,7 @@ use crate::driver::{
     SchedulerConfig, StopDriver,
 };
 use crate::protocol::ExecutorId;
+use crate::remote::fetch::RemoteFetcher;
 use crate::remote::{CloseEndpoint, DriverEndpoint, ExecutorLostNotice, NodeContact};
 use crate::supervision::PeerDown;
 
@@ -35,6 +36,8 @@ const MANAGER_AWAY_LIMIT: Duration = Duration::from_secs(30);
 /// manager was down retries ever more slowly; a fresh one each second
 /// reaches a manager that came back within a second.
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long held result rows may take to start arriving.
+const RESULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How an application starts on a cluster.
 pub struct ClusterAppSpec {
@@ -68,14 +71,20 @@ pub enum ClusterAppError {
 struct ClusterLauncher {
     node: Node,
     secret: String,
+    fetcher: RemoteFetcher,
     endpoint: Option<oneshot::Sender<Result<Addr<DriverEndpoint>, String>>>,
 }
 
 impl ExecutorLauncher for ClusterLauncher {
     fn launch(&mut self, driver: DriverHandle) {
-        let started = DriverEndpoint::new(self.node.clone(), driver, self.secret.clone())
-            .map(Actor::start)
-            .map_err(|e| e.to_string());
+        let started = DriverEndpoint::new(
+            self.node.clone(),
+            driver,
+            self.secret.clone(),
+            self.fetcher.clone(),
+        )
+        .map(Actor::start)
+        .map_err(|e| e.to_string());
         if let Some(endpoint) = self.endpoint.take() {
             let _ = endpoint.send(started);
         }
@@ -92,6 +101,8 @@ pub struct ClusterApp {
     id: AppId,
     submission: Option<DriverId>,
     gave_up: Arc<Mutex<Option<String>>>,
+    /// Reads the result rows executors hold.
+    fetcher: RemoteFetcher,
 }
 
 impl ClusterApp {
@@ -102,9 +113,12 @@ impl ClusterApp {
         connect(&spec.node, &manager).await?;
         let secret = new_secret().map_err(|e| ClusterAppError::Start(e.to_string()))?;
         let (endpoint, started) = oneshot::channel();
+        let fetcher = RemoteFetcher::open(spec.node.clone(), RESULT_FETCH_TIMEOUT)
+            .map_err(|e| ClusterAppError::Start(e.to_string()))?;
         let launcher = ClusterLauncher {
             node: spec.node.clone(),
             secret: secret.clone(),
+            fetcher: fetcher.clone(),
             endpoint: Some(endpoint),
         };
         let me = spec.contact.actor(crate::remote::wire::DRIVER);
@@ -166,7 +180,13 @@ impl ClusterApp {
             id,
             submission: spec.submission,
             gave_up,
+            fetcher,
         })
+    }
+
+    /// Where the rows executors hold for this driver are read from.
+    pub fn results(&self) -> crate::driver::ResultSource {
+        crate::driver::ResultSource::Remote(Arc::new(self.fetcher.clone()))
     }
 
     /// Why the application was given up (the manager refused it, or a

@@ -65,6 +65,9 @@ pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
 pub const DRIVER_MEMORY: &str = "ember.driver.memory";
 pub const BROADCAST_THRESHOLD: &str = "ember.sql.autoBroadcastJoinThreshold";
 pub const SHUFFLE_COMPRESS: &str = "ember.shuffle.compress";
+pub const COALESCE_PARTITIONS: &str = "ember.sql.adaptive.coalescePartitions.enabled";
+pub const ADVISORY_PARTITION_SIZE: &str = "ember.sql.adaptive.advisoryPartitionSizeInBytes";
+pub const MIN_PARTITION_SIZE: &str = "ember.sql.adaptive.coalescePartitions.minPartitionSize";
 
 /// The table of keys.
 pub const KEYS: &[ConfigKey] = &[
@@ -85,6 +88,24 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Size,
         default: "10m",
         doc: "A join side estimated under this size (from file statistics) is read whole by every task of the other side (Spark's broadcast join) instead of shuffling both; 0 turns it off, so every equi-join is a shuffled hash join. Only sides whose rows are not preserved are ever broadcast.",
+    },
+    ConfigKey {
+        name: COALESCE_PARTITIONS,
+        kind: ValueKind::Bool,
+        default: "true",
+        doc: "Once a shuffle's map tasks have run, join runs of its small reduce partitions into one task each (Spark's adaptive coalescing), so a shuffle of many partitions does not run as many tiny tasks.",
+    },
+    ConfigKey {
+        name: ADVISORY_PARTITION_SIZE,
+        kind: ValueKind::Size,
+        default: "64m",
+        doc: "With coalescing: the most a task reads from joined reduce partitions, measured as Arrow batches in memory. A smaller size is used when that leaves task slots idle.",
+    },
+    ConfigKey {
+        name: MIN_PARTITION_SIZE,
+        kind: ValueKind::Size,
+        default: "1m",
+        doc: "With coalescing: the size a task reads at least, however many task slots there are (unless the whole shuffle is smaller).",
     },
     ConfigKey {
         name: SHUFFLE_COMPRESS,
@@ -484,6 +505,12 @@ impl EmberConf {
             no_executor_timeout: self.duration(NO_EXECUTOR_TIMEOUT),
             cluster_lost_timeout: self.duration(CLUSTER_LOST_TIMEOUT),
             speculation,
+            coalesce: self
+                .flag(COALESCE_PARTITIONS)
+                .then(|| ember_engine::adaptive::Coalescing {
+                    advisory_bytes: self.size(ADVISORY_PARTITION_SIZE).unwrap_or(64 << 20) as u64,
+                    min_bytes: self.size(MIN_PARTITION_SIZE).unwrap_or(1 << 20) as u64,
+                }),
         }
     }
 

@@ -38,7 +38,7 @@ pub mod supervision;
 pub mod worker;
 
 pub use config::{ConfigError, EmberConf};
-pub use driver::{Driver, JobError, JobListener, JobOutput, ProgressEvent};
+pub use driver::{Driver, JobError, JobListener, JobOutput, JobRows, ProgressEvent, ResultSource};
 pub use executor::{Executor, TaskPool};
 pub use local::{LocalCluster, LocalClusterSpec};
 pub use protocol::{ExecutorId, JobId, TaskId};

@@ -171,6 +171,12 @@ impl LocalCluster {
         }
     }
 
+    /// Where the result rows executors hold are read from: the store they
+    /// share.
+    pub fn results(&self) -> crate::driver::ResultSource {
+        crate::driver::ResultSource::Store(Arc::clone(&self.store))
+    }
+
     pub fn driver(&self) -> &Addr<Driver> {
         &self.driver
     }

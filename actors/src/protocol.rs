@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_engine::StageKind;
 use ember_engine::shuffle::MapStatus;
@@ -91,8 +90,8 @@ pub struct ExecutorUsage {
 pub enum TaskOutput {
     /// A map task: rows written per reduce partition.
     Map(MapStatus),
-    /// A result task: its rows.
-    Result(Vec<RecordBatch>),
+    /// A result task: its rows, or how many its executor holds.
+    Result(ember_engine::shuffle::ResultOutput),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,10 +26,11 @@ use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
 use crate::cli::{AppArgs, CANCEL_GRACE, console_progress, fail, interrupted, start_session};
-use crate::output::{Limits, OutputFormat, footer, reader_gone, write_batches};
+use crate::output::{Limits, OutputFormat, footer, reader_gone, write_batches, write_stream};
 use catalog::Listing;
 use commands::Command;
 use complete::{ShellHelper, Vocabulary};
+use ember_actors::JobRows;
 use ember_session::master::Master;
 use ember_session::{
     Mode, Session, SessionError, SessionOptions, StatementOutcome, statement_failed,
@@ -226,6 +227,15 @@ impl From<ArrowError> for Failure {
     }
 }
 
+impl From<ember_session::SinkError<ArrowError>> for Failure {
+    fn from(e: ember_session::SinkError<ArrowError>) -> Self {
+        match e {
+            ember_session::SinkError::Rows(e) => Failure::Error(e.to_string()),
+            ember_session::SinkError::Sink(e) => e.into(),
+        }
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         ArrowError::from(e).into()
@@ -394,7 +404,7 @@ impl Shell {
         let started = Instant::now();
         let timed = self.settings.timing.then_some(started);
         let footed = match self.cancellable(sql, mode).await? {
-            StatementOutcome::Rows(rows) => self.print(&rows.schema, &rows.batches, timed)?,
+            StatementOutcome::Rows(rows) => self.print_rows(rows, timed).await?,
             StatementOutcome::Explain(text) => {
                 writeln!(std::io::stdout(), "{text}")?;
                 false
@@ -424,13 +434,17 @@ impl Shell {
 
     /// Runs a statement; Ctrl-C meanwhile cancels its job (its tasks are
     /// killed) and the shell goes on.
-    async fn cancellable(&mut self, sql: &str, mode: Mode) -> Result<StatementOutcome, Failure> {
+    async fn cancellable(
+        &mut self,
+        sql: &str,
+        mode: Mode,
+    ) -> Result<StatementOutcome<JobRows>, Failure> {
         // A Ctrl-C from before this statement is not meant for it.
         if let Some(signal) = self.interrupt.as_mut() {
             while let Some(Some(())) = signal.recv().now_or_never() {}
         }
         let cancel = self.session.canceller();
-        let run = self.session.execute_in(sql, mode);
+        let run = self.session.execute_streaming(sql, mode);
         tokio::pin!(run);
         tokio::select! {
             result = &mut run => result.map_err(|e| match e {
@@ -449,6 +463,34 @@ impl Shell {
                 Err(Failure::Interrupted)
             }
         }
+    }
+
+    /// Prints a query's rows as they are read, as [`Shell::print`] does;
+    /// Ctrl-C stops the printing.
+    async fn print_rows(
+        &mut self,
+        mut rows: JobRows,
+        started: Option<Instant>,
+    ) -> Result<bool, Failure> {
+        let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
+        let limits = if table {
+            Limits::terminal(self.settings.max_rows)
+        } else {
+            Limits::default()
+        };
+        let format = self.settings.format;
+        let mut out = std::io::stdout().lock();
+        let written = tokio::select! {
+            written = write_stream(&mut out, format, &mut rows, limits) => written?,
+            _ = interrupted(&mut self.interrupt) => return Err(Failure::Interrupted),
+        };
+        if table {
+            let (shown, total) = written;
+            let total = usize::try_from(total).unwrap_or(usize::MAX);
+            writeln!(out, "{}\n", table_footer(shown, total, started))?;
+        }
+        out.flush()?;
+        Ok(table)
     }
 
     fn print_listing(&self, listing: &Listing) -> Result<(), Failure> {
@@ -476,17 +518,23 @@ impl Shell {
         let shown = write_batches(&mut out, self.settings.format, schema, batches, limits)?;
         if table {
             let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let mut footer = footer(total, started.map(|s| s.elapsed()));
-            if shown < total {
-                footer.push_str(&format!(
-                    " (the first {shown} shown; \\maxrows all or \\format csv shows every one)"
-                ));
-            }
-            writeln!(out, "{footer}\n")?;
+            writeln!(out, "{}\n", table_footer(shown, total, started))?;
         }
         out.flush()?;
         Ok(table)
     }
+}
+
+/// The line under a table: its rows, how long it took, and how to see
+/// the rows it left out.
+fn table_footer(shown: usize, total: usize, started: Option<Instant>) -> String {
+    let mut footer = footer(total, started.map(|s| s.elapsed()));
+    if shown < total {
+        footer.push_str(&format!(
+            " (the first {shown} shown; \\maxrows all or \\format csv shows every one)"
+        ));
+    }
+    footer
 }
 
 /// A script failure as submit words it: where, which statement, why.

@@ -252,6 +252,12 @@ impl Encoder<'_> {
             ReadMode::AllMaps => ALL_MAPS,
             ReadMode::SameIndex => SAME_INDEX,
         });
+        let ranges = reader.ranges().unwrap_or_default();
+        put_u64(buf, ranges.len() as u64);
+        for &(start, end) in ranges {
+            put_u64(buf, start as u64);
+            put_u64(buf, end as u64);
+        }
         let properties = reader.properties();
         let eq_properties = &properties.eq_properties;
         // A constant column is sorted, and travels as a one-column ordering:
@@ -430,6 +436,16 @@ impl Decoder<'_> {
             SAME_INDEX => ReadMode::SameIndex,
             other => return Err(malformed(format!("unknown read mode {other}")).into()),
         };
+        let coalesced = payload.usize("coalesced partitions")?;
+        let mut ranges = Vec::new();
+        for _ in 0..coalesced {
+            let start = payload.usize("coalesced range")?;
+            let end = payload.usize("coalesced range")?;
+            if start >= end {
+                return Err(malformed(format!("an empty coalesced range {start}..{end}")).into());
+            }
+            ranges.push((start, end));
+        }
         if !inputs.is_empty() {
             return Err(malformed(format!(
                 "a shuffle reader is a leaf, this one has {} inputs",
@@ -487,13 +503,22 @@ impl Decoder<'_> {
                 }
             }
         }
-        Ok(Arc::new(ShuffleReaderExec::new(
-            stage,
-            map_partitions,
-            mode,
-            partitioning,
-            eq_properties,
-        )))
+        let reader =
+            ShuffleReaderExec::new(stage, map_partitions, mode, partitioning, eq_properties);
+        Ok(Arc::new(if ranges.is_empty() {
+            reader
+        } else {
+            // The partitioning decoded is the coalesced one already.
+            let count = reader.properties().partitioning.partition_count();
+            if count != ranges.len() {
+                return Err(malformed(format!(
+                    "{} coalesced ranges for {count} partitions",
+                    ranges.len()
+                ))
+                .into());
+            }
+            reader.adapted(map_partitions, Some(ranges.into()))
+        }))
     }
 
     fn partitioning(
@@ -944,6 +969,17 @@ mod tests {
             after.eq_properties.oeq_class(),
             before.eq_properties.oeq_class()
         );
+
+        // Coalesced after its parent ran: which reduce partitions each
+        // partition reads travels with it.
+        let ranges: Arc<[(usize, usize)]> = Arc::from(vec![(0, 2), (2, 5)]);
+        let coalesced: Arc<dyn ExecutionPlan> =
+            Arc::new(decoded.adapted(2, Some(Arc::clone(&ranges))));
+        let plan = decode_plan(&encode_plan(Arc::clone(&coalesced)).unwrap(), &executor()).unwrap();
+        let decoded = plan.downcast_ref::<ShuffleReaderExec>().unwrap();
+        assert_eq!(decoded.ranges(), Some(&ranges[..]));
+        assert_eq!(decoded.map_partitions(), 2);
+        assert_eq!(decoded.properties().partitioning.partition_count(), 2);
     }
 
     #[tokio::test]

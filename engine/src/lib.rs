@@ -4,6 +4,7 @@
 //! scripts into statements. File output is staged per task attempt and
 //! committed by the driver (`commit`).
 
+pub mod adaptive;
 pub mod codec;
 pub mod commit;
 pub mod distribute;

@@ -11,7 +11,9 @@ mod session;
 pub mod setup;
 
 pub use master::Master;
-pub use script::{Flow, ScriptEnd, ScriptError, ScriptFailure, run_script, statement_failed};
+pub use script::{
+    Flow, ScriptEnd, ScriptError, ScriptFailure, SinkError, run_script, statement_failed,
+};
 pub use session::{
     ClusterSettings, CommitUsedAttempts, Mode, OutputCommitter, Session, SessionError,
     SessionOptions, StatementOutcome, missing_locations, output_claim,

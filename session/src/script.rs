@@ -3,8 +3,9 @@
 //! it comes, and the first failing statement ends the script with where it
 //! is, which one, and why.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use ember_actors::{JobError, JobRows};
 use ember_engine::script::ScriptStatement;
 
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
@@ -52,28 +53,55 @@ pub enum ScriptError<E: std::error::Error + 'static> {
     Sink(E),
 }
 
+/// Why a sink could not take a statement's outcome.
+#[derive(Debug)]
+pub enum SinkError<E> {
+    /// The rows could not all be read: the statement failed.
+    Rows(JobError),
+    /// The sink's own failure (the output could not be written).
+    Sink(E),
+}
+
+impl<E> From<JobError> for SinkError<E> {
+    fn from(e: JobError) -> Self {
+        Self::Rows(e)
+    }
+}
+
 /// Runs `statements` of the script named `script` in order. `sink` gets
-/// each statement with its outcome and how long it took.
+/// each statement with its outcome, its rows as a stream to take as they
+/// are read, and when the statement started.
 pub async fn run_script<E: std::error::Error + 'static>(
     session: &mut Session,
     script: &str,
     statements: &[ScriptStatement],
     mode: Mode,
-    mut sink: impl FnMut(&ScriptStatement, StatementOutcome, Duration) -> Result<Flow, E>,
+    mut sink: impl AsyncFnMut(
+        &ScriptStatement,
+        StatementOutcome<JobRows>,
+        Instant,
+    ) -> Result<Flow, SinkError<E>>,
 ) -> Result<ScriptEnd, ScriptError<E>> {
     for (done, statement) in statements.iter().enumerate() {
         let started = Instant::now();
+        let failed = |error| ScriptFailure {
+            script: script.to_string(),
+            line: statement.line,
+            index: statement.index,
+            summary: statement.summary(),
+            error,
+        };
         let outcome = session
-            .execute_in(&statement.text, mode)
+            .execute_streaming(&statement.text, mode)
             .await
-            .map_err(|error| ScriptFailure {
-                script: script.to_string(),
-                line: statement.line,
-                index: statement.index,
-                summary: statement.summary(),
-                error,
+            .map_err(failed)?;
+        let flow = sink(statement, outcome, started)
+            .await
+            .map_err(|e| match e {
+                SinkError::Rows(e) => ScriptError::Statement(failed(e.into())),
+                SinkError::Sink(e) => ScriptError::Sink(e),
             })?;
-        match sink(statement, outcome, started.elapsed()).map_err(ScriptError::Sink)? {
+        match flow {
             Flow::Continue => {}
             Flow::Stop => return Ok(ScriptEnd::Stopped { after: done + 1 }),
         }

@@ -18,10 +18,13 @@ use ember_actors::cluster_manager::AppRequest;
 use ember_actors::config::{
     BROADCAST_THRESHOLD, DRIVER_MEMORY, EXECUTOR_WAIT, LOCAL_EXECUTOR_WAIT, SHUFFLE_PARTITIONS,
 };
+use ember_actors::driver::ReleaseResults;
 use ember_actors::driver::{Driver, SubmitJob};
 use ember_actors::faults::Faults;
 use ember_actors::remote::NodeContact;
-use ember_actors::{EmberConf, JobError, JobListener, JobOutput, LocalCluster, LocalClusterSpec};
+use ember_actors::{
+    EmberConf, JobError, JobListener, JobOutput, JobRows, LocalCluster, LocalClusterSpec,
+};
 use ember_engine::session::planning_config;
 use ember_engine::subquery::lift_scalar_subqueries;
 use ember_engine::{
@@ -127,11 +130,13 @@ enum Backend {
     Cluster(ClusterApp),
 }
 
-/// What a statement produced.
+/// What a statement produced: its rows gathered ([`JobOutput`], from
+/// [`Session::execute`]) or as a stream ([`JobRows`], from
+/// [`Session::execute_streaming`]).
 #[derive(Debug)]
-pub enum StatementOutcome {
+pub enum StatementOutcome<R = JobOutput> {
     /// A query's (or COPY's) rows.
-    Rows(JobOutput),
+    Rows(R),
     /// The stage graph of an `EXPLAIN`.
     Explain(String),
     /// A statement with no rows (CREATE, SET, DROP, ...).
@@ -496,6 +501,21 @@ impl Session {
         sql: &str,
         mode: Mode,
     ) -> Result<StatementOutcome, SessionError> {
+        Ok(match self.execute_streaming(sql, mode).await? {
+            StatementOutcome::Rows(rows) => StatementOutcome::Rows(rows.collect().await?),
+            StatementOutcome::Explain(text) => StatementOutcome::Explain(text),
+            StatementOutcome::Done => StatementOutcome::Done,
+        })
+    }
+
+    /// [`Session::execute_in`], with a query's rows as a stream: they are
+    /// read from the executors as they are taken, so a result of any size
+    /// passes through a few batches of memory.
+    pub async fn execute_streaming(
+        &mut self,
+        sql: &str,
+        mode: Mode,
+    ) -> Result<StatementOutcome<JobRows>, SessionError> {
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await?;
         match &plan {
@@ -557,7 +577,7 @@ impl Session {
         match self.run_job(physical).await {
             Ok(output) => {
                 let attempts: Vec<TaskAttempt> =
-                    output.committed.iter().map(|&id| id.into()).collect();
+                    output.committed().iter().map(|&id| id.into()).collect();
                 self.file_outputs += 1;
                 // A cluster-mode submission may run in more than one driver
                 // attempt; its output is committed by the first only.
@@ -614,7 +634,7 @@ impl Session {
     /// does): their values then travel inside the plan as literals.
     pub async fn run(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobOutput, SessionError> {
         let plan = self.run_subqueries(plan).await?;
-        self.run_job(plan).await
+        Ok(self.run_job(plan).await?.collect().await?)
     }
 
     /// Runs the scalar subqueries of `plan` (and theirs, first) and returns
@@ -634,17 +654,25 @@ impl Session {
     }
 
     /// Runs a plan free of scalar subqueries as one job.
-    async fn run_job(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobOutput, SessionError> {
+    async fn run_job(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<JobRows, SessionError> {
         let graph = self.stages(plan)?;
         let (reply, answer) = oneshot::channel();
         self.driver()
             .send(SubmitJob { graph, reply })
             .await
             .map_err(|e| SessionError::DriverGone(e.to_string()))?;
-        let outcome = answer
+        let result = answer
             .await
-            .map_err(|_| SessionError::DriverGone("it stopped before answering".to_string()))?;
-        Ok(outcome?)
+            .map_err(|_| SessionError::DriverGone("it stopped before answering".to_string()))??;
+        let source = match &self.backend {
+            Backend::Local(cluster) => cluster.results(),
+            Backend::Cluster(app) => app.results(),
+        };
+        let driver = self.driver().clone();
+        let stage = result.stage;
+        Ok(JobRows::new(result, Some(source), move || {
+            driver.do_send(ReleaseResults(vec![stage]))
+        }))
     }
 
     /// Stops the driver; returns whether every executor stopped with it.

@@ -126,7 +126,7 @@ async fn drive(process: &Arc<SimProcess>, launch: Launch, bugs: DriverBugs) -> R
         &job.name,
         &statements,
         Mode::Run,
-        |_, _, _| Ok(Flow::Continue),
+        async |_, _, _| Ok(Flow::Continue),
     )
     .await;
     let failure = match ran {

@@ -19,7 +19,8 @@ use ember_actors::cluster_manager::{
     AppRequest, ClientReply, ClusterManager, FromClient, Journal, JournalError,
 };
 use ember_actors::config::{
-    FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT, SHUFFLE_PARTITIONS,
+    COALESCE_PARTITIONS, FAULT_DELAY_TASK, FAULT_IGNORE_DRIVER_LOSS, NO_EXECUTOR_TIMEOUT,
+    SHUFFLE_PARTITIONS,
 };
 use ember_actors::driver::{Driver, StopDriver};
 use ember_actors::remote::NodeContact;
@@ -540,6 +541,10 @@ fn app_conf(plan: &AppPlan, bugs: Bugs) -> Result<EmberConf, String> {
     set(&mut conf, FAULT_DELAY_TASK, &delays.join(","))?;
     set(&mut conf, NO_EXECUTOR_TIMEOUT, "20s")?;
     set(&mut conf, SHUFFLE_PARTITIONS, &PARTITIONS.to_string())?;
+    // Every planned task runs and takes the injected time, so that faults
+    // meet the running tasks the scenarios were written for (coalescing
+    // would join the small tables' partitions into one task).
+    set(&mut conf, COALESCE_PARTITIONS, "false")?;
     if bugs.orphan_executors {
         set(&mut conf, FAULT_IGNORE_DRIVER_LOSS, "true")?;
     }

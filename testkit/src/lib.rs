@@ -361,9 +361,21 @@ pub struct Measured {
 
 /// Runs `command` to the end and reports its peak RSS.
 pub fn run_measured(command: &mut Command) -> std::io::Result<Measured> {
+    measure(command.stdout(std::process::Stdio::piped()))
+}
+
+/// [`run_measured`], with standard output written to `stdout` (a file,
+/// for output too large to hold) instead of gathered.
+pub fn run_measured_into(
+    command: &mut Command,
+    stdout: std::fs::File,
+) -> std::io::Result<Measured> {
+    measure(command.stdout(stdout))
+}
+
+fn measure(command: &mut Command) -> std::io::Result<Measured> {
     let child = command
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let pid = child.id();

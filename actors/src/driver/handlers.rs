@@ -8,8 +8,8 @@ use actix::prelude::*;
 use super::scheduler::{Action, Event};
 use super::{
     CancelJobs, Driver, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary,
-    JobError, JobOutput, ListExecutors, PendingJob, ProgressEvent, RosterEntry, StopDriver,
-    SubmitJob,
+    JobError, JobResult, ListExecutors, PendingJob, ProgressEvent, ReleaseResults, RosterEntry,
+    StopDriver, SubmitJob,
 };
 use crate::executor::ExecutorMessage;
 use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
@@ -95,6 +95,16 @@ impl Handler<CancelJobs> for Driver {
                 job,
                 reason: msg.reason.clone(),
             });
+        }
+    }
+}
+
+impl Handler<ReleaseResults> for Driver {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseResults, _ctx: &mut Context<Self>) {
+        for mailbox in self.executors.values() {
+            let _ = mailbox.tell(ExecutorMessage::RemoveShuffle(msg.0.clone()));
         }
     }
 }
@@ -269,7 +279,8 @@ impl Driver {
             }
             Action::JobSucceeded {
                 job,
-                batches,
+                stage,
+                parts,
                 committed,
             } => {
                 self.emit(ProgressEvent::JobEnded {
@@ -277,9 +288,11 @@ impl Driver {
                     succeeded: true,
                 });
                 if let Some(pending) = self.jobs.remove(&job) {
-                    let _ = pending.reply.send(Ok(JobOutput {
+                    let _ = pending.reply.send(Ok(JobResult {
+                        job,
                         schema: pending.schema,
-                        batches,
+                        stage,
+                        parts,
                         committed,
                     }));
                 }

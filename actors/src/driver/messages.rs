@@ -2,11 +2,11 @@
 //! network) and by the application in its own process.
 
 use actix::prelude::*;
-use ember_engine::StageGraph;
+use ember_engine::{StageGraph, StageId};
 use ember_transport::{ActorAddress, Mailbox};
 use tokio::sync::oneshot;
 
-use super::{JobError, JobOutput};
+use super::{JobError, JobResult};
 use crate::executor::ExecutorMessage;
 use crate::protocol::{ExecutorId, ExecutorUsage, TaskError, TaskId, TaskOutput};
 use crate::supervision::PeerDown;
@@ -47,8 +47,14 @@ pub struct ExecutorRegistration {
 #[rtype(result = "()")]
 pub struct SubmitJob {
     pub graph: StageGraph,
-    pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
+    pub reply: oneshot::Sender<Result<JobResult, JobError>>,
 }
+
+/// The held rows of these result stages have been read (or are no longer
+/// wanted): their executors let them go.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseResults(pub Vec<StageId>);
 
 /// Fails every running job with `reason`, killing its tasks (Ctrl-C,
 /// `ember kill`, an application the cluster manager gave up on).

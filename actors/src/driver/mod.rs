@@ -4,6 +4,7 @@
 
 mod handlers;
 mod messages;
+mod rows;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
@@ -19,8 +20,9 @@ use tokio::sync::oneshot;
 
 pub use messages::{
     CancelJobs, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary, ListExecutors,
-    StopDriver, SubmitJob,
+    ReleaseResults, StopDriver, SubmitJob,
 };
+pub use rows::{JobResult, JobRows, ResultPart, ResultSource};
 use scheduler::{Event, Scheduler};
 pub use scheduler::{SchedulerConfig, Speculation};
 
@@ -100,6 +102,17 @@ pub enum JobError {
     /// The driver stopped while the job ran.
     #[error("Job {job} aborted: the driver stopped")]
     DriverStopped { job: JobId },
+    /// The job succeeded, but the executor holding one partition's rows
+    /// could not give them (it was lost) before they were read.
+    #[error(
+        "Job {job}: the rows of result partition {partition} were lost before they were read          (executor {executor}: {why}); the rows before them were whole partitions; run the          query again"
+    )]
+    ResultLost {
+        job: JobId,
+        partition: usize,
+        executor: ExecutorId,
+        why: String,
+    },
 }
 
 impl JobError {
@@ -113,6 +126,7 @@ impl JobError {
             JobError::NoExecutors { .. } => "no_executors",
             JobError::Cancelled { .. } => "cancelled",
             JobError::DriverStopped { .. } => "driver_stopped",
+            JobError::ResultLost { .. } => "result_lost",
         }
     }
 }
@@ -167,7 +181,7 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct PendingJob {
     schema: SchemaRef,
-    reply: oneshot::Sender<Result<JobOutput, JobError>>,
+    reply: oneshot::Sender<Result<JobResult, JobError>>,
 }
 
 pub struct Driver {

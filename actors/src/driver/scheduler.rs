@@ -24,12 +24,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
-use ember_engine::shuffle::MapStatus;
+use datafusion::physical_plan::ExecutionPlanProperties;
+use ember_engine::adaptive::{self, Coalescing};
+use ember_engine::shuffle::{MapStatus, ResultOutput};
 use ember_engine::{StageGraph, StageId, StageKind};
 
-use super::{JobError, ProgressEvent};
+use super::{JobError, ProgressEvent, ResultPart};
 use crate::protocol::{
     ExecutorId, FetchFailure, JobId, MapLocations, TaskDescription, TaskError, TaskFailureKind,
     TaskId, TaskOutput,
@@ -53,6 +54,9 @@ pub struct SchedulerConfig {
     pub cluster_lost_timeout: Duration,
     /// Speculative execution, when on.
     pub speculation: Option<Speculation>,
+    /// Joining small reduce partitions once their sizes are known, when on
+    /// (`ember.sql.adaptive.coalescePartitions.enabled`).
+    pub coalesce: Option<Coalescing>,
 }
 
 impl Default for SchedulerConfig {
@@ -64,6 +68,7 @@ impl Default for SchedulerConfig {
             no_executor_timeout: Duration::from_secs(60),
             cluster_lost_timeout: Duration::from_secs(10),
             speculation: None,
+            coalesce: Some(Coalescing::default()),
         }
     }
 }
@@ -131,7 +136,10 @@ pub enum Action {
     Progress(ProgressEvent),
     JobSucceeded {
         job: JobId,
-        batches: Vec<RecordBatch>,
+        /// The result stage.
+        stage: StageId,
+        /// Each result partition's rows or where they are held.
+        parts: Vec<ResultPart>,
         /// The result-stage attempts whose output was used.
         committed: Vec<TaskId>,
     },
@@ -189,13 +197,16 @@ struct StageRun {
     map_outputs: BTreeMap<usize, (MapStatus, ExecutorId)>,
     /// Where the blocks this stage reads live, set when it is submitted.
     reads: Arc<MapLocations>,
-    /// Each finished result task's attempt and rows.
-    results: BTreeMap<usize, (TaskId, Vec<RecordBatch>)>,
+    /// Each finished result task's attempt, rows, and where they are.
+    results: BTreeMap<usize, (TaskId, ResultOutput, ExecutorId)>,
     finished: BTreeSet<usize>,
     /// How long its successful attempts took, for speculation.
     durations: Vec<Duration>,
     /// Fetch failures since it last completed.
     fetch_failures: u32,
+    /// Whether its plan was adapted to what its parents wrote (done once,
+    /// when it is first submitted).
+    adapted: bool,
 }
 
 impl StageRun {
@@ -267,6 +278,66 @@ impl JobRun {
             }
         }
         needed
+    }
+
+    /// Before `stage` first runs: its shuffle reads learn how many map
+    /// tasks each parent ran as, and, with `coalesce`, runs of its small
+    /// reduce partitions are joined into one task each (module
+    /// `ember_engine::adaptive`). A stage whose plan cannot be adapted runs
+    /// as planned.
+    fn adapt(&mut self, stage_id: StageId, coalesce: Option<&Coalescing>, slots: usize) {
+        let Some(stage) = self.stages.get(&stage_id) else {
+            return;
+        };
+        if stage.adapted {
+            return;
+        }
+        let parent_tasks: BTreeMap<StageId, usize> = stage
+            .parents
+            .iter()
+            .filter_map(|p| self.stages.get(p).map(|parent| (*p, parent.tasks)))
+            .collect();
+        let mut ranges = None;
+        if let Some(coalesce) = coalesce
+            && let Some((partitions, reads)) = adaptive::coalescible(&stage.plan)
+        {
+            let mut bytes = vec![0u64; partitions];
+            for parent in reads.iter().filter_map(|p| self.stages.get(p)) {
+                for (status, _) in parent.map_outputs.values() {
+                    for &(reduce, b) in &status.bytes_per_reduce {
+                        if let Some(total) = bytes.get_mut(reduce) {
+                            *total += b;
+                        }
+                    }
+                }
+            }
+            let target = coalesce.target(bytes.iter().sum(), slots);
+            let joined = adaptive::coalesce_ranges(&bytes, target);
+            if joined.len() < partitions {
+                tracing::debug!(
+                    stage = stage_id,
+                    from = partitions,
+                    to = joined.len(),
+                    target,
+                    "small reduce partitions coalesced"
+                );
+                ranges = Some(Arc::from(joined));
+            }
+        }
+        let plan = Arc::clone(&stage.plan);
+        let Some(stage) = self.stages.get_mut(&stage_id) else {
+            return;
+        };
+        stage.adapted = true;
+        match adaptive::adapt_stage(plan, &parent_tasks, ranges) {
+            Ok(plan) => {
+                stage.tasks = plan.output_partitioning().partition_count();
+                stage.plan = plan;
+            }
+            Err(e) => {
+                tracing::warn!(stage = stage_id, error = %e, "the stage runs as planned: its plan could not be adapted")
+            }
+        }
     }
 
     /// Holds back the pending tasks of every stage reading `parent`, whose
@@ -377,6 +448,7 @@ impl Scheduler {
                         finished: BTreeSet::new(),
                         durations: Vec::new(),
                         fetch_failures: 0,
+                        adapted: false,
                     },
                 )
             })
@@ -446,8 +518,10 @@ impl Scheduler {
                             .map_outputs
                             .insert(task.partition, (status, executor.clone()));
                     }
-                    TaskOutput::Result(batches) => {
-                        stage.results.insert(task.partition, (task, batches));
+                    TaskOutput::Result(output) => {
+                        stage
+                            .results
+                            .insert(task.partition, (task, output, executor.clone()));
                     }
                 }
                 stage.finished.insert(task.partition);
@@ -564,13 +638,17 @@ impl Scheduler {
         let Some(job) = self.jobs.remove(&job_id) else {
             return;
         };
-        let stages = job.stage_ids();
+        let mut stages = job.stage_ids();
         let mut committed = Vec::new();
-        let mut batches = Vec::new();
+        let mut parts = Vec::new();
         for stage in job.stages.into_values() {
-            for (task, rows) in stage.results.into_values() {
+            for (partition, (task, output, executor)) in stage.results {
                 committed.push(task);
-                batches.extend(rows);
+                parts.push(ResultPart {
+                    partition,
+                    executor,
+                    output,
+                });
             }
             // Attempts still running (a stage run again after a fetch
             // failure may leave some) are no longer wanted.
@@ -581,12 +659,20 @@ impl Scheduler {
                 });
             }
         }
+        // Held result rows stay until the caller has read them.
+        if parts
+            .iter()
+            .any(|p| matches!(p.output, ResultOutput::Held { .. }))
+        {
+            stages.retain(|&s| s != stage_id);
+        }
         // Blocks go first, so they are gone as soon as possible after the
         // caller hears of the result.
         actions.push(Action::RemoveShuffle { stages });
         actions.push(Action::JobSucceeded {
             job: job_id,
-            batches,
+            stage: stage_id,
+            parts,
             committed,
         });
     }
@@ -643,6 +729,22 @@ impl Scheduler {
                     }
                     for m in gone {
                         stage.lose_output(m);
+                    }
+                }
+                // Result rows held by the lost executor are computed again.
+                if outputs_lost && stage.kind == StageKind::Result {
+                    let gone: Vec<usize> = stage
+                        .results
+                        .iter()
+                        .filter(|(_, (_, output, holder))| {
+                            holder == executor && matches!(output, ResultOutput::Held { .. })
+                        })
+                        .map(|(p, _)| *p)
+                        .collect();
+                    for p in gone {
+                        tracing::warn!(stage = stage_id, partition = p, %executor, "result rows lost with their executor; computed again");
+                        stage.results.remove(&p);
+                        stage.lose_output(p);
                     }
                 }
             }
@@ -734,10 +836,12 @@ impl Scheduler {
             if ready.is_empty() {
                 return;
             }
+            let slots = self.executors.values().map(|e| e.slots).sum::<usize>();
             for (job_id, stage_id) in ready {
                 let Some(job) = self.jobs.get_mut(&job_id) else {
                     continue;
                 };
+                job.adapt(stage_id, self.config.coalesce.as_ref(), slots);
                 let reads = Arc::new(job.parent_locations(stage_id));
                 let Some(stage) = job.stages.get_mut(&stage_id) else {
                     continue;
@@ -981,15 +1085,15 @@ mod tests {
             Event::TaskEnded {
                 executor: exec("1"),
                 task: result_task[0].1,
-                result: Ok(TaskOutput::Result(vec![batch])),
+                result: Ok(TaskOutput::Result(ResultOutput::Direct(vec![batch]))),
             },
         );
-        let rows: usize = a
+        let rows: u64 = a
             .iter()
             .filter_map(|a| match a {
-                Action::JobSucceeded {
-                    job: 7, batches, ..
-                } => Some(batches.iter().map(|b| b.num_rows()).sum::<usize>()),
+                Action::JobSucceeded { job: 7, parts, .. } => {
+                    Some(parts.iter().map(|p| p.output.direct_rows()).sum::<u64>())
+                }
                 _ => None,
             })
             .sum();
@@ -999,6 +1103,79 @@ mod tests {
                 .any(|a| matches!(a, Action::RemoveShuffle { stages } if stages == &vec![0, 1]))
         );
         assert_eq!(s.active_jobs(), 0);
+    }
+
+    #[test]
+    fn held_result_rows_outlive_the_job_and_are_computed_again_when_their_executor_is_lost() {
+        let mut s = Scheduler::new(config(4));
+        for id in ["1", "2"] {
+            s.on_event(
+                Instant::now(),
+                Event::ExecutorAdded {
+                    executor: exec(id),
+                    slots: 1,
+                },
+            );
+        }
+        // One stage, two result partitions.
+        let graph = StageGraph {
+            stages: vec![Stage {
+                id: 0,
+                kind: StageKind::Result,
+                plan: Arc::new(EmptyExec::new(schema()).with_partitions(2)),
+                parents: vec![],
+            }],
+            one_task: None,
+        };
+        let a = s.on_event(Instant::now(), Event::JobSubmitted { job: 3, graph });
+        let tasks = launches(&a);
+        assert_eq!(tasks.len(), 2);
+        let held = |executor: &ExecutorId, task: TaskId| Event::TaskEnded {
+            executor: executor.clone(),
+            task,
+            result: Ok(TaskOutput::Result(ResultOutput::Held { rows: 5_000_000 })),
+        };
+        // The first partition's rows are held by its executor, which is
+        // lost before the job ends: that partition runs again.
+        s.on_event(Instant::now(), held(&tasks[0].0, tasks[0].1));
+        let lost = tasks[0].0.clone();
+        s.on_event(
+            Instant::now(),
+            Event::ExecutorLost {
+                executor: lost.clone(),
+                reason: "killed".into(),
+            },
+        );
+        let a = s.on_event(Instant::now(), held(&tasks[1].0, tasks[1].1));
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::JobSucceeded { .. })),
+            "a partition whose rows were lost is not done"
+        );
+        let again = launches(&a);
+        assert_eq!(again.len(), 1, "{a:?}");
+        assert_eq!(again[0].1.partition, tasks[0].1.partition);
+        assert_ne!(again[0].0, lost);
+        let a = s.on_event(Instant::now(), held(&again[0].0, again[0].1));
+        let parts: Vec<&ResultPart> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::JobSucceeded { parts, .. } => Some(parts),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.executor != lost));
+        assert_eq!(
+            parts.iter().map(|p| p.partition).collect::<Vec<_>>(),
+            vec![0, 1],
+            "in partition order"
+        );
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::RemoveShuffle { stages } if stages.is_empty())),
+            "the result stage's blocks stay until the rows are read: {a:?}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use ember_engine::StageKind;
 use ember_engine::memory::ExecutorMemory;
-use ember_engine::shuffle::MapStatus;
+use ember_engine::shuffle::{
+    DIRECT_RESULT_BYTES, MapStatus, ResultOutput, ShuffleEnv, finish_result,
+};
 use futures::FutureExt;
 use futures::future::{AbortHandle, Abortable, LocalBoxFuture};
 
@@ -140,21 +142,38 @@ async fn execute(
     let plan = reset_plan_states(plan).map_err(failed)?;
     // A bad row is found here, on an executor: its error says which file.
     let plan = ember_engine::name_files_in_errors(plan).map_err(failed)?;
-    let stream = plan.execute(task.id.partition, context).map_err(failed)?;
-    let batches = collect(stream).await;
+    let stream = plan
+        .execute(task.id.partition, Arc::clone(&context))
+        .map_err(failed)?;
+    let shuffle = context.session_config().get_extension::<ShuffleEnv>();
+    let output = match (task.kind, shuffle) {
+        (StageKind::Result, Some(env)) => finish_result(
+            stream,
+            &env,
+            &context.runtime_env(),
+            context.session_config().batch_size(),
+            (task.id.stage, task.id.partition),
+            DIRECT_RESULT_BYTES,
+        )
+        .await
+        .map(TaskOutput::Result),
+        (StageKind::Result, None) => collect(stream)
+            .await
+            .map(|batches| TaskOutput::Result(ResultOutput::Direct(batches))),
+        (StageKind::ShuffleMap, _) => collect(stream)
+            .await
+            .map(|batches| TaskOutput::Map(MapStatus::from_batches(&batches))),
+    };
     spilled.fetch_add(
         ember_engine::memory::spilled_bytes(&plan),
         Ordering::Relaxed,
     );
-    let batches = batches.map_err(failed)?;
+    let output = output.map_err(failed)?;
     if faults.fails(&id) {
         return Err(TaskError::new(
             TaskFailureKind::Error,
             format!("injected failure of {id} (ember.faults.failTask)"),
         ));
     }
-    Ok(match task.kind {
-        StageKind::ShuffleMap => TaskOutput::Map(MapStatus::from_batches(&batches)),
-        StageKind::Result => TaskOutput::Result(batches),
-    })
+    Ok(output)
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ember_engine::StageId;
-use ember_engine::shuffle::MapStatus;
+use ember_engine::shuffle::{MapStatus, ResultOutput};
 use ember_transport::{ActorAddress, Mailbox, Node, Registration};
 
+use super::fetch::RemoteFetcher;
 use super::hub::BulkHub;
 use super::wire::{
     DRIVER, EXECUTOR, ExecutorRefused, NodeContact, RESULTS_INBOX, ToDriver, ToExecutor,
@@ -67,6 +68,8 @@ pub struct DriverEndpoint {
     plans: PlanCache,
     executors: BTreeMap<ExecutorId, ActorAddress>,
     registration: Option<Registration>,
+    /// Reads result rows executors hold; learns each one's contact.
+    fetcher: RemoteFetcher,
 }
 
 impl DriverEndpoint {
@@ -76,9 +79,11 @@ impl DriverEndpoint {
         node: Node,
         driver: DriverHandle,
         secret: String,
+        fetcher: RemoteFetcher,
     ) -> Result<Self, ember_transport::BulkError> {
         let hub = BulkHub::open(&node, RESULTS_INBOX)?;
         Ok(Self {
+            fetcher,
             node,
             driver,
             secret,
@@ -203,6 +208,8 @@ impl DriverEndpoint {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(executor.0.clone(), contact.clone());
+        self.fetcher
+            .learn(BTreeMap::from([(executor.0.clone(), contact.clone())]));
         let proxy = ExecutorProxy {
             executor: executor.clone(),
             mailbox,
@@ -245,15 +252,17 @@ impl DriverEndpoint {
             });
         };
         match result {
-            Ok(WireOutput::Map(rows_per_reduce)) => {
-                forward(Ok(TaskOutput::Map(MapStatus { rows_per_reduce })))
-            }
+            Ok(WireOutput::Map { rows, bytes }) => forward(Ok(TaskOutput::Map(MapStatus {
+                rows_per_reduce: rows,
+                bytes_per_reduce: bytes,
+            }))),
             Ok(WireOutput::Result) => {
                 let hub = self.hub.clone();
                 ctx.spawn(
                     async move {
                         let rows = hub.take(&result_tag(task), RESULT_ROWS_TIMEOUT).await;
-                        forward(rows.map(TaskOutput::Result).map_err(|why| {
+                        let rows = rows.map(|rows| TaskOutput::Result(ResultOutput::Direct(rows)));
+                        forward(rows.map_err(|why| {
                             TaskError::new(
                                 TaskFailureKind::Error,
                                 format!("the task's rows were lost on the way: {why}"),
@@ -262,6 +271,9 @@ impl DriverEndpoint {
                     }
                     .into_actor(self),
                 );
+            }
+            Ok(WireOutput::HeldResult { rows }) => {
+                forward(Ok(TaskOutput::Result(ResultOutput::Held { rows })))
             }
             Err(error) => forward(Err(error)),
         }

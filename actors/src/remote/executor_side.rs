@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_engine::shuffle::ResultOutput;
 use ember_engine::{BlockStore, ShuffleEnv, StageId, StageKind};
 use ember_transport::{Access, Mailbox, Node, Registration};
 
@@ -202,10 +203,14 @@ impl Handler<DriverMessage> for DriverProxy {
                     }
                 };
                 match result {
-                    Ok(TaskOutput::Map(status)) => {
-                        report(Ok(WireOutput::Map(status.rows_per_reduce)))
+                    Ok(TaskOutput::Map(status)) => report(Ok(WireOutput::Map {
+                        rows: status.rows_per_reduce,
+                        bytes: status.bytes_per_reduce,
+                    })),
+                    Ok(TaskOutput::Result(ResultOutput::Held { rows })) => {
+                        report(Ok(WireOutput::HeldResult { rows }))
                     }
-                    Ok(TaskOutput::Result(batches)) => {
+                    Ok(TaskOutput::Result(ResultOutput::Direct(batches))) => {
                         let node = self.node.clone();
                         let to = self.results.clone();
                         ctx.spawn(

@@ -40,7 +40,12 @@ impl Actor for BlockServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let access = ember_transport::Access::Roles(vec![ember_certs::Role::Worker]);
+        // Executors, and drivers reading held result rows (a client-mode
+        // driver holds a client certificate).
+        let access = ember_transport::Access::Roles(vec![
+            ember_certs::Role::Worker,
+            ember_certs::Role::Client,
+        ]);
         match self
             .node
             .register(BLOCKS, ctx.address().recipient::<FetchBlocks>(), access)

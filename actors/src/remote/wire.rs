@@ -93,10 +93,15 @@ impl ExecutorRefused {
 /// A finished task's output, as it crosses the network.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WireOutput {
-    /// Rows written per reduce partition.
-    Map(Vec<(usize, u64)>),
+    /// Rows and bytes written per reduce partition.
+    Map {
+        rows: Vec<(usize, u64)>,
+        bytes: Vec<(usize, u64)>,
+    },
     /// The rows went ahead on a bulk stream tagged with the task id.
     Result,
+    /// The executor holds this many rows for the driver to read.
+    HeldResult { rows: u64 },
 }
 
 /// Driver to executor.

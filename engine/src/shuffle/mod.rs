@@ -5,11 +5,13 @@
 mod fetch;
 mod output;
 mod reader;
+mod result;
 mod store;
 mod writer;
 
 pub use fetch::{BlockFetcher, FetchedBatches, MapOutputLocations};
 pub use reader::{ReadMode, ShuffleReaderExec};
+pub use result::{DIRECT_RESULT_BYTES, ResultOutput, finish_result, result_block};
 pub use store::{
     BlockBatches, BlockStore, MapOutput, ShuffleBlockId, ShuffleEnv, StoreUsage, read_blocks,
     read_on_blocking_pool,

@@ -34,6 +34,15 @@ struct HeldInMemory {
     reservation: MemoryReservation,
 }
 
+/// What one reduce partition of a map output got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReduceWritten {
+    pub reduce: usize,
+    pub rows: u64,
+    /// Its batches' size in memory (Spark's map statuses count bytes too).
+    pub bytes: u64,
+}
+
 /// One map task's output as it is written.
 pub(crate) struct MapOutputWriter {
     schema: SchemaRef,
@@ -49,6 +58,8 @@ pub(crate) struct MapOutputWriter {
     disk: Option<DiskOutput>,
     /// Per reduce partition, its batches' positions in the file.
     index: BTreeMap<usize, Vec<usize>>,
+    /// Per reduce partition, the bytes of the full batches it got.
+    bytes: BTreeMap<usize, u64>,
 }
 
 impl MapOutputWriter {
@@ -75,6 +86,7 @@ impl MapOutputWriter {
             memory,
             disk: None,
             index: BTreeMap::new(),
+            bytes: BTreeMap::new(),
         }
     }
 
@@ -111,12 +123,17 @@ impl MapOutputWriter {
         Ok(())
     }
 
-    /// Rows per reduce partition, and the output to register.
-    pub(crate) fn finish(mut self) -> Result<(Vec<(usize, u64)>, MapOutput)> {
+    /// Rows and bytes (as Arrow batches in memory) per reduce partition,
+    /// and the output to register.
+    pub(crate) fn finish(mut self) -> Result<(Vec<ReduceWritten>, MapOutput)> {
         let mut last = Vec::new();
-        let mut rows = Vec::new();
+        let mut reduces = Vec::new();
         for (reduce, (coalescer, count)) in &mut self.open {
-            rows.push((*reduce, *count));
+            reduces.push(ReduceWritten {
+                reduce: *reduce,
+                rows: *count,
+                bytes: 0,
+            });
             if let Some(coalescer) = coalescer {
                 coalescer.finish_buffered_batch()?;
                 while let Some(batch) = coalescer.next_completed_batch() {
@@ -127,6 +144,10 @@ impl MapOutputWriter {
         for (reduce, batch) in last {
             self.emit(reduce, batch)?;
         }
+        for written in &mut reduces {
+            written.bytes = self.bytes.get(&written.reduce).copied().unwrap_or(0);
+        }
+        let rows = reduces;
         let reduces: Vec<usize> = self.open.keys().copied().collect();
         if let Some(HeldInMemory {
             mut blocks,
@@ -163,6 +184,7 @@ impl MapOutputWriter {
     }
 
     fn emit(&mut self, reduce: usize, batch: RecordBatch) -> Result<()> {
+        *self.bytes.entry(reduce).or_default() += batch.get_array_memory_size() as u64;
         if let Some(held) = &mut self.memory {
             let bytes = batch.get_array_memory_size();
             if held.reservation.try_grow(bytes).is_ok() {

@@ -43,6 +43,10 @@ pub struct ShuffleReaderExec {
     stage: StageId,
     map_partitions: usize,
     mode: ReadMode,
+    /// Coalesced after the map stage ran: partition `i` reads the reduce
+    /// partitions `ranges[i].0..ranges[i].1`; `None`: partition `i` reads
+    /// reduce partition `i`.
+    ranges: Option<Arc<[(usize, usize)]>>,
     cache: Arc<PlanProperties>,
 }
 
@@ -67,8 +71,52 @@ impl ShuffleReaderExec {
             stage,
             map_partitions,
             mode,
+            ranges: None,
             cache: Arc::new(cache),
         }
+    }
+
+    /// This reader once its parent stage ran as `map_partitions` tasks and
+    /// (with `ranges`) its small reduce partitions were joined: partition
+    /// `i` then reads reduce partitions `ranges[i].0..ranges[i].1`. Rows
+    /// of one key stay in one partition, so a hash partitioning stays
+    /// one, over fewer partitions.
+    pub fn adapted(&self, map_partitions: usize, ranges: Option<Arc<[(usize, usize)]>>) -> Self {
+        let partitions = ranges.as_ref().map(|r| r.len());
+        self.with_partitions(map_partitions, partitions, ranges)
+    }
+
+    /// A passthrough read once its parent stage ran as `map_partitions`
+    /// tasks: it has a partition per map task.
+    pub fn adapted_passthrough(&self, map_partitions: usize) -> Self {
+        self.with_partitions(map_partitions, Some(map_partitions), None)
+    }
+
+    fn with_partitions(
+        &self,
+        map_partitions: usize,
+        partitions: Option<usize>,
+        ranges: Option<Arc<[(usize, usize)]>>,
+    ) -> Self {
+        let mut properties = self.cache.as_ref().clone();
+        if let Some(count) = partitions {
+            properties.partitioning = match &properties.partitioning {
+                Partitioning::Hash(exprs, _) => Partitioning::Hash(exprs.clone(), count),
+                _ => Partitioning::UnknownPartitioning(count),
+            };
+        }
+        Self {
+            stage: self.stage,
+            map_partitions,
+            mode: self.mode,
+            ranges,
+            cache: Arc::new(properties),
+        }
+    }
+
+    /// The reduce partitions each partition reads, when coalesced.
+    pub fn ranges(&self) -> Option<&[(usize, usize)]> {
+        self.ranges.as_deref()
     }
 
     pub fn stage(&self) -> StageId {
@@ -88,7 +136,20 @@ impl ShuffleReaderExec {
         self.cache.eq_properties.schema().clone()
     }
 
-    fn blocks(&self, reduce: usize) -> Vec<ShuffleBlockId> {
+    fn blocks(&self, partition: usize) -> Vec<ShuffleBlockId> {
+        if let Some(&(start, end)) = self.ranges.as_ref().and_then(|r| r.get(partition)) {
+            // Map by map, so the blocks one executor holds are one fetch.
+            return (0..self.map_partitions)
+                .flat_map(|map| {
+                    (start..end).map(move |reduce| ShuffleBlockId {
+                        stage: self.stage,
+                        map,
+                        reduce,
+                    })
+                })
+                .collect();
+        }
+        let reduce = partition;
         let maps = match self.mode {
             ReadMode::AllMaps => 0..self.map_partitions,
             ReadMode::SameIndex => reduce..reduce + 1,
@@ -105,12 +166,20 @@ impl ShuffleReaderExec {
 impl DisplayAs for ShuffleReaderExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         match t {
-            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
-                f,
-                "ShuffleReaderExec: stage={}, partitions={}",
-                self.stage,
-                self.cache.partitioning.partition_count()
-            ),
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(
+                    f,
+                    "ShuffleReaderExec: stage={}, partitions={}",
+                    self.stage,
+                    self.cache.partitioning.partition_count()
+                )?;
+                match self.ranges.as_deref() {
+                    Some(ranges) => {
+                        write!(f, " (coalesced from {})", ranges.last().map_or(0, |r| r.1))
+                    }
+                    None => Ok(()),
+                }
+            }
             DisplayFormatType::TreeRender => write!(f, "stage={}", self.stage),
         }
     }

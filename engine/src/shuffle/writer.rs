@@ -35,10 +35,12 @@ pub enum ShuffleOutput {
     Passthrough,
 }
 
-/// What a map task wrote: rows per reduce partition.
+/// What a map task wrote: rows and bytes (Arrow batches in memory) per
+/// reduce partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapStatus {
     pub rows_per_reduce: Vec<(usize, u64)>,
+    pub bytes_per_reduce: Vec<(usize, u64)>,
 }
 
 impl MapStatus {
@@ -48,19 +50,25 @@ impl MapStatus {
 
     /// Reads the status batches a `ShuffleWriterExec` partition returns.
     pub fn from_batches(batches: &[RecordBatch]) -> Self {
-        let mut rows_per_reduce = Vec::new();
+        let mut status = Self::default();
         for batch in batches {
-            let (Some(reduce), Some(rows)) = (
+            let (Some(reduce), Some(rows), Some(bytes)) = (
                 batch.column(0).as_any().downcast_ref::<UInt32Array>(),
                 batch.column(1).as_any().downcast_ref::<UInt64Array>(),
+                batch
+                    .columns()
+                    .get(2)
+                    .and_then(|c| c.as_any().downcast_ref::<UInt64Array>()),
             ) else {
                 continue;
             };
             for i in 0..batch.num_rows() {
-                rows_per_reduce.push((reduce.value(i) as usize, rows.value(i)));
+                let r = reduce.value(i) as usize;
+                status.rows_per_reduce.push((r, rows.value(i)));
+                status.bytes_per_reduce.push((r, bytes.value(i)));
             }
         }
-        Self { rows_per_reduce }
+        status
     }
 }
 
@@ -113,6 +121,7 @@ impl ShuffleWriterExec {
         Arc::new(Schema::new(vec![
             Field::new("reduce_partition", DataType::UInt32, false),
             Field::new("rows", DataType::UInt64, false),
+            Field::new("bytes", DataType::UInt64, false),
         ]))
     }
 }
@@ -242,15 +251,18 @@ impl ExecutionPlan for ShuffleWriterExec {
                     None => output.push(partition, batch)?,
                 }
             }
-            let (rows_per_reduce, map_output) = output.finish()?;
+            let (written, map_output) = output.finish()?;
             env.store.put_map(stage, partition, map_output);
-            let (reduces, rows): (Vec<u32>, Vec<u64>) = rows_per_reduce
-                .into_iter()
-                .map(|(reduce, rows)| (reduce as u32, rows))
-                .unzip();
             let columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt32Array::from(reduces)),
-                Arc::new(UInt64Array::from(rows)),
+                Arc::new(UInt32Array::from_iter_values(
+                    written.iter().map(|w| w.reduce as u32),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    written.iter().map(|w| w.rows),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    written.iter().map(|w| w.bytes),
+                )),
             ];
             Ok(RecordBatch::try_new(status_schema, columns)?)
         };
