@@ -121,6 +121,48 @@ impl Node {
         self.send_batch_stream(to, tag, schema, batches).await
     }
 
+    /// Sends batches already encoded as encapsulated Arrow IPC messages of
+    /// `schema` (no dictionaries), each with its rows, as `messages`
+    /// yields them: the bytes go on the wire as they are, and the receiver
+    /// decodes them as any other bulk stream. An error item breaks the
+    /// stream off, as in [`Node::send_batch_stream`].
+    pub async fn send_ipc_messages(
+        &self,
+        to: &ActorAddress,
+        tag: &str,
+        schema: SchemaRef,
+        messages: impl Stream<Item = Result<(Bytes, usize), String>> + Unpin,
+    ) -> Result<Sent, BulkError> {
+        let inner = self.inner();
+        if &to.node == inner.id() {
+            // In this process the batches are handed over decoded.
+            let mut decoder = StreamDecoder::new();
+            let mut head = Buffer::from(schema_message(&schema)?);
+            decoder.decode(&mut head)?;
+            let batches = messages.map(move |message| {
+                let (bytes, _) = message?;
+                let mut buffer = Buffer::from(bytes);
+                decoder
+                    .decode(&mut buffer)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "a message held no whole batch".to_string())
+            });
+            return send_local(inner, to, tag, batches).await;
+        }
+        let peer = inner.peer(&to.node).ok_or_else(|| {
+            BulkError::Unreachable(to.clone(), format!("node {} is not connected", to.node))
+        })?;
+        let max_frame = inner.options().max_frame;
+        let chunks = messages.map(|m| m.map(|(bytes, rows)| Chunk::Batch { bytes, rows }));
+        let body = futures::stream::once(async move { schema_message(&schema).map(Chunk::Head) })
+            .map(|head| head.map_err(|e| e.to_string()))
+            .chain(chunks)
+            .chain(futures::stream::once(async {
+                Ok(Chunk::Head(end_of_stream()))
+            }));
+        send_chunks(&peer, to, tag, Box::pin(body), max_frame).await
+    }
+
     /// Sends batches as `batches` yields them. An error item breaks the
     /// stream off, so the receiver sees an error, never a short stream
     /// taken for whole.
@@ -176,12 +218,31 @@ async fn send_local(
     Ok(sent)
 }
 
-async fn send_remote(
+/// A piece of an encoded IPC stream: a message that holds no batch (the
+/// schema, the end), or one batch and its rows.
+enum Chunk {
+    Head(Vec<u8>),
+    Batch { bytes: Bytes, rows: usize },
+}
+
+/// The IPC stream's opening message, for `schema`.
+fn schema_message(schema: &SchemaRef) -> Result<Vec<u8>, ArrowError> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    Ok(std::mem::take(writer.get_mut()))
+}
+
+/// The IPC stream's end marker.
+fn end_of_stream() -> Vec<u8> {
+    [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0].to_vec()
+}
+
+/// Writes already encoded `chunks` on a bulk stream to `to`; as
+/// [`send_remote`] once encoded.
+async fn send_chunks(
     peer: &Arc<Peer>,
     to: &ActorAddress,
     tag: &str,
-    schema: SchemaRef,
-    mut batches: impl Stream<Item = Result<RecordBatch, String>> + Unpin,
+    mut chunks: impl Stream<Item = Result<Chunk, String>> + Unpin,
     max_frame: usize,
 ) -> Result<Sent, BulkError> {
     let lost = |e: &dyn std::fmt::Display| BulkError::Unreachable(to.clone(), e.to_string());
@@ -195,40 +256,38 @@ async fn send_remote(
         let first = encode(&header, max_frame)?;
         sent.bytes += first.len() as u64;
         write(&mut stream, first).await?;
-        let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
-        while let Some(batch) = batches.next().await {
-            let batch = match batch {
-                Ok(batch) => batch,
+        while let Some(chunk) = chunks.next().await {
+            let bytes = match chunk {
+                Ok(Chunk::Head(bytes)) => Bytes::from(bytes),
+                Ok(Chunk::Batch { bytes, rows }) => {
+                    sent.batches += 1;
+                    sent.rows += rows;
+                    bytes
+                }
                 Err(why) => {
-                    // Reset, not finished: the receiver must not take what
-                    // came so far for the whole stream.
                     let _ = stream.reset(quinn::VarInt::from_u32(codes::NORMAL));
                     return Err(BulkError::Interrupted(why));
                 }
             };
-            // Write each chunk as soon as it is encoded: a batch at a time
-            // is all the memory a send holds.
-            let encoded = std::mem::take(writer.get_mut());
-            // Batches of a stream tend to be alike: the next one goes into
-            // one allocation of the last one's size, not a growing vector.
-            writer.get_mut().reserve(encoded.len());
-            let chunk = Bytes::from(encoded);
-            sent.bytes += chunk.len() as u64;
-            write(&mut stream, chunk).await?;
-            writer.write(&batch)?;
-            sent.batches += 1;
-            sent.rows += batch.num_rows();
+            sent.bytes += bytes.len() as u64;
+            write(&mut stream, bytes).await?;
         }
-        writer.finish()?;
-        let tail = Bytes::from(std::mem::take(writer.get_mut()));
-        sent.bytes += tail.len() as u64;
-        write(&mut stream, tail).await?;
         stream.finish().map_err(|e| lost(&e))
     }
     .await;
-    // The receiver answers once it has read everything or turned the
-    // stream down; its answer explains a failed write too.
-    let outcome = read_frame::<_, BulkOutcome>(&mut answer, max_frame).await;
+    confirmed(to, &mut answer, written, sent, max_frame).await
+}
+
+/// The receiver's answer, which explains a failed write too.
+async fn confirmed(
+    to: &ActorAddress,
+    answer: &mut quinn::RecvStream,
+    written: Result<(), BulkError>,
+    sent: Sent,
+    max_frame: usize,
+) -> Result<Sent, BulkError> {
+    let lost = |e: &dyn std::fmt::Display| BulkError::Unreachable(to.clone(), e.to_string());
+    let outcome = read_frame::<_, BulkOutcome>(answer, max_frame).await;
     match (outcome, written) {
         (Ok(Some(BulkOutcome::Received)), Ok(())) => Ok(sent),
         (Ok(Some(BulkOutcome::Refused { code, why })), _) => Err(BulkError::Refused {
@@ -240,6 +299,38 @@ async fn send_remote(
         (Ok(None), Ok(())) => Err(lost(&"the stream closed before the receiver confirmed it")),
         (Err(e), Ok(())) => Err(lost(&e)),
     }
+}
+
+async fn send_remote(
+    peer: &Arc<Peer>,
+    to: &ActorAddress,
+    tag: &str,
+    schema: SchemaRef,
+    batches: impl Stream<Item = Result<RecordBatch, String>> + Unpin,
+    max_frame: usize,
+) -> Result<Sent, BulkError> {
+    let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
+    let head = std::mem::take(writer.get_mut());
+    // Each batch goes on the wire as soon as it is encoded: a batch at a
+    // time is all the memory a send holds.
+    let encoded = batches.map(move |batch| {
+        let batch = batch?;
+        writer.write(&batch).map_err(|e| e.to_string())?;
+        let encoded = std::mem::take(writer.get_mut());
+        // Batches of a stream tend to be alike: the next one goes into one
+        // allocation of this one's size, not a growing vector.
+        writer.get_mut().reserve(encoded.len());
+        Ok(Chunk::Batch {
+            bytes: Bytes::from(encoded),
+            rows: batch.num_rows(),
+        })
+    });
+    let chunks = futures::stream::once(async { Ok(Chunk::Head(head)) })
+        .chain(encoded)
+        .chain(futures::stream::once(async {
+            Ok(Chunk::Head(end_of_stream()))
+        }));
+    send_chunks(peer, to, tag, Box::pin(chunks), max_frame).await
 }
 
 async fn write(stream: &mut quinn::SendStream, chunk: Bytes) -> Result<(), BulkError> {

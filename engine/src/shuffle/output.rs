@@ -18,13 +18,33 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SpillFile, SpillWriter};
 
-use super::store::{MapOutput, MapOutputFile};
+use super::store::{MapOutput, MapOutputFile, Span};
 use crate::error::EngineError;
 
 struct DiskOutput {
     file: Arc<dyn SpillFile>,
-    writer: FileWriter<BufWriter<Box<dyn SpillWriter>>>,
+    writer: FileWriter<Counted<BufWriter<Box<dyn SpillWriter>>>>,
     written: usize,
+    /// Where each batch's IPC message lies in the file.
+    spans: Vec<Span>,
+}
+
+/// Counts the bytes written through it: where each batch's message lies.
+struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Full batches kept in memory, per reduce partition, and the memory
@@ -168,19 +188,30 @@ impl MapOutputWriter {
             None => self.create_file()?,
         };
         let DiskOutput {
-            file, mut writer, ..
+            file,
+            mut writer,
+            spans,
+            ..
         } = disk;
         let description = self.description.clone();
         let failed = |why: String| write_failed(&description, &file, why);
         writer.finish().map_err(|e| failed(e.to_string()))?;
-        let mut inner = writer.into_inner().map_err(|e| failed(e.to_string()))?;
+        let mut inner = writer
+            .into_inner()
+            .map_err(|e| failed(e.to_string()))?
+            .inner;
         inner.flush().map_err(|e| failed(e.to_string()))?;
         let mut spill = inner
             .into_inner()
             .map_err(|e| failed(e.error().to_string()))?;
         spill.finish().map_err(|e| failed(e.to_string()))?;
         drop(spill);
-        Ok((rows, MapOutput::on_disk(MapOutputFile { file }, index)))
+        let file = MapOutputFile {
+            file,
+            schema: Arc::clone(&self.schema),
+            spans,
+        };
+        Ok((rows, MapOutput::on_disk(file, index)))
     }
 
     fn emit(&mut self, reduce: usize, batch: RecordBatch) -> Result<()> {
@@ -217,9 +248,16 @@ impl MapOutputWriter {
         let Some(disk) = self.disk.as_mut() else {
             return Ok(());
         };
+        let start = disk.writer.get_ref().written;
         if let Err(e) = disk.writer.write(batch) {
             return Err(write_failed(&self.description, &disk.file, e.to_string()));
         }
+        let end = disk.writer.get_ref().written;
+        disk.spans.push(Span {
+            offset: start,
+            len: end - start,
+            rows: batch.num_rows() as u64,
+        });
         self.index.entry(reduce).or_default().push(disk.written);
         disk.written += 1;
         Ok(())
@@ -233,12 +271,17 @@ impl MapOutputWriter {
         let sink = file.open_writer()?;
         let codec = self.compress.then_some(CompressionType::LZ4_FRAME);
         let options = IpcWriteOptions::default().try_with_compression(codec)?;
-        let writer = FileWriter::try_new_with_options(BufWriter::new(sink), &self.schema, options)
+        let sink = Counted {
+            inner: BufWriter::new(sink),
+            written: 0,
+        };
+        let writer = FileWriter::try_new_with_options(sink, &self.schema, options)
             .map_err(|e| write_failed(&self.description, &file, e.to_string()))?;
         Ok(DiskOutput {
             file,
             writer,
             written: 0,
+            spans: Vec::new(),
         })
     }
 }
@@ -332,6 +375,41 @@ mod tests {
         values
     }
 
+    /// Every block as stored, decoded as a receiver of a stream of them
+    /// would: the bytes served without decoding are whole IPC messages.
+    async fn read_raw(store: &BlockStore) -> Vec<i64> {
+        use datafusion::arrow::buffer::Buffer;
+        use datafusion::arrow::ipc::reader::StreamDecoder;
+        use datafusion::arrow::ipc::writer::StreamWriter;
+        use futures::StreamExt;
+        let ids: Vec<_> = (0..REDUCES)
+            .map(|reduce| crate::shuffle::ShuffleBlockId {
+                stage: 1,
+                map: 0,
+                reduce,
+            })
+            .collect();
+        let raw = store
+            .raw(&ids)
+            .unwrap()
+            .expect("blocks on disk are served raw");
+        let mut decoder = StreamDecoder::new();
+        let mut head = StreamWriter::try_new(Vec::new(), &raw.schema).unwrap();
+        let mut head = Buffer::from(std::mem::take(head.get_mut()));
+        assert!(decoder.decode(&mut head).unwrap().is_none());
+        let mut values = Vec::new();
+        let mut messages = raw.read();
+        while let Some(message) = messages.next().await {
+            let message = message.unwrap();
+            let mut buffer = Buffer::from(message.bytes);
+            let batch = decoder.decode(&mut buffer).unwrap().unwrap();
+            assert_eq!(batch.num_rows(), message.rows);
+            values.extend(batch.column(0).as_primitive::<Int64Type>().values().iter());
+        }
+        values.sort_unstable();
+        values
+    }
+
     fn files_under(dir: &Path) -> usize {
         std::fs::read_dir(dir)
             .unwrap()
@@ -368,6 +446,7 @@ mod tests {
             sizes.push(usage.disk_bytes);
             assert_eq!(files_under(dir.path()), 1, "one data file per map task");
             assert_eq!(read_back(&context).await, (0..ROWS).collect::<Vec<_>>());
+            assert_eq!(read_raw(&store).await, (0..ROWS).collect::<Vec<_>>());
             store.remove_stages(&[1]);
             assert_eq!(files_under(dir.path()), 0, "the file goes with its stage");
             assert_eq!(context.runtime_env().disk_manager.used_disk_space(), 0);

@@ -18,6 +18,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SpillFile;
@@ -110,6 +112,131 @@ pub fn read_on_blocking_pool(
 /// when the last block that reads it is dropped.
 pub(crate) struct MapOutputFile {
     pub(crate) file: Arc<dyn SpillFile>,
+    pub(crate) schema: SchemaRef,
+    /// Where each batch's IPC message lies, by position.
+    pub(crate) spans: Vec<Span>,
+}
+
+/// One batch's encapsulated IPC message in a map output file: the same
+/// bytes an IPC stream carries, so a block can be served without decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) rows: u64,
+}
+
+/// One batch as encoded in a map output file (an encapsulated Arrow IPC
+/// message, LZ4-compressed unless compression is off), and its rows.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub bytes: bytes::Bytes,
+    pub rows: usize,
+}
+
+/// Blocks that can be served as they are stored: every one in a file, of
+/// one schema without dictionaries.
+pub struct RawBlocks {
+    pub schema: SchemaRef,
+    reads: Vec<(Arc<MapOutputFile>, Vec<Span>)>,
+}
+
+/// How many bytes of raw batches one trip to the blocking pool reads.
+const RAW_READ_BYTES: u64 = 4 << 20;
+
+impl RawBlocks {
+    /// The batches, in order, read a few megabytes at a time on the
+    /// blocking pool.
+    pub fn read(self) -> BoxStream<'static, Result<RawBatch, EngineError>> {
+        let pieces = self.reads.into_iter().flat_map(|(file, spans)| {
+            // Runs of batches up to RAW_READ_BYTES, each one read.
+            let mut runs: Vec<Vec<Span>> = Vec::new();
+            let mut size = 0;
+            for span in spans {
+                match runs.last_mut() {
+                    Some(run) if size + span.len <= RAW_READ_BYTES => {
+                        size += span.len;
+                        run.push(span);
+                    }
+                    _ => {
+                        size = span.len;
+                        runs.push(vec![span]);
+                    }
+                }
+            }
+            runs.into_iter().map(move |run| (Arc::clone(&file), run))
+        });
+        futures::stream::iter(pieces)
+            .then(|(file, run)| async move {
+                tokio::task::spawn_blocking(move || read_spans(&file, &run))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(EngineError::Fetch(format!(
+                            "reading a shuffle file stopped: {e}"
+                        )))
+                    })
+            })
+            .map(|read| match read {
+                Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+}
+
+/// Reads `spans` of `file`, consecutive ones in one read.
+fn read_spans(file: &MapOutputFile, spans: &[Span]) -> Result<Vec<RawBatch>, EngineError> {
+    use std::os::unix::fs::FileExt;
+    let damaged = |why: String| {
+        EngineError::Fetch(format!(
+            "shuffle file {:?} cannot be read: {why}",
+            file.file.path()
+        ))
+    };
+    let path = file
+        .file
+        .path()
+        .ok_or_else(|| damaged("it has no path".to_string()))?;
+    let handle = File::open(path).map_err(|e| damaged(e.to_string()))?;
+    let (Some(first), Some(last)) = (spans.first(), spans.last()) else {
+        return Ok(Vec::new());
+    };
+    let contiguous = spans
+        .windows(2)
+        .all(|w| w[0].offset + w[0].len == w[1].offset);
+    if contiguous {
+        let len = usize::try_from(last.offset + last.len - first.offset)
+            .map_err(|e| damaged(e.to_string()))?;
+        let mut buf = vec![0u8; len];
+        handle
+            .read_exact_at(&mut buf, first.offset)
+            .map_err(|e| damaged(e.to_string()))?;
+        let whole = bytes::Bytes::from(buf);
+        return Ok(spans
+            .iter()
+            .map(|span| {
+                let at = (span.offset - first.offset) as usize;
+                RawBatch {
+                    bytes: whole.slice(at..at + span.len as usize),
+                    rows: span.rows as usize,
+                }
+            })
+            .collect());
+    }
+    spans
+        .iter()
+        .map(|span| {
+            let mut buf = vec![0u8; span.len as usize];
+            handle
+                .read_exact_at(&mut buf, span.offset)
+                .map_err(|e| damaged(e.to_string()))?;
+            Ok(RawBatch {
+                bytes: buf.into(),
+                rows: span.rows as usize,
+            })
+        })
+        .collect()
 }
 
 impl fmt::Debug for MapOutputFile {
@@ -274,6 +401,45 @@ impl BlockStore {
             .get(&(id.stage, id.map))
             .ok_or(EngineError::MissingBlock(id))?
             .read(id)
+    }
+
+    /// `ids` as they are stored, when every one is in a file and they
+    /// share a schema without dictionaries; `None` otherwise (read them
+    /// with [`BlockStore::get`]).
+    pub fn raw(&self, ids: &[ShuffleBlockId]) -> Result<Option<RawBlocks>, EngineError> {
+        let outputs = self.lock();
+        let mut schema: Option<SchemaRef> = None;
+        let mut reads = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let block = outputs
+                .get(&(id.stage, id.map))
+                .and_then(|o| o.blocks.get(&id.reduce))
+                .ok_or(EngineError::MissingBlock(id))?;
+            let Block::Disk { file, batches } = block else {
+                return Ok(None);
+            };
+            match &schema {
+                Some(s) if s != &file.schema => return Ok(None),
+                Some(_) => {}
+                None => {
+                    let dictionaries = file.schema.fields().iter().any(|f| {
+                        matches!(f.data_type(), DataType::Dictionary(..))
+                            || f.data_type().is_nested()
+                    });
+                    if dictionaries {
+                        return Ok(None);
+                    }
+                    schema = Some(Arc::clone(&file.schema));
+                }
+            }
+            let spans = batches
+                .iter()
+                .map(|&b| file.spans.get(b).copied())
+                .collect::<Option<Vec<Span>>>()
+                .ok_or_else(|| EngineError::Fetch(format!("the index of block {id} is damaged")))?;
+            reads.push((Arc::clone(file), spans));
+        }
+        Ok(schema.map(|schema| RawBlocks { schema, reads }))
     }
 
     /// Whether the block is held here.

@@ -102,6 +102,7 @@ both_backends!(
     a_name_nobody_registered_is_gone,
     a_message_of_another_type_is_refused,
     batches_reach_an_inbox_in_order,
+    encoded_batches_reach_an_inbox_as_they_were_encoded,
     a_bulk_stream_to_a_missing_inbox_fails,
 );
 
@@ -288,6 +289,46 @@ async fn batches_reach_an_inbox_in_order(backend: Backend) {
     assert_eq!(got, expected);
     let sent = sending.await.unwrap().unwrap();
     assert_eq!((sent.batches, sent.rows), (20, 20_000));
+}
+
+async fn encoded_batches_reach_an_inbox_as_they_were_encoded(backend: Backend) {
+    let s = setup(backend).await;
+    let mut inbox = s.owner.bulk_inbox("blocks").unwrap();
+    let to = ActorAddress {
+        node: s.owner.id().clone(),
+        name: "blocks".into(),
+    };
+    let batches: Vec<RecordBatch> = (0..5).map(|i| batch(i * 100, 100)).collect();
+    let schema = batches[0].schema();
+    // Each batch as its own encapsulated IPC message, as a shuffle file
+    // stores it.
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &schema).unwrap();
+    writer.get_mut().clear();
+    let messages: Vec<Result<(bytes::Bytes, usize), String>> = batches
+        .iter()
+        .map(|b| {
+            writer.write(b).unwrap();
+            Ok((std::mem::take(writer.get_mut()).into(), b.num_rows()))
+        })
+        .collect();
+    let expected = batches.clone();
+    let sender = s.sender.clone();
+    let sending = tokio::spawn(async move {
+        sender
+            .send_ipc_messages(&to, "raw", schema, futures::stream::iter(messages))
+            .await
+    });
+    let mut incoming = tokio::time::timeout(T, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(batch) = incoming.batches.recv().await {
+        got.push(batch.unwrap());
+    }
+    assert_eq!(got, expected);
+    let sent = sending.await.unwrap().unwrap();
+    assert_eq!((sent.batches, sent.rows), (5, 500));
 }
 
 async fn a_bulk_stream_to_a_missing_inbox_fails(backend: Backend) {
