@@ -151,7 +151,6 @@ async fn execute(
             stream,
             &env,
             &context.runtime_env(),
-            context.session_config().batch_size(),
             (task.id.stage, task.id.partition),
             DIRECT_RESULT_BYTES,
         )

@@ -60,7 +60,6 @@ pub async fn finish_result(
     mut stream: SendableRecordBatchStream,
     env: &ShuffleEnv,
     runtime: &Arc<RuntimeEnv>,
-    target_rows: usize,
     (stage, partition): (StageId, usize),
     direct_limit: usize,
 ) -> Result<ResultOutput> {
@@ -81,13 +80,15 @@ pub async fn finish_result(
     let block = result_block(stage, partition);
     let mut output = MapOutputWriter::new(
         &schema,
-        target_rows.max(1),
+        1,
         env.memory.clone(),
         env.compress,
         runtime,
         format!("result {stage}.{partition}"),
     );
-    output.open(block.reduce);
+    // The plan's batches are kept as they come: joining them would copy
+    // every row of a result that may well stay in memory.
+    output.open_passthrough(block.reduce);
     for batch in direct {
         output.push(block.reduce, batch)?;
     }
@@ -135,14 +136,14 @@ mod tests {
         let store = Arc::new(BlockStore::default());
         let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
         let runtime = Arc::new(RuntimeEnv::default());
-        let small = finish_result(stream(2, 100), &env, &runtime, 8192, (7, 0), 1 << 20)
+        let small = finish_result(stream(2, 100), &env, &runtime, (7, 0), 1 << 20)
             .await
             .unwrap();
         assert!(matches!(&small, ResultOutput::Direct(b) if b.len() == 2));
         assert!(!store.contains(result_block(7, 0)));
 
         // 40 batches of 8,192 longs: 2.6 MB, over a 1 MB limit.
-        let large = finish_result(stream(40, 8192), &env, &runtime, 8192, (7, 1), 1 << 20)
+        let large = finish_result(stream(40, 8192), &env, &runtime, (7, 1), 1 << 20)
             .await
             .unwrap();
         assert!(matches!(large, ResultOutput::Held { rows } if rows == 40 * 8192));
