@@ -472,12 +472,7 @@ impl Shell {
         mut rows: JobRows,
         started: Option<Instant>,
     ) -> Result<bool, Failure> {
-        let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
-        let limits = if table {
-            Limits::terminal(self.settings.max_rows)
-        } else {
-            Limits::default()
-        };
+        let (table, limits) = self.table_limits();
         let format = self.settings.format;
         let mut out = std::io::stdout().lock();
         let written = tokio::select! {
@@ -491,6 +486,18 @@ impl Shell {
         }
         out.flush()?;
         Ok(table)
+    }
+
+    /// Whether rows print as a table on a terminal, and the limits they
+    /// print within: its width and `\maxrows` then, none otherwise.
+    fn table_limits(&self) -> (bool, Limits) {
+        let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
+        let limits = if table {
+            Limits::terminal(self.settings.max_rows)
+        } else {
+            Limits::default()
+        };
+        (table, limits)
     }
 
     fn print_listing(&self, listing: &Listing) -> Result<(), Failure> {
@@ -508,12 +515,7 @@ impl Shell {
         batches: &[RecordBatch],
         started: Option<Instant>,
     ) -> Result<bool, Failure> {
-        let table = self.settings.format == OutputFormat::Table && self.settings.on_terminal;
-        let limits = if table {
-            Limits::terminal(self.settings.max_rows)
-        } else {
-            Limits::default()
-        };
+        let (table, limits) = self.table_limits();
         let mut out = std::io::stdout().lock();
         let shown = write_batches(&mut out, self.settings.format, schema, batches, limits)?;
         if table {
