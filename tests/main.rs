@@ -13,6 +13,7 @@ mod memory;
 mod netns;
 mod shell;
 mod simulate;
+mod streaming;
 mod support;
 mod tpch;
 mod transport;

@@ -59,6 +59,7 @@ pub const FAULT_FAIL_TASK: &str = "ember.faults.failTask";
 pub const FAULT_DELAY_TASK: &str = "ember.faults.delayTask";
 pub const FAULT_LOSE_MAP_OUTPUT: &str = "ember.faults.loseMapOutput";
 pub const FAULT_IGNORE_DRIVER_LOSS: &str = "ember.faults.executorIgnoresDriverLoss";
+pub const FAULT_STREAM_STOP_BEFORE_COMMIT: &str = "ember.faults.streamStopBeforeCommit";
 pub const WORKER_RETRY_INTERVAL: &str = "ember.worker.registrationRetryInterval";
 pub const EXECUTOR_CONNECT_TIMEOUT: &str = "ember.executor.driverConnectTimeout";
 pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
@@ -274,6 +275,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Bool,
         default: "false",
         doc: "Testing only: a deliberate bug, executors that keep running when their driver is gone, to show that simulations catch orphan executors. Never set it on a real cluster.",
+    },
+    ConfigKey {
+        name: FAULT_STREAM_STOP_BEFORE_COMMIT,
+        kind: ValueKind::Text,
+        default: "",
+        doc: "Testing streaming recovery: BATCH makes a streaming query stop with an error after that batch's sink committed and before the checkpoint's commit log says so; a restart then runs the batch again.",
     },
 ];
 

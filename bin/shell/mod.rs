@@ -444,7 +444,7 @@ impl Shell {
             while let Some(Some(())) = signal.recv().now_or_never() {}
         }
         let cancel = self.session.canceller();
-        let run = self.session.execute_streaming(sql, mode);
+        let run = self.session.execute_stream(sql, mode);
         tokio::pin!(run);
         tokio::select! {
             result = &mut run => result.map_err(|e| match e {

@@ -9,6 +9,7 @@ pub mod master;
 pub mod script;
 mod session;
 pub mod setup;
+pub mod streaming;
 
 pub use master::Master;
 pub use script::{

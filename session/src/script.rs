@@ -92,7 +92,7 @@ pub async fn run_script<E: std::error::Error + 'static>(
             error,
         };
         let outcome = session
-            .execute_streaming(&statement.text, mode)
+            .execute_stream(&statement.text, mode)
             .await
             .map_err(failed)?;
         let flow = sink(statement, outcome, started)

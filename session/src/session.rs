@@ -36,6 +36,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::master::Master;
+use crate::streaming::{StreamFaults, StreamSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -132,7 +133,7 @@ enum Backend {
 
 /// What a statement produced: its rows gathered ([`JobOutput`], from
 /// [`Session::execute`]) or as a stream ([`JobRows`], from
-/// [`Session::execute_streaming`]).
+/// [`Session::execute_stream`]).
 #[derive(Debug)]
 pub enum StatementOutcome<R = JobOutput> {
     /// A query's (or COPY's) rows.
@@ -160,6 +161,9 @@ pub struct Session {
     committer: Arc<dyn OutputCommitter>,
     /// The links to this driver's side files, removed with the session.
     files: Option<SideFilesHere>,
+    /// Streams declared with `CREATE UNBOUNDED EXTERNAL TABLE`, by name.
+    pub(crate) streams: std::collections::BTreeMap<String, StreamSource>,
+    pub(crate) stream_faults: StreamFaults,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -273,6 +277,7 @@ impl Session {
         ember_engine::files::register(&ctx);
         let mut session = Self::over(ctx, Backend::Local(cluster));
         session.files = files;
+        session.stream_faults = stream_faults(&options.conf);
         Ok(session)
     }
 
@@ -409,6 +414,7 @@ impl Session {
         ember_engine::files::register(&ctx);
         let mut session = Self::over(ctx, Backend::Cluster(app));
         session.files = files;
+        session.stream_faults = stream_faults(&options.conf);
         Ok(session)
     }
 
@@ -420,6 +426,8 @@ impl Session {
             file_outputs: 0,
             committer: Arc::new(CommitUsedAttempts),
             files: None,
+            streams: std::collections::BTreeMap::new(),
+            stream_faults: StreamFaults::default(),
         }
     }
 
@@ -501,7 +509,7 @@ impl Session {
         sql: &str,
         mode: Mode,
     ) -> Result<StatementOutcome, SessionError> {
-        Ok(match self.execute_streaming(sql, mode).await? {
+        Ok(match self.execute_stream(sql, mode).await? {
             StatementOutcome::Rows(rows) => StatementOutcome::Rows(rows.collect().await?),
             StatementOutcome::Explain(text) => StatementOutcome::Explain(text),
             StatementOutcome::Done => StatementOutcome::Done,
@@ -511,11 +519,22 @@ impl Session {
     /// [`Session::execute_in`], with a query's rows as a stream: they are
     /// read from the executors as they are taken, so a result of any size
     /// passes through a few batches of memory.
-    pub async fn execute_streaming(
+    pub async fn execute_stream(
         &mut self,
         sql: &str,
         mode: Mode,
     ) -> Result<StatementOutcome<JobRows>, SessionError> {
+        if let Some(query) = crate::streaming::parse_start(sql)? {
+            if mode == Mode::ExplainOnly {
+                return Err(SessionError::Unsupported(
+                    "EXPLAIN of a streaming query: EXPLAIN its SELECT instead".to_string(),
+                ));
+            }
+            let run: futures::future::LocalBoxFuture<'_, Result<_, SessionError>> =
+                Box::pin(self.run_streaming_query(&query));
+            run.await?;
+            return Ok(StatementOutcome::Done);
+        }
         let state = self.ctx.state();
         let plan = state.create_logical_plan(sql).await?;
         match &plan {
@@ -528,6 +547,14 @@ impl Session {
                     "EXPLAIN ANALYZE is not supported yet; EXPLAIN shows the stage graph"
                         .to_string(),
                 ));
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) if create.unbounded => {
+                let Some(source) = StreamSource::declare(create)? else {
+                    return Ok(StatementOutcome::Done);
+                };
+                self.streams
+                    .insert(create.name.to_string().to_ascii_lowercase(), source);
+                return Ok(StatementOutcome::Done);
             }
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
                 if let Some(location) = create.locations.iter().find(|l| is_missing_local_path(l)) {
@@ -863,4 +890,13 @@ fn is_missing_local_path(location: &str) -> bool {
 /// The file-system path of a local location (`file://` or a plain path).
 fn local_path(location: &str) -> &Path {
     Path::new(location.strip_prefix("file://").unwrap_or(location))
+}
+
+/// The streaming faults `conf` asks for (`ember.faults.streamStopBeforeCommit`).
+fn stream_faults(conf: &EmberConf) -> StreamFaults {
+    StreamFaults {
+        stop_before_commit: conf
+            .get(ember_actors::config::FAULT_STREAM_STOP_BEFORE_COMMIT)
+            .and_then(|v| v.trim().parse().ok()),
+    }
 }

@@ -1,0 +1,1040 @@
+//! Streaming queries in micro-batches, as Spark's Structured Streaming runs
+//! them: a query over unbounded sources is run again and again, each run (a
+//! batch) an ordinary Ember job over the data that arrived since the last,
+//! and its progress is written ahead to a checkpoint so that a restarted
+//! query goes on exactly where it stopped.
+//!
+//! Per batch, in this order:
+//! 1. the sources say what is new (files not yet taken, rate-source rows up
+//!    to now) and the batch's offsets are written to `offsets/N`;
+//! 2. each source is bound, for this batch only, to exactly those offsets,
+//!    and the query runs as a job;
+//! 3. the sink takes the rows (a file sink through the output commit, into
+//!    a directory of its own per batch, replacing whatever an earlier
+//!    attempt of the same batch left);
+//! 4. `commits/N` is written.
+//!
+//! A query restarted with offsets `N` and no commit `N` runs batch `N`
+//! again with the same offsets: its file output is replaced, never added
+//! to, so every input row's result lands exactly once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::session::{Mode, Session, SessionError, StatementOutcome};
+
+/// Streaming-only options of a source, taken out before DataFusion sees
+/// the rest.
+const MAX_FILES_PER_TRIGGER: &str = "maxfilespertrigger";
+const ROWS_PER_SECOND: &str = "rowspersecond";
+
+/// A source declared with `CREATE UNBOUNDED EXTERNAL TABLE`.
+#[derive(Debug, Clone)]
+pub struct StreamSource {
+    /// The declaration, with the streaming options taken out.
+    create: CreateExternalTable,
+    kind: SourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum SourceKind {
+    /// Files arriving in a directory (CSV, JSON lines, Parquet).
+    Files {
+        dir: PathBuf,
+        max_files_per_trigger: Option<usize>,
+    },
+    /// `rowsPerSecond` rows a second: `value BIGINT`, `timestamp`.
+    Rate { rows_per_second: u64 },
+}
+
+impl StreamSource {
+    /// The source `create` declares; `None` when it is not unbounded.
+    pub(crate) fn declare(create: &CreateExternalTable) -> Result<Option<Self>, SessionError> {
+        if !create.unbounded {
+            return Ok(None);
+        }
+        let mut create = create.clone();
+        let max_files = take_option(&mut create.options, MAX_FILES_PER_TRIGGER);
+        let rate = take_option(&mut create.options, ROWS_PER_SECOND);
+        let number = |key: &str, value: Option<String>| -> Result<Option<u64>, SessionError> {
+            value
+                .map(|v| {
+                    v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        SessionError::Unsupported(format!(
+                            "stream {}: option '{key}' must be a whole number above 0, not '{v}'",
+                            create_name(&create)
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let kind = if create.file_type.eq_ignore_ascii_case("RATE") {
+            SourceKind::Rate {
+                rows_per_second: number("rowsPerSecond", rate)?.unwrap_or(1),
+            }
+        } else {
+            let location = create.locations.first().cloned().unwrap_or_default();
+            let dir = PathBuf::from(location.strip_prefix("file://").unwrap_or(&location));
+            if !dir.is_dir() {
+                return Err(SessionError::Unsupported(format!(
+                    "stream {}: LOCATION '{location}' must be an existing directory that files \
+                     arrive in",
+                    create_name(&create)
+                )));
+            }
+            SourceKind::Files {
+                dir,
+                max_files_per_trigger: number("maxFilesPerTrigger", max_files)?
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            }
+        };
+        Ok(Some(Self { create, kind }))
+    }
+
+    fn name(&self) -> String {
+        create_name(&self.create)
+    }
+}
+
+/// Takes option `key` (in any case, with or without a `format.` prefix)
+/// out of `options`.
+fn take_option(
+    options: &mut std::collections::HashMap<String, String>,
+    key: &str,
+) -> Option<String> {
+    let found = options
+        .keys()
+        .find(|k| k.rsplit('.').next().unwrap_or(k).eq_ignore_ascii_case(key))
+        .cloned();
+    found.and_then(|k| options.remove(&k))
+}
+
+fn create_name(create: &CreateExternalTable) -> String {
+    create.name.to_string()
+}
+
+/// Where a batch's rows of one source begin and end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SourceOffset {
+    /// The files this batch takes, in order.
+    Files { files: Vec<String> },
+    /// Rows `start..end`, row `v` stamped `origin_micros + v / rate`.
+    Rate {
+        start: u64,
+        end: u64,
+        origin_micros: i64,
+        rows_per_second: u64,
+    },
+}
+
+impl SourceOffset {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Files { files } => files.is_empty(),
+            Self::Rate { start, end, .. } => start >= end,
+        }
+    }
+}
+
+/// One entry of the offset log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BatchOffsets {
+    batch: u64,
+    sources: BTreeMap<String, SourceOffset>,
+}
+
+/// What a checkpoint belongs to: a restarted query must match it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Metadata {
+    name: String,
+    sink: String,
+    sources: Vec<String>,
+}
+
+/// When a streaming query runs its next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// As soon as the last one ended and there is new data.
+    AsFastAsPossible,
+    /// At most one batch per interval.
+    ProcessingTime(Duration),
+    /// One batch of what is there, then stop.
+    Once,
+    /// Batches until everything there now is taken (within the sources'
+    /// limits per batch), then stop.
+    AvailableNow,
+}
+
+/// Where a streaming query's rows go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Files under a directory, a subdirectory `batch=N` per batch.
+    Files { format: String, dir: PathBuf },
+    /// Printed on standard output, a heading per batch.
+    Console,
+    /// A table of the query's name in this session.
+    Memory,
+}
+
+impl Sink {
+    fn describe(&self) -> String {
+        match self {
+            Self::Files { format, dir } => format!("{format} files in {}", dir.display()),
+            Self::Console => "console".to_string(),
+            Self::Memory => "memory".to_string(),
+        }
+    }
+}
+
+/// How rows reach the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    Append,
+    Update,
+    Complete,
+}
+
+/// A `START STREAMING QUERY` statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamingQuery {
+    pub name: String,
+    pub trigger: Trigger,
+    pub checkpoint: Option<PathBuf>,
+    pub output_mode: OutputMode,
+    pub sink: Sink,
+    /// Stop after this long, whatever the trigger.
+    pub stop_after: Option<Duration>,
+    /// The query, as written.
+    pub sql: String,
+}
+
+/// What one batch did, as Spark's progress reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    pub batch: u64,
+    /// Files the batch took from file sources.
+    pub input_files: usize,
+    /// Rows the batch took from rate sources.
+    pub input_rows: u64,
+    pub output_rows: u64,
+    pub duration: Duration,
+    /// Whether it ran again offsets an earlier run wrote ahead.
+    pub replayed: bool,
+}
+
+/// Parses `START STREAMING QUERY name [TRIGGER ...] [CHECKPOINT 'dir']
+/// [OUTPUT MODE APPEND|UPDATE|COMPLETE] [STOP AFTER 'duration'] INTO
+/// (CONSOLE | MEMORY | PARQUET|CSV|JSON 'dir') AS query`; `None` when `sql`
+/// is not such a statement.
+pub fn parse_start(sql: &str) -> Result<Option<StreamingQuery>, SessionError> {
+    let bad = |why: String| SessionError::Unsupported(format!("START STREAMING QUERY: {why}"));
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| bad(e.to_string()))?;
+    // Words and strings with their byte offsets, comments and spaces out.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |line: u64, column: u64| -> usize {
+        let start = line_starts
+            .get(usize::try_from(line).unwrap_or(1).saturating_sub(1))
+            .copied()
+            .unwrap_or(sql.len());
+        let chars = usize::try_from(column).unwrap_or(1).saturating_sub(1);
+        sql[start..]
+            .char_indices()
+            .nth(chars)
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let items: Vec<(Token, usize)> = tokens
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| {
+            let at = offset(t.span.start.line, t.span.start.column);
+            (t.token, at)
+        })
+        .collect();
+    let mut it = items.iter().peekable();
+    let word = |it: &mut std::iter::Peekable<std::slice::Iter<'_, (Token, usize)>>| match it.next()
+    {
+        Some((Token::Word(w), _)) => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    let start = word(&mut it);
+    let streaming = word(&mut it);
+    let query = word(&mut it);
+    if (start.as_deref(), streaming.as_deref(), query.as_deref())
+        != (Some("START"), Some("STREAMING"), Some("QUERY"))
+    {
+        return Ok(None);
+    }
+    let name = match it.next() {
+        Some((Token::Word(w), _)) if w.keyword == Keyword::NoKeyword || w.quote_style.is_some() => {
+            w.value.clone()
+        }
+        Some((Token::Word(w), _)) => w.value.clone(),
+        other => return Err(bad(format!("a name comes after QUERY, not {other:?}"))),
+    };
+    let string = |it: &mut std::iter::Peekable<std::slice::Iter<'_, (Token, usize)>>,
+                  what: &str|
+     -> Result<String, SessionError> {
+        match it.next() {
+            Some((Token::SingleQuotedString(s), _)) => Ok(s.clone()),
+            other => Err(bad(format!("{what} takes a quoted string, not {other:?}"))),
+        }
+    };
+    let mut parsed = StreamingQuery {
+        name,
+        trigger: Trigger::AsFastAsPossible,
+        checkpoint: None,
+        output_mode: OutputMode::Append,
+        sink: Sink::Console,
+        stop_after: None,
+        sql: String::new(),
+    };
+    let mut sink = None;
+    loop {
+        let Some((token, at)) = it.next() else {
+            return Err(bad("AS and the query are missing".to_string()));
+        };
+        let Token::Word(w) = token else {
+            return Err(bad(format!("unexpected {token}")));
+        };
+        match w.value.to_ascii_uppercase().as_str() {
+            "TRIGGER" => {
+                parsed.trigger = match word(&mut it).as_deref() {
+                    Some("ONCE") => Trigger::Once,
+                    Some("AVAILABLE") if word(&mut it).as_deref() == Some("NOW") => {
+                        Trigger::AvailableNow
+                    }
+                    Some("PROCESSING") if word(&mut it).as_deref() == Some("TIME") => {
+                        let text = string(&mut it, "PROCESSING TIME")?;
+                        Trigger::ProcessingTime(parse_duration(&text).map_err(bad)?)
+                    }
+                    other => {
+                        return Err(bad(format!(
+                            "TRIGGER is ONCE, AVAILABLE NOW or PROCESSING TIME '1 second', not \
+                             {other:?}"
+                        )));
+                    }
+                }
+            }
+            "CHECKPOINT" => parsed.checkpoint = Some(PathBuf::from(string(&mut it, "CHECKPOINT")?)),
+            "OUTPUT" => {
+                if word(&mut it).as_deref() != Some("MODE") {
+                    return Err(bad("OUTPUT MODE APPEND, UPDATE or COMPLETE".to_string()));
+                }
+                parsed.output_mode = match word(&mut it).as_deref() {
+                    Some("APPEND") => OutputMode::Append,
+                    Some("UPDATE") => OutputMode::Update,
+                    Some("COMPLETE") => OutputMode::Complete,
+                    other => {
+                        return Err(bad(format!(
+                            "OUTPUT MODE is APPEND, UPDATE or COMPLETE, not {other:?}"
+                        )));
+                    }
+                }
+            }
+            "STOP" => {
+                if word(&mut it).as_deref() != Some("AFTER") {
+                    return Err(bad("STOP AFTER '30 seconds'".to_string()));
+                }
+                let text = string(&mut it, "STOP AFTER")?;
+                parsed.stop_after = Some(parse_duration(&text).map_err(bad)?);
+            }
+            "INTO" => {
+                sink = Some(match word(&mut it).as_deref() {
+                    Some("CONSOLE") => Sink::Console,
+                    Some("MEMORY") => Sink::Memory,
+                    Some(format @ ("PARQUET" | "CSV" | "JSON")) => Sink::Files {
+                        format: format.to_string(),
+                        dir: PathBuf::from(string(&mut it, format)?),
+                    },
+                    other => {
+                        return Err(bad(format!(
+                            "INTO CONSOLE, MEMORY, or PARQUET, CSV or JSON 'directory', not \
+                             {other:?}"
+                        )));
+                    }
+                })
+            }
+            "AS" => {
+                parsed.sql = sql[*at + 2..]
+                    .trim()
+                    .trim_end_matches(';')
+                    .trim()
+                    .to_string();
+                break;
+            }
+            other => return Err(bad(format!("unexpected {other}"))),
+        }
+    }
+    parsed.sink = sink.ok_or_else(|| bad("INTO says where the rows go".to_string()))?;
+    if parsed.sql.is_empty() {
+        return Err(bad("the query after AS is missing".to_string()));
+    }
+    if parsed.checkpoint.is_none() && matches!(parsed.sink, Sink::Files { .. }) {
+        return Err(bad(
+            "a file sink needs CHECKPOINT 'directory': without one, a restarted query could \
+             not know what it wrote"
+                .to_string(),
+        ));
+    }
+    Ok(Some(parsed))
+}
+
+/// `'1 second'`, `'500 ms'`, `'2s'`, `'1 minute'`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as '1 second'"))?;
+    let seconds = match unit.trim() {
+        "ms" | "millisecond" | "milliseconds" => number / 1000.0,
+        "" | "s" | "sec" | "second" | "seconds" => number,
+        "m" | "min" | "minute" | "minutes" => number * 60.0,
+        "h" | "hour" | "hours" => number * 3600.0,
+        other => return Err(format!("unknown unit '{other}' in '{text}'")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+/// The checkpoint directory of one query.
+struct Checkpoint {
+    dir: PathBuf,
+}
+
+impl Checkpoint {
+    fn open(dir: &Path, metadata: &Metadata) -> Result<Self, SessionError> {
+        let failed = |e: std::io::Error| {
+            SessionError::Unsupported(format!("checkpoint {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir.join("offsets")).map_err(failed)?;
+        std::fs::create_dir_all(dir.join("commits")).map_err(failed)?;
+        let file = dir.join("metadata");
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let found: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
+                    SessionError::Unsupported(format!(
+                        "checkpoint {}: metadata is damaged: {e}",
+                        dir.display()
+                    ))
+                })?;
+                if &found != metadata {
+                    return Err(SessionError::Unsupported(format!(
+                        "checkpoint {} belongs to another query ({} from {} into {}); this one is \
+                         {} from {} into {}: use another CHECKPOINT directory, or remove this one \
+                         to start over",
+                        dir.display(),
+                        found.name,
+                        found.sources.join(", "),
+                        found.sink,
+                        metadata.name,
+                        metadata.sources.join(", "),
+                        metadata.sink
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomically(
+                    &file,
+                    &serde_json::to_vec_pretty(metadata).unwrap_or_default(),
+                )
+                .map_err(failed)?;
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn log(&self, kind: &str) -> Result<BTreeMap<u64, PathBuf>, SessionError> {
+        let dir = self.dir.join(kind);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| SessionError::Unsupported(format!("checkpoint {}: {e}", dir.display())))?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.parse::<u64>().ok().map(|n| (n, e.path()))
+            })
+            .collect())
+    }
+
+    fn offsets(&self) -> Result<Vec<BatchOffsets>, SessionError> {
+        self.log("offsets")?
+            .into_values()
+            .map(|path| {
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    SessionError::Unsupported(format!("checkpoint {}: {e}", path.display()))
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    SessionError::Unsupported(format!(
+                        "checkpoint {}: the offset log entry is damaged: {e}",
+                        path.display()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn committed(&self) -> Result<Option<u64>, SessionError> {
+        Ok(self.log("commits")?.keys().next_back().copied())
+    }
+
+    fn write_offsets(&self, offsets: &BatchOffsets) -> Result<(), SessionError> {
+        let path = self.dir.join("offsets").join(offsets.batch.to_string());
+        write_atomically(
+            &path,
+            &serde_json::to_vec_pretty(offsets).unwrap_or_default(),
+        )
+        .map_err(|e| SessionError::Unsupported(format!("checkpoint {}: {e}", path.display())))
+    }
+
+    fn commit(&self, batch: u64) -> Result<(), SessionError> {
+        let path = self.dir.join("commits").join(batch.to_string());
+        write_atomically(&path, b"{}\n")
+            .map_err(|e| SessionError::Unsupported(format!("checkpoint {}: {e}", path.display())))
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames
+/// it over `path`: a reader finds the whole file or none.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Files of `dir` a file source may take: whole files (not hidden, not
+/// being written: `_` and `.` names are skipped, as Spark does), oldest
+/// first.
+fn arrived_files(dir: &Path) -> Result<Vec<String>, SessionError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| SessionError::Unsupported(format!("source {}: {e}", dir.display())))?;
+    let mut files: Vec<(SystemTime, String)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && !name.starts_with('_')
+        })
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| {
+                (
+                    meta.modified().unwrap_or(UNIX_EPOCH),
+                    e.path().display().to_string(),
+                )
+            })
+        })
+        .collect();
+    files.sort();
+    Ok(files.into_iter().map(|(_, f)| f).collect())
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+impl Session {
+    /// Runs a streaming query in the foreground until its trigger says to
+    /// stop (ONCE, AVAILABLE NOW) or `STOP AFTER` passes; returns each
+    /// batch's progress.
+    pub async fn run_streaming_query(
+        &mut self,
+        query: &StreamingQuery,
+    ) -> Result<Vec<BatchProgress>, SessionError> {
+        let sources = self.streaming_sources(&query.sql)?;
+        if sources.is_empty() {
+            return Err(SessionError::Unsupported(format!(
+                "streaming query {}: it reads no stream; declare one with CREATE UNBOUNDED \
+                 EXTERNAL TABLE",
+                query.name
+            )));
+        }
+        if query.output_mode == OutputMode::Complete || self.has_aggregate(query, &sources).await? {
+            return Err(SessionError::Unsupported(format!(
+                "streaming query {}: aggregations and OUTPUT MODE COMPLETE need state kept \
+                 between batches, which Ember's streaming does not have yet; stateless queries \
+                 (filters, projections, joins with tables) run in APPEND or UPDATE mode",
+                query.name
+            )));
+        }
+        let metadata = Metadata {
+            name: query.name.clone(),
+            sink: query.sink.describe(),
+            sources: sources.iter().map(StreamSource::name).collect(),
+        };
+        let checkpoint = match &query.checkpoint {
+            Some(dir) => Some(Checkpoint::open(dir, &metadata)?),
+            None => None,
+        };
+        let mut logged = match &checkpoint {
+            Some(c) => c.offsets()?,
+            None => Vec::new(),
+        };
+        let committed = match &checkpoint {
+            Some(c) => c.committed()?,
+            None => None,
+        };
+        let started = Instant::now();
+        let origin = now_micros();
+        let mut progress = Vec::new();
+        let mut memory: Vec<RecordBatch> = Vec::new();
+        let mut last_trigger: Option<Instant> = None;
+        loop {
+            if query
+                .stop_after
+                .is_some_and(|limit| started.elapsed() >= limit)
+            {
+                break;
+            }
+            let last = logged.last().map(|o| o.batch);
+            // A batch written ahead and never committed runs again first,
+            // with exactly its offsets.
+            let replay = logged
+                .last()
+                .filter(|o| committed.is_none_or(|c| o.batch > c))
+                .filter(|o| !progress.iter().any(|p: &BatchProgress| p.batch == o.batch))
+                .cloned();
+            let (offsets, replayed) = match replay {
+                Some(offsets) => (offsets, true),
+                None => {
+                    if let Trigger::ProcessingTime(interval) = query.trigger
+                        && let Some(at) = last_trigger
+                    {
+                        let next = at + interval;
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep(next - now).await;
+                        }
+                    }
+                    last_trigger = Some(Instant::now());
+                    let next = next_offsets(&sources, &logged, last.map_or(0, |b| b + 1), origin);
+                    if next.sources.values().all(SourceOffset::is_empty) {
+                        match query.trigger {
+                            Trigger::Once | Trigger::AvailableNow => break,
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(c) = &checkpoint {
+                        c.write_offsets(&next)?;
+                    }
+                    logged.push(next.clone());
+                    (next, false)
+                }
+            };
+            let begun = Instant::now();
+            let (input_rows, output_rows) = self
+                .run_batch(query, &sources, &offsets, &mut memory)
+                .await?;
+            if self.stream_faults.stop_before_commit == Some(offsets.batch) {
+                return Err(SessionError::Unsupported(format!(
+                    "injected stop of streaming query {} before the commit of batch {} \
+                     (ember.faults.streamStopBeforeCommit)",
+                    query.name, offsets.batch
+                )));
+            }
+            if let Some(c) = &checkpoint {
+                c.commit(offsets.batch)?;
+            }
+            let input_files = offsets
+                .sources
+                .values()
+                .map(|o| match o {
+                    SourceOffset::Files { files } => files.len(),
+                    SourceOffset::Rate { .. } => 0,
+                })
+                .sum();
+            let batch = BatchProgress {
+                batch: offsets.batch,
+                input_files,
+                input_rows,
+                output_rows,
+                duration: begun.elapsed(),
+                replayed,
+            };
+            tracing::info!(
+                query = %query.name,
+                batch = batch.batch,
+                input_files,
+                input_rows,
+                output_rows,
+                duration_ms = batch.duration.as_millis() as u64,
+                replayed,
+                "streaming batch committed"
+            );
+            progress.push(batch);
+            if query.trigger == Trigger::Once {
+                break;
+            }
+        }
+        Ok(progress)
+    }
+
+    /// The streams `sql` reads.
+    fn streaming_sources(&self, sql: &str) -> Result<Vec<StreamSource>, SessionError> {
+        let dialect = GenericDialect {};
+        let tokens = Tokenizer::new(&dialect, sql)
+            .tokenize()
+            .map_err(|e| SessionError::Unsupported(e.to_string()))?;
+        let words: Vec<String> = tokens
+            .iter()
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        Ok(self
+            .streams
+            .iter()
+            .filter(|(name, _)| words.iter().any(|w| w == *name))
+            .map(|(_, s)| s.clone())
+            .collect())
+    }
+
+    /// Whether the query aggregates (bound to empty batches to plan it).
+    async fn has_aggregate(
+        &mut self,
+        query: &StreamingQuery,
+        sources: &[StreamSource],
+    ) -> Result<bool, SessionError> {
+        let empty = BatchOffsets {
+            batch: 0,
+            sources: sources
+                .iter()
+                .map(|s| {
+                    let offset = match s.kind {
+                        SourceKind::Files { .. } => SourceOffset::Files { files: vec![] },
+                        SourceKind::Rate { rows_per_second } => SourceOffset::Rate {
+                            start: 0,
+                            end: 0,
+                            origin_micros: 0,
+                            rows_per_second,
+                        },
+                    };
+                    (s.name(), offset)
+                })
+                .collect(),
+        };
+        self.bind(sources, &empty).await?;
+        let plan = self.context().state().create_logical_plan(&query.sql).await;
+        self.unbind(sources);
+        let plan = plan?;
+        let mut aggregates = false;
+        plan.apply(|node| {
+            if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
+                aggregates = true;
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        Ok(aggregates)
+    }
+
+    /// Binds every source to its batch offsets, runs the query and hands
+    /// its rows to the sink; returns the input and output rows.
+    async fn run_batch(
+        &mut self,
+        query: &StreamingQuery,
+        sources: &[StreamSource],
+        offsets: &BatchOffsets,
+        memory: &mut Vec<RecordBatch>,
+    ) -> Result<(u64, u64), SessionError> {
+        self.bind(sources, offsets).await?;
+        let ran = self.run_bound(query, offsets.batch, memory).await;
+        let input = self.input_rows(offsets);
+        self.unbind(sources);
+        let output = ran?;
+        Ok((input, output))
+    }
+
+    fn input_rows(&self, offsets: &BatchOffsets) -> u64 {
+        offsets
+            .sources
+            .values()
+            .map(|o| match o {
+                SourceOffset::Rate { start, end, .. } => end.saturating_sub(*start),
+                SourceOffset::Files { .. } => 0,
+            })
+            .sum()
+    }
+
+    async fn run_bound(
+        &mut self,
+        query: &StreamingQuery,
+        batch: u64,
+        memory: &mut Vec<RecordBatch>,
+    ) -> Result<u64, SessionError> {
+        match &query.sink {
+            Sink::Files { format, dir } => {
+                let out = dir.join(format!("batch={batch}"));
+                // What an earlier attempt of this batch wrote is replaced.
+                if out.exists() {
+                    std::fs::remove_dir_all(&out).map_err(|e| {
+                        SessionError::Unsupported(format!(
+                            "streaming query {}: cannot replace {}: {e}",
+                            query.name,
+                            out.display()
+                        ))
+                    })?;
+                }
+                let copy = format!(
+                    "COPY ({}) TO '{}/' STORED AS {format}",
+                    query.sql,
+                    out.display()
+                );
+                match self.execute_stream(&copy, Mode::Run).await? {
+                    StatementOutcome::Rows(rows) => {
+                        let rows = rows.collect().await?;
+                        Ok(count_of(&rows.batches))
+                    }
+                    _ => Ok(0),
+                }
+            }
+            Sink::Console => {
+                let rows = self.rows_of(&query.sql).await?;
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+                    .map_err(datafusion::error::DataFusionError::from)?;
+                println!(
+                    "-------------------------------------------\nBatch: {batch}\n\
+                     -------------------------------------------\n{text}"
+                );
+                Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
+            }
+            Sink::Memory => {
+                let rows = self.rows_of(&query.sql).await?;
+                let count = rows.iter().map(|b| b.num_rows() as u64).sum();
+                let schema = rows.first().map(RecordBatch::schema);
+                memory.extend(rows);
+                if let Some(schema) = schema.or_else(|| memory.first().map(RecordBatch::schema)) {
+                    let table = MemTable::try_new(schema, vec![memory.clone()])?;
+                    let _ = self.context().deregister_table(query.name.as_str());
+                    self.context()
+                        .register_table(query.name.as_str(), Arc::new(table))?;
+                }
+                Ok(count)
+            }
+        }
+    }
+
+    async fn rows_of(&mut self, sql: &str) -> Result<Vec<RecordBatch>, SessionError> {
+        match self.execute_in(sql, Mode::Run).await? {
+            StatementOutcome::Rows(rows) => Ok(rows.batches),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Registers each source as a table of exactly its batch's rows.
+    async fn bind(
+        &mut self,
+        sources: &[StreamSource],
+        offsets: &BatchOffsets,
+    ) -> Result<(), SessionError> {
+        for source in sources {
+            let name = source.name();
+            let Some(offset) = offsets.sources.get(&name) else {
+                continue;
+            };
+            let _ = self.context().deregister_table(name.as_str());
+            match offset {
+                SourceOffset::Files { files } if files.is_empty() => {
+                    let schema = Arc::new(source.create.schema.as_arrow().clone());
+                    let table = MemTable::try_new(schema, vec![vec![]])?;
+                    self.context()
+                        .register_table(name.as_str(), Arc::new(table))?;
+                }
+                SourceOffset::Files { files } => {
+                    let mut create = source.create.clone();
+                    create.unbounded = false;
+                    create.or_replace = true;
+                    create.locations = files.clone();
+                    self.context()
+                        .execute_logical_plan(LogicalPlan::Ddl(DdlStatement::CreateExternalTable(
+                            Box::new(create),
+                        )))
+                        .await?
+                        .collect()
+                        .await?;
+                }
+                SourceOffset::Rate {
+                    start,
+                    end,
+                    origin_micros,
+                    rows_per_second,
+                } => {
+                    // Row v was due at origin + v / rate.
+                    let sql = format!(
+                        "SELECT value, to_timestamp_micros({origin_micros} + value * 1000000 / \
+                         {rows_per_second}) AS timestamp FROM generate_series({start}, {}) \
+                         WHERE value < {end}",
+                        end.max(&1) - 1
+                    );
+                    let view = self.context().sql(&sql).await?.into_view();
+                    self.context().register_table(name.as_str(), view)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unbind(&mut self, sources: &[StreamSource]) {
+        for source in sources {
+            let _ = self.context().deregister_table(source.name().as_str());
+        }
+    }
+}
+
+fn count_of(batches: &[RecordBatch]) -> u64 {
+    use datafusion::arrow::array::{Array, UInt64Array};
+    batches
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().cloned())
+        .map(|c| (0..c.len()).map(|i| c.value(i)).sum::<u64>())
+        .sum()
+}
+
+/// What each source has that earlier batches did not take.
+/// A rate source that has no batch yet counts its rows from `origin`.
+fn next_offsets(
+    sources: &[StreamSource],
+    logged: &[BatchOffsets],
+    batch: u64,
+    origin: i64,
+) -> BatchOffsets {
+    let mut next = BTreeMap::new();
+    for source in sources {
+        let name = source.name();
+        let earlier = logged.iter().filter_map(|o| o.sources.get(&name));
+        let offset = match &source.kind {
+            SourceKind::Files {
+                dir,
+                max_files_per_trigger,
+            } => {
+                let taken: std::collections::BTreeSet<&String> = earlier
+                    .flat_map(|o| match o {
+                        SourceOffset::Files { files } => files.iter().collect::<Vec<_>>(),
+                        SourceOffset::Rate { .. } => Vec::new(),
+                    })
+                    .collect();
+                let files: Vec<String> = arrived_files(dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| !taken.contains(f))
+                    .take(max_files_per_trigger.unwrap_or(usize::MAX))
+                    .collect();
+                SourceOffset::Files { files }
+            }
+            SourceKind::Rate { rows_per_second } => {
+                let previous = earlier
+                    .filter_map(|o| match o {
+                        SourceOffset::Rate {
+                            end, origin_micros, ..
+                        } => Some((*end, *origin_micros)),
+                        SourceOffset::Files { .. } => None,
+                    })
+                    .next_back();
+                let (start, origin) = previous.unwrap_or((0, origin));
+                let elapsed = u64::try_from(now_micros().saturating_sub(origin)).unwrap_or(0);
+                let due = elapsed.saturating_mul(*rows_per_second) / 1_000_000;
+                SourceOffset::Rate {
+                    start,
+                    end: due.max(start),
+                    origin_micros: origin,
+                    rows_per_second: *rows_per_second,
+                }
+            }
+        };
+        next.insert(name, offset);
+    }
+    BatchOffsets {
+        batch,
+        sources: next,
+    }
+}
+
+/// Faults for tests of streaming recovery (`ember.faults.*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamFaults {
+    /// The query stops with an error after this batch's sink committed and
+    /// before its commit log entry is written.
+    pub stop_before_commit: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_statement_reads_as_written() {
+        let q = parse_start(
+            "START STREAMING QUERY clicks TRIGGER PROCESSING TIME '2 seconds' CHECKPOINT '/ck' \
+             OUTPUT MODE APPEND INTO PARQUET '/out' AS SELECT a, b FROM events WHERE a > 1;",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(q.name, "clicks");
+        assert_eq!(q.trigger, Trigger::ProcessingTime(Duration::from_secs(2)));
+        assert_eq!(q.checkpoint, Some(PathBuf::from("/ck")));
+        assert_eq!(
+            q.sink,
+            Sink::Files {
+                format: "PARQUET".into(),
+                dir: PathBuf::from("/out")
+            }
+        );
+        assert_eq!(q.sql, "SELECT a, b FROM events WHERE a > 1");
+        assert_eq!(parse_start("SELECT 1").unwrap(), None);
+        let once =
+            parse_start("start streaming query q trigger available now into console as\nselect 1")
+                .unwrap()
+                .unwrap();
+        assert_eq!(once.trigger, Trigger::AvailableNow);
+        assert_eq!(once.sql, "select 1");
+        for bad in [
+            "START STREAMING QUERY q INTO PARQUET '/o' AS SELECT 1",
+            "START STREAMING QUERY q TRIGGER SOMETIMES INTO CONSOLE AS SELECT 1",
+            "START STREAMING QUERY q INTO CONSOLE",
+        ] {
+            assert!(parse_start(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_read_with_their_units() {
+        assert_eq!(parse_duration("1 second"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500 ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! Streaming queries in micro-batches through `ember submit`: files arriving
+//! in a directory land in Parquet exactly once across restarts and a stop
+//! between a batch's output and its commit; the rate source feeds a memory
+//! table and the console; what streaming cannot do yet is refused.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::text;
+
+fn ember(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Writes input file `n`: ids `n*100 .. n*100+100`, `v = id % 7`.
+fn arrive(dir: &Path, n: u64) {
+    let mut csv = String::from("id,v\n");
+    for id in n * 100..n * 100 + 100 {
+        csv.push_str(&format!("{id},{}\n", id % 7));
+    }
+    // Written beside, then moved in whole, as a file source expects.
+    let tmp = dir.join(format!(".part-{n}.csv"));
+    std::fs::write(&tmp, csv).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("part-{n:03}.csv"))).unwrap();
+    // Files are taken oldest first: keep their times apart.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+}
+
+const SOURCE: &str = "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT, v BIGINT) \
+                      STORED AS CSV LOCATION 'in/' \
+                      OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n";
+
+/// What the stream's output holds: rows, and the sum of `w`, per the
+/// batch engine reading every `batch=N` directory.
+fn output_totals(dir: &Path) -> (String, usize) {
+    std::fs::write(
+        dir.join("check.sql"),
+        "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION 'out/';\n\
+         SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(w) AS w FROM out;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "check.sql"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let batches = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("batch=")
+        })
+        .count();
+    (text(&out.stdout), batches)
+}
+
+/// The same query over every input file at once, as a batch job.
+fn expected_totals(files: u64) -> String {
+    let (mut n, mut w) = (0u64, 0u64);
+    for id in 0..files * 100 {
+        if id % 7 % 3 != 0 {
+            n += 1;
+            w += (id % 7) * 2;
+        }
+    }
+    format!("n,ids,w\n{n},{n},{w}\n")
+}
+
+#[test]
+fn files_arriving_land_in_parquet_exactly_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("in")).unwrap();
+    for n in 0..3 {
+        arrive(&work.join("in"), n);
+    }
+    let job = format!(
+        "{SOURCE}START STREAMING QUERY doubled TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+         INTO PARQUET 'out' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n"
+    );
+    std::fs::write(work.join("stream.sql"), &job).unwrap();
+
+    // One file a batch: three batches, every row once.
+    let out = ember(&["submit", "stream.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(output_totals(work), (expected_totals(3), 3));
+
+    // Run again with nothing new: nothing changes.
+    let out = ember(&["submit", "stream.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(output_totals(work), (expected_totals(3), 3));
+
+    // Two more files; the query stops after batch 4's output is written
+    // and before its commit is logged.
+    arrive(&work.join("in"), 3);
+    arrive(&work.join("in"), 4);
+    let out = ember(
+        &[
+            "submit",
+            "--conf",
+            "ember.faults.streamStopBeforeCommit=4",
+            "stream.sql",
+        ],
+        work,
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("before the commit of batch 4"), "{stderr}");
+    // The restart runs batch 4 again with the same file and replaces its
+    // output: every row exactly once.
+    let out = ember(&["submit", "stream.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(output_totals(work), (expected_totals(5), 5));
+    let offsets = std::fs::read_to_string(work.join("ckpt/offsets/4")).unwrap();
+    assert!(offsets.contains("part-004.csv"), "{offsets}");
+
+    // A checkpoint is refused to another query.
+    let other = job.replace("INTO PARQUET 'out'", "INTO PARQUET 'elsewhere'");
+    std::fs::write(work.join("other.sql"), other).unwrap();
+    let out = ember(&["submit", "other.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("belongs to another query") && stderr.contains("CHECKPOINT"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_rate_source_feeds_a_memory_table_and_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::write(
+        work.join("rate.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '2000');\n\
+         START STREAMING QUERY evens TRIGGER PROCESSING TIME '100 ms' STOP AFTER '800 ms' \
+         INTO MEMORY AS SELECT value, timestamp FROM ticks WHERE value % 2 = 0;\n\
+         SELECT count(*) > 100 AS plenty, count(*) = count(DISTINCT value) AS once, \
+         min(value) AS first, bool_and(value % 2 = 0) AS even FROM evens;\n\
+         START STREAMING QUERY shown TRIGGER PROCESSING TIME '100 ms' STOP AFTER '300 ms' \
+         INTO CONSOLE AS SELECT count(*) AS n FROM (SELECT value FROM ticks);\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "rate.sql"], work);
+    let stderr = text(&out.stderr);
+    // A count is an aggregation: refused until streaming keeps state.
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("aggregations"), "{stderr}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("plenty,once,first,even\ntrue,true,0,true"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        work.join("console.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '100');\n\
+         START STREAMING QUERY shown TRIGGER PROCESSING TIME '100 ms' STOP AFTER '1 second' \
+         INTO CONSOLE AS SELECT value FROM ticks WHERE value < 3;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "console.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Batch: 0"), "{stdout}");
+    for value in ["| 0     |", "| 1     |", "| 2     |"] {
+        assert_eq!(stdout.matches(value).count(), 1, "{value} once:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_file_stream_runs_the_same_in_client_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("in")).unwrap();
+    for n in 0..4 {
+        arrive(&work.join("in"), n);
+    }
+    let job = format!(
+        "{}START STREAMING QUERY doubled TRIGGER AVAILABLE NOW CHECKPOINT '{}' \
+         INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
+        SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
+        work.join("ckpt").display(),
+        work.join("out").display()
+    );
+    let cluster = crate::cluster::Cluster::start();
+    let script = cluster.job("stream.sql", &job);
+    let out = cluster.run(&[
+        "submit",
+        "--total-executor-cores",
+        "2",
+        script.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(output_totals(work), (expected_totals(4), 4));
+}
