@@ -201,3 +201,91 @@ fn a_file_stream_runs_the_same_in_client_mode() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(output_totals(work), (expected_totals(4), 4));
 }
+
+#[test]
+fn a_driver_killed_mid_stream_resumes_with_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    std::fs::create_dir(work.join("in")).unwrap();
+    let running = format!(
+        "{SOURCE}START STREAMING QUERY doubled STOP AFTER '30 seconds' CHECKPOINT 'ckpt' \
+         INTO PARQUET 'out' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n"
+    );
+    std::fs::write(work.join("running.sql"), &running).unwrap();
+    const FILES: u64 = 24;
+    let arriving = {
+        let dir = work.join("in");
+        std::thread::spawn(move || {
+            for n in 0..FILES {
+                arrive(&dir, n);
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        })
+    };
+    // Killed twice while files arrive and batches run, started again each
+    // time on the same checkpoint.
+    for wait in [400, 300] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["submit", "running.sql"])
+            .current_dir(&work)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    arriving.join().unwrap();
+    let committed = std::fs::read_dir(work.join("ckpt/commits"))
+        .unwrap()
+        .count();
+    assert!(committed > 0, "no batch committed before the kills");
+    // The rest, to the end: every row of every file exactly once.
+    let rest = running.replace("STOP AFTER '30 seconds'", "TRIGGER AVAILABLE NOW");
+    std::fs::write(work.join("rest.sql"), rest).unwrap();
+    let out = ember(&["submit", "rest.sql"], &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        output_totals(&work),
+        (expected_totals(FILES), FILES as usize)
+    );
+}
+
+#[test]
+fn ctrl_c_stops_a_running_stream_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::write(
+        work.join("forever.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '1000');\n\
+         START STREAMING QUERY forever INTO MEMORY AS SELECT value FROM ticks;\n\
+         SELECT 'the script went on' AS wrong;\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "forever.sql"])
+        .current_dir(work)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ember_testkit::signal(child.id(), libc::SIGINT);
+    let asked = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    // Between batches the query stops at once; the 5 s a job gets to end
+    // after Ctrl-C is not waited out.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!text(&out.stdout).contains("went on"));
+}

@@ -164,6 +164,8 @@ pub struct Session {
     /// Streams declared with `CREATE UNBOUNDED EXTERNAL TABLE`, by name.
     pub(crate) streams: std::collections::BTreeMap<String, StreamSource>,
     pub(crate) stream_faults: StreamFaults,
+    /// Set by the canceller: a running streaming query stops.
+    pub(crate) stop_streams: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -428,6 +430,7 @@ impl Session {
             files: None,
             streams: std::collections::BTreeMap::new(),
             stream_faults: StreamFaults::default(),
+            stop_streams: Arc::default(),
         }
     }
 
@@ -463,9 +466,12 @@ impl Session {
 
     /// Cancels the running job from elsewhere (a signal handler): its tasks
     /// are killed and the statement running it fails with `reason`.
+    /// A running streaming query stops too, at once between batches.
     pub fn canceller(&self) -> impl Fn(&str) + 'static {
         let driver = self.driver().clone();
+        let stop = Arc::clone(&self.stop_streams);
         move |reason: &str| {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             driver.do_send(ember_actors::driver::CancelJobs {
                 reason: reason.to_string(),
             })

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -607,10 +608,21 @@ impl Session {
         };
         let started = Instant::now();
         let origin = now_micros();
+        self.stop_streams.store(false, Ordering::Relaxed);
         let mut progress = Vec::new();
         let mut memory: Vec<RecordBatch> = Vec::new();
         let mut last_trigger: Option<Instant> = None;
         loop {
+            if self.stop_streams.load(Ordering::Relaxed) {
+                // The script stops here too, as for any cancelled statement.
+                return Err(SessionError::Unsupported(format!(
+                    "streaming query {} was cancelled after {} batch{}; a restart on its \
+                     checkpoint goes on from there",
+                    query.name,
+                    progress.len(),
+                    if progress.len() == 1 { "" } else { "es" }
+                )));
+            }
             if query
                 .stop_after
                 .is_some_and(|limit| started.elapsed() >= limit)
@@ -631,11 +643,7 @@ impl Session {
                     if let Trigger::ProcessingTime(interval) = query.trigger
                         && let Some(at) = last_trigger
                     {
-                        let next = at + interval;
-                        let now = Instant::now();
-                        if next > now {
-                            tokio::time::sleep(next - now).await;
-                        }
+                        self.nap(at + interval).await;
                     }
                     last_trigger = Some(Instant::now());
                     let next = next_offsets(&sources, &logged, last.map_or(0, |b| b + 1), origin);
@@ -643,7 +651,7 @@ impl Session {
                         match query.trigger {
                             Trigger::Once | Trigger::AvailableNow => break,
                             _ => {
-                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                self.nap(Instant::now() + Duration::from_millis(10)).await;
                                 continue;
                             }
                         }
@@ -701,6 +709,17 @@ impl Session {
             }
         }
         Ok(progress)
+    }
+
+    /// Waits until `until`, or until the query is told to stop.
+    async fn nap(&self, until: Instant) {
+        while !self.stop_streams.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(20))).await;
+        }
     }
 
     /// The streams `sql` reads.
