@@ -265,7 +265,7 @@ fn ctrl_c_stops_a_running_stream_at_once() {
          SELECT 'the script went on' AS wrong;\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["submit", "forever.sql"])
         .current_dir(work)
         .env_remove("RUST_LOG")
