@@ -289,3 +289,38 @@ fn ctrl_c_stops_a_running_stream_at_once() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(!text(&out.stdout).contains("went on"));
 }
+
+#[test]
+fn json_lines_arriving_land_in_csv_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("in")).unwrap();
+    for n in 0..3u64 {
+        let lines: String = (n * 10..n * 10 + 10)
+            .map(|id| format!("{{\"id\":{id},\"name\":\"user {id}\"}}\n"))
+            .collect();
+        std::fs::write(work.join(format!("in/.{n}")), lines).unwrap();
+        std::fs::rename(
+            work.join(format!("in/.{n}")),
+            work.join(format!("in/{n}.json")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        work.join("json.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE people (id BIGINT, name VARCHAR) STORED AS JSON \
+         LOCATION 'in/';\n\
+         START STREAMING QUERY named TRIGGER ONCE CHECKPOINT 'ckpt' INTO CSV 'out' \
+         AS SELECT id, upper(name) AS name FROM people WHERE id % 2 = 0;\n\
+         CREATE EXTERNAL TABLE written (id BIGINT, name VARCHAR) STORED AS CSV LOCATION 'out/' \
+         OPTIONS ('format.has_header' 'true');\n\
+         SELECT count(*) AS n, min(name) AS first FROM written;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "json.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // ONCE takes every file there in one batch.
+    assert_eq!(text(&out.stdout), "n,first\n15,USER 0\n");
+    assert!(work.join("out/batch=0/_SUCCESS").exists());
+    assert!(!work.join("out/batch=1").exists());
+}
