@@ -149,9 +149,13 @@ fn the_rate_source_feeds_a_memory_table_and_the_console() {
     .unwrap();
     let out = ember(&["submit", "--format", "csv", "rate.sql"], work);
     let stderr = text(&out.stderr);
-    // A count is an aggregation: refused until streaming keeps state.
+    // A count written in APPEND mode needs a watermark to know when it
+    // is final, as in Spark.
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("aggregations"), "{stderr}");
+    assert!(
+        stderr.contains("OUTPUT MODE APPEND of an aggregation") && stderr.contains("WATERMARK"),
+        "{stderr}"
+    );
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("plenty,once,first,even\ntrue,true,0,true"),
@@ -323,4 +327,122 @@ fn json_lines_arriving_land_in_csv_files() {
     assert_eq!(text(&out.stdout), "n,first\n15,USER 0\n");
     assert!(work.join("out/batch=0/_SUCCESS").exists());
     assert!(!work.join("out/batch=1").exists());
+}
+
+/// Writes input file `n` of events `(ts, k)` at these times on 2024-01-01.
+fn arrive_events(dir: &Path, n: u64, events: &[(&str, &str)]) {
+    let mut csv = String::from("ts,k\n");
+    for (at, k) in events {
+        csv.push_str(&format!("2024-01-01T{at},{k}\n"));
+    }
+    let tmp = dir.join(format!(".e-{n}"));
+    std::fs::write(&tmp, csv).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("e-{n:03}.csv"))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+}
+
+#[test]
+fn a_windowed_count_with_a_watermark_writes_each_final_window_once_and_drops_late_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let input = work.join("in");
+    std::fs::create_dir(&input).unwrap();
+    arrive_events(
+        &input,
+        0,
+        &[("00:00:10", "a"), ("00:00:20", "a"), ("00:00:50", "b")],
+    );
+    // 00:00:30 is late: the watermark is 00:00:40 by then.
+    arrive_events(
+        &input,
+        1,
+        &[("00:01:05", "a"), ("00:00:45", "b"), ("00:00:30", "a")],
+    );
+    arrive_events(
+        &input,
+        2,
+        &[("00:02:30", "a"), ("00:00:58", "b"), ("00:01:10", "b")],
+    );
+    arrive_events(&input, 3, &[("00:03:30", "a")]);
+    let job = "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
+               LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
+               START STREAMING QUERY per_minute TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+               WATERMARK ts DELAY '10 seconds' OUTPUT MODE APPEND INTO PARQUET 'out' \
+               AS SELECT date_bin(INTERVAL '1 minute', ts) AS window_start, k, count(*) AS n \
+               FROM events GROUP BY date_bin(INTERVAL '1 minute', ts), k;\n";
+    std::fs::write(work.join("windows.sql"), job).unwrap();
+    let windows = |work: &Path| {
+        std::fs::write(
+            work.join("read.sql"),
+            "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION 'out/';\n\
+             SELECT window_start, k, n FROM out ORDER BY window_start, k;\n",
+        )
+        .unwrap();
+        let out = ember(&["submit", "--format", "csv", "read.sql"], work);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = ember(&["submit", "windows.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Batch 3 ran with the watermark 02:20 (02:30 less 10 s): the windows
+    // of minutes 0 and 1 are final, and written once; later ones wait.
+    assert_eq!(
+        windows(work),
+        "window_start,k,n\n\
+         2024-01-01T00:00:00,a,2\n\
+         2024-01-01T00:00:00,b,3\n\
+         2024-01-01T00:01:00,a,1\n\
+         2024-01-01T00:01:00,b,1\n"
+    );
+    // A restart takes the state and watermark from the checkpoint: a row
+    // for minute 1 is now late, and minute 2's window becomes final.
+    arrive_events(&input, 4, &[("00:05:00", "a"), ("00:01:30", "b")]);
+    let out = ember(&["submit", "windows.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        windows(work),
+        "window_start,k,n\n\
+         2024-01-01T00:00:00,a,2\n\
+         2024-01-01T00:00:00,b,3\n\
+         2024-01-01T00:01:00,a,1\n\
+         2024-01-01T00:01:00,b,1\n\
+         2024-01-01T00:02:00,a,1\n"
+    );
+}
+
+#[test]
+fn complete_and_update_modes_keep_counts_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("in")).unwrap();
+    for n in 0..3 {
+        arrive(&work.join("in"), n);
+    }
+    std::fs::write(
+        work.join("counts.sql"),
+        format!(
+            "{SOURCE}START STREAMING QUERY totals TRIGGER AVAILABLE NOW OUTPUT MODE COMPLETE \
+             INTO MEMORY AS SELECT v, count(*) AS n, sum(id) AS ids, min(id) AS first FROM events \
+             GROUP BY v;\n\
+             START STREAMING QUERY changes TRIGGER AVAILABLE NOW OUTPUT MODE UPDATE \
+             INTO MEMORY AS SELECT v, count(*) AS n FROM events WHERE id < 150 GROUP BY v;\n\
+             CREATE EXTERNAL TABLE everything (id BIGINT, v BIGINT) STORED AS CSV LOCATION 'in/' \
+             OPTIONS ('format.has_header' 'true');\n\
+             SELECT count(*) AS groups, bool_and(t.n = e.n AND t.ids = e.ids AND t.first = e.first) \
+             AS same FROM totals t JOIN (SELECT v, count(*) AS n, sum(id) AS ids, min(id) AS first \
+             FROM everything GROUP BY v) e ON t.v = e.v;\n\
+             SELECT count(*) AS updates, sum(n) AS last_n FROM changes;\n"
+        ),
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "counts.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // COMPLETE: after the last batch, every group, equal to one batch job
+    // over all the input.
+    // UPDATE: batch 0 changed all 7 groups (ids 0-99), batch 1 the 7 of
+    // ids 100-149, batch 2 none: 14 rows, the second 7 with all 150 ids.
+    assert_eq!(
+        text(&out.stdout),
+        "groups,same\n7,true\nupdates,last_n\n14,250\n"
+    );
 }

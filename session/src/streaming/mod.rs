@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -34,6 +34,8 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
+
+mod state;
 
 /// Streaming-only options of a source, taken out before DataFusion sees
 /// the rest.
@@ -154,6 +156,17 @@ impl SourceOffset {
 struct BatchOffsets {
     batch: u64,
     sources: BTreeMap<String, SourceOffset>,
+    /// The event-time watermark in effect for the batch, in microseconds.
+    #[serde(default)]
+    watermark_micros: Option<i64>,
+}
+
+/// One entry of the commit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct BatchCommit {
+    /// The watermark the next batch runs with.
+    #[serde(default)]
+    next_watermark_micros: Option<i64>,
 }
 
 /// What a checkpoint belongs to: a restarted query must match it.
@@ -217,6 +230,8 @@ pub struct StreamingQuery {
     pub sink: Sink,
     /// Stop after this long, whatever the trigger.
     pub stop_after: Option<Duration>,
+    /// The event-time column and how late its rows may come.
+    pub watermark: Option<(String, Duration)>,
     /// The query, as written.
     pub sql: String,
 }
@@ -303,6 +318,7 @@ pub fn parse_start(sql: &str) -> Result<Option<StreamingQuery>, SessionError> {
         output_mode: OutputMode::Append,
         sink: Sink::Console,
         stop_after: None,
+        watermark: None,
         sql: String::new(),
     };
     let mut sink = None;
@@ -347,6 +363,17 @@ pub fn parse_start(sql: &str) -> Result<Option<StreamingQuery>, SessionError> {
                         )));
                     }
                 }
+            }
+            "WATERMARK" => {
+                let column = match it.next() {
+                    Some((Token::Word(w), _)) => w.value.clone(),
+                    other => return Err(bad(format!("WATERMARK names a column, not {other:?}"))),
+                };
+                if word(&mut it).as_deref() != Some("DELAY") {
+                    return Err(bad("WATERMARK column DELAY '10 seconds'".to_string()));
+                }
+                let text = string(&mut it, "DELAY")?;
+                parsed.watermark = Some((column, parse_duration(&text).map_err(bad)?));
             }
             "STOP" => {
                 if word(&mut it).as_deref() != Some("AFTER") {
@@ -428,6 +455,7 @@ impl Checkpoint {
         };
         std::fs::create_dir_all(dir.join("offsets")).map_err(failed)?;
         std::fs::create_dir_all(dir.join("commits")).map_err(failed)?;
+        std::fs::create_dir_all(dir.join("state")).map_err(failed)?;
         let file = dir.join("metadata");
         match std::fs::read(&file) {
             Ok(bytes) => {
@@ -496,8 +524,20 @@ impl Checkpoint {
             .collect()
     }
 
-    fn committed(&self) -> Result<Option<u64>, SessionError> {
-        Ok(self.log("commits")?.keys().next_back().copied())
+    /// The last committed batch, and what its commit says.
+    fn committed(&self) -> Result<Option<(u64, BatchCommit)>, SessionError> {
+        let Some((batch, path)) = self.log("commits")?.into_iter().next_back() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&path).map_err(|e| {
+            SessionError::Unsupported(format!("checkpoint {}: {e}", path.display()))
+        })?;
+        let commit = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(Some((batch, commit)))
+    }
+
+    fn state_file(&self, batch: u64) -> PathBuf {
+        self.dir.join("state").join(format!("{batch}.arrow"))
     }
 
     fn write_offsets(&self, offsets: &BatchOffsets) -> Result<(), SessionError> {
@@ -509,9 +549,9 @@ impl Checkpoint {
         .map_err(|e| SessionError::Unsupported(format!("checkpoint {}: {e}", path.display())))
     }
 
-    fn commit(&self, batch: u64) -> Result<(), SessionError> {
+    fn commit(&self, batch: u64, commit: &BatchCommit) -> Result<(), SessionError> {
         let path = self.dir.join("commits").join(batch.to_string());
-        write_atomically(&path, b"{}\n")
+        write_atomically(&path, &serde_json::to_vec(commit).unwrap_or_default())
             .map_err(|e| SessionError::Unsupported(format!("checkpoint {}: {e}", path.display())))
     }
 }
@@ -581,14 +621,10 @@ impl Session {
                 query.name
             )));
         }
-        if query.output_mode == OutputMode::Complete || self.has_aggregate(query, &sources).await? {
-            return Err(SessionError::Unsupported(format!(
-                "streaming query {}: aggregations and OUTPUT MODE COMPLETE need state kept \
-                 between batches, which Ember's streaming does not have yet; stateless queries \
-                 (filters, projections, joins with tables) run in APPEND or UPDATE mode",
-                query.name
-            )));
-        }
+        let plan = self.plan_unbound(query, &sources).await?;
+        let aggregation = state::aggregation(query, &plan)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        self.check_stateful(query, &sources, aggregation.as_ref())?;
         let metadata = Metadata {
             name: query.name.clone(),
             sink: query.sink.describe(),
@@ -602,9 +638,20 @@ impl Session {
             Some(c) => c.offsets()?,
             None => Vec::new(),
         };
-        let committed = match &checkpoint {
+        let last_commit = match &checkpoint {
             Some(c) => c.committed()?,
             None => None,
+        };
+        let committed = last_commit.as_ref().map(|(b, _)| *b);
+        // The state and watermark the last committed batch left.
+        let mut watermark = last_commit
+            .as_ref()
+            .and_then(|(_, c)| c.next_watermark_micros);
+        let mut kept: Vec<RecordBatch> = match (&checkpoint, committed, &aggregation) {
+            (Some(c), Some(b), Some(_)) if c.state_file(b).exists() => {
+                state::load(&c.state_file(b))?
+            }
+            _ => Vec::new(),
         };
         let started = Instant::now();
         let origin = now_micros();
@@ -646,7 +693,9 @@ impl Session {
                         self.nap(at + interval).await;
                     }
                     last_trigger = Some(Instant::now());
-                    let next = next_offsets(&sources, &logged, last.map_or(0, |b| b + 1), origin);
+                    let mut next =
+                        next_offsets(&sources, &logged, last.map_or(0, |b| b + 1), origin);
+                    next.watermark_micros = watermark;
                     if next.sources.values().all(SourceOffset::is_empty) {
                         match query.trigger {
                             Trigger::Once | Trigger::AvailableNow => break,
@@ -664,9 +713,36 @@ impl Session {
                 }
             };
             let begun = Instant::now();
-            let (input_rows, output_rows) = self
-                .run_batch(query, &sources, &offsets, &mut memory)
-                .await?;
+            let (input_rows, output_rows, next_watermark) = match &aggregation {
+                None => {
+                    let (i, o) = self
+                        .run_batch(query, &sources, &offsets, &mut memory)
+                        .await?;
+                    (i, o, None)
+                }
+                Some(agg) => {
+                    let ran = self
+                        .run_stateful_batch(
+                            query,
+                            agg,
+                            &schema,
+                            &sources,
+                            &offsets,
+                            &kept,
+                            &mut memory,
+                        )
+                        .await?;
+                    if let Some(c) = &checkpoint {
+                        state::save(&c.state_file(offsets.batch), &schema, &ran.state)?;
+                    }
+                    kept = ran.state;
+                    (ran.input_rows, ran.output_rows, ran.next_watermark)
+                }
+            };
+            watermark = match (offsets.watermark_micros, next_watermark) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             if self.stream_faults.stop_before_commit == Some(offsets.batch) {
                 return Err(SessionError::Unsupported(format!(
                     "injected stop of streaming query {} before the commit of batch {} \
@@ -675,7 +751,10 @@ impl Session {
                 )));
             }
             if let Some(c) = &checkpoint {
-                c.commit(offsets.batch)?;
+                let commit = BatchCommit {
+                    next_watermark_micros: watermark,
+                };
+                c.commit(offsets.batch, &commit)?;
             }
             let input_files = offsets
                 .sources
@@ -743,13 +822,14 @@ impl Session {
             .collect())
     }
 
-    /// Whether the query aggregates (bound to empty batches to plan it).
-    async fn has_aggregate(
+    /// The query's logical plan, its sources bound to no rows.
+    async fn plan_unbound(
         &mut self,
         query: &StreamingQuery,
         sources: &[StreamSource],
-    ) -> Result<bool, SessionError> {
+    ) -> Result<LogicalPlan, SessionError> {
         let empty = BatchOffsets {
+            watermark_micros: None,
             batch: 0,
             sources: sources
                 .iter()
@@ -770,15 +850,177 @@ impl Session {
         self.bind(sources, &empty).await?;
         let plan = self.context().state().create_logical_plan(&query.sql).await;
         self.unbind(sources);
-        let plan = plan?;
-        let mut aggregates = false;
-        plan.apply(|node| {
-            if matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
-                aggregates = true;
+        Ok(plan?)
+    }
+
+    /// Spark's rules for output modes and watermarks.
+    fn check_stateful(
+        &self,
+        query: &StreamingQuery,
+        sources: &[StreamSource],
+        aggregation: Option<&state::Aggregation>,
+    ) -> Result<(), SessionError> {
+        let refuse = |why: String| {
+            Err(SessionError::Unsupported(format!(
+                "streaming query {}: {why}",
+                query.name
+            )))
+        };
+        if let Some((column, _)) = &query.watermark {
+            let has = sources.iter().any(|s| {
+                s.create
+                    .schema
+                    .fields()
+                    .iter()
+                    .any(|f| f.name().eq_ignore_ascii_case(column))
+                    || matches!(s.kind, SourceKind::Rate { .. })
+                        && column.eq_ignore_ascii_case("timestamp")
+            });
+            if !has {
+                return refuse(format!(
+                    "WATERMARK {column}: no source of the query has that column"
+                ));
             }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })?;
-        Ok(aggregates)
+        }
+        match (aggregation, query.output_mode) {
+            (None, OutputMode::Complete) => refuse(
+                "OUTPUT MODE COMPLETE writes every group every batch, so it needs an \
+                 aggregation (GROUP BY)"
+                    .to_string(),
+            ),
+            (Some(agg), OutputMode::Append) if agg.window.is_none() => refuse(
+                "OUTPUT MODE APPEND of an aggregation writes each group once it is final, which \
+                 needs a WATERMARK and a window over it among the GROUP BY keys (date_bin(INTERVAL \
+                 '1 minute', column)); use OUTPUT MODE UPDATE or COMPLETE, or add both"
+                    .to_string(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs an aggregating batch: late rows dropped, the batch's groups
+    /// merged into the state, and what the output mode writes written.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_stateful_batch(
+        &mut self,
+        query: &StreamingQuery,
+        agg: &state::Aggregation,
+        schema: &SchemaRef,
+        sources: &[StreamSource],
+        offsets: &BatchOffsets,
+        kept: &[RecordBatch],
+        memory: &mut Vec<RecordBatch>,
+    ) -> Result<StatefulBatch, SessionError> {
+        self.bind(sources, offsets).await?;
+        let ran = self.aggregate_bound(query, sources, offsets).await;
+        let input_rows = self.input_rows(offsets);
+        self.unbind(sources);
+        let (batch, max_event) = ran?;
+        let merged = state::merge(
+            agg,
+            query.output_mode,
+            schema,
+            kept,
+            &batch,
+            offsets.watermark_micros,
+        )
+        .await?;
+        let output_rows = merged.output.iter().map(|b| b.num_rows() as u64).sum();
+        self.write_rows(query, offsets.batch, schema, &merged.output, memory)?;
+        let next_watermark = match (&query.watermark, max_event) {
+            (Some((_, delay)), Some(max)) => {
+                Some(max - i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
+            }
+            _ => None,
+        };
+        Ok(StatefulBatch {
+            state: merged.state,
+            input_rows,
+            output_rows,
+            next_watermark,
+        })
+    }
+
+    /// With the sources bound: drops rows older than the watermark, runs
+    /// the query, and finds the largest event time of the batch.
+    async fn aggregate_bound(
+        &mut self,
+        query: &StreamingQuery,
+        sources: &[StreamSource],
+        offsets: &BatchOffsets,
+    ) -> Result<(Vec<RecordBatch>, Option<i64>), SessionError> {
+        let mut max_event = None;
+        if let Some((column, _)) = &query.watermark {
+            for source in sources {
+                let name = source.name();
+                let Ok(table) = self.context().table(name.as_str()).await else {
+                    continue;
+                };
+                if table.schema().field_with_unqualified_name(column).is_err() {
+                    continue;
+                }
+                let micros = format!(
+                    "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT)",
+                    state::quoted(column)
+                );
+                let view = match offsets.watermark_micros {
+                    Some(w) => {
+                        let sql = format!(
+                            "SELECT * FROM {} WHERE {micros} >= {w}",
+                            state::quoted(&name)
+                        );
+                        Some(self.context().sql(&sql).await?.into_view())
+                    }
+                    None => None,
+                };
+                let max_sql = format!("SELECT max({micros}) FROM {}", state::quoted(&name));
+                let max = self.context().sql(&max_sql).await?.collect().await?;
+                max_event = max_event.max(state::max_micros(&max));
+                if let Some(view) = view {
+                    let _ = self.context().deregister_table(name.as_str());
+                    self.context().register_table(name.as_str(), view)?;
+                }
+            }
+        }
+        let rows = self.rows_of(&query.sql).await?;
+        Ok((rows, max_event))
+    }
+
+    /// Hands rows a batch computed in the driver to the sink.
+    fn write_rows(
+        &mut self,
+        query: &StreamingQuery,
+        batch: u64,
+        schema: &SchemaRef,
+        rows: &[RecordBatch],
+        memory: &mut Vec<RecordBatch>,
+    ) -> Result<(), SessionError> {
+        match &query.sink {
+            Sink::Files { format, dir } => write_batch_dir(format, dir, batch, schema, rows),
+            Sink::Console => {
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(rows)
+                    .map_err(datafusion::error::DataFusionError::from)?;
+                println!(
+                    "-------------------------------------------\nBatch: {batch}\n\
+                     -------------------------------------------\n{text}"
+                );
+                Ok(())
+            }
+            Sink::Memory => {
+                if query.output_mode == OutputMode::Complete {
+                    memory.clear();
+                }
+                memory.extend(rows.iter().cloned());
+                let schema = memory
+                    .first()
+                    .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
+                let table = MemTable::try_new(schema, vec![memory.clone()])?;
+                let _ = self.context().deregister_table(query.name.as_str());
+                self.context()
+                    .register_table(query.name.as_str(), Arc::new(table))?;
+                Ok(())
+            }
+        }
     }
 
     /// Binds every source to its batch offsets, runs the query and hands
@@ -999,6 +1241,7 @@ fn next_offsets(
     BatchOffsets {
         batch,
         sources: next,
+        watermark_micros: None,
     }
 }
 
@@ -1008,6 +1251,69 @@ pub struct StreamFaults {
     /// The query stops with an error after this batch's sink committed and
     /// before its commit log entry is written.
     pub stop_before_commit: Option<u64>,
+}
+
+/// What an aggregating batch did.
+struct StatefulBatch {
+    state: Vec<RecordBatch>,
+    input_rows: u64,
+    output_rows: u64,
+    next_watermark: Option<i64>,
+}
+
+/// Writes `rows` as `dir/batch=N/part-0.EXT`, replacing what an earlier
+/// attempt of the batch wrote: the directory appears whole (written aside,
+/// then renamed).
+fn write_batch_dir(
+    format: &str,
+    dir: &Path,
+    batch: u64,
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+) -> Result<(), SessionError> {
+    let failed = |e: String| {
+        SessionError::Unsupported(format!("sink {}: batch {batch}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+    let tmp = dir.join(format!(".batch={batch}.tmp"));
+    let done = dir.join(format!("batch={batch}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| failed(e.to_string()))?;
+    let ext = format.to_ascii_lowercase();
+    let file = std::fs::File::create(tmp.join(format!("part-0.{ext}")))
+        .map_err(|e| failed(e.to_string()))?;
+    let schema = &rows
+        .first()
+        .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
+    match ext.as_str() {
+        "parquet" => {
+            let mut writer =
+                datafusion::parquet::arrow::ArrowWriter::try_new(file, Arc::clone(schema), None)
+                    .map_err(|e| failed(e.to_string()))?;
+            for b in rows {
+                writer.write(b).map_err(|e| failed(e.to_string()))?;
+            }
+            writer.close().map_err(|e| failed(e.to_string()))?;
+        }
+        "csv" => {
+            let mut writer = datafusion::arrow::csv::Writer::new(file);
+            for b in rows {
+                writer.write(b).map_err(|e| failed(e.to_string()))?;
+            }
+        }
+        _ => {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(file);
+            for b in rows {
+                writer.write(b).map_err(|e| failed(e.to_string()))?;
+            }
+            writer.finish().map_err(|e| failed(e.to_string()))?;
+        }
+    }
+    std::fs::write(tmp.join("_SUCCESS"), b"").map_err(|e| failed(e.to_string()))?;
+    if done.exists() {
+        std::fs::remove_dir_all(&done).map_err(|e| failed(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, &done).map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,410 @@
+//! Streaming aggregations: state kept between batches.
+//!
+//! A streaming query that aggregates (`GROUP BY` with `count`, `sum`,
+//! `min`, `max`) keeps, between batches, one row per group: the aggregates
+//! of every row seen so far. Each batch's own aggregates (an Ember job over
+//! the batch) are merged into that state in the driver (counts and sums
+//! add, minimums and maximums keep the extreme), and the state is written
+//! to the checkpoint with the batch, so a restarted query rebuilds it.
+//!
+//! With `WATERMARK column DELAY 'd'`, the watermark is the largest event
+//! time seen in earlier batches minus `d`: rows older than it are dropped
+//! as late, and a window (a `date_bin` of the watermark column among the
+//! group keys) whose end is at or before it is final. In `APPEND` mode a
+//! final window is written once and leaves the state; `UPDATE` writes the
+//! groups a batch changed; `COMPLETE` writes every group every batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+
+use super::{OutputMode, StreamingQuery};
+use crate::session::SessionError;
+
+/// How a column of partial aggregates merges with the state's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merge {
+    Sum,
+    Min,
+    Max,
+}
+
+/// What a streaming aggregation keeps and merges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Aggregation {
+    /// Output columns that are group keys.
+    pub keys: Vec<String>,
+    /// Output columns that are aggregates, and how each merges.
+    pub merges: Vec<(String, Merge)>,
+    /// The key column holding a window's start over the watermark column,
+    /// and the window's length in microseconds.
+    pub window: Option<(String, i64)>,
+}
+
+fn unsupported(query: &StreamingQuery, why: &str) -> SessionError {
+    SessionError::Unsupported(format!("streaming query {}: {why}", query.name))
+}
+
+/// The aggregation `plan` (the query's logical plan) does, if any; an
+/// error when it aggregates in a way a stream cannot keep.
+pub(crate) fn aggregation(
+    query: &StreamingQuery,
+    plan: &LogicalPlan,
+) -> Result<Option<Aggregation>, SessionError> {
+    let mut found = None;
+    let mut windows = false;
+    let mut node = plan;
+    // The output columns come from a projection over the aggregate (after
+    // any sort or limit).
+    let mut projection: Option<(&[Expr], &datafusion::common::DFSchemaRef)> = None;
+    loop {
+        match node {
+            LogicalPlan::Projection(p) => {
+                projection.get_or_insert((&p.expr, &p.schema));
+                node = &p.input;
+            }
+            LogicalPlan::Sort(s) => node = &s.input,
+            LogicalPlan::Limit(l) => node = &l.input,
+            LogicalPlan::Aggregate(a) => {
+                found = Some(a);
+                break;
+            }
+            other => {
+                use datafusion::common::tree_node::TreeNode;
+                other.apply(|n| {
+                    if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
+                        windows = true;
+                    }
+                    Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                })?;
+                break;
+            }
+        }
+    }
+    let Some(aggregate) = found else {
+        if windows {
+            return Err(unsupported(
+                query,
+                "an aggregation or window function inside the query (not its last step) \
+                 needs state Ember's streaming does not keep; aggregate last, with GROUP BY",
+            ));
+        }
+        return Ok(None);
+    };
+    let mut nested = false;
+    use datafusion::common::tree_node::TreeNode;
+    aggregate.input.apply(|n| {
+        if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
+            nested = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    if nested {
+        return Err(unsupported(
+            query,
+            "an aggregation over an aggregation needs state Ember's streaming does not keep",
+        ));
+    }
+    let mut merges_by_name = Vec::new();
+    for expr in &aggregate.aggr_expr {
+        let Expr::AggregateFunction(f) = unaliased(expr) else {
+            return Err(unsupported(
+                query,
+                &format!("cannot keep {expr} between batches"),
+            ));
+        };
+        if f.params.distinct || f.params.filter.is_some() || !f.params.order_by.is_empty() {
+            return Err(unsupported(
+                query,
+                &format!(
+                    "{expr}: DISTINCT, FILTER and ORDER BY in a streaming aggregate cannot be \
+                     kept between batches"
+                ),
+            ));
+        }
+        let merge = match f.func.name() {
+            "count" | "sum" => Merge::Sum,
+            "min" => Merge::Min,
+            "max" => Merge::Max,
+            other => {
+                return Err(unsupported(
+                    query,
+                    &format!(
+                        "{other}() cannot be kept between batches; streaming aggregations \
+                         take count, sum, min and max (an average is sum / count)"
+                    ),
+                ));
+            }
+        };
+        merges_by_name.push((expr.schema_name().to_string(), merge));
+    }
+    // Each output column: a group key or an aggregate, under its name.
+    let groups = aggregate.group_expr.len();
+    // Each output column by name, and which of the aggregate's columns
+    // (its keys, then its aggregates) it is.
+    let outputs: Vec<(String, usize)> = match projection {
+        Some((exprs, schema)) => exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let name = schema.field(i).name().clone();
+                match unaliased(e) {
+                    Expr::Column(c) => aggregate
+                        .schema
+                        .index_of_column(c)
+                        .map(|at| (name, at))
+                        .map_err(SessionError::from),
+                    other => Err(unsupported(
+                        query,
+                        &format!(
+                            "output {name} is {other}: a streaming aggregation's outputs are its \
+                             group keys and aggregates as they are; compute over them when \
+                             reading the output"
+                        ),
+                    )),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        None => aggregate
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().clone(), i))
+            .collect(),
+    };
+    let mut keys = Vec::new();
+    let mut merges = Vec::new();
+    let mut window = None;
+    for (name, at) in outputs {
+        if at < groups {
+            if let Some((column, _)) = &query.watermark
+                && let Some(length) = window_length(&aggregate.group_expr[at], column)
+            {
+                window = Some((name.clone(), length));
+            }
+            keys.push(name);
+        } else if let Some((_, merge)) = merges_by_name.get(at - groups) {
+            merges.push((name, *merge));
+        } else {
+            return Err(unsupported(
+                query,
+                &format!("output {name} is not a key or aggregate"),
+            ));
+        }
+    }
+    if keys.len() != groups {
+        return Err(unsupported(
+            query,
+            "every GROUP BY key must be an output column, so batches' groups can be matched",
+        ));
+    }
+    Ok(Some(Aggregation {
+        keys,
+        merges,
+        window,
+    }))
+}
+
+/// The window length, in microseconds, when `expr` is `date_bin(interval,
+/// column[, origin])`.
+fn window_length(expr: &Expr, column: &str) -> Option<i64> {
+    let Expr::ScalarFunction(f) = unaliased(expr) else {
+        return None;
+    };
+    if f.func.name() != "date_bin" {
+        return None;
+    }
+    let reads_column = f.args.get(1).is_some_and(|a| {
+        a.column_refs()
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(column))
+    });
+    if !reads_column {
+        return None;
+    }
+    match f.args.first()? {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000_000 + v.nanoseconds / 1000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000_000 + i64::from(v.milliseconds) * 1000)
+        }
+        _ => None,
+    }
+}
+
+/// `expr` without the aliases around it.
+fn unaliased(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(a) => unaliased(&a.expr),
+        e => e,
+    }
+}
+
+pub(crate) fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The state after a batch, and the rows the batch writes.
+pub(crate) struct Merged {
+    pub state: Vec<RecordBatch>,
+    pub output: Vec<RecordBatch>,
+}
+
+/// Merges `batch` (this batch's aggregates) into `state`, and says what to
+/// write and keep under `mode`, with windows ending by `watermark` final.
+pub(crate) async fn merge(
+    agg: &Aggregation,
+    mode: OutputMode,
+    schema: &SchemaRef,
+    state: &[RecordBatch],
+    batch: &[RecordBatch],
+    watermark: Option<i64>,
+) -> Result<Merged, SessionError> {
+    let ctx = SessionContext::new();
+    // Each table takes its rows' own schema (a job's rows may say
+    // nullable where the plan did not); the casts below bring them to one.
+    let table = |rows: &[RecordBatch]| -> Result<Arc<MemTable>, SessionError> {
+        let schema = rows
+            .first()
+            .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
+        Ok(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))
+    };
+    ctx.register_table("state", table(state)?)?;
+    ctx.register_table("batch", table(batch)?)?;
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .map(|c| match agg.merges.iter().find(|(n, _)| n == c) {
+            Some((_, Merge::Sum)) => format!("sum({q}) AS {q}", q = quoted(c)),
+            Some((_, Merge::Min)) => format!("min({q}) AS {q}", q = quoted(c)),
+            Some((_, Merge::Max)) => format!("max({q}) AS {q}", q = quoted(c)),
+            None => quoted(c),
+        })
+        .collect();
+    let keys: Vec<String> = agg.keys.iter().map(|k| quoted(k)).collect();
+    let grouped = format!(
+        "SELECT {} FROM (SELECT * FROM state UNION ALL SELECT * FROM batch) AS u{}",
+        select.join(", "),
+        if keys.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY {}", keys.join(", "))
+        }
+    );
+    // Casting back keeps each column's type (a sum of Int64 counts stays
+    // Int64), so the state's schema never drifts.
+    let casts: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            format!(
+                "arrow_cast({q}, '{t}') AS {q}",
+                q = quoted(f.name()),
+                t = f.data_type()
+            )
+        })
+        .collect();
+    let merged_sql = format!("SELECT {} FROM ({grouped}) AS g", casts.join(", "));
+    let merged = ctx.sql(&merged_sql).await?.collect().await?;
+    ctx.register_table("merged", table(&merged)?)?;
+    let final_window = match (&agg.window, watermark) {
+        (Some((column, length)), Some(w)) => Some(format!(
+            "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT) + {length} <= {w}",
+            quoted(column)
+        )),
+        _ => None,
+    };
+    let rows = |sql: String| {
+        let ctx = &ctx;
+        async move { Ok::<_, SessionError>(ctx.sql(&sql).await?.collect().await?) }
+    };
+    let all = "SELECT * FROM merged".to_string();
+    let (output, state) = match mode {
+        OutputMode::Complete => (merged.clone(), merged),
+        OutputMode::Update => {
+            let on: Vec<String> = agg
+                .keys
+                .iter()
+                .map(|k| format!("m.{q} IS NOT DISTINCT FROM b.{q}", q = quoted(k)))
+                .collect();
+            let changed = if on.is_empty() {
+                all.clone()
+            } else {
+                format!(
+                    "SELECT m.* FROM merged m LEFT SEMI JOIN batch b ON {}",
+                    on.join(" AND ")
+                )
+            };
+            let kept = match &final_window {
+                Some(done) => rows(format!("{all} WHERE NOT ({done})")).await?,
+                None => merged,
+            };
+            (rows(changed).await?, kept)
+        }
+        OutputMode::Append => {
+            let Some(done) = &final_window else {
+                return Ok(Merged {
+                    state: merged,
+                    output: Vec::new(),
+                });
+            };
+            (
+                rows(format!("{all} WHERE {done}")).await?,
+                rows(format!("{all} WHERE NOT ({done})")).await?,
+            )
+        }
+    };
+    Ok(Merged { state, output })
+}
+
+/// The largest value of `column` (a timestamp) in `rows`, in microseconds.
+pub(crate) fn max_micros(rows: &[RecordBatch]) -> Option<i64> {
+    rows.iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().cloned())
+        .flat_map(|a| a.iter().flatten().collect::<Vec<i64>>())
+        .max()
+}
+
+/// Writes `rows` as Arrow IPC to `path`, atomically.
+pub(crate) fn save(
+    path: &Path,
+    schema: &SchemaRef,
+    rows: &[RecordBatch],
+) -> Result<(), SessionError> {
+    let failed =
+        |e: String| SessionError::Unsupported(format!("checkpoint {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    {
+        let mut writer = datafusion::arrow::ipc::writer::FileWriter::try_new(&mut bytes, schema)
+            .map_err(|e| failed(e.to_string()))?;
+        for batch in rows {
+            writer.write(batch).map_err(|e| failed(e.to_string()))?;
+        }
+        writer.finish().map_err(|e| failed(e.to_string()))?;
+    }
+    super::write_atomically(path, &bytes).map_err(|e| failed(e.to_string()))
+}
+
+/// Reads rows [`save`] wrote.
+pub(crate) fn load(path: &Path) -> Result<Vec<RecordBatch>, SessionError> {
+    let failed = |e: String| {
+        SessionError::Unsupported(format!(
+            "checkpoint {}: the state is damaged: {e}",
+            path.display()
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+    let reader = datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
+        .map_err(|e| failed(e.to_string()))?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.to_string()))
+}
