@@ -425,7 +425,8 @@ fn complete_and_update_modes_keep_counts_across_batches() {
              INTO MEMORY AS SELECT v, count(*) AS n, sum(id) AS ids, min(id) AS first FROM events \
              GROUP BY v;\n\
              START STREAMING QUERY changes TRIGGER AVAILABLE NOW OUTPUT MODE UPDATE \
-             INTO MEMORY AS SELECT v, count(*) AS n FROM events WHERE id < 150 GROUP BY v;\n\
+             INTO MEMORY AS SELECT v, id % 2 AS odd, count(*) AS n FROM events WHERE id < 150 \
+             GROUP BY v, id % 2;\n\
              CREATE EXTERNAL TABLE everything (id BIGINT, v BIGINT) STORED AS CSV LOCATION 'in/' \
              OPTIONS ('format.has_header' 'true');\n\
              SELECT count(*) AS groups, bool_and(t.n = e.n AND t.ids = e.ids AND t.first = e.first) \
@@ -439,10 +440,52 @@ fn complete_and_update_modes_keep_counts_across_batches() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // COMPLETE: after the last batch, every group, equal to one batch job
     // over all the input.
-    // UPDATE: batch 0 changed all 7 groups (ids 0-99), batch 1 the 7 of
-    // ids 100-149, batch 2 none: 14 rows, the second 7 with all 150 ids.
+    // UPDATE: batch 0 changed all 14 groups (ids 0-99), batch 1 all 14
+    // again (ids 100-149), batch 2 none: 28 rows, the second 14 with all
+    // 150 ids.
     assert_eq!(
         text(&out.stdout),
-        "groups,same\n7,true\nupdates,last_n\n14,250\n"
+        "groups,same\n7,true\nupdates,last_n\n28,250\n"
+    );
+}
+
+#[test]
+fn select_distinct_over_a_stream_writes_each_row_the_first_time_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let input = work.join("in");
+    std::fs::create_dir(&input).unwrap();
+    arrive_events(
+        &input,
+        0,
+        &[("00:00:10", "a"), ("00:00:10", "a"), ("00:00:20", "b")],
+    );
+    // The same events again, and a new one.
+    arrive_events(
+        &input,
+        1,
+        &[("00:00:10", "a"), ("00:00:20", "b"), ("00:00:30", "c")],
+    );
+    arrive_events(&input, 2, &[("00:00:30", "c"), ("00:00:40", "a")]);
+    std::fs::write(
+        work.join("distinct.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
+         LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
+         START STREAMING QUERY firsts TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+         WATERMARK ts DELAY '1 minute' INTO CSV 'out' AS SELECT DISTINCT ts, k FROM events;\n\
+         CREATE EXTERNAL TABLE out (ts TIMESTAMP, k VARCHAR) STORED AS CSV LOCATION 'out/' \
+         OPTIONS ('format.has_header' 'true');\n\
+         SELECT ts, k FROM out ORDER BY ts, k;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "distinct.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "ts,k\n\
+         2024-01-01T00:00:10,a\n\
+         2024-01-01T00:00:20,b\n\
+         2024-01-01T00:00:30,c\n\
+         2024-01-01T00:00:40,a\n"
     );
 }

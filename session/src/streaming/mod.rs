@@ -888,7 +888,7 @@ impl Session {
                  aggregation (GROUP BY)"
                     .to_string(),
             ),
-            (Some(agg), OutputMode::Append) if agg.window.is_none() => refuse(
+            (Some(agg), OutputMode::Append) if agg.window.is_none() && !agg.merges.is_empty() => refuse(
                 "OUTPUT MODE APPEND of an aggregation writes each group once it is final, which \
                  needs a WATERMARK and a window over it among the GROUP BY keys (date_bin(INTERVAL \
                  '1 minute', column)); use OUTPUT MODE UPDATE or COMPLETE, or add both"

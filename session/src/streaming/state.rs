@@ -45,6 +45,9 @@ pub(crate) struct Aggregation {
     /// The key column holding a window's start over the watermark column,
     /// and the window's length in microseconds.
     pub window: Option<(String, i64)>,
+    /// The key column that is the watermark column itself (deduplication
+    /// forgets keys older than the watermark).
+    pub event_key: Option<String>,
 }
 
 fn unsupported(query: &StreamingQuery, why: &str) -> SessionError {
@@ -71,6 +74,9 @@ pub(crate) fn aggregation(
             }
             LogicalPlan::Sort(s) => node = &s.input,
             LogicalPlan::Limit(l) => node = &l.input,
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => {
+                return distinct(query, plan, input);
+            }
             LogicalPlan::Aggregate(a) => {
                 found = Some(a);
                 break;
@@ -182,8 +188,15 @@ pub(crate) fn aggregation(
     let mut keys = Vec::new();
     let mut merges = Vec::new();
     let mut window = None;
+    let mut event_key = None;
     for (name, at) in outputs {
         if at < groups {
+            if let Some((column, _)) = &query.watermark
+                && let Expr::Column(c) = unaliased(&aggregate.group_expr[at])
+                && c.name.eq_ignore_ascii_case(column)
+            {
+                event_key = Some(name.clone());
+            }
             if let Some((column, _)) = &query.watermark
                 && let Some(length) = window_length(&aggregate.group_expr[at], column)
             {
@@ -209,6 +222,49 @@ pub(crate) fn aggregation(
         keys,
         merges,
         window,
+        event_key,
+    }))
+}
+
+/// `SELECT DISTINCT`: every output column is a key, and nothing merges.
+fn distinct(
+    query: &StreamingQuery,
+    plan: &LogicalPlan,
+    input: &LogicalPlan,
+) -> Result<Option<Aggregation>, SessionError> {
+    use datafusion::common::tree_node::TreeNode;
+    let mut nested = false;
+    input.apply(|n| {
+        if matches!(
+            n,
+            LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+        ) {
+            nested = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    if nested {
+        return Err(unsupported(
+            query,
+            "DISTINCT over an aggregation needs state Ember's streaming does not keep",
+        ));
+    }
+    let keys: Vec<String> = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let event_key = query.watermark.as_ref().and_then(|(column, _)| {
+        keys.iter()
+            .find(|k| k.eq_ignore_ascii_case(column))
+            .cloned()
+    });
+    Ok(Some(Aggregation {
+        keys,
+        merges: Vec::new(),
+        window: None,
+        event_key,
     }))
 }
 
@@ -279,6 +335,9 @@ pub(crate) async fn merge(
     };
     ctx.register_table("state", table(state)?)?;
     ctx.register_table("batch", table(batch)?)?;
+    if agg.merges.is_empty() && mode == OutputMode::Append {
+        return deduplicate(&ctx, agg, watermark, &table).await;
+    }
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let select: Vec<String> = columns
         .iter()
@@ -333,7 +392,7 @@ pub(crate) async fn merge(
             let on: Vec<String> = agg
                 .keys
                 .iter()
-                .map(|k| format!("m.{q} IS NOT DISTINCT FROM b.{q}", q = quoted(k)))
+                .map(|k| format!("(m.{q} IS NOT DISTINCT FROM b.{q})", q = quoted(k)))
                 .collect();
             let changed = if on.is_empty() {
                 all.clone()
@@ -363,6 +422,45 @@ pub(crate) async fn merge(
         }
     };
     Ok(Merged { state, output })
+}
+
+/// `SELECT DISTINCT` over a stream: a row is written the first time its
+/// keys are seen, and the keys are kept (with a watermark on one of them,
+/// only while it is not older than the watermark, as Spark's
+/// `dropDuplicatesWithinWatermark` does).
+async fn deduplicate(
+    ctx: &SessionContext,
+    agg: &Aggregation,
+    watermark: Option<i64>,
+    table: &dyn Fn(&[RecordBatch]) -> Result<Arc<MemTable>, SessionError>,
+) -> Result<Merged, SessionError> {
+    let on: Vec<String> = agg
+        .keys
+        .iter()
+        .map(|k| format!("(b.{q} IS NOT DISTINCT FROM s.{q})", q = quoted(k)))
+        .collect();
+    let fresh = ctx
+        .sql(&format!(
+            "SELECT DISTINCT b.* FROM batch b LEFT ANTI JOIN state s ON {}",
+            on.join(" AND ")
+        ))
+        .await?
+        .collect()
+        .await?;
+    ctx.register_table("fresh", table(&fresh)?)?;
+    let mut kept = "SELECT * FROM state UNION ALL SELECT * FROM fresh".to_string();
+    if let (Some(column), Some(w)) = (&agg.event_key, watermark) {
+        kept = format!(
+            "SELECT * FROM ({kept}) AS k WHERE \
+             CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT) >= {w}",
+            quoted(column)
+        );
+    }
+    let state = ctx.sql(&kept).await?.collect().await?;
+    Ok(Merged {
+        state,
+        output: fresh,
+    })
 }
 
 /// The largest value of `column` (a timestamp) in `rows`, in microseconds.
