@@ -325,18 +325,11 @@ pub(crate) async fn merge(
     watermark: Option<i64>,
 ) -> Result<Merged, SessionError> {
     let ctx = SessionContext::new();
-    // Each table takes its rows' own schema (a job's rows may say
-    // nullable where the plan did not); the casts below bring them to one.
-    let table = |rows: &[RecordBatch]| -> Result<Arc<MemTable>, SessionError> {
-        let schema = rows
-            .first()
-            .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
-        Ok(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))
-    };
+    let table = |rows: &[RecordBatch]| mem_table(schema, rows);
     ctx.register_table("state", table(state)?)?;
     ctx.register_table("batch", table(batch)?)?;
     if agg.merges.is_empty() && mode == OutputMode::Append {
-        return deduplicate(&ctx, agg, watermark, &table).await;
+        return deduplicate(&ctx, agg, schema, watermark).await;
     }
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let select: Vec<String> = columns
@@ -431,8 +424,8 @@ pub(crate) async fn merge(
 async fn deduplicate(
     ctx: &SessionContext,
     agg: &Aggregation,
+    schema: &SchemaRef,
     watermark: Option<i64>,
-    table: &dyn Fn(&[RecordBatch]) -> Result<Arc<MemTable>, SessionError>,
 ) -> Result<Merged, SessionError> {
     let on: Vec<String> = agg
         .keys
@@ -447,7 +440,7 @@ async fn deduplicate(
         .await?
         .collect()
         .await?;
-    ctx.register_table("fresh", table(&fresh)?)?;
+    ctx.register_table("fresh", mem_table(schema, &fresh)?)?;
     let mut kept = "SELECT * FROM state UNION ALL SELECT * FROM fresh".to_string();
     if let (Some(column), Some(w)) = (&agg.event_key, watermark) {
         kept = format!(
@@ -461,6 +454,16 @@ async fn deduplicate(
         state,
         output: fresh,
     })
+}
+
+/// `rows` as a table, of their own schema (a job's rows may say nullable
+/// where the plan did not; the merge's casts bring them to one), or of
+/// `schema` when there are none.
+fn mem_table(schema: &SchemaRef, rows: &[RecordBatch]) -> Result<Arc<MemTable>, SessionError> {
+    let schema = rows
+        .first()
+        .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
+    Ok(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))
 }
 
 /// The largest value of `column` (a timestamp) in `rows`, in microseconds.
