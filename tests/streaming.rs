@@ -489,3 +489,59 @@ fn select_distinct_over_a_stream_writes_each_row_the_first_time_only() {
          2024-01-01T00:00:40,a\n"
     );
 }
+
+#[actix::test]
+async fn foreach_batch_hands_each_batch_to_the_application() {
+    use ember_session::streaming::{OutputMode, Sink, StreamingQuery, Trigger};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for n in 0..3 {
+        arrive(&input, n);
+    }
+    let mut session = ember_session::Session::start(ember_session::SessionOptions {
+        master: crate::support::master("local[2]"),
+        conf: ember_actors::EmberConf::new(),
+        functions: ember_engine::Functions::new(),
+        listener: None,
+        files: vec![],
+        cluster: None,
+    })
+    .await
+    .unwrap();
+    session
+        .execute(&SOURCE.replace("'in/'", &format!("'{}/'", input.display())))
+        .await
+        .unwrap();
+    let query = StreamingQuery {
+        name: "handed".into(),
+        trigger: Trigger::AvailableNow,
+        checkpoint: None,
+        output_mode: OutputMode::Append,
+        sink: Sink::ForeachBatch,
+        stop_after: None,
+        watermark: None,
+        sql: "SELECT id FROM events WHERE v = 0".into(),
+    };
+    let seen: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
+    let taken = Arc::clone(&seen);
+    let progress = session
+        .run_streaming_query_with(
+            &query,
+            Box::new(move |batch, rows| {
+                let n = rows.iter().map(|b| b.num_rows()).sum();
+                taken.lock().unwrap().push((batch, n));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    // One file a batch; ids with v = 0 are the multiples of 7.
+    let expected: Vec<(u64, usize)> = (0..3u64)
+        .map(|n| (n, (n * 100..n * 100 + 100).filter(|id| id % 7 == 0).count()))
+        .collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+    assert_eq!(progress.len(), 3);
+    session.stop().await;
+}

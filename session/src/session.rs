@@ -166,6 +166,8 @@ pub struct Session {
     pub(crate) stream_faults: StreamFaults,
     /// Set by the canceller: a running streaming query stops.
     pub(crate) stop_streams: Arc<std::sync::atomic::AtomicBool>,
+    /// The function a `foreach_batch` streaming sink hands batches to.
+    pub(crate) foreach_batch: Option<crate::streaming::ForeachBatch>,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -431,6 +433,7 @@ impl Session {
             streams: std::collections::BTreeMap::new(),
             stream_faults: StreamFaults::default(),
             stop_streams: Arc::default(),
+            foreach_batch: None,
         }
     }
 

@@ -200,7 +200,15 @@ pub enum Sink {
     Console,
     /// A table of the query's name in this session.
     Memory,
+    /// The function given to [`Session::run_streaming_query_with`], with
+    /// each batch's id and rows (Spark's `foreachBatch`): at least once, so
+    /// it should ignore a batch id it has already taken.
+    ForeachBatch,
 }
+
+/// What [`Sink::ForeachBatch`] calls with each batch's id and rows; an
+/// error stops the query (the batch runs again on restart).
+pub type ForeachBatch = Box<dyn FnMut(u64, &[RecordBatch]) -> Result<(), String> + Send>;
 
 impl Sink {
     fn describe(&self) -> String {
@@ -208,6 +216,7 @@ impl Sink {
             Self::Files { format, dir } => format!("{format} files in {}", dir.display()),
             Self::Console => "console".to_string(),
             Self::Memory => "memory".to_string(),
+            Self::ForeachBatch => "foreach_batch".to_string(),
         }
     }
 }
@@ -606,6 +615,19 @@ fn now_micros() -> i64 {
 }
 
 impl Session {
+    /// [`Session::run_streaming_query`] with `each` taking every batch of
+    /// a query whose sink is [`Sink::ForeachBatch`].
+    pub async fn run_streaming_query_with(
+        &mut self,
+        query: &StreamingQuery,
+        each: ForeachBatch,
+    ) -> Result<Vec<BatchProgress>, SessionError> {
+        self.foreach_batch = Some(each);
+        let ran = self.run_streaming_query(query).await;
+        self.foreach_batch = None;
+        ran
+    }
+
     /// Runs a streaming query in the foreground until its trigger says to
     /// stop (ONCE, AVAILABLE NOW) or `STOP AFTER` passes; returns each
     /// batch's progress.
@@ -788,6 +810,27 @@ impl Session {
             }
         }
         Ok(progress)
+    }
+
+    fn hand_to_foreach(
+        &mut self,
+        query: &StreamingQuery,
+        batch: u64,
+        rows: &[RecordBatch],
+    ) -> Result<(), SessionError> {
+        let Some(each) = self.foreach_batch.as_mut() else {
+            return Err(SessionError::Unsupported(format!(
+                "streaming query {}: a foreach_batch sink needs its function \
+                 (Session::run_streaming_query_with)",
+                query.name
+            )));
+        };
+        each(batch, rows).map_err(|why| {
+            SessionError::Unsupported(format!(
+                "streaming query {}: foreach_batch failed on batch {batch}: {why}",
+                query.name
+            ))
+        })
     }
 
     /// Waits until `until`, or until the query is told to stop.
@@ -997,6 +1040,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         match &query.sink {
             Sink::Files { format, dir } => write_batch_dir(format, dir, batch, schema, rows),
+            Sink::ForeachBatch => self.hand_to_foreach(query, batch, rows),
             Sink::Console => {
                 let text = datafusion::arrow::util::pretty::pretty_format_batches(rows)
                     .map_err(datafusion::error::DataFusionError::from)?;
@@ -1091,6 +1135,11 @@ impl Session {
                     "-------------------------------------------\nBatch: {batch}\n\
                      -------------------------------------------\n{text}"
                 );
+                Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
+            }
+            Sink::ForeachBatch => {
+                let rows = self.rows_of(&query.sql).await?;
+                self.hand_to_foreach(query, batch, &rows)?;
                 Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
             }
             Sink::Memory => {
