@@ -545,3 +545,39 @@ async fn foreach_batch_hands_each_batch_to_the_application() {
     assert_eq!(progress.len(), 3);
     session.stop().await;
 }
+
+#[test]
+fn lines_from_a_socket_reach_a_memory_table_each_once() {
+    use std::io::Write;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = server.local_addr().unwrap();
+    let talking = std::thread::spawn(move || {
+        let (mut peer, _) = server.accept().unwrap();
+        for word in ["alpha", "beta", "gamma"] {
+            writeln!(peer, "{word}").unwrap();
+        }
+        peer.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for word in ["delta", "epsilon"] {
+            writeln!(peer, "{word}").unwrap();
+        }
+        peer.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::write(
+        work.join("socket.sql"),
+        format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE words STORED AS SOCKET LOCATION '{address}';\n\
+             START STREAMING QUERY heard TRIGGER PROCESSING TIME '100 ms' STOP AFTER '1 second' \
+             INTO MEMORY AS SELECT upper(value) AS word FROM words;\n\
+             SELECT count(*) AS n, count(DISTINCT word) AS words, min(word) AS first FROM heard;\n"
+        ),
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "socket.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n,words,first\n5,5,ALPHA\n");
+    talking.join().unwrap();
+}

@@ -168,6 +168,9 @@ pub struct Session {
     pub(crate) stop_streams: Arc<std::sync::atomic::AtomicBool>,
     /// The function a `foreach_batch` streaming sink hands batches to.
     pub(crate) foreach_batch: Option<crate::streaming::ForeachBatch>,
+    /// Socket sources' connections, by source name, kept across queries.
+    pub(crate) sockets:
+        std::collections::BTreeMap<String, Arc<std::sync::Mutex<crate::streaming::SocketLines>>>,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -434,6 +437,7 @@ impl Session {
             stream_faults: StreamFaults::default(),
             stop_streams: Arc::default(),
             foreach_batch: None,
+            sockets: std::collections::BTreeMap::new(),
         }
     }
 

@@ -59,6 +59,10 @@ enum SourceKind {
     },
     /// `rowsPerSecond` rows a second: `value BIGINT`, `timestamp`.
     Rate { rows_per_second: u64 },
+    /// Lines of text read from a TCP server: `value VARCHAR`. For tests
+    /// and demos, as Spark's: lines not yet committed are lost with the
+    /// driver.
+    Socket { address: String },
 }
 
 impl StreamSource {
@@ -82,7 +86,16 @@ impl StreamSource {
                 })
                 .transpose()
         };
-        let kind = if create.file_type.eq_ignore_ascii_case("RATE") {
+        let kind = if create.file_type.eq_ignore_ascii_case("SOCKET") {
+            let address = create.locations.first().cloned().unwrap_or_default();
+            if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
+                return Err(SessionError::Unsupported(format!(
+                    "stream {}: a socket source's LOCATION is HOST:PORT, not '{address}'",
+                    create_name(&create)
+                )));
+            }
+            SourceKind::Socket { address }
+        } else if create.file_type.eq_ignore_ascii_case("RATE") {
             SourceKind::Rate {
                 rows_per_second: number("rowsPerSecond", rate)?.unwrap_or(1),
             }
@@ -140,15 +153,72 @@ enum SourceOffset {
         origin_micros: i64,
         rows_per_second: u64,
     },
+    /// Lines `start..end` read from the socket since the query started.
+    Lines { start: u64, end: u64 },
 }
 
 impl SourceOffset {
     fn is_empty(&self) -> bool {
         match self {
             Self::Files { files } => files.is_empty(),
-            Self::Rate { start, end, .. } => start >= end,
+            Self::Rate { start, end, .. } | Self::Lines { start, end } => start >= end,
         }
     }
+}
+
+/// Lines a socket source has read, numbered from `first`.
+#[derive(Debug, Default)]
+pub(crate) struct SocketLines {
+    first: u64,
+    lines: Vec<String>,
+    /// Why reading stopped, if it did.
+    ended: Option<String>,
+}
+
+type Sockets = BTreeMap<String, Arc<std::sync::Mutex<SocketLines>>>;
+
+/// Connects to `address` and reads its lines into a buffer, on the
+/// current runtime, until the server closes the connection.
+async fn open_socket(
+    address: &str,
+    first: u64,
+) -> Result<Arc<std::sync::Mutex<SocketLines>>, SessionError> {
+    use tokio::io::AsyncBufReadExt;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| {
+        SessionError::Unsupported(format!("socket source {address}: no answer within 10 s"))
+    })?
+    .map_err(|e| SessionError::Unsupported(format!("socket source {address}: {e}")))?;
+    let buffer = Arc::new(std::sync::Mutex::new(SocketLines {
+        first,
+        ..SocketLines::default()
+    }));
+    let filling = Arc::clone(&buffer);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        loop {
+            let next = lines.next_line().await;
+            let mut buffer = filling
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match next {
+                Ok(Some(line)) => buffer.lines.push(line),
+                Ok(None) => {
+                    buffer.ended = Some("the server closed the connection".to_string());
+                    return;
+                }
+                Err(e) => {
+                    buffer.ended = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    Ok(buffer)
 }
 
 /// One entry of the offset log.
@@ -251,7 +321,7 @@ pub struct BatchProgress {
     pub batch: u64,
     /// Files the batch took from file sources.
     pub input_files: usize,
-    /// Rows the batch took from rate sources.
+    /// Rows the batch took from rate and socket sources.
     pub input_rows: u64,
     pub output_rows: u64,
     pub duration: Duration,
@@ -675,6 +745,7 @@ impl Session {
             }
             _ => Vec::new(),
         };
+        self.connect_sockets(&sources, &logged).await?;
         let started = Instant::now();
         let origin = now_micros();
         self.stop_streams.store(false, Ordering::Relaxed);
@@ -715,8 +786,13 @@ impl Session {
                         self.nap(at + interval).await;
                     }
                     last_trigger = Some(Instant::now());
-                    let mut next =
-                        next_offsets(&sources, &logged, last.map_or(0, |b| b + 1), origin);
+                    let mut next = next_offsets(
+                        &sources,
+                        &logged,
+                        last.map_or(0, |b| b + 1),
+                        origin,
+                        &self.sockets,
+                    );
                     next.watermark_micros = watermark;
                     if next.sources.values().all(SourceOffset::is_empty) {
                         match query.trigger {
@@ -783,7 +859,7 @@ impl Session {
                 .values()
                 .map(|o| match o {
                     SourceOffset::Files { files } => files.len(),
-                    SourceOffset::Rate { .. } => 0,
+                    SourceOffset::Rate { .. } | SourceOffset::Lines { .. } => 0,
                 })
                 .sum();
             let batch = BatchProgress {
@@ -885,6 +961,7 @@ impl Session {
                             origin_micros: 0,
                             rows_per_second,
                         },
+                        SourceKind::Socket { .. } => SourceOffset::Lines { start: 0, end: 0 },
                     };
                     (s.name(), offset)
                 })
@@ -1089,7 +1166,9 @@ impl Session {
             .sources
             .values()
             .map(|o| match o {
-                SourceOffset::Rate { start, end, .. } => end.saturating_sub(*start),
+                SourceOffset::Rate { start, end, .. } | SourceOffset::Lines { start, end } => {
+                    end.saturating_sub(*start)
+                }
                 SourceOffset::Files { .. } => 0,
             })
             .sum()
@@ -1213,7 +1292,85 @@ impl Session {
                     let view = self.context().sql(&sql).await?.into_view();
                     self.context().register_table(name.as_str(), view)?;
                 }
+                SourceOffset::Lines { start, end } => {
+                    let lines = self.socket_lines(&name, *start, *end);
+                    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+                        datafusion::arrow::datatypes::Field::new(
+                            "value",
+                            datafusion::arrow::datatypes::DataType::Utf8,
+                            false,
+                        ),
+                    ]));
+                    let column = datafusion::arrow::array::StringArray::from(lines);
+                    let rows = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)])
+                        .map_err(datafusion::error::DataFusionError::from)?;
+                    let table = MemTable::try_new(schema, vec![vec![rows]])?;
+                    self.context()
+                        .register_table(name.as_str(), Arc::new(table))?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Lines `start..end` of a socket source, the ones before `start`
+    /// let go; lines lost with an earlier driver are missing (a warning
+    /// says so).
+    fn socket_lines(&self, name: &str, start: u64, end: u64) -> Vec<String> {
+        let Some(buffer) = self.sockets.get(name) else {
+            return Vec::new();
+        };
+        let mut buffer = buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if start < buffer.first {
+            tracing::warn!(
+                source = name,
+                start,
+                first = buffer.first,
+                "a socket source cannot replay lines an earlier driver read; they are lost"
+            );
+        }
+        let drop = usize::try_from(start.saturating_sub(buffer.first)).unwrap_or(usize::MAX);
+        let drop = drop.min(buffer.lines.len());
+        buffer.lines.drain(..drop);
+        buffer.first += drop as u64;
+        let from = usize::try_from(start.saturating_sub(buffer.first)).unwrap_or(0);
+        let to = usize::try_from(end.saturating_sub(buffer.first))
+            .unwrap_or(0)
+            .min(buffer.lines.len());
+        buffer
+            .lines
+            .get(from..to)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// Connects every socket source of the query not yet connected; lines
+    /// are numbered on from what the checkpoint says was read.
+    async fn connect_sockets(
+        &mut self,
+        sources: &[StreamSource],
+        logged: &[BatchOffsets],
+    ) -> Result<(), SessionError> {
+        for source in sources {
+            let SourceKind::Socket { address } = &source.kind else {
+                continue;
+            };
+            let name = source.name();
+            if self.sockets.contains_key(&name) {
+                continue;
+            }
+            let read = logged
+                .iter()
+                .filter_map(|o| match o.sources.get(&name) {
+                    Some(SourceOffset::Lines { end, .. }) => Some(*end),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let buffer = open_socket(address, read).await?;
+            self.sockets.insert(name, buffer);
         }
         Ok(())
     }
@@ -1241,6 +1398,7 @@ fn next_offsets(
     logged: &[BatchOffsets],
     batch: u64,
     origin: i64,
+    sockets: &Sockets,
 ) -> BatchOffsets {
     let mut next = BTreeMap::new();
     for source in sources {
@@ -1254,7 +1412,7 @@ fn next_offsets(
                 let taken: std::collections::BTreeSet<&String> = earlier
                     .flat_map(|o| match o {
                         SourceOffset::Files { files } => files.iter().collect::<Vec<_>>(),
-                        SourceOffset::Rate { .. } => Vec::new(),
+                        SourceOffset::Rate { .. } | SourceOffset::Lines { .. } => Vec::new(),
                     })
                     .collect();
                 let files: Vec<String> = arrived_files(dir)
@@ -1271,7 +1429,7 @@ fn next_offsets(
                         SourceOffset::Rate {
                             end, origin_micros, ..
                         } => Some((*end, *origin_micros)),
-                        SourceOffset::Files { .. } => None,
+                        SourceOffset::Files { .. } | SourceOffset::Lines { .. } => None,
                     })
                     .next_back();
                 let (start, origin) = previous.unwrap_or((0, origin));
@@ -1282,6 +1440,23 @@ fn next_offsets(
                     end: due.max(start),
                     origin_micros: origin,
                     rows_per_second: *rows_per_second,
+                }
+            }
+            SourceKind::Socket { .. } => {
+                let start = earlier
+                    .filter_map(|o| match o {
+                        SourceOffset::Lines { end, .. } => Some(*end),
+                        _ => None,
+                    })
+                    .max();
+                let (first, read) = sockets.get(&name).map_or((0, 0), |b| {
+                    let b = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    (b.first, b.lines.len() as u64)
+                });
+                let start = start.unwrap_or(first);
+                SourceOffset::Lines {
+                    start,
+                    end: (first + read).max(start),
                 }
             }
         };
