@@ -82,13 +82,7 @@ pub(crate) fn aggregation(
                 break;
             }
             other => {
-                use datafusion::common::tree_node::TreeNode;
-                other.apply(|n| {
-                    if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
-                        windows = true;
-                    }
-                    Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-                })?;
+                windows = aggregates_within(other)?;
                 break;
             }
         }
@@ -103,15 +97,7 @@ pub(crate) fn aggregation(
         }
         return Ok(None);
     };
-    let mut nested = false;
-    use datafusion::common::tree_node::TreeNode;
-    aggregate.input.apply(|n| {
-        if matches!(n, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)) {
-            nested = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    })?;
-    if nested {
+    if aggregates_within(&aggregate.input)? {
         return Err(unsupported(
             query,
             "an aggregation over an aggregation needs state Ember's streaming does not keep",
@@ -226,23 +212,28 @@ pub(crate) fn aggregation(
     }))
 }
 
+/// Whether `plan` aggregates, deduplicates or runs a window function
+/// anywhere: state a stream would need to keep inside the query.
+fn aggregates_within(plan: &LogicalPlan) -> Result<bool, SessionError> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    plan.apply(|n| {
+        found |= matches!(
+            n,
+            LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+        );
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
+}
+
 /// `SELECT DISTINCT`: every output column is a key, and nothing merges.
 fn distinct(
     query: &StreamingQuery,
     plan: &LogicalPlan,
     input: &LogicalPlan,
 ) -> Result<Option<Aggregation>, SessionError> {
-    use datafusion::common::tree_node::TreeNode;
-    let mut nested = false;
-    input.apply(|n| {
-        if matches!(
-            n,
-            LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
-        ) {
-            nested = true;
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    })?;
+    let nested = aggregates_within(input)?;
     if nested {
         return Err(unsupported(
             query,
