@@ -394,6 +394,15 @@ fn a_windowed_count_with_a_watermark_writes_each_final_window_once_and_drops_lat
          2024-01-01T00:01:00,a,1\n\
          2024-01-01T00:01:00,b,1\n"
     );
+    // The checkpoint keeps each batch's progress: batch 3 ran with the
+    // watermark 00:02:20 and kept the windows of minutes 2 and 3.
+    let progress = std::fs::read_to_string(work.join("ckpt/progress")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(progress.lines().last().unwrap()).unwrap();
+    assert_eq!(progress.lines().count(), 4, "{progress}");
+    assert_eq!(last["batch"], 3);
+    assert_eq!(last["watermark_micros"], 1_704_067_340_000_000i64);
+    assert_eq!(last["state_rows"], 2);
+    assert_eq!(last["input_files"], 1);
     // A restart takes the state and watermark from the checkpoint: a row
     // for minute 1 is now late, and minute 2's window becomes final.
     arrive_events(&input, 4, &[("00:05:00", "a"), ("00:01:30", "b")]);

@@ -315,18 +315,44 @@ pub struct StreamingQuery {
     pub sql: String,
 }
 
-/// What one batch did, as Spark's progress reports it.
-#[derive(Debug, Clone, PartialEq)]
+/// What one batch did, as Spark's progress reports it; the checkpoint's
+/// `progress` file keeps the last [`PROGRESS_KEPT`] as JSON lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchProgress {
     pub batch: u64,
+    /// When it ended, in microseconds since the Unix epoch.
+    pub ended_micros: i64,
     /// Files the batch took from file sources.
     pub input_files: usize,
     /// Rows the batch took from rate and socket sources.
     pub input_rows: u64,
     pub output_rows: u64,
+    /// Its rows processed per second (input rows over its duration).
+    pub processed_rows_per_second: f64,
+    #[serde(with = "millis")]
     pub duration: Duration,
+    /// The event-time watermark it ran with, in microseconds.
+    pub watermark_micros: Option<i64>,
+    /// Groups (or distinct rows) kept in the state after it.
+    pub state_rows: u64,
     /// Whether it ran again offsets an earlier run wrote ahead.
     pub replayed: bool,
+}
+
+/// Progress entries a checkpoint keeps.
+pub const PROGRESS_KEPT: usize = 100;
+
+mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms: u64 = serde::Deserialize::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
 }
 
 /// Parses `START STREAMING QUERY name [TRIGGER ...] [CHECKPOINT 'dir']
@@ -615,6 +641,24 @@ impl Checkpoint {
         Ok(Some((batch, commit)))
     }
 
+    /// Adds `progress` to the checkpoint's progress file, keeping the last
+    /// [`PROGRESS_KEPT`]. Progress is for people: failing to keep it does
+    /// not stop the query.
+    fn record(&self, progress: &BatchProgress) {
+        let path = self.dir.join("progress");
+        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.push(serde_json::to_string(progress).unwrap_or_default());
+        let from = lines.len().saturating_sub(PROGRESS_KEPT);
+        let text = lines[from..].join("\n") + "\n";
+        if let Err(e) = write_atomically(&path, text.as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep streaming progress");
+        }
+    }
+
     fn state_file(&self, batch: u64) -> PathBuf {
         self.dir.join("state").join(format!("{batch}.arrow"))
     }
@@ -862,12 +906,17 @@ impl Session {
                     SourceOffset::Rate { .. } | SourceOffset::Lines { .. } => 0,
                 })
                 .sum();
+            let duration = begun.elapsed();
             let batch = BatchProgress {
                 batch: offsets.batch,
+                ended_micros: now_micros(),
                 input_files,
                 input_rows,
                 output_rows,
-                duration: begun.elapsed(),
+                processed_rows_per_second: input_rows as f64 / duration.as_secs_f64().max(1e-6),
+                duration,
+                watermark_micros: offsets.watermark_micros,
+                state_rows: kept.iter().map(|b| b.num_rows() as u64).sum(),
                 replayed,
             };
             tracing::info!(
@@ -877,9 +926,14 @@ impl Session {
                 input_rows,
                 output_rows,
                 duration_ms = batch.duration.as_millis() as u64,
+                watermark = ?batch.watermark_micros,
+                state_rows = batch.state_rows,
                 replayed,
                 "streaming batch committed"
             );
+            if let Some(c) = &checkpoint {
+                c.record(&batch);
+            }
             progress.push(batch);
             if query.trigger == Trigger::Once {
                 break;
