@@ -119,6 +119,20 @@ fn files_arriving_land_in_parquet_exactly_once_across_restarts() {
     let offsets = std::fs::read_to_string(work.join("ckpt/offsets/4")).unwrap();
     assert!(offsets.contains("part-004.csv"), "{offsets}");
 
+    // A stream is not a table: a batch query on it says what to do.
+    std::fs::write(
+        work.join("batch.sql"),
+        format!("{SOURCE}SELECT count(*) FROM events;\n"),
+    )
+    .unwrap();
+    let out = ember(&["submit", "batch.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("events is a stream") && stderr.contains("START STREAMING QUERY"),
+        "{stderr}"
+    );
+
     // A checkpoint is refused to another query.
     let other = job.replace("INTO PARQUET 'out'", "INTO PARQUET 'elsewhere'");
     std::fs::write(work.join("other.sql"), other).unwrap();

@@ -549,7 +549,10 @@ impl Session {
             return Ok(StatementOutcome::Done);
         }
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(sql).await?;
+        let plan = match state.create_logical_plan(sql).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(self.explain_stream_misuse(e)),
+        };
         match &plan {
             LogicalPlan::Explain(explain) => {
                 let physical = state.create_physical_plan(&explain.plan).await?;
@@ -639,6 +642,23 @@ impl Session {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// A batch statement that names a stream fails as a missing table:
+    /// the error says what a stream is for.
+    fn explain_stream_misuse(&self, error: DataFusionError) -> SessionError {
+        let text = error.to_string();
+        let named = self.streams.keys().find(|name| {
+            text.contains(&format!("'{name}'")) || text.contains(&format!(".{name}'"))
+        });
+        match named {
+            Some(name) if text.contains("not found") => SessionError::Unsupported(format!(
+                "{name} is a stream (CREATE UNBOUNDED EXTERNAL TABLE): read it in START STREAMING \
+                 QUERY ... AS SELECT ... FROM {name}, or declare the same files as a table \
+                 without UNBOUNDED to query them once"
+            )),
+            _ => SessionError::Plan(error),
         }
     }
 
