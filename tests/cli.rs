@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use crate::support::{Data, files_under, text};
 
-fn ember(args: &[&str], dir: &Path) -> Output {
+/// Runs `ember` with `args` in `dir`, without the caller's `RUST_LOG`.
+pub(crate) fn ember(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(args)
         .current_dir(dir)

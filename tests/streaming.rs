@@ -4,18 +4,10 @@
 //! table and the console; what streaming cannot do yet is refused.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use crate::cli::ember;
 use crate::support::text;
-
-fn ember(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
 
 /// Writes input file `n`: ids `n*100 .. n*100+100`, `v = id % 7`.
 fn arrive(dir: &Path, n: u64) {
@@ -523,16 +515,7 @@ async fn foreach_batch_hands_each_batch_to_the_application() {
     for n in 0..3 {
         arrive(&input, n);
     }
-    let mut session = ember_session::Session::start(ember_session::SessionOptions {
-        master: crate::support::master("local[2]"),
-        conf: ember_actors::EmberConf::new(),
-        functions: ember_engine::Functions::new(),
-        listener: None,
-        files: vec![],
-        cluster: None,
-    })
-    .await
-    .unwrap();
+    let mut session = crate::support::bare_session("local[2]").await;
     session
         .execute(&SOURCE.replace("'in/'", &format!("'{}/'", input.display())))
         .await

@@ -67,9 +67,9 @@ pub fn master(url: &str) -> Master {
     Master::parse(url, 2).unwrap()
 }
 
-/// Starts a session on `url` with both tables registered.
-pub async fn session(url: &str, data: &Data) -> Session {
-    let mut session = Session::start(SessionOptions {
+/// Starts a session on `url` with the default settings and no tables.
+pub async fn bare_session(url: &str) -> Session {
+    Session::start(SessionOptions {
         master: master(url),
         conf: EmberConf::new(),
         functions: ember_engine::Functions::new(),
@@ -78,7 +78,12 @@ pub async fn session(url: &str, data: &Data) -> Session {
         cluster: None,
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Starts a session on `url` with both tables registered.
+pub async fn session(url: &str, data: &Data) -> Session {
+    let mut session = bare_session(url).await;
     for ddl in data.ddl() {
         session.execute(&ddl).await.unwrap();
     }

@@ -171,8 +171,6 @@ impl SourceOffset {
 pub(crate) struct SocketLines {
     first: u64,
     lines: Vec<String>,
-    /// Why reading stopped, if it did.
-    ended: Option<String>,
 }
 
 type Sockets = BTreeMap<String, Arc<std::sync::Mutex<SocketLines>>>;
@@ -198,21 +196,22 @@ async fn open_socket(
         ..SocketLines::default()
     }));
     let filling = Arc::clone(&buffer);
+    let address = address.to_string();
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stream).lines();
         loop {
-            let next = lines.next_line().await;
-            let mut buffer = filling
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match next {
-                Ok(Some(line)) => buffer.lines.push(line),
+            match lines.next_line().await {
+                Ok(Some(line)) => filling
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .lines
+                    .push(line),
                 Ok(None) => {
-                    buffer.ended = Some("the server closed the connection".to_string());
+                    tracing::info!(%address, "socket source: the server closed the connection");
                     return;
                 }
                 Err(e) => {
-                    buffer.ended = Some(e.to_string());
+                    tracing::warn!(%address, error = %e, "socket source: reading stopped");
                     return;
                 }
             }
@@ -858,7 +857,7 @@ impl Session {
             let (input_rows, output_rows, next_watermark) = match &aggregation {
                 None => {
                     let (i, o) = self
-                        .run_batch(query, &sources, &offsets, &mut memory)
+                        .run_batch(query, &schema, &sources, &offsets, &mut memory)
                         .await?;
                     (i, o, None)
                 }
@@ -1203,12 +1202,13 @@ impl Session {
     async fn run_batch(
         &mut self,
         query: &StreamingQuery,
+        schema: &SchemaRef,
         sources: &[StreamSource],
         offsets: &BatchOffsets,
         memory: &mut Vec<RecordBatch>,
     ) -> Result<(u64, u64), SessionError> {
         self.bind(sources, offsets).await?;
-        let ran = self.run_bound(query, offsets.batch, memory).await;
+        let ran = self.run_bound(query, schema, offsets.batch, memory).await;
         let input = self.input_rows(offsets);
         self.unbind(sources);
         let output = ran?;
@@ -1231,6 +1231,7 @@ impl Session {
     async fn run_bound(
         &mut self,
         query: &StreamingQuery,
+        schema: &SchemaRef,
         batch: u64,
         memory: &mut Vec<RecordBatch>,
     ) -> Result<u64, SessionError> {
@@ -1260,33 +1261,12 @@ impl Session {
                     _ => Ok(0),
                 }
             }
-            Sink::Console => {
+            // The other sinks take the rows in the driver, as an
+            // aggregation's are.
+            Sink::Console | Sink::Memory | Sink::ForeachBatch => {
                 let rows = self.rows_of(&query.sql).await?;
-                let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
-                    .map_err(datafusion::error::DataFusionError::from)?;
-                println!(
-                    "-------------------------------------------\nBatch: {batch}\n\
-                     -------------------------------------------\n{text}"
-                );
+                self.write_rows(query, batch, schema, &rows, memory)?;
                 Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
-            }
-            Sink::ForeachBatch => {
-                let rows = self.rows_of(&query.sql).await?;
-                self.hand_to_foreach(query, batch, &rows)?;
-                Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
-            }
-            Sink::Memory => {
-                let rows = self.rows_of(&query.sql).await?;
-                let count = rows.iter().map(|b| b.num_rows() as u64).sum();
-                let schema = rows.first().map(RecordBatch::schema);
-                memory.extend(rows);
-                if let Some(schema) = schema.or_else(|| memory.first().map(RecordBatch::schema)) {
-                    let table = MemTable::try_new(schema, vec![memory.clone()])?;
-                    let _ = self.context().deregister_table(query.name.as_str());
-                    self.context()
-                        .register_table(query.name.as_str(), Arc::new(table))?;
-                }
-                Ok(count)
             }
         }
     }
