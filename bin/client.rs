@@ -248,6 +248,42 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     ],
                     rows,
                 ));
+                if !app.streams.is_empty() {
+                    out.push_str("\nStreaming queries\n");
+                    out.push_str(&table(
+                        &[
+                            "QUERY",
+                            "STATE",
+                            "BATCHES",
+                            "INPUT ROWS",
+                            "LAST BATCH",
+                            "ROWS/S",
+                            "MS",
+                            "WATERMARK",
+                            "STATE ROWS",
+                            "SINK",
+                            "REASON",
+                        ],
+                        app.streams
+                            .iter()
+                            .map(|q| {
+                                vec![
+                                    q.name.clone(),
+                                    q.state.clone(),
+                                    q.batches.to_string(),
+                                    q.input_rows.to_string(),
+                                    q.last_batch.map_or("-".into(), |b| b.to_string()),
+                                    q.last_rows_per_second.to_string(),
+                                    q.last_duration_ms.to_string(),
+                                    q.watermark.clone().unwrap_or_else(|| "-".into()),
+                                    q.state_rows.to_string(),
+                                    q.sink.clone(),
+                                    q.reason.clone().unwrap_or_default(),
+                                ]
+                            })
+                            .collect(),
+                    ));
+                }
                 emit(&out);
                 return ExitCode::SUCCESS;
             }

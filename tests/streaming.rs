@@ -147,6 +147,7 @@ fn the_rate_source_feeds_a_memory_table_and_the_console() {
          OPTIONS ('rowsPerSecond' '2000');\n\
          START STREAMING QUERY evens TRIGGER PROCESSING TIME '100 ms' STOP AFTER '800 ms' \
          INTO MEMORY AS SELECT value, timestamp FROM ticks WHERE value % 2 = 0;\n\
+         AWAIT STREAMING QUERY evens;\n\
          SELECT count(*) > 100 AS plenty, count(*) = count(DISTINCT value) AS once, \
          min(value) AS first, bool_and(value % 2 = 0) AS even FROM evens;\n\
          START STREAMING QUERY shown TRIGGER PROCESSING TIME '100 ms' STOP AFTER '300 ms' \
@@ -210,6 +211,23 @@ fn a_file_stream_runs_the_same_in_client_mode() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(output_totals(work), (expected_totals(4), 4));
+    // The manager keeps what the driver said of its streaming queries.
+    let status = cluster.status();
+    let app = status["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"].as_str().unwrap().ends_with("stream.sql"))
+        .unwrap_or_else(|| panic!("{status:#}"));
+    let query = &app["streams"][0];
+    assert_eq!(query["name"], "doubled", "{status:#}");
+    assert_eq!(query["state"], "finished", "{status:#}");
+    assert_eq!(query["batches"], 4, "{status:#}");
+    let shown = text(&cluster.run(&["status", app["id"].as_str().unwrap()]).stdout);
+    assert!(
+        shown.contains("Streaming queries") && shown.contains("doubled  finished"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -265,6 +283,7 @@ fn a_driver_killed_mid_stream_resumes_with_every_row_once() {
 
 #[test]
 fn ctrl_c_stops_a_running_stream_at_once() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     std::fs::write(
@@ -272,18 +291,24 @@ fn ctrl_c_stops_a_running_stream_at_once() {
         "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
          OPTIONS ('rowsPerSecond' '1000');\n\
          START STREAMING QUERY forever INTO MEMORY AS SELECT value FROM ticks;\n\
-         SELECT 'the script went on' AS wrong;\n",
+         SELECT 'the script went on' AS next;\n",
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["submit", "forever.sql"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "--format", "csv", "forever.sql"])
         .current_dir(work)
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The query runs in the background: the next statement runs at once,
+    // and the script then waits for the query, which never ends by itself.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("went on") {
+        assert_ne!(stdout.read_line(&mut printed).unwrap(), 0, "{printed}");
+    }
     ember_testkit::signal(child.id(), libc::SIGINT);
     let asked = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -297,7 +322,70 @@ fn ctrl_c_stops_a_running_stream_at_once() {
     assert_eq!(out.status.code(), Some(130));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(!text(&out.stdout).contains("went on"));
+}
+
+#[test]
+fn background_queries_are_listed_stopped_and_awaited() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::write(
+        work.join("control.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '1000');\n\
+         START STREAMING QUERY ticking TRIGGER PROCESSING TIME '50 ms' INTO MEMORY \
+         AS SELECT value FROM ticks;\n\
+         AWAIT STREAMING QUERY ticking TIMEOUT '400 ms';\n\
+         SELECT count(*) > 0 AS filling, count(*) = count(DISTINCT value) AS once FROM ticking;\n\
+         SELECT 'listed' AS at;\n\
+         SHOW STREAMING QUERIES;\n\
+         STOP STREAMING QUERY ticking;\n\
+         SELECT 'stopped' AS at;\n\
+         SHOW STREAMING QUERIES;\n\
+         AWAIT STREAMING QUERY ticking;\n\
+         SELECT count(*) AS kept FROM ticking;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "control.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("filling,once\ntrue,true\n"), "{stdout}");
+    let (running, stopped) = stdout.split_once("at\nstopped\n").unwrap();
+    let header = "name,state,sink,batches,input_rows,last_batch";
+    assert!(running.contains(header), "{stdout}");
+    assert!(running.contains("\nticking,running,memory,"), "{stdout}");
+    assert!(stopped.contains("\nticking,stopped,memory,"), "{stdout}");
+    // The memory table stays after its query stopped.
+    assert!(stdout.contains("kept\n"), "{stdout}");
+
+    // A query that fails fails the statement that started it, once the
+    // script's other statements ran; another name is not a query.
+    std::fs::write(
+        work.join("failing.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '1000');\n\
+         START STREAMING QUERY broken INTO MEMORY AS SELECT value / (value - value) AS x \
+         FROM ticks;\n\
+         SELECT 'went on' AS next;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "failing.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(text(&out.stdout), "next\nwent on\n");
+    assert!(
+        stderr.contains("statement 2 (START STREAMING QUERY broken")
+            && stderr.contains("streaming query broken failed")
+            && stderr.contains("Divide by zero"),
+        "{stderr}"
+    );
+    std::fs::write(work.join("stop.sql"), "STOP STREAMING QUERY nothing;\n").unwrap();
+    let out = ember(&["submit", "stop.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no streaming query named nothing"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -322,6 +410,7 @@ fn json_lines_arriving_land_in_csv_files() {
          LOCATION 'in/';\n\
          START STREAMING QUERY named TRIGGER ONCE CHECKPOINT 'ckpt' INTO CSV 'out' \
          AS SELECT id, upper(name) AS name FROM people WHERE id % 2 = 0;\n\
+         AWAIT STREAMING QUERY named;\n\
          CREATE EXTERNAL TABLE written (id BIGINT, name VARCHAR) STORED AS CSV LOCATION 'out/' \
          OPTIONS ('format.has_header' 'true');\n\
          SELECT count(*) AS n, min(name) AS first FROM written;\n",
@@ -442,6 +531,8 @@ fn complete_and_update_modes_keep_counts_across_batches() {
              START STREAMING QUERY changes TRIGGER AVAILABLE NOW OUTPUT MODE UPDATE \
              INTO MEMORY AS SELECT v, id % 2 AS odd, count(*) AS n FROM events WHERE id < 150 \
              GROUP BY v, id % 2;\n\
+             AWAIT STREAMING QUERY totals;\n\
+             AWAIT STREAMING QUERY changes;\n\
              CREATE EXTERNAL TABLE everything (id BIGINT, v BIGINT) STORED AS CSV LOCATION 'in/' \
              OPTIONS ('format.has_header' 'true');\n\
              SELECT count(*) AS groups, bool_and(t.n = e.n AND t.ids = e.ids AND t.first = e.first) \
@@ -488,6 +579,7 @@ fn select_distinct_over_a_stream_writes_each_row_the_first_time_only() {
          LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
          START STREAMING QUERY firsts TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
          WATERMARK ts DELAY '1 minute' INTO CSV 'out' AS SELECT DISTINCT ts, k FROM events;\n\
+         AWAIT STREAMING QUERY firsts;\n\
          CREATE EXTERNAL TABLE out (ts TIMESTAMP, k VARCHAR) STORED AS CSV LOCATION 'out/' \
          OPTIONS ('format.has_header' 'true');\n\
          SELECT ts, k FROM out ORDER BY ts, k;\n",
@@ -578,6 +670,7 @@ fn lines_from_a_socket_reach_a_memory_table_each_once() {
             "CREATE UNBOUNDED EXTERNAL TABLE words STORED AS SOCKET LOCATION '{address}';\n\
              START STREAMING QUERY heard TRIGGER PROCESSING TIME '100 ms' STOP AFTER '1 second' \
              INTO MEMORY AS SELECT upper(value) AS word FROM words;\n\
+             AWAIT STREAMING QUERY heard;\n\
              SELECT count(*) AS n, count(DISTINCT word) AS words, min(word) AS first FROM heard;\n"
         ),
     )

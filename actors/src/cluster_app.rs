@@ -17,7 +17,7 @@ use crate::cluster_manager::{
     ManagerError, ToApp,
 };
 use crate::driver::{
-    CancelJobs, Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors,
+    CancelJobs, CancelScope, Driver, DriverHandle, ExecutorLauncher, JobListener, ListExecutors,
     SchedulerConfig, StopDriver,
 };
 use crate::protocol::ExecutorId;
@@ -241,6 +241,12 @@ impl ClusterApp {
             }
             _ => None,
         }
+    }
+
+    /// Tells the manager the application's streaming queries, for `ember
+    /// status`.
+    pub fn report_streams(&self, streams: Vec<crate::cluster_manager::StreamStatus>) {
+        self.client.do_send(ReportStreams(streams));
     }
 
     /// Ends the application: tells the manager how it went, stops the
@@ -499,6 +505,24 @@ impl Handler<RegisterApp> for AppClient {
     }
 }
 
+/// The application's streaming queries, for the manager.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReportStreams(Vec<crate::cluster_manager::StreamStatus>);
+
+impl Handler<ReportStreams> for AppClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportStreams, _ctx: &mut Context<Self>) {
+        if let (Some(app), Some(mailbox)) = (self.app.clone(), self.manager_mailbox.as_ref()) {
+            let _ = mailbox.tell(FromApp::Streams {
+                app,
+                streams: msg.0,
+            });
+        }
+    }
+}
+
 impl Handler<Finish> for AppClient {
     type Result = ResponseFuture<()>;
 
@@ -546,6 +570,7 @@ impl Handler<ToApp> for AppClient {
                 // Running tasks are killed first, then the driver stops.
                 self.driver.do_send(CancelJobs {
                     reason: "the application was killed with `ember kill`".into(),
+                    scope: CancelScope::All,
                 });
                 self.driver.do_send(StopDriver);
             }
@@ -553,6 +578,7 @@ impl Handler<ToApp> for AppClient {
                 tracing::error!(%why, "the cluster manager ended the application");
                 self.driver.do_send(CancelJobs {
                     reason: format!("the cluster manager ended the application: {why}"),
+                    scope: CancelScope::All,
                 });
             }
         }
@@ -683,6 +709,7 @@ impl AppClient {
         }
         self.driver.do_send(CancelJobs {
             reason: format!("the application cannot go on: {why}"),
+            scope: CancelScope::All,
         });
         self.driver.do_send(StopDriver);
     }

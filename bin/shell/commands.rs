@@ -17,6 +17,8 @@ pub enum Command {
     Describe(String),
     Explain(String),
     Executors,
+    /// `\streams`: the session's streaming queries and their last batch.
+    Streams,
 }
 
 /// Every command: its names, arguments and what it does, for `\help` and
@@ -43,6 +45,11 @@ pub const COMMANDS: &[(&[&str], &str, &str)] = &[
         &["\\executors"],
         "",
         "this application's executors: host, cores, state, tasks, memory and spill",
+    ),
+    (
+        &["\\streams"],
+        "",
+        "streaming queries: state, batches, rows, rate, watermark (SHOW STREAMING QUERIES)",
     ),
     (
         &["\\timing"],
@@ -76,6 +83,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "\\quit" | "\\q" => no_argument(Command::Quit),
         "\\tables" | "\\dt" => no_argument(Command::Tables),
         "\\executors" => no_argument(Command::Executors),
+        "\\streams" => no_argument(Command::Streams),
         "\\describe" | "\\d" if argument.is_empty() => Err(format!(
             "{name} needs a table: {name} TABLE (\\tables lists them)"
         )),
@@ -137,6 +145,7 @@ mod tests {
             Ok(Command::Format(Some(OutputFormat::Csv)))
         );
         assert_eq!(parse("\\d  views ;"), Ok(Command::Describe("views".into())));
+        assert_eq!(parse("\\streams"), Ok(Command::Streams));
         assert_eq!(
             parse("\\explain SELECT 1;"),
             Ok(Command::Explain("SELECT 1".into()))

@@ -390,6 +390,7 @@ impl Shell {
                 self.print_listing(&listing)?;
             }
             Command::Explain(sql) => self.statement(&sql, Mode::ExplainOnly).await?,
+            Command::Streams => self.statement("SHOW STREAMING QUERIES", Mode::Run).await?,
             Command::Executors => {
                 let listing = catalog::executor_listing(self.session.executors(true).await)?;
                 self.print_listing(&listing)?;
@@ -443,7 +444,7 @@ impl Shell {
         if let Some(signal) = self.interrupt.as_mut() {
             while let Some(Some(())) = signal.recv().now_or_never() {}
         }
-        let cancel = self.session.canceller();
+        let cancel = self.session.statement_canceller();
         let run = self.session.execute_stream(sql, mode);
         tokio::pin!(run);
         tokio::select! {

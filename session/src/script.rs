@@ -106,6 +106,25 @@ pub async fn run_script<E: std::error::Error + 'static>(
             Flow::Stop => return Ok(ScriptEnd::Stopped { after: done + 1 }),
         }
     }
+    // The script's streaming queries run on past its last statement, until
+    // each ends; one that failed fails the statement that started it.
+    if let Err((name, error)) = session.await_background_queries().await {
+        let started = statements.iter().rev().find(|s| {
+            crate::streaming::parse_start(&s.text)
+                .ok()
+                .flatten()
+                .is_some_and(|q| q.name == name)
+        });
+        if let Some(statement) = started.or(statements.last()) {
+            return Err(ScriptError::Statement(ScriptFailure {
+                script: script.to_string(),
+                line: statement.line,
+                index: statement.index,
+                summary: statement.summary(),
+                error,
+            }));
+        }
+    }
     Ok(ScriptEnd::Finished)
 }
 

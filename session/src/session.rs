@@ -153,8 +153,10 @@ pub enum Mode {
 
 pub struct Session {
     ctx: SessionContext,
-    planner: StagePlanner,
-    backend: Backend,
+    /// Shared with the session's background streaming queries: stage ids
+    /// are the application's, whichever query cut the stages.
+    planner: Arc<std::sync::Mutex<StagePlanner>>,
+    backend: Arc<Backend>,
     /// File outputs committed so far: a statement's place among them names
     /// its output the same way in every attempt of a submission.
     file_outputs: usize,
@@ -171,6 +173,17 @@ pub struct Session {
     /// Socket sources' connections, by source name, kept across queries.
     pub(crate) sockets:
         std::collections::BTreeMap<String, Arc<std::sync::Mutex<crate::streaming::SocketLines>>>,
+    /// The job group this session's jobs run in: a background streaming
+    /// query's name, `None` for the statements in front.
+    pub(crate) job_group: Option<String>,
+    /// A background query's link to the session that started it.
+    pub(crate) parent: Option<crate::streaming::Parent>,
+    /// Whether file outputs are claimed for the submission (so a restarted
+    /// cluster-mode driver does not write them twice); streaming batches
+    /// are not: their checkpoint says what was written.
+    pub(crate) claim_outputs: bool,
+    /// Streaming queries started in the background, by name.
+    pub(crate) background: crate::streaming::Background,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -428,8 +441,8 @@ impl Session {
     fn over(ctx: SessionContext, backend: Backend) -> Self {
         Self {
             ctx,
-            planner: StagePlanner::new(),
-            backend,
+            planner: Arc::new(std::sync::Mutex::new(StagePlanner::new())),
+            backend: Arc::new(backend),
             file_outputs: 0,
             committer: Arc::new(CommitUsedAttempts),
             files: None,
@@ -438,7 +451,40 @@ impl Session {
             stop_streams: Arc::default(),
             foreach_batch: None,
             sockets: std::collections::BTreeMap::new(),
+            job_group: None,
+            parent: None,
+            claim_outputs: true,
+            background: crate::streaming::Background::default(),
         }
+    }
+
+    /// A session for a background streaming query: the same application
+    /// and planner, its own catalog (a copy of this one's, so binding the
+    /// query's sources each batch does not show in front), its jobs in the
+    /// query's group.
+    pub(crate) async fn sibling(
+        &self,
+        group: &str,
+        parent: crate::streaming::Parent,
+    ) -> Result<Self, SessionError> {
+        let ctx = forked_context(&self.ctx).await?;
+        Ok(Self {
+            ctx,
+            planner: Arc::clone(&self.planner),
+            backend: Arc::clone(&self.backend),
+            file_outputs: 0,
+            committer: Arc::clone(&self.committer),
+            files: None,
+            streams: self.streams.clone(),
+            stream_faults: self.stream_faults,
+            stop_streams: Arc::default(),
+            foreach_batch: None,
+            sockets: self.sockets.clone(),
+            job_group: Some(group.to_string()),
+            parent: Some(parent),
+            claim_outputs: false,
+            background: crate::streaming::Background::default(),
+        })
     }
 
     /// Replaces how file output is committed (the simulations inject
@@ -449,7 +495,7 @@ impl Session {
 
     /// The cluster-mode submission this session's driver runs, if any.
     fn submission(&self) -> Option<String> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Cluster(app) => app.submission().map(ToString::to_string),
             Backend::Local(_) => None,
         }
@@ -457,7 +503,7 @@ impl Session {
 
     /// The application's id on its cluster (none in local mode).
     pub fn app_id(&self) -> Option<&str> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Local(_) => None,
             Backend::Cluster(app) => Some(app.id()),
         }
@@ -465,15 +511,16 @@ impl Session {
 
     /// The application's driver actor.
     pub fn driver(&self) -> &Addr<Driver> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Local(cluster) => cluster.driver(),
             Backend::Cluster(app) => app.driver(),
         }
     }
 
-    /// Cancels the running job from elsewhere (a signal handler): its tasks
-    /// are killed and the statement running it fails with `reason`.
-    /// A running streaming query stops too, at once between batches.
+    /// Cancels everything running from elsewhere (a signal handler): the
+    /// jobs' tasks are killed and the statement running fails with
+    /// `reason`; streaming queries stop too, in front or in the
+    /// background, at once between batches.
     pub fn canceller(&self) -> impl Fn(&str) + 'static {
         let driver = self.driver().clone();
         let stop = Arc::clone(&self.stop_streams);
@@ -481,7 +528,30 @@ impl Session {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             driver.do_send(ember_actors::driver::CancelJobs {
                 reason: reason.to_string(),
+                scope: ember_actors::driver::CancelScope::All,
             })
+        }
+    }
+
+    /// Cancels the statement running in front only (Ctrl-C in the shell):
+    /// background streaming queries go on.
+    pub fn statement_canceller(&self) -> impl Fn(&str) + 'static {
+        let driver = self.driver().clone();
+        move |reason: &str| {
+            driver.do_send(ember_actors::driver::CancelJobs {
+                reason: reason.to_string(),
+                scope: ember_actors::driver::CancelScope::Group(None),
+            })
+        }
+    }
+
+    /// Tells the cluster manager the application's streaming queries.
+    pub(crate) fn report_to_cluster(
+        &self,
+        streams: Vec<ember_actors::cluster_manager::StreamStatus>,
+    ) {
+        if let Backend::Cluster(app) = &*self.backend {
+            app.report_streams(streams);
         }
     }
 
@@ -504,7 +574,7 @@ impl Session {
 
     /// The local runtime, in local mode.
     pub fn local(&self) -> Option<&LocalCluster> {
-        match &self.backend {
+        match &*self.backend {
             Backend::Local(cluster) => Some(cluster),
             Backend::Cluster(_) => None,
         }
@@ -543,9 +613,24 @@ impl Session {
                     "EXPLAIN of a streaming query: EXPLAIN its SELECT instead".to_string(),
                 ));
             }
-            let run: futures::future::LocalBoxFuture<'_, Result<_, SessionError>> =
-                Box::pin(self.run_streaming_query(&query));
-            run.await?;
+            let start: futures::future::LocalBoxFuture<'_, Result<_, SessionError>> =
+                Box::pin(self.start_streaming_query(query));
+            start.await?;
+            return Ok(StatementOutcome::Done);
+        }
+        if let Some(control) = crate::streaming::parse_control(sql)? {
+            use crate::streaming::Control;
+            match control {
+                Control::Show => {
+                    let (schema, batch) = self.show_streaming_queries()?;
+                    return Ok(StatementOutcome::Rows(JobRows::in_memory(
+                        schema,
+                        vec![batch],
+                    )));
+                }
+                Control::Stop(name) => self.stop_streaming_query(&name).await?,
+                Control::Await(name, limit) => self.await_streaming_query(&name, limit).await?,
+            }
             return Ok(StatementOutcome::Done);
         }
         let state = self.ctx.state();
@@ -626,6 +711,7 @@ impl Session {
                 // attempt; its output is committed by the first only.
                 let claim = self
                     .submission()
+                    .filter(|_| self.claim_outputs)
                     .map(|submission| output_claim(&submission, self.file_outputs));
                 let committed = self.committer.commit(staged, &attempts, claim.as_deref())?;
                 if committed == Committed::Earlier {
@@ -664,7 +750,11 @@ impl Session {
 
     /// Cuts a physical plan into stages.
     pub fn stages(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<StageGraph, SessionError> {
-        Ok(self.planner.plan(plan)?)
+        Ok(self
+            .planner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .plan(plan)?)
     }
 
     /// The stage graphs a plan would run: those of its scalar subqueries
@@ -685,7 +775,12 @@ impl Session {
             }
             text.push('\n');
         }
-        text.push_str(&self.planner.plan(plan)?.to_string());
+        let graph = self
+            .planner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .plan(plan)?;
+        text.push_str(&graph.to_string());
         Ok(text)
     }
 
@@ -718,13 +813,17 @@ impl Session {
         let graph = self.stages(plan)?;
         let (reply, answer) = oneshot::channel();
         self.driver()
-            .send(SubmitJob { graph, reply })
+            .send(SubmitJob {
+                graph,
+                group: self.job_group.clone(),
+                reply,
+            })
             .await
             .map_err(|e| SessionError::DriverGone(e.to_string()))?;
         let result = answer
             .await
             .map_err(|_| SessionError::DriverGone("it stopped before answering".to_string()))??;
-        let source = match &self.backend {
+        let source = match &*self.backend {
             Backend::Local(cluster) => cluster.results(),
             Backend::Cluster(app) => app.results(),
         };
@@ -741,7 +840,10 @@ impl Session {
     }
 
     /// Stops the driver, telling a cluster how the application went.
-    pub async fn stop_with(self, failure: Option<String>) -> bool {
+    /// Background streaming queries stop first, each after its batch in
+    /// progress.
+    pub async fn stop_with(mut self, failure: Option<String>) -> bool {
+        self.stop_background_queries().await;
         // What each executor held and spilled, for `-v` and for benchmarks;
         // nobody asks the driver when nobody would see the answer.
         let executors = if tracing::enabled!(tracing::Level::INFO) {
@@ -759,11 +861,18 @@ impl Session {
                 "executor usage"
             );
         }
-        match self.backend {
-            Backend::Local(cluster) => cluster.stop(Duration::from_secs(5)).await,
-            Backend::Cluster(app) => {
+        let driver = self.driver().clone();
+        match Arc::try_unwrap(self.backend) {
+            Ok(Backend::Local(cluster)) => cluster.stop(Duration::from_secs(5)).await,
+            Ok(Backend::Cluster(app)) => {
                 app.stop(failure).await;
                 true
+            }
+            Err(_) => {
+                // A background query that did not stop still holds it.
+                tracing::warn!("a streaming query still runs; stopping the driver under it");
+                let _ = driver.send(ember_actors::driver::StopDriver).await;
+                false
             }
         }
     }
@@ -932,4 +1041,38 @@ fn stream_faults(conf: &EmberConf) -> StreamFaults {
             .get(ember_actors::config::FAULT_STREAM_STOP_BEFORE_COMMIT)
             .and_then(|v| v.trim().parse().ok()),
     }
+}
+
+/// A context with `ctx`'s settings and functions and a copy of its
+/// catalog: tables registered in either later are not seen by the other.
+async fn forked_context(ctx: &SessionContext) -> Result<SessionContext, SessionError> {
+    use datafusion::catalog::{
+        CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+        MemorySchemaProvider, SchemaProvider,
+    };
+    let state = ctx.state();
+    let catalogs = Arc::new(MemoryCatalogProviderList::new());
+    for catalog_name in state.catalog_list().catalog_names() {
+        let Some(catalog) = state.catalog_list().catalog(&catalog_name) else {
+            continue;
+        };
+        let copy = Arc::new(MemoryCatalogProvider::new());
+        for schema_name in catalog.schema_names() {
+            let Some(schema) = catalog.schema(&schema_name) else {
+                continue;
+            };
+            let schema_copy = Arc::new(MemorySchemaProvider::new());
+            for table in schema.table_names() {
+                if let Some(provider) = schema.table(&table).await? {
+                    schema_copy.register_table(table, provider)?;
+                }
+            }
+            copy.register_schema(&schema_name, schema_copy)?;
+        }
+        catalogs.register_catalog(catalog_name, copy);
+    }
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
+        .with_catalog_list(catalogs)
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }

@@ -174,6 +174,7 @@ impl Handler<FromApp> for ClusterManager {
                                 record,
                                 client: None,
                                 usage: Default::default(),
+                                streams: Vec::new(),
                             },
                         );
                         if let Some(record) = submission.and_then(|s| self.drivers.get_mut(&s)) {
@@ -202,6 +203,12 @@ impl Handler<FromApp> for ClusterManager {
             FromApp::Usage { app, executors } => {
                 if let Some(link) = self.apps.get_mut(&app) {
                     link.usage.extend(executors);
+                }
+                Ok(app)
+            }
+            FromApp::Streams { app, streams } => {
+                if let Some(link) = self.apps.get_mut(&app) {
+                    link.streams = streams;
                 }
                 Ok(app)
             }
@@ -426,6 +433,7 @@ impl ClusterManager {
                     record,
                     client: None,
                     usage: Default::default(),
+                    streams: Vec::new(),
                 },
             );
             if live {
@@ -674,6 +682,7 @@ impl ClusterManager {
                     removed_executors,
                     started: record.started.clone(),
                     ended: record.ended.clone(),
+                    streams: link.streams.clone(),
                 }
             })
             .collect();

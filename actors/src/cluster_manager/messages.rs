@@ -83,6 +83,35 @@ pub enum FromApp {
         app: AppId,
         executors: Vec<(ExecutorNo, crate::protocol::ExecutorUsage)>,
     },
+    /// Its streaming queries and their last batches, for `ember status`.
+    Streams {
+        app: AppId,
+        streams: Vec<StreamStatus>,
+    },
+}
+
+/// A streaming query of an application and its last batch, as `ember
+/// status` shows it (Spark's `StreamingQueryProgress`, in short).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    pub name: String,
+    /// `running`, `stopped`, `finished` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub sink: String,
+    /// Batches committed since it started.
+    pub batches: u64,
+    /// Input rows over those batches.
+    pub input_rows: u64,
+    /// The last committed batch's id, input rows, rows per second,
+    /// duration, watermark (RFC 3339) and state rows.
+    pub last_batch: Option<u64>,
+    pub last_input_rows: u64,
+    pub last_rows_per_second: u64,
+    pub last_duration_ms: u64,
+    pub watermark: Option<String>,
+    pub state_rows: u64,
 }
 
 /// A job submitted in cluster mode: everything its driver needs.
@@ -222,6 +251,9 @@ pub struct AppStatus {
     pub removed_executors: Vec<ExecutorStatus>,
     pub started: String,
     pub ended: Option<String>,
+    /// Its streaming queries, as its driver last reported.
+    #[serde(default)]
+    pub streams: Vec<StreamStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

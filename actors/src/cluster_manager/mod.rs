@@ -24,7 +24,7 @@ pub use journal::{AppRecord, DriverRecord, Journal, JournalError};
 pub use messages::{
     APP, AppStatus, ClientReply, ClusterStatus, DriverJob, DriverLogs, DriverStatus, ExecutorState,
     ExecutorStatus, FOR_APPS, FOR_CLIENTS, FOR_WORKERS, FromApp, FromClient, FromWorker,
-    ScriptUpload, ToApp, ToWorker, WORKER, WorkerStatus,
+    ScriptUpload, StreamStatus, ToApp, ToWorker, WORKER, WorkerStatus,
 };
 pub use state::{
     Action, AppId, AppRequest, AppState, AppView, ClusterState, DriverId, DriverRequest,
@@ -60,6 +60,8 @@ struct AppLink {
     client: Option<(ActorAddress, Mailbox<ToApp>)>,
     /// Its executors' memory and spill, as its driver last reported.
     usage: BTreeMap<ExecutorNo, crate::protocol::ExecutorUsage>,
+    /// Its streaming queries, as its driver last reported.
+    streams: Vec<StreamStatus>,
 }
 
 pub struct ClusterManager {

@@ -7,9 +7,9 @@ use actix::prelude::*;
 
 use super::scheduler::{Action, Event};
 use super::{
-    CancelJobs, Driver, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary,
-    JobError, JobResult, ListExecutors, PendingJob, ProgressEvent, ReleaseResults, RosterEntry,
-    StopDriver, SubmitJob,
+    CancelJobs, CancelScope, Driver, DriverMessage, ExecutorRegistration, ExecutorState,
+    ExecutorSummary, JobError, JobResult, ListExecutors, PendingJob, ProgressEvent, ReleaseResults,
+    RosterEntry, StopDriver, SubmitJob,
 };
 use crate::executor::ExecutorMessage;
 use crate::protocol::{ExecutorId, TaskError, TaskId, TaskOutput};
@@ -52,6 +52,7 @@ impl Handler<SubmitJob> for Driver {
             job,
             PendingJob {
                 schema,
+                group: msg.group,
                 reply: msg.reply,
             },
         );
@@ -88,7 +89,15 @@ impl Handler<CancelJobs> for Driver {
     type Result = ();
 
     fn handle(&mut self, msg: CancelJobs, _ctx: &mut Context<Self>) {
-        let jobs: Vec<_> = self.jobs.keys().copied().collect();
+        let jobs: Vec<_> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| match &msg.scope {
+                CancelScope::All => true,
+                CancelScope::Group(group) => &job.group == group,
+            })
+            .map(|(id, _)| *id)
+            .collect();
         for job in jobs {
             tracing::warn!(job, reason = %msg.reason, "job cancelled");
             self.step(Event::JobCancelled {

@@ -47,6 +47,10 @@ pub struct ExecutorRegistration {
 #[rtype(result = "()")]
 pub struct SubmitJob {
     pub graph: StageGraph,
+    /// The job group it belongs to (Spark's `setJobGroup`): a streaming
+    /// query's batches run in the query's group, so cancelling the
+    /// statement in front does not touch them. `None`: the statements'.
+    pub group: Option<String>,
     pub reply: oneshot::Sender<Result<JobResult, JobError>>,
 }
 
@@ -56,12 +60,22 @@ pub struct SubmitJob {
 #[rtype(result = "()")]
 pub struct ReleaseResults(pub Vec<StageId>);
 
-/// Fails every running job with `reason`, killing its tasks (Ctrl-C,
-/// `ember kill`, an application the cluster manager gave up on).
+/// Fails the running jobs of `scope` with `reason`, killing their tasks
+/// (Ctrl-C, `ember kill`, an application the cluster manager gave up on,
+/// a stopped streaming query).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CancelJobs {
     pub reason: String,
+    pub scope: CancelScope,
+}
+
+/// Which jobs [`CancelJobs`] cancels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelScope {
+    All,
+    /// The jobs of one group ([`SubmitJob::group`]).
+    Group(Option<String>),
 }
 
 /// Stops the driver; its executors follow through their links.

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use messages::{
-    CancelJobs, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary, ListExecutors,
-    ReleaseResults, StopDriver, SubmitJob,
+    CancelJobs, CancelScope, DriverMessage, ExecutorRegistration, ExecutorState, ExecutorSummary,
+    ListExecutors, ReleaseResults, StopDriver, SubmitJob,
 };
 pub use rows::{JobResult, JobRows, ResultPart, ResultSource};
 use scheduler::{Event, Scheduler};
@@ -181,6 +181,7 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct PendingJob {
     schema: SchemaRef,
+    group: Option<String>,
     reply: oneshot::Sender<Result<JobResult, JobError>>,
 }
 

@@ -93,6 +93,22 @@ impl JobRows {
         }
     }
 
+    /// Rows the driver made itself (a listing), in one partition.
+    pub fn in_memory(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        let result = JobResult {
+            job: 0,
+            schema,
+            stage: 0,
+            parts: vec![ResultPart {
+                partition: 0,
+                executor: ExecutorId("driver".to_string()),
+                output: ResultOutput::Direct(batches),
+            }],
+            committed: Vec::new(),
+        };
+        Self::new(result, None, || {})
+    }
+
     pub fn schema(&self) -> &SchemaRef {
         &self.result.schema
     }

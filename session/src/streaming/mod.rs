@@ -35,7 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
 
+mod background;
 mod state;
+
+pub(crate) use background::{Background, Control, Parent, parse_control};
+pub use background::{QueryState, QueryStatus};
 
 /// Streaming-only options of a source, taken out before DataFusion sees
 /// the rest.
@@ -748,6 +752,18 @@ impl Session {
         &mut self,
         query: &StreamingQuery,
     ) -> Result<Vec<BatchProgress>, SessionError> {
+        self.stop_streams.store(false, Ordering::Relaxed);
+        let prepared = self.prepare_streaming_query(query).await?;
+        self.run_prepared(query, prepared).await
+    }
+
+    /// Everything a query checks and reads before its first batch: its
+    /// plan, Spark's rules for it, its checkpoint and state. Errors here
+    /// are the user's to fix, and come before the query starts.
+    pub(crate) async fn prepare_streaming_query(
+        &mut self,
+        query: &StreamingQuery,
+    ) -> Result<Prepared, SessionError> {
         let sources = self.streaming_sources(&query.sql)?;
         if sources.is_empty() {
             return Err(SessionError::Unsupported(format!(
@@ -769,7 +785,7 @@ impl Session {
             Some(dir) => Some(Checkpoint::open(dir, &metadata)?),
             None => None,
         };
-        let mut logged = match &checkpoint {
+        let logged = match &checkpoint {
             Some(c) => c.offsets()?,
             None => Vec::new(),
         };
@@ -779,24 +795,51 @@ impl Session {
         };
         let committed = last_commit.as_ref().map(|(b, _)| *b);
         // The state and watermark the last committed batch left.
-        let mut watermark = last_commit
+        let watermark = last_commit
             .as_ref()
             .and_then(|(_, c)| c.next_watermark_micros);
-        let mut kept: Vec<RecordBatch> = match (&checkpoint, committed, &aggregation) {
+        let kept: Vec<RecordBatch> = match (&checkpoint, committed, &aggregation) {
             (Some(c), Some(b), Some(_)) if c.state_file(b).exists() => {
                 state::load(&c.state_file(b))?
             }
             _ => Vec::new(),
         };
         self.connect_sockets(&sources, &logged).await?;
+        Ok(Prepared {
+            sources,
+            aggregation,
+            schema,
+            checkpoint,
+            logged,
+            committed,
+            watermark,
+            kept,
+        })
+    }
+
+    /// Runs the batches of a prepared query.
+    pub(crate) async fn run_prepared(
+        &mut self,
+        query: &StreamingQuery,
+        prepared: Prepared,
+    ) -> Result<Vec<BatchProgress>, SessionError> {
+        let Prepared {
+            sources,
+            aggregation,
+            schema,
+            checkpoint,
+            mut logged,
+            committed,
+            mut watermark,
+            mut kept,
+        } = prepared;
         let started = Instant::now();
         let origin = now_micros();
-        self.stop_streams.store(false, Ordering::Relaxed);
         let mut progress = Vec::new();
         let mut memory: Vec<RecordBatch> = Vec::new();
         let mut last_trigger: Option<Instant> = None;
         loop {
-            if self.stop_streams.load(Ordering::Relaxed) {
+            if self.stopping() {
                 // The script stops here too, as for any cancelled statement.
                 return Err(SessionError::Unsupported(format!(
                     "streaming query {} was cancelled after {} batch{}; a restart on its \
@@ -933,6 +976,7 @@ impl Session {
             if let Some(c) = &checkpoint {
                 c.record(&batch);
             }
+            self.report_batch(query, &batch);
             progress.push(batch);
             if query.trigger == Trigger::Once {
                 break;
@@ -964,7 +1008,7 @@ impl Session {
 
     /// Waits until `until`, or until the query is told to stop.
     async fn nap(&self, until: Instant) {
-        while !self.stop_streams.load(Ordering::Relaxed) {
+        while !self.stopping() {
             let now = Instant::now();
             if now >= until {
                 return;
@@ -1189,9 +1233,10 @@ impl Session {
                     .first()
                     .map_or_else(|| Arc::clone(schema), RecordBatch::schema);
                 let table = MemTable::try_new(schema, vec![memory.clone()])?;
-                let _ = self.context().deregister_table(query.name.as_str());
-                self.context()
-                    .register_table(query.name.as_str(), Arc::new(table))?;
+                // A background query's table is the session's in front.
+                let ctx = self.parent.as_ref().map_or(self.context(), |p| &p.publish);
+                let _ = ctx.deregister_table(query.name.as_str());
+                ctx.register_table(query.name.as_str(), Arc::new(table))?;
                 Ok(())
             }
         }
@@ -1509,6 +1554,20 @@ pub struct StreamFaults {
     /// The query stops with an error after this batch's sink committed and
     /// before its commit log entry is written.
     pub stop_before_commit: Option<u64>,
+}
+
+/// A query checked and ready for its first batch.
+pub(crate) struct Prepared {
+    sources: Vec<StreamSource>,
+    aggregation: Option<state::Aggregation>,
+    schema: SchemaRef,
+    checkpoint: Option<Checkpoint>,
+    /// The offset log, and the last batch committed.
+    logged: Vec<BatchOffsets>,
+    committed: Option<u64>,
+    watermark: Option<i64>,
+    /// The state the last committed batch left.
+    kept: Vec<RecordBatch>,
 }
 
 /// What an aggregating batch did.
