@@ -2,6 +2,8 @@
 //! binary as a user runs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// The streaming session futures nest deeply.
+#![recursion_limit = "256"]
 
 mod apps;
 mod cli;

@@ -680,3 +680,107 @@ fn lines_from_a_socket_reach_a_memory_table_each_once() {
     assert_eq!(text(&out.stdout), "n,words,first\n5,5,ALPHA\n");
     talking.join().unwrap();
 }
+
+#[test]
+fn a_kafka_topic_an_independent_producer_fills_lands_in_parquet_once_and_routes_to_kafka() {
+    let broker = ember_testkit::kafka::Broker::start(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    broker.create_topic("news", 2);
+    broker.create_topic("sport", 2);
+    let story = |id: u64| {
+        let section = if id.is_multiple_of(3) {
+            "sport"
+        } else {
+            "tech"
+        };
+        (
+            format!("k{id}"),
+            format!("{{\"id\":{id},\"title\":\"story {id}\",\"section\":\"{section}\"}}"),
+        )
+    };
+    broker.produce("news", &(0..300).map(story).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let address = broker.address();
+    std::fs::write(
+        work.join("kafka.sql"),
+        format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE news (id BIGINT, title VARCHAR, section VARCHAR) \
+             STORED AS KAFKA LOCATION '{address}' OPTIONS ('subscribe' 'news', \
+             'startingOffsets' 'earliest', 'valueFormat' 'json', 'maxOffsetsPerTrigger' '100');\n\
+             START STREAMING QUERY stories TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+             INTO PARQUET 'out' AS SELECT id, upper(title) AS title FROM news;\n\
+             CREATE UNBOUNDED EXTERNAL TABLE raw STORED AS KAFKA LOCATION '{address}' \
+             OPTIONS ('subscribe' 'news', 'startingOffsets' 'earliest');\n\
+             START STREAMING QUERY route TRIGGER AVAILABLE NOW CHECKPOINT 'routed' \
+             INTO KAFKA '{address}' TOPIC 'sport' AS SELECT key, value FROM raw \
+             WHERE CAST(value AS VARCHAR) LIKE '%\"sport\"%';\n"
+        ),
+    )
+    .unwrap();
+    let read = |work: &Path| {
+        std::fs::write(
+            work.join("read.sql"),
+            "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION 'out/';\n\
+             SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(id) AS total, \
+             min(title) AS first FROM out;\n",
+        )
+        .unwrap();
+        let out = ember(&["submit", "--format", "csv", "read.sql"], work);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let out = ember(&["submit", "kafka.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read(work), "n,ids,total,first\n300,300,44850,STORY 0\n");
+    // At most 100 records a batch: at least three batches, each with its
+    // offset ranges written ahead.
+    let batches = std::fs::read_dir(work.join("ckpt/offsets"))
+        .unwrap()
+        .count();
+    assert!(batches >= 3, "{batches} batches");
+
+    // More records; a restart reads only those, each once.
+    broker.produce("news", &(300..360).map(story).collect::<Vec<_>>());
+    let out = ember(&["submit", "kafka.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read(work), "n,ids,total,first\n360,360,64620,STORY 0\n");
+
+    // The sink: every sport story, read back by an independent consumer,
+    // each with the batch that wrote it in a header.
+    let routed = broker.consume("sport");
+    let mut ids: Vec<u64> = routed
+        .iter()
+        .map(|r| {
+            let value: serde_json::Value =
+                serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            assert!(r["headers"]["ember.batch"].is_string(), "{r}");
+            assert_eq!(r["key"], format!("k{}", value["id"]), "{r}");
+            value["id"].as_u64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..360u64)
+            .filter(|id| id.is_multiple_of(3))
+            .collect::<Vec<_>>()
+    );
+
+    // A topic the broker does not have is named in the error.
+    std::fs::write(
+        work.join("missing.sql"),
+        format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE gone STORED AS KAFKA LOCATION '{address}' \
+             OPTIONS ('subscribe' 'nowhere');\n\
+             START STREAMING QUERY lost TRIGGER ONCE INTO CONSOLE AS SELECT * FROM gone;\n"
+        ),
+    )
+    .unwrap();
+    let out = ember(&["submit", "missing.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no topic 'nowhere'") && stderr.contains("news"),
+        "{stderr}"
+    );
+}

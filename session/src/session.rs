@@ -184,6 +184,8 @@ pub struct Session {
     pub(crate) claim_outputs: bool,
     /// Streaming queries started in the background, by name.
     pub(crate) background: crate::streaming::Background,
+    /// Kafka topics streaming queries read (by source name) and write.
+    pub(crate) kafka: std::collections::BTreeMap<String, Arc<crate::streaming::KafkaTopic>>,
 }
 
 /// A driver's side files on the machine it was submitted from: a
@@ -455,6 +457,7 @@ impl Session {
             parent: None,
             claim_outputs: true,
             background: crate::streaming::Background::default(),
+            kafka: std::collections::BTreeMap::new(),
         }
     }
 
@@ -484,6 +487,7 @@ impl Session {
             parent: Some(parent),
             claim_outputs: false,
             background: crate::streaming::Background::default(),
+            kafka: self.kafka.clone(),
         })
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub use ember_actors::worker::child::signal;
 
+pub mod kafka;
 mod probe;
 use ember_certs::{IssueRequest, Role, init_ca, issue};
 pub use probe::ProbeChild;

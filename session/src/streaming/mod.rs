@@ -36,15 +36,21 @@ use serde::{Deserialize, Serialize};
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
 
 mod background;
+mod kafka;
 mod state;
 
 pub(crate) use background::{Background, Control, Parent, parse_control};
 pub use background::{QueryState, QueryStatus};
+pub(crate) use kafka::KafkaTopic;
 
 /// Streaming-only options of a source, taken out before DataFusion sees
 /// the rest.
 const MAX_FILES_PER_TRIGGER: &str = "maxfilespertrigger";
 const ROWS_PER_SECOND: &str = "rowspersecond";
+const SUBSCRIBE: &str = "subscribe";
+const STARTING_OFFSETS: &str = "startingoffsets";
+const MAX_OFFSETS_PER_TRIGGER: &str = "maxoffsetspertrigger";
+const VALUE_FORMAT: &str = "valueformat";
 
 /// A source declared with `CREATE UNBOUNDED EXTERNAL TABLE`.
 #[derive(Debug, Clone)]
@@ -67,6 +73,17 @@ enum SourceKind {
     /// and demos, as Spark's: lines not yet committed are lost with the
     /// driver.
     Socket { address: String },
+    /// A Kafka topic: Spark's columns (`key`, `value`, `topic`,
+    /// `partition`, `offset`, `timestamp`), or with `valueFormat` `json`
+    /// the declared columns, read from each value.
+    Kafka {
+        brokers: String,
+        topic: String,
+        /// Where a query with no checkpointed offsets begins.
+        from_latest: bool,
+        max_offsets_per_trigger: Option<u64>,
+        json: bool,
+    },
 }
 
 impl StreamSource {
@@ -78,6 +95,10 @@ impl StreamSource {
         let mut create = create.clone();
         let max_files = take_option(&mut create.options, MAX_FILES_PER_TRIGGER);
         let rate = take_option(&mut create.options, ROWS_PER_SECOND);
+        let subscribe = take_option(&mut create.options, SUBSCRIBE);
+        let starting = take_option(&mut create.options, STARTING_OFFSETS);
+        let max_offsets = take_option(&mut create.options, MAX_OFFSETS_PER_TRIGGER);
+        let value_format = take_option(&mut create.options, VALUE_FORMAT);
         let number = |key: &str, value: Option<String>| -> Result<Option<u64>, SessionError> {
             value
                 .map(|v| {
@@ -90,7 +111,63 @@ impl StreamSource {
                 })
                 .transpose()
         };
-        let kind = if create.file_type.eq_ignore_ascii_case("SOCKET") {
+        let kind = if create.file_type.eq_ignore_ascii_case("KAFKA") {
+            let name = create_name(&create);
+            let bad = |why: String| SessionError::Unsupported(format!("stream {name}: {why}"));
+            let brokers = create.locations.first().cloned().unwrap_or_default();
+            if !brokers.contains(':') {
+                return Err(bad(format!(
+                    "a Kafka source's LOCATION is 'host:port[,host:port...]', not '{brokers}'"
+                )));
+            }
+            let topic = subscribe.ok_or_else(|| {
+                bad("a Kafka source needs OPTIONS ('subscribe' 'topic')".to_string())
+            })?;
+            let from_latest = match starting.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("latest") => true,
+                Some("earliest") => false,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "'startingOffsets' is 'earliest' or 'latest', not '{other}'"
+                    )));
+                }
+            };
+            let json = match value_format
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "'valueFormat' is 'json' (values read into the declared columns), not \
+                         '{other}'; leave it out to get the raw key and value"
+                    )));
+                }
+            };
+            let declared = !create.schema.fields().is_empty();
+            if json != declared {
+                return Err(bad(if json {
+                    "'valueFormat' 'json' reads each value into the columns declared: declare \
+                     them, as in CREATE UNBOUNDED EXTERNAL TABLE news (id BIGINT, title VARCHAR) \
+                     STORED AS KAFKA ..."
+                        .to_string()
+                } else {
+                    "a Kafka source without 'valueFormat' 'json' has Spark's columns (key, value, \
+                     topic, partition, offset, timestamp): leave the columns out, or add \
+                     OPTIONS ('valueFormat' 'json') to read each value into them"
+                        .to_string()
+                }));
+            }
+            SourceKind::Kafka {
+                brokers,
+                topic,
+                from_latest,
+                max_offsets_per_trigger: number("maxOffsetsPerTrigger", max_offsets)?,
+                json,
+            }
+        } else if create.file_type.eq_ignore_ascii_case("SOCKET") {
             let address = create.locations.first().cloned().unwrap_or_default();
             if address.parse::<std::net::SocketAddr>().is_err() && !address.contains(':') {
                 return Err(SessionError::Unsupported(format!(
@@ -159,6 +236,8 @@ enum SourceOffset {
     },
     /// Lines `start..end` read from the socket since the query started.
     Lines { start: u64, end: u64 },
+    /// Records `start..end` of each partition.
+    Kafka { ranges: BTreeMap<i32, (i64, i64)> },
 }
 
 impl SourceOffset {
@@ -166,6 +245,7 @@ impl SourceOffset {
         match self {
             Self::Files { files } => files.is_empty(),
             Self::Rate { start, end, .. } | Self::Lines { start, end } => start >= end,
+            Self::Kafka { ranges } => ranges.values().all(|(start, end)| start >= end),
         }
     }
 }
@@ -277,6 +357,9 @@ pub enum Sink {
     /// each batch's id and rows (Spark's `foreachBatch`): at least once, so
     /// it should ignore a batch id it has already taken.
     ForeachBatch,
+    /// Records produced to a Kafka topic: at least once, each with the
+    /// batch id in an `ember.batch` header.
+    Kafka { brokers: String, topic: String },
 }
 
 /// What [`Sink::ForeachBatch`] calls with each batch's id and rows; an
@@ -290,6 +373,7 @@ impl Sink {
             Self::Console => "console".to_string(),
             Self::Memory => "memory".to_string(),
             Self::ForeachBatch => "foreach_batch".to_string(),
+            Self::Kafka { brokers, topic } => format!("kafka topic {topic} at {brokers}"),
         }
     }
 }
@@ -494,14 +578,24 @@ pub fn parse_start(sql: &str) -> Result<Option<StreamingQuery>, SessionError> {
                 sink = Some(match word(&mut it).as_deref() {
                     Some("CONSOLE") => Sink::Console,
                     Some("MEMORY") => Sink::Memory,
+                    Some("KAFKA") => {
+                        let brokers = string(&mut it, "KAFKA")?;
+                        if word(&mut it).as_deref() != Some("TOPIC") {
+                            return Err(bad("INTO KAFKA 'host:port' TOPIC 'name'".to_string()));
+                        }
+                        Sink::Kafka {
+                            brokers,
+                            topic: string(&mut it, "TOPIC")?,
+                        }
+                    }
                     Some(format @ ("PARQUET" | "CSV" | "JSON")) => Sink::Files {
                         format: format.to_string(),
                         dir: PathBuf::from(string(&mut it, format)?),
                     },
                     other => {
                         return Err(bad(format!(
-                            "INTO CONSOLE, MEMORY, or PARQUET, CSV or JSON 'directory', not \
-                             {other:?}"
+                            "INTO CONSOLE, MEMORY, KAFKA 'host:port' TOPIC 'name', or PARQUET, \
+                             CSV or JSON 'directory', not {other:?}"
                         )));
                     }
                 })
@@ -805,6 +899,7 @@ impl Session {
             _ => Vec::new(),
         };
         self.connect_sockets(&sources, &logged).await?;
+        let kafka_start = self.connect_kafka(query, &sources).await?;
         Ok(Prepared {
             sources,
             aggregation,
@@ -814,6 +909,7 @@ impl Session {
             committed,
             watermark,
             kept,
+            kafka_start,
         })
     }
 
@@ -832,6 +928,7 @@ impl Session {
             committed,
             mut watermark,
             mut kept,
+            kafka_start,
         } = prepared;
         let started = Instant::now();
         let origin = now_micros();
@@ -872,12 +969,14 @@ impl Session {
                         self.nap(at + interval).await;
                     }
                     last_trigger = Some(Instant::now());
+                    let kafka = self.kafka_offsets(&sources, &logged, &kafka_start).await?;
                     let mut next = next_offsets(
                         &sources,
                         &logged,
                         last.map_or(0, |b| b + 1),
                         origin,
                         &self.sockets,
+                        &kafka,
                     );
                     next.watermark_micros = watermark;
                     if next.sources.values().all(SourceOffset::is_empty) {
@@ -945,7 +1044,7 @@ impl Session {
                 .values()
                 .map(|o| match o {
                     SourceOffset::Files { files } => files.len(),
-                    SourceOffset::Rate { .. } | SourceOffset::Lines { .. } => 0,
+                    _ => 0,
                 })
                 .sum();
             let duration = begun.elapsed();
@@ -1059,6 +1158,9 @@ impl Session {
                             rows_per_second,
                         },
                         SourceKind::Socket { .. } => SourceOffset::Lines { start: 0, end: 0 },
+                        SourceKind::Kafka { .. } => SourceOffset::Kafka {
+                            ranges: BTreeMap::new(),
+                        },
                     };
                     (s.name(), offset)
                 })
@@ -1090,8 +1192,10 @@ impl Session {
                     .fields()
                     .iter()
                     .any(|f| f.name().eq_ignore_ascii_case(column))
-                    || matches!(s.kind, SourceKind::Rate { .. })
-                        && column.eq_ignore_ascii_case("timestamp")
+                    || matches!(
+                        s.kind,
+                        SourceKind::Rate { .. } | SourceKind::Kafka { json: false, .. }
+                    ) && column.eq_ignore_ascii_case("timestamp")
             });
             if !has {
                 return refuse(format!(
@@ -1143,7 +1247,8 @@ impl Session {
         )
         .await?;
         let output_rows = merged.output.iter().map(|b| b.num_rows() as u64).sum();
-        self.write_rows(query, offsets.batch, schema, &merged.output, memory)?;
+        self.write_rows(query, offsets.batch, schema, &merged.output, memory)
+            .await?;
         let next_watermark = match (&query.watermark, max_event) {
             (Some((_, delay)), Some(max)) => {
                 Some(max - i64::try_from(delay.as_micros()).unwrap_or(i64::MAX))
@@ -1204,7 +1309,7 @@ impl Session {
     }
 
     /// Hands rows a batch computed in the driver to the sink.
-    fn write_rows(
+    async fn write_rows(
         &mut self,
         query: &StreamingQuery,
         batch: u64,
@@ -1215,6 +1320,18 @@ impl Session {
         match &query.sink {
             Sink::Files { format, dir } => write_batch_dir(format, dir, batch, schema, rows),
             Sink::ForeachBatch => self.hand_to_foreach(query, batch, rows),
+            Sink::Kafka { .. } => {
+                let topic = self.kafka.get(&sink_key(query)).cloned().ok_or_else(|| {
+                    SessionError::Unsupported(format!(
+                        "streaming query {}: not connected to its Kafka sink",
+                        query.name
+                    ))
+                })?;
+                topic.produce(batch, rows).await.map_err(|why| {
+                    SessionError::Unsupported(format!("streaming query {}: {why}", query.name))
+                })?;
+                Ok(())
+            }
             Sink::Console => {
                 let text = datafusion::arrow::util::pretty::pretty_format_batches(rows)
                     .map_err(datafusion::error::DataFusionError::from)?;
@@ -1268,6 +1385,10 @@ impl Session {
                 SourceOffset::Rate { start, end, .. } | SourceOffset::Lines { start, end } => {
                     end.saturating_sub(*start)
                 }
+                SourceOffset::Kafka { ranges } => ranges
+                    .values()
+                    .map(|(start, end)| u64::try_from(end - start).unwrap_or(0))
+                    .sum(),
                 SourceOffset::Files { .. } => 0,
             })
             .sum()
@@ -1308,9 +1429,9 @@ impl Session {
             }
             // The other sinks take the rows in the driver, as an
             // aggregation's are.
-            Sink::Console | Sink::Memory | Sink::ForeachBatch => {
+            Sink::Console | Sink::Memory | Sink::ForeachBatch | Sink::Kafka { .. } => {
                 let rows = self.rows_of(&query.sql).await?;
-                self.write_rows(query, batch, schema, &rows, memory)?;
+                self.write_rows(query, batch, schema, &rows, memory).await?;
                 Ok(rows.iter().map(|b| b.num_rows() as u64).sum())
             }
         }
@@ -1370,6 +1491,28 @@ impl Session {
                     );
                     let view = self.context().sql(&sql).await?.into_view();
                     self.context().register_table(name.as_str(), view)?;
+                }
+                SourceOffset::Kafka { ranges } => {
+                    let SourceKind::Kafka { json, .. } = &source.kind else {
+                        continue;
+                    };
+                    let failed =
+                        |why: String| SessionError::Unsupported(format!("stream {name}: {why}"));
+                    let records = match self.kafka.get(&name).cloned() {
+                        Some(topic) if !ranges.is_empty() => {
+                            topic.read(ranges).await.map_err(failed)?
+                        }
+                        _ => RecordBatch::new_empty(kafka::record_schema()),
+                    };
+                    let rows = if *json {
+                        let schema = Arc::new(source.create.schema.as_arrow().clone());
+                        kafka::decode_json(&records, &schema).map_err(failed)?
+                    } else {
+                        records
+                    };
+                    let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
+                    self.context()
+                        .register_table(name.as_str(), Arc::new(table))?;
                 }
                 SourceOffset::Lines { start, end } => {
                     let lines = self.socket_lines(&name, *start, *end);
@@ -1454,11 +1597,124 @@ impl Session {
         Ok(())
     }
 
+    /// Connects to the Kafka topics the query reads and writes, and reads
+    /// where each source begins if its checkpoint does not say.
+    async fn connect_kafka(
+        &mut self,
+        query: &StreamingQuery,
+        sources: &[StreamSource],
+    ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>, SessionError> {
+        let mut starts = BTreeMap::new();
+        for source in sources {
+            let SourceKind::Kafka {
+                brokers,
+                topic,
+                from_latest,
+                ..
+            } = &source.kind
+            else {
+                continue;
+            };
+            let name = source.name();
+            let failed = |why: String| SessionError::Unsupported(format!("stream {name}: {why}"));
+            let link = match self.kafka.get(&name) {
+                Some(link) => Arc::clone(link),
+                None => {
+                    let link = Arc::new(
+                        kafka::KafkaTopic::connect(brokers, topic)
+                            .await
+                            .map_err(failed)?,
+                    );
+                    self.kafka.insert(name.clone(), Arc::clone(&link));
+                    link
+                }
+            };
+            let start = link.offsets(*from_latest).await.map_err(failed)?;
+            starts.insert(name, start);
+        }
+        if let Sink::Kafka { brokers, topic } = &query.sink
+            && let std::collections::btree_map::Entry::Vacant(slot) =
+                self.kafka.entry(sink_key(query))
+        {
+            let link = kafka::KafkaTopic::connect(brokers, topic)
+                .await
+                .map_err(|why| {
+                    SessionError::Unsupported(format!(
+                        "streaming query {}: its sink: {why}",
+                        query.name
+                    ))
+                })?;
+            slot.insert(Arc::new(link));
+        }
+        Ok(starts)
+    }
+
+    /// Each Kafka source's next ranges: from where the last batch ended
+    /// (or where the query began) to the partitions' ends now, at most
+    /// `maxOffsetsPerTrigger` records in all.
+    async fn kafka_offsets(
+        &self,
+        sources: &[StreamSource],
+        logged: &[BatchOffsets],
+        starts: &BTreeMap<String, BTreeMap<i32, i64>>,
+    ) -> Result<BTreeMap<String, SourceOffset>, SessionError> {
+        let mut next = BTreeMap::new();
+        for source in sources {
+            let SourceKind::Kafka {
+                max_offsets_per_trigger,
+                ..
+            } = &source.kind
+            else {
+                continue;
+            };
+            let name = source.name();
+            let Some(link) = self.kafka.get(&name) else {
+                continue;
+            };
+            let ends = link
+                .offsets(true)
+                .await
+                .map_err(|why| SessionError::Unsupported(format!("stream {name}: {why}")))?;
+            let taken: Option<BTreeMap<i32, i64>> =
+                logged
+                    .iter()
+                    .rev()
+                    .find_map(|o| match o.sources.get(&name) {
+                        Some(SourceOffset::Kafka { ranges }) => {
+                            Some(ranges.iter().map(|(p, (_, end))| (*p, *end)).collect())
+                        }
+                        _ => None,
+                    });
+            let from = taken.as_ref().or(starts.get(&name));
+            let per_partition = max_offsets_per_trigger
+                .map(|max| (max / ends.len().max(1) as u64).max(1))
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+            let ranges = ends
+                .iter()
+                .map(|(&partition, &end)| {
+                    let start = from
+                        .and_then(|f| f.get(&partition).copied())
+                        .unwrap_or(0)
+                        .min(end);
+                    let end = per_partition.map_or(end, |n| end.min(start.saturating_add(n)));
+                    (partition, (start, end))
+                })
+                .collect();
+            next.insert(name, SourceOffset::Kafka { ranges });
+        }
+        Ok(next)
+    }
+
     fn unbind(&mut self, sources: &[StreamSource]) {
         for source in sources {
             let _ = self.context().deregister_table(source.name().as_str());
         }
     }
+}
+
+/// The key a query's Kafka sink connection is kept under.
+fn sink_key(query: &StreamingQuery) -> String {
+    format!("sink of {}", query.name)
 }
 
 fn count_of(batches: &[RecordBatch]) -> u64 {
@@ -1478,6 +1734,7 @@ fn next_offsets(
     batch: u64,
     origin: i64,
     sockets: &Sockets,
+    kafka: &BTreeMap<String, SourceOffset>,
 ) -> BatchOffsets {
     let mut next = BTreeMap::new();
     for source in sources {
@@ -1491,7 +1748,7 @@ fn next_offsets(
                 let taken: std::collections::BTreeSet<&String> = earlier
                     .flat_map(|o| match o {
                         SourceOffset::Files { files } => files.iter().collect::<Vec<_>>(),
-                        SourceOffset::Rate { .. } | SourceOffset::Lines { .. } => Vec::new(),
+                        _ => Vec::new(),
                     })
                     .collect();
                 let files: Vec<String> = arrived_files(dir)
@@ -1508,7 +1765,7 @@ fn next_offsets(
                         SourceOffset::Rate {
                             end, origin_micros, ..
                         } => Some((*end, *origin_micros)),
-                        SourceOffset::Files { .. } | SourceOffset::Lines { .. } => None,
+                        _ => None,
                     })
                     .next_back();
                 let (start, origin) = previous.unwrap_or((0, origin));
@@ -1538,6 +1795,9 @@ fn next_offsets(
                     end: (first + read).max(start),
                 }
             }
+            SourceKind::Kafka { .. } => kafka.get(&name).cloned().unwrap_or(SourceOffset::Kafka {
+                ranges: BTreeMap::new(),
+            }),
         };
         next.insert(name, offset);
     }
@@ -1568,6 +1828,9 @@ pub(crate) struct Prepared {
     watermark: Option<i64>,
     /// The state the last committed batch left.
     kept: Vec<RecordBatch>,
+    /// Where each Kafka source begins when the checkpoint has no offsets
+    /// of it (`startingOffsets`, read when the query started).
+    kafka_start: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
 /// What an aggregating batch did.
