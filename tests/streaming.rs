@@ -281,6 +281,138 @@ fn a_driver_killed_mid_stream_resumes_with_every_row_once() {
     );
 }
 
+/// Cluster mode under `--supervise`: the driver is killed outright while
+/// files arrive and batches run; the manager relaunches it, it goes on
+/// from the checkpoint, and the output holds every row once.
+#[test]
+fn a_supervised_stream_whose_driver_is_killed_resumes_with_every_row_once() {
+    use ember_testkit::{driver, processes, signal};
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    std::fs::create_dir(work.join("in")).unwrap();
+    const FILES: u64 = 16;
+    let job = format!(
+        "{}START STREAMING QUERY doubled STOP AFTER '5 seconds' CHECKPOINT '{}' \
+         INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
+        SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
+        work.join("ckpt").display(),
+        work.join("out").display()
+    );
+    let cluster = crate::cluster::Cluster::start();
+    let script = cluster.job("supervised.sql", &job);
+    let arriving = {
+        let dir = work.join("in");
+        std::thread::spawn(move || {
+            for n in 0..FILES {
+                arrive(&dir, n);
+                std::thread::sleep(std::time::Duration::from_millis(80));
+            }
+        })
+    };
+    let id = cluster.submit_cluster_mode("supervised-stream", &script, true);
+    let commits = || std::fs::read_dir(work.join("ckpt/commits")).map_or(0, |d| d.count());
+    let began = std::time::Instant::now();
+    while commits() < 2 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "no two batches committed within 30 s: {:#}",
+            cluster.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let drivers = processes("driver", &id);
+    assert_eq!(drivers.len(), 1, "{drivers:?}");
+    signal(drivers[0], libc::SIGKILL);
+    let at_kill = commits();
+    let status = cluster.wait_for(
+        "the relaunched driver to finish",
+        std::time::Duration::from_secs(60),
+        |s| driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
+    );
+    assert_eq!(driver(&status, &id).unwrap()["restarts"], 1, "{status:#}");
+    arriving.join().unwrap();
+    // The relaunched driver went on with the batches from the checkpoint.
+    assert!(commits() > at_kill, "{} after {at_kill}", commits());
+    // Files that came after the relaunched driver stopped: one more run.
+    let rest = job.replace("STOP AFTER '5 seconds'", "TRIGGER AVAILABLE NOW");
+    std::fs::write(work.join("rest.sql"), rest).unwrap();
+    let out = ember(&["submit", "rest.sql"], &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        output_totals(&work),
+        (expected_totals(FILES), FILES as usize)
+    );
+}
+
+/// Client mode: an executor is killed while batches run; the job of the
+/// batch it was in runs its tasks elsewhere, and the output holds every
+/// row once.
+#[test]
+fn an_executor_killed_mid_stream_loses_no_row_and_doubles_none() {
+    use ember_testkit::signal;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    std::fs::create_dir(work.join("in")).unwrap();
+    const FILES: u64 = 16;
+    let job = format!(
+        "{}START STREAMING QUERY doubled STOP AFTER '4 seconds' CHECKPOINT '{}' \
+         INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
+        SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
+        work.join("ckpt").display(),
+        work.join("out").display()
+    );
+    let cluster = crate::cluster::Cluster::start();
+    let script = cluster.job("executor-lost.sql", &job);
+    let arriving = {
+        let dir = work.join("in");
+        std::thread::spawn(move || {
+            for n in 0..FILES {
+                arrive(&dir, n);
+                std::thread::sleep(std::time::Duration::from_millis(80));
+            }
+        })
+    };
+    let submit = cluster
+        .ember(&[
+            "submit",
+            "--total-executor-cores",
+            "2",
+            "--name",
+            "executor-lost",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = cluster.wait_for("two executors", std::time::Duration::from_secs(20), |s| {
+        ember_testkit::app(s, "executor-lost")
+            .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
+    });
+    let (_, executors) = crate::cluster::two_executor_processes(&status, "executor-lost");
+    let commits = || std::fs::read_dir(work.join("ckpt/commits")).map_or(0, |d| d.count());
+    let began = std::time::Instant::now();
+    while commits() < 2 {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "no two batches committed within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    signal(executors[0], libc::SIGKILL);
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    arriving.join().unwrap();
+    let rest = job.replace("STOP AFTER '4 seconds'", "TRIGGER AVAILABLE NOW");
+    std::fs::write(work.join("rest.sql"), rest).unwrap();
+    let out = ember(&["submit", "rest.sql"], &work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        output_totals(&work),
+        (expected_totals(FILES), FILES as usize)
+    );
+}
+
 #[test]
 fn ctrl_c_stops_a_running_stream_at_once() {
     use std::io::BufRead;
