@@ -916,3 +916,55 @@ fn a_kafka_topic_an_independent_producer_fills_lands_in_parquet_once_and_routes_
         "{stderr}"
     );
 }
+
+/// The seed's news feed: stories arriving as files, joined with a static
+/// table of users' interests, each story routed to every interested user.
+#[test]
+fn a_stream_joined_with_a_static_table_routes_each_story_to_its_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("in")).unwrap();
+    std::fs::write(
+        work.join("interests.csv"),
+        "user,section\nada,sport\nada,tech\nbob,tech\ncyd,arts\n",
+    )
+    .unwrap();
+    for n in 0..3u64 {
+        let mut csv = String::from("id,section\n");
+        for id in n * 10..n * 10 + 10 {
+            let section = ["sport", "tech", "news"][(id % 3) as usize];
+            csv.push_str(&format!("{id},{section}\n"));
+        }
+        std::fs::write(work.join(format!("in/.{n}")), csv).unwrap();
+        std::fs::rename(
+            work.join(format!("in/.{n}")),
+            work.join(format!("in/{n}.csv")),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::write(
+        work.join("route.sql"),
+        "CREATE EXTERNAL TABLE interests (user VARCHAR, section VARCHAR) STORED AS CSV \
+         LOCATION 'interests.csv' OPTIONS ('format.has_header' 'true');\n\
+         CREATE UNBOUNDED EXTERNAL TABLE stories (id BIGINT, section VARCHAR) STORED AS CSV \
+         LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
+         START STREAMING QUERY routed TRIGGER AVAILABLE NOW INTO MEMORY AS \
+         SELECT s.id, i.user FROM stories s JOIN interests i ON s.section = i.section;\n\
+         AWAIT STREAMING QUERY routed;\n\
+         SELECT user, count(*) AS stories, sum(id) AS ids FROM routed GROUP BY user ORDER BY user;\n\
+         SHOW STREAMING QUERIES;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "route.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // ids 0..30: sport is id % 3 = 0 (10 stories, ids sum 135), tech
+    // id % 3 = 1 (10, 145); nobody reads news, cyd's arts never comes.
+    assert!(
+        stdout.starts_with("user,stories,ids\nada,20,280\nbob,10,145\n"),
+        "{stdout}"
+    );
+    // One file a batch.
+    assert!(stdout.contains("\nrouted,finished,memory,3,"), "{stdout}");
+}
