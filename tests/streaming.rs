@@ -281,6 +281,77 @@ fn a_driver_killed_mid_stream_resumes_with_every_row_once() {
     );
 }
 
+/// A stream that fault tests interrupt: `FILES` input files arrive in
+/// `work/in` one every 80 ms while the query (absolute paths, so it runs
+/// from any directory) writes Parquet for `stop`.
+struct Interrupted {
+    work: std::path::PathBuf,
+    job: String,
+    stop: &'static str,
+    arriving: std::thread::JoinHandle<()>,
+}
+
+const INTERRUPTED_FILES: u64 = 16;
+
+impl Interrupted {
+    fn start(work: &Path, stop: &'static str) -> Self {
+        std::fs::create_dir(work.join("in")).unwrap();
+        let job = format!(
+            "{}START STREAMING QUERY doubled {stop} CHECKPOINT '{}' \
+             INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
+            SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
+            work.join("ckpt").display(),
+            work.join("out").display()
+        );
+        let dir = work.join("in");
+        let arriving = std::thread::spawn(move || {
+            for n in 0..INTERRUPTED_FILES {
+                arrive(&dir, n);
+                std::thread::sleep(std::time::Duration::from_millis(80));
+            }
+        });
+        Self {
+            work: work.to_path_buf(),
+            job,
+            stop,
+            arriving,
+        }
+    }
+
+    fn commits(&self) -> usize {
+        std::fs::read_dir(self.work.join("ckpt/commits")).map_or(0, |d| d.count())
+    }
+
+    fn wait_for_commits(&self, n: usize) {
+        let began = std::time::Instant::now();
+        while self.commits() < n {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(30),
+                "no {n} batches committed within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Once every file arrived, runs the query to the end of the input
+    /// (what came after the interrupted runs stopped) and checks the
+    /// output holds every row once, one batch a file.
+    fn finish(self) {
+        self.arriving.join().unwrap();
+        let rest = self.job.replace(self.stop, "TRIGGER AVAILABLE NOW");
+        std::fs::write(self.work.join("rest.sql"), rest).unwrap();
+        let out = ember(&["submit", "rest.sql"], &self.work);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            output_totals(&self.work),
+            (
+                expected_totals(INTERRUPTED_FILES),
+                INTERRUPTED_FILES as usize
+            )
+        );
+    }
+}
+
 /// Cluster mode under `--supervise`: the driver is killed outright while
 /// files arrive and batches run; the manager relaunches it, it goes on
 /// from the checkpoint, and the output holds every row once.
@@ -288,60 +359,28 @@ fn a_driver_killed_mid_stream_resumes_with_every_row_once() {
 fn a_supervised_stream_whose_driver_is_killed_resumes_with_every_row_once() {
     use ember_testkit::{driver, processes, signal};
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().to_path_buf();
-    std::fs::create_dir(work.join("in")).unwrap();
-    const FILES: u64 = 16;
-    let job = format!(
-        "{}START STREAMING QUERY doubled STOP AFTER '5 seconds' CHECKPOINT '{}' \
-         INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
-        SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
-        work.join("ckpt").display(),
-        work.join("out").display()
-    );
+    let stream = Interrupted::start(dir.path(), "STOP AFTER '5 seconds'");
     let cluster = crate::cluster::Cluster::start();
-    let script = cluster.job("supervised.sql", &job);
-    let arriving = {
-        let dir = work.join("in");
-        std::thread::spawn(move || {
-            for n in 0..FILES {
-                arrive(&dir, n);
-                std::thread::sleep(std::time::Duration::from_millis(80));
-            }
-        })
-    };
+    let script = cluster.job("supervised.sql", &stream.job);
     let id = cluster.submit_cluster_mode("supervised-stream", &script, true);
-    let commits = || std::fs::read_dir(work.join("ckpt/commits")).map_or(0, |d| d.count());
-    let began = std::time::Instant::now();
-    while commits() < 2 {
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(30),
-            "no two batches committed within 30 s: {:#}",
-            cluster.status()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    stream.wait_for_commits(2);
     let drivers = processes("driver", &id);
     assert_eq!(drivers.len(), 1, "{drivers:?}");
     signal(drivers[0], libc::SIGKILL);
-    let at_kill = commits();
+    let at_kill = stream.commits();
     let status = cluster.wait_for(
         "the relaunched driver to finish",
         std::time::Duration::from_secs(60),
         |s| driver(s, &id).is_some_and(|d| d["state"] == "FINISHED"),
     );
     assert_eq!(driver(&status, &id).unwrap()["restarts"], 1, "{status:#}");
-    arriving.join().unwrap();
     // The relaunched driver went on with the batches from the checkpoint.
-    assert!(commits() > at_kill, "{} after {at_kill}", commits());
-    // Files that came after the relaunched driver stopped: one more run.
-    let rest = job.replace("STOP AFTER '5 seconds'", "TRIGGER AVAILABLE NOW");
-    std::fs::write(work.join("rest.sql"), rest).unwrap();
-    let out = ember(&["submit", "rest.sql"], &work);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        output_totals(&work),
-        (expected_totals(FILES), FILES as usize)
+    assert!(
+        stream.commits() > at_kill,
+        "{} after {at_kill}",
+        stream.commits()
     );
+    stream.finish();
 }
 
 /// Client mode: an executor is killed while batches run; the job of the
@@ -349,29 +388,10 @@ fn a_supervised_stream_whose_driver_is_killed_resumes_with_every_row_once() {
 /// row once.
 #[test]
 fn an_executor_killed_mid_stream_loses_no_row_and_doubles_none() {
-    use ember_testkit::signal;
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().to_path_buf();
-    std::fs::create_dir(work.join("in")).unwrap();
-    const FILES: u64 = 16;
-    let job = format!(
-        "{}START STREAMING QUERY doubled STOP AFTER '4 seconds' CHECKPOINT '{}' \
-         INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
-        SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
-        work.join("ckpt").display(),
-        work.join("out").display()
-    );
+    let stream = Interrupted::start(dir.path(), "STOP AFTER '4 seconds'");
     let cluster = crate::cluster::Cluster::start();
-    let script = cluster.job("executor-lost.sql", &job);
-    let arriving = {
-        let dir = work.join("in");
-        std::thread::spawn(move || {
-            for n in 0..FILES {
-                arrive(&dir, n);
-                std::thread::sleep(std::time::Duration::from_millis(80));
-            }
-        })
-    };
+    let script = cluster.job("executor-lost.sql", &stream.job);
     let submit = cluster
         .ember(&[
             "submit",
@@ -390,27 +410,11 @@ fn an_executor_killed_mid_stream_loses_no_row_and_doubles_none() {
             .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
     });
     let (_, executors) = crate::cluster::two_executor_processes(&status, "executor-lost");
-    let commits = || std::fs::read_dir(work.join("ckpt/commits")).map_or(0, |d| d.count());
-    let began = std::time::Instant::now();
-    while commits() < 2 {
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(30),
-            "no two batches committed within 30 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    signal(executors[0], libc::SIGKILL);
+    stream.wait_for_commits(2);
+    ember_testkit::signal(executors[0], libc::SIGKILL);
     let out = submit.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    arriving.join().unwrap();
-    let rest = job.replace("STOP AFTER '4 seconds'", "TRIGGER AVAILABLE NOW");
-    std::fs::write(work.join("rest.sql"), rest).unwrap();
-    let out = ember(&["submit", "rest.sql"], &work);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        output_totals(&work),
-        (expected_totals(FILES), FILES as usize)
-    );
+    stream.finish();
 }
 
 #[test]
