@@ -56,6 +56,11 @@ pub struct SimulateArgs {
     /// commit protocol, and the files are checked to hold them exactly once.
     #[arg(long)]
     pub file_output: bool,
+    /// Client-mode applications also run a streaming query (files arriving
+    /// → CSV files, with a checkpoint), started again after a failure, and
+    /// its offsets, commits and output are checked.
+    #[arg(long)]
+    pub streaming: bool,
     /// Run every application in client mode: none is submitted in cluster
     /// mode with --supervise.
     #[arg(long)]
@@ -75,6 +80,7 @@ impl SimulateArgs {
                 .clone()
                 .unwrap_or_else(|| FaultKind::DEFAULT.to_vec()),
             file_output: self.file_output,
+            streaming: self.streaming,
             cluster_mode: !self.client_mode_only,
             ..Shape::default()
         };

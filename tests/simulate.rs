@@ -546,3 +546,41 @@ fn the_command_prints_a_report_and_refuses_unknown_faults() {
     assert!(stderr.contains("unknown fault 'flood'"), "{stderr}");
     assert!(stderr.contains("partition"), "{stderr}");
 }
+
+/// Client-mode applications run a streaming query (files arriving → CSV
+/// files, with a checkpoint) under the seed's faults, started again on the
+/// same checkpoint after a failure: offsets never go back, no committed
+/// batch is redone differently, and the sink holds every row once; a
+/// committer that commits every attempt is caught by the same checks.
+#[test]
+fn streaming_under_faults_keeps_its_offsets_and_writes_every_row_once() {
+    let streams = Campaign {
+        shape: Shape {
+            streaming: true,
+            ..Shape::default()
+        },
+        ..campaign(0, 30, Bugs::default())
+    };
+    let report = streams.run(&|_| {}).unwrap();
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.streams_finished > 30, "{report}");
+    let buggy = Campaign {
+        first_seed: 0,
+        seeds: 10,
+        bugs: Bugs {
+            commit_every_attempt: true,
+            ..Bugs::default()
+        },
+        ..streams
+    };
+    let seed = caught_and_replayed(
+        &buggy,
+        "stream sink rows not exactly once",
+        "commit-every-attempt",
+    );
+    assert!(
+        buggy
+            .replay_command(seed)
+            .contains("--streaming --bug commit-every-attempt")
+    );
+}

@@ -37,6 +37,9 @@ pub struct CampaignReport {
     pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Streaming queries that finished, and those given up on.
+    pub streams_finished: usize,
+    pub streams_given_up: usize,
     /// Cluster-mode submissions accepted, and the driver attempts they ran.
     pub submissions: usize,
     pub driver_attempts: usize,
@@ -50,6 +53,9 @@ pub struct CampaignReport {
     pub replay: String,
     /// Whether jobs wrote files (and their output was checked).
     pub file_output: bool,
+    /// Whether applications ran streaming queries (and their checkpoints
+    /// and sinks were checked).
+    pub streaming: bool,
 }
 
 /// The failed jobs of one cause: by the kinds of fault that explain them
@@ -110,6 +116,9 @@ impl Campaign {
         }
         if self.shape.file_output {
             command.push_str(" --file-output");
+        }
+        if self.shape.streaming {
+            command.push_str(" --streaming");
         }
         if self.bugs.orphan_executors {
             command.push_str(" --bug orphan-executors");
@@ -181,6 +190,7 @@ impl Campaign {
             wall_time: started.elapsed(),
             replay: self.replay_command(0).replace(" --seed 0", " --seed SEED"),
             file_output: self.shape.file_output,
+            streaming: self.shape.streaming,
             ..CampaignReport::default()
         };
         for report in reports {
@@ -192,6 +202,8 @@ impl Campaign {
             total.journals_read_whole += report.journals_read_whole;
             total.jobs_succeeded += report.jobs_succeeded;
             total.jobs_failed += report.jobs_failed;
+            total.streams_finished += report.streams_finished;
+            total.streams_given_up += report.streams_given_up;
             total.submissions += report.submissions;
             total.driver_attempts += report.driver_attempts;
             total.cluster_jobs_failed += report.cluster_jobs_failed;
@@ -252,6 +264,13 @@ impl fmt::Display for CampaignReport {
             "  jobs:                 {} succeeded with the right rows, {} failed with a reason",
             self.jobs_succeeded, self.jobs_failed
         )?;
+        if self.streaming {
+            writeln!(
+                f,
+                "  streaming queries:    {} ran to the end of their input, {} given up after faults",
+                self.streams_finished, self.streams_given_up
+            )?;
+        }
         if self.submissions > 0 {
             writeln!(
                 f,
@@ -305,6 +324,12 @@ impl fmt::Display for CampaignReport {
         }
         if self.file_output {
             checked.push("file output exactly once, none from failed jobs");
+        }
+        if self.streaming {
+            checked.push(
+                "streaming: offsets never go back, no committed batch redone differently, \
+                 sink rows exactly once across restarts",
+            );
         }
         if self.submissions > 0 {
             checked.push("never two driver attempts of a submission at once");

@@ -221,6 +221,7 @@ mod tests {
             worker_cores: 2,
             apps: Vec::new(),
             file_output: false,
+            streaming: false,
             faults: faults
                 .into_iter()
                 .map(|(kind, hosts)| Fault {

@@ -12,6 +12,7 @@ pub mod failures;
 pub mod jobs;
 pub mod run;
 pub mod scenario;
+pub mod streaming;
 pub mod submission;
 pub mod workload;
 pub mod world;

@@ -70,6 +70,10 @@ pub struct SeedReport {
     pub journals_read_whole: usize,
     pub jobs_succeeded: usize,
     pub jobs_failed: usize,
+    /// Streaming queries that ran to the end of their input, and those
+    /// their application gave up on (after its faults, within its starts).
+    pub streams_finished: usize,
+    pub streams_given_up: usize,
     /// Cluster-mode submissions the manager accepted, and the driver
     /// attempts workers started for them.
     pub submissions: usize,
@@ -124,6 +128,8 @@ struct AppState {
     driver_end: Option<Duration>,
     crashed: bool,
     done: bool,
+    /// Its streaming query, when the scenario runs one.
+    stream: Option<crate::streaming::StreamRun>,
 }
 
 type Apps = Arc<Mutex<Vec<AppState>>>;
@@ -270,10 +276,14 @@ async fn simulate(
         match plan.mode {
             DeployMode::Client => {
                 let output = scenario.file_output.then(|| sim.dir.output_dir());
+                let stream = scenario
+                    .streaming
+                    .then(|| sim.dir.output_dir().join(format!("stream-{i}")));
                 actix::spawn(run_app(
                     i,
                     plan.clone(),
                     output,
+                    stream,
                     sim.net.clone(),
                     certs.load("client"),
                     options,
@@ -344,6 +354,7 @@ async fn run_app(
     index: usize,
     plan: crate::scenario::AppPlan,
     output: Option<PathBuf>,
+    stream: Option<PathBuf>,
     net: SimNet,
     creds: Result<ember_certs::NodeCredentials, String>,
     options: NodeOptions,
@@ -448,6 +459,18 @@ async fn run_app(
         };
         shared.trace(format!("app {index} job {j} {word}"));
         lock(&apps)[index].jobs[j] = outcome;
+    }
+    if let Some(dir) = stream
+        && !lock(&apps)[index].crashed
+    {
+        let gone = || lock(&apps)[index].crashed;
+        let run = crate::streaming::run(&mut session, index, &dir, gone).await;
+        shared.trace(format!(
+            "app {index} stream {} after {} start(s)",
+            if run.finished { "finished" } else { "gave up" },
+            run.starts
+        ));
+        lock(&apps)[index].stream = Some(run);
     }
     let crashed = lock(&apps)[index].crashed;
     if crashed {
@@ -1323,6 +1346,17 @@ impl Sim<'_> {
     fn report(self, reference: &Answers) -> SeedReport {
         let mut violations = self.violations;
         let (mut succeeded, mut failed) = (0, 0);
+        let (mut streams_finished, mut streams_given_up) = (0, 0);
+        for app in lock(&self.apps).iter() {
+            if let Some(stream) = &app.stream {
+                violations.extend(stream.violations.iter().cloned());
+                if stream.finished {
+                    streams_finished += 1;
+                } else {
+                    streams_given_up += 1;
+                }
+            }
+        }
         let mut failures = Vec::new();
         for (i, app) in lock(&self.apps).iter().enumerate() {
             for (j, job) in app.jobs.iter().enumerate() {
@@ -1397,6 +1431,8 @@ impl Sim<'_> {
             journals_read_whole: self.journals_read_whole,
             jobs_succeeded: succeeded,
             jobs_failed: failed,
+            streams_finished,
+            streams_given_up,
             submissions,
             driver_attempts: drivers.len(),
             cluster_jobs_failed: failures

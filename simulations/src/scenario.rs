@@ -141,6 +141,9 @@ pub struct Scenario {
     /// Jobs write their rows to files (`COPY ... TO`) through the output
     /// commit protocol instead of collecting them.
     pub file_output: bool,
+    /// Client-mode applications also run a streaming query
+    /// ([`crate::streaming`]) after their jobs.
+    pub streaming: bool,
 }
 
 /// What a campaign varies over.
@@ -154,6 +157,8 @@ pub struct Shape {
     pub file_output: bool,
     /// Some applications are cluster-mode supervised submissions.
     pub cluster_mode: bool,
+    /// Client-mode applications run a streaming query too.
+    pub streaming: bool,
 }
 
 impl Default for Shape {
@@ -165,6 +170,7 @@ impl Default for Shape {
             max_faults: 4,
             file_output: false,
             cluster_mode: true,
+            streaming: false,
         }
     }
 }
@@ -259,6 +265,7 @@ impl Scenario {
             apps,
             faults,
             file_output: shape.file_output,
+            streaming: shape.streaming,
         }
     }
 
