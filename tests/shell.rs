@@ -512,3 +512,49 @@ fn scripts_run_as_submit_runs_them() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read no/such/script.sql"));
 }
+
+/// A streaming query started in the shell runs in the background: the
+/// shell goes on, its memory table fills, Ctrl-C cancels the statement in
+/// front and not the stream, `\streams` lists it, and it stops when told.
+#[test]
+fn a_stream_runs_behind_the_shell_until_it_is_stopped() {
+    let home = tempfile::tempdir().unwrap();
+    let history = home.path().join("history");
+    let mut shell = Pty::local(&history);
+    shell.line(
+        "CREATE UNBOUNDED EXTERNAL TABLE ticks STORED AS RATE LOCATION 'rate:' \
+         OPTIONS ('rowsPerSecond' '1000');",
+    );
+    shell.expect("OK");
+    shell.line(
+        "START STREAMING QUERY ticking TRIGGER PROCESSING TIME '100 ms' INTO MEMORY \
+         AS SELECT value FROM ticks;",
+    );
+    shell.expect("OK");
+    shell.line("AWAIT STREAMING QUERY ticking TIMEOUT '500 ms';");
+    shell.expect("OK");
+    let rows = shell.query("SELECT count(*) > 0 AS filling FROM ticking;");
+    assert_eq!(rows, vec![vec!["true".to_string()]]);
+    shell.line(LONG_QUERY);
+    shell.expect_regex(r"\[Stage \d+:");
+    shell.ctrl('c');
+    shell.expect("query cancelled");
+    let shown = |shell: &mut Pty| {
+        shell.line("\\streams");
+        let (table, _) = shell.expect_regex(r"\d+ rows? in [0-9.]+ s");
+        table
+    };
+    let listed = shown(&mut shell);
+    assert!(
+        listed.contains("ticking") && listed.contains("running"),
+        "{listed}"
+    );
+    // Its batches draw no progress bars over the shell.
+    assert!(!listed.contains("[Stage"), "{listed}");
+    shell.line("STOP STREAMING QUERY ticking;");
+    shell.expect("OK");
+    let listed = shown(&mut shell);
+    assert!(listed.contains("stopped"), "{listed}");
+    shell.ctrl('d');
+    assert_eq!(shell.exit_code(), 0);
+}

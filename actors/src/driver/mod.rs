@@ -158,7 +158,21 @@ pub enum ProgressEvent {
     },
 }
 
-/// Hears every [`ProgressEvent`] of a driver, on the driver's thread.
+impl ProgressEvent {
+    /// The job it is about.
+    pub fn job(&self) -> JobId {
+        match self {
+            Self::StageSubmitted { job, .. }
+            | Self::TaskStarted { job, .. }
+            | Self::TaskEnded { job, .. }
+            | Self::StageCompleted { job, .. }
+            | Self::JobEnded { job, .. } => *job,
+        }
+    }
+}
+
+/// Hears the [`ProgressEvent`]s of a driver's statements' jobs, on the
+/// driver's thread.
 pub trait JobListener: Send + Sync {
     fn on_event(&self, event: &ProgressEvent);
 }
@@ -219,8 +233,17 @@ impl Driver {
         }
     }
 
+    /// Tells the listener (a progress bar) of `event`: for the jobs of
+    /// statements only, not those of a job group (a background streaming
+    /// query's batches would draw over the prompt).
     fn emit(&self, event: ProgressEvent) {
-        if let Some(listener) = &self.listener {
+        let grouped = self
+            .jobs
+            .get(&event.job())
+            .is_some_and(|job| job.group.is_some());
+        if let Some(listener) = &self.listener
+            && !grouped
+        {
             listener.on_event(&event);
         }
     }
