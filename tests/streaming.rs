@@ -972,3 +972,66 @@ fn a_stream_joined_with_a_static_table_routes_each_story_to_its_readers() {
     // One file a batch.
     assert!(stdout.contains("\nrouted,finished,memory,3,"), "{stdout}");
 }
+
+/// Sliding windows (`sliding_window`, Spark's `window(ts, size, slide)`):
+/// each row counts in every window that holds it; a late row is dropped
+/// from all of them; a window is written once, when the watermark passed
+/// its end.
+#[test]
+fn sliding_windows_count_each_row_in_every_window_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let input = work.join("in");
+    std::fs::create_dir(&input).unwrap();
+    arrive_events(
+        &input,
+        0,
+        &[("00:00:10", "a"), ("00:00:40", "a"), ("00:00:50", "b")],
+    );
+    // 00:00:05 is late: the watermark is 00:00:40 by then.
+    arrive_events(
+        &input,
+        1,
+        &[("00:01:20", "a"), ("00:00:05", "b"), ("00:02:30", "a")],
+    );
+    arrive_events(&input, 2, &[("00:04:00", "a")]);
+    std::fs::write(
+        work.join("sliding.sql"),
+        "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
+         LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
+         START STREAMING QUERY sliding TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+         WATERMARK ts DELAY '10 seconds' OUTPUT MODE APPEND INTO MEMORY \
+         AS SELECT window_start, k, count(*) AS n FROM (SELECT unnest(sliding_window(ts, \
+         INTERVAL '1 minute', INTERVAL '30 seconds')) AS window_start, k FROM events) \
+         GROUP BY window_start, k;\n\
+         AWAIT STREAMING QUERY sliding;\n\
+         SELECT * FROM sliding ORDER BY window_start, k;\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "sliding.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Batch 2 ran with the watermark 00:02:20: windows starting at 00:01:20
+    // or before are final. The one starting at 23:59:30 was final in
+    // batch 1 (watermark 00:00:40).
+    assert_eq!(
+        text(&out.stdout),
+        "window_start,k,n\n\
+         2023-12-31T23:59:30,a,1\n\
+         2024-01-01T00:00:00,a,2\n\
+         2024-01-01T00:00:00,b,1\n\
+         2024-01-01T00:00:30,a,2\n\
+         2024-01-01T00:00:30,b,1\n\
+         2024-01-01T00:01:00,a,1\n"
+    );
+    // A slide longer than the window is refused with what to write.
+    std::fs::write(
+        work.join("bad.sql"),
+        "SELECT unnest(sliding_window(TIMESTAMP '2024-01-01T00:00:00', INTERVAL '1 minute', \
+         INTERVAL '2 minutes'));\n",
+    )
+    .unwrap();
+    let out = ember(&["submit", "bad.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("at most the size"), "{stderr}");
+}

@@ -296,6 +296,7 @@ impl Session {
         }
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         options.functions.register(&ctx);
+        crate::streaming::register_functions(&ctx);
         ember_engine::files::register(&ctx);
         let mut session = Self::over(ctx, Backend::Local(cluster));
         session.files = files;
@@ -433,6 +434,7 @@ impl Session {
         let config = session_config(&options.conf, slots.max(1))?;
         let ctx = SessionContext::new_with_config(config);
         options.functions.register(&ctx);
+        crate::streaming::register_functions(&ctx);
         ember_engine::files::register(&ctx);
         let mut session = Self::over(ctx, Backend::Cluster(app));
         session.files = files;

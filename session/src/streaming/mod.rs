@@ -38,6 +38,9 @@ use crate::session::{Mode, Session, SessionError, StatementOutcome};
 mod background;
 mod kafka;
 mod state;
+mod windows;
+
+pub(crate) use windows::register as register_functions;
 
 pub(crate) use background::{Background, Control, Parent, parse_control};
 pub use background::{QueryState, QueryStatus};
@@ -1212,7 +1215,8 @@ impl Session {
             (Some(agg), OutputMode::Append) if agg.window.is_none() && !agg.merges.is_empty() => refuse(
                 "OUTPUT MODE APPEND of an aggregation writes each group once it is final, which \
                  needs a WATERMARK and a window over it among the GROUP BY keys (date_bin(INTERVAL \
-                 '1 minute', column)); use OUTPUT MODE UPDATE or COMPLETE, or add both"
+                 '1 minute', column), or an unnested sliding_window(column, size, slide)); use \
+                 OUTPUT MODE UPDATE or COMPLETE, or add both"
                     .to_string(),
             ),
             _ => Ok(()),

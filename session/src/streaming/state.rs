@@ -185,6 +185,7 @@ pub(crate) fn aggregation(
             }
             if let Some((column, _)) = &query.watermark
                 && let Some(length) = window_length(&aggregate.group_expr[at], column)
+                    .or_else(|| sliding_window_length(aggregate, at, column))
             {
                 window = Some((name.clone(), length));
             }
@@ -285,6 +286,47 @@ fn window_length(expr: &Expr, column: &str) -> Option<i64> {
         }
         _ => None,
     }
+}
+
+/// The window length, in microseconds, when group key `at` of `aggregate`
+/// is a column made by unnesting `sliding_window(column, size, slide)`.
+fn sliding_window_length(
+    aggregate: &datafusion::logical_expr::Aggregate,
+    at: usize,
+    column: &str,
+) -> Option<i64> {
+    use super::windows::{SLIDING_WINDOW, interval_micros};
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let Expr::Column(key) = unaliased(aggregate.group_expr.get(at)?) else {
+        return None;
+    };
+    // The key is named in a projection, over the unnested call.
+    let mut made_by_unnest = false;
+    let mut length = None;
+    let _ = aggregate.input.apply(|node| {
+        if let LogicalPlan::Projection(p) = node {
+            made_by_unnest |= p.expr.iter().any(|e| {
+                matches!(e, Expr::Alias(a) if a.name == key.name
+                    && matches!(unaliased(&a.expr), Expr::Column(c) if c.name.contains(SLIDING_WINDOW)))
+            });
+        }
+        node.apply_expressions(|e| {
+            e.apply(|sub| {
+                if let Expr::ScalarFunction(f) = sub
+                    && f.func.name() == SLIDING_WINDOW
+                    && f.args.first().is_some_and(|a| {
+                        a.column_refs()
+                            .iter()
+                            .any(|c| c.name.eq_ignore_ascii_case(column))
+                    })
+                {
+                    length = f.args.get(1).and_then(interval_micros);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    length.filter(|_| made_by_unnest)
 }
 
 /// `expr` without the aliases around it.
