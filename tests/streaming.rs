@@ -337,10 +337,17 @@ impl Interrupted {
     /// (what came after the interrupted runs stopped) and checks the
     /// output holds every row once, one batch a file.
     fn finish(self) {
+        let work = self.work.clone();
+        self.finish_by(|rest| ember(&["submit", rest.to_str().unwrap()], &work));
+    }
+
+    /// [`Interrupted::finish`], the rest run by `run` (given its script).
+    fn finish_by(self, run: impl FnOnce(&Path) -> std::process::Output) {
         self.arriving.join().unwrap();
         let rest = self.job.replace(self.stop, "TRIGGER AVAILABLE NOW");
-        std::fs::write(self.work.join("rest.sql"), rest).unwrap();
-        let out = ember(&["submit", "rest.sql"], &self.work);
+        let script = self.work.join("rest.sql");
+        std::fs::write(&script, rest).unwrap();
+        let out = run(&script);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(
             output_totals(&self.work),
@@ -381,6 +388,37 @@ fn a_supervised_stream_whose_driver_is_killed_resumes_with_every_row_once() {
         stream.commits()
     );
     stream.finish();
+}
+
+/// Client mode: the driver (`ember submit` against a cluster) is killed
+/// outright while files arrive and batches run, and started again on the
+/// same checkpoint: its executors go with it, and the output holds every
+/// row once.
+#[test]
+fn a_client_mode_driver_killed_mid_stream_resumes_with_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = Interrupted::start(dir.path(), "STOP AFTER '30 seconds'");
+    let cluster = crate::cluster::Cluster::start();
+    let script = cluster.job("client-killed.sql", &stream.job);
+    let mut submit = cluster
+        .ember(&["submit", "--total-executor-cores", "2"])
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    stream.wait_for_commits(2);
+    ember_testkit::signal(submit.id(), libc::SIGKILL);
+    submit.wait().unwrap();
+    // Started again in client mode on the same checkpoint.
+    stream.finish_by(|rest| {
+        cluster.run(&[
+            "submit",
+            "--total-executor-cores",
+            "2",
+            rest.to_str().unwrap(),
+        ])
+    });
 }
 
 /// Client mode: an executor is killed while batches run; the job of the
