@@ -226,29 +226,10 @@ print(f"took={took}", file=sys.stderr)
 
 /// A venv with DuckDB from PyPI, made once under the target dir.
 fn duckdb_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-venv");
-    let python = venv.join("bin/python");
-    let has_duckdb = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import duckdb"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has_duckdb(&python) {
-        eprintln!("installing DuckDB from PyPI into {} ...", venv.display());
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(made.success(), "python3 -m venv failed");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "duckdb"])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip install duckdb failed");
-    }
-    python
+    ember_testkit::python_venv(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-venv"),
+        "duckdb",
+    )
 }
 
 fn tpch_part() {

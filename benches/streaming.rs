@@ -478,32 +478,10 @@ fn check_window(dir: &Path, out: &Path, ckpt: &Path, run: &EmberRun) -> Option<S
 
 /// A venv with PySpark from PyPI, made once under the target dir.
 fn spark_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spark-venv");
-    let python = venv.join("bin/python");
-    let version = PYSPARK.split("==").nth(1).unwrap();
-    let has_pyspark = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import pyspark; print(pyspark.__version__)"])
-            .output()
-            .is_ok_and(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == version
-            })
-    };
-    if !has_pyspark(&python) {
-        eprintln!("installing {PYSPARK} from PyPI into {} ...", venv.display());
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(made.success(), "python3 -m venv failed");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", PYSPARK])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip install {PYSPARK} failed");
-    }
-    python
+    ember_testkit::python_venv(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("spark-venv"),
+        PYSPARK,
+    )
 }
 
 /// One run of the Spark script: its JSON line, or why there is none.

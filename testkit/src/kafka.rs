@@ -93,25 +93,9 @@ fn which(program: &str) -> Result<PathBuf, ()> {
 pub fn python(dir: &Path) -> PathBuf {
     let tools = tools(dir);
     let venv = tools.join("kafka-venv");
-    let python = venv.join("bin/python");
-    let marker = venv.join(".installed");
-    once(&tools, "kafka-venv", &marker, || {
-        eprintln!(
-            "installing {KAFKA_PYTHON} from PyPI into {} ...",
-            venv.display()
-        );
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("cannot run python3 -m venv");
-        assert!(made.success(), "python3 -m venv failed");
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", KAFKA_PYTHON])
-            .status()
-            .expect("cannot run pip");
-        assert!(pip.success(), "pip install {KAFKA_PYTHON} failed");
-        std::fs::write(&marker, KAFKA_PYTHON).unwrap();
+    let mut python = venv.join("bin/python");
+    once(&tools, "kafka-venv", &venv.join(".ember-installed"), || {
+        python = crate::python_venv(&venv, KAFKA_PYTHON);
     });
     python
 }

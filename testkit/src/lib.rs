@@ -413,3 +413,28 @@ pub fn bench_binary(built: &str) -> &'static Path {
             .unwrap_or_else(|| PathBuf::from(built))
     })
 }
+
+/// The Python of a venv at `venv` holding `package` (a pip requirement,
+/// such as `duckdb` or `pyspark==4.3.0`), from PyPI: made and installed the
+/// first time, found after (a marker in the venv names what it holds).
+pub fn python_venv(venv: &Path, package: &str) -> PathBuf {
+    let python = venv.join("bin/python");
+    let marker = venv.join(".ember-installed");
+    if std::fs::read_to_string(&marker).is_ok_and(|held| held == package) {
+        return python;
+    }
+    eprintln!("installing {package} from PyPI into {} ...", venv.display());
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .expect("cannot run python3 -m venv");
+    assert!(made.success(), "python3 -m venv {} failed", venv.display());
+    let pip = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", package])
+        .status()
+        .expect("cannot run pip");
+    assert!(pip.success(), "pip install {package} failed");
+    std::fs::write(&marker, package).unwrap();
+    python
+}
