@@ -336,23 +336,56 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Decodes each record's value as a JSON object into `schema`'s columns
-/// (a missing field is NULL).
+/// (a missing field is NULL), in parts decoded side by side, one per core
+/// (each part a partition of the batch's table).
 pub(crate) fn decode_json(
     records: &RecordBatch,
     schema: &SchemaRef,
-) -> Result<RecordBatch, String> {
+) -> Result<Vec<RecordBatch>, String> {
     let values = records
         .column(1)
         .as_any()
         .downcast_ref::<BinaryArray>()
         .ok_or("Kafka values are not bytes")?;
+    let ranges = parts(values.len());
+    std::thread::scope(|scope| {
+        let decoding: Vec<_> = ranges
+            .into_iter()
+            .map(|range| scope.spawn(move || decode_range(values, range, schema)))
+            .collect();
+        decoding
+            .into_iter()
+            .map(|d| {
+                d.join()
+                    .unwrap_or_else(|_| Err("a JSON decoder panicked".to_string()))
+            })
+            .collect()
+    })
+}
+
+/// `rows` split into one range per core, at least 10,000 rows each.
+pub(crate) fn parts(rows: usize) -> Vec<std::ops::Range<usize>> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let count = cores.min(rows / 10_000).max(1);
+    let size = rows.div_ceil(count);
+    (0..count)
+        .map(|i| i * size..((i + 1) * size).min(rows))
+        .filter(|r| !r.is_empty() || rows == 0)
+        .collect()
+}
+
+fn decode_range(
+    values: &BinaryArray,
+    range: std::ops::Range<usize>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, String> {
     let mut decoder = datafusion::arrow::json::ReaderBuilder::new(Arc::clone(schema))
         .with_batch_size(8192)
         .build_decoder()
         .map_err(|e| e.to_string())?;
     // Every value on a line of its own, decoded in one pass.
-    let mut lines = Vec::with_capacity(values.value_data().len() + values.len());
-    for i in 0..values.len() {
+    let mut lines = Vec::new();
+    for i in range {
         if values.is_valid(i) {
             lines.extend_from_slice(values.value(i));
             lines.push(b'\n');

@@ -1508,13 +1508,20 @@ impl Session {
                         }
                         _ => RecordBatch::new_empty(kafka::record_schema()),
                     };
-                    let rows = if *json {
+                    // A partition per core, so the batch's job runs in
+                    // parallel.
+                    let (schema, parts): (SchemaRef, Vec<Vec<RecordBatch>>) = if *json {
                         let schema = Arc::new(source.create.schema.as_arrow().clone());
-                        kafka::decode_json(&records, &schema).map_err(failed)?
+                        let decoded = kafka::decode_json(&records, &schema).map_err(failed)?;
+                        (schema, decoded.into_iter().map(|b| vec![b]).collect())
                     } else {
-                        records
+                        let parts = kafka::parts(records.num_rows())
+                            .into_iter()
+                            .map(|r| vec![records.slice(r.start, r.len())])
+                            .collect();
+                        (records.schema(), parts)
                     };
-                    let table = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
+                    let table = MemTable::try_new(schema, parts)?;
                     self.context()
                         .register_table(name.as_str(), Arc::new(table))?;
                 }
