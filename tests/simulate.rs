@@ -564,6 +564,9 @@ fn streaming_under_faults_keeps_its_offsets_and_writes_every_row_once() {
     let report = streams.run(&|_| {}).unwrap();
     assert!(report.violations.is_empty(), "{report}");
     assert!(report.streams_finished > 30, "{report}");
+    // Supervised cluster-mode submissions ran streams too, through their
+    // drivers' relaunches.
+    assert!(report.submissions > 0, "{report}");
     let buggy = Campaign {
         first_seed: 0,
         seeds: 10,

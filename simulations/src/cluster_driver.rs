@@ -57,7 +57,12 @@ const STATEMENTS_PER_JOB: usize = 2;
 /// each of its `jobs` (indexes into the workload's queries), a view of the
 /// query and a `COPY` of the view into the job's destination under
 /// `output`.
-pub fn submission_script(app: usize, jobs: &[usize], output: &Path) -> String {
+pub fn submission_script(
+    app: usize,
+    jobs: &[usize],
+    output: &Path,
+    stream: Option<&Path>,
+) -> String {
     let mut script = String::new();
     for (j, &query) in jobs.iter().enumerate() {
         script.push_str(&format!(
@@ -66,6 +71,14 @@ pub fn submission_script(app: usize, jobs: &[usize], output: &Path) -> String {
             QUERIES[query],
             file_destination(output, app, j).display()
         ));
+    }
+    // A stream after the jobs: its two statements take a job's place, and
+    // the script's end awaits it.
+    if let Some(dir) = stream {
+        for statement in crate::streaming::statements(app, dir) {
+            script.push_str(&statement);
+            script.push_str(";\n");
+        }
     }
     script
 }
@@ -216,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_submission_script_has_a_view_and_a_copy_per_job() {
-        let script = submission_script(1, &[0, 3], Path::new("/out"));
+        let script = submission_script(1, &[0, 3], Path::new("/out"), None);
         let statements = split_statements(&script);
         assert_eq!(statements.len(), 2 * STATEMENTS_PER_JOB);
         assert!(

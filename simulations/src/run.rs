@@ -294,10 +294,14 @@ async fn simulate(
             }
             DeployMode::Cluster => {
                 let deadline = tokio::time::Instant::now() + quiet + SETTLE_LIMIT;
+                let stream = scenario
+                    .streaming
+                    .then(|| sim.dir.output_dir().join(format!("stream-{i}")));
                 actix::spawn(run_submission(
                     i,
                     plan.clone(),
                     sim.dir.output_dir(),
+                    stream,
                     sim.net.clone(),
                     certs.load("client"),
                     options,
@@ -582,6 +586,7 @@ async fn run_submission(
     index: usize,
     plan: AppPlan,
     output: PathBuf,
+    stream: Option<PathBuf>,
     net: SimNet,
     creds: Result<ember_certs::NodeCredentials, String>,
     options: NodeOptions,
@@ -606,6 +611,11 @@ async fn run_submission(
         fail_all("its host crashed before it started".into());
         return;
     }
+    if let Some(dir) = &stream
+        && let Err(e) = crate::streaming::write_inputs(dir)
+    {
+        shared.trace(format!("app {index} cannot write its stream's input: {e}"));
+    }
     lock(&apps)[index].jobs = plan.jobs.iter().map(|_| JobOutcome::Pending).collect();
     let submitted = async {
         let creds = creds?;
@@ -621,7 +631,7 @@ async fn run_submission(
         let conf = app_conf(&plan, bugs)?;
         let job = DriverJob {
             name: app_name(index),
-            script: submission_script(index, &plan.jobs, &output),
+            script: submission_script(index, &plan.jobs, &output, stream.as_deref()),
             conf: conf.pairs(),
             executor_cores: 1,
             executor_memory_mb: 512,
@@ -1324,6 +1334,17 @@ impl Sim<'_> {
                     missing.push(j);
                     JobOutcome::Failed(given_up(&end, &attempts))
                 };
+            }
+            if self.scenario.streaming {
+                // Every driver attempt ran the stream from the checkpoint
+                // the one before left; a finished submission awaited it to
+                // the end of its input.
+                let dir = output.join(format!("stream-{i}"));
+                app.stream = Some(crate::streaming::settle(
+                    i,
+                    &dir,
+                    end == SubmissionEnd::Finished,
+                ));
             }
             if end == SubmissionEnd::Finished && !missing.is_empty() {
                 violations.push(format!(

@@ -3,7 +3,9 @@
 //! `batch=N` directory a batch, a checkpoint) through the real session on
 //! the simulated cluster, while the seed's faults happen. A batch that
 //! fails ends the query; the application starts it again on the same
-//! checkpoint, as an operator would, a few times.
+//! checkpoint, as an operator would, a few times. A cluster-mode
+//! submission runs the same query at the end of its script: each driver
+//! attempt the manager relaunches goes on from the checkpoint.
 //!
 //! What it promises, checked after every start and at the end:
 //! - offsets never go back: a batch's offset log entry, once written, never
@@ -49,7 +51,7 @@ fn file_name(n: u64) -> String {
 }
 
 /// Writes the input files (ids `n*60 ..`, `v = id % 7`).
-fn write_inputs(dir: &Path) -> std::io::Result<()> {
+pub fn write_inputs(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("in"))?;
     for n in 0..FILES {
         let mut csv = String::from("id,v\n");
@@ -76,21 +78,11 @@ pub async fn run(
             .push(format!("stream of app {app}: cannot write its input: {e}"));
         return run;
     }
-    let source = format!(
-        "CREATE UNBOUNDED EXTERNAL TABLE events_{app} (id BIGINT, v BIGINT) STORED AS CSV \
-         LOCATION '{}/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1')",
-        dir.join("in").display()
-    );
+    let [source, start] = statements(app, dir);
     if let Err(e) = session.execute(&source).await {
         run.failure = Some(e.to_string());
         return run;
     }
-    let start = format!(
-        "START STREAMING QUERY stream_{app} TRIGGER AVAILABLE NOW CHECKPOINT '{}' \
-         INTO CSV '{}' AS SELECT id, v * 2 AS w FROM events_{app} WHERE v % 3 <> 0",
-        dir.join("ckpt").display(),
-        dir.join("out").display()
-    );
     let mut seen: BTreeMap<u64, String> = BTreeMap::new();
     while run.starts < STARTS && !gone() {
         run.starts += 1;
@@ -116,6 +108,37 @@ pub async fn run(
         }
     }
     check_output(app, dir, run.finished, &mut run.violations);
+    run
+}
+
+/// The stream's two statements: its source, and its query's start.
+pub fn statements(app: usize, dir: &Path) -> [String; 2] {
+    [
+        format!(
+            "CREATE UNBOUNDED EXTERNAL TABLE events_{app} (id BIGINT, v BIGINT) STORED AS CSV \
+             LOCATION '{}/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1')",
+            dir.join("in").display()
+        ),
+        format!(
+            "START STREAMING QUERY stream_{app} TRIGGER AVAILABLE NOW CHECKPOINT '{}' \
+             INTO CSV '{}' AS SELECT id, v * 2 AS w FROM events_{app} WHERE v % 3 <> 0",
+            dir.join("ckpt").display(),
+            dir.join("out").display()
+        ),
+    ]
+}
+
+/// A cluster-mode submission's stream, once the submission ended (its
+/// driver attempts ran the query, each from the checkpoint the one before
+/// left): no file in two batches, every batch directory exactly its rows,
+/// and, `finished`, every row once.
+pub fn settle(app: usize, dir: &Path, finished: bool) -> StreamRun {
+    let mut run = StreamRun {
+        finished,
+        ..StreamRun::default()
+    };
+    check_offsets(app, dir, &mut BTreeMap::new(), &mut run.violations);
+    check_output(app, dir, finished, &mut run.violations);
     run
 }
 
