@@ -130,6 +130,7 @@ async fn execute(
         None => TaskError::new(TaskFailureKind::Error, memory.explain(e).to_string()),
     };
     let id = task.id;
+    let began = std::time::Instant::now();
     if let Some(delay) = faults.delay(&id) {
         tracing::warn!(task = %id, ?delay, "delaying this task (ember.faults.delayTask)");
         tokio::time::sleep(delay).await;
@@ -167,6 +168,7 @@ async fn execute(
         ember_engine::memory::spilled_bytes(&plan),
         Ordering::Relaxed,
     );
+    tracing::debug!(task = %id, took_ms = began.elapsed().as_secs_f64() * 1e3, ok = output.is_ok(), "task ran");
     let output = output.map_err(failed)?;
     if faults.fails(&id) {
         return Err(TaskError::new(

@@ -198,6 +198,7 @@ impl RemoteFetcher {
         blocks: &[ShuffleBlockId],
     ) -> Result<FetchedBatches, FetchFailure> {
         use FetchFailure::{Connection, Refused};
+        let began = std::time::Instant::now();
         if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
             let _dialing = self.dialing.lock().await;
             if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
@@ -207,6 +208,7 @@ impl RemoteFetcher {
                     .map_err(|e| {
                         Connection(format!("cannot reach executor {}: {e}", contact.node))
                     })?;
+                tracing::debug!(peer = %contact.node, took_ms = began.elapsed().as_secs_f64() * 1e3, "dialed executor");
             }
         }
         let server = self
@@ -272,6 +274,7 @@ impl RemoteFetcher {
                 )));
             }
         };
+        tracing::debug!(peer = %contact.node, blocks = blocks.len(), first_ms = began.elapsed().as_secs_f64() * 1e3, "remote blocks arriving");
         let answer = match answered {
             Some(answered) => Answer::Given(answered),
             None => Answer::Awaited(answer),
