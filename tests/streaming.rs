@@ -1011,6 +1011,81 @@ fn a_stream_joined_with_a_static_table_routes_each_story_to_its_readers() {
     assert!(stdout.contains("\nrouted,finished,memory,3,"), "{stdout}");
 }
 
+/// Session windows (`session_window`, Spark's `session_window(ts, gap)`):
+/// a key's events less than the gap apart make one session, within a
+/// batch and across batches; a late row is dropped; a session is written
+/// once, when the watermark passed its end (its last event plus the gap);
+/// the open sessions survive a restart through the checkpoint.
+#[test]
+fn session_windows_merge_across_batches_and_are_written_once_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let input = work.join("in");
+    std::fs::create_dir(&input).unwrap();
+    // Gap 30 s, watermark delay 10 s.
+    // Batch 0: a's 00:00 and 00:20 are one session (to 00:50); b's 00:05.
+    arrive_events(
+        &input,
+        0,
+        &[("00:00:00", "a"), ("00:00:20", "a"), ("00:00:05", "b")],
+    );
+    // Batch 1 (watermark 00:00:10): a's 00:45 extends a's session to
+    // 01:15; b's 00:01 is late.
+    arrive_events(
+        &input,
+        1,
+        &[("00:00:45", "a"), ("00:00:01", "b"), ("00:01:00", "c")],
+    );
+    // Batch 2 (watermark 00:00:50): b's first session (ended 00:35) is
+    // final; a's 02:00 and b's 01:10 start new sessions.
+    arrive_events(&input, 2, &[("00:02:00", "a"), ("00:01:10", "b")]);
+    // Batch 3 (watermark 00:01:50): a's first, c's and b's second are final.
+    arrive_events(&input, 3, &[("00:05:00", "z")]);
+    let script = "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
+         LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
+         START STREAMING QUERY sessions TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
+         WATERMARK ts DELAY '10 seconds' OUTPUT MODE APPEND INTO MEMORY \
+         AS SELECT session_window(ts, INTERVAL '30 seconds') AS session_start, k, \
+         count(*) AS n, max(ts) AS last_event FROM events GROUP BY 1, 2;\n\
+         AWAIT STREAMING QUERY sessions;\n\
+         SELECT * FROM sessions ORDER BY session_start, k;\n";
+    std::fs::write(work.join("sessions.sql"), script).unwrap();
+    let out = ember(&["submit", "--format", "csv", "sessions.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "session_start,k,n,last_event\n\
+         2024-01-01T00:00:00,a,3,2024-01-01T00:00:45\n\
+         2024-01-01T00:00:05,b,1,2024-01-01T00:00:05\n\
+         2024-01-01T00:01:00,c,1,2024-01-01T00:01:00\n\
+         2024-01-01T00:01:10,b,1,2024-01-01T00:01:10\n"
+    );
+    // Started again with one more file: a's open session (from 02:00) came
+    // back from the checkpoint, and the watermark (04:50) makes it final.
+    arrive_events(&input, 4, &[("00:05:10", "y")]);
+    let out = ember(&["submit", "--format", "csv", "sessions.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "session_start,k,n,last_event\n2024-01-01T00:02:00,a,1,2024-01-01T00:02:00\n"
+    );
+    // Append without a watermark on the session's column is refused.
+    std::fs::write(
+        work.join("bad.sql"),
+        script
+            .replace("WATERMARK ts DELAY '10 seconds' ", "")
+            .replace("'ckpt'", "'ckpt2'"),
+    )
+    .unwrap();
+    let out = ember(&["submit", "bad.sql"], work);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("needs a WATERMARK on the session_window's time column"),
+        "{stderr}"
+    );
+}
+
 /// Sliding windows (`sliding_window`, Spark's `window(ts, size, slide)`):
 /// each row counts in every window that holds it; a late row is dropped
 /// from all of them; a window is written once, when the watermark passed

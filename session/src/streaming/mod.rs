@@ -1019,7 +1019,8 @@ impl Session {
                         )
                         .await?;
                     if let Some(c) = &checkpoint {
-                        state::save(&c.state_file(offsets.batch), &schema, &ran.state)?;
+                        let kept_schema = state::state_schema(agg, &schema);
+                        state::save(&c.state_file(offsets.batch), &kept_schema, &ran.state)?;
                     }
                     kept = ran.state;
                     (ran.input_rows, ran.output_rows, ran.next_watermark)
@@ -1212,13 +1213,32 @@ impl Session {
                  aggregation (GROUP BY)"
                     .to_string(),
             ),
-            (Some(agg), OutputMode::Append) if agg.window.is_none() && !agg.merges.is_empty() => refuse(
+            (Some(agg), OutputMode::Append)
+                if agg.session.as_ref().is_some_and(|s| {
+                    !query
+                        .watermark
+                        .as_ref()
+                        .is_some_and(|(column, _)| column.eq_ignore_ascii_case(&s.column))
+                }) =>
+            {
+                refuse(
+                    "OUTPUT MODE APPEND of session windows writes each session once it is final, \
+                     which needs a WATERMARK on the session_window's time column; add one, or use \
+                     OUTPUT MODE UPDATE or COMPLETE"
+                        .to_string(),
+                )
+            }
+            (Some(agg), OutputMode::Append)
+                if agg.window.is_none() && agg.session.is_none() && !agg.merges.is_empty() =>
+            {
+                refuse(
                 "OUTPUT MODE APPEND of an aggregation writes each group once it is final, which \
                  needs a WATERMARK and a window over it among the GROUP BY keys (date_bin(INTERVAL \
-                 '1 minute', column), or an unnested sliding_window(column, size, slide)); use \
-                 OUTPUT MODE UPDATE or COMPLETE, or add both"
+                 '1 minute', column), an unnested sliding_window(column, size, slide), or \
+                 session_window(column, gap)); use OUTPUT MODE UPDATE or COMPLETE, or add both"
                     .to_string(),
-            ),
+                )
+            }
             _ => Ok(()),
         }
     }

@@ -48,6 +48,40 @@ pub(crate) struct Aggregation {
     /// The key column that is the watermark column itself (deduplication
     /// forgets keys older than the watermark).
     pub event_key: Option<String>,
+    /// The key column that is a `session_window`, if one is.
+    pub session: Option<SessionKey>,
+}
+
+/// A `session_window(column, gap)` among an aggregation's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SessionKey {
+    /// The output column holding each session's start.
+    pub key: String,
+    /// The time column the sessions are made of.
+    pub column: String,
+    /// The gap that ends a session, in microseconds.
+    pub gap: i64,
+}
+
+/// The column the state of a session-window aggregation keeps beside the
+/// output's: each session's end, in microseconds.
+const SESSION_END: &str = "__ember_session_end";
+/// Whether a batch's rows are in a session: set while merging.
+const SESSION_CHANGED: &str = "__ember_session_changed";
+
+/// The schema of the state `agg` keeps for output `schema`: the output's
+/// columns, and for session windows each session's end.
+pub(crate) fn state_schema(agg: &Aggregation, schema: &SchemaRef) -> SchemaRef {
+    if agg.session.is_none() {
+        return Arc::clone(schema);
+    }
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+        SESSION_END,
+        datafusion::arrow::datatypes::DataType::Int64,
+        false,
+    )));
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 
 fn unsupported(query: &StreamingQuery, why: &str) -> SessionError {
@@ -175,8 +209,15 @@ pub(crate) fn aggregation(
     let mut merges = Vec::new();
     let mut window = None;
     let mut event_key = None;
+    let mut session: Option<SessionKey> = None;
     for (name, at) in outputs {
         if at < groups {
+            if let Some(found) = session_key(query, &aggregate.group_expr[at], &name)? {
+                if session.is_some() {
+                    return Err(unsupported(query, "one session_window per aggregation"));
+                }
+                session = Some(found);
+            }
             if let Some((column, _)) = &query.watermark
                 && let Expr::Column(c) = unaliased(&aggregate.group_expr[at])
                 && c.name.eq_ignore_ascii_case(column)
@@ -205,11 +246,56 @@ pub(crate) fn aggregation(
             "every GROUP BY key must be an output column, so batches' groups can be matched",
         ));
     }
+    if session.is_some() && window.is_some() {
+        return Err(unsupported(
+            query,
+            "a session_window and another window (date_bin, sliding_window) in one aggregation; \
+             group by one of them",
+        ));
+    }
     Ok(Some(Aggregation {
         keys,
         merges,
         window,
         event_key,
+        session,
+    }))
+}
+
+/// The session window group key `expr` (output column `name`) is, if it is
+/// one.
+fn session_key(
+    query: &StreamingQuery,
+    expr: &Expr,
+    name: &str,
+) -> Result<Option<SessionKey>, SessionError> {
+    use super::windows::{SESSION_WINDOW, session_gap};
+    let Expr::ScalarFunction(f) = unaliased(expr) else {
+        return Ok(None);
+    };
+    if f.func.name() != SESSION_WINDOW {
+        return Ok(None);
+    }
+    let column = match f.args.first().map(unaliased) {
+        Some(Expr::Column(c)) => c.name.clone(),
+        _ => {
+            return Err(unsupported(
+                query,
+                "session_window's first argument is a time column of the stream",
+            ));
+        }
+    };
+    let Some(gap) = session_gap(&f.args) else {
+        return Err(unsupported(
+            query,
+            "session_window's gap is an INTERVAL literal of days, hours, minutes or seconds, \
+             above 0",
+        ));
+    };
+    Ok(Some(SessionKey {
+        key: name.to_string(),
+        column,
+        gap,
     }))
 }
 
@@ -257,6 +343,7 @@ fn distinct(
         merges: Vec::new(),
         window: None,
         event_key,
+        session: None,
     }))
 }
 
@@ -359,8 +446,12 @@ pub(crate) async fn merge(
 ) -> Result<Merged, SessionError> {
     let ctx = SessionContext::new();
     let table = |rows: &[RecordBatch]| mem_table(schema, rows);
-    ctx.register_table("state", table(state)?)?;
     ctx.register_table("batch", table(batch)?)?;
+    if let Some(session) = &agg.session {
+        ctx.register_table("state", mem_table(&state_schema(agg, schema), state)?)?;
+        return merge_sessions(&ctx, agg, session, mode, schema, watermark).await;
+    }
+    ctx.register_table("state", table(state)?)?;
     if agg.merges.is_empty() && mode == OutputMode::Append {
         return deduplicate(&ctx, agg, schema, watermark).await;
     }
@@ -446,6 +537,132 @@ pub(crate) async fn merge(
                 rows(format!("{all} WHERE NOT ({done})")).await?,
             )
         }
+    };
+    Ok(Merged { state, output })
+}
+
+/// Merges a batch of a session-window aggregation into the sessions kept.
+///
+/// The batch's job grouped its rows by their own event time (a
+/// `session_window` call stands for it) and the other keys. Each of those
+/// groups is a session of its own, from its time to `gap` later; with the
+/// sessions kept, ordered by start within each key, a session that starts
+/// before the furthest end of those before it belongs with them (Spark's
+/// merge of overlapping sessions). The merged session starts at its first
+/// start, ends at its last end, and its aggregates merge as any others.
+/// A session is final once its end is at or before the watermark: no
+/// row that is not late can join it.
+async fn merge_sessions(
+    ctx: &SessionContext,
+    agg: &Aggregation,
+    session: &SessionKey,
+    mode: OutputMode,
+    schema: &SchemaRef,
+    watermark: Option<i64>,
+) -> Result<Merged, SessionError> {
+    let micros = |column: &str| {
+        format!(
+            "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT)",
+            quoted(column)
+        )
+    };
+    let columns: Vec<String> = schema.fields().iter().map(|f| quoted(f.name())).collect();
+    let start = micros(&session.key);
+    let gap = session.gap;
+    let end = quoted(SESSION_END);
+    let changed = quoted(SESSION_CHANGED);
+    // Rows whose event time is NULL are in no session.
+    let all = format!(
+        "SELECT {cols}, {end}, 0 AS {changed} FROM state \
+         UNION ALL SELECT {cols}, {start} + {gap} AS {end}, 1 AS {changed} FROM batch \
+         WHERE {key} IS NOT NULL",
+        cols = columns.join(", "),
+        key = quoted(&session.key),
+    );
+    let others: Vec<String> = agg
+        .keys
+        .iter()
+        .filter(|k| **k != session.key)
+        .map(|k| quoted(k))
+        .collect();
+    let partition = if others.is_empty() {
+        String::new()
+    } else {
+        format!("PARTITION BY {} ", others.join(", "))
+    };
+    let order = format!("ORDER BY {start}, {end}");
+    let reach = format!(
+        "SELECT *, max({end}) OVER ({partition}{order} ROWS BETWEEN UNBOUNDED PRECEDING AND \
+         1 PRECEDING) AS __reach FROM ({all}) AS u"
+    );
+    let numbered = format!(
+        "SELECT *, sum(CASE WHEN __reach IS NULL OR {start} >= __reach THEN 1 ELSE 0 END) \
+         OVER ({partition}{order} ROWS UNBOUNDED PRECEDING) AS __session FROM ({reach}) AS r"
+    );
+    let select: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let q = quoted(f.name());
+            let value = if *f.name() == session.key {
+                format!("min({q})")
+            } else {
+                match agg.merges.iter().find(|(n, _)| n == f.name()) {
+                    Some((_, Merge::Sum)) => format!("sum({q})"),
+                    Some((_, Merge::Min)) => format!("min({q})"),
+                    Some((_, Merge::Max)) => format!("max({q})"),
+                    None => q.clone(),
+                }
+            };
+            // Casting back keeps each column's type, so the state's
+            // schema never drifts.
+            format!("arrow_cast({value}, '{t}') AS {q}", t = f.data_type())
+        })
+        .collect();
+    let mut group = others.clone();
+    group.push("__session".to_string());
+    let merged_sql = format!(
+        "SELECT {}, max({end}) AS {end}, max({changed}) AS {changed} FROM ({numbered}) AS n \
+         GROUP BY {}",
+        select.join(", "),
+        group.join(", ")
+    );
+    let merged = ctx.sql(&merged_sql).await?.collect().await?;
+    let merged_schema = merged.first().map(RecordBatch::schema).unwrap_or_else(|| {
+        let mut fields: Vec<_> = state_schema(agg, schema).fields().iter().cloned().collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            SESSION_CHANGED,
+            datafusion::arrow::datatypes::DataType::Int64,
+            true,
+        )));
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    });
+    ctx.register_table(
+        "merged",
+        Arc::new(MemTable::try_new(merged_schema, vec![merged])?),
+    )?;
+    let rows =
+        |sql: String| async move { Ok::<_, SessionError>(ctx.sql(&sql).await?.collect().await?) };
+    let out = format!("SELECT {} FROM merged", columns.join(", "));
+    let kept = format!("SELECT {}, {end} FROM merged", columns.join(", "));
+    let done = watermark.map(|w| format!("{end} <= {w}"));
+    let open = |sql: &str| match &done {
+        Some(done) => format!("{sql} WHERE NOT ({done})"),
+        None => sql.to_string(),
+    };
+    let (output, state) = match mode {
+        OutputMode::Complete => (rows(out).await?, rows(kept).await?),
+        OutputMode::Update => (
+            rows(format!("{out} WHERE {changed} = 1")).await?,
+            rows(open(&kept)).await?,
+        ),
+        OutputMode::Append => match &done {
+            Some(done) => (
+                rows(format!("{out} WHERE {done}")).await?,
+                rows(open(&kept)).await?,
+            ),
+            None => (Vec::new(), rows(kept).await?),
+        },
     };
     Ok(Merged { state, output })
 }
@@ -541,4 +758,142 @@ pub(crate) fn load(path: &Path) -> Result<Vec<RecordBatch>, SessionError> {
     reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use datafusion::arrow::array::{StringArray, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    const S: i64 = 1_000_000;
+
+    fn sessions() -> (Aggregation, SchemaRef) {
+        let agg = Aggregation {
+            keys: vec!["start".into(), "k".into()],
+            merges: vec![("n".into(), Merge::Sum)],
+            window: None,
+            event_key: None,
+            session: Some(SessionKey {
+                key: "start".into(),
+                column: "ts".into(),
+                gap: 30 * S,
+            }),
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "start",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        (agg, schema)
+    }
+
+    fn rows(schema: &SchemaRef, rows: &[(i64, &str, i64)], ends: Option<&[i64]>) -> RecordBatch {
+        let mut columns: Vec<Arc<dyn datafusion::arrow::array::Array>> = vec![
+            Arc::new(TimestampMicrosecondArray::from(
+                rows.iter().map(|r| r.0 * S).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+        ];
+        let mut schema = Arc::clone(schema);
+        if let Some(ends) = ends {
+            columns.push(Arc::new(Int64Array::from(
+                ends.iter().map(|e| e * S).collect::<Vec<_>>(),
+            )));
+            let (agg, _) = sessions();
+            schema = state_schema(&agg, &schema);
+        }
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    /// (start s, key, n, end s) of each session, sorted.
+    fn read(batches: &[RecordBatch]) -> Vec<(i64, String, i64, Option<i64>)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let start = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let k = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            let n = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+            let end = (b.num_columns() > 3)
+                .then(|| b.column(3).as_any().downcast_ref::<Int64Array>().unwrap());
+            for i in 0..b.num_rows() {
+                out.push((
+                    start.value(i) / S,
+                    k.value(i).to_string(),
+                    n.value(i),
+                    end.map(|e| e.value(i) / S),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn an_event_between_two_sessions_joins_them_and_update_writes_the_joined_one() {
+        let (agg, schema) = sessions();
+        // Kept: a [0, 40) with 2 rows, a [60, 90) with 1, b [0, 30).
+        let state = rows(
+            &schema,
+            &[(0, "a", 2), (60, "a", 1), (0, "b", 1)],
+            Some(&[40, 90, 30]),
+        );
+        // 35 reaches from a's first session into its second.
+        let batch = rows(&schema, &[(35, "a", 1)], None);
+        let merged = merge(
+            &agg,
+            OutputMode::Update,
+            &schema,
+            std::slice::from_ref(&state),
+            std::slice::from_ref(&batch),
+            Some(10 * S),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read(&merged.output), vec![(0, "a".into(), 4, None)]);
+        assert_eq!(
+            read(&merged.state),
+            vec![(0, "a".into(), 4, Some(90)), (0, "b".into(), 1, Some(30))]
+        );
+        // Complete writes every session; a watermark at 30 ends b's.
+        let merged = merge(
+            &agg,
+            OutputMode::Complete,
+            &schema,
+            std::slice::from_ref(&state),
+            std::slice::from_ref(&batch),
+            Some(30 * S),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            read(&merged.output),
+            vec![(0, "a".into(), 4, None), (0, "b".into(), 1, None)]
+        );
+        let merged = merge(
+            &agg,
+            OutputMode::Append,
+            &schema,
+            &[state],
+            &[batch],
+            Some(30 * S),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read(&merged.output), vec![(0, "b".into(), 1, None)]);
+        assert_eq!(read(&merged.state), vec![(0, "a".into(), 4, Some(90))]);
+    }
 }

@@ -26,16 +26,20 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 pub(crate) const SLIDING_WINDOW: &str = "sliding_window";
+pub(crate) const SESSION_WINDOW: &str = "session_window";
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SlidingWindow {
     signature: Signature,
 }
 
-/// Adds `sliding_window` to `ctx`.
+/// Adds `sliding_window` and `session_window` to `ctx`.
 pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(SlidingWindow {
         signature: Signature::any(3, Volatility::Immutable),
+    }));
+    ctx.register_udf(ScalarUDF::from(SessionWindow {
+        signature: Signature::any(2, Volatility::Immutable),
     }));
 }
 
@@ -108,5 +112,65 @@ impl ScalarUDFImpl for SlidingWindow {
             last,
             slide.clone(),
         ])))
+    }
+}
+
+/// Session windows: `session_window(ts, INTERVAL gap)` (Spark's
+/// `session_window(ts, gap)`) as a GROUP BY key of a streaming
+/// aggregation. A session of a key holds events each less than `gap` after
+/// the one before; it starts at its first event and ends `gap` after its
+/// last. Which session a row is in depends on the rows around it, so the
+/// call stands for the row's own time (`ts`) in a batch's job, and the
+/// streaming planner merges those into sessions, within the batch and with
+/// the sessions kept from earlier batches (see `state::merge`). Outside a
+/// streaming aggregation it is just `ts`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionWindow {
+    signature: Signature,
+}
+
+/// The gap of a `session_window` call, in microseconds, if it is a
+/// positive literal interval.
+pub(crate) fn session_gap(args: &[Expr]) -> Option<i64> {
+    args.get(1).and_then(interval_micros).filter(|g| *g > 0)
+}
+
+impl ScalarUDFImpl for SessionWindow {
+    fn name(&self) -> &str {
+        SESSION_WINDOW
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [ts @ DataType::Timestamp(..), DataType::Interval(_)] => Ok(ts.clone()),
+            _ => plan_err!(
+                "session_window(timestamp, INTERVAL gap), not session_window({})",
+                args.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("session_window runs rewritten into its time column")
+    }
+
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if session_gap(&args).is_none() {
+            return plan_err!(
+                "session_window's gap is an INTERVAL literal of days, hours, minutes or \
+                 seconds, above 0"
+            );
+        }
+        match args.into_iter().next() {
+            Some(ts) => Ok(ExprSimplifyResult::Simplified(ts)),
+            None => plan_err!("session_window takes a timestamp and a gap"),
+        }
     }
 }
