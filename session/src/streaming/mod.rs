@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
 
 mod background;
+mod counting;
 mod kafka;
 mod state;
 mod windows;
@@ -1258,7 +1259,7 @@ impl Session {
     ) -> Result<StatefulBatch, SessionError> {
         self.bind(sources, offsets).await?;
         let ran = self.aggregate_bound(query, sources, offsets).await;
-        let input_rows = self.input_rows(offsets);
+        let input_rows = self.input_rows(sources, offsets).await;
         self.unbind(sources);
         let (batch, max_event) = ran?;
         let merged = state::merge(
@@ -1395,17 +1396,17 @@ impl Session {
     ) -> Result<(u64, u64), SessionError> {
         self.bind(sources, offsets).await?;
         let ran = self.run_bound(query, schema, offsets.batch, memory).await;
-        let input = self.input_rows(offsets);
+        let input = self.input_rows(sources, offsets).await;
         self.unbind(sources);
         let output = ran?;
         Ok((input, output))
     }
 
-    fn input_rows(&self, offsets: &BatchOffsets) -> u64 {
-        offsets
-            .sources
-            .values()
-            .map(|o| match o {
+    /// The rows a batch read, with its sources still bound.
+    async fn input_rows(&self, sources: &[StreamSource], offsets: &BatchOffsets) -> u64 {
+        let mut rows = 0;
+        for (name, offset) in &offsets.sources {
+            rows += match offset {
                 SourceOffset::Rate { start, end, .. } | SourceOffset::Lines { start, end } => {
                     end.saturating_sub(*start)
                 }
@@ -1413,8 +1414,48 @@ impl Session {
                     .values()
                     .map(|(start, end)| u64::try_from(end - start).unwrap_or(0))
                     .sum(),
-                SourceOffset::Files { .. } => 0,
+                SourceOffset::Files { files } if files.is_empty() => 0,
+                SourceOffset::Files { files } => {
+                    let Some(source) = sources.iter().find(|s| s.name() == *name) else {
+                        continue;
+                    };
+                    self.file_rows(source, files).await
+                }
+            };
+        }
+        rows
+    }
+
+    /// The rows in a batch's files of `source`; a file that cannot be read
+    /// here counts nothing (the batch's job says what is wrong with it).
+    async fn file_rows(&self, source: &StreamSource, files: &[String]) -> u64 {
+        let header = self.context().state().config().options().catalog.has_header;
+        if let Some(how) = counting::counting(&source.create, header) {
+            let files = files.to_vec();
+            let counted = tokio::task::spawn_blocking(move || {
+                files
+                    .iter()
+                    .filter_map(|f| counting::count_file(how, f))
+                    .sum::<u64>()
             })
+            .await;
+            return counted.unwrap_or(0);
+        }
+        let sql = format!("SELECT count(*) FROM {}", state::quoted(&source.name()));
+        let counted = match self.context().sql(&sql).await {
+            Ok(frame) => frame.collect().await.ok(),
+            Err(_) => None,
+        };
+        counted
+            .iter()
+            .flatten()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.iter().flatten().sum::<i64>())
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
             .sum()
     }
 
