@@ -43,6 +43,14 @@ pub(crate) fn register(ctx: &SessionContext) {
     }));
 }
 
+/// Argument types as a call would list them.
+fn listed(args: &[DataType]) -> String {
+    args.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A literal interval's length in microseconds (no months: a month has
 /// no fixed length).
 pub(crate) fn interval_micros(expr: &Expr) -> Option<i64> {
@@ -78,10 +86,7 @@ impl ScalarUDFImpl for SlidingWindow {
             )))),
             _ => plan_err!(
                 "sliding_window(timestamp, INTERVAL size, INTERVAL slide), not sliding_window({})",
-                args.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                listed(args)
             ),
         }
     }
@@ -149,10 +154,7 @@ impl ScalarUDFImpl for SessionWindow {
             [ts @ DataType::Timestamp(..), DataType::Interval(_)] => Ok(ts.clone()),
             _ => plan_err!(
                 "session_window(timestamp, INTERVAL gap), not session_window({})",
-                args.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                listed(args)
             ),
         }
     }
