@@ -23,6 +23,16 @@ fn arrive(dir: &Path, n: u64) {
     std::thread::sleep(std::time::Duration::from_millis(20));
 }
 
+/// Makes `work/in/` with one input file of events per batch, in order.
+fn events_dir(work: &Path, batches: &[&[(&str, &str)]]) -> std::path::PathBuf {
+    let input = work.join("in");
+    std::fs::create_dir(&input).unwrap();
+    for (n, events) in batches.iter().enumerate() {
+        arrive_events(&input, n as u64, events);
+    }
+    input
+}
+
 const SOURCE: &str = "CREATE UNBOUNDED EXTERNAL TABLE events (id BIGINT, v BIGINT) \
                       STORED AS CSV LOCATION 'in/' \
                       OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n";
@@ -667,25 +677,16 @@ fn arrive_events(dir: &Path, n: u64, events: &[(&str, &str)]) {
 fn a_windowed_count_with_a_watermark_writes_each_final_window_once_and_drops_late_rows() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    let input = work.join("in");
-    std::fs::create_dir(&input).unwrap();
-    arrive_events(
-        &input,
-        0,
-        &[("00:00:10", "a"), ("00:00:20", "a"), ("00:00:50", "b")],
+    let input = events_dir(
+        work,
+        &[
+            &[("00:00:10", "a"), ("00:00:20", "a"), ("00:00:50", "b")],
+            // 00:00:30 is late: the watermark is 00:00:40 by then.
+            &[("00:01:05", "a"), ("00:00:45", "b"), ("00:00:30", "a")],
+            &[("00:02:30", "a"), ("00:00:58", "b"), ("00:01:10", "b")],
+            &[("00:03:30", "a")],
+        ],
     );
-    // 00:00:30 is late: the watermark is 00:00:40 by then.
-    arrive_events(
-        &input,
-        1,
-        &[("00:01:05", "a"), ("00:00:45", "b"), ("00:00:30", "a")],
-    );
-    arrive_events(
-        &input,
-        2,
-        &[("00:02:30", "a"), ("00:00:58", "b"), ("00:01:10", "b")],
-    );
-    arrive_events(&input, 3, &[("00:03:30", "a")]);
     let job = "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
                LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
                START STREAMING QUERY per_minute TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
@@ -786,20 +787,15 @@ fn complete_and_update_modes_keep_counts_across_batches() {
 fn select_distinct_over_a_stream_writes_each_row_the_first_time_only() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    let input = work.join("in");
-    std::fs::create_dir(&input).unwrap();
-    arrive_events(
-        &input,
-        0,
-        &[("00:00:10", "a"), ("00:00:10", "a"), ("00:00:20", "b")],
+    events_dir(
+        work,
+        &[
+            &[("00:00:10", "a"), ("00:00:10", "a"), ("00:00:20", "b")],
+            // The same events again, and a new one.
+            &[("00:00:10", "a"), ("00:00:20", "b"), ("00:00:30", "c")],
+            &[("00:00:30", "c"), ("00:00:40", "a")],
+        ],
     );
-    // The same events again, and a new one.
-    arrive_events(
-        &input,
-        1,
-        &[("00:00:10", "a"), ("00:00:20", "b"), ("00:00:30", "c")],
-    );
-    arrive_events(&input, 2, &[("00:00:30", "c"), ("00:00:40", "a")]);
     std::fs::write(
         work.join("distinct.sql"),
         "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
@@ -1073,27 +1069,24 @@ fn a_stream_joined_with_a_static_table_routes_each_story_to_its_readers() {
 fn session_windows_merge_across_batches_and_are_written_once_final() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    let input = work.join("in");
-    std::fs::create_dir(&input).unwrap();
     // Gap 30 s, watermark delay 10 s.
-    // Batch 0: a's 00:00 and 00:20 are one session (to 00:50); b's 00:05.
-    arrive_events(
-        &input,
-        0,
-        &[("00:00:00", "a"), ("00:00:20", "a"), ("00:00:05", "b")],
+    let input = events_dir(
+        work,
+        &[
+            // Batch 0: a's 00:00 and 00:20 are one session (to 00:50); b's
+            // 00:05.
+            &[("00:00:00", "a"), ("00:00:20", "a"), ("00:00:05", "b")],
+            // Batch 1 (watermark 00:00:10): a's 00:45 extends a's session
+            // to 01:15; b's 00:01 is late.
+            &[("00:00:45", "a"), ("00:00:01", "b"), ("00:01:00", "c")],
+            // Batch 2 (watermark 00:00:50): b's first session (ended 00:35)
+            // is final; a's 02:00 and b's 01:10 start new sessions.
+            &[("00:02:00", "a"), ("00:01:10", "b")],
+            // Batch 3 (watermark 00:01:50): a's first, c's and b's second
+            // are final.
+            &[("00:05:00", "z")],
+        ],
     );
-    // Batch 1 (watermark 00:00:10): a's 00:45 extends a's session to
-    // 01:15; b's 00:01 is late.
-    arrive_events(
-        &input,
-        1,
-        &[("00:00:45", "a"), ("00:00:01", "b"), ("00:01:00", "c")],
-    );
-    // Batch 2 (watermark 00:00:50): b's first session (ended 00:35) is
-    // final; a's 02:00 and b's 01:10 start new sessions.
-    arrive_events(&input, 2, &[("00:02:00", "a"), ("00:01:10", "b")]);
-    // Batch 3 (watermark 00:01:50): a's first, c's and b's second are final.
-    arrive_events(&input, 3, &[("00:05:00", "z")]);
     let script = "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
          LOCATION 'in/' OPTIONS ('format.has_header' 'true', 'maxFilesPerTrigger' '1');\n\
          START STREAMING QUERY sessions TRIGGER AVAILABLE NOW CHECKPOINT 'ckpt' \
@@ -1147,20 +1140,15 @@ fn session_windows_merge_across_batches_and_are_written_once_final() {
 fn sliding_windows_count_each_row_in_every_window_that_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    let input = work.join("in");
-    std::fs::create_dir(&input).unwrap();
-    arrive_events(
-        &input,
-        0,
-        &[("00:00:10", "a"), ("00:00:40", "a"), ("00:00:50", "b")],
+    events_dir(
+        work,
+        &[
+            &[("00:00:10", "a"), ("00:00:40", "a"), ("00:00:50", "b")],
+            // 00:00:05 is late: the watermark is 00:00:40 by then.
+            &[("00:01:20", "a"), ("00:00:05", "b"), ("00:02:30", "a")],
+            &[("00:04:00", "a")],
+        ],
     );
-    // 00:00:05 is late: the watermark is 00:00:40 by then.
-    arrive_events(
-        &input,
-        1,
-        &[("00:01:20", "a"), ("00:00:05", "b"), ("00:02:30", "a")],
-    );
-    arrive_events(&input, 2, &[("00:04:00", "a")]);
     std::fs::write(
         work.join("sliding.sql"),
         "CREATE UNBOUNDED EXTERNAL TABLE events (ts TIMESTAMP, k VARCHAR) STORED AS CSV \
