@@ -17,7 +17,7 @@ fn option<'a>(create: &'a CreateExternalTable, key: &str) -> Option<&'a str> {
     create
         .options
         .iter()
-        .find(|(k, _)| k.rsplit('.').next().unwrap_or(k).eq_ignore_ascii_case(key))
+        .find(|(k, _)| super::names_option(k, key))
         .map(|(_, v)| v.as_str())
 }
 

@@ -214,11 +214,17 @@ fn take_option(
     options: &mut std::collections::HashMap<String, String>,
     key: &str,
 ) -> Option<String> {
-    let found = options
-        .keys()
-        .find(|k| k.rsplit('.').next().unwrap_or(k).eq_ignore_ascii_case(key))
-        .cloned();
+    let found = options.keys().find(|k| names_option(k, key)).cloned();
     found.and_then(|k| options.remove(&k))
+}
+
+/// Whether option name `name` is `key`, in any case, with or without its
+/// `format.` prefix.
+fn names_option(name: &str, key: &str) -> bool {
+    name.rsplit('.')
+        .next()
+        .unwrap_or(name)
+        .eq_ignore_ascii_case(key)
 }
 
 fn create_name(create: &CreateExternalTable) -> String {
@@ -1306,10 +1312,7 @@ impl Session {
                 if table.schema().field_with_unqualified_name(column).is_err() {
                     continue;
                 }
-                let micros = format!(
-                    "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT)",
-                    state::quoted(column)
-                );
+                let micros = state::micros(column);
                 let view = match offsets.watermark_micros {
                     Some(w) => {
                         let sql = format!(

@@ -52,6 +52,20 @@ pub(crate) struct Aggregation {
     pub session: Option<SessionKey>,
 }
 
+impl Aggregation {
+    /// SQL merging output column `column`'s values across rows of one
+    /// group, if it is an aggregate.
+    fn merged(&self, column: &str) -> Option<String> {
+        let (_, merge) = self.merges.iter().find(|(n, _)| n == column)?;
+        let function = match merge {
+            Merge::Sum => "sum",
+            Merge::Min => "min",
+            Merge::Max => "max",
+        };
+        Some(format!("{function}({})", quoted(column)))
+    }
+}
+
 /// A `session_window(column, gap)` among an aggregation's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionKey {
@@ -428,6 +442,15 @@ pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// SQL for timestamp column `column` in microseconds since the epoch, the
+/// unit watermarks and windows are reckoned in.
+pub(crate) fn micros(column: &str) -> String {
+    format!(
+        "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT)",
+        quoted(column)
+    )
+}
+
 /// The state after a batch, and the rows the batch writes.
 pub(crate) struct Merged {
     pub state: Vec<RecordBatch>,
@@ -458,10 +481,8 @@ pub(crate) async fn merge(
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let select: Vec<String> = columns
         .iter()
-        .map(|c| match agg.merges.iter().find(|(n, _)| n == c) {
-            Some((_, Merge::Sum)) => format!("sum({q}) AS {q}", q = quoted(c)),
-            Some((_, Merge::Min)) => format!("min({q}) AS {q}", q = quoted(c)),
-            Some((_, Merge::Max)) => format!("max({q}) AS {q}", q = quoted(c)),
+        .map(|c| match agg.merged(c) {
+            Some(value) => format!("{value} AS {}", quoted(c)),
             None => quoted(c),
         })
         .collect();
@@ -492,10 +513,7 @@ pub(crate) async fn merge(
     let merged = ctx.sql(&merged_sql).await?.collect().await?;
     ctx.register_table("merged", table(&merged)?)?;
     let final_window = match (&agg.window, watermark) {
-        (Some((column, length)), Some(w)) => Some(format!(
-            "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT) + {length} <= {w}",
-            quoted(column)
-        )),
+        (Some((column, length)), Some(w)) => Some(format!("{} + {length} <= {w}", micros(column))),
         _ => None,
     };
     let rows = |sql: String| {
@@ -560,12 +578,6 @@ async fn merge_sessions(
     schema: &SchemaRef,
     watermark: Option<i64>,
 ) -> Result<Merged, SessionError> {
-    let micros = |column: &str| {
-        format!(
-            "CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT)",
-            quoted(column)
-        )
-    };
     let columns: Vec<String> = schema.fields().iter().map(|f| quoted(f.name())).collect();
     let start = micros(&session.key);
     let gap = session.gap;
@@ -607,12 +619,7 @@ async fn merge_sessions(
             let value = if *f.name() == session.key {
                 format!("min({q})")
             } else {
-                match agg.merges.iter().find(|(n, _)| n == f.name()) {
-                    Some((_, Merge::Sum)) => format!("sum({q})"),
-                    Some((_, Merge::Min)) => format!("min({q})"),
-                    Some((_, Merge::Max)) => format!("max({q})"),
-                    None => q.clone(),
-                }
+                agg.merged(f.name()).unwrap_or_else(|| q.clone())
             };
             // Casting back keeps each column's type, so the state's
             // schema never drifts.
@@ -628,19 +635,15 @@ async fn merge_sessions(
         group.join(", ")
     );
     let merged = ctx.sql(&merged_sql).await?.collect().await?;
-    let merged_schema = merged.first().map(RecordBatch::schema).unwrap_or_else(|| {
-        let mut fields: Vec<_> = state_schema(agg, schema).fields().iter().cloned().collect();
-        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
-            SESSION_CHANGED,
-            datafusion::arrow::datatypes::DataType::Int64,
-            true,
-        )));
-        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
-    });
-    ctx.register_table(
-        "merged",
-        Arc::new(MemTable::try_new(merged_schema, vec![merged])?),
-    )?;
+    // The schema of no sessions at all: the state's, and whether changed.
+    let mut fields: Vec<_> = state_schema(agg, schema).fields().iter().cloned().collect();
+    fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+        SESSION_CHANGED,
+        datafusion::arrow::datatypes::DataType::Int64,
+        true,
+    )));
+    let empty = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    ctx.register_table("merged", mem_table(&empty, &merged)?)?;
     let rows =
         |sql: String| async move { Ok::<_, SessionError>(ctx.sql(&sql).await?.collect().await?) };
     let out = format!("SELECT {} FROM merged", columns.join(", "));
@@ -694,9 +697,8 @@ async fn deduplicate(
     let mut kept = "SELECT * FROM state UNION ALL SELECT * FROM fresh".to_string();
     if let (Some(column), Some(w)) = (&agg.event_key, watermark) {
         kept = format!(
-            "SELECT * FROM ({kept}) AS k WHERE \
-             CAST(arrow_cast({}, 'Timestamp(Microsecond, None)') AS BIGINT) >= {w}",
-            quoted(column)
+            "SELECT * FROM ({kept}) AS k WHERE {} >= {w}",
+            micros(column)
         );
     }
     let state = ctx.sql(&kept).await?.collect().await?;
