@@ -920,7 +920,17 @@ fn a_kafka_topic_an_independent_producer_fills_lands_in_parquet_once_and_routes_
             format!("{{\"id\":{id},\"title\":\"story {id}\",\"section\":\"{section}\"}}"),
         )
     };
-    broker.produce("news", &(0..300).map(story).collect::<Vec<_>>());
+    // Three producers one after another: each partition holds several
+    // record batches, so a trigger's 50 offsets a partition end inside
+    // one, and the next trigger starts there.
+    for part in 0..3 {
+        broker.produce(
+            "news",
+            &(part * 100..part * 100 + 100)
+                .map(story)
+                .collect::<Vec<_>>(),
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     let address = broker.address();

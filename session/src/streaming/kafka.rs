@@ -176,8 +176,25 @@ impl KafkaTopic {
                     client.fetch_records(next, 1..FETCH_BYTES, 0),
                 )
                 .await?;
-                if !records.iter().any(|r| r.offset >= next) {
-                    records = self.fetch_containing(client, next).await?;
+                // A broker that answers a fetch only at a record batch's
+                // first offset (tansu's in-memory storage) may answer one
+                // in the middle of a batch with the batches after it:
+                // the rest of the batch holding `next` comes from
+                // `fetch_containing`, or it would be skipped without a
+                // word. Only a gap the broker really has is stepped over.
+                let first_from = |records: &[rskafka::record::RecordAndOffset]| {
+                    records
+                        .iter()
+                        .map(|r| r.offset)
+                        .filter(|&o| o >= next)
+                        .min()
+                };
+                if first_from(&records) != Some(next) {
+                    let containing = self.fetch_containing(client, next).await?;
+                    let earliest = |found: Option<i64>| found.unwrap_or(i64::MAX);
+                    if earliest(first_from(&containing)) < earliest(first_from(&records)) {
+                        records = containing;
+                    }
                 }
                 let mut advanced = false;
                 for r in records {
@@ -234,12 +251,17 @@ impl KafkaTopic {
                 client.fetch_records(base, 1..FETCH_BYTES, 0),
             )
             .await?;
+            // `base` was mid-batch if what came back starts after it
+            // (the batches after, or nothing): look further back.
+            if records.iter().all(|r| r.offset > base) {
+                continue;
+            }
+            // The batch starting at `base` holds `offset`, or ends before
+            // it (a gap the broker really has).
             if records.iter().any(|r| r.offset >= offset) {
                 return Ok(records);
             }
-            if !records.is_empty() {
-                break;
-            }
+            break;
         }
         Ok(Vec::new())
     }
