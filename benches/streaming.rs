@@ -872,26 +872,21 @@ impl Bench {
         };
         let have = !batches.is_empty();
         let (p50, p99) = (have.then(|| rows[0]), have.then(|| rows[1]));
-        self.lines.push(Line {
-            what: format!("latency at {}M rows/s, per row p50", rate as f64 / 1e6),
-            ember: ms(p50),
-            spark: format!("{} (batch)", ms(sp50)),
-            ratio: ratio(p50, sp50),
-            target: format!(
-                "<= {LATENCY_P50_TARGET_MS} ms: {}",
-                p50.map_or("-", |v| verdict(v <= LATENCY_P50_TARGET_MS))
-            ),
-        });
-        self.lines.push(Line {
-            what: format!("latency at {}M rows/s, per row p99", rate as f64 / 1e6),
-            ember: ms(p99),
-            spark: format!("{} (batch)", ms(sp99)),
-            ratio: ratio(p99, sp99),
-            target: format!(
-                "<= {LATENCY_P99_TARGET_MS} ms: {}",
-                p99.map_or("-", |v| verdict(v <= LATENCY_P99_TARGET_MS))
-            ),
-        });
+        for (name, ember, spark, target) in [
+            ("p50", p50, sp50, LATENCY_P50_TARGET_MS),
+            ("p99", p99, sp99, LATENCY_P99_TARGET_MS),
+        ] {
+            self.lines.push(Line {
+                what: format!("latency at {}M rows/s, per row {name}", rate as f64 / 1e6),
+                ember: ms(ember),
+                spark: format!("{} (batch)", ms(spark)),
+                ratio: ratio(ember, spark),
+                target: format!(
+                    "<= {target} ms: {}",
+                    ember.map_or("-", |v| verdict(v <= target))
+                ),
+            });
+        }
         self.lines.push(Line {
             what: "latency, batch duration p50 / p99".to_string(),
             ember: f.as_ref().map_or("-".to_string(), |f| {

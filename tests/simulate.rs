@@ -30,6 +30,20 @@ fn only(kinds: &[FaultKind], first_seed: u64, seeds: u64, bugs: Bugs) -> Campaig
     }
 }
 
+/// `campaign`'s first 10 seeds with an output committer that commits
+/// every task attempt, not just the one that counts.
+fn committing_every_attempt(campaign: Campaign) -> Campaign {
+    Campaign {
+        first_seed: 0,
+        seeds: 10,
+        bugs: Bugs {
+            commit_every_attempt: true,
+            ..Bugs::default()
+        },
+        ..campaign
+    }
+}
+
 /// The first violation containing `what`, its seed replayed: the bug shows
 /// again with the seed, and without the bug the seed keeps every promise.
 fn caught_and_replayed(buggy: &Campaign, what: &str, bug: &str) -> u64 {
@@ -401,15 +415,7 @@ fn file_output_lands_exactly_once() {
     let report = files.run(&|_| {}).unwrap();
     assert!(report.violations.is_empty(), "{report}");
     assert!(report.jobs_succeeded > 60, "{report}");
-    let buggy = Campaign {
-        first_seed: 0,
-        seeds: 10,
-        bugs: Bugs {
-            commit_every_attempt: true,
-            ..Bugs::default()
-        },
-        ..files
-    };
+    let buggy = committing_every_attempt(files);
     let seed = caught_and_replayed(
         &buggy,
         "file output not exactly once",
@@ -567,15 +573,7 @@ fn streaming_under_faults_keeps_its_offsets_and_writes_every_row_once() {
     // Supervised cluster-mode submissions ran streams too, through their
     // drivers' relaunches.
     assert!(report.submissions > 0, "{report}");
-    let buggy = Campaign {
-        first_seed: 0,
-        seeds: 10,
-        bugs: Bugs {
-            commit_every_attempt: true,
-            ..Bugs::default()
-        },
-        ..streams
-    };
+    let buggy = committing_every_attempt(streams);
     let seed = caught_and_replayed(
         &buggy,
         "stream sink rows not exactly once",
