@@ -5,6 +5,7 @@
 //! committed by the driver (`commit`).
 
 pub mod adaptive;
+pub mod balance;
 pub mod codec;
 pub mod commit;
 pub mod distribute;

@@ -25,6 +25,7 @@ use ember_actors::remote::NodeContact;
 use ember_actors::{
     EmberConf, JobError, JobListener, JobOutput, JobRows, LocalCluster, LocalClusterSpec,
 };
+use ember_engine::balance::balance_parquet_scans;
 use ember_engine::session::planning_config;
 use ember_engine::subquery::lift_scalar_subqueries;
 use ember_engine::{
@@ -647,6 +648,7 @@ impl Session {
         match &plan {
             LogicalPlan::Explain(explain) => {
                 let physical = state.create_physical_plan(&explain.plan).await?;
+                let physical = balance_parquet_scans(physical, &state).await?;
                 return Ok(StatementOutcome::Explain(self.explain(physical)?));
             }
             LogicalPlan::Analyze(_) => {
@@ -698,6 +700,7 @@ impl Session {
             .await?
             .create_physical_plan()
             .await?;
+        let physical = balance_parquet_scans(physical, &self.ctx.state()).await?;
         if mode == Mode::ExplainOnly {
             return Ok(StatementOutcome::Explain(self.explain(physical)?));
         }
