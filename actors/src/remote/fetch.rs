@@ -315,12 +315,18 @@ fn confirmed(batches: Batches, answer: Answer, timeout: Duration) -> FetchedBatc
             }
             Some(Err(e)) => Some((Err(EngineError::Fetch(e.to_string())), state)),
             None => {
+                let waited = std::time::Instant::now();
                 let answered = match answer {
                     Answer::Given(answered) => Ok(answered),
                     Answer::Awaited(handle) => tokio::time::timeout(timeout, handle)
                         .await
                         .map(|joined| joined.unwrap_or_else(|e| Ok(Err(e.to_string())))),
                 };
+                tracing::debug!(
+                    rows = state.rows,
+                    confirm_ms = waited.elapsed().as_secs_f64() * 1e3,
+                    "remote blocks ended"
+                );
                 match answered {
                     Ok(Ok(Ok(sent))) if sent == state.rows => None,
                     Ok(Ok(Ok(sent))) => Some((

@@ -68,7 +68,7 @@ pub async fn finish_result(
     let mut bytes = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        bytes += batch.get_array_memory_size();
+        bytes += rows_bytes(&batch);
         direct.push(batch);
         if bytes > direct_limit {
             break;
@@ -103,6 +103,22 @@ pub async fn finish_result(
     Ok(ResultOutput::Held {
         rows: rows.iter().map(|r| r.rows).sum(),
     })
+}
+
+/// The bytes of a batch's own rows, not of the buffers they were sliced
+/// from: the few rows of a top-N or a limit often point into whole
+/// batches of thousands, and those few still belong with the status.
+fn rows_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| {
+            column
+                .to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| column.get_array_memory_size())
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -165,5 +181,26 @@ mod tests {
             store.usage().disk_bytes > 0,
             "held without a memory budget: on disk"
         );
+    }
+
+    #[tokio::test]
+    async fn a_few_rows_sliced_from_a_large_batch_come_back_directly() {
+        // A top 20 of 300,000 rows: its batch is a slice of a 2.4 MB one.
+        let store = Arc::new(BlockStore::default());
+        let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
+        let runtime = Arc::new(RuntimeEnv::default());
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let whole = Int64Array::from_iter_values(0..300_000);
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(whole)]).unwrap();
+        let top = batch.slice(0, 20);
+        let input = Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(top)]),
+        ));
+        let result = finish_result(input, &env, &runtime, (3, 0), 1 << 20)
+            .await
+            .unwrap();
+        assert!(matches!(&result, ResultOutput::Direct(b) if b[0].num_rows() == 20));
+        assert!(!store.contains(result_block(3, 0)));
     }
 }
