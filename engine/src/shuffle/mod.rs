@@ -2,6 +2,7 @@
 //! of the map stage, a reader at the bottom of the next), the block store
 //! they meet in, and the fetcher that reaches blocks other executors hold.
 
+mod compact;
 mod fetch;
 mod output;
 mod reader;
@@ -9,6 +10,7 @@ mod result;
 mod store;
 mod writer;
 
+pub use compact::compact_views;
 pub use fetch::{BlockFetcher, FetchedBatches, MapOutputLocations};
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use result::{DIRECT_RESULT_BYTES, ResultOutput, finish_result, result_block};

@@ -18,6 +18,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SpillFile, SpillWriter};
 
+use super::compact::compact_views;
 use super::store::{MapOutput, MapOutputFile, Span};
 use crate::error::EngineError;
 
@@ -215,6 +216,8 @@ impl MapOutputWriter {
     }
 
     fn emit(&mut self, reduce: usize, batch: RecordBatch) -> Result<()> {
+        // Held or written, a batch should be the size of its rows.
+        let batch = compact_views(batch);
         *self.bytes.entry(reduce).or_default() += batch.get_array_memory_size() as u64;
         if let Some(held) = &mut self.memory {
             let bytes = batch.get_array_memory_size();

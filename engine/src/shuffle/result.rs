@@ -16,6 +16,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::StreamExt;
 
+use super::compact::compact_views;
 use super::output::MapOutputWriter;
 use super::store::{ShuffleBlockId, ShuffleEnv};
 use crate::stages::StageId;
@@ -67,7 +68,8 @@ pub async fn finish_result(
     let mut direct = Vec::new();
     let mut bytes = 0;
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
+        // Sent with the status, a batch should be the size of its rows.
+        let batch = compact_views(batch?);
         bytes += rows_bytes(&batch);
         direct.push(batch);
         if bytes > direct_limit {
