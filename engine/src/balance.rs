@@ -136,8 +136,8 @@ async fn balanced_groups(config: &FileScanConfig, state: &SessionState) -> Optio
 /// file is read exactly once, whole or in adjacent ranges, as DataFusion
 /// cuts them; `None` for anything else.
 fn whole_files(groups: &[FileGroup]) -> Option<Vec<PartitionedFile>> {
-    let mut files: Vec<PartitionedFile> = Vec::new();
-    let mut covered: Vec<u64> = Vec::new();
+    // Each file once, whole, and how far into it the ranges so far reach.
+    let mut files: Vec<(PartitionedFile, u64)> = Vec::new();
     for file in groups.iter().flat_map(FileGroup::iter) {
         let size = file.object_meta.size;
         let (start, end) = match &file.range {
@@ -147,34 +147,32 @@ fn whole_files(groups: &[FileGroup]) -> Option<Vec<PartitionedFile>> {
             ),
             None => (0, size),
         };
-        let same = files
-            .last()
-            .is_some_and(|last| last.object_meta.location == file.object_meta.location);
-        if same {
-            let reached = covered.last_mut()?;
-            if *reached != start {
-                return None;
+        let location = &file.object_meta.location;
+        match files.last_mut() {
+            Some((last, reached)) if &last.object_meta.location == location => {
+                if *reached != start {
+                    return None;
+                }
+                *reached = end;
             }
-            *reached = end;
-        } else {
-            if start != 0
-                || files
-                    .iter()
-                    .any(|f| f.object_meta.location == file.object_meta.location)
-            {
-                return None;
+            _ => {
+                if start != 0
+                    || files
+                        .iter()
+                        .any(|(f, _)| &f.object_meta.location == location)
+                {
+                    return None;
+                }
+                let mut whole = file.clone();
+                whole.range = None;
+                files.push((whole, end));
             }
-            let mut whole = file.clone();
-            whole.range = None;
-            files.push(whole);
-            covered.push(end);
         }
     }
-    let all_read = files
-        .iter()
-        .zip(&covered)
-        .all(|(file, &end)| end >= file.object_meta.size);
-    all_read.then_some(files)
+    files
+        .into_iter()
+        .map(|(file, reached)| (reached >= file.object_meta.size).then_some(file))
+        .collect()
 }
 
 /// The rows of the largest of `groups`, as the Parquet reader would read
@@ -221,28 +219,26 @@ fn cut_files(files: &[ScannedFile], parts: usize) -> Option<Vec<FileGroup>> {
     let bounds = even_cuts(&rows, parts)?;
     let mut groups = Vec::with_capacity(parts);
     for window in bounds.windows(2) {
-        let (from, to) = (window[0], window[1]);
         let mut group: Vec<PartitionedFile> = Vec::new();
-        let mut f_prev = None;
-        for &(f, g) in &units[from..to] {
-            if f_prev == Some(f) {
+        // The run's row groups, file by file: each file read from its
+        // first row group here to the start of the next one not here.
+        for run in units[window[0]..window[1]].chunk_by(|a, b| a.0 == b.0) {
+            let (Some(&(f, first)), Some(&(_, last))) = (run.first(), run.last()) else {
                 continue;
-            }
-            f_prev = Some(f);
+            };
             let file = &files[f];
-            let last = units[from..to]
-                .iter()
-                .filter(|&&(ff, _)| ff == f)
-                .map(|&(_, gg)| gg)
-                .max()
-                .unwrap_or(g);
-            let start = if g == 0 { 0 } else { file.row_groups[g].start };
+            let size = file.file.object_meta.size;
+            let start = if first == 0 {
+                0
+            } else {
+                file.row_groups[first].start
+            };
             let end = file
                 .row_groups
                 .get(last + 1)
-                .map_or(file.file.object_meta.size, |next| next.start);
+                .map_or(size, |next| next.start);
             let mut part = file.file.clone();
-            if start != 0 || end != file.file.object_meta.size {
+            if start != 0 || end != size {
                 part.range = Some(FileRange {
                     start: i64::try_from(start).ok()?,
                     end: i64::try_from(end).ok()?,
@@ -452,13 +448,7 @@ mod tests {
         ctx.register_parquet("t", dir.path().to_str().unwrap(), Default::default())
             .await
             .unwrap();
-        let plan = ctx
-            .sql("SELECT v FROM t")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = crate::testing::physical(&ctx, "SELECT v FROM t").await;
         assert_eq!(plan.output_partitioning().partition_count(), 2);
         let before = rows_per_partition(&plan, &ctx).await;
         let balanced = balance_parquet_scans(Arc::clone(&plan), &ctx.state())

@@ -171,13 +171,7 @@ mod tests {
         ctx.register_csv("t", dir.path().to_str().unwrap(), options)
             .await
             .unwrap();
-        let plan = ctx
-            .sql("SELECT * FROM t")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = crate::testing::physical(&ctx, "SELECT * FROM t").await;
 
         let plain = collect(Arc::clone(&plan), ctx.task_ctx())
             .await

@@ -19,29 +19,39 @@ const SLACK_BYTES: usize = 64 * 1024;
 /// rows use (over twice, and by more than [`SLACK_BYTES`]) copied into
 /// buffers of its own; the batch as it is when none does.
 pub fn compact_views(batch: RecordBatch) -> RecordBatch {
-    let wasteful = |column: &ArrayRef| match column.data_type() {
-        DataType::Utf8View => wastes(column.as_string_view()),
-        DataType::BinaryView => wastes(column.as_binary_view()),
-        _ => false,
-    };
-    if !batch.columns().iter().any(wasteful) {
-        return batch;
-    }
+    let mut copied = false;
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
-        .map(|column| match column.data_type() {
-            DataType::Utf8View if wasteful(column) => {
-                Arc::new(column.as_string_view().gc()) as ArrayRef
+        .map(|column| match compacted(column) {
+            Some(own) => {
+                copied = true;
+                own
             }
-            DataType::BinaryView if wasteful(column) => {
-                Arc::new(column.as_binary_view().gc()) as ArrayRef
-            }
-            _ => Arc::clone(column),
+            None => Arc::clone(column),
         })
         .collect();
+    if !copied {
+        return batch;
+    }
     // Same schema, same row count: only the buffers behind the views moved.
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
+/// `column` copied into buffers of its own, if it is a view column that
+/// wastes them.
+fn compacted(column: &ArrayRef) -> Option<ArrayRef> {
+    match column.data_type() {
+        DataType::Utf8View => {
+            let views = column.as_string_view();
+            wastes(views).then(|| Arc::new(views.gc()) as ArrayRef)
+        }
+        DataType::BinaryView => {
+            let views = column.as_binary_view();
+            wastes(views).then(|| Arc::new(views.gc()) as ArrayRef)
+        }
+        _ => None,
+    }
 }
 
 /// Whether `array`'s data buffers are far larger than its rows' values.
