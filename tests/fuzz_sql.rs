@@ -228,6 +228,11 @@ const REGRESSION_SEEDS: &[(u64, usize, &str, usize)] = &[
     // CASE ... ELSE (SELECT avg(a5.k) ...) END as DECIMAL(30,15): the same
     // float average summed in another order differs in its 17th digit
     (345, 4, "local[3]", 2),
+    // SELECT d.tag ... FROM (SELECT 'x' AS tag ...) d FULL JOIN r ... ORDER BY
+    // d.tag NULLS FIRST: DataFusion believed the padded literal constant and
+    // dropped the sort (in the reference too, which now has the same fix)
+    (1062, 3, "local", 2),
+    (1062, 3, "local[2]", 2),
 ];
 
 #[actix::test]

@@ -35,6 +35,7 @@ use datafusion_proto::physical_plan::{
 use datafusion_proto::protobuf::{self, physical_plan_node::PhysicalPlanType};
 
 use crate::error::EngineError;
+use crate::padded::PaddedSideExec;
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
 
 type DfResult<T> = datafusion::error::Result<T>;
@@ -148,7 +149,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 }
 
 /// The datafusion-proto extension codec for Ember's plan nodes
-/// (`ShuffleWriterExec`, `ShuffleReaderExec`).
+/// (`ShuffleWriterExec`, `ShuffleReaderExec`, `PaddedSideExec`).
 ///
 /// A node's payload is a fixed header (`EMB`, format version, node kind,
 /// stage id, and the node's small fields as bytes) followed, when the node
@@ -162,6 +163,7 @@ pub struct EmberCodec;
 const MAGIC: [u8; 4] = *b"EMB\x01";
 const WRITER: u8 = 1;
 const READER: u8 = 2;
+const PADDED_SIDE: u8 = 3;
 const PASSTHROUGH: u8 = 0;
 const REPARTITION: u8 = 1;
 const ALL_MAPS: u8 = 0;
@@ -184,6 +186,7 @@ impl PhysicalExtensionCodec for EmberCodec {
         match payload.u8("node kind")? {
             WRITER => decoder.writer(payload, inputs),
             READER => decoder.reader(payload, inputs),
+            PADDED_SIDE => padded_side(payload, inputs),
             other => Err(malformed(format!("unknown node kind {other}")).into()),
         }
     }
@@ -217,10 +220,13 @@ impl PhysicalExtensionCodec for EmberCodec {
             encoder.writer(writer, buf)
         } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
             encoder.reader(reader, buf)
+        } else if node.downcast_ref::<PaddedSideExec>().is_some() {
+            header(buf, PADDED_SIDE, 0);
+            Ok(())
         } else {
             Err(DataFusionError::NotImplemented(format!(
                 "{} is neither a DataFusion operator datafusion-proto knows nor an Ember \
-                 shuffle node",
+                 node",
                 node.name()
             )))
         }
@@ -374,6 +380,23 @@ fn series_without_projection(
         schema: Some((&full).try_into()?),
         ..series.clone()
     }))
+}
+
+/// A [`PaddedSideExec`]: no fields of its own (its header's stage is 0).
+fn padded_side(
+    mut payload: Payload<'_>,
+    inputs: &[Arc<dyn ExecutionPlan>],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    payload.usize("stage")?;
+    payload.finish()?;
+    let [input] = inputs else {
+        return Err(malformed(format!(
+            "a padded join input has one input, this one has {}",
+            inputs.len()
+        ))
+        .into());
+    };
+    Ok(Arc::new(PaddedSideExec::new(Arc::clone(input))))
 }
 
 fn header(buf: &mut Vec<u8>, kind: u8, stage: usize) {
@@ -554,7 +577,7 @@ fn unknown_function(kind: &str, name: &str) -> DataFusionError {
 }
 
 fn malformed(why: String) -> EngineError {
-    EngineError::MalformedShuffleNode(why)
+    EngineError::MalformedNode(why)
 }
 
 /// Reads an Ember node payload front to back.
@@ -793,6 +816,18 @@ mod tests {
             one_task: None,
         };
         pretty(&run(ctx, &shipped).await)
+    }
+
+    #[tokio::test]
+    async fn a_padded_join_input_keeps_its_sort_after_a_round_trip() {
+        let ctx = crate::session::planning_context(planning_config(2), None);
+        let sql = "SELECT d.tag, r.y FROM (SELECT 'x' AS tag FROM (VALUES (1),(2)) t(a)) d \
+                   FULL JOIN (VALUES (1),(2),(3)) r(y) ON r.y = 2 \
+                   ORDER BY d.tag NULLS FIRST, r.y";
+        assert!(text(&graph(&ctx, sql).await.stages[0].plan).contains("PaddedSideExec"));
+        let rows = shipped_rows(&ctx, sql).await;
+        let nulls_first = rows.find("| 1 |").unwrap() < rows.find("| x   |").unwrap();
+        assert!(nulls_first, "{rows}");
     }
 
     #[tokio::test]

@@ -53,7 +53,8 @@ const SPLIT_SAFE: &[&str] = &[
     "UnnestExec",
     "WindowAggExec",
     "async_func",
-    // Ember's own shuffle nodes.
+    // Ember's own nodes.
+    "PaddedSideExec",
     "ShuffleReaderExec",
     "ShuffleWriterExec",
 ];

@@ -26,8 +26,8 @@ pub enum EngineError {
          different Ember versions, or the plan was damaged in transit)"
     )]
     PlanDecode(#[source] datafusion::error::DataFusionError),
-    #[error("malformed Ember shuffle node in a stage plan: {0}")]
-    MalformedShuffleNode(String),
+    #[error("malformed Ember node in a stage plan: {0}")]
+    MalformedNode(String),
     #[error(
         "no executor is known to hold the output of map task {map} of stage {stage}: the task \
          was sent without the locations of its parent stage's output"

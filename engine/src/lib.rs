@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod functions;
 pub mod memory;
+pub mod padded;
 pub mod scan_errors;
 pub mod script;
 pub mod session;

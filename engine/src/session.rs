@@ -1,7 +1,30 @@
 //! The DataFusion settings Ember plans with, so that every physical plan can be
 //! cut into stages whose tasks run independently of each other.
 
-use datafusion::prelude::SessionConfig;
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::padded::NullPaddedSides;
+
+/// A context that plans with `config` and Ember's physical optimizer rules
+/// (on `runtime`, or a default runtime): the rule that keeps NULL-padded
+/// join inputs from claiming constants runs before DataFusion's own.
+pub fn planning_context(config: SessionConfig, runtime: Option<Arc<RuntimeEnv>>) -> SessionContext {
+    let mut rules = PhysicalOptimizer::new().rules;
+    rules.insert(0, Arc::new(NullPaddedSides));
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules);
+    if let Some(runtime) = runtime {
+        state = state.with_runtime_env(runtime);
+    }
+    SessionContext::new_with_state(state.build())
+}
 
 /// A session configuration for planning distributed jobs over `partitions`
 /// task slots.

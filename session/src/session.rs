@@ -26,7 +26,7 @@ use ember_actors::{
     EmberConf, JobError, JobListener, JobOutput, JobRows, LocalCluster, LocalClusterSpec,
 };
 use ember_engine::balance::balance_parquet_scans;
-use ember_engine::session::planning_config;
+use ember_engine::session::{planning_config, planning_context};
 use ember_engine::subquery::lift_scalar_subqueries;
 use ember_engine::{
     Committed, EngineError, Functions, StageGraph, StagePlanner, StagedOutput, TaskAttempt,
@@ -295,7 +295,7 @@ impl Session {
                 "its executors did not register within {wait:?} ({LOCAL_EXECUTOR_WAIT})"
             )));
         }
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = planning_context(config, Some(runtime));
         options.functions.register(&ctx);
         crate::streaming::register_functions(&ctx);
         ember_engine::files::register(&ctx);
@@ -433,7 +433,7 @@ impl Session {
             }
         };
         let config = session_config(&options.conf, slots.max(1))?;
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = planning_context(config, None);
         options.functions.register(&ctx);
         crate::streaming::register_functions(&ctx);
         ember_engine::files::register(&ctx);
