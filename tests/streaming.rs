@@ -298,17 +298,29 @@ struct Interrupted {
     work: std::path::PathBuf,
     job: String,
     stop: &'static str,
-    arriving: std::thread::JoinHandle<()>,
+    /// The thread writing the input files, until it is joined.
+    arriving: Option<std::thread::JoinHandle<()>>,
 }
 
 const INTERRUPTED_FILES: u64 = 16;
 
 impl Interrupted {
     fn start(work: &Path, stop: &'static str) -> Self {
+        Self::start_query(
+            work,
+            stop,
+            "doubled",
+            "AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0",
+        )
+    }
+
+    /// A stream of query `name`, its clauses after the stop, checkpoint and
+    /// sink being `rest`.
+    fn start_query(work: &Path, stop: &'static str, name: &str, rest: &str) -> Self {
         std::fs::create_dir(work.join("in")).unwrap();
         let job = format!(
-            "{}START STREAMING QUERY doubled {stop} CHECKPOINT '{}' \
-             INTO PARQUET '{}' AS SELECT id, v * 2 AS w FROM events WHERE v % 3 <> 0;\n",
+            "{}START STREAMING QUERY {name} {stop} CHECKPOINT '{}' \
+             INTO PARQUET '{}' {rest};\n",
             SOURCE.replace("'in/'", &format!("'{}/'", work.join("in").display())),
             work.join("ckpt").display(),
             work.join("out").display()
@@ -324,7 +336,7 @@ impl Interrupted {
             work: work.to_path_buf(),
             job,
             stop,
-            arriving,
+            arriving: Some(arriving),
         }
     }
 
@@ -352,19 +364,122 @@ impl Interrupted {
     }
 
     /// [`Interrupted::finish`], the rest run by `run` (given its script).
-    fn finish_by(self, run: impl FnOnce(&Path) -> std::process::Output) {
-        self.arriving.join().unwrap();
-        let rest = self.job.replace(self.stop, "TRIGGER AVAILABLE NOW");
-        let script = self.work.join("rest.sql");
-        std::fs::write(&script, rest).unwrap();
-        let out = run(&script);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+    fn finish_by(mut self, run: impl FnOnce(&Path) -> std::process::Output) {
+        self.run_rest(run);
         assert_eq!(
             output_totals(&self.work),
             (
                 expected_totals(INTERRUPTED_FILES),
                 INTERRUPTED_FILES as usize
             )
+        );
+    }
+
+    /// Once every file arrived, runs the query to the end of the input.
+    fn run_rest(&mut self, run: impl FnOnce(&Path) -> std::process::Output) {
+        if let Some(arriving) = self.arriving.take() {
+            arriving.join().unwrap();
+        }
+        let rest = self.job.replace(self.stop, "TRIGGER AVAILABLE NOW");
+        let script = self.work.join("rest.sql");
+        std::fs::write(&script, rest).unwrap();
+        let out = run(&script);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+/// The rows of the last batch a COMPLETE-mode stream wrote to `work/out`.
+fn last_batch_rows(work: &Path, select: &str) -> String {
+    let last = std::fs::read_dir(work.join("out"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_prefix("batch=")?.parse::<u64>().ok()
+        })
+        .max()
+        .expect("the stream wrote a batch");
+    std::fs::write(
+        work.join("last.sql"),
+        format!(
+            "CREATE EXTERNAL TABLE last STORED AS PARQUET LOCATION 'out/batch={last}/';\n{select}\n"
+        ),
+    )
+    .unwrap();
+    let out = ember(&["submit", "--format", "csv", "last.sql"], work);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Aggregation state lives on the executors, one partition per task: one
+/// executor killed mid-stream takes the versions it kept in memory, and
+/// the tasks that run again elsewhere (and a later run of the query)
+/// rebuild them from the checkpoint's snapshots and deltas. The counts
+/// come out as one batch job over every file gives them.
+#[test]
+fn a_stateful_stream_rebuilds_its_state_when_an_executor_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stream = Interrupted::start_query(
+        dir.path(),
+        "STOP AFTER '4 seconds'",
+        "per_v",
+        "OUTPUT MODE COMPLETE AS SELECT v, count(*) AS n, sum(id) AS ids FROM events GROUP BY v",
+    );
+    let cluster = crate::cluster::Cluster::start();
+    let script = cluster.job("stateful-executor-lost.sql", &stream.job);
+    let submit = cluster
+        .ember(&[
+            "submit",
+            "--total-executor-cores",
+            "2",
+            "--name",
+            "stateful-executor-lost",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = cluster.wait_for("two executors", std::time::Duration::from_secs(20), |s| {
+        ember_testkit::app(s, "stateful-executor-lost")
+            .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
+    });
+    let (_, executors) = crate::cluster::two_executor_processes(&status, "stateful-executor-lost");
+    stream.wait_for_commits(2);
+    ember_testkit::signal(executors[0], libc::SIGKILL);
+    let out = submit.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let work = dir.path().to_path_buf();
+    stream.run_rest(|rest| ember(&["submit", rest.to_str().unwrap()], &work));
+    let mut expected = String::from("v,n,ids\n");
+    for v in 0..7u64 {
+        let ids: Vec<u64> = (0..INTERRUPTED_FILES * 100)
+            .filter(|id| id % 7 == v)
+            .collect();
+        expected.push_str(&format!("{v},{},{}\n", ids.len(), ids.iter().sum::<u64>()));
+    }
+    assert_eq!(
+        last_batch_rows(&work, "SELECT v, n, ids FROM last ORDER BY v;"),
+        expected
+    );
+    // The state's partitions are fixed in the checkpoint, each with its
+    // own files.
+    let state = work.join("ckpt/state");
+    let partitions: usize = std::fs::read_to_string(state.join("partitions"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(partitions, 2, "one state partition per executor core");
+    let batches = stream.commits() as u64;
+    for p in 0..partitions {
+        let kept = [
+            format!("{}/part-{p}.snapshot.arrow", batches - 1),
+            format!("{}/part-{p}.delta.arrow", batches - 1),
+        ];
+        assert!(
+            kept.iter().any(|f| state.join(f).exists()),
+            "partition {p} of the last version is in {}",
+            state.display()
         );
     }
 }

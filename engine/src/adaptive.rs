@@ -21,6 +21,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitio
 
 use crate::shuffle::{ReadMode, ShuffleReaderExec};
 use crate::stages::StageId;
+use crate::stream_state::StateMergeExec;
 
 /// What coalescing aims for (`ember.sql.adaptive.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,10 @@ fn driven_reads(
     partitions: usize,
     stages: &mut Vec<StageId>,
 ) -> bool {
+    // A task's partition number names the state partition it merges into.
+    if plan.downcast_ref::<StateMergeExec>().is_some() {
+        return false;
+    }
     if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
         stages.push(reader.stage());
         return reader.mode() == ReadMode::AllMaps

@@ -37,6 +37,7 @@ use datafusion_proto::protobuf::{self, physical_plan_node::PhysicalPlanType};
 use crate::error::EngineError;
 use crate::padded::PaddedSideExec;
 use crate::shuffle::{ReadMode, ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec};
+use crate::stream_state::{MergeSpec, StateMergeExec};
 
 type DfResult<T> = datafusion::error::Result<T>;
 
@@ -149,7 +150,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 }
 
 /// The datafusion-proto extension codec for Ember's plan nodes
-/// (`ShuffleWriterExec`, `ShuffleReaderExec`, `PaddedSideExec`).
+/// (`ShuffleWriterExec`, `ShuffleReaderExec`, `PaddedSideExec`,
+/// `StateMergeExec`).
 ///
 /// A node's payload is a fixed header (`EMB`, format version, node kind,
 /// stage id, and the node's small fields as bytes) followed, when the node
@@ -164,6 +166,7 @@ const MAGIC: [u8; 4] = *b"EMB\x01";
 const WRITER: u8 = 1;
 const READER: u8 = 2;
 const PADDED_SIDE: u8 = 3;
+const STATE_MERGE: u8 = 4;
 const PASSTHROUGH: u8 = 0;
 const REPARTITION: u8 = 1;
 const ALL_MAPS: u8 = 0;
@@ -187,6 +190,7 @@ impl PhysicalExtensionCodec for EmberCodec {
             WRITER => decoder.writer(payload, inputs),
             READER => decoder.reader(payload, inputs),
             PADDED_SIDE => padded_side(payload, inputs),
+            STATE_MERGE => state_merge(payload, inputs),
             other => Err(malformed(format!("unknown node kind {other}")).into()),
         }
     }
@@ -223,6 +227,10 @@ impl PhysicalExtensionCodec for EmberCodec {
         } else if node.downcast_ref::<PaddedSideExec>().is_some() {
             header(buf, PADDED_SIDE, 0);
             Ok(())
+        } else if let Some(merge) = node.downcast_ref::<StateMergeExec>() {
+            header(buf, STATE_MERGE, 0);
+            serde_json::to_writer(&mut *buf, merge.spec())
+                .map_err(|e| DataFusionError::External(Box::new(e)))
         } else {
             Err(DataFusionError::NotImplemented(format!(
                 "{} is neither a DataFusion operator datafusion-proto knows nor an Ember \
@@ -397,6 +405,24 @@ fn padded_side(
         .into());
     };
     Ok(Arc::new(PaddedSideExec::new(Arc::clone(input))))
+}
+
+/// A [`StateMergeExec`]: its merge's description, as JSON.
+fn state_merge(
+    mut payload: Payload<'_>,
+    inputs: &[Arc<dyn ExecutionPlan>],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    payload.usize("stage")?;
+    let spec: MergeSpec = serde_json::from_slice(payload.rest())
+        .map_err(|e| malformed(format!("a state merge's description: {e}")))?;
+    let [input] = inputs else {
+        return Err(malformed(format!(
+            "a state merge has one input, this one has {}",
+            inputs.len()
+        ))
+        .into());
+    };
+    Ok(Arc::new(StateMergeExec::new(Arc::clone(input), spec)))
 }
 
 fn header(buf: &mut Vec<u8>, kind: u8, stage: usize) {
@@ -828,6 +854,36 @@ mod tests {
         let rows = shipped_rows(&ctx, sql).await;
         let nulls_first = rows.find("| 1 |").unwrap() < rows.find("| x   |").unwrap();
         assert!(nulls_first, "{rows}");
+    }
+
+    #[tokio::test]
+    async fn a_state_merge_keeps_its_description_after_a_round_trip() {
+        use crate::stream_state::{Aggregation, Merge, OutputMode};
+        let ctx = SessionContext::new_with_config(planning_config(2));
+        let groups = crate::testing::physical(
+            &ctx,
+            "SELECT column1 AS k, count(*) AS n FROM (VALUES ('a'), ('b')) GROUP BY column1",
+        )
+        .await;
+        let spec = MergeSpec {
+            aggregation: Aggregation {
+                keys: vec!["k".into()],
+                merges: vec![("n".into(), Merge::Sum)],
+                window: Some(("k".into(), 60_000_000)),
+                event_key: None,
+                session: None,
+            },
+            mode: OutputMode::Update,
+            watermark: Some(-5),
+            dir: "/checkpoints/q/state".into(),
+            batch: 7,
+            previous: Some(6),
+            run: 42,
+        };
+        let merge = Arc::new(StateMergeExec::new(groups, spec.clone()));
+        let shipped = decode_plan(&encode_plan(merge).unwrap(), &executor()).unwrap();
+        let decoded = shipped.downcast_ref::<StateMergeExec>().unwrap();
+        assert_eq!(decoded.spec(), &spec);
     }
 
     #[tokio::test]

@@ -57,6 +57,7 @@ const SPLIT_SAFE: &[&str] = &[
     "PaddedSideExec",
     "ShuffleReaderExec",
     "ShuffleWriterExec",
+    "StateMergeExec",
 ];
 
 /// How a plan can be run.

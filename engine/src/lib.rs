@@ -19,6 +19,7 @@ pub mod script;
 pub mod session;
 pub mod shuffle;
 pub mod stages;
+pub mod stream_state;
 pub mod subquery;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -740,6 +740,19 @@ impl Session {
         }
     }
 
+    /// Runs query `sql` as a job with `wrap` applied to its physical plan
+    /// (a streaming batch's state merge goes on top), and returns its rows.
+    pub(crate) async fn rows_of_wrapped(
+        &mut self,
+        sql: &str,
+        wrap: impl FnOnce(Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>, SessionError>,
+    ) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>, SessionError> {
+        let physical = self.ctx.sql(sql).await?.create_physical_plan().await?;
+        let physical = balance_parquet_scans(physical, &self.ctx.state()).await?;
+        let physical = self.run_subqueries(wrap(physical)?).await?;
+        Ok(self.run_job(physical).await?.collect().await?.batches)
+    }
+
     /// A batch statement that names a stream fails as a missing table:
     /// the error says what a stream is for.
     fn explain_stream_misuse(&self, error: DataFusionError) -> SessionError {

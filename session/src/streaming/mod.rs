@@ -33,6 +33,14 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use serde::{Deserialize, Serialize};
 
+use datafusion::error::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use ember_engine::stream_state::{MergeSpec, StateMergeExec, store};
+
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
 
 mod background;
@@ -388,13 +396,7 @@ impl Sink {
     }
 }
 
-/// How rows reach the sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputMode {
-    Append,
-    Update,
-    Complete,
-}
+pub use ember_engine::stream_state::OutputMode;
 
 /// A `START STREAMING QUERY` statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -766,10 +768,6 @@ impl Checkpoint {
         }
     }
 
-    fn state_file(&self, batch: u64) -> PathBuf {
-        self.dir.join("state").join(format!("{batch}.arrow"))
-    }
-
     fn write_offsets(&self, offsets: &BatchOffsets) -> Result<(), SessionError> {
         let path = self.dir.join("offsets").join(offsets.batch.to_string());
         write_atomically(
@@ -902,11 +900,9 @@ impl Session {
         let watermark = last_commit
             .as_ref()
             .and_then(|(_, c)| c.next_watermark_micros);
-        let kept: Vec<RecordBatch> = match (&checkpoint, committed, &aggregation) {
-            (Some(c), Some(b), Some(_)) if c.state_file(b).exists() => {
-                state::load(&c.state_file(b))?
-            }
-            _ => Vec::new(),
+        let state = match &aggregation {
+            Some(agg) => Some(self.state_run(query, agg, checkpoint.as_ref())?),
+            None => None,
         };
         self.connect_sockets(&sources, &logged).await?;
         let kafka_start = self.connect_kafka(query, &sources).await?;
@@ -918,7 +914,7 @@ impl Session {
             logged,
             committed,
             watermark,
-            kept,
+            state,
             kafka_start,
         })
     }
@@ -937,7 +933,7 @@ impl Session {
             mut logged,
             committed,
             mut watermark,
-            mut kept,
+            state,
             kafka_start,
         } = prepared;
         let started = Instant::now();
@@ -1006,31 +1002,32 @@ impl Session {
                 }
             };
             let begun = Instant::now();
-            let (input_rows, output_rows, next_watermark) = match &aggregation {
-                None => {
-                    let (i, o) = self
-                        .run_batch(query, &schema, &sources, &offsets, &mut memory)
-                        .await?;
-                    (i, o, None)
-                }
-                Some(agg) => {
+            let (input_rows, output_rows, next_watermark, state_rows) = match (&aggregation, &state)
+            {
+                (Some(agg), Some(state)) => {
                     let ran = self
                         .run_stateful_batch(
                             query,
                             agg,
+                            state,
                             &schema,
                             &sources,
                             &offsets,
-                            &kept,
                             &mut memory,
                         )
                         .await?;
-                    if let Some(c) = &checkpoint {
-                        let kept_schema = state::state_schema(agg, &schema);
-                        state::save(&c.state_file(offsets.batch), &kept_schema, &ran.state)?;
-                    }
-                    kept = ran.state;
-                    (ran.input_rows, ran.output_rows, ran.next_watermark)
+                    (
+                        ran.input_rows,
+                        ran.output_rows,
+                        ran.next_watermark,
+                        ran.state_rows,
+                    )
+                }
+                _ => {
+                    let (i, o) = self
+                        .run_batch(query, &schema, &sources, &offsets, &mut memory)
+                        .await?;
+                    (i, o, None, 0)
                 }
             };
             watermark = match (offsets.watermark_micros, next_watermark) {
@@ -1050,6 +1047,11 @@ impl Session {
                 };
                 c.commit(offsets.batch, &commit)?;
             }
+            if let Some(state) = &state
+                && let Err(e) = store::forget_before_snapshot(&state.dir, offsets.batch)
+            {
+                tracing::warn!(dir = %state.dir.display(), error = %e, "cannot remove old state versions");
+            }
             let input_files = offsets
                 .sources
                 .values()
@@ -1068,7 +1070,7 @@ impl Session {
                 processed_rows_per_second: input_rows as f64 / duration.as_secs_f64().max(1e-6),
                 duration,
                 watermark_micros: offsets.watermark_micros,
-                state_rows: kept.iter().map(|b| b.num_rows() as u64).sum(),
+                state_rows,
                 replayed,
             };
             tracing::info!(
@@ -1251,34 +1253,37 @@ impl Session {
     }
 
     /// Runs an aggregating batch: late rows dropped, the batch's groups
-    /// merged into the state, and what the output mode writes written.
+    /// merged into the state on the executors (partition by partition), and
+    /// what the output mode writes written.
     #[allow(clippy::too_many_arguments)]
     async fn run_stateful_batch(
         &mut self,
         query: &StreamingQuery,
         agg: &state::Aggregation,
+        state: &StateRun,
         schema: &SchemaRef,
         sources: &[StreamSource],
         offsets: &BatchOffsets,
-        kept: &[RecordBatch],
         memory: &mut Vec<RecordBatch>,
     ) -> Result<StatefulBatch, SessionError> {
+        let spec = MergeSpec {
+            aggregation: agg.clone(),
+            mode: query.output_mode,
+            watermark: offsets.watermark_micros,
+            dir: state.dir.clone(),
+            batch: offsets.batch,
+            previous: offsets.batch.checked_sub(1),
+            run: state.run,
+        };
         self.bind(sources, offsets).await?;
-        let ran = self.aggregate_bound(query, sources, offsets).await;
+        let ran = self
+            .aggregate_bound(query, sources, offsets, spec, state.partitions)
+            .await;
         let input_rows = self.input_rows(sources, offsets).await;
         self.unbind(sources);
-        let (batch, max_event) = ran?;
-        let merged = state::merge(
-            agg,
-            query.output_mode,
-            schema,
-            kept,
-            &batch,
-            offsets.watermark_micros,
-        )
-        .await?;
-        let output_rows = merged.output.iter().map(|b| b.num_rows() as u64).sum();
-        self.write_rows(query, offsets.batch, schema, &merged.output, memory)
+        let (output, max_event) = ran?;
+        let output_rows = output.iter().map(|b| b.num_rows() as u64).sum();
+        self.write_rows(query, offsets.batch, schema, &output, memory)
             .await?;
         let next_watermark = match (&query.watermark, max_event) {
             (Some((_, delay)), Some(max)) => {
@@ -1286,21 +1291,108 @@ impl Session {
             }
             _ => None,
         };
+        let state_rows =
+            store::rows(&state.dir, offsets.batch, state.partitions).map_err(SessionError::Plan)?;
         Ok(StatefulBatch {
-            state: merged.state,
             input_rows,
             output_rows,
             next_watermark,
+            state_rows,
+        })
+    }
+
+    /// Where a stateful query keeps its state, in how many partitions:
+    /// under its checkpoint (the count fixed by its first run), or in a
+    /// scratch directory of this run.
+    fn state_run(
+        &self,
+        query: &StreamingQuery,
+        agg: &state::Aggregation,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<StateRun, SessionError> {
+        let keyed = agg
+            .keys
+            .iter()
+            .any(|k| agg.session.as_ref().is_none_or(|s| s.key != *k));
+        let wanted = if keyed {
+            self.context().state().config().target_partitions().max(1)
+        } else {
+            1
+        };
+        // Unique among this driver's runs, which are all its executors see.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = (now_micros() as u64) << 16 | (RUNS.fetch_add(1, Ordering::Relaxed) & 0xffff);
+        let Some(checkpoint) = checkpoint else {
+            let scratch = tempfile::Builder::new()
+                .prefix("ember-stream-state-")
+                .tempdir()
+                .map_err(|e| {
+                    SessionError::Unsupported(format!(
+                        "streaming query {}: cannot make a directory for its state: {e}",
+                        query.name
+                    ))
+                })?;
+            return Ok(StateRun {
+                dir: scratch.path().to_path_buf(),
+                partitions: wanted,
+                run,
+                _scratch: Some(scratch),
+            });
+        };
+        let dir = checkpoint.dir.join("state");
+        let failed = |e: std::io::Error| {
+            SessionError::Unsupported(format!("checkpoint {}: {e}", dir.display()))
+        };
+        let count = dir.join("partitions");
+        let partitions = match std::fs::read_to_string(&count) {
+            Ok(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    SessionError::Unsupported(format!(
+                        "checkpoint {}: {} is damaged ('{}' is not a partition count)",
+                        checkpoint.dir.display(),
+                        count.display(),
+                        text.trim()
+                    ))
+                })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let earlier_format = std::fs::read_dir(&dir)
+                    .map_err(failed)?
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".arrow"));
+                if earlier_format {
+                    return Err(SessionError::Unsupported(format!(
+                        "checkpoint {} keeps its state as an earlier Ember did (one file per \
+                         batch, not per partition): start the query on a new CHECKPOINT \
+                         directory",
+                        checkpoint.dir.display()
+                    )));
+                }
+                write_atomically(&count, wanted.to_string().as_bytes()).map_err(failed)?;
+                wanted
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        Ok(StateRun {
+            dir,
+            partitions,
+            run,
+            _scratch: None,
         })
     }
 
     /// With the sources bound: drops rows older than the watermark, runs
-    /// the query, and finds the largest event time of the batch.
+    /// the query with its state merged on top, and finds the largest event time of the batch.
     async fn aggregate_bound(
         &mut self,
         query: &StreamingQuery,
         sources: &[StreamSource],
         offsets: &BatchOffsets,
+        spec: MergeSpec,
+        partitions: usize,
     ) -> Result<(Vec<RecordBatch>, Option<i64>), SessionError> {
         let mut max_event = None;
         if let Some((column, _)) = &query.watermark {
@@ -1332,7 +1424,9 @@ impl Session {
                 }
             }
         }
-        let rows = self.rows_of(&query.sql).await?;
+        let rows = self
+            .rows_of_wrapped(&query.sql, |plan| merge_state(plan, spec, partitions))
+            .await?;
         Ok((rows, max_event))
     }
 
@@ -1901,8 +1995,8 @@ pub(crate) struct Prepared {
     logged: Vec<BatchOffsets>,
     committed: Option<u64>,
     watermark: Option<i64>,
-    /// The state the last committed batch left.
-    kept: Vec<RecordBatch>,
+    /// Where the state is kept, for a stateful query.
+    state: Option<StateRun>,
     /// Where each Kafka source begins when the checkpoint has no offsets
     /// of it (`startingOffsets`, read when the query started).
     kafka_start: BTreeMap<String, BTreeMap<i32, i64>>,
@@ -1910,10 +2004,51 @@ pub(crate) struct Prepared {
 
 /// What an aggregating batch did.
 struct StatefulBatch {
-    state: Vec<RecordBatch>,
     input_rows: u64,
     output_rows: u64,
     next_watermark: Option<i64>,
+    /// Rows the state holds after the batch.
+    state_rows: u64,
+}
+
+/// Where a stateful query's state lives in this run.
+pub(crate) struct StateRun {
+    dir: PathBuf,
+    /// Partitions of the state: hashed by its keys (without a session
+    /// window's), fixed for the life of a checkpoint.
+    partitions: usize,
+    /// This run of the query (see `store::Partition::run`).
+    run: u64,
+    /// The directory, when the query has no checkpoint: removed with the run.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// `plan` (a batch's groups) hash-partitioned by the state's keys into
+/// `partitions`, under the node that merges each partition into its state.
+fn merge_state(
+    plan: Arc<dyn ExecutionPlan>,
+    spec: MergeSpec,
+    partitions: usize,
+) -> Result<Arc<dyn ExecutionPlan>, SessionError> {
+    let agg = &spec.aggregation;
+    let schema = plan.schema();
+    let keys = agg
+        .keys
+        .iter()
+        .filter(|k| agg.session.as_ref().is_none_or(|s| s.key != **k))
+        .map(|k| Ok(Arc::new(Column::new_with_schema(k, &schema)?) as Arc<dyn PhysicalExpr>))
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    let input: Arc<dyn ExecutionPlan> = if partitions > 1 && !keys.is_empty() {
+        Arc::new(RepartitionExec::try_new(
+            plan,
+            Partitioning::Hash(keys, partitions),
+        )?)
+    } else if plan.output_partitioning().partition_count() > 1 {
+        Arc::new(CoalescePartitionsExec::new(plan))
+    } else {
+        plan
+    };
+    Ok(Arc::new(StateMergeExec::new(input, spec)))
 }
 
 /// Writes `rows` as `dir/batch=N/part-0.EXT`, replacing what an earlier
