@@ -60,7 +60,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{Array, Int64Array};
-use datafusion::arrow::ipc::reader::FileReader;
+use ember_engine::stream_state::store;
 use ember_testkit::env_or;
 use serde_json::Value;
 
@@ -434,14 +434,22 @@ fn check_window(dir: &Path, out: &Path, ckpt: &Path, run: &EmberRun) -> Option<S
     let Some(last) = run.batches.last().map(|b| b.id) else {
         return Some("no batch ran".to_string());
     };
-    let state = ckpt.join("state").join(format!("{last}.arrow"));
-    let reader = match std::fs::File::open(&state).map(|f| FileReader::try_new(f, None)) {
-        Ok(Ok(reader)) => reader,
-        _ => return Some(format!("no readable state {}", state.display())),
+    let state = ckpt.join("state");
+    let partitions = std::fs::read_to_string(state.join("partitions"))
+        .ok()
+        .and_then(|n| n.trim().parse().ok());
+    let Some(partitions) = partitions else {
+        return Some(format!("no state partition count in {}", state.display()));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rows = match runtime.block_on(store::read_version(&state, last, partitions)) {
+        Ok(rows) => rows,
+        Err(e) => return Some(format!("no readable state in {}: {e}", state.display())),
     };
     let mut kept = 0i128;
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in rows {
         let n = batch
             .column_by_name("n")
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())

@@ -328,7 +328,7 @@ impl fmt::Display for CampaignReport {
         if self.streaming {
             checked.push(
                 "streaming: offsets never go back, no committed batch redone differently, \
-                 sink rows exactly once across restarts",
+                 sink rows exactly once across restarts, aggregation state exactly once",
             );
         }
         if self.submissions > 0 {

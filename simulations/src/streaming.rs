@@ -1,7 +1,10 @@
-//! The streaming workload: a client-mode application runs a streaming
-//! query (files arriving in a directory → a filter → CSV files, one
-//! `batch=N` directory a batch, a checkpoint) through the real session on
-//! the simulated cluster, while the seed's faults happen. A batch that
+//! The streaming workload: a client-mode application runs two streaming
+//! queries over the same files arriving in a directory, each with its
+//! checkpoint, through the real session on the simulated cluster, while
+//! the seed's faults happen: a filter into CSV files (one `batch=N`
+//! directory a batch), and a count and sum per key in `COMPLETE` mode,
+//! whose state lives per partition on the executors and in its
+//! checkpoint. A batch that
 //! fails ends the query; the application starts it again on the same
 //! checkpoint, as an operator would, a few times. A cluster-mode
 //! submission runs the same query at the end of its script: each driver
@@ -14,7 +17,10 @@
 //!   offsets, and every batch directory holds exactly the rows of its
 //!   offsets' files (a batch run again replaced its own);
 //! - the sink holds every row at most once, and, once a start ran to the
-//!   end of the input, every row of every file exactly once.
+//!   end of the input, every row of every file exactly once;
+//! - the aggregation's every batch directory holds the counts and sums of
+//!   exactly the files of its batch and the batches before it: state lost
+//!   with an executor or a driver, or merged twice, shows there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,22 +84,39 @@ pub async fn run(
             .push(format!("stream of app {app}: cannot write its input: {e}"));
         return run;
     }
-    let [source, start] = statements(app, dir);
+    let [source, start, counts] = statements(app, dir);
     if let Err(e) = session.execute(&source).await {
         run.failure = Some(e.to_string());
         return run;
     }
     let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+    let mut seen_counts: BTreeMap<u64, String> = BTreeMap::new();
     while run.starts < STARTS && !gone() {
         run.starts += 1;
-        let ran = match session.execute(&start).await {
-            Ok(_) => session
-                .execute(&format!("AWAIT STREAMING QUERY stream_{app}"))
+        // Both queries run at once, in the background, under the same
+        // faults; then both are awaited.
+        let mut ran = Ok(());
+        let mut started = Vec::new();
+        for (query, statement) in [("stream", &start), ("counts", &counts)] {
+            match session.execute(statement).await {
+                Ok(_) => started.push(query),
+                Err(e) => ran = Err(e),
+            }
+        }
+        for query in started {
+            let awaited = session
+                .execute(&format!("AWAIT STREAMING QUERY {query}_{app}"))
                 .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
+                .map(|_| ());
+            ran = ran.and(awaited);
+        }
         check_offsets(app, dir, &mut seen, &mut run.violations);
+        check_offsets(
+            app,
+            &dir.join(COUNTS),
+            &mut seen_counts,
+            &mut run.violations,
+        );
         match ran {
             Ok(()) => {
                 run.finished = true;
@@ -108,11 +131,17 @@ pub async fn run(
         }
     }
     check_output(app, dir, run.finished, &mut run.violations);
+    check_counts(app, dir, run.finished, &mut run.violations);
     run
 }
 
-/// The stream's two statements: its source, and its query's start.
-pub fn statements(app: usize, dir: &Path) -> [String; 2] {
+/// Where the aggregation keeps its checkpoint and output, under a stream's
+/// directory.
+const COUNTS: &str = "counts";
+
+/// The stream's statements: its source, its filter's start, and its
+/// aggregation's start.
+pub fn statements(app: usize, dir: &Path) -> [String; 3] {
     [
         format!(
             "CREATE UNBOUNDED EXTERNAL TABLE events_{app} (id BIGINT, v BIGINT) STORED AS CSV \
@@ -124,6 +153,13 @@ pub fn statements(app: usize, dir: &Path) -> [String; 2] {
              INTO CSV '{}' AS SELECT id, v * 2 AS w FROM events_{app} WHERE v % 3 <> 0",
             dir.join("ckpt").display(),
             dir.join("out").display()
+        ),
+        format!(
+            "START STREAMING QUERY counts_{app} TRIGGER AVAILABLE NOW CHECKPOINT '{}' \
+             OUTPUT MODE COMPLETE INTO CSV '{}' \
+             AS SELECT v, count(*) AS n, sum(id) AS ids FROM events_{app} GROUP BY v",
+            dir.join(COUNTS).join("ckpt").display(),
+            dir.join(COUNTS).join("out").display()
         ),
     ]
 }
@@ -138,7 +174,14 @@ pub fn settle(app: usize, dir: &Path, finished: bool) -> StreamRun {
         ..StreamRun::default()
     };
     check_offsets(app, dir, &mut BTreeMap::new(), &mut run.violations);
+    check_offsets(
+        app,
+        &dir.join(COUNTS),
+        &mut BTreeMap::new(),
+        &mut run.violations,
+    );
     check_output(app, dir, finished, &mut run.violations);
+    check_counts(app, dir, finished, &mut run.violations);
     run
 }
 
@@ -181,6 +224,7 @@ fn files_of(entry: &str) -> Vec<String> {
 
 /// Offsets never go back: what was written for a batch stays as it was,
 /// and no file is in two batches.
+/// `dir` is where the query's checkpoint (`ckpt`) is.
 fn check_offsets(
     app: usize,
     dir: &Path,
@@ -303,5 +347,73 @@ fn check_output(app: usize, dir: &Path, finished: bool, violations: &mut Vec<Str
                 expected.len()
             ));
         }
+    }
+}
+
+/// The file numbers an offset log entry names.
+fn file_numbers(entry: &str) -> Vec<u64> {
+    files_of(entry)
+        .iter()
+        .filter_map(|f| f.strip_prefix("part-")?.strip_suffix(".csv")?.parse().ok())
+        .collect()
+}
+
+/// `v,n,ids` lines of the counts and id sums per `v` over input files
+/// `files`, sorted.
+fn expected_counts(files: &BTreeSet<u64>) -> Vec<String> {
+    let mut per_v: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for n in files {
+        for id in n * ROWS_PER_FILE..(n + 1) * ROWS_PER_FILE {
+            let entry = per_v.entry(id % 7).or_default();
+            entry.0 += 1;
+            entry.1 += id;
+        }
+    }
+    let mut lines: Vec<String> = per_v
+        .into_iter()
+        .map(|(v, (n, ids))| format!("{v},{n},{ids}"))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Every batch directory of the aggregation holds the counts of exactly
+/// the files of its batch and the ones before (`COMPLETE` writes every
+/// group); finished, the last holds those of every file.
+fn check_counts(app: usize, dir: &Path, finished: bool, violations: &mut Vec<String>) {
+    let dir = dir.join(COUNTS);
+    let offsets = offset_log(&dir, "offsets");
+    let commits = offset_log(&dir, "commits");
+    let out = dir.join("out");
+    let mut upto = BTreeSet::new();
+    let mut last = None;
+    for (batch, entry) in &offsets {
+        upto.extend(file_numbers(entry));
+        let written = out.join(format!("batch={batch}"));
+        if !written.exists() {
+            if commits.contains_key(batch) {
+                violations.push(format!(
+                    "stream state lost: app {app}'s aggregation committed batch {batch} without its output"
+                ));
+            }
+            continue;
+        }
+        let mut rows: Vec<String> = rows_in(&written)
+            .into_iter()
+            .filter(|l| l != "v,n,ids")
+            .collect();
+        rows.sort();
+        let expected = expected_counts(&upto);
+        if rows != expected {
+            violations.push(format!(
+                "stream state wrong: app {app}'s aggregation wrote {rows:?} in batch {batch}, not {expected:?} (files {upto:?})"
+            ));
+        }
+        last = Some(upto.clone());
+    }
+    if finished && last.is_none_or(|files| files.len() as u64 != FILES) {
+        violations.push(format!(
+            "stream state wrong: app {app}'s aggregation finished without a batch over all {FILES} files"
+        ));
     }
 }

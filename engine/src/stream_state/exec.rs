@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{self, Partition};
 use super::{Aggregation, OutputMode, merge, state_schema};
+use crate::shuffle::ShuffleEnv;
 
 /// What a batch's merge needs to know, the same for every partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,13 +134,24 @@ impl ExecutionPlan for StateMergeExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input_schema = self.input.schema();
+        let executor = context
+            .session_config()
+            .get_extension::<ShuffleEnv>()
+            .map(|env| env.local.clone())
+            .unwrap_or_default();
         let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
         let schema = self.schema();
         let out_schema = Arc::clone(&schema);
         let merged = async move {
             let batch = collect(input).await?;
-            merge_partition(&spec, partition, &input_schema, &out_schema, batch).await
+            let at = Partition {
+                run: spec.run,
+                executor,
+                dir: spec.dir.clone(),
+                partition,
+            };
+            merge_partition(&spec, &at, &input_schema, &out_schema, batch).await
         };
         let rows = futures::stream::once(merged)
             .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok)))
@@ -151,19 +163,14 @@ impl ExecutionPlan for StateMergeExec {
 
 async fn merge_partition(
     spec: &MergeSpec,
-    partition: usize,
+    at: &Partition,
     input_schema: &SchemaRef,
     out_schema: &SchemaRef,
     batch: Vec<datafusion::arrow::array::RecordBatch>,
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
-    let at = Partition {
-        run: spec.run,
-        dir: spec.dir.clone(),
-        partition,
-    };
     let kept_schema = store::nullable(&state_schema(&spec.aggregation, input_schema));
     let previous = match spec.previous {
-        Some(version) => Some(store::load(&at, version, &kept_schema).await?),
+        Some(version) => Some(store::load(at, version, &kept_schema).await?),
         None => None,
     };
     let merged = merge(
@@ -176,7 +183,7 @@ async fn merge_partition(
     )
     .await?;
     store::save(
-        &at,
+        at,
         spec.batch,
         previous.as_deref(),
         &merged.state,

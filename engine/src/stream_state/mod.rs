@@ -126,6 +126,15 @@ pub fn micros(column: &str) -> String {
     )
 }
 
+/// A context for merging one state partition, in the task that holds it:
+/// one partition, so a merge runs on the task's thread and does not fan
+/// out over cores the executor's other tasks use.
+pub(crate) fn merge_context() -> SessionContext {
+    SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+    )
+}
+
 /// The state after a batch, and the rows the batch writes.
 pub struct Merged {
     pub state: Vec<RecordBatch>,
@@ -142,7 +151,7 @@ pub async fn merge(
     batch: &[RecordBatch],
     watermark: Option<i64>,
 ) -> Result<Merged> {
-    let ctx = SessionContext::new();
+    let ctx = merge_context();
     let table = |rows: &[RecordBatch]| mem_table(schema, rows);
     ctx.register_table("batch", table(batch)?)?;
     if let Some(session) = &agg.session {

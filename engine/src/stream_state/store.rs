@@ -21,7 +21,6 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::prelude::SessionContext;
 
 /// A snapshot every this many versions (Spark's
 /// `minDeltasForSnapshot` is 10 as well), and for a query's first.
@@ -34,12 +33,16 @@ const ROWS: &str = "ember.state.rows";
 /// Versions kept in one process's memory, across queries and partitions.
 const CACHED: usize = 256;
 
-/// Where one partition's state lives, and which query run keeps it.
+/// Where one partition's state lives, which query run keeps it, and which
+/// executor holds it in memory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Partition {
     /// The query run: versions cached by one run are never read by
     /// another, even over the same directory.
     pub run: u64,
+    /// The executor holding versions in memory (its shuffle location;
+    /// executors that share a process keep apart, as if they did not).
+    pub executor: String,
     pub dir: PathBuf,
     pub partition: usize,
 }
@@ -115,13 +118,51 @@ pub async fn load(at: &Partition, version: u64, schema: &SchemaRef) -> Result<Ve
     if let Some(rows) = cache().get(at, version) {
         return Ok(rows);
     }
-    // The deltas down to the latest snapshot at or below the version.
+    let (snapshot, deltas) = chain(at, version)?;
+    let mut rows = conform(schema, &read(&snapshot)?)?;
+    for delta in &deltas {
+        rows = apply(schema, &rows, &read(delta)?).await?;
+    }
+    cache().put(at, version, rows.clone());
+    Ok(rows)
+}
+
+/// Every row of version `version` over partitions `0..partitions`, in the
+/// schema its snapshots were written in (for tools and checks; nothing is
+/// cached).
+pub async fn read_version(dir: &Path, version: u64, partitions: usize) -> Result<Vec<RecordBatch>> {
+    let mut all = Vec::new();
+    for partition in 0..partitions {
+        let at = Partition {
+            run: 0,
+            executor: String::new(),
+            dir: dir.to_path_buf(),
+            partition,
+        };
+        let (snapshot, deltas) = chain(&at, version)?;
+        let file = std::fs::File::open(&snapshot).map_err(|e| failed(&snapshot, e))?;
+        let schema = FileReader::try_new(file, None)
+            .map_err(|e| failed(&snapshot, e))?
+            .schema();
+        let mut rows = read(&snapshot)?;
+        for delta in &deltas {
+            rows = apply(&schema, &rows, &read(delta)?).await?;
+        }
+        all.extend(rows);
+    }
+    Ok(all)
+}
+
+/// The latest snapshot at or below `version` and the deltas after it, in
+/// order.
+fn chain(at: &Partition, version: u64) -> Result<(PathBuf, Vec<PathBuf>)> {
     let mut deltas = Vec::new();
     let mut v = version;
-    let base = loop {
+    loop {
         let snapshot = at.file(v, "snapshot");
         if snapshot.exists() {
-            break read(&snapshot)?;
+            deltas.reverse();
+            return Ok((snapshot, deltas));
         }
         let delta = at.file(v, "delta");
         if !delta.exists() || v == 0 {
@@ -135,13 +176,7 @@ pub async fn load(at: &Partition, version: u64, schema: &SchemaRef) -> Result<Ve
         }
         deltas.push(delta);
         v -= 1;
-    };
-    let mut rows = conform(schema, &base)?;
-    for delta in deltas.iter().rev() {
-        rows = apply(schema, &rows, &read(delta)?).await?;
     }
-    cache().put(at, version, rows.clone());
-    Ok(rows)
 }
 
 /// Writes version `version` of a partition's state: a snapshot when it is
@@ -178,6 +213,7 @@ pub fn rows(dir: &Path, version: u64, partitions: usize) -> Result<u64> {
     for partition in 0..partitions {
         let at = Partition {
             run: 0,
+            executor: String::new(),
             dir: dir.to_path_buf(),
             partition,
         };
@@ -240,7 +276,7 @@ async fn delta(
     previous: &[RecordBatch],
     rows: &[RecordBatch],
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = SessionContext::new();
+    let ctx = super::merge_context();
     ctx.register_table("old", table(schema, &conform(schema, previous)?)?)?;
     ctx.register_table("new", table(schema, rows)?)?;
     let sql = format!(
@@ -258,7 +294,7 @@ async fn apply(
     rows: &[RecordBatch],
     changes: &[RecordBatch],
 ) -> Result<Vec<RecordBatch>> {
-    let ctx = SessionContext::new();
+    let ctx = super::merge_context();
     ctx.register_table("old", table(schema, rows)?)?;
     ctx.register_table(
         "delta",
@@ -382,6 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = Partition {
             run: 1,
+            executor: String::new(),
             dir: dir.path().to_path_buf(),
             partition: 1,
         };
@@ -431,6 +468,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows(dir.path(), 12, 2).unwrap(), 3);
+        let mut all: Vec<(String, i64)> = sorted(&read_version(dir.path(), 12, 2).await.unwrap());
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("a".to_string(), 13),
+                ("c".to_string(), 12),
+                ("z".to_string(), 1)
+            ]
+        );
     }
 
     #[tokio::test]
@@ -438,6 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = Partition {
             run: 3,
+            executor: String::new(),
             dir: dir.path().to_path_buf(),
             partition: 0,
         };
