@@ -375,6 +375,30 @@ impl Interrupted {
         );
     }
 
+    /// Runs the stream in client mode as application `name` on a loopback
+    /// cluster with two one-core executors, and kills one of them once two
+    /// batches committed; the run must still succeed.
+    fn kill_an_executor_after_two_batches(&self, name: &str) {
+        let cluster = crate::cluster::Cluster::start();
+        let script = cluster.job(&format!("{name}.sql"), &self.job);
+        let submit = cluster
+            .ember(&["submit", "--total-executor-cores", "2", "--name", name])
+            .arg(&script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = cluster.wait_for("two executors", std::time::Duration::from_secs(20), |s| {
+            ember_testkit::app(s, name)
+                .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
+        });
+        let (_, executors) = crate::cluster::two_executor_processes(&status, name);
+        self.wait_for_commits(2);
+        ember_testkit::signal(executors[0], libc::SIGKILL);
+        let out = submit.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
     /// Once every file arrived, runs the query to the end of the input.
     fn run_rest(&mut self, run: impl FnOnce(&Path) -> std::process::Output) {
         if let Some(arriving) = self.arriving.take() {
@@ -424,30 +448,7 @@ fn a_stateful_stream_rebuilds_its_state_when_an_executor_is_killed() {
         "per_v",
         "OUTPUT MODE COMPLETE AS SELECT v, count(*) AS n, sum(id) AS ids FROM events GROUP BY v",
     );
-    let cluster = crate::cluster::Cluster::start();
-    let script = cluster.job("stateful-executor-lost.sql", &stream.job);
-    let submit = cluster
-        .ember(&[
-            "submit",
-            "--total-executor-cores",
-            "2",
-            "--name",
-            "stateful-executor-lost",
-        ])
-        .arg(&script)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = cluster.wait_for("two executors", std::time::Duration::from_secs(20), |s| {
-        ember_testkit::app(s, "stateful-executor-lost")
-            .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
-    });
-    let (_, executors) = crate::cluster::two_executor_processes(&status, "stateful-executor-lost");
-    stream.wait_for_commits(2);
-    ember_testkit::signal(executors[0], libc::SIGKILL);
-    let out = submit.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    stream.kill_an_executor_after_two_batches("stateful-executor-lost");
     let work = dir.path().to_path_buf();
     stream.run_rest(|rest| ember(&["submit", rest.to_str().unwrap()], &work));
     let mut expected = String::from("v,n,ids\n");
@@ -553,30 +554,7 @@ fn a_client_mode_driver_killed_mid_stream_resumes_with_every_row_once() {
 fn an_executor_killed_mid_stream_loses_no_row_and_doubles_none() {
     let dir = tempfile::tempdir().unwrap();
     let stream = Interrupted::start(dir.path(), "STOP AFTER '4 seconds'");
-    let cluster = crate::cluster::Cluster::start();
-    let script = cluster.job("executor-lost.sql", &stream.job);
-    let submit = cluster
-        .ember(&[
-            "submit",
-            "--total-executor-cores",
-            "2",
-            "--name",
-            "executor-lost",
-        ])
-        .arg(&script)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = cluster.wait_for("two executors", std::time::Duration::from_secs(20), |s| {
-        ember_testkit::app(s, "executor-lost")
-            .is_some_and(|a| a["executors"].as_array().is_some_and(|e| e.len() == 2))
-    });
-    let (_, executors) = crate::cluster::two_executor_processes(&status, "executor-lost");
-    stream.wait_for_commits(2);
-    ember_testkit::signal(executors[0], libc::SIGKILL);
-    let out = submit.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    stream.kill_an_executor_after_two_batches("executor-lost");
     stream.finish();
 }
 

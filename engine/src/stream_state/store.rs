@@ -413,23 +413,32 @@ mod tests {
         rows
     }
 
-    #[tokio::test]
-    async fn versions_are_snapshots_and_deltas_and_rebuild_from_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let at = Partition {
-            run: 1,
+    fn partition(run: u64, dir: &Path, partition: usize) -> Partition {
+        Partition {
+            run,
             executor: String::new(),
-            dir: dir.path().to_path_buf(),
-            partition: 1,
-        };
+            dir: dir.to_path_buf(),
+            partition,
+        }
+    }
+
+    /// Saves versions `0..=last` of [`version`], each from the one before.
+    async fn save_versions(at: &Partition, last: u64) {
         let mut previous: Option<Vec<RecordBatch>> = None;
-        for v in 0..=12u64 {
+        for v in 0..=last {
             let rows = state(&version(v as i64));
-            save(&at, v, previous.as_deref(), &rows, &schema())
+            save(at, v, previous.as_deref(), &rows, &schema())
                 .await
                 .unwrap();
             previous = Some(rows);
         }
+    }
+
+    #[tokio::test]
+    async fn versions_are_snapshots_and_deltas_and_rebuild_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = partition(1, dir.path(), 1);
+        save_versions(&at, 12).await;
         let kind = |v: u64| {
             ["snapshot", "delta"]
                 .into_iter()
@@ -483,20 +492,8 @@ mod tests {
     #[tokio::test]
     async fn old_versions_go_once_a_later_snapshot_is_committed_and_a_missing_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let at = Partition {
-            run: 3,
-            executor: String::new(),
-            dir: dir.path().to_path_buf(),
-            partition: 0,
-        };
-        let mut previous: Option<Vec<RecordBatch>> = None;
-        for v in 0..=11u64 {
-            let rows = state(&version(v as i64));
-            save(&at, v, previous.as_deref(), &rows, &schema())
-                .await
-                .unwrap();
-            previous = Some(rows);
-        }
+        let at = partition(3, dir.path(), 0);
+        save_versions(&at, 11).await;
         forget_before_snapshot(dir.path(), 11).unwrap();
         assert!(!dir.path().join("9").exists());
         assert!(dir.path().join("10").exists() && dir.path().join("11").exists());
