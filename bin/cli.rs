@@ -242,8 +242,9 @@ pub struct ProbeNodeArgs {
 A failing statement stops the job with a non-zero exit code."
 )]
 pub struct SubmitArgs {
-    /// The SQL script to run (DataFusion SQL: CREATE EXTERNAL TABLE, SELECT, COPY ... TO, EXPLAIN),
-    /// or an application's binary (a Rust program built on the `ember` library).
+    /// The SQL script to run (DataFusion SQL: CREATE EXTERNAL TABLE, SELECT, COPY ... TO, EXPLAIN;
+    /// `-` reads it from standard input), or an application's binary (a Rust program built on
+    /// the `ember` library).
     #[arg(value_name = "JOB_FILE")]
     pub job: PathBuf,
 
@@ -967,7 +968,12 @@ fn submit(args: SubmitArgs) -> ExitCode {
             "--deploy-mode cluster needs a cluster master (--master ember://HOST:PORT); local masters run the driver in this process (client mode)",
         );
     }
-    if ember_actors::binaries::is_elf(&args.job) {
+    // A script may come through a pipe (`-`, `/dev/stdin`, a process
+    // substitution): it is read once, whole, and never sniffed first, since
+    // a pipe gives its bytes only once.
+    let piped = args.job.as_os_str() == "-"
+        || std::fs::metadata(&args.job).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if !piped && ember_actors::binaries::is_elf(&args.job) {
         return crate::app::submit(args);
     }
     if !args.app_args.is_empty() {
@@ -976,19 +982,35 @@ fn submit(args: SubmitArgs) -> ExitCode {
             args.job.display()
         ));
     }
-    let script = match std::fs::read_to_string(&args.job) {
+    let read = if args.job.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&args.job)
+    };
+    let script = match read {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData && piped => {
+            return fail(&format!(
+                "{} is not a SQL script (not UTF-8 text); an application binary is submitted \
+                 from a file, not a pipe",
+                args.job.display()
+            ));
+        }
         Err(e) => return fail(&format!("cannot read job file {}: {e}", args.job.display())),
     };
     let statements = split_statements(&script);
     if statements.is_empty() {
         return fail(&format!("{} has no SQL statements", args.job.display()));
     }
-    let (conf, request) = match args
-        .app
-        .conf()
-        .and_then(|conf| Ok((conf, args.app.request(&args.job.display().to_string())?)))
-    {
+    let (conf, request) = match args.app.conf().and_then(|conf| {
+        let name = if args.job.as_os_str() == "-" {
+            "stdin".to_string()
+        } else {
+            args.job.display().to_string()
+        };
+        Ok((conf, args.app.request(&name)?))
+    }) {
         Ok(parts) => parts,
         Err(e) => return fail(&e),
     };

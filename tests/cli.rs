@@ -20,6 +20,41 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `ember submit JOB` with `input` written to its standard input.
+fn submit_piped(job: &str, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["submit", "--format", "csv", job])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A script piped in (`-`, or a pipe's path such as `/dev/stdin`) runs
+/// whole: its first bytes are not taken to check for a binary. Binary
+/// bytes through a pipe are refused with what to do.
+#[test]
+fn a_script_piped_to_submit_runs_whole() {
+    for job in ["-", "/dev/stdin"] {
+        let out = submit_piped(job, b"SELECT 1 AS one;\nSELECT 'two' AS two;\n");
+        assert!(out.status.success(), "{job}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "one\n1\ntwo\ntwo\n", "{job}");
+    }
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_ember")).unwrap();
+    let out = submit_piped("-", &binary[..4096]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("an application binary is submitted from a file, not a pipe"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn the_example_job_prints_top_videos_and_writes_its_table() {
     let work = tempfile::tempdir().unwrap();
