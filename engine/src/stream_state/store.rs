@@ -48,6 +48,17 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Partition `partition` as the checkpoint under `dir` holds it, for
+    /// reading only (no run caches it).
+    fn on_disk(dir: &Path, partition: usize) -> Self {
+        Self {
+            run: 0,
+            executor: String::new(),
+            dir: dir.to_path_buf(),
+            partition,
+        }
+    }
+
     fn file(&self, version: u64, kind: &str) -> PathBuf {
         self.dir
             .join(version.to_string())
@@ -133,12 +144,7 @@ pub async fn load(at: &Partition, version: u64, schema: &SchemaRef) -> Result<Ve
 pub async fn read_version(dir: &Path, version: u64, partitions: usize) -> Result<Vec<RecordBatch>> {
     let mut all = Vec::new();
     for partition in 0..partitions {
-        let at = Partition {
-            run: 0,
-            executor: String::new(),
-            dir: dir.to_path_buf(),
-            partition,
-        };
+        let at = Partition::on_disk(dir, partition);
         let (snapshot, deltas) = chain(&at, version)?;
         let file = std::fs::File::open(&snapshot).map_err(|e| failed(&snapshot, e))?;
         let schema = FileReader::try_new(file, None)
@@ -211,12 +217,7 @@ pub async fn save(
 pub fn rows(dir: &Path, version: u64, partitions: usize) -> Result<u64> {
     let mut total = 0;
     for partition in 0..partitions {
-        let at = Partition {
-            run: 0,
-            executor: String::new(),
-            dir: dir.to_path_buf(),
-            partition,
-        };
+        let at = Partition::on_disk(dir, partition);
         let snapshot = at.file(version, "snapshot");
         let file = if snapshot.exists() {
             snapshot
