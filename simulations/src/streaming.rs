@@ -223,8 +223,8 @@ fn files_of(entry: &str) -> Vec<String> {
 }
 
 /// Offsets never go back: what was written for a batch stays as it was,
-/// and no file is in two batches.
-/// `dir` is where the query's checkpoint (`ckpt`) is.
+/// and no file is in two batches (of the query whose checkpoint is
+/// `dir/ckpt`).
 fn check_offsets(
     app: usize,
     dir: &Path,
@@ -320,9 +320,8 @@ fn check_output(app: usize, dir: &Path, finished: bool, violations: &mut Vec<Str
             ));
             continue;
         };
-        let mut expected: Vec<String> = files_of(entry)
-            .iter()
-            .filter_map(|f| f.strip_prefix("part-")?.strip_suffix(".csv")?.parse().ok())
+        let mut expected: Vec<String> = file_numbers(entry)
+            .into_iter()
             .flat_map(expected_rows)
             .collect();
         expected.sort();

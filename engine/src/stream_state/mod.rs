@@ -68,6 +68,15 @@ pub struct Aggregation {
 }
 
 impl Aggregation {
+    /// The keys the state is partitioned by: every group key but a session
+    /// window's (sessions of one key merge, so they must meet in one
+    /// partition). None: the state is one partition.
+    pub fn partition_keys(&self) -> impl Iterator<Item = &String> {
+        self.keys
+            .iter()
+            .filter(|k| self.session.as_ref().is_none_or(|s| s.key != **k))
+    }
+
     /// SQL merging output column `column`'s values across rows of one
     /// group, if it is an aggregate.
     fn merged(&self, column: &str) -> Option<String> {

@@ -129,11 +129,7 @@ pub async fn load(at: &Partition, version: u64, schema: &SchemaRef) -> Result<Ve
     if let Some(rows) = cache().get(at, version) {
         return Ok(rows);
     }
-    let (snapshot, deltas) = chain(at, version)?;
-    let mut rows = conform(schema, &read(&snapshot)?)?;
-    for delta in &deltas {
-        rows = apply(schema, &rows, &read(delta)?).await?;
-    }
+    let rows = rebuild(at, version, Some(schema)).await?;
     cache().put(at, version, rows.clone());
     Ok(rows)
 }
@@ -144,19 +140,27 @@ pub async fn load(at: &Partition, version: u64, schema: &SchemaRef) -> Result<Ve
 pub async fn read_version(dir: &Path, version: u64, partitions: usize) -> Result<Vec<RecordBatch>> {
     let mut all = Vec::new();
     for partition in 0..partitions {
-        let at = Partition::on_disk(dir, partition);
-        let (snapshot, deltas) = chain(&at, version)?;
-        let file = std::fs::File::open(&snapshot).map_err(|e| failed(&snapshot, e))?;
-        let schema = FileReader::try_new(file, None)
-            .map_err(|e| failed(&snapshot, e))?
-            .schema();
-        let mut rows = read(&snapshot)?;
-        for delta in &deltas {
-            rows = apply(&schema, &rows, &read(delta)?).await?;
-        }
-        all.extend(rows);
+        all.extend(rebuild(&Partition::on_disk(dir, partition), version, None).await?);
     }
     Ok(all)
+}
+
+/// Version `version` of a partition from the checkpoint: its latest
+/// snapshot with the deltas after it made, in `schema` or, without one,
+/// the schema the snapshot was written in.
+async fn rebuild(
+    at: &Partition,
+    version: u64,
+    schema: Option<&SchemaRef>,
+) -> Result<Vec<RecordBatch>> {
+    let (snapshot, deltas) = chain(at, version)?;
+    let (written, rows) = read(&snapshot)?;
+    let schema = schema.unwrap_or(&written);
+    let mut rows = conform(schema, &rows)?;
+    for delta in &deltas {
+        rows = apply(schema, &rows, &read(delta)?.1).await?;
+    }
+    Ok(rows)
 }
 
 /// The latest snapshot at or below `version` and the deltas after it, in
@@ -330,19 +334,33 @@ fn write(path: &Path, schema: &SchemaRef, rows: &[RecordBatch], total: usize) ->
         }
         writer.finish().map_err(|e| failed(path, e))?;
     }
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| failed(dir, e))?;
-    tmp.write_all(&bytes).map_err(|e| failed(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| failed(path, e))?;
-    tmp.persist(path).map_err(|e| failed(path, e.error))?;
+    write_atomically(path, &bytes).map_err(|e| failed(path, e))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames
+/// it over `path`: a reader finds the whole file or none. Every file of a
+/// streaming checkpoint is written so.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
-fn read(path: &Path) -> Result<Vec<RecordBatch>> {
+/// A state file's schema and rows.
+fn read(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let file = std::fs::File::open(path).map_err(|e| failed(path, e))?;
     let reader = FileReader::try_new(file, None).map_err(|e| failed(path, e))?;
-    reader
+    let schema = reader.schema();
+    let rows = reader
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| failed(path, format!("damaged: {e}")))
+        .map_err(|e| failed(path, format!("damaged: {e}")))?;
+    Ok((schema, rows))
 }
 
 fn footer_rows(path: &Path) -> Result<u64> {

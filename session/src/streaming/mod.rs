@@ -27,19 +27,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
-use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use serde::{Deserialize, Serialize};
-
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{CreateExternalTable, DdlStatement, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
-use ember_engine::stream_state::{MergeSpec, StateMergeExec, store};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use ember_engine::stream_state::store::{self, write_atomically};
+use ember_engine::stream_state::{MergeSpec, StateMergeExec};
+use serde::{Deserialize, Serialize};
 
 use crate::session::{Mode, Session, SessionError, StatementOutcome};
 
@@ -784,21 +784,6 @@ impl Checkpoint {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames
-/// it over `path`: a reader finds the whole file or none.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// Files of `dir` a file source may take: whole files (not hidden, not
 /// being written: `_` and `.` names are skipped, as Spark does), oldest
 /// first.
@@ -1310,11 +1295,7 @@ impl Session {
         agg: &state::Aggregation,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<StateRun, SessionError> {
-        let keyed = agg
-            .keys
-            .iter()
-            .any(|k| agg.session.as_ref().is_none_or(|s| s.key != *k));
-        let wanted = if keyed {
+        let wanted = if agg.partition_keys().next().is_some() {
             self.context().state().config().target_partitions().max(1)
         } else {
             1
@@ -2033,9 +2014,7 @@ fn merge_state(
     let agg = &spec.aggregation;
     let schema = plan.schema();
     let keys = agg
-        .keys
-        .iter()
-        .filter(|k| agg.session.as_ref().is_none_or(|s| s.key != **k))
+        .partition_keys()
         .map(|k| Ok(Arc::new(Column::new_with_schema(k, &schema)?) as Arc<dyn PhysicalExpr>))
         .collect::<Result<Vec<_>, DataFusionError>>()?;
     let input: Arc<dyn ExecutionPlan> = if partitions > 1 && !keys.is_empty() {
