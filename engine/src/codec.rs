@@ -397,13 +397,7 @@ fn padded_side(
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     payload.usize("stage")?;
     payload.finish()?;
-    let [input] = inputs else {
-        return Err(malformed(format!(
-            "a padded join input has one input, this one has {}",
-            inputs.len()
-        ))
-        .into());
-    };
+    let input = one_input(inputs, "a padded join input")?;
     Ok(Arc::new(PaddedSideExec::new(Arc::clone(input))))
 }
 
@@ -415,14 +409,23 @@ fn state_merge(
     payload.usize("stage")?;
     let spec: MergeSpec = serde_json::from_slice(payload.rest())
         .map_err(|e| malformed(format!("a state merge's description: {e}")))?;
-    let [input] = inputs else {
-        return Err(malformed(format!(
-            "a state merge has one input, this one has {}",
+    let input = one_input(inputs, "a state merge")?;
+    Ok(Arc::new(StateMergeExec::new(Arc::clone(input), spec)))
+}
+
+/// The one input of an Ember node (`what`, for the error).
+fn one_input<'a>(
+    inputs: &'a [Arc<dyn ExecutionPlan>],
+    what: &str,
+) -> DfResult<&'a Arc<dyn ExecutionPlan>> {
+    match inputs {
+        [input] => Ok(input),
+        _ => Err(malformed(format!(
+            "{what} has one input, this one has {}",
             inputs.len()
         ))
-        .into());
-    };
-    Ok(Arc::new(StateMergeExec::new(Arc::clone(input), spec)))
+        .into()),
+    }
 }
 
 fn header(buf: &mut Vec<u8>, kind: u8, stage: usize) {
@@ -447,13 +450,7 @@ impl Decoder<'_> {
         inputs: &[Arc<dyn ExecutionPlan>],
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let stage = payload.usize("stage")?;
-        let [input] = inputs else {
-            return Err(malformed(format!(
-                "a shuffle writer has one input, this one has {}",
-                inputs.len()
-            ))
-            .into());
-        };
+        let input = one_input(inputs, "a shuffle writer")?;
         let output = match payload.u8("shuffle output")? {
             PASSTHROUGH => {
                 payload.finish()?;
