@@ -434,7 +434,7 @@ fn sort_part() {
 
 fn main() {
     if let Ok(what) = std::env::var("EMBER_BENCH_CHILD") {
-        ember::allocator::keep_freed_memory();
+        ember::allocator::configure();
         run_child(&what);
         return;
     }

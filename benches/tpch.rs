@@ -153,7 +153,7 @@ fn main() {
         return;
     }
     // The allocator settings `ember` runs with, for the baseline too.
-    ember::allocator::keep_freed_memory();
+    ember::allocator::configure();
     let scale: f64 = env_or("EMBER_BENCH_SCALE", 1.0);
     let runs: usize = env_or("EMBER_BENCH_RUNS", 3usize).max(1);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");

@@ -7,6 +7,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    ember::allocator::keep_freed_memory();
+    ember::allocator::configure();
     ember::cli::main()
 }
