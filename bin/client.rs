@@ -210,14 +210,18 @@ pub fn status(args: StatusArgs) -> ExitCode {
                     .into_iter()
                     .map(|e| {
                         let size = ember_engine::memory::human_size;
-                        let (used, spilled, shuffle, rss) = match &e.usage {
+                        let (used, spilled, shuffle, rss, reads) = match &e.usage {
                             Some(u) => (
                                 size(u.memory_used),
                                 size(u.spilled_bytes),
                                 size(u.shuffle_disk_bytes),
                                 size(u.peak_rss),
+                                format!(
+                                    "{} / {}",
+                                    u.shuffle_blocks_read_on_host, u.shuffle_blocks_fetched
+                                ),
                             ),
-                            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
                         };
                         vec![
                             e.executor.to_string(),
@@ -228,6 +232,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                             spilled,
                             shuffle,
                             rss,
+                            reads,
                             e.state.to_string(),
                             e.reason.clone().unwrap_or_default(),
                         ]
@@ -243,6 +248,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                         "SPILLED",
                         "SHUFFLE DISK",
                         "PEAK RSS",
+                        "BLOCKS HOST/NET",
                         "STATE",
                         "REASON",
                     ],

@@ -106,6 +106,13 @@ fn run_local(master: &str, job: &Path) -> Result<String, String> {
     printed(&command.arg(job).output().unwrap())
 }
 
+/// Whether client-mode runs of query `n` read the other executor's
+/// shuffle files from disk: odd queries do (the default), even ones have
+/// every block sent over the network, so both ways run on real plans.
+fn reads_host_files(n: u32) -> bool {
+    n % 2 == 1
+}
+
 fn run_client(cluster: &Cluster, n: u32, job: &Path) -> Result<String, String> {
     let name = format!("tpch-q{n:02}-client");
     let mut command = cluster.ember(&[
@@ -117,7 +124,34 @@ fn run_client(cluster: &Cluster, n: u32, job: &Path) -> Result<String, String> {
         "--name",
         &name,
     ]);
+    if !reads_host_files(n) {
+        command.args(["--conf", "ember.shuffle.readHostLocalDisk=false"]);
+    }
     printed(&command.arg(job).output().unwrap())
+}
+
+/// Shuffle blocks the executors of a client-mode run of query `n` read
+/// from each other's files and had sent over the network, as `ember
+/// status` reports them once the application ended.
+fn blocks_read(cluster: &Cluster, n: u32) -> (u64, u64) {
+    let name = format!("tpch-q{n:02}-client");
+    let status = cluster.wait_for(
+        "a client-mode TPC-H application to end",
+        Duration::from_secs(10),
+        |s| ember_testkit::app(s, &name).is_some_and(|a| a["state"] == "FINISHED"),
+    );
+    let app = ember_testkit::app(&status, &name).unwrap();
+    let executors = app["removed_executors"].as_array().unwrap();
+    let count = |key: &str| {
+        executors
+            .iter()
+            .map(|e| e["usage"][key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    (
+        count("shuffle_blocks_read_on_host"),
+        count("shuffle_blocks_fetched"),
+    )
 }
 
 /// Submits in cluster mode, waits for the driver to end, and reads what
@@ -202,15 +236,19 @@ fn every_tpch_query_gives_datafusions_answer_in_every_mode() {
     }
     match std::panic::catch_unwind(Cluster::start) {
         Ok(cluster) => {
+            // Blocks from files on this host and over the network, over
+            // the runs that read files and those that may not.
+            let mut on_host = [(0, 0); 2];
             for (n, answer) in &expected {
                 runs += 2;
                 let job = script(dir, *n);
-                failures.extend(check(
-                    *n,
-                    Mode::Client,
-                    answer,
-                    run_client(&cluster, *n, &job),
-                ));
+                let client = run_client(&cluster, *n, &job);
+                if client.is_ok() {
+                    let (host, net) = blocks_read(&cluster, *n);
+                    let way = &mut on_host[usize::from(reads_host_files(*n))];
+                    *way = (way.0 + host, way.1 + net);
+                }
+                failures.extend(check(*n, Mode::Client, answer, client));
                 failures.extend(check(
                     *n,
                     Mode::Cluster,
@@ -218,6 +256,18 @@ fn every_tpch_query_gives_datafusions_answer_in_every_mode() {
                     run_cluster_mode(&cluster, *n, &job),
                 ));
             }
+            // Executors on one host read each other's shuffle files (a
+            // rare block goes over the network, when its file could not
+            // be located twice); told not to, they send every block.
+            let [network_only, host_files] = on_host;
+            assert!(
+                host_files.0 > 0 && host_files.1 * 20 <= host_files.0,
+                "with host-local reads on, blocks read from files / sent: {host_files:?}"
+            );
+            assert!(
+                network_only.0 == 0 && network_only.1 > 0,
+                "with host-local reads off, blocks read from files / sent: {network_only:?}"
+            );
         }
         Err(_) => failures.push(
             "client and cluster mode: the loopback cluster did not start (its panic is above)"

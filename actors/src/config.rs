@@ -66,6 +66,7 @@ pub const LOCAL_EXECUTOR_WAIT: &str = "ember.local.executorRegistrationWait";
 pub const DRIVER_MEMORY: &str = "ember.driver.memory";
 pub const BROADCAST_THRESHOLD: &str = "ember.sql.autoBroadcastJoinThreshold";
 pub const SHUFFLE_COMPRESS: &str = "ember.shuffle.compress";
+pub const SHUFFLE_READ_HOST_LOCAL: &str = "ember.shuffle.readHostLocalDisk";
 pub const COALESCE_PARTITIONS: &str = "ember.sql.adaptive.coalescePartitions.enabled";
 pub const ADVISORY_PARTITION_SIZE: &str = "ember.sql.adaptive.advisoryPartitionSizeInBytes";
 pub const MIN_PARTITION_SIZE: &str = "ember.sql.adaptive.coalescePartitions.minPartitionSize";
@@ -113,6 +114,12 @@ pub const KEYS: &[ConfigKey] = &[
         kind: ValueKind::Bool,
         default: "true",
         doc: "Compress shuffle files with LZ4 (Spark's spark.shuffle.compress): less disk and page cache for some CPU.",
+    },
+    ConfigKey {
+        name: SHUFFLE_READ_HOST_LOCAL,
+        kind: ValueKind::Bool,
+        default: "true",
+        doc: "An executor reads the shuffle files of another executor on the same host straight from disk instead of having them sent over the network (Spark's spark.shuffle.readHostLocalDisk); blocks held in memory, or files it cannot open, are still sent.",
     },
     ConfigKey {
         name: DRIVER_MEMORY,

@@ -83,6 +83,13 @@ pub struct ExecutorUsage {
     /// Its process's peak resident memory in bytes (0: unknown); executors
     /// of one local process share it.
     pub peak_rss: u64,
+    /// Shuffle blocks its tasks read straight from the files of another
+    /// executor on the same host (`ember.shuffle.readHostLocalDisk`).
+    #[serde(default)]
+    pub shuffle_blocks_read_on_host: u64,
+    /// Shuffle blocks its tasks had another executor send over the network.
+    #[serde(default)]
+    pub shuffle_blocks_fetched: u64,
 }
 
 /// What a successful task produced.

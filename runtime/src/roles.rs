@@ -454,6 +454,9 @@ pub struct ExecutorSettings {
     pub memory: ember_engine::memory::MemorySettings,
     /// On a simulated host (see `RemoteExecutorSpec::simulated`).
     pub simulated: bool,
+    /// Read shuffle files of executors on this host from disk
+    /// (`ember.shuffle.readHostLocalDisk`).
+    pub read_host_local: bool,
 }
 
 impl ExecutorSettings {
@@ -485,6 +488,7 @@ impl ExecutorSettings {
             faults,
             memory,
             simulated: false,
+            read_host_local: conf.flag(ember_actors::config::SHUFFLE_READ_HOST_LOCAL),
         })
     }
 }
@@ -543,6 +547,7 @@ pub fn start_executor(start: ExecutorStart) -> Result<RemoteExecutor, String> {
         faults: start.settings.faults,
         memory: Arc::new(memory),
         simulated: start.settings.simulated,
+        read_host_local: start.settings.read_host_local,
         on_exit: start.on_exit,
     })
 }

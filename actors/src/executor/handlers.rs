@@ -127,6 +127,11 @@ impl Executor {
 
     /// What this executor's tasks hold and spilled now.
     fn usage(&self) -> ExecutorUsage {
+        let (read_on_host, fetched) = self
+            .shuffle
+            .fetcher
+            .as_ref()
+            .map_or((0, 0), |f| f.blocks_read());
         ExecutorUsage {
             memory_used: self.memory.held() as u64,
             memory_limit: self.memory.limit().unwrap_or_default() as u64,
@@ -137,6 +142,8 @@ impl Executor {
             } else {
                 0
             },
+            shuffle_blocks_read_on_host: read_on_host,
+            shuffle_blocks_fetched: fetched,
         }
     }
 

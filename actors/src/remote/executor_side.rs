@@ -52,6 +52,8 @@ pub struct RemoteExecutorSpec {
     /// leave out the process's RSS, since a run on the virtual clock must
     /// not wait on real disks or depend on the real process.
     pub simulated: bool,
+    /// Read the shuffle files of executors on this host from disk.
+    pub read_host_local: bool,
     /// Hears `PeerDown` when the executor ends (the process exits then).
     pub on_exit: Recipient<PeerDown>,
 }
@@ -67,8 +69,11 @@ pub struct RemoteExecutor {
 /// System.
 pub fn start_remote_executor(spec: RemoteExecutorSpec) -> Result<RemoteExecutor, String> {
     let store = Arc::new(BlockStore::default());
-    let fetcher =
+    let mut fetcher =
         RemoteFetcher::open(spec.node.clone(), FETCH_TIMEOUT).map_err(|e| e.to_string())?;
+    if spec.read_host_local {
+        fetcher = fetcher.reading_host_local_files();
+    }
     let shuffle = Arc::new(
         ShuffleEnv::remote(
             store.clone(),

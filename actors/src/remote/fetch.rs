@@ -17,13 +17,16 @@ use futures::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
 use super::hub::{Batches, BulkHub};
-use super::wire::{BLOCKS, BLOCKS_INBOX, FetchBlocks, FetchRefused, NodeContact};
+use super::wire::{
+    BLOCK_FILES, BLOCKS, BLOCKS_INBOX, BlockFile, FetchBlocks, FetchRefused, LocateBlocks,
+    NodeContact,
+};
 
 /// Serves this executor's shuffle blocks to other executors.
 pub struct BlockServer {
     node: Node,
     store: Arc<BlockStore>,
-    registration: Option<Registration>,
+    registrations: Vec<Registration>,
 }
 
 impl BlockServer {
@@ -31,7 +34,7 @@ impl BlockServer {
         Self {
             node,
             store,
-            registration: None,
+            registrations: Vec::new(),
         }
     }
 }
@@ -46,15 +49,48 @@ impl Actor for BlockServer {
             ember_certs::Role::Worker,
             ember_certs::Role::Client,
         ]);
-        match self
+        let registered = self
             .node
-            .register(BLOCKS, ctx.address().recipient::<FetchBlocks>(), access)
-        {
-            Ok(registration) => self.registration = Some(registration),
+            .register(
+                BLOCKS,
+                ctx.address().recipient::<FetchBlocks>(),
+                access.clone(),
+            )
+            .and_then(|blocks| {
+                let files = self.node.register(
+                    BLOCK_FILES,
+                    ctx.address().recipient::<LocateBlocks>(),
+                    access,
+                )?;
+                Ok([blocks, files])
+            });
+        match registered {
+            Ok(registrations) => self.registrations = registrations.into(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serve shuffle blocks");
                 ctx.stop();
             }
+        }
+    }
+}
+
+impl Handler<LocateBlocks> for BlockServer {
+    type Result = Result<Option<Vec<BlockFile>>, FetchRefused>;
+
+    fn handle(&mut self, msg: LocateBlocks, _ctx: &mut Context<Self>) -> Self::Result {
+        let ids: Vec<ShuffleBlockId> = msg
+            .blocks
+            .iter()
+            .map(|&(stage, map, reduce)| ShuffleBlockId { stage, map, reduce })
+            .collect();
+        match self.store.located(&ids) {
+            Ok(located) => Ok(located.map(|l| l.iter().map(BlockFile::from_located).collect())),
+            Err(EngineError::MissingBlock(id)) => Err(FetchRefused::BlockMissing {
+                stage: id.stage,
+                map: id.map,
+                reduce: id.reduce,
+            }),
+            Err(e) => Err(FetchRefused::Store(e.to_string())),
         }
     }
 }
@@ -128,6 +164,12 @@ pub struct RemoteFetcher {
     dialing: Arc<tokio::sync::Mutex<()>>,
     next_tag: Arc<AtomicU64>,
     timeout: Duration,
+    /// This node's address, when blocks of executors at the same address
+    /// (the same host) are read from their files.
+    host_local: Option<std::net::IpAddr>,
+    /// Blocks read from files on this host, and fetched.
+    read_on_host: Arc<AtomicU64>,
+    fetched: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RemoteFetcher {
@@ -147,7 +189,19 @@ impl RemoteFetcher {
             dialing: Arc::default(),
             next_tag: Arc::default(),
             timeout,
+            host_local: None,
+            read_on_host: Arc::default(),
+            fetched: Arc::default(),
         })
+    }
+
+    /// Reads the blocks of executors on this host from their files
+    /// (Spark's `spark.shuffle.readHostLocalDisk`) instead of having them
+    /// sent: no encryption, no network stack, and no work for the executor
+    /// that holds them.
+    pub fn reading_host_local_files(mut self) -> Self {
+        self.host_local = self.node.local_addr().ok().map(|a| a.ip());
+        self
     }
 
     /// Remembers how to reach these executors.
@@ -178,6 +232,24 @@ impl RemoteFetcher {
         contact: NodeContact,
         blocks: Vec<ShuffleBlockId>,
     ) -> Result<FetchedBatches, String> {
+        // Twice: the first ask may be lost with its connection when both
+        // executors dial each other at once.
+        for attempt in 0..2 {
+            if self.host_local != Some(contact.addr.ip()) {
+                break;
+            }
+            match self.read_host_local(&contact, &blocks).await {
+                Ok(Some(batches)) => {
+                    self.read_on_host
+                        .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+                    return Ok(batches);
+                }
+                Ok(None) => break,
+                Err(why) => {
+                    tracing::debug!(peer = %contact.node, %why, attempt, "blocks on this host not read from files");
+                }
+            }
+        }
         let mut attempt = 0;
         loop {
             match self.fetch_once(&contact, &blocks).await {
@@ -187,9 +259,77 @@ impl RemoteFetcher {
                     tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
                 }
                 Err(FetchFailure::Connection(why) | FetchFailure::Refused(why)) => return Err(why),
-                Ok(batches) => return Ok(batches),
+                Ok(batches) => {
+                    self.fetched
+                        .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+                    return Ok(batches);
+                }
             }
         }
+    }
+
+    /// Connects to the executor unless this node already is.
+    async fn reach(&self, contact: &NodeContact) -> Result<(), String> {
+        if self.node.peers().iter().any(|(id, _)| *id == contact.node) {
+            return Ok(());
+        }
+        let began = std::time::Instant::now();
+        let _dialing = self.dialing.lock().await;
+        if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
+            self.node
+                .connect(contact.addr, &contact.host)
+                .await
+                .map_err(|e| format!("cannot reach executor {}: {e}", contact.node))?;
+            tracing::debug!(peer = %contact.node, took_ms = began.elapsed().as_secs_f64() * 1e3, "dialed executor");
+        }
+        Ok(())
+    }
+
+    /// The blocks read from the files of the executor holding them, on
+    /// this host: it says where they lie, and this task opens them.
+    /// `Ok(None)` when some are held in memory; an error when they cannot
+    /// be read from here (the caller then fetches them).
+    async fn read_host_local(
+        &self,
+        contact: &NodeContact,
+        blocks: &[ShuffleBlockId],
+    ) -> Result<Option<FetchedBatches>, String> {
+        self.reach(contact).await?;
+        let server = self
+            .node
+            .mailbox::<LocateBlocks>(&contact.actor(BLOCK_FILES))
+            .map_err(|e| e.to_string())?;
+        let request = LocateBlocks {
+            blocks: blocks.iter().map(|b| (b.stage, b.map, b.reduce)).collect(),
+        };
+        let Some(files) = server
+            .ask(request, self.timeout)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let located: Vec<_> = files.iter().map(BlockFile::located).collect();
+        if located.iter().map(|l| l.id).ne(blocks.iter().copied()) {
+            return Err("the executor located other blocks than asked".to_string());
+        }
+        // Every file is opened before any batch is handed on: a block that
+        // cannot be read from here is fetched whole instead.
+        let opened = tokio::task::spawn_blocking(move || {
+            located
+                .iter()
+                .map(|l| l.open())
+                .collect::<Result<Vec<_>, EngineError>>()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::debug!(peer = %contact.node, blocks = blocks.len(), "blocks read from files on this host");
+        let batches = futures::stream::iter(opened)
+            .flat_map(ember_engine::shuffle::read_on_blocking_pool)
+            .boxed();
+        Ok(Some(batches))
     }
 
     async fn fetch_once(
@@ -199,18 +339,7 @@ impl RemoteFetcher {
     ) -> Result<FetchedBatches, FetchFailure> {
         use FetchFailure::{Connection, Refused};
         let began = std::time::Instant::now();
-        if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
-            let _dialing = self.dialing.lock().await;
-            if !self.node.peers().iter().any(|(id, _)| *id == contact.node) {
-                self.node
-                    .connect(contact.addr, &contact.host)
-                    .await
-                    .map_err(|e| {
-                        Connection(format!("cannot reach executor {}: {e}", contact.node))
-                    })?;
-                tracing::debug!(peer = %contact.node, took_ms = began.elapsed().as_secs_f64() * 1e3, "dialed executor");
-            }
-        }
+        self.reach(contact).await.map_err(Connection)?;
         let server = self
             .node
             .mailbox::<FetchBlocks>(&contact.actor(BLOCKS))
@@ -388,5 +517,12 @@ impl BlockFetcher for RemoteFetcher {
                 .map_err(|why| EngineError::Fetch(format!("from executor {location}: {why}")))
         }
         .boxed()
+    }
+
+    fn blocks_read(&self) -> (u64, u64) {
+        (
+            self.read_on_host.load(Ordering::Relaxed),
+            self.fetched.load(Ordering::Relaxed),
+        )
     }
 }

@@ -19,6 +19,9 @@ pub const RESULTS_INBOX: &str = "results";
 /// Actor names on an executor's node.
 pub const EXECUTOR: &str = "executor";
 pub const BLOCKS: &str = "blocks";
+/// The executor's actor that tells another on its host where shuffle
+/// blocks lie in its files.
+pub const BLOCK_FILES: &str = "block-files";
 /// The executor's bulk inbox for fetched shuffle blocks.
 pub const BLOCKS_INBOX: &str = "blocks-in";
 
@@ -137,6 +140,55 @@ pub struct FetchBlocks {
     pub blocks: Vec<(StageId, usize, usize)>,
     pub reply_to: ActorAddress,
     pub tag: String,
+}
+
+/// One executor asking another on the same host where shuffle blocks lie
+/// in its files, to read them from disk itself; `None` when some are held
+/// in memory and must be sent.
+#[derive(Debug, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<Option<Vec<BlockFile>>, FetchRefused>")]
+pub struct LocateBlocks {
+    /// (stage, map, reduce) of each block, in the order wanted.
+    pub blocks: Vec<(StageId, usize, usize)>,
+}
+
+/// Where one shuffle block lies: its map output file (path as bytes, and
+/// the file's device and inode, so a reader can tell it opened that very
+/// file) and which of the file's batches are the block's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockFile {
+    pub block: (StageId, usize, usize),
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    pub device: u64,
+    pub inode: u64,
+    pub batches: Vec<usize>,
+}
+
+impl BlockFile {
+    pub fn from_located(located: &ember_engine::shuffle::LocatedBlock) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let id = located.id;
+        Self {
+            block: (id.stage, id.map, id.reduce),
+            path: located.path.as_os_str().as_bytes().to_vec(),
+            device: located.device,
+            inode: located.inode,
+            batches: located.batches.clone(),
+        }
+    }
+
+    pub fn located(&self) -> ember_engine::shuffle::LocatedBlock {
+        use std::os::unix::ffi::OsStrExt;
+        let (stage, map, reduce) = self.block;
+        ember_engine::shuffle::LocatedBlock {
+            id: ember_engine::ShuffleBlockId { stage, map, reduce },
+            path: std::ffi::OsStr::from_bytes(&self.path).into(),
+            device: self.device,
+            inode: self.inode,
+            batches: self.batches.clone(),
+        }
+    }
 }
 
 /// Why an executor did not send the shuffle blocks another asked for.

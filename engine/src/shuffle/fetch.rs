@@ -28,6 +28,12 @@ pub trait BlockFetcher: Send + Sync + fmt::Debug {
         location: &str,
         blocks: Vec<ShuffleBlockId>,
     ) -> BoxFuture<'static, Result<FetchedBatches, EngineError>>;
+
+    /// Blocks read so far: (from another executor's files on this host,
+    /// sent over the network).
+    fn blocks_read(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// For each stage, the location key of the executor holding the output of

@@ -15,7 +15,7 @@ pub use fetch::{BlockFetcher, FetchedBatches, MapOutputLocations};
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use result::{DIRECT_RESULT_BYTES, ResultOutput, finish_result, result_block};
 pub use store::{
-    BlockBatches, BlockStore, MapOutput, RawBatch, RawBlocks, ShuffleBlockId, ShuffleEnv,
-    StoreUsage, read_blocks, read_on_blocking_pool,
+    BlockBatches, BlockStore, LocatedBlock, MapOutput, RawBatch, RawBlocks, ShuffleBlockId,
+    ShuffleEnv, StoreUsage, read_blocks, read_on_blocking_pool,
 };
 pub use writer::{MapStatus, ShuffleOutput, ShuffleWriterExec};

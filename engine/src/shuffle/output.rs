@@ -457,6 +457,84 @@ mod tests {
         assert!(sizes[0] < sizes[1], "LZ4 makes the file smaller: {sizes:?}");
     }
 
+    /// Blocks read through their located files, as an executor on the
+    /// same host reads another's.
+    fn read_located(located: &[crate::shuffle::LocatedBlock]) -> Vec<i64> {
+        let mut values = Vec::new();
+        for block in located {
+            for batch in block.open().unwrap() {
+                let batch = batch.unwrap();
+                values.extend(batch.column(0).as_primitive::<Int64Type>().values().iter());
+            }
+        }
+        values.sort_unstable();
+        values
+    }
+
+    #[tokio::test]
+    async fn blocks_in_a_file_are_located_for_a_reader_on_the_same_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::default());
+        let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
+        let context = task(env, &settings(dir.path(), 64 << 20, None));
+        write(&context).await.unwrap();
+        let ids: Vec<_> = (0..REDUCES)
+            .map(|reduce| crate::shuffle::ShuffleBlockId {
+                stage: 1,
+                map: 0,
+                reduce,
+            })
+            .collect();
+        let located = store
+            .located(&ids)
+            .unwrap()
+            .expect("the blocks are in a file");
+        assert_eq!(located.len(), REDUCES);
+        assert_eq!(read_located(&located), (0..ROWS).collect::<Vec<_>>());
+
+        // Opened before the writer drops its output, a block stays readable.
+        let open = located[0].open().unwrap();
+        store.remove_stages(&[1]);
+        assert_eq!(files_under(dir.path()), 0);
+        assert!(open.map(|b| b.unwrap().num_rows()).sum::<usize>() > 0);
+        // Once gone, it cannot be opened: the reader fetches it instead.
+        let Err(gone) = located[1].open() else {
+            panic!("a removed file was opened");
+        };
+        let gone = gone.to_string();
+        assert!(gone.contains("on this host"), "{gone}");
+
+        // Another file at the same path is not taken for the block's.
+        write(&context).await.unwrap();
+        let again = store.located(&ids).unwrap().unwrap();
+        let mut other = again[0].clone();
+        other.inode += 1;
+        let Err(refused) = other.open() else {
+            panic!("another file was taken for the block's");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("another file is at that path"),
+            "{refused}"
+        );
+        assert!(
+            store
+                .located(&[crate::shuffle::ShuffleBlockId {
+                    stage: 1,
+                    map: 9,
+                    reduce: 0,
+                }])
+                .is_err()
+        );
+
+        // Blocks held in memory are not in any file.
+        let memory_store = Arc::new(BlockStore::default());
+        let env = ShuffleEnv::new(Arc::clone(&memory_store));
+        let context = task(env, &settings(dir.path(), 64 << 20, None));
+        write(&context).await.unwrap();
+        assert!(memory_store.located(&ids).unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn local_map_output_stays_in_memory_until_the_budget_is_reached() {
         for (limit, in_memory) in [(256 << 20, true), (256 << 10, false)] {

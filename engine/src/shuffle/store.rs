@@ -317,7 +317,7 @@ impl MapOutput {
                     })?;
                 Ok(BlockBatches::Disk(Box::new(DiskBlock {
                     id,
-                    _file: Arc::clone(file),
+                    _file: Some(Arc::clone(file)),
                     reader: open,
                     batches: batches.clone().into_iter(),
                 })))
@@ -330,8 +330,9 @@ impl MapOutput {
 pub struct DiskBlock {
     id: ShuffleBlockId,
     /// Keeps the file until the reader is done, even if the block is
-    /// removed meanwhile.
-    _file: Arc<MapOutputFile>,
+    /// removed meanwhile (a file another process wrote is kept by the open
+    /// handle alone).
+    _file: Option<Arc<MapOutputFile>>,
     reader: FileReader<BufReader<File>>,
     batches: std::vec::IntoIter<usize>,
 }
@@ -353,6 +354,48 @@ impl Iterator for DiskBlock {
             Some(Err(e)) => Err(damaged(e.to_string())),
             None => Err(damaged(format!("batch {index} is missing"))),
         })
+    }
+}
+
+/// A block in a map output file of another process on this host: the file
+/// (its path and identity) and which of its batches are the block's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedBlock {
+    pub id: ShuffleBlockId,
+    pub path: std::path::PathBuf,
+    pub device: u64,
+    pub inode: u64,
+    pub batches: Vec<usize>,
+}
+
+impl LocatedBlock {
+    /// Opens the block's file to read its batches one at a time. Fails
+    /// when the file is gone or is not the one located (another mount
+    /// namespace holds a different file at that path): the block must then
+    /// be fetched. Once open, the batches stay readable even if the writer
+    /// removes the file.
+    pub fn open(&self) -> Result<BlockBatches, EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let id = self.id;
+        let failed = |why: String| {
+            EngineError::Fetch(format!(
+                "cannot read block {id} from {} on this host: {why}",
+                self.path.display()
+            ))
+        };
+        let handle = File::open(&self.path).map_err(|e| failed(e.to_string()))?;
+        let meta = handle.metadata().map_err(|e| failed(e.to_string()))?;
+        if (meta.dev(), meta.ino()) != (self.device, self.inode) {
+            return Err(failed("another file is at that path here".to_string()));
+        }
+        let reader =
+            FileReader::try_new(BufReader::new(handle), None).map_err(|e| failed(e.to_string()))?;
+        Ok(BlockBatches::Disk(Box::new(DiskBlock {
+            id,
+            _file: None,
+            reader,
+            batches: self.batches.clone().into_iter(),
+        })))
     }
 }
 
@@ -440,6 +483,43 @@ impl BlockStore {
             reads.push((Arc::clone(file), spans));
         }
         Ok(schema.map(|schema| RawBlocks { schema, reads }))
+    }
+
+    /// Where `ids` lie in this process's map output files, for another
+    /// process on this host to read them itself; `None` when any of them
+    /// is held in memory (it must be sent).
+    pub fn located(
+        &self,
+        ids: &[ShuffleBlockId],
+    ) -> Result<Option<Vec<LocatedBlock>>, EngineError> {
+        use std::os::unix::fs::MetadataExt;
+        let outputs = self.lock();
+        let mut located = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let block = outputs
+                .get(&(id.stage, id.map))
+                .and_then(|o| o.blocks.get(&id.reduce))
+                .ok_or(EngineError::MissingBlock(id))?;
+            let Block::Disk { file, batches } = block else {
+                return Ok(None);
+            };
+            let Some(path) = file.file.path() else {
+                return Ok(None);
+            };
+            // The file's identity, so a reader that sees another file at
+            // the same path (another mount namespace) can tell.
+            let Ok(meta) = std::fs::metadata(path) else {
+                return Ok(None);
+            };
+            located.push(LocatedBlock {
+                id,
+                path: path.to_path_buf(),
+                device: meta.dev(),
+                inode: meta.ino(),
+                batches: batches.clone(),
+            });
+        }
+        Ok(Some(located))
     }
 
     /// Whether the block is held here.
