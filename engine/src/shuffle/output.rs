@@ -378,6 +378,17 @@ mod tests {
         values
     }
 
+    /// The blocks [`write`] makes.
+    fn block_ids() -> Vec<crate::shuffle::ShuffleBlockId> {
+        (0..REDUCES)
+            .map(|reduce| crate::shuffle::ShuffleBlockId {
+                stage: 1,
+                map: 0,
+                reduce,
+            })
+            .collect()
+    }
+
     /// Every block as stored, decoded as a receiver of a stream of them
     /// would: the bytes served without decoding are whole IPC messages.
     async fn read_raw(store: &BlockStore) -> Vec<i64> {
@@ -385,13 +396,7 @@ mod tests {
         use datafusion::arrow::ipc::reader::StreamDecoder;
         use datafusion::arrow::ipc::writer::StreamWriter;
         use futures::StreamExt;
-        let ids: Vec<_> = (0..REDUCES)
-            .map(|reduce| crate::shuffle::ShuffleBlockId {
-                stage: 1,
-                map: 0,
-                reduce,
-            })
-            .collect();
+        let ids = block_ids();
         let raw = store
             .raw(&ids)
             .unwrap()
@@ -478,13 +483,7 @@ mod tests {
         let env = ShuffleEnv::new(Arc::clone(&store)).with_memory(None);
         let context = task(env, &settings(dir.path(), 64 << 20, None));
         write(&context).await.unwrap();
-        let ids: Vec<_> = (0..REDUCES)
-            .map(|reduce| crate::shuffle::ShuffleBlockId {
-                stage: 1,
-                map: 0,
-                reduce,
-            })
-            .collect();
+        let ids = block_ids();
         let located = store
             .located(&ids)
             .unwrap()

@@ -357,6 +357,25 @@ impl Iterator for DiskBlock {
     }
 }
 
+/// A block's map output file and its batches' positions in it.
+type InFile<'a> = (&'a Arc<MapOutputFile>, &'a Vec<usize>);
+
+/// Block `id`'s map output file and batch positions in it; `None` when it
+/// is held in memory.
+fn in_file(
+    outputs: &BTreeMap<(StageId, usize), MapOutput>,
+    id: ShuffleBlockId,
+) -> Result<Option<InFile<'_>>, EngineError> {
+    let block = outputs
+        .get(&(id.stage, id.map))
+        .and_then(|o| o.blocks.get(&id.reduce))
+        .ok_or(EngineError::MissingBlock(id))?;
+    Ok(match block {
+        Block::Disk { file, batches } => Some((file, batches)),
+        Block::Memory(_) => None,
+    })
+}
+
 /// A block in a map output file of another process on this host: the file
 /// (its path and identity) and which of its batches are the block's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,11 +473,7 @@ impl BlockStore {
         let mut schema: Option<SchemaRef> = None;
         let mut reads = Vec::with_capacity(ids.len());
         for &id in ids {
-            let block = outputs
-                .get(&(id.stage, id.map))
-                .and_then(|o| o.blocks.get(&id.reduce))
-                .ok_or(EngineError::MissingBlock(id))?;
-            let Block::Disk { file, batches } = block else {
+            let Some((file, batches)) = in_file(&outputs, id)? else {
                 return Ok(None);
             };
             match &schema {
@@ -496,11 +511,7 @@ impl BlockStore {
         let outputs = self.lock();
         let mut located = Vec::with_capacity(ids.len());
         for &id in ids {
-            let block = outputs
-                .get(&(id.stage, id.map))
-                .and_then(|o| o.blocks.get(&id.reduce))
-                .ok_or(EngineError::MissingBlock(id))?;
-            let Block::Disk { file, batches } = block else {
+            let Some((file, batches)) = in_file(&outputs, id)? else {
                 return Ok(None);
             };
             let Some(path) = file.file.path() else {
