@@ -971,8 +971,8 @@ fn submit(args: SubmitArgs) -> ExitCode {
     // A script may come through a pipe (`-`, `/dev/stdin`, a process
     // substitution): it is read once, whole, and never sniffed first, since
     // a pipe gives its bytes only once.
-    let piped = args.job.as_os_str() == "-"
-        || std::fs::metadata(&args.job).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    let stdin = args.job.as_os_str() == "-";
+    let piped = stdin || std::fs::metadata(&args.job).is_ok_and(|m| !m.is_file() && !m.is_dir());
     if !piped && ember_actors::binaries::is_elf(&args.job) {
         return crate::app::submit(args);
     }
@@ -982,7 +982,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
             args.job.display()
         ));
     }
-    let read = if args.job.as_os_str() == "-" {
+    let read = if stdin {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
     } else {
@@ -1004,7 +1004,7 @@ fn submit(args: SubmitArgs) -> ExitCode {
         return fail(&format!("{} has no SQL statements", args.job.display()));
     }
     let (conf, request) = match args.app.conf().and_then(|conf| {
-        let name = if args.job.as_os_str() == "-" {
+        let name = if stdin {
             "stdin".to_string()
         } else {
             args.job.display().to_string()

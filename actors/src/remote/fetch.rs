@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::hub::{Batches, BulkHub};
 use super::wire::{
     BLOCK_FILES, BLOCKS, BLOCKS_INBOX, BlockFile, FetchBlocks, FetchRefused, LocateBlocks,
-    NodeContact,
+    NodeContact, block_id, wire_block,
 };
 
 /// Serves this executor's shuffle blocks to other executors.
@@ -78,18 +78,10 @@ impl Handler<LocateBlocks> for BlockServer {
     type Result = Result<Option<Vec<BlockFile>>, FetchRefused>;
 
     fn handle(&mut self, msg: LocateBlocks, _ctx: &mut Context<Self>) -> Self::Result {
-        let ids: Vec<ShuffleBlockId> = msg
-            .blocks
-            .iter()
-            .map(|&(stage, map, reduce)| ShuffleBlockId { stage, map, reduce })
-            .collect();
+        let ids: Vec<ShuffleBlockId> = msg.blocks.into_iter().map(block_id).collect();
         match self.store.located(&ids) {
             Ok(located) => Ok(located.map(|l| l.iter().map(BlockFile::from_located).collect())),
-            Err(EngineError::MissingBlock(id)) => Err(FetchRefused::BlockMissing {
-                stage: id.stage,
-                map: id.map,
-                reduce: id.reduce,
-            }),
+            Err(EngineError::MissingBlock(id)) => Err(FetchRefused::missing(id)),
             Err(e) => Err(FetchRefused::Store(e.to_string())),
         }
     }
@@ -99,19 +91,11 @@ impl Handler<FetchBlocks> for BlockServer {
     type Result = ResponseFuture<Result<usize, FetchRefused>>;
 
     fn handle(&mut self, msg: FetchBlocks, _ctx: &mut Context<Self>) -> Self::Result {
-        let ids: Vec<ShuffleBlockId> = msg
-            .blocks
-            .iter()
-            .map(|&(stage, map, reduce)| ShuffleBlockId { stage, map, reduce })
-            .collect();
+        let ids: Vec<ShuffleBlockId> = msg.blocks.iter().copied().map(block_id).collect();
         // A block that is not here is refused before anything is sent; one
         // that turns out damaged while it is read breaks the stream off.
-        if let Some(id) = ids.iter().find(|id| !self.store.contains(**id)) {
-            let missing = FetchRefused::BlockMissing {
-                stage: id.stage,
-                map: id.map,
-                reduce: id.reduce,
-            };
+        if let Some(&id) = ids.iter().find(|id| !self.store.contains(**id)) {
+            let missing = FetchRefused::missing(id);
             return Box::pin(async move { Err(missing) });
         }
         let node = self.node.clone();
@@ -232,12 +216,12 @@ impl RemoteFetcher {
         contact: NodeContact,
         blocks: Vec<ShuffleBlockId>,
     ) -> Result<FetchedBatches, String> {
-        // Twice: the first ask may be lost with its connection when both
-        // executors dial each other at once.
-        for attempt in 0..2 {
-            if self.host_local != Some(contact.addr.ip()) {
-                break;
-            }
+        // Blocks on this host are read from their files. The ask is made
+        // twice when the way to the executor failed (it may be lost with
+        // its connection when both executors dial each other at once);
+        // otherwise, or after that, they are fetched.
+        let mut attempt = 0;
+        while self.host_local == Some(contact.addr.ip()) {
             match self.read_host_local(&contact, &blocks).await {
                 Ok(Some(batches)) => {
                     self.read_on_host
@@ -245,8 +229,13 @@ impl RemoteFetcher {
                     return Ok(batches);
                 }
                 Ok(None) => break,
-                Err(why) => {
-                    tracing::debug!(peer = %contact.node, %why, attempt, "blocks on this host not read from files");
+                Err(FetchFailure::Connection(why)) if attempt == 0 => {
+                    attempt += 1;
+                    tracing::debug!(peer = %contact.node, %why, "locating blocks on this host retried");
+                }
+                Err(FetchFailure::Connection(why) | FetchFailure::Refused(why)) => {
+                    tracing::debug!(peer = %contact.node, %why, "blocks on this host are fetched instead");
+                    break;
                 }
             }
         }
@@ -288,31 +277,31 @@ impl RemoteFetcher {
     /// The blocks read from the files of the executor holding them, on
     /// this host: it says where they lie, and this task opens them.
     /// `Ok(None)` when some are held in memory; an error when they cannot
-    /// be read from here (the caller then fetches them).
+    /// be read from here (the caller then fetches them), a `Connection`
+    /// one when the way to the executor failed.
     async fn read_host_local(
         &self,
         contact: &NodeContact,
         blocks: &[ShuffleBlockId],
-    ) -> Result<Option<FetchedBatches>, String> {
-        self.reach(contact).await?;
+    ) -> Result<Option<FetchedBatches>, FetchFailure> {
+        use FetchFailure::{Connection, Refused};
+        self.reach(contact).await.map_err(Connection)?;
         let server = self
             .node
             .mailbox::<LocateBlocks>(&contact.actor(BLOCK_FILES))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Connection(e.to_string()))?;
         let request = LocateBlocks {
-            blocks: blocks.iter().map(|b| (b.stage, b.map, b.reduce)).collect(),
+            blocks: blocks.iter().copied().map(wire_block).collect(),
         };
-        let Some(files) = server
-            .ask(request, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
-        else {
+        let answer = server.ask(request, self.timeout).await?;
+        let Some(files) = answer.map_err(|e| Refused(e.to_string()))? else {
             return Ok(None);
         };
         let located: Vec<_> = files.iter().map(BlockFile::located).collect();
         if located.iter().map(|l| l.id).ne(blocks.iter().copied()) {
-            return Err("the executor located other blocks than asked".to_string());
+            return Err(Refused(
+                "the executor located other blocks than asked".to_string(),
+            ));
         }
         // Every file is opened before any batch is handed on: a block that
         // cannot be read from here is fetched whole instead.
@@ -323,8 +312,8 @@ impl RemoteFetcher {
                 .collect::<Result<Vec<_>, EngineError>>()
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refused(e.to_string()))?
+        .map_err(|e| Refused(e.to_string()))?;
         tracing::debug!(peer = %contact.node, blocks = blocks.len(), "blocks read from files on this host");
         let batches = futures::stream::iter(opened)
             .flat_map(ember_engine::shuffle::read_on_blocking_pool)
@@ -346,7 +335,7 @@ impl RemoteFetcher {
             .map_err(|e| Connection(e.to_string()))?;
         let tag = format!("fetch-{}", self.next_tag.fetch_add(1, Ordering::Relaxed));
         let request = FetchBlocks {
-            blocks: blocks.iter().map(|b| (b.stage, b.map, b.reduce)).collect(),
+            blocks: blocks.iter().copied().map(wire_block).collect(),
             reply_to: ActorAddress {
                 node: self.node.id().clone(),
                 name: BLOCKS_INBOX.to_string(),
@@ -368,10 +357,7 @@ impl RemoteFetcher {
         let refused = |answered: Answered| match answered {
             Ok(Ok(_)) => None,
             Ok(Err(why)) => Some(Refused(why)),
-            Err(e @ (SendError::Unreachable(..) | SendError::Closed(_))) => {
-                Some(Connection(e.to_string()))
-            }
-            Err(e) => Some(Refused(e.to_string())),
+            Err(e) => Some(e.into()),
         };
         let started = tokio::time::timeout(timeout, async {
             tokio::pin!(arrival);
@@ -494,6 +480,16 @@ enum FetchFailure {
     Connection(String),
     /// The executor answered no (a missing block), or the request timed out.
     Refused(String),
+}
+
+impl From<SendError> for FetchFailure {
+    /// An ask that got no answer: the way failed, or it timed out.
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Unreachable(..) | SendError::Closed(_) => Self::Connection(e.to_string()),
+            e => Self::Refused(e.to_string()),
+        }
+    }
 }
 
 impl BlockFetcher for RemoteFetcher {

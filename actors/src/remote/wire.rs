@@ -142,6 +142,17 @@ pub struct FetchBlocks {
     pub tag: String,
 }
 
+/// A shuffle block as the wire names it: (stage, map, reduce).
+pub type WireBlock = (StageId, usize, usize);
+
+pub fn wire_block(id: ember_engine::ShuffleBlockId) -> WireBlock {
+    (id.stage, id.map, id.reduce)
+}
+
+pub fn block_id((stage, map, reduce): WireBlock) -> ember_engine::ShuffleBlockId {
+    ember_engine::ShuffleBlockId { stage, map, reduce }
+}
+
 /// One executor asking another on the same host where shuffle blocks lie
 /// in its files, to read them from disk itself; `None` when some are held
 /// in memory and must be sent.
@@ -168,9 +179,8 @@ pub struct BlockFile {
 impl BlockFile {
     pub fn from_located(located: &ember_engine::shuffle::LocatedBlock) -> Self {
         use std::os::unix::ffi::OsStrExt;
-        let id = located.id;
         Self {
-            block: (id.stage, id.map, id.reduce),
+            block: wire_block(located.id),
             path: located.path.as_os_str().as_bytes().to_vec(),
             device: located.device,
             inode: located.inode,
@@ -180,9 +190,8 @@ impl BlockFile {
 
     pub fn located(&self) -> ember_engine::shuffle::LocatedBlock {
         use std::os::unix::ffi::OsStrExt;
-        let (stage, map, reduce) = self.block;
         ember_engine::shuffle::LocatedBlock {
-            id: ember_engine::ShuffleBlockId { stage, map, reduce },
+            id: block_id(self.block),
             path: std::ffi::OsStr::from_bytes(&self.path).into(),
             device: self.device,
             inode: self.inode,
@@ -214,6 +223,15 @@ pub enum FetchRefused {
 }
 
 impl FetchRefused {
+    /// Block `id` is not held here.
+    pub fn missing(id: ember_engine::ShuffleBlockId) -> Self {
+        FetchRefused::BlockMissing {
+            stage: id.stage,
+            map: id.map,
+            reduce: id.reduce,
+        }
+    }
+
     /// A stable word for the kind of refusal.
     pub fn code(&self) -> &'static str {
         match self {

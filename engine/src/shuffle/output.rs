@@ -207,10 +207,12 @@ impl MapOutputWriter {
             .map_err(|e| failed(e.error().to_string()))?;
         spill.finish().map_err(|e| failed(e.to_string()))?;
         drop(spill);
+        let identity = MapOutputFile::identity_of(file.path());
         let file = MapOutputFile {
             file,
             schema: Arc::clone(&self.schema),
             spans,
+            identity,
         };
         Ok((rows, MapOutput::on_disk(file, index)))
     }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -115,6 +116,19 @@ pub(crate) struct MapOutputFile {
     pub(crate) schema: SchemaRef,
     /// Where each batch's IPC message lies, by position.
     pub(crate) spans: Vec<Span>,
+    /// The file's device and inode, for a reader in another process on
+    /// this host to tell it opened this very file (`None`: unknown, and
+    /// the file is not offered to such readers).
+    pub(crate) identity: Option<(u64, u64)>,
+}
+
+impl MapOutputFile {
+    /// The device and inode of the file at `path`.
+    pub(crate) fn identity_of(path: Option<&Path>) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path?).ok()?;
+        Some((meta.dev(), meta.ino()))
+    }
 }
 
 /// One batch's encapsulated IPC message in a map output file: the same
@@ -304,23 +318,16 @@ impl MapOutput {
                 let Some(path) = file.file.path() else {
                     return Err(EngineError::MissingBlock(id));
                 };
-                let open = File::open(path)
+                let block = File::open(path)
                     .map_err(|e| e.to_string())
-                    .and_then(|f| {
-                        FileReader::try_new(BufReader::new(f), None).map_err(|e| e.to_string())
-                    })
+                    .and_then(|f| DiskBlock::open(id, f, batches.clone(), Some(Arc::clone(file))))
                     .map_err(|why| {
                         EngineError::Fetch(format!(
                             "cannot open shuffle file {} for block {id}: {why}",
                             path.display()
                         ))
                     })?;
-                Ok(BlockBatches::Disk(Box::new(DiskBlock {
-                    id,
-                    _file: Some(Arc::clone(file)),
-                    reader: open,
-                    batches: batches.clone().into_iter(),
-                })))
+                Ok(BlockBatches::Disk(Box::new(block)))
             }
         }
     }
@@ -335,6 +342,25 @@ pub struct DiskBlock {
     _file: Option<Arc<MapOutputFile>>,
     reader: FileReader<BufReader<File>>,
     batches: std::vec::IntoIter<usize>,
+}
+
+impl DiskBlock {
+    /// Block `id`'s batches at positions `batches` of the map output file
+    /// open as `file`, kept by `owner` if it is this process's.
+    fn open(
+        id: ShuffleBlockId,
+        file: File,
+        batches: Vec<usize>,
+        owner: Option<Arc<MapOutputFile>>,
+    ) -> Result<Self, String> {
+        let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id,
+            _file: owner,
+            reader,
+            batches: batches.into_iter(),
+        })
+    }
 }
 
 impl Iterator for DiskBlock {
@@ -407,14 +433,8 @@ impl LocatedBlock {
         if (meta.dev(), meta.ino()) != (self.device, self.inode) {
             return Err(failed("another file is at that path here".to_string()));
         }
-        let reader =
-            FileReader::try_new(BufReader::new(handle), None).map_err(|e| failed(e.to_string()))?;
-        Ok(BlockBatches::Disk(Box::new(DiskBlock {
-            id,
-            _file: None,
-            reader,
-            batches: self.batches.clone().into_iter(),
-        })))
+        let block = DiskBlock::open(id, handle, self.batches.clone(), None).map_err(failed)?;
+        Ok(BlockBatches::Disk(Box::new(block)))
     }
 }
 
@@ -507,26 +527,22 @@ impl BlockStore {
         &self,
         ids: &[ShuffleBlockId],
     ) -> Result<Option<Vec<LocatedBlock>>, EngineError> {
-        use std::os::unix::fs::MetadataExt;
         let outputs = self.lock();
         let mut located = Vec::with_capacity(ids.len());
         for &id in ids {
             let Some((file, batches)) = in_file(&outputs, id)? else {
                 return Ok(None);
             };
-            let Some(path) = file.file.path() else {
-                return Ok(None);
-            };
             // The file's identity, so a reader that sees another file at
             // the same path (another mount namespace) can tell.
-            let Ok(meta) = std::fs::metadata(path) else {
+            let (Some(path), Some((device, inode))) = (file.file.path(), file.identity) else {
                 return Ok(None);
             };
             located.push(LocatedBlock {
                 id,
                 path: path.to_path_buf(),
-                device: meta.dev(),
-                inode: meta.ino(),
+                device,
+                inode,
                 batches: batches.clone(),
             });
         }
