@@ -22,6 +22,12 @@ const CREATE_VIEWS: &str = "CREATE EXTERNAL TABLE views STORED AS CSV LOCATION '
 const LONG_QUERY: &str =
     "SELECT count(*) AS n FROM generate_series(1, 50000000000) AS t(v) WHERE v % 7 = 3;";
 
+/// The shell's prompt.
+const PROMPT: &str = "ember> ";
+
+/// How long a shell may take to exit once its terminal says it ended.
+const EXIT_BOUND: Duration = Duration::from_secs(20);
+
 fn ember() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ember"))
 }
@@ -57,9 +63,12 @@ impl Pty {
         let options = Options::new()
             .timeout_ms(Some(60_000))
             .strip_ansi_escape_codes(true);
-        let session = spawn_with_options(command, options).unwrap();
+        let mut session = spawn_with_options(command, options).unwrap();
+        // A shell that ignores SIGTERM is killed rather than waited on
+        // for ever when the test ends early.
+        session.process_mut().set_kill_timeout(Some(5_000));
         let mut pty = Self { session };
-        pty.expect("ember> ");
+        pty.expect(PROMPT);
         pty
     }
 
@@ -118,6 +127,15 @@ impl Pty {
         self.session.send_control(key).unwrap();
     }
 
+    /// Waits for the prompt, then presses Ctrl-D. Pressed before the line
+    /// editor has the terminal (while the last output is still being
+    /// printed), Ctrl-D is the cooked terminal's end of file, which reaches
+    /// the editor as a NUL byte, and the shell would wait for more input.
+    fn leave_with_ctrl_d(&mut self) {
+        self.expect(PROMPT);
+        self.ctrl('d');
+    }
+
     /// Runs a query and returns the rows of the table it printed, cells
     /// trimmed, without the header.
     fn query(&mut self, sql: &str) -> Vec<Vec<String>> {
@@ -126,12 +144,28 @@ impl Pty {
         table_rows(&table)
     }
 
-    /// Waits for the shell to exit; its exit code.
+    /// Waits for the shell to exit, within a bound; its exit code.
     fn exit_code(&mut self) -> i32 {
-        let _ = self.session.exp_eof();
-        match self.session.process().wait().unwrap() {
-            rexpect::process::WaitStatus::Exited(_, code) => code,
-            other => panic!("the shell did not exit: {other:?}"),
+        use rexpect::process::WaitStatus;
+        let rest = self.session.exp_eof();
+        let deadline = Instant::now() + EXIT_BOUND;
+        loop {
+            match self.session.process().status() {
+                Some(WaitStatus::Exited(_, code)) => return code,
+                Some(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => {
+                    let _ = self
+                        .session
+                        .process_mut()
+                        .signal(rexpect::process::Signal::SIGKILL);
+                    panic!(
+                        "the shell did not exit within {EXIT_BOUND:?} of its output's end \
+                         ({other:?}); it printed last: {rest:?}"
+                    );
+                }
+            }
         }
     }
 }
@@ -301,13 +335,13 @@ fn ctrl_c_cancels_the_running_query_and_the_shell_goes_on() {
     shell.ctrl('c');
     // Keys typed in the same instant as Ctrl-C are dropped with the line,
     // so wait for the new prompt.
-    shell.expect("ember> ");
+    shell.expect(PROMPT);
     shell.line("SELECT 'kept' AS word;");
     let (table, _) = shell.expect_regex(r"1 row in");
     assert!(!table.contains("| dropped"), "{table}");
     assert_eq!(table_rows(&table), vec![vec!["kept".to_string()]]);
     // Ctrl-D leaves.
-    shell.ctrl('d');
+    shell.leave_with_ctrl_d();
     assert_eq!(shell.exit_code(), 0);
 
     // The history outlives the shell: Up brings back the last statement.
@@ -315,7 +349,7 @@ fn ctrl_c_cancels_the_running_query_and_the_shell_goes_on() {
     again.keys("\x1b[A\n");
     let (table, _) = again.expect_regex(r"1 row in");
     assert_eq!(table_rows(&table), vec![vec!["kept".to_string()]]);
-    again.ctrl('d');
+    again.leave_with_ctrl_d();
     assert_eq!(again.exit_code(), 0);
 }
 
@@ -555,6 +589,6 @@ fn a_stream_runs_behind_the_shell_until_it_is_stopped() {
     shell.expect("OK");
     let listed = shown(&mut shell);
     assert!(listed.contains("stopped"), "{listed}");
-    shell.ctrl('d');
+    shell.leave_with_ctrl_d();
     assert_eq!(shell.exit_code(), 0);
 }
