@@ -1,6 +1,7 @@
 //! Packaged applications: the example watch-time application, submitted
 //! as a binary, answers as the SQL example does in every mode.
 
+use ember_testkit::BoundedCommand;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -32,7 +33,7 @@ fn submit(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(
         out.status.success(),
@@ -72,7 +73,7 @@ fn the_example_application_gives_the_sql_examples_rows_in_local_mode() {
             "no/such/dir/",
         ])
         .current_dir(work.path())
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -287,7 +288,7 @@ fn a_script_that_reads_a_side_file_it_was_not_given_says_so() {
     let out = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["submit", "--master", "local[2]"])
         .arg(&script)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(

@@ -1,6 +1,7 @@
 //! The `ember` binary as a user runs it: exit codes, what it prints, what it
 //! leaves on disk.
 
+use ember_testkit::{BoundedChild, BoundedCommand};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,7 +13,7 @@ pub(crate) fn ember(args: &[&str], dir: &Path) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
-        .output()
+        .bounded_output()
         .unwrap()
 }
 
@@ -32,7 +33,7 @@ fn submit_piped(job: &str, input: &[u8]) -> Output {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    child.bounded_wait_with_output().unwrap()
 }
 
 /// A script piped in (`-`, or a pipe's path such as `/dev/stdin`) runs
@@ -569,7 +570,7 @@ struct StopOnDrop(std::process::Child);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         ember_testkit::signal(self.0.id(), libc::SIGTERM);
-        let _ = self.0.wait();
+        let _ = self.0.wait_within(std::time::Duration::from_secs(10));
     }
 }
 

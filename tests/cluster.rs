@@ -3,6 +3,7 @@
 //! commands as a user runs them. Executor processes are found by PID, from
 //! /proc, so "no executor left behind" is checked against the OS itself.
 
+use ember_testkit::{BoundedChild, BoundedCommand};
 use std::io::Read;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -75,7 +76,7 @@ impl Cluster {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.ember(args).output().unwrap()
+        self.ember(args).bounded_output().unwrap()
     }
 
     pub fn status(&self) -> Value {
@@ -88,7 +89,7 @@ impl Cluster {
         if supervise {
             command.arg("--supervise");
         }
-        let out = command.arg(job).output().unwrap();
+        let out = command.arg(job).bounded_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         let id = text(&out.stdout).trim().to_string();
         assert!(id.starts_with("driver-"), "{id}");
@@ -204,7 +205,7 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_remove("EMBER_MASTER")
             .env_remove("EMBER_CERTS")
-            .output()
+            .bounded_output()
             .unwrap();
         assert!(out.status.success(), "{words:?}: {}", text(&out.stderr));
         text(&out.stdout)
@@ -221,7 +222,7 @@ fn client_and_cluster_mode_give_the_same_rows_as_local_mode() {
             .spawn()
             .unwrap();
         drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = child.bounded_wait_with_output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
     }
@@ -327,7 +328,7 @@ fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
     let (mut submit, app, pids) = long_client_job(&cluster, "interrupted-driver");
     signal(submit.id(), libc::SIGINT);
     let took = wait_gone(&pids, Duration::from_secs(10));
-    let code = submit.wait().unwrap();
+    let code = submit.wait_within(Duration::from_secs(30)).unwrap();
     assert!(
         took.is_some(),
         "executors of {app} outlived an interrupted driver"
@@ -339,7 +340,7 @@ fn executors_exit_when_their_driver_is_killed_stopped_or_done() {
     let out = cluster
         .ember(&["submit", "--format", "csv", "--name", "done-driver"])
         .arg(&quick)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "one\n1\n");
@@ -504,7 +505,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
     let out = cluster
         .ember(&["submit", "--deploy-mode", "cluster"])
         .arg(&job)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -582,7 +583,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
             .ember(&["submit"])
             .args(zero)
             .arg(&quick)
-            .output()
+            .bounded_output()
             .unwrap();
         assert_eq!(
             out.status.code(),
@@ -629,7 +630,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = never.wait_with_output().unwrap();
+    let out = never.bounded_wait_with_output().unwrap();
     assert!(
         start.elapsed() <= Duration::from_secs(20),
         "a request no worker can satisfy still waits after 20 s"
@@ -657,7 +658,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         .args(["--name", ember_testkit::CLIENT])
         .arg("--certs")
         .arg(cluster.certs())
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -682,7 +683,7 @@ fn bad_submissions_are_refused_or_wait_with_a_reason() {
         .arg(cluster.certs())
         .arg("--state-dir")
         .arg(&file)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -805,25 +806,7 @@ fn pausing_the_manager_or_a_drivers_worker_never_runs_the_driver_twice() {
 /// Runs `command` to its end, but no longer than `limit`: a process that
 /// should have refused to start and did not is killed and reported.
 fn run_bounded(command: &mut Command, limit: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {limit:?}; stderr: {}",
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    command.output_within(limit).unwrap()
 }
 
 /// Certificates for lone processes: a manager `cm`, a client, a worker `w1`.
@@ -1248,7 +1231,7 @@ fn more_cluster_mode_submissions_than_cores_all_finish() {
             .args(["--name", &format!("crowd-{i}")])
             .args(["--conf", "ember.faults.delayTask=0.*:2s"])
             .arg(&job)
-            .output()
+            .bounded_output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         ids.push(text(&out.stdout).trim().to_string());
@@ -1331,7 +1314,7 @@ fn a_script_of_several_megabytes_runs_in_cluster_mode() {
     let out = cluster
         .ember(&["submit", "--deploy-mode", "cluster"])
         .arg(&huge)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -1755,7 +1738,7 @@ fn executors_and_drivers_run_an_application_binary_uploaded_once() {
         .args(["--name", "packaged"])
         .arg(&count)
         .env("EMBER_APP_BINARY", &app)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "n\n3000\n");
@@ -1795,7 +1778,7 @@ fn executors_and_drivers_run_an_application_binary_uploaded_once() {
         ])
         .arg(&long)
         .env("EMBER_APP_BINARY", &app)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -1848,7 +1831,7 @@ fn an_application_binary_that_cannot_run_is_refused_with_the_reason() {
             .args(["--conf", "ember.scheduler.noExecutorTimeout=3s"])
             .arg(&job)
             .env("EMBER_APP_BINARY", binary)
-            .output()
+            .bounded_output()
             .unwrap();
         (out.status.success(), text(&out.stderr))
     };

@@ -3,6 +3,7 @@
 //! written exactly once. Faults come from signals sent to real PIDs and
 //! from the `ember.faults.*` keys executors honour.
 
+use ember_testkit::{BoundedChild, BoundedCommand};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -46,7 +47,9 @@ fn submit_command(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> C
 
 /// Runs `submit_command` to its end.
 fn submit(cluster: &Cluster, name: &str, job: &Path, conf: &[&str]) -> Output {
-    submit_command(cluster, name, job, conf).output().unwrap()
+    submit_command(cluster, name, job, conf)
+        .bounded_output()
+        .unwrap()
 }
 
 #[test]
@@ -79,7 +82,7 @@ fn an_executor_killed_mid_stage_does_not_change_the_answer() {
     );
     signal(pids[0], libc::SIGKILL);
 
-    let out = submit.wait_with_output().unwrap();
+    let out = submit.bounded_wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), expected);
     // The manager replaced the killed executor.
@@ -246,7 +249,7 @@ fn copy_writes_every_row_once_despite_retries_and_nothing_when_killed() {
     });
     std::thread::sleep(Duration::from_millis(2000));
     signal(submit.id(), libc::SIGINT);
-    let code = submit.wait().unwrap();
+    let code = submit.wait_within(Duration::from_secs(30)).unwrap();
     assert_eq!(code.code(), Some(130));
     assert!(!killed.exists(), "no destination after a killed job");
     let left: Vec<_> = std::fs::read_dir(&out_dir)
@@ -274,7 +277,7 @@ fn a_straggler_is_speculated_and_the_answer_is_unchanged() {
         .args(["--conf", "ember.faults.delayTask=0.1:20s"])
         .arg(&job)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
+        .bounded_output()
         .unwrap();
     let log = plain(&text(&out.stderr));
     assert!(out.status.success(), "{log}");
@@ -294,7 +297,7 @@ fn ember_kill_cancels_a_client_mode_job_and_releases_its_executors() {
         wait_gone(&pids, Duration::from_secs(10)).is_some(),
         "executors of {app} outlived `ember kill`"
     );
-    let code = submit.wait().unwrap();
+    let code = submit.wait_within(Duration::from_secs(30)).unwrap();
     assert!(!code.success(), "a killed job does not succeed");
     cluster.wait_for("every core back", Duration::from_secs(10), |s| {
         s["workers"]

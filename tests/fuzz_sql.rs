@@ -4,6 +4,7 @@
 //! that once found a bug stays fixed.
 
 use ember::fuzz_sql::{Bug, Campaign, Cause, DiffKind, Report, Target, run_campaign};
+use ember_testkit::BoundedCommand;
 
 use crate::support::text;
 
@@ -106,7 +107,7 @@ fn a_seed_replays_the_same_queries_and_answers() {
                 "1",
                 "-v",
             ])
-            .output()
+            .bounded_output()
             .unwrap();
         // Differences (exit code 1) are replayed too.
         assert!(
@@ -149,7 +150,7 @@ fn differences_exit_with_1_and_print_how_to_replay() {
             "--bug",
             "drop-last-row",
         ])
-        .output()
+        .bounded_output()
         .unwrap();
     let stdout = text(&out.stdout);
     assert_eq!(

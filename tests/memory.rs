@@ -4,6 +4,7 @@
 //! DataFusion, while each process stays within 1.5 × its budget plus a
 //! fixed overhead; and a shuffle that fills the disk quota fails cleanly.
 
+use ember_testkit::BoundedCommand;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ fn views() -> PathBuf {
             .arg(ROWS.to_string())
             .arg("--out")
             .arg(&dir)
-            .output()
+            .bounded_output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
         std::fs::write(&done, b"").unwrap();
@@ -461,7 +462,7 @@ fn a_shuffle_that_fills_the_disk_quota_fails_naming_the_setting_and_leaves_no_fi
     let out = std::process::Command::new(ember())
         .args(["gen", "views", "--rows", "1000000", "--files", "2", "--out"])
         .arg(&data)
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let spill = dir.path().join("spill");
@@ -485,7 +486,7 @@ fn a_shuffle_that_fills_the_disk_quota_fails_naming_the_setting_and_leaves_no_fi
         ))
         .arg("--conf=datafusion.runtime.max_temp_directory_size=1M")
         .arg(&script)
-        .output()
+        .bounded_output()
         .unwrap();
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -505,7 +506,7 @@ fn a_shuffle_that_fills_the_disk_quota_fails_naming_the_setting_and_leaves_no_fi
         .args(["submit", "--master", "local[2]"])
         .arg("--conf=datafusion.runtime.max_temp_directory_size=lots")
         .arg(&script)
-        .output()
+        .bounded_output()
         .unwrap();
     let stderr = text(&out.stderr);
     assert!(!out.status.success());

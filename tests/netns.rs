@@ -15,6 +15,7 @@
 //! Creating namespaces needs root and `ip` (iproute2); without them each
 //! test says why on stderr and passes.
 
+use ember_testkit::BoundedCommand;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .bounded_output()
         .map_err(|e| format!("cannot run `ip`: {e}"))?;
     if out.status.success() {
         Ok(())
@@ -165,7 +166,7 @@ impl Network {
             .args(["netns", "exec", &net.hosts[0].ns])
             .arg(ember())
             .arg("--version")
-            .output()
+            .bounded_output()
             .map_err(|e| format!("cannot run `ip netns exec`: {e}"))?;
         if !probe.status.success() {
             return Err(format!(
@@ -235,7 +236,7 @@ impl Drop for Network {
 /// was SIGKILLed cannot clean up after itself), and ends what still runs
 /// in them.
 fn remove_stale_namespaces() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).bounded_output() else {
         return;
     };
     for line in text(&out.stdout).lines() {
@@ -278,7 +279,7 @@ impl StatusProbe {
             .args(["status", "--json", "--master", &self.master, "--certs"])
             .arg(&self.certs)
             .stdin(Stdio::null())
-            .output()
+            .bounded_output()
             .ok()?;
         if !out.status.success() {
             return None;
@@ -386,7 +387,7 @@ impl NsCluster {
             ]);
         }
         for args in runs {
-            let out = Command::new(ember()).args(&args).output().unwrap();
+            let out = Command::new(ember()).args(&args).bounded_output().unwrap();
             assert!(
                 out.status.success(),
                 "ember {args:?}: {}",

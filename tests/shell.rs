@@ -2,6 +2,7 @@
 //! typing statements, Tab and Ctrl-C, in local mode and against a loopback
 //! cluster; and fed by `-e` and a pipe, as scripts use it.
 
+use ember_testkit::BoundedChild;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -498,7 +499,7 @@ fn shell(args: &[&str], stdin: Option<&str>) -> std::process::Output {
         input.write_all(text.as_bytes()).unwrap();
     }
     drop(input);
-    child.wait_with_output().unwrap()
+    child.bounded_wait_with_output().unwrap()
 }
 
 #[test]

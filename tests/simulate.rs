@@ -3,6 +3,7 @@
 //! deliberate bug is caught with a seed that replays it, and the seeds that
 //! once found bugs stay fixed.
 
+use ember_testkit::BoundedCommand;
 use std::process::Command;
 use std::time::Duration;
 
@@ -546,7 +547,7 @@ fn the_command_prints_a_report_and_refuses_unknown_faults() {
     let ember = env!("CARGO_BIN_EXE_ember");
     let out = Command::new(ember)
         .args(["simulate", "--seeds", "4", "--faults", "kill,pause"])
-        .output()
+        .bounded_output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -556,7 +557,7 @@ fn the_command_prints_a_report_and_refuses_unknown_faults() {
 
     let out = Command::new(ember)
         .args(["simulate", "--faults", "flood"])
-        .output()
+        .bounded_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

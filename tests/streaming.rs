@@ -3,6 +3,7 @@
 //! between a batch's output and its commit; the rate source feeds a memory
 //! table and the console; what streaming cannot do yet is refused.
 
+use ember_testkit::BoundedChild;
 use std::path::Path;
 use std::process::Command;
 
@@ -395,7 +396,7 @@ impl Interrupted {
         let (_, executors) = crate::cluster::two_executor_processes(&status, name);
         self.wait_for_commits(2);
         ember_testkit::signal(executors[0], libc::SIGKILL);
-        let out = submit.wait_with_output().unwrap();
+        let out = submit.bounded_wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
@@ -588,7 +589,7 @@ fn ctrl_c_stops_a_running_stream_at_once() {
     }
     ember_testkit::signal(child.id(), libc::SIGINT);
     let asked = std::time::Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let out = child.bounded_wait_with_output().unwrap();
     // Between batches the query stops at once; the 5 s a job gets to end
     // after Ctrl-C is not waited out.
     assert!(

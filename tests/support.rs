@@ -1,6 +1,9 @@
 //! Fixtures: small generated data sets, sessions, and rows as sortable text.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember_testkit::{BoundedChild, BoundedCommand};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -118,7 +121,7 @@ pub fn local_rows(job: &Path) -> String {
         .args(["submit", "--master", "local[2]", "--format", "csv"])
         .arg(job)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     text(&out.stdout)
@@ -166,4 +169,45 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+// The bounds on the processes tests run.
+
+#[test]
+fn a_command_past_its_bound_is_killed_and_named_with_what_it_printed() {
+    let started = Instant::now();
+    let e = std::process::Command::new("sh")
+        .args(["-c", "echo begun; exec sleep 30"])
+        .output_within(Duration::from_millis(300))
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    let message = e.to_string();
+    assert!(
+        message.contains("`sh -c echo begun; exec sleep 30`"),
+        "{message}"
+    );
+    assert!(message.contains("begun"), "{message}");
+}
+
+#[test]
+fn a_command_on_time_gives_what_output_gives() {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "echo out; echo err >&2; exit 3"])
+        .bounded_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+}
+
+#[test]
+fn a_child_past_its_bound_is_killed() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let e = child.wait_within(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(child.try_wait().unwrap().is_some(), "it was reaped");
 }

@@ -3,6 +3,7 @@
 //! mode on a loopback cluster), each answer checked against plain
 //! DataFusion in this process (one partition) on the same Parquet files.
 
+use ember_testkit::BoundedCommand;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -103,7 +104,7 @@ fn run_local(master: &str, job: &Path) -> Result<String, String> {
             "--conf=ember.sql.adaptive.coalescePartitions.minPartitionSize=1",
         ]);
     }
-    printed(&command.arg(job).output().unwrap())
+    printed(&command.arg(job).bounded_output().unwrap())
 }
 
 /// Whether client-mode runs of query `n` read the other executor's
@@ -127,7 +128,7 @@ fn run_client(cluster: &Cluster, n: u32, job: &Path) -> Result<String, String> {
     if !reads_host_files(n) {
         command.args(["--conf", "ember.shuffle.readHostLocalDisk=false"]);
     }
-    printed(&command.arg(job).output().unwrap())
+    printed(&command.arg(job).bounded_output().unwrap())
 }
 
 /// Shuffle blocks the executors of a client-mode run of query `n` read
@@ -164,7 +165,7 @@ fn run_cluster_mode(cluster: &Cluster, n: u32, job: &Path) -> Result<String, Str
         .ember(&["submit", "--deploy-mode", "cluster", "--name", &name])
         .args(["--conf", "ember.sql.shuffle.partitions=2"])
         .arg(job)
-        .output()
+        .bounded_output()
         .unwrap();
     let id = printed(&out)?.trim().to_string();
     let started = Instant::now();
@@ -297,7 +298,7 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
             .arg("--out")
             .arg(&out)
             .args(extra)
-            .output()
+            .bounded_output()
             .unwrap()
     };
     let first = gen_tpch(&[]);
@@ -338,7 +339,7 @@ fn gen_tpch_refuses_a_full_dir_and_its_scripts_run_as_written() {
         .args(["submit", "--master", "local[2]", "--format", "csv"])
         .arg(script(&out, 6))
         .current_dir(work.path())
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(submitted.status.success(), "{}", text(&submitted.stderr));
     let expected = reference(&out, 6, scale);
@@ -380,7 +381,7 @@ fn the_broadcast_threshold_chooses_between_a_broadcast_and_a_shuffled_join() {
                 "--conf=ember.sql.autoBroadcastJoinThreshold={threshold}"
             ))
             .arg(&job)
-            .output()
+            .bounded_output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");

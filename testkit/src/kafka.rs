@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{BoundedChild, BoundedCommand};
+
 /// The broker's crate and version, and the storage it is built with.
 const TANSU: &str = "tansu@0.6.0";
 const TANSU_FEATURES: &str = "dynostore";
@@ -166,7 +168,7 @@ impl Broker {
             ])
             .arg("--broker")
             .arg(format!("tcp://{}", self.address()))
-            .output()
+            .bounded_output()
             .unwrap();
         assert!(
             out.status.success(),
@@ -236,7 +238,7 @@ consumer.close()
             .unwrap()
             .write_all(input.as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = child.bounded_wait_with_output().unwrap();
         assert!(
             out.status.success(),
             "kafka-python: {}",

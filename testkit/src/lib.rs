@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 pub use ember_actors::worker::child::signal;
 
+pub mod bounded;
 pub mod kafka;
 mod probe;
+pub use bounded::{BoundedChild, BoundedCommand, COMMAND_BOUND};
 use ember_certs::{IssueRequest, Role, init_ca, issue};
 pub use probe::ProbeChild;
 use serde_json::Value;
@@ -184,7 +186,7 @@ impl LoopbackCluster {
 
     /// `ember status --json`, if the manager answers.
     pub fn status(&self) -> Option<Value> {
-        let out = self.ember(&["status", "--json"]).output().ok()?;
+        let out = self.ember(&["status", "--json"]).bounded_output().ok()?;
         if !out.status.success() {
             return None;
         }
@@ -392,7 +394,7 @@ fn measure(command: &mut Command) -> std::io::Result<Measured> {
         }
         peak
     });
-    let output = child.wait_with_output();
+    let output = child.bounded_wait_with_output();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss = watcher.join().unwrap_or_default();
     Ok(Measured {
