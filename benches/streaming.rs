@@ -909,7 +909,8 @@ impl Bench {
     fn kafka(&mut self) {
         let records: u64 = env_or("EMBER_BENCH_KAFKA_RECORDS", 500_000u64);
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let broker = ember_testkit::kafka::Broker::start(tmp);
+        let broker =
+            ember_testkit::kafka::Broker::start(tmp, ember_testkit::kafka::Build::Benchmarks);
         broker.create_topic("news", 2);
         let python = ember_testkit::kafka::python(tmp);
         let producer = r#"

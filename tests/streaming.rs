@@ -1000,7 +1000,10 @@ fn lines_from_a_socket_reach_a_memory_table_each_once() {
 
 #[test]
 fn a_kafka_topic_an_independent_producer_fills_lands_in_parquet_once_and_routes_to_kafka() {
-    let broker = ember_testkit::kafka::Broker::start(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let broker = ember_testkit::kafka::Broker::start(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        ember_testkit::kafka::Build::Tests,
+    );
     broker.create_topic("news", 2);
     broker.create_topic("sport", 2);
     let story = |id: u64| {

@@ -43,42 +43,55 @@ fn once(tools: &Path, what: &str, done: &Path, install: impl FnOnce()) {
     }
 }
 
-/// The `tansu` binary: on `PATH`, or installed under `dir/tools` with
-/// cargo (a few minutes, once; a debug-light build of its release
-/// profile keeps that short).
-pub fn tansu(dir: &Path) -> PathBuf {
+/// How the broker is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Unoptimised, in about 5 minutes on two cores instead of 8: the
+    /// tests send it a few thousand records.
+    Tests,
+    /// Optimised, so the benchmark measures Ember and not the broker.
+    Benchmarks,
+}
+
+/// The `tansu` binary: on `PATH`, or installed under the tools directory
+/// (the same way `scripts/test` installs it for tests).
+pub fn tansu(dir: &Path, build: Build) -> PathBuf {
     if let Ok(found) = which("tansu") {
         return found;
     }
     let tools = tools(dir);
-    let binary = tools.join("bin/tansu");
+    let root = match build {
+        Build::Tests => tools.clone(),
+        Build::Benchmarks => tools.join("optimised"),
+    };
+    let binary = root.join("bin/tansu");
     once(&tools, "tansu", &binary, || {
         eprintln!(
             "installing the tansu Kafka broker from crates.io into {} ...",
-            tools.display()
+            root.display()
         );
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "install",
-                "--locked",
-                "--quiet",
-                TANSU,
-                "--features",
-                TANSU_FEATURES,
-            ])
+        let mut install = Command::new(env!("CARGO"));
+        install
+            .args(["install", "--locked", "--quiet", TANSU])
+            .args(["--features", TANSU_FEATURES])
             .arg("--root")
-            .arg(&tools)
+            .arg(&root)
             .arg("--target-dir")
-            .arg(tools.join("build"))
-            // A broker for tests: no link-time optimisation, less time.
-            .env("CARGO_PROFILE_RELEASE_LTO", "false")
-            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
-            .status()
-            .expect("cannot run cargo install");
+            .arg(root.join("build"));
+        match build {
+            Build::Tests => install
+                .arg("--debug")
+                .env("CARGO_PROFILE_DEV_DEBUG", "0")
+                .env("CARGO_INCREMENTAL", "0"),
+            Build::Benchmarks => install
+                .env("CARGO_PROFILE_RELEASE_LTO", "false")
+                .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
+                .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1")
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "0"),
+        };
+        let status = install.status().expect("cannot run cargo install");
         assert!(status.success(), "cargo install {TANSU} failed");
-        let _ = std::fs::remove_dir_all(tools.join("build"));
+        let _ = std::fs::remove_dir_all(root.join("build"));
     });
     binary
 }
@@ -111,10 +124,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts a broker (installing it and the Python client first if need
-    /// be) and waits until it takes connections.
-    pub fn start(dir: &Path) -> Self {
-        let tansu = tansu(dir);
+    /// Starts a broker built for `build` (installing it and the Python
+    /// client first if need be) and waits until it takes connections.
+    pub fn start(dir: &Path, build: Build) -> Self {
+        let tansu = tansu(dir, build);
         let python = python(dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
