@@ -9,6 +9,7 @@
 //! full, so QUIC flow control holds the sender back.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use arrow_array::RecordBatch;
@@ -347,7 +348,51 @@ async fn write(stream: &mut quinn::SendStream, chunk: Bytes) -> Result<(), BulkE
 /// stream limit bounds how many run at once.
 pub(crate) async fn accept_streams(node: Weak<Inner>, peer: Arc<Peer>) {
     while let Ok((answer, recv)) = peer.connection.accept_bi().await {
-        tokio::spawn(receive(node.clone(), peer.id.clone(), answer, recv));
+        let held = Arc::clone(&peer.held);
+        tokio::spawn(receive(node.clone(), peer.id.clone(), held, answer, recv));
+    }
+}
+
+/// Whether a peer's bulk streams wait for their readers on this node. A
+/// stream that is not read holds its share of the connection's
+/// flow-control window; streams enough hold all of it, and then the
+/// peer's control frames, its heartbeats among them, wait too.
+#[derive(Debug, Default)]
+pub(crate) struct HeldBack {
+    /// Streams waiting for their reader now.
+    waiting: AtomicUsize,
+    /// Waits begun so far.
+    waits: AtomicU64,
+}
+
+impl HeldBack {
+    /// A mark to ask [`HeldBack::since`] about later.
+    pub(crate) fn mark(&self) -> u64 {
+        self.waits.load(Ordering::Acquire)
+    }
+
+    /// Whether a stream waited for its reader at some point since `mark`.
+    pub(crate) fn since(&self, mark: u64) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0 || self.mark() != mark
+    }
+
+    /// Hands `batch` to a reader that may be slow, counted as waiting
+    /// while it is.
+    async fn hand_on(
+        &self,
+        tx: &mpsc::Sender<Result<RecordBatch, BulkError>>,
+        batch: RecordBatch,
+    ) -> Result<(), ()> {
+        let batch = match tx.try_send(Ok(batch)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => batch,
+        };
+        self.waits.fetch_add(1, Ordering::AcqRel);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let sent = tx.send(batch).await.map_err(|_| ());
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        sent
     }
 }
 
@@ -371,6 +416,7 @@ async fn refuse(
 async fn receive(
     node: Weak<Inner>,
     from: NodeId,
+    held: Arc<HeldBack>,
     mut answer: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -423,7 +469,7 @@ async fn receive(
         refuse(&mut answer, &mut recv, codes::NO_SUCH_ACTOR, why, max_frame).await;
         return;
     }
-    match pump(&mut recv, &from, &tx, options.max_bulk_message).await {
+    match pump(&mut recv, &from, &held, &tx, options.max_bulk_message).await {
         Ok(()) => {
             let _ = write_frame(&mut answer, &BulkOutcome::Received, max_frame).await;
             let _ = answer.finish();
@@ -444,6 +490,7 @@ async fn receive(
 async fn pump(
     recv: &mut quinn::RecvStream,
     from: &NodeId,
+    held: &HeldBack,
     tx: &mpsc::Sender<Result<RecordBatch, BulkError>>,
     max_message: usize,
 ) -> Result<(), (u32, BulkError)> {
@@ -482,7 +529,7 @@ async fn pump(
             match decoded {
                 Ok(Some(batch)) => {
                     pending = buffer.len();
-                    if tx.send(Ok(batch)).await.is_err() {
+                    if held.hand_on(tx, batch).await.is_err() {
                         return Err((codes::NORMAL, BulkError::ReceiverGone));
                     }
                 }

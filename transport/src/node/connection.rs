@@ -42,6 +42,8 @@ pub(crate) struct Peer {
     /// Set once the connection is closed, by either side; cheaper to check
     /// per message than asking quinn.
     closed: AtomicBool,
+    /// Whether its bulk streams wait for their readers here.
+    pub(crate) held: Arc<crate::bulk::HeldBack>,
 }
 
 impl Peer {
@@ -229,6 +231,7 @@ pub(crate) async fn establish(
         pending: Mutex::new(BTreeMap::new()),
         next_ask: AtomicU64::new(0),
         closed: AtomicBool::new(false),
+        held: Arc::default(),
     });
     if !inner.add_peer(Arc::clone(&peer)) {
         // Both sides dialed at once and this connection lost; the other
@@ -329,40 +332,54 @@ async fn read_loop(node: Weak<Inner>, peer: Arc<Peer>, mut recv: quinn::RecvStre
     let mut paused_here = false;
     let (code, why) = 'read: loop {
         let waiting = tokio::time::Instant::now();
-        let chunk =
-            match tokio::time::timeout(options.heartbeat_timeout, recv.read_chunk(64 * 1024, true))
-                .await
-            {
-                Ok(Ok(Some(chunk))) => chunk.bytes,
-                Ok(Ok(None)) => {
-                    break match decoder.finish() {
-                        Ok(()) => (codes::NORMAL, "the peer closed its control stream".into()),
-                        Err(e) => (codes::PROTOCOL, e.to_string()),
-                    };
-                }
-                Ok(Err(e)) => break (codes::NORMAL, lost(&e)),
-                // The peer's heartbeats may be waiting in the socket, unread
-                // while this process stood still: give it one more period,
-                // counted from now, before declaring it down.
-                Err(_) if !paused_here && waiting.elapsed() >= options.heartbeat_timeout * 2 => {
-                    tracing::info!(
-                        peer = %peer.id,
-                        stalled = ?waiting.elapsed(),
-                        "this process stood still; giving the peer another heartbeat period"
-                    );
-                    paused_here = true;
-                    continue;
-                }
-                Err(_) => {
-                    break (
-                        codes::HEARTBEAT_TIMEOUT,
-                        format!(
-                            "nothing heard from node {} for {:?}",
-                            peer.id, options.heartbeat_timeout
-                        ),
-                    );
-                }
-            };
+        let held = peer.held.mark();
+        let chunk = match tokio::time::timeout(
+            options.heartbeat_timeout,
+            recv.read_chunk(64 * 1024, true),
+        )
+        .await
+        {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
+            Ok(Ok(None)) => {
+                break match decoder.finish() {
+                    Ok(()) => (codes::NORMAL, "the peer closed its control stream".into()),
+                    Err(e) => (codes::PROTOCOL, e.to_string()),
+                };
+            }
+            Ok(Err(e)) => break (codes::NORMAL, lost(&e)),
+            // The peer's heartbeats may be waiting in the socket, unread
+            // while this process stood still: give it one more period,
+            // counted from now, before declaring it down.
+            Err(_) if !paused_here && waiting.elapsed() >= options.heartbeat_timeout * 2 => {
+                tracing::info!(
+                    peer = %peer.id,
+                    stalled = ?waiting.elapsed(),
+                    "this process stood still; giving the peer another heartbeat period"
+                );
+                paused_here = true;
+                continue;
+            }
+            // The peer's bulk streams wait for their readers here: they
+            // may hold the connection's whole flow-control window, and
+            // its heartbeats wait behind them. A dead peer is still
+            // found, by QUIC's idle timeout.
+            Err(_) if peer.held.since(held) => {
+                tracing::debug!(
+                    peer = %peer.id,
+                    "no heartbeat while its bulk streams wait for readers here; waiting another period"
+                );
+                continue;
+            }
+            Err(_) => {
+                break (
+                    codes::HEARTBEAT_TIMEOUT,
+                    format!(
+                        "nothing heard from node {} for {:?}",
+                        peer.id, options.heartbeat_timeout
+                    ),
+                );
+            }
+        };
         paused_here = false;
         if let Err(e) = decoder.push(&chunk) {
             break (frame_code(&e), e.to_string());

@@ -10,7 +10,9 @@ use arrow_schema::{DataType, Field, Schema};
 use ember_certs::Role;
 
 use crate::testing::*;
-use crate::{Access, ActorAddress, BulkError, ExitReason, Node, NodeId, Refusal, SendError};
+use crate::{
+    Access, ActorAddress, BulkError, ExitReason, Node, NodeId, NodeOptions, Refusal, SendError,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -603,4 +605,85 @@ mod between_nodes {
             Err(crate::NodeError::NoNetwork)
         ));
     }
+}
+
+/// Bulk streams whose reader is slow hold the connection's whole
+/// flow-control window, and the heartbeats on the control stream wait
+/// behind them: the peer must not be declared down while its packets
+/// still arrive, and every batch must arrive once the reader catches up.
+#[actix::test]
+async fn bulk_streams_filling_the_window_raise_no_false_alarm() {
+    let cluster = Cluster::new();
+    let sender = cluster.node(Role::Worker, "sender");
+    let owner = cluster.node(Role::Worker, "owner");
+    connect(&sender, &owner).await;
+    let on_sender = spawn_echo(&sender, "echo", Access::AnyRole);
+    let on_owner = spawn_echo(&owner, "echo", Access::AnyRole);
+    let (watcher, mut owner_downs) = recorder();
+    owner.monitor(&on_sender, watcher);
+    let (watcher, mut sender_downs) = recorder();
+    sender.monitor(&on_owner, watcher);
+    let mut inbox = owner.bulk_inbox("blocks").unwrap();
+    let to = ActorAddress {
+        node: owner.id().clone(),
+        name: "blocks".into(),
+    };
+    // Six streams of about 13 MB: more than the connection's window.
+    const STREAMS: usize = 6;
+    let wide = |i: usize| {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        let rows: Vec<String> = (0..200)
+            .map(|r| format!("{i}-{r}-{}", "x".repeat(4096)))
+            .collect();
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(rows))]).unwrap()
+    };
+    let mut sending = Vec::new();
+    for stream in 0..STREAMS {
+        let batches: Vec<RecordBatch> = (0..16).map(|i| wide(stream * 100 + i)).collect();
+        let schema = batches[0].schema();
+        let (sender, to) = (sender.clone(), to.clone());
+        sending.push(tokio::spawn(async move {
+            sender
+                .send_batches(&to, &format!("map-{stream}"), schema, batches)
+                .await
+        }));
+    }
+    // Every stream arrives, and none is read yet.
+    let mut incoming = Vec::new();
+    for _ in 0..STREAMS {
+        incoming.push(
+            tokio::time::timeout(T, inbox.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let timeout = NodeOptions::default().heartbeat_timeout;
+    tokio::time::sleep(timeout * 3).await;
+    assert!(
+        owner_downs.try_recv().is_err(),
+        "the owner declared the sender down"
+    );
+    assert!(
+        sender_downs.try_recv().is_err(),
+        "the sender declared the owner down"
+    );
+    assert!(
+        sending.iter().any(|s| !s.is_finished()),
+        "flow control held no stream back: the test proves nothing"
+    );
+    assert_eq!(owner.peers().len(), 1);
+    // Read now: every batch of every stream arrives.
+    for mut stream in incoming {
+        let mut rows = 0;
+        while let Some(batch) = stream.batches.recv().await {
+            rows += batch.unwrap().num_rows();
+        }
+        assert_eq!(rows, 16 * 200, "stream {}", stream.tag);
+    }
+    for s in sending {
+        assert_eq!(s.await.unwrap().unwrap().batches, 16);
+    }
+    sender.shutdown();
+    owner.shutdown();
 }
