@@ -56,17 +56,9 @@ pub trait BoundedChild {
 
 impl BoundedChild for Child {
     fn wait_within(&mut self, bound: Duration) -> io::Result<ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.kill();
-                let _ = self.wait();
-                return Err(timed_out(&format!("process {}", self.id()), bound, ""));
-            }
-            thread::sleep(Duration::from_millis(10));
+        match wait_until(self, Instant::now() + bound)? {
+            Some(status) => Ok(status),
+            None => Err(timed_out(&format!("process {}", self.id()), bound, "")),
         }
     }
 
@@ -76,39 +68,43 @@ impl BoundedChild for Child {
     }
 }
 
+/// `child`'s exit status, or `None` once `deadline` passes: then it has
+/// been killed and reaped.
+fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reads `child`'s piped output while it runs, for up to `bound` in all.
 fn finish(mut child: Child, bound: Duration, what: &str) -> io::Result<Output> {
     let deadline = Instant::now() + bound;
     let stdout = Collected::start(child.stdout.take());
     let stderr = Collected::start(child.stderr.take());
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let printed = format!(
-                "\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                tail(&stdout.taken()),
-                tail(&stderr.taken())
-            );
-            return Err(timed_out(what, bound, &printed));
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    // A process it started may hold the pipes open after it ends.
-    let ended = stdout.wait_until(deadline) && stderr.wait_until(deadline);
-    if !ended {
-        let printed = format!(
+    let printed = || {
+        format!(
             "\n--- stdout ---\n{}\n--- stderr ---\n{}",
             tail(&stdout.taken()),
             tail(&stderr.taken())
-        );
+        )
+    };
+    let Some(status) = wait_until(&mut child, deadline)? else {
+        return Err(timed_out(what, bound, &printed()));
+    };
+    // A process it started may hold the pipes open after it ends.
+    if !(stdout.wait_until(deadline) && stderr.wait_until(deadline)) {
         return Err(timed_out(
             &format!("{what} (ended {status}; something it started holds its output open)"),
             bound,
-            &printed,
+            &printed(),
         ));
     }
     Ok(Output {

@@ -609,16 +609,14 @@ mod between_nodes {
 
 /// Bulk streams whose reader is slow hold the connection's whole
 /// flow-control window, and the heartbeats on the control stream wait
-/// behind them: the peer must not be declared down while its packets
-/// still arrive, and every batch must arrive once the reader catches up.
+/// behind them: the peer must not be declared down while its streams wait
+/// for their readers here, and every batch must arrive once they read.
 #[actix::test]
 async fn bulk_streams_filling_the_window_raise_no_false_alarm() {
-    let cluster = Cluster::new();
-    let sender = cluster.node(Role::Worker, "sender");
-    let owner = cluster.node(Role::Worker, "owner");
-    connect(&sender, &owner).await;
-    let on_sender = spawn_echo(&sender, "echo", Access::AnyRole);
-    let on_owner = spawn_echo(&owner, "echo", Access::AnyRole);
+    let s = setup(Backend::Quic).await;
+    let (sender, owner) = (&s.sender, &s.owner);
+    let on_sender = spawn_echo(sender, "echo", Access::AnyRole);
+    let on_owner = spawn_echo(owner, "echo", Access::AnyRole);
     let (watcher, mut owner_downs) = recorder();
     owner.monitor(&on_sender, watcher);
     let (watcher, mut sender_downs) = recorder();
@@ -669,7 +667,7 @@ async fn bulk_streams_filling_the_window_raise_no_false_alarm() {
         "the sender declared the owner down"
     );
     assert!(
-        sending.iter().any(|s| !s.is_finished()),
+        sending.iter().any(|task| !task.is_finished()),
         "flow control held no stream back: the test proves nothing"
     );
     assert_eq!(owner.peers().len(), 1);
@@ -681,9 +679,7 @@ async fn bulk_streams_filling_the_window_raise_no_false_alarm() {
         }
         assert_eq!(rows, 16 * 200, "stream {}", stream.tag);
     }
-    for s in sending {
-        assert_eq!(s.await.unwrap().unwrap().batches, 16);
+    for stream in sending {
+        assert_eq!(stream.await.unwrap().unwrap().batches, 16);
     }
-    sender.shutdown();
-    owner.shutdown();
 }
